@@ -1,0 +1,114 @@
+//! Configuration: defaults < `GIFTS_*` environment < command-line flags.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Everything the service can be told at start; checked before anything runs.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gifts",
+    version,
+    about = "Gift shop citizen imports and analytics over HTTP"
+)]
+pub struct Config {
+    /// Address to listen on (HOST:PORT).
+    #[arg(long, env = "GIFTS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+
+    /// Where data lives: `sqlite:PATH` (embedded, created on first start).
+    #[arg(long, env = "GIFTS_STORAGE", default_value = "sqlite:data/gifts.db")]
+    pub storage: StorageUrl,
+
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[arg(long, env = "GIFTS_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a whole request may take, body upload included, before a 408.
+    #[arg(long, env = "GIFTS_REQUEST_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+
+    /// Seconds a client may take to send the request headers before the connection is closed.
+    #[arg(long, env = "GIFTS_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+
+    /// Reader threads (one read-only connection each) for the SQLite backend.
+    #[arg(long, env = "GIFTS_SQLITE_READERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub sqlite_readers: u64,
+}
+
+impl Config {
+    /// The whole-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The header-read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// Defaults for everything but the store, for tests and embedding.
+    pub fn with_storage(storage: StorageUrl) -> Self {
+        let mut config = Config::parse_from(["gifts"]);
+        config.storage = storage;
+        config
+    }
+}
+
+/// Which backend to use and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// Embedded SQLite database file.
+    Sqlite(PathBuf),
+}
+
+impl FromStr for StorageUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("sqlite:") {
+            Some("") => Err("sqlite: needs a file path, e.g. sqlite:data/gifts.db".into()),
+            Some(path) => Ok(StorageUrl::Sqlite(PathBuf::from(path))),
+            None => Err(format!("unsupported storage {s:?}: expected sqlite:PATH")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_defaults() {
+        let config = Config::parse_from([
+            "gifts",
+            "--listen",
+            "127.0.0.1:9000",
+            "--storage",
+            "sqlite:/tmp/x.db",
+            "--max-body-bytes",
+            "1024",
+        ]);
+        assert_eq!(config.listen, "127.0.0.1:9000");
+        assert_eq!(config.storage, StorageUrl::Sqlite("/tmp/x.db".into()));
+        assert_eq!(config.max_body_bytes, 1024);
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_store_on_port_8080() {
+        let config = Config::parse_from(["gifts"]);
+        assert_eq!(config.listen, "0.0.0.0:8080");
+        assert_eq!(config.storage, StorageUrl::Sqlite("data/gifts.db".into()));
+        assert_eq!(config.max_body_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn bad_storage_urls_are_refused_at_start() {
+        assert!("postgres://x".parse::<StorageUrl>().is_err());
+        assert!("sqlite:".parse::<StorageUrl>().is_err());
+        assert!(Config::try_parse_from(["gifts", "--request-timeout-secs", "0"]).is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! `/imports/{import_id}/citizens`: list, patch one, birthdays.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::error::AppError;
+use super::extract::{Body, CitizenPath, ImportPath};
+use super::wire::{self, PatchBody};
+use super::{AppState, data};
+use crate::domain::{stats, today_utc};
+
+/// All citizens of the import, by citizen_id.
+pub async fn list(
+    State(state): State<AppState>,
+    ImportPath(import): ImportPath,
+) -> Result<Response, AppError> {
+    let citizens = state.storage.citizens(import).await?;
+    data(StatusCode::OK, &citizens)
+}
+
+/// Replaces the given fields of one citizen, mirroring relatives; 200 with the citizen.
+pub async fn update(
+    State(state): State<AppState>,
+    CitizenPath(import, citizen): CitizenPath,
+    Body(body): Body,
+) -> Result<Response, AppError> {
+    let patch = wire::parse::<PatchBody>(&body)
+        .map_err(|mut e| {
+            e.citizen_id = Some(citizen);
+            e
+        })?
+        .into_patch(citizen, today_utc())?;
+    let updated = state.storage.patch_citizen(import, citizen, patch).await?;
+    data(StatusCode::OK, &updated)
+}
+
+/// Presents per month.
+pub async fn birthdays(
+    State(state): State<AppState>,
+    ImportPath(import): ImportPath,
+) -> Result<Response, AppError> {
+    let citizens = state.storage.citizens(import).await?;
+    data(StatusCode::OK, &stats::birthdays(&citizens))
+}

@@ -1,0 +1,190 @@
+//! Wire types: the exact JSON shapes of request bodies, and their conversion
+//! into domain types. Strict serde settings do the JSON-level rules (exact
+//! types, no unknown or duplicate keys, no nulls); the domain does the rest.
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
+use time::Date;
+
+use crate::domain::relatives::{check_import, parse_relatives};
+use crate::domain::{
+    Apartment, BirthDate, Citizen, CitizenId, CitizenPatch, Gender, Name, Place, Reason,
+    ValidationError,
+};
+
+/// Body of `POST /imports`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// The citizens, in the supplier's order.
+    pub citizens: Vec<CitizenBody>,
+}
+
+/// One citizen of an import, every field required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CitizenBody {
+    citizen_id: u64,
+    town: String,
+    street: String,
+    building: String,
+    apartment: u64,
+    name: String,
+    birth_date: String,
+    gender: String,
+    relatives: Vec<u64>,
+}
+
+/// Body of `PATCH .../citizens/{id}`: every field optional, none may be null.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBody {
+    #[serde(default, deserialize_with = "present")]
+    town: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    street: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    building: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    apartment: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    birth_date: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    gender: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    relatives: Option<Vec<u64>>,
+    /// Accepted by the parser only to answer with a clear "cannot be changed".
+    #[serde(default, deserialize_with = "present")]
+    citizen_id: Option<IgnoredAny>,
+}
+
+/// A key that is present must hold a value of the right type: `null` is an
+/// error, unlike serde's default for `Option`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Parses JSON strictly. On failure, parses again tracking the path so the
+/// error names the field (`citizens[3].apartment`) and, when the body is valid
+/// JSON, the citizen_id at that position — the fast path pays for neither.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
+    let first_error = match serde_json::from_slice(bytes) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let (path, message) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(e) => (e.path().to_string(), e.into_inner().to_string()),
+        // Only trailing data can fail the first parse and pass this one.
+        Ok(_) => (String::new(), first_error.to_string()),
+    };
+    let path = if path == "." { String::new() } else { path };
+    let citizen_id = citizen_at(bytes, &path);
+    Err(ValidationError::new(
+        path,
+        citizen_id,
+        Reason::Malformed(message),
+    ))
+}
+
+/// The citizen_id of `citizens[i]` named by an error path, if it can be read.
+fn citizen_at(bytes: &[u8], path: &str) -> Option<CitizenId> {
+    let rest = path.strip_prefix("citizens[")?;
+    let index: usize = rest[..rest.find(']')?].parse().ok()?;
+    let body: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let id = body
+        .get("citizens")?
+        .get(index)?
+        .get("citizen_id")?
+        .as_u64()?;
+    CitizenId::parse(id).ok()
+}
+
+impl ImportBody {
+    /// Validates every field and the import as a whole, in body order, and
+    /// stops at the first error.
+    pub fn into_citizens(self, today: Date) -> Result<Vec<Citizen>, ValidationError> {
+        let citizens = self
+            .citizens
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| c.into_citizen(i, today))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_import(&citizens)?;
+        Ok(citizens)
+    }
+}
+
+impl CitizenBody {
+    fn into_citizen(self, index: usize, today: Date) -> Result<Citizen, ValidationError> {
+        let id = CitizenId::parse(self.citizen_id).ok();
+        let at = |field: &'static str| {
+            move |reason| ValidationError::new(format!("citizens[{index}].{field}"), id, reason)
+        };
+        Ok(Citizen {
+            citizen_id: CitizenId::parse(self.citizen_id).map_err(at("citizen_id"))?,
+            town: Place::parse(self.town).map_err(at("town"))?,
+            street: Place::parse(self.street).map_err(at("street"))?,
+            building: Place::parse(self.building).map_err(at("building"))?,
+            apartment: Apartment::parse(self.apartment).map_err(at("apartment"))?,
+            name: Name::parse(self.name).map_err(at("name"))?,
+            birth_date: BirthDate::parse(&self.birth_date, today).map_err(at("birth_date"))?,
+            gender: Gender::parse(&self.gender).map_err(at("gender"))?,
+            relatives: parse_relatives(self.relatives).map_err(at("relatives"))?,
+        })
+    }
+}
+
+impl PatchBody {
+    /// Validates the fields present for the citizen `id` (named in errors).
+    pub fn into_patch(self, id: CitizenId, today: Date) -> Result<CitizenPatch, ValidationError> {
+        let at = |field: &'static str| move |reason| ValidationError::new(field, Some(id), reason);
+        if self.citizen_id.is_some() {
+            return Err(at("citizen_id")(Reason::ImmutableField));
+        }
+        let patch = CitizenPatch {
+            town: self
+                .town
+                .map(Place::parse)
+                .transpose()
+                .map_err(at("town"))?,
+            street: self
+                .street
+                .map(Place::parse)
+                .transpose()
+                .map_err(at("street"))?,
+            building: self
+                .building
+                .map(Place::parse)
+                .transpose()
+                .map_err(at("building"))?,
+            apartment: self
+                .apartment
+                .map(Apartment::parse)
+                .transpose()
+                .map_err(at("apartment"))?,
+            name: self.name.map(Name::parse).transpose().map_err(at("name"))?,
+            birth_date: self
+                .birth_date
+                .map(|d| BirthDate::parse(&d, today))
+                .transpose()
+                .map_err(at("birth_date"))?,
+            gender: self
+                .gender
+                .map(|g| Gender::parse(&g))
+                .transpose()
+                .map_err(at("gender"))?,
+            relatives: self
+                .relatives
+                .map(parse_relatives)
+                .transpose()
+                .map_err(at("relatives"))?,
+        };
+        if patch.is_empty() {
+            return Err(ValidationError::new("", Some(id), Reason::EmptyPatch));
+        }
+        Ok(patch)
+    }
+}

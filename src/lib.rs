@@ -1,0 +1,21 @@
+//! gifts — a REST service that stores citizen imports for a gift shop and
+//! answers how many presents each citizen buys per month and the age
+//! percentiles per town. The contract is `SPEC.md`; decisions are in `README.md`.
+//!
+//! # Layout
+//! - [`config`]: one `Config` from defaults, `GIFTS_*` environment and flags.
+//! - [`startup`]: builds the storage and the router and serves until shutdown.
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`domain`]: pure types and rules — validation, relatives graph, birthdays,
+//!   ages, numpy-compatible percentiles.
+//! - [`storage`]: the async, backend-neutral [`storage::Storage`] trait and its
+//!   backends (SQLite embedded).
+//! - [`http`]: the router, one module per resource, the JSON extractor and
+//!   [`http::error::AppError`], the one place that maps errors to responses.
+
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,132 @@
+//! Wiring: open the store, build the router, serve until the shutdown signal,
+//! let in-flight requests finish, close the store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, StorageUrl};
+use crate::http::{self, AppState};
+use crate::storage::Storage;
+use crate::storage::sqlite::SqliteStorage;
+
+/// Opens the store named by the configuration.
+pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+    match &config.storage {
+        StorageUrl::Sqlite(path) => {
+            let path = path.clone();
+            let readers = config.sqlite_readers as usize;
+            let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&path, readers))
+                .await?
+                .with_context(|| format!("opening {}", config_storage_display(config)))?;
+            Ok(Arc::new(storage))
+        }
+    }
+}
+
+fn config_storage_display(config: &Config) -> String {
+    match &config.storage {
+        StorageUrl::Sqlite(path) => format!("sqlite database {}", path.display()),
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops accepting,
+/// waits for in-flight requests (bounded by the request timeout) and closes
+/// the store. The caller binds the listener, so tests can use port 0.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let storage = open_storage(&config).await?;
+    let state = AppState {
+        storage: Arc::clone(&storage),
+        max_body_bytes: config.max_body_bytes,
+    };
+    let app = http::router(state, config.request_timeout());
+    tracing::info!(
+        address = %listener.local_addr()?,
+        storage = %config_storage_display(&config),
+        "listening"
+    );
+
+    // hyper directly rather than `axum::serve`, for the header-read timeout.
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    let grace = config.request_timeout() + Duration::from_secs(1);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish in time");
+    }
+    storage.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

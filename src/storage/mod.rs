@@ -1,0 +1,68 @@
+//! Storage behind one async, backend-neutral trait.
+//!
+//! Handlers and domain code only see [`Storage`] and [`StorageError`]; each
+//! backend maps its own driver errors in its own file.
+
+use async_trait::async_trait;
+
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, ValidationError};
+
+pub mod sqlite;
+
+/// What can go wrong in storage, in terms the HTTP layer can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No import with this id.
+    #[error("import {0} not found")]
+    ImportNotFound(ImportId),
+    /// The import exists, the citizen does not.
+    #[error("citizen {citizen} not found in import {import}")]
+    CitizenNotFound {
+        /// The import that was searched.
+        import: ImportId,
+        /// The missing citizen.
+        citizen: CitizenId,
+    },
+    /// The write breaks a rule only the stored data can tell (e.g. an unknown relative).
+    #[error(transparent)]
+    Invalid(ValidationError),
+    /// The store cannot be reached or is shut down; worth retrying later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a broken store.
+    #[error("storage failure")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StorageError {
+    /// Wraps a backend-specific failure.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StorageError::Internal(error.into())
+    }
+}
+
+/// The operations the service needs from a store. Every write is atomic and
+/// durable once it returns `Ok`.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Stores a validated, symmetric import in one transaction and returns its new id.
+    async fn create_import(&self, citizens: Vec<Citizen>) -> Result<ImportId, StorageError>;
+
+    /// Applies a patch in one transaction, mirroring a new relatives list onto
+    /// the other citizens, and returns the updated citizen.
+    async fn patch_citizen(
+        &self,
+        import: ImportId,
+        citizen: CitizenId,
+        patch: CitizenPatch,
+    ) -> Result<Citizen, StorageError>;
+
+    /// All citizens of an import ordered by citizen_id, relatives ascending.
+    async fn citizens(&self, import: ImportId) -> Result<Vec<Citizen>, StorageError>;
+
+    /// Answers `Ok` when the store answers.
+    async fn health(&self) -> Result<(), StorageError>;
+
+    /// Finishes queued work and closes the store; later calls answer `Unavailable`.
+    async fn close(&self);
+}
