@@ -6,7 +6,7 @@ use axum::response::Response;
 
 use super::error::AppError;
 use super::extract::{Body, CitizenPath, ImportPath};
-use super::wire::{self, PatchBody};
+use super::wire::{self, Object, PatchBody};
 use super::{AppState, data};
 use crate::domain::{stats, today_utc};
 
@@ -25,12 +25,11 @@ pub async fn update(
     CitizenPath(import, citizen): CitizenPath,
     Body(body): Body,
 ) -> Result<Response, AppError> {
-    let patch = wire::parse::<PatchBody>(&body)
-        .map_err(|mut e| {
-            e.citizen_id = Some(citizen);
-            e
-        })?
-        .into_patch(citizen, today_utc())?;
+    let Object(patch) = wire::parse::<Object<PatchBody>>(&body).map_err(|mut e| {
+        e.citizen_id = Some(citizen);
+        e
+    })?;
+    let patch = patch.into_patch(citizen, today_utc())?;
     let updated = state.storage.patch_citizen(import, citizen, patch).await?;
     data(StatusCode::OK, &updated)
 }

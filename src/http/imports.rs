@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::error::AppError;
 use super::extract::Body;
-use super::wire::{self, ImportBody};
+use super::wire::{self, ImportBody, Object};
 use super::{AppState, data};
 use crate::domain::{ImportId, today_utc};
 
@@ -21,10 +21,13 @@ pub async fn create(State(state): State<AppState>, Body(body): Body) -> Result<R
     let today = today_utc();
     // Parsing and validating up to the body limit (64 MiB by default) is CPU
     // work of tens of milliseconds: keep it off the async worker threads.
-    let citizens =
-        tokio::task::spawn_blocking(move || wire::parse::<ImportBody>(&body)?.into_citizens(today))
-            .await
-            .map_err(|e| AppError::Internal(Box::new(e)))??;
+    let citizens = tokio::task::spawn_blocking(move || {
+        wire::parse::<Object<ImportBody>>(&body)?
+            .0
+            .into_citizens(today)
+    })
+    .await
+    .map_err(|e| AppError::Internal(Box::new(e)))??;
     let import_id = state.storage.create_import(citizens).await?;
     data(StatusCode::CREATED, &Created { import_id })
 }

@@ -2,7 +2,11 @@
 //! into domain types. Strict serde settings do the JSON-level rules (exact
 //! types, no unknown or duplicate keys, no nulls); the domain does the rest.
 
-use serde::de::{DeserializeOwned, IgnoredAny};
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use time::Date;
 
@@ -17,7 +21,7 @@ use crate::domain::{
 #[serde(deny_unknown_fields)]
 pub struct ImportBody {
     /// The citizens, in the supplier's order.
-    pub citizens: Vec<CitizenBody>,
+    pub citizens: Vec<Object<CitizenBody>>,
 }
 
 /// One citizen of an import, every field required.
@@ -66,6 +70,33 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     T::deserialize(d).map(Some)
 }
 
+/// A `T` that must be written as a JSON object: serde's derived structs also
+/// accept an array of the field values, which the contract does not allow.
+#[derive(Debug)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(ObjectVisitor(PhantomData))
+            .map(Object)
+    }
+}
+
 /// Parses JSON strictly. On failure, parses again tracking the path so the
 /// error names the field (`citizens[3].apartment`) and, when the body is valid
 /// JSON, the citizen_id at that position — the fast path pays for neither.
@@ -80,7 +111,20 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
         // Only trailing data can fail the first parse and pass this one.
         Ok(_) => (String::new(), first_error.to_string()),
     };
-    let path = if path == "." { String::new() } else { path };
+    let mut path = if path == "." { String::new() } else { path };
+    // serde reports missing and duplicate keys at the enclosing object; name the key.
+    for prefix in ["missing field `", "duplicate field `"] {
+        if let Some(key) = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+        {
+            path = if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            };
+        }
+    }
     let citizen_id = citizen_at(bytes, &path);
     Err(ValidationError::new(
         path,
@@ -110,7 +154,7 @@ impl ImportBody {
             .citizens
             .into_iter()
             .enumerate()
-            .map(|(i, c)| c.into_citizen(i, today))
+            .map(|(i, Object(c))| c.into_citizen(i, today))
             .collect::<Result<Vec<_>, _>>()?;
         check_import(&citizens)?;
         Ok(citizens)

@@ -1,0 +1,369 @@
+//! Test harness: start the real app on 127.0.0.1:0 with its own temporary
+//! store, talk to it over HTTP, stop or restart it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gifts::config::{Config, StorageUrl};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The storage backends every black-box test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite in a temporary directory.
+    Sqlite,
+}
+
+/// A store that outlives app restarts within one test.
+pub struct TestStore {
+    _dir: TempDir,
+    url: StorageUrl,
+}
+
+impl TestStore {
+    /// A fresh, empty store of the given backend.
+    pub fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => {
+                let url = StorageUrl::Sqlite(dir.path().join("gifts.db"));
+                Self { _dir: dir, url }
+            }
+        }
+    }
+
+    /// The `--storage` value for this store.
+    pub fn url(&self) -> &StorageUrl {
+        &self.url
+    }
+
+    /// The `--storage` flag text for this store, for running the real binary.
+    pub fn flag(&self) -> String {
+        match &self.url {
+            StorageUrl::Sqlite(path) => format!("sqlite:{}", path.display()),
+        }
+    }
+}
+
+/// A running app and an HTTP client for it.
+pub struct TestApp {
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub base: String,
+    /// The client used by the helpers; tests may use it directly.
+    pub client: reqwest::Client,
+    /// The store behind the app.
+    pub store: TestStore,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts the app on a fresh store with default settings.
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts the app on a fresh store after `adjust` has changed the config.
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        let store = TestStore::new(backend);
+        let mut config = Config::with_storage(store.url().clone());
+        adjust(&mut config);
+        Self::start(store, config).await
+    }
+
+    /// Starts the app on an existing store.
+    pub async fn start(store: TestStore, mut config: Config) -> Self {
+        config.storage = store.url().clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("local addr");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(gifts::startup::run(config, listener, async {
+            let _ = stop.await;
+        }));
+        let app = Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            store,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        };
+        app.wait_until_healthy().await;
+        app
+    }
+
+    /// Polls `/health` until it answers 200; panics after a deadline or if the app stopped.
+    async fn wait_until_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = self.client.get(self.url("/health")).send().await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            let task = self.task.as_ref().expect("running");
+            assert!(!task.is_finished(), "the app stopped during start-up");
+            assert!(Instant::now() < deadline, "the app did not become healthy");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Graceful shutdown; returns the store so a new app can open it.
+    pub async fn stop(mut self) -> TestStore {
+        self.shutdown.take().expect("running").send(()).ok();
+        let result = self.task.take().expect("running").await.expect("join");
+        result.expect("the app ran and stopped cleanly");
+        self.store
+    }
+
+    /// Stops and starts again on the same store.
+    pub async fn restart(self) -> Self {
+        let store = self.stop().await;
+        let config = Config::with_storage(store.url().clone());
+        Self::start(store, config).await
+    }
+
+    /// Full URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request with a raw body; returns status and JSON body (Null if empty).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body read");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{status}: body is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, json)
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// POST /imports with a JSON value.
+    pub async fn post_import(&self, body: &Value) -> (StatusCode, Value) {
+        self.post_import_raw(serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    /// POST /imports with raw bytes.
+    pub async fn post_import_raw(&self, body: Vec<u8>) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, "/imports", Some(body))
+            .await
+    }
+
+    /// POST /imports that must succeed; returns the new import id.
+    pub async fn import(&self, citizens: Vec<Value>) -> i64 {
+        let (status, body) = self.post_import(&json!({ "citizens": citizens })).await;
+        assert_eq!(status, StatusCode::CREATED, "import failed: {body}");
+        body["data"]["import_id"].as_i64().expect("import_id")
+    }
+
+    /// PATCH a citizen with a JSON value.
+    pub async fn patch(&self, import: i64, citizen: u64, body: &Value) -> (StatusCode, Value) {
+        self.patch_raw(import, citizen, serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    /// PATCH a citizen with raw bytes.
+    pub async fn patch_raw(&self, import: i64, citizen: u64, body: Vec<u8>) -> (StatusCode, Value) {
+        self.send(
+            reqwest::Method::PATCH,
+            &format!("/imports/{import}/citizens/{citizen}"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// GET citizens that must succeed; returns the `data` list.
+    pub async fn citizens(&self, import: i64) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/imports/{import}/citizens")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].as_array().expect("data list").clone()
+    }
+
+    /// GET birthdays that must succeed; returns `data`.
+    pub async fn birthdays(&self, import: i64) -> Value {
+        let (status, body) = self
+            .get(&format!("/imports/{import}/citizens/birthdays"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].clone()
+    }
+
+    /// GET percentiles that must succeed; returns `data`.
+    pub async fn percentiles(&self, import: i64) -> Value {
+        let (status, body) = self
+            .get(&format!("/imports/{import}/towns/stat/percentile/age"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].clone()
+    }
+}
+
+/// A valid citizen with the given id and relatives; tests override fields.
+pub fn citizen(id: u64, relatives: &[u64]) -> Value {
+    json!({
+        "citizen_id": id,
+        "town": "Москва",
+        "street": "Льва Толстого",
+        "building": "16к7стр5",
+        "apartment": 7,
+        "name": format!("Житель {id}"),
+        "birth_date": "26.12.1986",
+        "gender": "male",
+        "relatives": relatives,
+    })
+}
+
+/// `citizen` with some fields replaced.
+pub fn citizen_with(id: u64, relatives: &[u64], fields: Value) -> Value {
+    let mut c = citizen(id, relatives);
+    for (k, v) in fields.as_object().expect("object") {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// The SPEC example import: 1↔2 in Москва, 3 alone in Керчь.
+pub fn spec_example() -> Vec<Value> {
+    vec![
+        json!({"citizen_id": 1, "town": "Москва", "street": "Льва Толстого", "building": "16к7стр5",
+               "apartment": 7, "name": "Иванов Иван Иванович", "birth_date": "26.12.1986",
+               "gender": "male", "relatives": [2]}),
+        json!({"citizen_id": 2, "town": "Москва", "street": "Льва Толстого", "building": "16к7стр5",
+               "apartment": 7, "name": "Иванов Сергей Иванович", "birth_date": "01.04.1997",
+               "gender": "male", "relatives": [1]}),
+        json!({"citizen_id": 3, "town": "Керчь", "street": "Иосифа Бродского", "building": "2",
+               "apartment": 11, "name": "Романова Мария Леонидовна", "birth_date": "23.11.1986",
+               "gender": "female", "relatives": []}),
+    ]
+}
+
+/// Today's date in UTC, as the service sees it.
+pub fn today() -> time::Date {
+    time::OffsetDateTime::now_utc().date()
+}
+
+/// A date in the wire form `DD.MM.YYYY`.
+pub fn wire_date(date: time::Date) -> String {
+    format!(
+        "{:02}.{:02}.{:04}",
+        date.day(),
+        date.month() as u8,
+        date.year()
+    )
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*), so big imports are reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    /// Next number below `bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound
+    }
+}
+
+/// `n` citizens with `links` symmetric relative links between distinct
+/// citizens, in shuffled order, relatives unsorted.
+pub fn generate_import(n: u64, links: usize, seed: u64) -> Vec<Value> {
+    let mut rng = Rng::new(seed);
+    let mut relatives: Vec<Vec<u64>> = vec![Vec::new(); n as usize];
+    let mut made = std::collections::HashSet::new();
+    while made.len() < links {
+        let (a, b) = (rng.below(n), rng.below(n));
+        if a != b && made.insert((a.min(b), a.max(b))) {
+            relatives[a as usize].push(b);
+            relatives[b as usize].push(a);
+        }
+    }
+    let towns = ["Москва", "Керчь", "Tver", "Санкт-Петербург", "Омск"];
+    let mut citizens: Vec<Value> = (0..n)
+        .map(|id| {
+            json!({
+                "citizen_id": id,
+                "town": towns[rng.below(towns.len() as u64) as usize],
+                "street": format!("Улица {}", rng.below(500)),
+                "building": format!("{}к{}", rng.below(100), rng.below(9)),
+                "apartment": rng.below(1000),
+                "name": format!("Гражданин Номер {id}"),
+                "birth_date": format!("{:02}.{:02}.{}", 1 + rng.below(28), 1 + rng.below(12), 1940 + rng.below(80)),
+                "gender": if rng.below(2) == 0 { "male" } else { "female" },
+                "relatives": relatives[id as usize],
+            })
+        })
+        .collect();
+    // Shuffle (Fisher–Yates) so storage order is not input order.
+    for i in (1..citizens.len()).rev() {
+        citizens.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    citizens
+}
+
+/// What GET citizens must return for an import body: ordered by id, relatives ascending.
+pub fn expected_listing(citizens: &[Value]) -> Vec<Value> {
+    let mut expected: Vec<Value> = citizens.to_vec();
+    expected.sort_by_key(|c| c["citizen_id"].as_u64().unwrap());
+    for c in &mut expected {
+        let mut r: Vec<u64> = c["relatives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        r.sort_unstable();
+        c["relatives"] = json!(r);
+    }
+    expected
+}
+
+/// Runs each named `async fn name(backend: Backend)` once per backend, as
+/// separate tests named `<backend>::<name>`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}

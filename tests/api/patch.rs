@@ -1,0 +1,368 @@
+//! PATCH /imports/{import_id}/citizens/{citizen_id}: field updates, mirrored
+//! relatives, rejections that change nothing, and concurrency.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::{Backend, Rng, TestApp, citizen, spec_example, today, wire_date};
+
+/// `citizen_id → relatives` of an import.
+async fn relatives(app: &TestApp, import: i64) -> BTreeMap<u64, Vec<u64>> {
+    app.citizens(import)
+        .await
+        .iter()
+        .map(|c| {
+            let list = c["relatives"].as_array().unwrap();
+            (
+                c["citizen_id"].as_u64().unwrap(),
+                list.iter().map(|v| v.as_u64().unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+fn graph(pairs: &[(u64, &[u64])]) -> BTreeMap<u64, Vec<u64>> {
+    pairs.iter().map(|(id, r)| (*id, r.to_vec())).collect()
+}
+
+async fn spec_example_marriage_and_divorce_are_mirrored(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+
+    let (status, body) = app.patch(import, 3, &json!({"relatives": [1]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut expected = spec_example()[2].clone();
+    expected["relatives"] = json!([1]);
+    assert_eq!(body, json!({ "data": expected }));
+    assert_eq!(
+        relatives(&app, import).await,
+        graph(&[(1, &[2, 3]), (2, &[1]), (3, &[1])])
+    );
+
+    let (status, body) = app.patch(import, 3, &json!({"relatives": []})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "data": spec_example()[2] }));
+    assert_eq!(
+        relatives(&app, import).await,
+        graph(&[(1, &[2]), (2, &[1]), (3, &[])])
+    );
+    let mut listing = spec_example();
+    listing[2] = body["data"].clone();
+    assert_eq!(app.citizens(import).await, listing, "nothing else changed");
+}
+
+async fn every_field_can_be_changed_and_the_whole_citizen_comes_back(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    let change = json!({
+        "name": "Иванова Мария Леонидовна",
+        "town": "Москва",
+        "street": "Льва Толстого",
+        "building": "16к7стр5",
+        "apartment": 7,
+        "birth_date": "29.02.2000",
+        "gender": "male",
+        "relatives": [2, 3],
+    });
+    let (status, body) = app.patch(import, 3, &change).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut expected = change.clone();
+    expected["citizen_id"] = json!(3);
+    assert_eq!(body["data"], expected);
+    assert_eq!(
+        app.citizens(import).await[2],
+        expected,
+        "the change is stored"
+    );
+    assert_eq!(
+        relatives(&app, import).await,
+        graph(&[(1, &[2]), (2, &[1, 3]), (3, &[2, 3])])
+    );
+
+    // One field at a time leaves the others alone.
+    let (status, body) = app.patch(import, 3, &json!({"apartment": 12})).await;
+    assert_eq!(status, StatusCode::OK);
+    expected["apartment"] = json!(12);
+    assert_eq!(body["data"], expected);
+}
+
+async fn replacing_relatives_drops_and_adds_on_both_sides(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app
+        .import(vec![
+            citizen(1, &[2, 3]),
+            citizen(2, &[1]),
+            citizen(3, &[1]),
+            citizen(4, &[]),
+            citizen(5, &[]),
+        ])
+        .await;
+    let (status, body) = app.patch(import, 1, &json!({"relatives": [5, 3, 4]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["relatives"], json!([3, 4, 5]), "ascending");
+    assert_eq!(
+        relatives(&app, import).await,
+        graph(&[(1, &[3, 4, 5]), (2, &[]), (3, &[1]), (4, &[1]), (5, &[1])])
+    );
+}
+
+async fn a_citizen_can_become_and_stop_being_its_own_relative(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    app.patch(import, 1, &json!({"relatives": [1, 2]})).await;
+    assert_eq!(
+        relatives(&app, import).await,
+        graph(&[(1, &[1, 2]), (2, &[1]), (3, &[])])
+    );
+    app.patch(import, 1, &json!({"relatives": [2]})).await;
+    assert_eq!(
+        relatives(&app, import).await,
+        graph(&[(1, &[2]), (2, &[1]), (3, &[])])
+    );
+}
+
+async fn unknown_import_or_citizen_is_404(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    let body = json!({"name": "X"});
+    for (path_import, path_citizen) in [(import + 1, 1), (import, 4)] {
+        let (status, response) = app.patch(path_import, path_citizen, &body).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{path_import}/{path_citizen}"
+        );
+        assert_eq!(response["error"]["code"], "not_found");
+    }
+    for path in [
+        "/imports/abc/citizens/1",
+        "/imports/1/citizens/abc",
+        "/imports/0/citizens/1",
+        "/imports/-1/citizens/1",
+        "/imports/1/citizens/-1",
+        "/imports/1/citizens/9223372036854775808",
+        "/imports/99999999999999999999/citizens/1",
+    ] {
+        let (status, _) = app
+            .send(
+                reqwest::Method::PATCH,
+                path,
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+/// One case per rule: description, body, field named, error code.
+fn invalid_patch_cases() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
+    let j = |v: Value| serde_json::to_vec(&v).unwrap();
+    let future = wire_date(today() + time::Duration::days(2));
+    vec![
+        ("empty object", j(json!({})), "", "empty_patch"),
+        ("not JSON", b"{\"name\": ".to_vec(), "name", "malformed"),
+        ("empty body", Vec::new(), "", "malformed"),
+        ("array body", j(json!([{"name": "X"}])), "", "malformed"),
+        (
+            "array of field values",
+            j(json!(["Москва"])),
+            "",
+            "malformed",
+        ),
+        (
+            "citizen_id",
+            j(json!({"citizen_id": 9})),
+            "citizen_id",
+            "immutable_field",
+        ),
+        (
+            "unknown field",
+            j(json!({"name": "X", "age": 3})),
+            "age",
+            "malformed",
+        ),
+        (
+            "duplicate key",
+            br#"{"name": "X", "name": "Y"}"#.to_vec(),
+            "name",
+            "malformed",
+        ),
+        ("null name", j(json!({"name": null})), "name", "malformed"),
+        (
+            "null relatives",
+            j(json!({"relatives": null})),
+            "relatives",
+            "malformed",
+        ),
+        (
+            "empty name",
+            j(json!({"name": ""})),
+            "name",
+            "invalid_length",
+        ),
+        (
+            "name too long",
+            j(json!({"name": "x".repeat(257)})),
+            "name",
+            "invalid_length",
+        ),
+        (
+            "town without letter or digit",
+            j(json!({"town": "--"})),
+            "town",
+            "no_letter_or_digit",
+        ),
+        (
+            "street empty",
+            j(json!({"street": ""})),
+            "street",
+            "invalid_length",
+        ),
+        (
+            "building of spaces",
+            j(json!({"building": "  "})),
+            "building",
+            "no_letter_or_digit",
+        ),
+        (
+            "apartment negative",
+            j(json!({"apartment": -1})),
+            "apartment",
+            "malformed",
+        ),
+        (
+            "apartment as string",
+            j(json!({"apartment": "1"})),
+            "apartment",
+            "malformed",
+        ),
+        (
+            "apartment 2^63",
+            j(json!({"apartment": 1u64 << 63})),
+            "apartment",
+            "out_of_range",
+        ),
+        (
+            "bad calendar date",
+            j(json!({"birth_date": "30.02.2000"})),
+            "birth_date",
+            "not_a_calendar_date",
+        ),
+        (
+            "bad date format",
+            j(json!({"birth_date": "1.1.2000"})),
+            "birth_date",
+            "invalid_date_format",
+        ),
+        (
+            "future date",
+            j(json!({"birth_date": future})),
+            "birth_date",
+            "date_in_future",
+        ),
+        (
+            "gender",
+            j(json!({"gender": "f"})),
+            "gender",
+            "invalid_gender",
+        ),
+        (
+            "relatives duplicate",
+            j(json!({"relatives": [1, 1]})),
+            "relatives",
+            "duplicate_relative",
+        ),
+        (
+            "relative as string",
+            j(json!({"relatives": ["1"]})),
+            "relatives[0]",
+            "malformed",
+        ),
+        (
+            "unknown relative",
+            j(json!({"relatives": [1, 99]})),
+            "relatives",
+            "unknown_relative",
+        ),
+        (
+            "valid name with unknown relative",
+            j(json!({"name": "Y", "relatives": [2, 99]})),
+            "relatives",
+            "unknown_relative",
+        ),
+    ]
+}
+
+async fn invalid_patches_are_rejected_naming_field_and_citizen_and_change_nothing(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    for (why, body, field, code) in invalid_patch_cases() {
+        let (status, response) = app.patch_raw(import, 3, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}: {response}");
+        let error = &response["error"];
+        assert_eq!(error["code"], code, "{why}: {response}");
+        assert_eq!(error["field"], field, "{why}: {response}");
+        assert_eq!(error["citizen_id"], 3, "{why}: {response}");
+        assert!(
+            error["message"].as_str().unwrap().contains("citizen 3"),
+            "{why}: {response}"
+        );
+    }
+    assert_eq!(
+        app.citizens(import).await,
+        spec_example(),
+        "nothing changed"
+    );
+}
+
+async fn concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let n = 12u64;
+    let import = app
+        .import((0..n).map(|id| citizen(id, &[])).collect())
+        .await;
+    let mut rng = Rng::new(7);
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let me = rng.below(n);
+        let new: BTreeSet<u64> = (0..rng.below(5)).map(|_| rng.below(n)).collect();
+        let client = app.client.clone();
+        let url = app.url(&format!("/imports/{import}/citizens/{me}"));
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .patch(url)
+                .body(json!({ "relatives": new }).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let graph = relatives(&app, import).await;
+    for (a, list) in &graph {
+        for b in list {
+            assert!(
+                graph[b].contains(a),
+                "{a} lists {b} but {b} does not list {a}: {graph:?}"
+            );
+        }
+    }
+}
+
+backend_tests!(
+    spec_example_marriage_and_divorce_are_mirrored,
+    every_field_can_be_changed_and_the_whole_citizen_comes_back,
+    replacing_relatives_drops_and_adds_on_both_sides,
+    a_citizen_can_become_and_stop_being_its_own_relative,
+    unknown_import_or_citizen_is_404,
+    invalid_patches_are_rejected_naming_field_and_citizen_and_change_nothing,
+    concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric,
+);

@@ -1,0 +1,213 @@
+//! The GET endpoints: ordering, known answers for birthdays and percentiles,
+//! and the status codes for unknown paths, wrong methods and big bodies.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::{
+    Backend, TestApp, citizen, citizen_with, expected_listing, spec_example, today,
+};
+
+async fn citizens_come_ordered_by_id_with_relatives_ascending(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let sent = vec![
+        citizen(30, &[2, 100, 4]),
+        citizen(4, &[30]),
+        citizen(100, &[30, 2]),
+        citizen(2, &[100, 30]),
+    ];
+    let import = app.import(sent.clone()).await;
+    let listing = app.citizens(import).await;
+    let ids: Vec<u64> = listing
+        .iter()
+        .map(|c| c["citizen_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [2, 4, 30, 100]);
+    assert_eq!(listing[2]["relatives"], json!([2, 4, 100]));
+    assert_eq!(listing, expected_listing(&sent));
+}
+
+async fn birthdays_count_one_present_per_relative_per_month(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let born = |id, relatives: &[u64], date: &str| {
+        citizen_with(id, relatives, json!({"birth_date": date}))
+    };
+    // 1 is related to 2, 3 and 4; 2 and 3 share April; 5 is its own relative.
+    let import = app
+        .import(vec![
+            born(4, &[1], "31.12.1990"),
+            born(1, &[2, 3, 4], "15.06.1980"),
+            born(2, &[1], "01.04.2001"),
+            born(3, &[1], "30.04.2002"),
+            born(5, &[5], "10.04.1970"),
+            born(6, &[], "10.04.1970"),
+        ])
+        .await;
+    let expected = json!({
+        "1": [], "2": [], "3": [],
+        "4": [{"citizen_id": 1, "presents": 2}, {"citizen_id": 5, "presents": 1}],
+        "5": [],
+        "6": [{"citizen_id": 2, "presents": 1}, {"citizen_id": 3, "presents": 1}, {"citizen_id": 4, "presents": 1}],
+        "7": [], "8": [], "9": [], "10": [], "11": [],
+        "12": [{"citizen_id": 1, "presents": 1}],
+    });
+    let data = app.birthdays(import).await;
+    assert_eq!(data, expected);
+    let keys: Vec<&String> = data.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 12);
+}
+
+async fn birthdays_of_the_spec_example_follow_patches(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    app.patch(import, 3, &json!({"relatives": [1]})).await;
+    let data = app.birthdays(import).await;
+    assert_eq!(data["4"], json!([{"citizen_id": 1, "presents": 1}]));
+    assert_eq!(data["11"], json!([{"citizen_id": 1, "presents": 1}]));
+    assert_eq!(
+        data["12"],
+        json!([{"citizen_id": 2, "presents": 1}, {"citizen_id": 3, "presents": 1}])
+    );
+}
+
+/// A citizen of `town` who is exactly `age` years old today (born 1 January).
+fn aged(id: u64, town: &str, age: i32) -> Value {
+    let year = today().year() - age;
+    citizen_with(
+        id,
+        &[],
+        json!({"town": town, "birth_date": format!("01.01.{year:04}")}),
+    )
+}
+
+async fn percentiles_match_numpy_and_towns_come_ordered(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app
+        .import(vec![
+            aged(1, "Москва", 40),
+            aged(2, "Москва", 10),
+            aged(3, "Москва", 30),
+            aged(4, "Москва", 20),
+            aged(5, "Abc", 5),
+            aged(6, "Zed", 33),
+            aged(7, "Zed", 34),
+            aged(8, "Керчь", 0),
+        ])
+        .await;
+    // numpy.percentile([10, 20, 30, 40], [50, 75, 99]) = [25, 32.5, 39.7];
+    // ([33, 34], ...) = [33.5, 33.75, 33.99].
+    assert_eq!(
+        app.percentiles(import).await,
+        json!([
+            {"town": "Abc", "p50": 5.0, "p75": 5.0, "p99": 5.0},
+            {"town": "Zed", "p50": 33.5, "p75": 33.75, "p99": 33.99},
+            {"town": "Керчь", "p50": 0.0, "p75": 0.0, "p99": 0.0},
+            {"town": "Москва", "p50": 25.0, "p75": 32.5, "p99": 39.7},
+        ])
+    );
+}
+
+async fn percentiles_round_to_two_decimals(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ages = [1, 2, 3, 5, 8, 13, 21];
+    let import = app
+        .import(
+            ages.iter()
+                .enumerate()
+                .map(|(i, &a)| aged(i as u64, "T", a))
+                .collect(),
+        )
+        .await;
+    // numpy.percentile([1, 2, 3, 5, 8, 13, 21], 99) = 20.52 (index 5.94).
+    let data = app.percentiles(import).await;
+    assert_eq!(
+        data,
+        json!([{"town": "T", "p50": 5.0, "p75": 10.5, "p99": 20.52}])
+    );
+}
+
+async fn unknown_imports_and_paths_are_404_with_a_json_error(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    let missing = import + 1;
+    for path in [
+        format!("/imports/{missing}/citizens"),
+        format!("/imports/{missing}/citizens/birthdays"),
+        format!("/imports/{missing}/towns/stat/percentile/age"),
+        "/imports/abc/citizens".into(),
+        "/imports/0/citizens".into(),
+        "/imports/-1/citizens".into(),
+        "/imports/1.0/citizens".into(),
+        format!("/imports/{import}/citizens/"),
+        "/imports/".into(),
+        format!("/imports/{import}/towns/stat/percentile"),
+        "/nothing".into(),
+    ] {
+        let (status, body) = app.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+}
+
+async fn wrong_methods_are_405_with_a_json_error(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    for (method, path) in [
+        (Method::GET, "/imports".to_string()),
+        (Method::DELETE, "/imports".into()),
+        (Method::POST, format!("/imports/{import}/citizens")),
+        (Method::PUT, format!("/imports/{import}/citizens/1")),
+        (Method::GET, format!("/imports/{import}/citizens/1")),
+        (
+            Method::POST,
+            format!("/imports/{import}/citizens/birthdays"),
+        ),
+        (
+            Method::DELETE,
+            format!("/imports/{import}/towns/stat/percentile/age"),
+        ),
+        (Method::POST, "/health".into()),
+    ] {
+        let (status, body) = app.send(method.clone(), &path, None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}"
+        );
+    }
+}
+
+async fn bodies_over_the_limit_are_413_and_store_nothing(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.max_body_bytes = 4096).await;
+    let big: Vec<Value> = (0..40).map(|id| citizen(id, &[])).collect();
+    let (status, body) = app.post_import(&json!({ "citizens": big })).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    let import = app.import(spec_example()).await;
+    assert_eq!(import, 1, "the rejected import was not stored");
+    let (status, _) = app
+        .patch(import, 1, &json!({ "name": "x".repeat(5000) }))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(app.citizens(import).await, spec_example());
+}
+
+async fn health_answers_when_the_store_does(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (status, body) = app.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"data": {"status": "ok"}}));
+}
+
+backend_tests!(
+    citizens_come_ordered_by_id_with_relatives_ascending,
+    birthdays_count_one_present_per_relative_per_month,
+    birthdays_of_the_spec_example_follow_patches,
+    percentiles_match_numpy_and_towns_come_ordered,
+    percentiles_round_to_two_decimals,
+    unknown_imports_and_paths_are_404_with_a_json_error,
+    wrong_methods_are_405_with_a_json_error,
+    bodies_over_the_limit_are_413_and_store_nothing,
+    health_answers_when_the_store_does,
+);
