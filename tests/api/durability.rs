@@ -50,10 +50,10 @@ impl Process {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = client.get(format!("{}/health", process.base)).send().await {
-                if r.status() == StatusCode::OK {
-                    return process;
-                }
+            if let Ok(r) = client.get(format!("{}/health", process.base)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return process;
             }
             assert!(
                 process.child.try_wait().expect("wait").is_none(),

@@ -100,10 +100,10 @@ impl TestApp {
     async fn wait_until_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(response) = self.client.get(self.url("/health")).send().await {
-                if response.status() == StatusCode::OK {
-                    return;
-                }
+            if let Ok(response) = self.client.get(self.url("/health")).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
             }
             let task = self.task.as_ref().expect("running");
             assert!(!task.is_finished(), "the app stopped during start-up");

@@ -110,13 +110,16 @@ async fn body_is_json_whatever_the_content_type(backend: Backend) {
 
 /// One case per rule: a description, the body, the field the error must
 /// name, the citizen it must name (if any) and the error code.
-fn invalid_import_cases() -> Vec<(
+/// Description, body, field named, citizen named, error code.
+type Case = (
     &'static str,
     Vec<u8>,
     &'static str,
     Option<u64>,
     &'static str,
-)> {
+);
+
+fn invalid_import_cases() -> Vec<Case> {
     let ok = |c: Vec<Value>| serde_json::to_vec(&json!({ "citizens": c })).unwrap();
     let with = |fields: Value| ok(vec![citizen(1, &[]), citizen_with(2, &[], fields)]);
     let future = wire_date(today() + time::Duration::days(2));
