@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::storage::tarantool::TarantoolAddress;
+
 /// Everything the service can be told at start; checked before anything runs.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -18,7 +20,8 @@ pub struct Config {
     #[arg(long, env = "GIFTS_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
 
-    /// Where data lives: `sqlite:PATH` (embedded, created on first start).
+    /// Where data lives: `sqlite:PATH` (embedded, created on first start) or
+    /// `tarantool://USER:PASSWORD@HOST:PORT` (a server running tarantool/app.lua).
     #[arg(long, env = "GIFTS_STORAGE", default_value = "sqlite:data/gifts.db")]
     pub storage: StorageUrl,
 
@@ -37,6 +40,10 @@ pub struct Config {
     /// Reader threads (one read-only connection each) for the SQLite backend.
     #[arg(long, env = "GIFTS_SQLITE_READERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub sqlite_readers: u64,
+
+    /// Seconds a Tarantool call may take before the request fails with 503.
+    #[arg(long, env = "GIFTS_TARANTOOL_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tarantool_timeout_secs: u64,
 }
 
 impl Config {
@@ -48,6 +55,11 @@ impl Config {
     /// The header-read timeout.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// The per-call Tarantool timeout.
+    pub fn tarantool_timeout(&self) -> Duration {
+        Duration::from_secs(self.tarantool_timeout_secs)
     }
 
     /// Defaults for everything but the store, for tests and embedding.
@@ -63,17 +75,49 @@ impl Config {
 pub enum StorageUrl {
     /// Embedded SQLite database file.
     Sqlite(PathBuf),
+    /// A Tarantool server running `tarantool/app.lua`.
+    Tarantool(TarantoolAddress),
+}
+
+impl std::fmt::Display for StorageUrl {
+    /// The URL with the password hidden, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageUrl::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            StorageUrl::Tarantool(address) => write!(f, "{address:?}"),
+        }
+    }
 }
 
 impl FromStr for StorageUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.strip_prefix("sqlite:") {
-            Some("") => Err("sqlite: needs a file path, e.g. sqlite:data/gifts.db".into()),
-            Some(path) => Ok(StorageUrl::Sqlite(PathBuf::from(path))),
-            None => Err(format!("unsupported storage {s:?}: expected sqlite:PATH")),
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err("sqlite: needs a file path, e.g. sqlite:data/gifts.db".into());
+            }
+            return Ok(StorageUrl::Sqlite(PathBuf::from(path)));
         }
+        if let Some(rest) = s.strip_prefix("tarantool://") {
+            let form = "expected tarantool://USER:PASSWORD@HOST:PORT";
+            // The host part has no '@', so the last one ends the credentials.
+            let (credentials, host_port) = rest.rsplit_once('@').ok_or(form)?;
+            let (user, password) = credentials.split_once(':').ok_or(form)?;
+            let (host, port) = host_port.rsplit_once(':').ok_or(form)?;
+            if user.is_empty() || host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(form.into());
+            }
+            return Ok(StorageUrl::Tarantool(TarantoolAddress {
+                host_port: host_port.to_owned(),
+                user: user.to_owned(),
+                password: password.to_owned(),
+            }));
+        }
+        Err(
+            "unsupported storage: expected sqlite:PATH or tarantool://USER:PASSWORD@HOST:PORT"
+                .into(),
+        )
     }
 }
 
@@ -106,9 +150,25 @@ mod tests {
     }
 
     #[test]
+    fn tarantool_urls_carry_credentials_and_hide_the_password() {
+        let url: StorageUrl = "tarantool://gifts:p@ss:w@tarantool:3301".parse().unwrap();
+        let StorageUrl::Tarantool(address) = &url else {
+            panic!("{url}")
+        };
+        assert_eq!(address.host_port, "tarantool:3301");
+        assert_eq!(address.user, "gifts");
+        assert_eq!(address.password, "p@ss:w");
+        assert_eq!(url.to_string(), "tarantool://gifts:***@tarantool:3301");
+        assert!(!format!("{url:?}").contains("p@ss"));
+    }
+
+    #[test]
     fn bad_storage_urls_are_refused_at_start() {
         assert!("postgres://x".parse::<StorageUrl>().is_err());
         assert!("sqlite:".parse::<StorageUrl>().is_err());
+        assert!("tarantool://host:3301".parse::<StorageUrl>().is_err());
+        assert!("tarantool://u:p@host".parse::<StorageUrl>().is_err());
+        assert!("tarantool://u:p@host:port".parse::<StorageUrl>().is_err());
         assert!(Config::try_parse_from(["gifts", "--request-timeout-secs", "0"]).is_err());
     }
 }

@@ -16,6 +16,7 @@ use crate::config::{Config, StorageUrl};
 use crate::http::{self, AppState};
 use crate::storage::Storage;
 use crate::storage::sqlite::SqliteStorage;
+use crate::storage::tarantool::TarantoolStorage;
 
 /// Opens the store named by the configuration.
 pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
@@ -25,15 +26,13 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
             let readers = config.sqlite_readers as usize;
             let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&path, readers))
                 .await?
-                .with_context(|| format!("opening {}", config_storage_display(config)))?;
+                .with_context(|| format!("opening {}", config.storage))?;
             Ok(Arc::new(storage))
         }
-    }
-}
-
-fn config_storage_display(config: &Config) -> String {
-    match &config.storage {
-        StorageUrl::Sqlite(path) => format!("sqlite database {}", path.display()),
+        StorageUrl::Tarantool(address) => Ok(Arc::new(TarantoolStorage::connect(
+            address,
+            config.tarantool_timeout(),
+        ))),
     }
 }
 
@@ -53,7 +52,7 @@ pub async fn run(
     let app = http::router(state, config.request_timeout());
     tracing::info!(
         address = %listener.local_addr()?,
-        storage = %config_storage_display(&config),
+        storage = %config.storage,
         "listening"
     );
 

@@ -5,9 +5,13 @@
 
 use async_trait::async_trait;
 
-use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, ValidationError};
+use crate::domain::{
+    Apartment, BirthDate, Citizen, CitizenId, CitizenPatch, Gender, ImportId, Name, Place,
+    ValidationError,
+};
 
 pub mod sqlite;
+pub mod tarantool;
 
 /// What can go wrong in storage, in terms the HTTP layer can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -65,4 +69,38 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Finishes queued work and closes the store; later calls answer `Unavailable`.
     async fn close(&self);
+}
+
+/// Rebuilds a citizen read back from a store, re-checking every field: a
+/// stored value that fails is reported as corruption rather than served.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stored_citizen(
+    citizen_id: u64,
+    town: String,
+    street: String,
+    building: String,
+    apartment: u64,
+    name: String,
+    birth_date: &str,
+    gender: &str,
+    relatives: Vec<u64>,
+) -> Result<Citizen, StorageError> {
+    fn corrupt(field: &str) -> StorageError {
+        StorageError::internal(format!("corrupt stored citizen field {field}"))
+    }
+    Ok(Citizen {
+        citizen_id: CitizenId::parse(citizen_id).map_err(|_| corrupt("citizen_id"))?,
+        town: Place::parse(town).map_err(|_| corrupt("town"))?,
+        street: Place::parse(street).map_err(|_| corrupt("street"))?,
+        building: Place::parse(building).map_err(|_| corrupt("building"))?,
+        apartment: Apartment::parse(apartment).map_err(|_| corrupt("apartment"))?,
+        name: Name::parse(name).map_err(|_| corrupt("name"))?,
+        birth_date: BirthDate::from_iso(birth_date).ok_or_else(|| corrupt("birth_date"))?,
+        gender: Gender::parse(gender).map_err(|_| corrupt("gender"))?,
+        relatives: relatives
+            .into_iter()
+            .map(CitizenId::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| corrupt("relatives"))?,
+    })
 }

@@ -17,12 +17,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Storage, StorageError};
+use super::{Storage, StorageError, stored_citizen};
 use crate::domain::relatives::{Edit, mirror_edits};
-use crate::domain::{
-    Apartment, BirthDate, Citizen, CitizenId, CitizenPatch, Gender, ImportId, Name, Place, Reason,
-    ValidationError,
-};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 
 /// Schema migrations; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -427,7 +424,12 @@ fn load_relatives(
                 .optional()
         })
         .map_err(internal)?;
-    blob.map(|b| decode_relatives(&b)).transpose()
+    let Some(blob) = blob else { return Ok(None) };
+    decode_relatives(&blob)?
+        .into_iter()
+        .map(|id| CitizenId::parse(id).map_err(|_| StorageError::internal("corrupt relative id")))
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 fn store_relatives(
@@ -454,46 +456,37 @@ fn encode_relatives(list: &[CitizenId], out: &mut Vec<u8>) {
     }
 }
 
-fn decode_relatives(blob: &[u8]) -> Result<Vec<CitizenId>, StorageError> {
+fn decode_relatives(blob: &[u8]) -> Result<Vec<u64>, StorageError> {
     if !blob.len().is_multiple_of(8) {
         return Err(StorageError::internal("corrupt relatives list"));
     }
     blob.chunks_exact(8)
         .map(|chunk| {
             let value = i64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
-            u64::try_from(value)
-                .ok()
-                .and_then(|v| CitizenId::parse(v).ok())
-                .ok_or_else(|| StorageError::internal("corrupt relative id"))
+            u64::try_from(value).map_err(|_| StorageError::internal("corrupt relative id"))
         })
         .collect()
 }
 
-/// Rebuilds a citizen from a row, re-checking every field: a row that fails is
-/// reported as corruption rather than served.
+/// Rebuilds a citizen from a row of `CITIZEN_COLUMNS`.
 fn read_row(row: &Row<'_>) -> Result<Citizen, StorageError> {
-    fn corrupt(field: &str) -> StorageError {
-        StorageError::internal(format!("corrupt stored citizen field {field}"))
-    }
-    let get_i64 = |i: usize| row.get::<_, i64>(i).map_err(internal);
-    let get_string = |i: usize| row.get::<_, String>(i).map_err(internal);
-    let unsigned = |v: i64| u64::try_from(v).ok();
+    let unsigned = |i: usize| -> Result<u64, StorageError> {
+        let value: i64 = row.get(i).map_err(internal)?;
+        u64::try_from(value).map_err(StorageError::internal)
+    };
+    let text = |i: usize| row.get::<_, String>(i).map_err(internal);
     let relatives: Vec<u8> = row.get(8).map_err(internal)?;
-    Ok(Citizen {
-        citizen_id: unsigned(get_i64(0)?)
-            .and_then(|v| CitizenId::parse(v).ok())
-            .ok_or_else(|| corrupt("citizen_id"))?,
-        town: Place::parse(get_string(1)?).map_err(|_| corrupt("town"))?,
-        street: Place::parse(get_string(2)?).map_err(|_| corrupt("street"))?,
-        building: Place::parse(get_string(3)?).map_err(|_| corrupt("building"))?,
-        apartment: unsigned(get_i64(4)?)
-            .and_then(|v| Apartment::parse(v).ok())
-            .ok_or_else(|| corrupt("apartment"))?,
-        name: Name::parse(get_string(5)?).map_err(|_| corrupt("name"))?,
-        birth_date: BirthDate::from_iso(&get_string(6)?).ok_or_else(|| corrupt("birth_date"))?,
-        gender: Gender::parse(&get_string(7)?).map_err(|_| corrupt("gender"))?,
-        relatives: decode_relatives(&relatives)?,
-    })
+    stored_citizen(
+        unsigned(0)?,
+        text(1)?,
+        text(2)?,
+        text(3)?,
+        unsigned(4)?,
+        text(5)?,
+        &text(6)?,
+        &text(7)?,
+        decode_relatives(&relatives)?,
+    )
 }
 
 #[async_trait]

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::backend_tests;
 use crate::helpers::{
-    Backend, TestApp, TestStore, expected_listing, generate_import, spec_example,
+    Backend, TestApp, TestStore, expected_listing, free_port, generate_import, spec_example,
 };
 
 async fn data_survives_a_restart_and_import_ids_are_not_reused(backend: Backend) {
@@ -31,10 +31,7 @@ struct Process {
 
 impl Process {
     async fn start(store: &TestStore) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_gifts"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--storage", &store.flag()])

@@ -2,6 +2,9 @@
 //! store, talk to it over HTTP, stop or restart it.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gifts::config::{Config, StorageUrl};
@@ -17,12 +20,95 @@ use tokio::task::JoinHandle;
 pub enum Backend {
     /// Embedded SQLite in a temporary directory.
     Sqlite,
+    /// A `tarantool tarantool/app.lua` process of the test's own, on a free port.
+    Tarantool,
 }
 
-/// A store that outlives app restarts within one test.
+/// True when Tarantool tests can run; with `CI=true` a missing `tarantool` fails the test.
+pub fn tarantool_available(test: &str) -> bool {
+    let found = Command::new("tarantool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but the `tarantool` binary is missing (apt-get install -y tarantool)"
+        );
+        eprintln!(
+            "!!! SKIPPED tarantool::{test}: no `tarantool` binary on PATH (apt-get install -y tarantool)"
+        );
+    }
+    found
+}
+
+/// A free loopback port (bound, read and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A Tarantool server of the test's own, running `tarantool/app.lua`.
+struct TarantoolServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl TarantoolServer {
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "tarantool already running");
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tarantool/app.lua");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tarantool.log"))
+            .expect("tarantool log file");
+        let child = Command::new("tarantool")
+            .arg(app)
+            .current_dir(&self.dir)
+            .env("GIFTS_TARANTOOL_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("GIFTS_TARANTOOL_DIR", self.dir.join("data"))
+            .env("GIFTS_TARANTOOL_USER", "gifts")
+            .env("GIFTS_TARANTOOL_PASSWORD", "test-password")
+            .env("GIFTS_TARANTOOL_MEMORY", (256u64 << 20).to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start tarantool");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, like a crash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tarantool.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TarantoolServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A store that outlives app restarts within one test, shareable by several apps.
 pub struct TestStore {
-    _dir: TempDir,
     url: StorageUrl,
+    tarantool: Option<Mutex<TarantoolServer>>,
+    // Declared last: dropped after the Tarantool process is gone.
+    _dir: TempDir,
 }
 
 impl TestStore {
@@ -30,9 +116,27 @@ impl TestStore {
     pub fn new(backend: Backend) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         match backend {
-            Backend::Sqlite => {
-                let url = StorageUrl::Sqlite(dir.path().join("gifts.db"));
-                Self { _dir: dir, url }
+            Backend::Sqlite => Self {
+                url: StorageUrl::Sqlite(dir.path().join("gifts.db")),
+                tarantool: None,
+                _dir: dir,
+            },
+            Backend::Tarantool => {
+                let port = free_port();
+                let mut server = TarantoolServer {
+                    port,
+                    dir: dir.path().to_owned(),
+                    child: None,
+                };
+                server.start();
+                let url = format!("tarantool://gifts:test-password@127.0.0.1:{port}")
+                    .parse()
+                    .expect("tarantool url");
+                Self {
+                    url,
+                    tarantool: Some(Mutex::new(server)),
+                    _dir: dir,
+                }
             }
         }
     }
@@ -46,7 +150,36 @@ impl TestStore {
     pub fn flag(&self) -> String {
         match &self.url {
             StorageUrl::Sqlite(path) => format!("sqlite:{}", path.display()),
+            StorageUrl::Tarantool(a) => {
+                format!("tarantool://{}:{}@{}", a.user, a.password, a.host_port)
+            }
         }
+    }
+
+    fn server(&self) -> std::sync::MutexGuard<'_, TarantoolServer> {
+        self.tarantool
+            .as_ref()
+            .expect("a tarantool store")
+            .lock()
+            .expect("tarantool lock")
+    }
+
+    /// Kills the Tarantool server with SIGKILL.
+    pub fn kill_tarantool(&self) {
+        self.server().kill();
+    }
+
+    /// Starts the Tarantool server again on the same port and data.
+    pub fn start_tarantool(&self) {
+        self.server().start();
+    }
+
+    /// What Tarantool logged, for failure messages.
+    pub fn tarantool_log(&self) -> String {
+        self.tarantool
+            .as_ref()
+            .map(|t| t.lock().expect("tarantool lock").log())
+            .unwrap_or_default()
     }
 }
 
@@ -56,8 +189,8 @@ pub struct TestApp {
     pub base: String,
     /// The client used by the helpers; tests may use it directly.
     pub client: reqwest::Client,
-    /// The store behind the app.
-    pub store: TestStore,
+    /// The store behind the app (shared with other apps of the same test).
+    pub store: Arc<TestStore>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -70,14 +203,14 @@ impl TestApp {
 
     /// Starts the app on a fresh store after `adjust` has changed the config.
     pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
-        let store = TestStore::new(backend);
+        let store = Arc::new(TestStore::new(backend));
         let mut config = Config::with_storage(store.url().clone());
         adjust(&mut config);
         Self::start(store, config).await
     }
 
     /// Starts the app on an existing store.
-    pub async fn start(store: TestStore, mut config: Config) -> Self {
+    pub async fn start(store: Arc<TestStore>, mut config: Config) -> Self {
         config.storage = store.url().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("local addr");
@@ -107,13 +240,17 @@ impl TestApp {
             }
             let task = self.task.as_ref().expect("running");
             assert!(!task.is_finished(), "the app stopped during start-up");
-            assert!(Instant::now() < deadline, "the app did not become healthy");
+            assert!(
+                Instant::now() < deadline,
+                "the app did not become healthy; tarantool log:\n{}",
+                self.store.tarantool_log()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// Graceful shutdown; returns the store so a new app can open it.
-    pub async fn stop(mut self) -> TestStore {
+    pub async fn stop(mut self) -> Arc<TestStore> {
         self.shutdown.take().expect("running").send(()).ok();
         let result = self.task.take().expect("running").await.expect("join");
         result.expect("the app ran and stopped cleanly");
@@ -362,6 +499,16 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod tarantool {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::tarantool_available(stringify!($name)) {
+                        super::$name($crate::helpers::Backend::Tarantool).await;
+                    }
                 }
             )*
         }

@@ -8,3 +8,4 @@ mod imports;
 mod patch;
 mod reads;
 mod robustness;
+mod tarantool;

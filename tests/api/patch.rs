@@ -124,6 +124,26 @@ async fn a_citizen_can_become_and_stop_being_its_own_relative(backend: Backend) 
     );
 }
 
+async fn the_largest_ids_are_mirrored_like_small_ones(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (max, next) = (i64::MAX as u64, i64::MAX as u64 - 1);
+    let import = app
+        .import(vec![
+            citizen(max, &[next]),
+            citizen(next, &[max]),
+            citizen(1, &[]),
+        ])
+        .await;
+    let (status, body) = app.patch(import, 1, &json!({"relatives": [max, 1]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.patch(import, max, &json!({"relatives": [1, max]}))
+        .await;
+    assert_eq!(
+        relatives(&app, import).await,
+        graph(&[(1, &[1, max]), (next, &[]), (max, &[1, max])])
+    );
+}
+
 async fn unknown_import_or_citizen_is_404(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let import = app.import(spec_example()).await;
@@ -362,6 +382,7 @@ backend_tests!(
     every_field_can_be_changed_and_the_whole_citizen_comes_back,
     replacing_relatives_drops_and_adds_on_both_sides,
     a_citizen_can_become_and_stop_being_its_own_relative,
+    the_largest_ids_are_mirrored_like_small_ones,
     unknown_import_or_citizen_is_404,
     invalid_patches_are_rejected_naming_field_and_citizen_and_change_nothing,
     concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric,

@@ -1,0 +1,261 @@
+//! The Tarantool backend: a thin client over the stored procedures of
+//! `tarantool/app.lua`, which make each write one transaction (`box.atomic`).
+//!
+//! One multiplexed connection (rusty_tarantool) is shared by all handlers;
+//! it reconnects by itself after an outage. Every call has a timeout, and a
+//! call that fails while the connection is down is `Unavailable` (503).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusty_tarantool::tarantool::{Client, ClientConfig, ClientStatus, TarantoolResponse};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+
+use super::{Storage, StorageError, stored_citizen};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
+
+/// How to reach Tarantool.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TarantoolAddress {
+    /// `HOST:PORT`.
+    pub host_port: String,
+    /// User name.
+    pub user: String,
+    /// Password (never logged).
+    pub password: String,
+}
+
+impl std::fmt::Debug for TarantoolAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tarantool://{}:***@{}", self.user, self.host_port)
+    }
+}
+
+/// The Tarantool store.
+pub struct TarantoolStorage {
+    client: Client,
+    timeout: Duration,
+    closed: AtomicBool,
+}
+
+/// A citizen as `gifts_create_import` takes it (a msgpack array).
+#[derive(Serialize)]
+struct NewCitizen<'a>(
+    CitizenId,
+    &'a str,
+    &'a str,
+    &'a str,
+    u64,
+    &'a str,
+    String,
+    &'a str,
+    &'a [CitizenId],
+);
+
+/// A stored citizen tuple: `{import_id, citizen_id, town, street, building,
+/// apartment, name, birth_date, gender, relatives}`.
+#[derive(Deserialize)]
+struct Row(
+    IgnoredAny,
+    u64,
+    String,
+    String,
+    String,
+    u64,
+    String,
+    String,
+    String,
+    Vec<u64>,
+);
+
+impl Row {
+    fn into_citizen(self) -> Result<Citizen, StorageError> {
+        let Row(_, id, town, street, building, apartment, name, birth_date, gender, relatives) =
+            self;
+        stored_citizen(
+            id,
+            town,
+            street,
+            building,
+            apartment,
+            name,
+            &birth_date,
+            &gender,
+            relatives,
+        )
+    }
+}
+
+/// A new field value in a patch: text or number.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Value {
+    Text(String),
+    Number(u64),
+}
+
+impl TarantoolStorage {
+    /// Creates the client; the connection is opened on first use and re-opened
+    /// after failures, every `reconnect` at most.
+    pub fn connect(address: &TarantoolAddress, timeout: Duration) -> Self {
+        let client = ClientConfig::new(
+            address.host_port.clone(),
+            address.user.clone(),
+            address.password.clone(),
+        )
+        .set_reconnect_time_ms(200)
+        .build();
+        Self {
+            client,
+            timeout,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    async fn call<P: Serialize + Sync>(
+        &self,
+        function: &str,
+        params: &P,
+    ) -> Result<TarantoolResponse, StorageError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Unavailable("the store is closed".into()));
+        }
+        // rusty_tarantool's own timeout setting is never enforced: bound every call here.
+        match tokio::time::timeout(self.timeout, self.client.call_fn(function, params)).await {
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "tarantool did not answer {function} within {:?}",
+                self.timeout
+            ))),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(self.classify(function, e)),
+        }
+    }
+
+    /// The client reports every failure as an `io::Error`; whether the
+    /// connection is up tells an outage (503) from a fault inside Tarantool (500).
+    fn classify(&self, function: &str, error: io::Error) -> StorageError {
+        match self.client.get_status() {
+            ClientStatus::Connected => {
+                StorageError::internal(format!("tarantool {function} failed: {error}"))
+            }
+            status => StorageError::Unavailable(format!("tarantool {status:?}: {error}")),
+        }
+    }
+}
+
+fn decode_error(function: &str, error: io::Error) -> StorageError {
+    StorageError::internal(format!(
+        "unexpected answer from tarantool {function}: {error}"
+    ))
+}
+
+#[async_trait]
+impl Storage for TarantoolStorage {
+    async fn create_import(&self, citizens: Vec<Citizen>) -> Result<ImportId, StorageError> {
+        let rows: Vec<NewCitizen<'_>> = citizens
+            .iter()
+            .map(|c| {
+                NewCitizen(
+                    c.citizen_id,
+                    c.town.as_str(),
+                    c.street.as_str(),
+                    c.building.as_str(),
+                    c.apartment.as_i64() as u64,
+                    c.name.as_str(),
+                    c.birth_date.to_iso(),
+                    c.gender.as_str(),
+                    &c.relatives,
+                )
+            })
+            .collect();
+        let response = self.call("gifts_create_import", &(rows,)).await?;
+        let id: u64 = response
+            .decode_single()
+            .map_err(|e| decode_error("gifts_create_import", e))?;
+        ImportId::try_from(id).map_err(StorageError::internal)
+    }
+
+    async fn patch_citizen(
+        &self,
+        import: ImportId,
+        citizen: CitizenId,
+        patch: CitizenPatch,
+    ) -> Result<Citizen, StorageError> {
+        let mut changes = BTreeMap::new();
+        let mut text = |name: &'static str, value: Option<&str>| {
+            if let Some(v) = value {
+                changes.insert(name, Value::Text(v.to_owned()));
+            }
+        };
+        text("town", patch.town.as_ref().map(|v| v.as_str()));
+        text("street", patch.street.as_ref().map(|v| v.as_str()));
+        text("building", patch.building.as_ref().map(|v| v.as_str()));
+        text("name", patch.name.as_ref().map(|v| v.as_str()));
+        text("gender", patch.gender.map(|v| v.as_str()));
+        if let Some(date) = patch.birth_date {
+            changes.insert("birth_date", Value::Text(date.to_iso()));
+        }
+        if let Some(apartment) = patch.apartment {
+            changes.insert("apartment", Value::Number(apartment.as_i64() as u64));
+        }
+        let response = self
+            .call(
+                "gifts_patch_citizen",
+                &(import, citizen, changes, patch.relatives.as_deref()),
+            )
+            .await?;
+        let (status, row, relative): (String, Option<Row>, Option<u64>) = response
+            .decode_trio()
+            .map_err(|e| decode_error("gifts_patch_citizen", e))?;
+        match (status.as_str(), row, relative) {
+            ("ok", Some(row), _) => row.into_citizen(),
+            ("import_not_found", ..) => Err(StorageError::ImportNotFound(import)),
+            ("citizen_not_found", ..) => Err(StorageError::CitizenNotFound { import, citizen }),
+            ("unknown_relative", _, Some(other)) => {
+                Err(StorageError::Invalid(ValidationError::new(
+                    "relatives",
+                    Some(citizen),
+                    Reason::UnknownRelative(
+                        CitizenId::parse(other)
+                            .map_err(|e| StorageError::internal(e.to_string()))?,
+                    ),
+                )))
+            }
+            (other, ..) => Err(StorageError::internal(format!(
+                "gifts_patch_citizen answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn citizens(&self, import: ImportId) -> Result<Vec<Citizen>, StorageError> {
+        let response = self.call("gifts_citizens", &(import,)).await?;
+        let rows: Option<Vec<Row>> = response
+            .decode_single()
+            .map_err(|e| decode_error("gifts_citizens", e))?;
+        rows.ok_or(StorageError::ImportNotFound(import))?
+            .into_iter()
+            .map(Row::into_citizen)
+            .collect()
+    }
+
+    async fn health(&self) -> Result<(), StorageError> {
+        let response = self.call("gifts_health", &Vec::<()>::new()).await?;
+        let version: u64 = response
+            .decode_single()
+            .map_err(|e| decode_error("gifts_health", e))?;
+        if version == 0 {
+            return Err(StorageError::Unavailable(
+                "tarantool schema is missing".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}

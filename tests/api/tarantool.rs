@@ -1,0 +1,150 @@
+//! What only the Tarantool backend promises: several app instances over one
+//! database, and riding out a Tarantool crash.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gifts::config::Config;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, TestStore, spec_example, tarantool_available};
+
+async fn two_apps(store: &Arc<TestStore>) -> (TestApp, TestApp) {
+    let config = || Config::with_storage(store.url().clone());
+    (
+        TestApp::start(Arc::clone(store), config()).await,
+        TestApp::start(Arc::clone(store), config()).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_app_instances_over_one_tarantool_see_each_others_writes_at_once() {
+    if !tarantool_available("two_app_instances") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Tarantool));
+    let (a, b) = two_apps(&store).await;
+
+    let import = a.import(spec_example()).await;
+    assert_eq!(b.citizens(import).await, spec_example());
+
+    let (status, patched) = b
+        .patch(import, 3, &json!({"relatives": [1], "name": "Б"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let listing = a.citizens(import).await;
+    assert_eq!(listing[2], patched["data"]);
+    assert_eq!(listing[0]["relatives"], json!([2, 3]));
+    assert_eq!(
+        a.birthdays(import).await,
+        b.birthdays(import).await,
+        "both instances answer from the same data"
+    );
+
+    let second = b.import(vec![]).await;
+    assert!(second > import, "one id sequence for all instances");
+}
+
+/// Polls until `path` answers `want`, or fails after a deadline.
+async fn wait_for(app: &TestApp, path: &str, want: StatusCode) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = app.get(path).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} still answers {status}, not {want}; tarantool log:\n{}",
+            app.store.tarantool_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarantool_crash_gives_503s_then_everything_acknowledged_is_back() {
+    if !tarantool_available("tarantool_crash") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let import = app.import(spec_example()).await;
+    let (status, _) = app.patch(import, 3, &json!({"relatives": [1]})).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = app.citizens(import).await;
+
+    app.store.kill_tarantool();
+    let started = Instant::now();
+    for path in [
+        format!("/imports/{import}/citizens"),
+        format!("/imports/{import}/citizens/birthdays"),
+        "/health".to_string(),
+    ] {
+        let (status, body) = app.get(&path).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "storage_unavailable", "{path}");
+    }
+    let (status, _) = app.patch(import, 1, &json!({"name": "Потерян"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = app.post_import(&json!({"citizens": []})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503s came fast: {:?}",
+        started.elapsed()
+    );
+
+    app.store.start_tarantool();
+    wait_for(&app, "/health", StatusCode::OK).await;
+    assert_eq!(
+        app.citizens(import).await,
+        before,
+        "nothing acknowledged was lost"
+    );
+    let (status, body) = app.patch(import, 1, &json!({"name": "Снова"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(app.import(vec![]).await > import);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_user_may_only_call_our_functions_and_guests_nothing() {
+    use rusty_tarantool::tarantool::ClientConfig;
+
+    if !tarantool_available("permissions") {
+        return;
+    }
+    // Starting an app waits until app.lua has created the schema and the user.
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let gifts::config::StorageUrl::Tarantool(address) = app.store.url() else {
+        unreachable!("a tarantool store")
+    };
+    let as_user = |user: &str, password: &str| {
+        ClientConfig::new(address.host_port.clone(), user, password).build()
+    };
+    let no_args = Vec::<()>::new();
+
+    let gifts = as_user(&address.user, &address.password);
+    assert!(gifts.call_fn("gifts_health", &no_args).await.is_ok());
+    assert!(
+        gifts
+            .eval("return box.space.citizens:count()", &no_args)
+            .await
+            .is_err(),
+        "the app user cannot evaluate code"
+    );
+    assert!(
+        gifts
+            .call_fn("box.space.citizens:truncate", &no_args)
+            .await
+            .is_err(),
+        "the app user cannot call anything else"
+    );
+
+    let guest = as_user("guest", "");
+    assert!(
+        guest.call_fn("gifts_health", &no_args).await.is_err(),
+        "guests cannot call our functions"
+    );
+    assert!(guest.eval("return 1", &no_args).await.is_err());
+}
