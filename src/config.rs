@@ -41,6 +41,10 @@ pub struct Config {
     #[arg(long, env = "GIFTS_SQLITE_READERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub sqlite_readers: u64,
 
+    /// Bytes of rendered read answers to keep in memory (0 disables the cache).
+    #[arg(long, env = "GIFTS_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub cache_bytes: u64,
+
     /// Seconds a Tarantool call may take before the request fails with 503.
     #[arg(long, env = "GIFTS_TARANTOOL_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tarantool_timeout_secs: u64,

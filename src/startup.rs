@@ -13,6 +13,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, StorageUrl};
+use crate::http::cache::ResponseCache;
 use crate::http::{self, AppState};
 use crate::storage::Storage;
 use crate::storage::sqlite::SqliteStorage;
@@ -48,6 +49,7 @@ pub async fn run(
     let state = AppState {
         storage: Arc::clone(&storage),
         max_body_bytes: config.max_body_bytes,
+        cache: Arc::new(ResponseCache::new(config.cache_bytes)),
     };
     let app = http::router(state, config.request_timeout());
     tracing::info!(

@@ -215,12 +215,23 @@ function gifts_patch_citizen(import_id, citizen_id, changes, relatives)
     end)
 end
 
--- All citizens of an import ordered by citizen_id, or nil when there is no such import.
+-- The import's version and all its citizens ordered by citizen_id, read
+-- without yielding (one consistent state); nil, nil when there is no such import.
 function gifts_citizens(import_id)
-    if imports:get(import_id) == nil then
+    local import = imports:get(import_id)
+    if import == nil then
+        return box.NULL, box.NULL
+    end
+    return import[2], citizens:select({ import_id })
+end
+
+-- The import's version (bumped by every patch), or nil; validates cached answers.
+function gifts_import_version(import_id)
+    local import = imports:get(import_id)
+    if import == nil then
         return box.NULL
     end
-    return citizens:select({ import_id })
+    return import[2]
 end
 
 -- Answers when the database and our schema are there.
@@ -235,7 +246,9 @@ local user = env('GIFTS_TARANTOOL_USER', 'gifts')
 local password = env('GIFTS_TARANTOOL_PASSWORD', 'gifts')
 box.schema.user.create(user, { password = password, if_not_exists = true })
 box.schema.user.passwd(user, password)
-for _, name in ipairs({ 'gifts_create_import', 'gifts_patch_citizen', 'gifts_citizens', 'gifts_health' }) do
+for _, name in ipairs({
+    'gifts_create_import', 'gifts_patch_citizen', 'gifts_citizens', 'gifts_import_version', 'gifts_health',
+}) do
     box.schema.func.create(name, { setuid = true, if_not_exists = true })
     box.schema.user.grant(user, 'execute', 'function', name, { if_not_exists = true })
 end

@@ -4,10 +4,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::cache::View;
 use super::error::AppError;
 use super::extract::{Body, CitizenPath, ImportPath};
 use super::wire::{self, Object, PatchBody};
-use super::{AppState, data};
+use super::{AppState, cached_view, data, to_data};
 use crate::domain::{stats, today_utc};
 
 /// All citizens of the import, by citizen_id.
@@ -15,8 +16,10 @@ pub async fn list(
     State(state): State<AppState>,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    let citizens = state.storage.citizens(import).await?;
-    data(StatusCode::OK, &citizens)
+    cached_view(&state, import, View::Citizens, |citizens| {
+        to_data(&citizens)
+    })
+    .await
 }
 
 /// Replaces the given fields of one citizen, mirroring relatives; 200 with the citizen.
@@ -39,6 +42,8 @@ pub async fn birthdays(
     State(state): State<AppState>,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    let citizens = state.storage.citizens(import).await?;
-    data(StatusCode::OK, &stats::birthdays(&citizens))
+    cached_view(&state, import, View::Birthdays, |citizens| {
+        to_data(&stats::birthdays(citizens))
+    })
+    .await
 }

@@ -89,7 +89,7 @@ impl IntoResponse for AppError {
                 )
             }
         };
-        json_response(status, body.to_string().into_bytes())
+        json_response(status, body.to_string())
     }
 }
 
@@ -98,6 +98,7 @@ fn error_body(code: &str, error: &AppError) -> serde_json::Value {
 }
 
 /// A response with a JSON body that is already serialised.
-pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let body: axum::body::Body = body.into();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

@@ -17,8 +17,10 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::domain::{Citizen, ImportId};
 use crate::storage::Storage;
 
+pub mod cache;
 mod citizens;
 pub mod error;
 pub mod extract;
@@ -27,6 +29,7 @@ mod imports;
 mod towns;
 pub mod wire;
 
+use cache::{ResponseCache, View};
 use error::{AppError, json_response};
 
 /// What every handler shares; cloning is cheap.
@@ -36,6 +39,8 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Bodies of the read endpoints, validated by import version.
+    pub cache: Arc<ResponseCache>,
 }
 
 /// Builds the router with its middleware: request id, one log line per
@@ -110,9 +115,41 @@ struct Data<T> {
     data: T,
 }
 
+/// `{"data": value}` serialised.
+fn to_data<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&Data { data: value })
+}
+
 /// `{"data": value}` with the given status.
 fn data<T: Serialize>(status: StatusCode, value: &T) -> Result<Response, AppError> {
-    let body =
-        serde_json::to_vec(&Data { data: value }).map_err(|e| AppError::Internal(Box::new(e)))?;
+    let body = to_data(value).map_err(|e| AppError::Internal(Box::new(e)))?;
     Ok(json_response(status, body))
+}
+
+/// Answers a read endpoint from the cache when the import has not changed
+/// since the body was rendered; otherwise loads the citizens, renders the body
+/// off the async threads (it can take a while for big imports) and caches it.
+async fn cached_view<F>(
+    state: &AppState,
+    import: ImportId,
+    view: View,
+    render: F,
+) -> Result<Response, AppError>
+where
+    F: FnOnce(&[Citizen]) -> serde_json::Result<Vec<u8>> + Send + 'static,
+{
+    let version = state.storage.import_version(import).await?;
+    if let Some(body) = state.cache.get(import, view, version) {
+        return Ok(json_response(StatusCode::OK, body));
+    }
+    let snapshot = state.storage.citizens(import).await?;
+    let body = tokio::task::spawn_blocking(move || render(&snapshot.citizens))
+        .await
+        .map_err(|e| AppError::Internal(Box::new(e)))?
+        .map_err(|e| AppError::Internal(Box::new(e)))?;
+    let body = axum::body::Bytes::from(body);
+    state
+        .cache
+        .insert(import, view, snapshot.version, body.clone());
+    Ok(json_response(StatusCode::OK, body))
 }

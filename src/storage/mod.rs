@@ -13,6 +13,18 @@ use crate::domain::{
 pub mod sqlite;
 pub mod tarantool;
 
+/// Version of an import's data; bumped by every write to it.
+pub type Version = u64;
+
+/// An import's citizens as of one version.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The version the citizens belong to.
+    pub version: Version,
+    /// Ordered by citizen_id, relatives ascending.
+    pub citizens: Vec<Citizen>,
+}
+
 /// What can go wrong in storage, in terms the HTTP layer can answer with.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -61,8 +73,13 @@ pub trait Storage: Send + Sync + 'static {
         patch: CitizenPatch,
     ) -> Result<Citizen, StorageError>;
 
-    /// All citizens of an import ordered by citizen_id, relatives ascending.
-    async fn citizens(&self, import: ImportId) -> Result<Vec<Citizen>, StorageError>;
+    /// All citizens of an import ordered by citizen_id, relatives ascending,
+    /// with the import's version at that moment.
+    async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError>;
+
+    /// The import's current version: it grows with every write to the import,
+    /// so a cached answer computed at the same version is still exact.
+    async fn import_version(&self, import: ImportId) -> Result<Version, StorageError>;
 
     /// Answers `Ok` when the store answers.
     async fn health(&self) -> Result<(), StorageError>;

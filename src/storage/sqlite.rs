@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Storage, StorageError, stored_citizen};
+use super::{Snapshot, Storage, StorageError, Version, stored_citizen};
 use crate::domain::relatives::{Edit, mirror_edits};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 
@@ -43,6 +43,8 @@ const MIGRATIONS: &[&str] = &[
         relatives  BLOB    NOT NULL,
         PRIMARY KEY (import_id, citizen_id)
     ) WITHOUT ROWID;",
+    // 2: a per-import version, bumped by every PATCH, to validate cached answers.
+    "ALTER TABLE imports ADD COLUMN version INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// Most writes committed together in one transaction.
@@ -361,6 +363,9 @@ fn patch_citizen(
         citizen.relatives = new.clone();
     }
     patch.apply_fields(&mut citizen);
+    conn.prepare_cached("UPDATE imports SET version = version + 1 WHERE import_id = ?1")
+        .and_then(|mut stmt| stmt.execute([import]))
+        .map_err(internal)?;
     let mut blob = Vec::new();
     encode_relatives(&citizen.relatives, &mut blob);
     conn.prepare_cached(
@@ -387,9 +392,17 @@ fn patch_citizen(
 }
 
 fn import_exists(conn: &Connection, import: ImportId) -> Result<bool, StorageError> {
-    conn.prepare_cached("SELECT 1 FROM imports WHERE import_id = ?1")
-        .and_then(|mut stmt| stmt.exists([import]))
-        .map_err(internal)
+    Ok(import_version(conn, import)?.is_some())
+}
+
+fn import_version(conn: &Connection, import: ImportId) -> Result<Option<Version>, StorageError> {
+    let version: Option<i64> = conn
+        .prepare_cached("SELECT version FROM imports WHERE import_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([import], |row| row.get(0)).optional())
+        .map_err(internal)?;
+    version
+        .map(|v| Version::try_from(v).map_err(StorageError::internal))
+        .transpose()
 }
 
 const CITIZEN_COLUMNS: &str =
@@ -511,13 +524,12 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn citizens(&self, import: ImportId) -> Result<Vec<Citizen>, StorageError> {
+    async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
         self.read(move |conn| {
-            // One read transaction: the existence check and the rows see one snapshot.
+            // One read transaction: the version and the rows see one snapshot.
             let tx = conn.transaction().map_err(internal)?;
-            if !import_exists(&tx, import)? {
-                return Err(StorageError::ImportNotFound(import));
-            }
+            let version =
+                import_version(&tx, import)?.ok_or(StorageError::ImportNotFound(import))?;
             let sql = format!(
                 "SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = ?1 ORDER BY citizen_id"
             );
@@ -527,7 +539,14 @@ impl Storage for SqliteStorage {
             while let Some(row) = rows.next().map_err(internal)? {
                 citizens.push(read_row(row)?);
             }
-            Ok(citizens)
+            Ok(Snapshot { version, citizens })
+        })
+        .await
+    }
+
+    async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
+        self.read(move |conn| {
+            import_version(conn, import)?.ok_or(StorageError::ImportNotFound(import))
         })
         .await
     }
@@ -556,5 +575,49 @@ impl Storage for SqliteStorage {
         if joined.is_err() {
             tracing::error!("joining sqlite threads failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_of_an_older_schema_is_migrated_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO imports (created_at) VALUES (0);
+                 INSERT INTO citizens VALUES (1, 7, 'A', 'B', 'C', 1, 'N', '2000-01-31', 'male', x'');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let storage = SqliteStorage::open(&path, 1).unwrap();
+        let snapshot = storage.citizens(1).await.unwrap();
+        assert_eq!(snapshot.version, 1);
+        assert_eq!(snapshot.citizens[0].citizen_id.get(), 7);
+        assert_eq!(snapshot.citizens[0].birth_date.to_string(), "31.01.2000");
+        storage.close().await;
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99;")
+            .unwrap();
+        let error = SqliteStorage::open(&path, 1).err().expect("refused");
+        assert!(format!("{:?}", error).contains("newer"), "{error:?}");
     }
 }

@@ -15,7 +15,7 @@ use rusty_tarantool::tarantool::{Client, ClientConfig, ClientStatus, TarantoolRe
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
-use super::{Storage, StorageError, stored_citizen};
+use super::{Snapshot, Storage, StorageError, Version, stored_citizen};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 
 /// How to reach Tarantool.
@@ -231,15 +231,27 @@ impl Storage for TarantoolStorage {
         }
     }
 
-    async fn citizens(&self, import: ImportId) -> Result<Vec<Citizen>, StorageError> {
+    async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
         let response = self.call("gifts_citizens", &(import,)).await?;
-        let rows: Option<Vec<Row>> = response
-            .decode_single()
+        let (version, rows): (Option<Version>, Option<Vec<Row>>) = response
+            .decode_pair()
             .map_err(|e| decode_error("gifts_citizens", e))?;
-        rows.ok_or(StorageError::ImportNotFound(import))?
+        let (Some(version), Some(rows)) = (version, rows) else {
+            return Err(StorageError::ImportNotFound(import));
+        };
+        let citizens = rows
             .into_iter()
             .map(Row::into_citizen)
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(Snapshot { version, citizens })
+    }
+
+    async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
+        let response = self.call("gifts_import_version", &(import,)).await?;
+        let version: Option<Version> = response
+            .decode_single()
+            .map_err(|e| decode_error("gifts_import_version", e))?;
+        version.ok_or(StorageError::ImportNotFound(import))
     }
 
     async fn health(&self) -> Result<(), StorageError> {

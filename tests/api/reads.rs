@@ -71,6 +71,30 @@ async fn birthdays_of_the_spec_example_follow_patches(backend: Backend) {
     );
 }
 
+async fn cached_answers_follow_every_write(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    // Warm every view twice, so the second answer comes from the cache.
+    for _ in 0..2 {
+        assert_eq!(app.citizens(import).await, spec_example());
+        assert_eq!(app.birthdays(import).await["11"], json!([]));
+        assert_eq!(app.percentiles(import).await[0]["town"], "Керчь");
+    }
+    let (status, _) = app
+        .patch(import, 3, &json!({"relatives": [1], "town": "Москва"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for _ in 0..2 {
+        assert_eq!(app.citizens(import).await[2]["town"], "Москва");
+        assert_eq!(
+            app.birthdays(import).await["11"],
+            json!([{"citizen_id": 1, "presents": 1}])
+        );
+        let towns = app.percentiles(import).await;
+        assert_eq!(towns.as_array().unwrap().len(), 1, "{towns}");
+    }
+}
+
 /// A citizen of `town` who is exactly `age` years old today (born 1 January).
 fn aged(id: u64, town: &str, age: i32) -> Value {
     let year = today().year() - age;
@@ -204,6 +228,7 @@ backend_tests!(
     citizens_come_ordered_by_id_with_relatives_ascending,
     birthdays_count_one_present_per_relative_per_month,
     birthdays_of_the_spec_example_follow_patches,
+    cached_answers_follow_every_write,
     percentiles_match_numpy_and_towns_come_ordered,
     percentiles_round_to_two_decimals,
     unknown_imports_and_paths_are_404_with_a_json_error,
