@@ -9,13 +9,15 @@
 //! - [`domain`]: pure types and rules — validation, relatives graph, birthdays,
 //!   ages, numpy-compatible percentiles.
 //! - [`storage`]: the async, backend-neutral [`storage::Storage`] trait and its
-//!   backends (SQLite embedded).
+//!   backends (SQLite embedded, Tarantool server).
+//! - [`sample`]: seeded generator of realistic imports (benchmark and tests).
 //! - [`http`]: the router, one module per resource, the JSON extractor and
 //!   [`http::error::AppError`], the one place that maps errors to responses.
 
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod sample;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -10,8 +10,8 @@
 //! eviction, `quick_cache`).
 
 use axum::body::Bytes;
-use quick_cache::Weighter;
 use quick_cache::sync::Cache;
+use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::domain::ImportId;
 use crate::storage::Version;
@@ -49,8 +49,16 @@ impl ResponseCache {
     /// A cache holding at most `max_bytes` of bodies; 0 disables caching.
     pub fn new(max_bytes: u64) -> Self {
         let entries = (max_bytes > 0).then(|| {
-            // Capacity hint: a few hundred imports of typical size.
-            Cache::with_weighter(1024, max_bytes, BodyBytes)
+            // Each shard holds a quarter of the budget, so one big import's
+            // answer (23 MiB for 100,000 citizens) still fits; reads take a
+            // shard's lock only briefly, so few shards do not contend.
+            let options = OptionsBuilder::new()
+                .estimated_items_capacity(1024)
+                .weight_capacity(max_bytes)
+                .shards(4)
+                .build()
+                .expect("valid cache options");
+            Cache::with_options(options, BodyBytes, Default::default(), Default::default())
         });
         Self { entries }
     }

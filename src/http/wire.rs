@@ -148,15 +148,19 @@ fn citizen_at(bytes: &[u8], path: &str) -> Option<CitizenId> {
 
 impl ImportBody {
     /// Validates every field and the import as a whole, in body order, and
-    /// stops at the first error.
+    /// stops at the first error. The citizens come back ordered by
+    /// citizen_id, so stores append to their indexes instead of inserting at
+    /// random places (which made a 100,000-citizen import 28× slower than a
+    /// 10,000 one instead of 10×).
     pub fn into_citizens(self, today: Date) -> Result<Vec<Citizen>, ValidationError> {
-        let citizens = self
+        let mut citizens = self
             .citizens
             .into_iter()
             .enumerate()
             .map(|(i, Object(c))| c.into_citizen(i, today))
             .collect::<Result<Vec<_>, _>>()?;
         check_import(&citizens)?;
+        citizens.sort_unstable_by_key(|c| c.citizen_id);
         Ok(citizens)
     }
 }

@@ -128,7 +128,8 @@ impl SqliteStorage {
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
-                 PRAGMA busy_timeout = 5000;",
+                 PRAGMA busy_timeout = 5000;
+                 PRAGMA cache_size = -65536;",
             )
             .map_err(internal)?;
         migrate(&mut writer)?;
@@ -150,7 +151,7 @@ impl SqliteStorage {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(internal)?;
-            conn.execute_batch("PRAGMA busy_timeout = 5000;")
+            conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -16384;")
                 .map_err(internal)?;
             let jobs = Arc::clone(&read_rx);
             threads.push(

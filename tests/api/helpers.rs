@@ -418,58 +418,13 @@ pub fn wire_date(date: time::Date) -> String {
     )
 }
 
-/// Deterministic pseudo-random numbers (xorshift64*), so big imports are reproducible.
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    /// Next number below `bound`.
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound
-    }
-}
-
 /// `n` citizens with `links` symmetric relative links between distinct
-/// citizens, in shuffled order, relatives unsorted.
+/// citizens, in shuffled order, relatives unsorted (the benchmark's generator).
 pub fn generate_import(n: u64, links: usize, seed: u64) -> Vec<Value> {
-    let mut rng = Rng::new(seed);
-    let mut relatives: Vec<Vec<u64>> = vec![Vec::new(); n as usize];
-    let mut made = std::collections::HashSet::new();
-    while made.len() < links {
-        let (a, b) = (rng.below(n), rng.below(n));
-        if a != b && made.insert((a.min(b), a.max(b))) {
-            relatives[a as usize].push(b);
-            relatives[b as usize].push(a);
-        }
-    }
-    let towns = ["Москва", "Керчь", "Tver", "Санкт-Петербург", "Омск"];
-    let mut citizens: Vec<Value> = (0..n)
-        .map(|id| {
-            json!({
-                "citizen_id": id,
-                "town": towns[rng.below(towns.len() as u64) as usize],
-                "street": format!("Улица {}", rng.below(500)),
-                "building": format!("{}к{}", rng.below(100), rng.below(9)),
-                "apartment": rng.below(1000),
-                "name": format!("Гражданин Номер {id}"),
-                "birth_date": format!("{:02}.{:02}.{}", 1 + rng.below(28), 1 + rng.below(12), 1940 + rng.below(80)),
-                "gender": if rng.below(2) == 0 { "male" } else { "female" },
-                "relatives": relatives[id as usize],
-            })
-        })
-        .collect();
-    // Shuffle (Fisher–Yates) so storage order is not input order.
-    for i in (1..citizens.len()).rev() {
-        citizens.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    citizens
+    gifts::sample::import(n, links, seed)
+        .into_iter()
+        .map(|c| serde_json::to_value(c).expect("plain data"))
+        .collect()
 }
 
 /// What GET citizens must return for an import body: ordered by id, relatives ascending.

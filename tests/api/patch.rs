@@ -7,7 +7,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::helpers::{Backend, Rng, TestApp, citizen, spec_example, today, wire_date};
+use gifts::sample::Rng;
+
+use crate::helpers::{Backend, TestApp, citizen, spec_example, today, wire_date};
 
 /// `citizen_id → relatives` of an import.
 async fn relatives(app: &TestApp, import: i64) -> BTreeMap<u64, Vec<u64>> {

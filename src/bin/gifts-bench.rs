@@ -1,0 +1,627 @@
+//! `gifts-bench`: load benchmark of the whole service over loopback.
+//!
+//! Starts the service itself (as a child process running this binary's hidden
+//! `serve` mode, so the server's peak RSS is its own), on the embedded store
+//! and, when `tarantool` is installed, on a Tarantool of its own; generates a
+//! seeded import; measures every endpoint's latency with one client and
+//! throughput with several; prints a table and writes a JSON report.
+//!
+//! ```sh
+//! cargo run --release --bin gifts-bench -- --citizens 10000 --links 1000
+//! ```
+//!
+//! Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde_json::json;
+
+/// Benchmark settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gifts-bench",
+    about = "Load benchmark of the gifts service over loopback"
+)]
+struct Args {
+    /// Citizens per import.
+    #[arg(long, default_value_t = 10_000)]
+    citizens: u64,
+    /// Relative links per import (each listed on both sides).
+    #[arg(long, default_value_t = 1_000)]
+    links: usize,
+    /// Seed of the generated import.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Timed requests per read or PATCH endpoint (one client, one after another).
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Timed imports (each stores a new import).
+    #[arg(long, default_value_t = 15)]
+    post_runs: usize,
+    /// Upper bound in seconds for one endpoint's latency loop.
+    #[arg(long, default_value_t = 60)]
+    max_seconds: u64,
+    /// Concurrent clients for the throughput runs.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds of each throughput run (0 skips throughput).
+    #[arg(long, default_value_t = 3)]
+    duration_secs: u64,
+    /// Backends to run: sqlite, tarantool (default: both when `tarantool` is installed).
+    #[arg(long, value_delimiter = ',')]
+    backend: Vec<String>,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-report.json")]
+    out: PathBuf,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    endpoint: String,
+    runs: usize,
+    min_ms: f64,
+    median_ms: f64,
+    p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Throughput {
+    endpoint: String,
+    clients: usize,
+    seconds: f64,
+    requests: u64,
+    errors: u64,
+    per_second: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct BackendReport {
+    backend: String,
+    latency: Vec<Latency>,
+    throughput: Vec<Throughput>,
+    server_peak_rss_mib: f64,
+    tarantool_peak_rss_mib: Option<f64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args();
+    if argv.nth(1).as_deref() == Some("serve") {
+        return serve(argv.collect());
+    }
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench(args))
+}
+
+/// The hidden server mode: the real service, configured like the `gifts` binary.
+fn serve(args: Vec<String>) -> anyhow::Result<()> {
+    use clap::Parser as _;
+    let config = gifts::config::Config::parse_from(std::iter::once("gifts".to_owned()).chain(args));
+    gifts::telemetry::init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+            gifts::startup::run(config, listener, gifts::startup::shutdown_signal()).await
+        })
+}
+
+fn tarantool_installed() -> bool {
+    Command::new("tarantool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A child process killed when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// Peak resident set (VmHWM) of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    Ok(std::fs::File::create(dir.join(name))?)
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    let backends = if args.backend.is_empty() {
+        let mut all = vec!["sqlite".to_owned()];
+        if tarantool_installed() {
+            all.push("tarantool".to_owned());
+        } else {
+            eprintln!("tarantool is not installed: benchmarking the embedded store only");
+        }
+        all
+    } else {
+        args.backend.clone()
+    };
+    eprintln!(
+        "generating {} citizens with {} links (seed {})",
+        args.citizens, args.links, args.seed
+    );
+    let body = Bytes::from(gifts::sample::import_body(
+        args.citizens,
+        args.links,
+        args.seed,
+    ));
+    eprintln!(
+        "import body: {:.1} MiB",
+        body.len() as f64 / (1 << 20) as f64
+    );
+
+    let mut reports = Vec::new();
+    for backend in &backends {
+        reports.push(run_backend(&args, backend, body.clone()).await?);
+    }
+    print_tables(&args, &reports);
+    let report = json!({
+        "machine": machine(),
+        "citizens": args.citizens,
+        "links": args.links,
+        "seed": args.seed,
+        "import_body_bytes": body.len(),
+        "backends": reports,
+    });
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)?;
+    eprintln!("report written to {}", args.out.display());
+    Ok(())
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_model": model,
+        "kernel": kernel.trim(),
+    })
+}
+
+async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<BackendReport> {
+    let dir = tempfile::tempdir()?;
+    let mut tarantool = None;
+    let storage = match backend {
+        "sqlite" => format!("sqlite:{}", dir.path().join("gifts.db").display()),
+        "tarantool" => {
+            let port = free_port()?;
+            let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tarantool/app.lua");
+            let child = Command::new("tarantool")
+                .arg(app)
+                .current_dir(dir.path())
+                .env("GIFTS_TARANTOOL_LISTEN", format!("127.0.0.1:{port}"))
+                .env("GIFTS_TARANTOOL_DIR", dir.path().join("tarantool"))
+                .env("GIFTS_TARANTOOL_PASSWORD", "bench")
+                .env(
+                    "GIFTS_TARANTOOL_MEMORY",
+                    (body.len() as u64 * 8 * args.post_runs as u64 + (1 << 30)).to_string(),
+                )
+                .stdout(log_file(dir.path(), "tarantool.log")?)
+                .stderr(log_file(dir.path(), "tarantool.err")?)
+                .spawn()
+                .context("starting tarantool")?;
+            tarantool = Some(Guard(child));
+            format!("tarantool://gifts:bench@127.0.0.1:{port}")
+        }
+        other => bail!("unknown backend {other:?} (sqlite, tarantool)"),
+    };
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let max_body = (body.len() * 2).max(64 << 20);
+    let server = Guard(
+        Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--storage", &storage])
+            .args(["--max-body-bytes", &max_body.to_string()])
+            .args(["--request-timeout-secs", "600"])
+            .env("RUST_LOG", "info")
+            .stdout(log_file(dir.path(), "server.log")?)
+            .stderr(log_file(dir.path(), "server.err")?)
+            .spawn()
+            .context("starting the server")?,
+    );
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    wait_healthy(&client, &base).await?;
+    eprintln!("[{backend}] server up at {base}");
+
+    let mut latency = Vec::new();
+    let budget = Duration::from_secs(args.max_seconds);
+
+    // POST /imports: every run stores a new import; the last one is read below.
+    let last_import = std::sync::atomic::AtomicI64::new(0);
+    let samples = timed(args.post_runs, budget, || async {
+        let (status, answer) = send(
+            &client,
+            Method::POST,
+            &format!("{base}/imports"),
+            body.clone(),
+        )
+        .await?;
+        expect(status, StatusCode::CREATED, &answer)?;
+        let value: serde_json::Value = serde_json::from_slice(&answer)?;
+        let id = value["data"]["import_id"].as_i64().context("import_id")?;
+        last_import.store(id, Ordering::Relaxed);
+        Ok(())
+    })
+    .await?;
+    latency.push(stats("POST /imports", samples));
+    let import = last_import.load(Ordering::Relaxed);
+
+    let n = args.citizens.max(1);
+    let counter = AtomicU64::new(0);
+    let patch_name = |id: u64| {
+        let k = counter.fetch_add(1, Ordering::Relaxed);
+        (
+            format!("{base}/imports/{import}/citizens/{id}"),
+            Bytes::from(json!({ "name": format!("Бенчмарк {k}") }).to_string()),
+        )
+    };
+
+    for (label, path) in [
+        ("GET citizens", "citizens"),
+        ("GET birthdays", "citizens/birthdays"),
+        ("GET percentiles", "towns/stat/percentile/age"),
+    ] {
+        let url = format!("{base}/imports/{import}/{path}");
+        // Right after a write: the answer is rebuilt from storage.
+        let samples = timed_with_setup(
+            args.runs,
+            budget,
+            || async {
+                let (url, body) = patch_name(0);
+                let (status, answer) = send(&client, Method::PATCH, &url, body).await?;
+                expect(status, StatusCode::OK, &answer)
+            },
+            || async {
+                let (status, answer) = send(&client, Method::GET, &url, Bytes::new()).await?;
+                expect(status, StatusCode::OK, &answer)
+            },
+        )
+        .await?;
+        latency.push(stats(&format!("{label} (after a write)"), samples));
+        let samples = timed(args.runs, budget, || async {
+            let (status, answer) = send(&client, Method::GET, &url, Bytes::new()).await?;
+            expect(status, StatusCode::OK, &answer)
+        })
+        .await?;
+        latency.push(stats(&format!("{label} (unchanged import)"), samples));
+    }
+
+    let mut rng = gifts::sample::Rng::new(args.seed);
+    let ids: Vec<u64> = (0..args.runs.max(1)).map(|_| rng.below(n)).collect();
+    let next = AtomicU64::new(0);
+    let samples = timed(args.runs, budget, || async {
+        let id = ids[next.fetch_add(1, Ordering::Relaxed) as usize % ids.len()];
+        let (url, body) = patch_name(id);
+        let (status, answer) = send(&client, Method::PATCH, &url, body).await?;
+        expect(status, StatusCode::OK, &answer)
+    })
+    .await?;
+    latency.push(stats("PATCH name", samples));
+    let samples = timed(args.runs, budget, || async {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        let (url, body) = patch_relatives(&base, import, n, k);
+        let (status, answer) = send(&client, Method::PATCH, &url, body).await?;
+        expect(status, StatusCode::OK, &answer)
+    })
+    .await?;
+    latency.push(stats("PATCH relatives", samples));
+
+    let mut throughput = Vec::new();
+    if args.duration_secs > 0 {
+        let window = Duration::from_secs(args.duration_secs);
+        for (label, path) in [
+            ("GET citizens", "citizens"),
+            ("GET birthdays", "citizens/birthdays"),
+            ("GET percentiles", "towns/stat/percentile/age"),
+        ] {
+            let url = Arc::new(format!("{base}/imports/{import}/{path}"));
+            throughput.push(
+                load(label, args.clients, window, &client, move |_, _| {
+                    (Method::GET, url.to_string(), Bytes::new())
+                })
+                .await,
+            );
+        }
+        let base_name = Arc::new(base.clone());
+        throughput.push(
+            load(
+                "PATCH name",
+                args.clients,
+                window,
+                &client,
+                move |client, k| {
+                    let id = (client as u64 * 7919 + k * 104_729) % n;
+                    (
+                        Method::PATCH,
+                        format!("{base_name}/imports/{import}/citizens/{id}"),
+                        Bytes::from(
+                            json!({ "name": format!("Нагрузка {client} {k}") }).to_string(),
+                        ),
+                    )
+                },
+            )
+            .await,
+        );
+        let base_rel = Arc::new(base.clone());
+        throughput.push(
+            load(
+                "PATCH relatives",
+                args.clients,
+                window,
+                &client,
+                move |client, k| {
+                    let (url, body) =
+                        patch_relatives(&base_rel, import, n, client as u64 * 1_000_003 + k);
+                    (Method::PATCH, url, body)
+                },
+            )
+            .await,
+        );
+    }
+
+    let server_peak_rss_mib = peak_rss_mib(server.0.id()).unwrap_or(f64::NAN);
+    let tarantool_peak_rss_mib = tarantool.as_ref().and_then(|t| peak_rss_mib(t.0.id()));
+    drop(server);
+    drop(tarantool);
+    Ok(BackendReport {
+        backend: backend.to_owned(),
+        latency,
+        throughput,
+        server_peak_rss_mib,
+        tarantool_peak_rss_mib,
+    })
+}
+
+/// A PATCH that replaces a citizen's relatives with two others: it changes up
+/// to five citizens' lists (the citizen, the two dropped, the two added).
+fn patch_relatives(base: &str, import: i64, n: u64, k: u64) -> (String, Bytes) {
+    let mut rng = gifts::sample::Rng::new(k.wrapping_mul(0x9e37_79b9) + 1);
+    let id = rng.below(n);
+    let relatives: std::collections::BTreeSet<u64> = (0..2).map(|_| rng.below(n)).collect();
+    (
+        format!("{base}/imports/{import}/citizens/{id}"),
+        Bytes::from(json!({ "relatives": relatives }).to_string()),
+    )
+}
+
+async fn wait_healthy(client: &HttpClient, base: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((StatusCode::OK, _)) =
+            send(client, Method::GET, &format!("{base}/health"), Bytes::new()).await
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not become healthy within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn send(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    body: Bytes,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(body))?;
+    let response = client.request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+fn expect(status: StatusCode, want: StatusCode, body: &[u8]) -> anyhow::Result<()> {
+    if status != want {
+        bail!(
+            "expected {want}, got {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+    }
+    Ok(())
+}
+
+/// Runs `request` up to `runs` times (stopping early after `budget`), timing each.
+async fn timed<F, Fut>(
+    runs: usize,
+    budget: Duration,
+    mut request: F,
+) -> anyhow::Result<Vec<Duration>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(runs);
+    while samples.len() < runs && started.elapsed() < budget {
+        let t = Instant::now();
+        request().await?;
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
+}
+
+/// Like `timed`, with an untimed `setup` before each timed request.
+async fn timed_with_setup<S, SF, F, Fut>(
+    runs: usize,
+    budget: Duration,
+    mut setup: S,
+    mut request: F,
+) -> anyhow::Result<Vec<Duration>>
+where
+    S: FnMut() -> SF,
+    SF: std::future::Future<Output = anyhow::Result<()>>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(runs);
+    while samples.len() < runs && started.elapsed() < budget {
+        setup().await?;
+        let t = Instant::now();
+        request().await?;
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
+}
+
+/// `clients` concurrent loops sending `make(client, k)` for `window`.
+async fn load<M>(
+    label: &str,
+    clients: usize,
+    window: Duration,
+    client: &HttpClient,
+    make: M,
+) -> Throughput
+where
+    M: Fn(usize, u64) -> (Method, String, Bytes) + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + window;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (make, done, errors, client) = (
+                Arc::clone(&make),
+                Arc::clone(&done),
+                Arc::clone(&errors),
+                client.clone(),
+            );
+            tokio::spawn(async move {
+                let mut k = 0;
+                while Instant::now() < deadline {
+                    let (method, url, body) = make(c, k);
+                    k += 1;
+                    let ok = matches!(
+                        send(&client, method, &url, body).await,
+                        Ok((StatusCode::OK, _))
+                    );
+                    if ok { &done } else { &errors }.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.ok();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let requests = done.load(Ordering::Relaxed);
+    Throughput {
+        endpoint: label.to_owned(),
+        clients,
+        seconds,
+        requests,
+        errors: errors.load(Ordering::Relaxed),
+        per_second: requests as f64 / seconds,
+    }
+}
+
+fn stats(endpoint: &str, mut samples: Vec<Duration>) -> Latency {
+    samples.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |q: f64| {
+        // Nearest rank.
+        let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        ms(samples[rank - 1])
+    };
+    Latency {
+        endpoint: endpoint.to_owned(),
+        runs: samples.len(),
+        min_ms: samples.first().copied().map(ms).unwrap_or(f64::NAN),
+        median_ms: if samples.is_empty() {
+            f64::NAN
+        } else {
+            at(0.5)
+        },
+        p99_ms: if samples.is_empty() {
+            f64::NAN
+        } else {
+            at(0.99)
+        },
+    }
+}
+
+fn print_tables(args: &Args, reports: &[BackendReport]) {
+    println!(
+        "\nimport: {} citizens, {} links, seed {}; latency with 1 client, throughput with {} clients for {} s",
+        args.citizens, args.links, args.seed, args.clients, args.duration_secs
+    );
+    for report in reports {
+        println!("\n## {}", report.backend);
+        println!("| endpoint | runs | min ms | median ms | p99 ms |");
+        println!("|---|---:|---:|---:|---:|");
+        for l in &report.latency {
+            println!(
+                "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                l.endpoint, l.runs, l.min_ms, l.median_ms, l.p99_ms
+            );
+        }
+        if !report.throughput.is_empty() {
+            println!("\n| endpoint | clients | requests/s | errors |");
+            println!("|---|---:|---:|---:|");
+            for t in &report.throughput {
+                println!(
+                    "| {} | {} | {:.0} | {} |",
+                    t.endpoint, t.clients, t.per_second, t.errors
+                );
+            }
+        }
+        print!("\nserver peak RSS: {:.0} MiB", report.server_peak_rss_mib);
+        if let Some(rss) = report.tarantool_peak_rss_mib {
+            print!("; tarantool peak RSS: {rss:.0} MiB");
+        }
+        println!();
+    }
+}
