@@ -8,13 +8,35 @@ use clap::Parser;
 
 use crate::storage::tarantool::TarantoolAddress;
 
-/// Everything the service can be told at start; checked before anything runs.
+/// The command line: the service (no subcommand) or `healthcheck`.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "gifts",
     version,
     about = "Gift shop citizen imports and analytics over HTTP"
 )]
+pub struct Cli {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The service's settings (also read by `healthcheck` for the address).
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Exit 0 when the service at `--listen` answers `/health` with 200 (for container health checks).
+    Healthcheck {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
+}
+
+/// Everything the service can be told at start; checked before anything runs.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on (HOST:PORT).
     #[arg(long, env = "GIFTS_LISTEN", default_value = "0.0.0.0:8080")]
@@ -68,9 +90,19 @@ impl Config {
 
     /// Defaults for everything but the store, for tests and embedding.
     pub fn with_storage(storage: StorageUrl) -> Self {
-        let mut config = Config::parse_from(["gifts"]);
+        let mut config = Cli::parse_from(["gifts"]).config;
         config.storage = storage;
         config
+    }
+
+    /// The `GIFTS_*` environment variables the service reads.
+    pub fn env_names() -> Vec<String> {
+        use clap::CommandFactory;
+        Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect()
     }
 }
 
@@ -131,7 +163,7 @@ mod tests {
 
     #[test]
     fn flags_override_defaults() {
-        let config = Config::parse_from([
+        let config = Cli::parse_from([
             "gifts",
             "--listen",
             "127.0.0.1:9000",
@@ -139,15 +171,30 @@ mod tests {
             "sqlite:/tmp/x.db",
             "--max-body-bytes",
             "1024",
-        ]);
+        ])
+        .config;
         assert_eq!(config.listen, "127.0.0.1:9000");
         assert_eq!(config.storage, StorageUrl::Sqlite("/tmp/x.db".into()));
         assert_eq!(config.max_body_bytes, 1024);
     }
 
     #[test]
+    fn every_setting_has_a_gifts_environment_variable() {
+        let names = Config::env_names();
+        for name in [
+            "GIFTS_LISTEN",
+            "GIFTS_STORAGE",
+            "GIFTS_MAX_BODY_BYTES",
+            "GIFTS_CACHE_BYTES",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        assert!(names.iter().all(|n| n.starts_with("GIFTS_")));
+    }
+
+    #[test]
     fn defaults_are_the_embedded_store_on_port_8080() {
-        let config = Config::parse_from(["gifts"]);
+        let config = Cli::parse_from(["gifts"]).config;
         assert_eq!(config.listen, "0.0.0.0:8080");
         assert_eq!(config.storage, StorageUrl::Sqlite("data/gifts.db".into()));
         assert_eq!(config.max_body_bytes, 64 << 20);
@@ -173,6 +220,6 @@ mod tests {
         assert!("tarantool://host:3301".parse::<StorageUrl>().is_err());
         assert!("tarantool://u:p@host".parse::<StorageUrl>().is_err());
         assert!("tarantool://u:p@host:port".parse::<StorageUrl>().is_err());
-        assert!(Config::try_parse_from(["gifts", "--request-timeout-secs", "0"]).is_err());
+        assert!(Cli::try_parse_from(["gifts", "--request-timeout-secs", "0"]).is_err());
     }
 }

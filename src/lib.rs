@@ -6,6 +6,7 @@
 //! - [`config`]: one `Config` from defaults, `GIFTS_*` environment and flags.
 //! - [`startup`]: builds the storage and the router and serves until shutdown.
 //! - [`telemetry`]: the tracing subscriber.
+//! - [`healthcheck`]: the `gifts healthcheck` client of `/health`.
 //! - [`domain`]: pure types and rules — validation, relatives graph, birthdays,
 //!   ages, numpy-compatible percentiles.
 //! - [`storage`]: the async, backend-neutral [`storage::Storage`] trait and its
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod healthcheck;
 pub mod http;
 pub mod sample;
 pub mod startup;

@@ -1,13 +1,20 @@
-//! The `gifts` binary: configuration, logging, then the library's startup.
+//! The `gifts` binary: configuration, logging, then the library's startup
+//! (or, with `healthcheck`, one request to a running service's `/health`).
+
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use gifts::config::Config;
-use gifts::{startup, telemetry};
+use gifts::config::{Cli, Command};
+use gifts::{healthcheck, startup, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let Cli { command, config } = Cli::parse();
+    if let Some(Command::Healthcheck { timeout_secs }) = command {
+        let addr = healthcheck::target(&config.listen)?;
+        return healthcheck::check(addr, Duration::from_secs(timeout_secs)).await;
+    }
     telemetry::init();
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

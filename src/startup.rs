@@ -50,6 +50,11 @@ pub async fn run(
         storage: Arc::clone(&storage),
         max_body_bytes: config.max_body_bytes,
         cache: Arc::new(ResponseCache::new(config.cache_bytes)),
+        // As many cold renders as cores: they are CPU-bound, and each may hold
+        // a whole import in memory.
+        renders: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )),
     };
     let app = http::router(state, config.request_timeout());
     tracing::info!(

@@ -112,8 +112,8 @@ fn main() -> anyhow::Result<()> {
 
 /// The hidden server mode: the real service, configured like the `gifts` binary.
 fn serve(args: Vec<String>) -> anyhow::Result<()> {
-    use clap::Parser as _;
-    let config = gifts::config::Config::parse_from(std::iter::once("gifts".to_owned()).chain(args));
+    let config =
+        gifts::config::Cli::parse_from(std::iter::once("gifts".to_owned()).chain(args)).config;
     gifts::telemetry::init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -41,6 +41,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Bodies of the read endpoints, validated by import version.
     pub cache: Arc<ResponseCache>,
+    /// Permits to load and render an answer that is not cached.
+    pub renders: Arc<tokio::sync::Semaphore>,
 }
 
 /// Builds the router with its middleware: request id, one log line per
@@ -127,8 +129,9 @@ fn data<T: Serialize>(status: StatusCode, value: &T) -> Result<Response, AppErro
 }
 
 /// Answers a read endpoint from the cache when the import has not changed
-/// since the body was rendered; otherwise loads the citizens, renders the body
-/// off the async threads (it can take a while for big imports) and caches it.
+/// since the body was rendered. Otherwise loads the citizens and renders the
+/// body off the async threads; at most `state.renders` permits render at once,
+/// which bounds the memory of cold reads of big imports.
 async fn cached_view<F>(
     state: &AppState,
     import: ImportId,
@@ -139,17 +142,23 @@ where
     F: FnOnce(&[Citizen]) -> serde_json::Result<Vec<u8>> + Send + 'static,
 {
     let version = state.storage.import_version(import).await?;
-    if let Some(body) = state.cache.get(import, view, version) {
-        return Ok(json_response(StatusCode::OK, body));
-    }
-    let snapshot = state.storage.citizens(import).await?;
-    let body = tokio::task::spawn_blocking(move || render(&snapshot.citizens))
-        .await
-        .map_err(|e| AppError::Internal(Box::new(e)))?
-        .map_err(|e| AppError::Internal(Box::new(e)))?;
-    let body = axum::body::Bytes::from(body);
-    state
+    let body = state
         .cache
-        .insert(import, view, snapshot.version, body.clone());
+        .get_or_render(import, view, version, async {
+            let _permit = state
+                .renders
+                .acquire()
+                .await
+                .map_err(|e| AppError::Internal(Box::new(e)))?;
+            // The snapshot may be newer than `version` if a write just landed;
+            // a newer answer is never stale, and later requests see the newer version.
+            let snapshot = state.storage.citizens(import).await?;
+            let body = tokio::task::spawn_blocking(move || render(&snapshot.citizens))
+                .await
+                .map_err(|e| AppError::Internal(Box::new(e)))?
+                .map_err(|e| AppError::Internal(Box::new(e)))?;
+            Ok::<_, AppError>(axum::body::Bytes::from(body))
+        })
+        .await?;
     Ok(json_response(StatusCode::OK, body))
 }

@@ -8,8 +8,11 @@
 //!   PATCHes, so concurrent mirrored relative changes cannot interleave.
 //! - a few reader threads own read-only connections; WAL lets them read the
 //!   last committed state while the writer works.
+//! - the writer checkpoints the WAL itself, after answering, instead of
+//!   letting a commit that crosses SQLite's auto-checkpoint threshold pay for it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
@@ -133,12 +136,22 @@ impl SqliteStorage {
             )
             .map_err(internal)?;
         migrate(&mut writer)?;
+        // Checkpoints run in the writer loop once a batch is answered (see
+        // `writer_loop`), not inside a commit as SQLite's auto-checkpoint would.
+        let wal_pages = Arc::new(AtomicI32::new(0));
+        let pages = Arc::clone(&wal_pages);
+        writer
+            .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: i32| {
+                pages.store(n, Ordering::Relaxed);
+                Ok(())
+            }))
+            .map_err(internal)?;
 
         let (write_tx, write_rx) = mpsc::channel();
         let mut threads = vec![
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || writer_loop(writer, write_rx))
+                .spawn(move || writer_loop(writer, write_rx, &wal_pages))
                 .map_err(StorageError::internal)?,
         ];
 
@@ -238,8 +251,21 @@ fn reader_loop(mut conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>) {
-    while let Ok(first) = jobs.recv() {
+/// WAL size (pages) from which the writer checkpoints when it is idle.
+const CHECKPOINT_PAGES: i32 = 4096;
+/// WAL size (pages) from which it checkpoints even when writes are queued.
+const FORCE_CHECKPOINT_PAGES: i32 = 65536;
+
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, wal_pages: &AtomicI32) {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break, // every sender dropped: the store is closing
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -255,8 +281,20 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>) {
         for done in finished {
             done.answer(&commit);
         }
+        // Fold the WAL back into the database between batches, after the
+        // callers have their answers: when idle, or when the WAL grows large.
+        let pages = wal_pages.load(Ordering::Relaxed);
+        if pages >= CHECKPOINT_PAGES {
+            next = jobs.try_recv().ok();
+            if next.is_none() || pages >= FORCE_CHECKPOINT_PAGES {
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Ok(()) => wal_pages.store(0, Ordering::Relaxed),
+                    Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+                }
+            }
+        }
     }
-    // Leave a clean file behind: fold the WAL back into the database.
+    // Leave a clean file behind: fold the whole WAL back into the database.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "sqlite checkpoint on close failed");
     }

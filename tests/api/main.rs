@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod deploy;
 mod durability;
 mod imports;
 mod patch;
