@@ -29,6 +29,10 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::json;
 
+/// The same allocator as the `gifts` binary, so `serve` mode measures the same server.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmark settings.
 #[derive(Debug, Clone, Parser)]
 #[command(

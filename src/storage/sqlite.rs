@@ -274,13 +274,16 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, wal_pages: 
             }
         }
         let mut finished = Vec::with_capacity(batch.len());
-        let commit = run_batch(&mut conn, batch, &mut finished).map_err(|e| {
+        let mut spent = Vec::new();
+        let commit = run_batch(&mut conn, batch, &mut finished, &mut spent).map_err(|e| {
             tracing::error!(error = %e, "sqlite commit failed");
             e.to_string()
         });
         for done in finished {
             done.answer(&commit);
         }
+        // Freeing a big import's citizens takes a while: after the answers.
+        drop(spent);
         // Fold the WAL back into the database between batches, after the
         // callers have their answers: when idle, or when the WAL grows large.
         let pages = wal_pages.load(Ordering::Relaxed);
@@ -307,6 +310,7 @@ fn run_batch(
     conn: &mut Connection,
     batch: Vec<WriteJob>,
     finished: &mut Vec<Finished>,
+    spent: &mut Vec<Vec<Citizen>>,
 ) -> rusqlite::Result<()> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in batch {
@@ -314,6 +318,7 @@ fn run_batch(
         let (ok, done) = match job {
             WriteJob::Import { citizens, reply } => {
                 let result = insert_import(&savepoint, &citizens);
+                spent.push(citizens);
                 (result.is_ok(), Finished::Import(reply, result))
             }
             WriteJob::Patch {
