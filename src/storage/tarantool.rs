@@ -42,9 +42,11 @@ pub struct TarantoolStorage {
     closed: AtomicBool,
 }
 
-/// A citizen as `gifts_create_import` takes it (a msgpack array).
+/// A citizen as `gifts_create_import` takes it: the stored tuple, with a
+/// placeholder for the import id that the procedure fills in.
 #[derive(Serialize)]
 struct NewCitizen<'a>(
+    u8,
     CitizenId,
     &'a str,
     &'a str,
@@ -160,6 +162,7 @@ impl Storage for TarantoolStorage {
             .iter()
             .map(|c| {
                 NewCitizen(
+                    0,
                     c.citizen_id,
                     c.town.as_str(),
                     c.street.as_str(),
