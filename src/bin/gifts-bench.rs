@@ -476,23 +476,12 @@ fn expect(status: StatusCode, want: StatusCode, body: &[u8]) -> anyhow::Result<(
 }
 
 /// Runs `request` up to `runs` times (stopping early after `budget`), timing each.
-async fn timed<F, Fut>(
-    runs: usize,
-    budget: Duration,
-    mut request: F,
-) -> anyhow::Result<Vec<Duration>>
+async fn timed<F, Fut>(runs: usize, budget: Duration, request: F) -> anyhow::Result<Vec<Duration>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let started = Instant::now();
-    let mut samples = Vec::with_capacity(runs);
-    while samples.len() < runs && started.elapsed() < budget {
-        let t = Instant::now();
-        request().await?;
-        samples.push(t.elapsed());
-    }
-    Ok(samples)
+    timed_with_setup(runs, budget, || async { Ok(()) }, request).await
 }
 
 /// Like `timed`, with an untimed `setup` before each timed request.
