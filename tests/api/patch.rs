@@ -342,6 +342,52 @@ async fn invalid_patches_are_rejected_naming_field_and_citizen_and_change_nothin
     );
 }
 
+/// A model of the relation: unordered pairs (a citizen related to itself is (a, a)).
+fn model_lists(n: u64, pairs: &BTreeSet<(u64, u64)>) -> BTreeMap<u64, Vec<u64>> {
+    let mut lists: BTreeMap<u64, Vec<u64>> = (0..n).map(|id| (id, Vec::new())).collect();
+    for &(a, b) in pairs {
+        lists.get_mut(&a).unwrap().push(b);
+        if a != b {
+            lists.get_mut(&b).unwrap().push(a);
+        }
+    }
+    for list in lists.values_mut() {
+        list.sort_unstable();
+    }
+    lists
+}
+
+async fn random_patch_sequences_match_a_model_of_the_relation(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let n = 8u64;
+    for seed in 1..=3 {
+        let mut rng = Rng::new(seed);
+        let import = app
+            .import((0..n).map(|id| citizen(id, &[])).collect())
+            .await;
+        let mut pairs = BTreeSet::new();
+        for step in 0..60 {
+            let me = rng.below(n);
+            let new: BTreeSet<u64> = (0..rng.below(4)).map(|_| rng.below(n)).collect();
+            let (status, body) = app.patch(import, me, &json!({ "relatives": new })).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            pairs.retain(|&(a, b)| a != me && b != me);
+            pairs.extend(new.iter().map(|&r| (me.min(r), me.max(r))));
+            let expected = model_lists(n, &pairs);
+            assert_eq!(
+                body["data"]["relatives"],
+                json!(expected[&me]),
+                "seed {seed}, step {step}: the answer"
+            );
+            assert_eq!(
+                relatives(&app, import).await,
+                expected,
+                "seed {seed}, step {step}: citizen {me} takes {new:?}"
+            );
+        }
+    }
+}
+
 async fn concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let n = 12u64;
@@ -387,5 +433,6 @@ backend_tests!(
     the_largest_ids_are_mirrored_like_small_ones,
     unknown_import_or_citizen_is_404,
     invalid_patches_are_rejected_naming_field_and_citizen_and_change_nothing,
+    random_patch_sequences_match_a_model_of_the_relation,
     concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric,
 );
