@@ -166,16 +166,17 @@ end
 
 -- Patches one citizen. changes: map of field name -> new value (not relatives);
 -- relatives: new ascending list, or nil to keep it.
--- Returns status, citizen tuple or nil, unknown relative id or nil; status is
--- 'ok', 'import_not_found', 'citizen_not_found' or 'unknown_relative'.
+-- Returns status, citizen tuple or nil, unknown relative id or nil, and the
+-- import's version after the write or nil; status is 'ok', 'import_not_found',
+-- 'citizen_not_found' or 'unknown_relative'.
 function gifts_patch_citizen(import_id, citizen_id, changes, relatives)
     return box.atomic(function()
         local citizen = citizens:get({ import_id, citizen_id })
         if citizen == nil then
             if imports:get(import_id) == nil then
-                return 'import_not_found', box.NULL, box.NULL
+                return 'import_not_found', box.NULL, box.NULL, box.NULL
             end
-            return 'citizen_not_found', box.NULL, box.NULL
+            return 'citizen_not_found', box.NULL, box.NULL, box.NULL
         end
         local ops = {}
         for name, value in pairs(changes or {}) do
@@ -189,7 +190,7 @@ function gifts_patch_citizen(import_id, citizen_id, changes, relatives)
             -- Check every new relative first, so nothing is written on rejection.
             for _, r in ipairs(relatives) do
                 if r ~= citizen_id and citizens:get({ import_id, r }) == nil then
-                    return 'unknown_relative', box.NULL, r
+                    return 'unknown_relative', box.NULL, r, box.NULL
                 end
             end
             local old, new = as_set(citizen[F.relatives]), as_set(relatives)
@@ -213,8 +214,8 @@ function gifts_patch_citizen(import_id, citizen_id, changes, relatives)
         if #ops > 0 then
             updated = citizens:update({ import_id, citizen_id }, ops)
         end
-        imports:update(import_id, { { '+', 2, 1 } })
-        return 'ok', updated, box.NULL
+        local import = imports:update(import_id, { { '+', 2, 1 } })
+        return 'ok', updated, box.NULL, import[2]
     end)
 end
 

@@ -33,8 +33,8 @@ pub async fn update(
         e
     })?;
     let patch = patch.into_patch(citizen, today_utc())?;
-    let updated = state.storage.patch_citizen(import, citizen, patch).await?;
-    data(StatusCode::OK, &updated)
+    let patched = state.storage.patch_citizen(import, citizen, patch).await?;
+    data(StatusCode::OK, &patched.citizen)
 }
 
 /// Presents per month.

@@ -25,6 +25,15 @@ pub struct Snapshot {
     pub citizens: Vec<Citizen>,
 }
 
+/// The result of a PATCH.
+#[derive(Debug, Clone)]
+pub struct Patched {
+    /// The citizen as stored now.
+    pub citizen: Citizen,
+    /// The import's version after the write.
+    pub version: Version,
+}
+
 /// What can go wrong in storage, in terms the HTTP layer can answer with.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -65,13 +74,14 @@ pub trait Storage: Send + Sync + 'static {
     async fn create_import(&self, citizens: Vec<Citizen>) -> Result<ImportId, StorageError>;
 
     /// Applies a patch in one transaction, mirroring a new relatives list onto
-    /// the other citizens, and returns the updated citizen.
+    /// the other citizens, and returns the updated citizen with the import's
+    /// version after this write (the version before it plus one).
     async fn patch_citizen(
         &self,
         import: ImportId,
         citizen: CitizenId,
         patch: CitizenPatch,
-    ) -> Result<Citizen, StorageError>;
+    ) -> Result<Patched, StorageError>;
 
     /// All citizens of an import ordered by citizen_id, relatives ascending,
     /// with the import's version at that moment.

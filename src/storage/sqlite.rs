@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Snapshot, Storage, StorageError, Version, stored_citizen};
+use super::{Patched, Snapshot, Storage, StorageError, Version, stored_citizen};
 use crate::domain::relatives::{Edit, mirror_edits};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 
@@ -64,7 +64,7 @@ enum WriteJob {
         import: ImportId,
         citizen: CitizenId,
         patch: CitizenPatch,
-        reply: oneshot::Sender<Result<Citizen, StorageError>>,
+        reply: oneshot::Sender<Result<Patched, StorageError>>,
     },
 }
 
@@ -75,8 +75,8 @@ enum Finished {
         Result<ImportId, StorageError>,
     ),
     Patch(
-        oneshot::Sender<Result<Citizen, StorageError>>,
-        Result<Citizen, StorageError>,
+        oneshot::Sender<Result<Patched, StorageError>>,
+        Result<Patched, StorageError>,
     ),
 }
 
@@ -376,7 +376,7 @@ fn patch_citizen(
     import: ImportId,
     id: CitizenId,
     patch: &CitizenPatch,
-) -> Result<Citizen, StorageError> {
+) -> Result<Patched, StorageError> {
     let Some(mut citizen) = load_citizen(conn, import, id)? else {
         return Err(if import_exists(conn, import)? {
             StorageError::CitizenNotFound {
@@ -407,8 +407,11 @@ fn patch_citizen(
         citizen.relatives = new.clone();
     }
     patch.apply_fields(&mut citizen);
-    conn.prepare_cached("UPDATE imports SET version = version + 1 WHERE import_id = ?1")
-        .and_then(|mut stmt| stmt.execute([import]))
+    let version: i64 = conn
+        .prepare_cached(
+            "UPDATE imports SET version = version + 1 WHERE import_id = ?1 RETURNING version",
+        )
+        .and_then(|mut stmt| stmt.query_row([import], |row| row.get(0)))
         .map_err(internal)?;
     let mut blob = Vec::new();
     encode_relatives(&citizen.relatives, &mut blob);
@@ -432,7 +435,10 @@ fn patch_citizen(
         ])
     })
     .map_err(internal)?;
-    Ok(citizen)
+    Ok(Patched {
+        citizen,
+        version: Version::try_from(version).map_err(StorageError::internal)?,
+    })
 }
 
 fn import_exists(conn: &Connection, import: ImportId) -> Result<bool, StorageError> {
@@ -558,7 +564,7 @@ impl Storage for SqliteStorage {
         import: ImportId,
         citizen: CitizenId,
         patch: CitizenPatch,
-    ) -> Result<Citizen, StorageError> {
+    ) -> Result<Patched, StorageError> {
         self.write(|reply| WriteJob::Patch {
             import,
             citizen,

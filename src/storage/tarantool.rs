@@ -15,7 +15,7 @@ use rusty_tarantool::tarantool::{Client, ClientConfig, ClientStatus, TarantoolRe
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
-use super::{Snapshot, Storage, StorageError, Version, stored_citizen};
+use super::{Patched, Snapshot, Storage, StorageError, Version, stored_citizen};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 
 /// How to reach Tarantool.
@@ -187,7 +187,7 @@ impl Storage for TarantoolStorage {
         import: ImportId,
         citizen: CitizenId,
         patch: CitizenPatch,
-    ) -> Result<Citizen, StorageError> {
+    ) -> Result<Patched, StorageError> {
         let mut changes = BTreeMap::new();
         let mut text = |name: &'static str, value: Option<&str>| {
             if let Some(v) = value {
@@ -211,14 +211,18 @@ impl Storage for TarantoolStorage {
                 &(import, citizen, changes, patch.relatives.as_deref()),
             )
             .await?;
-        let (status, row, relative): (String, Option<Row>, Option<u64>) = response
-            .decode_trio()
-            .map_err(|e| decode_error("gifts_patch_citizen", e))?;
-        match (status.as_str(), row, relative) {
-            ("ok", Some(row), _) => row.into_citizen(),
+        let (status, row, relative, version): (String, Option<Row>, Option<u64>, Option<Version>) =
+            response
+                .decode()
+                .map_err(|e| decode_error("gifts_patch_citizen", e))?;
+        match (status.as_str(), row, relative, version) {
+            ("ok", Some(row), _, Some(version)) => Ok(Patched {
+                citizen: row.into_citizen()?,
+                version,
+            }),
             ("import_not_found", ..) => Err(StorageError::ImportNotFound(import)),
             ("citizen_not_found", ..) => Err(StorageError::CitizenNotFound { import, citizen }),
-            ("unknown_relative", _, Some(other)) => {
+            ("unknown_relative", _, Some(other), _) => {
                 Err(StorageError::Invalid(ValidationError::new(
                     "relatives",
                     Some(citizen),
