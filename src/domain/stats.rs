@@ -2,6 +2,7 @@
 //!
 //! Plain functions over citizens; "today" is always a parameter.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
@@ -41,14 +42,15 @@ impl Serialize for Birthdays {
 ///
 /// `citizens` must be ordered by citizen_id (as storage returns them); the
 /// answer then comes out ordered without sorting. O(citizens + links).
-pub fn birthdays(citizens: &[Citizen]) -> Birthdays {
+pub fn birthdays<C: Borrow<Citizen>>(citizens: &[C]) -> Birthdays {
     let month_of: HashMap<CitizenId, u8> = citizens
         .iter()
-        .map(|c| (c.citizen_id, c.birth_date.month()))
+        .map(|c| (c.borrow().citizen_id, c.borrow().birth_date.month()))
         .collect();
     let mut result = Birthdays::default();
     let mut counts = [0u32; 12];
     for citizen in citizens {
+        let citizen = citizen.borrow();
         for relative in &citizen.relatives {
             // Storage keeps relatives inside the import; a missing one would be a bug
             // upstream, and skipping it is the safe answer here.
@@ -84,9 +86,10 @@ pub struct TownAges {
 
 /// p50, p75 and p99 of ages per town on `today`, towns ordered by name
 /// (Unicode code point order), values rounded to 2 decimals.
-pub fn town_percentiles(citizens: &[Citizen], today: Date) -> Vec<TownAges> {
+pub fn town_percentiles<C: Borrow<Citizen>>(citizens: &[C], today: Date) -> Vec<TownAges> {
     let mut ages: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for citizen in citizens {
+        let citizen = citizen.borrow();
         ages.entry(citizen.town.as_str())
             .or_default()
             .push(citizen.birth_date.age_on(today));

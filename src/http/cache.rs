@@ -13,15 +13,31 @@
 //! body (single flight), so a burst of reads of a just-changed big import
 //! costs one load, not one per request. The cache is bounded by total body
 //! bytes (`quick_cache`, which also provides the single flight).
+//!
+//! Beside the bodies it keeps each import's citizens as last loaded (a
+//! snapshot, with its version). A PATCH made through this instance moves the
+//! snapshot forward in memory (`domain::relatives::after_patch`) when the
+//! snapshot is exactly one version behind the write — then no other write
+//! came in between — so the next read re-renders without going to storage.
+//! Any other version gap means the snapshot is simply not used.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::{OptionsBuilder, Weighter};
 
-use crate::domain::ImportId;
+use crate::domain::relatives::after_patch;
+use crate::domain::{Citizen, ImportId};
 use crate::storage::Version;
+
+/// An import's citizens in memory, ordered by citizen_id; untouched citizens
+/// are shared between versions.
+pub type Citizens = Arc<Vec<Arc<Citizen>>>;
+
+/// A snapshot, its version and its estimated size in bytes.
+type SnapshotEntry = (Version, Citizens, u64);
 
 /// Which answer of an import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,27 +62,107 @@ impl Weighter<Key, Bytes> for BodyBytes {
     }
 }
 
-/// Response bodies by import, view and version, bounded in bytes.
+#[derive(Clone)]
+struct SnapshotBytes;
+
+impl Weighter<ImportId, SnapshotEntry> for SnapshotBytes {
+    fn weight(&self, _key: &ImportId, entry: &SnapshotEntry) -> u64 {
+        entry.2
+    }
+}
+
+/// Estimated heap size of a snapshot: per citizen its struct, its strings and
+/// its relatives.
+fn snapshot_bytes(citizens: &[Arc<Citizen>]) -> u64 {
+    citizens
+        .iter()
+        .map(|c| {
+            let strings = c.town.as_str().len()
+                + c.street.as_str().len()
+                + c.building.as_str().len()
+                + c.name.as_str().len();
+            (std::mem::size_of::<Citizen>() + 32 + strings + 8 * c.relatives.len()) as u64
+        })
+        .sum::<u64>()
+        + 64
+}
+
+/// Response bodies by import, view and version, and the citizens they were
+/// rendered from; each part bounded in bytes.
 pub struct ResponseCache {
     entries: Option<Cache<Key, Bytes, BodyBytes>>,
+    snapshots: Option<Cache<ImportId, SnapshotEntry, SnapshotBytes>>,
+}
+
+/// One shard, so a single value may use the whole budget; a hit holds the
+/// shard's read lock only to clone an `Arc` or a `Bytes`.
+fn one_shard(max_bytes: u64) -> quick_cache::Options {
+    OptionsBuilder::new()
+        .estimated_items_capacity(1024)
+        .weight_capacity(max_bytes)
+        .shards(1)
+        .build()
+        .expect("valid cache options")
 }
 
 impl ResponseCache {
-    /// A cache holding at most `max_bytes` of bodies; 0 disables caching.
+    /// A cache holding at most `max_bytes` of bodies and, separately, at
+    /// most `max_bytes` of snapshots; 0 disables both.
     pub fn new(max_bytes: u64) -> Self {
-        let entries = (max_bytes > 0).then(|| {
-            // One shard, so a single answer may use the whole budget (a
-            // 1,000,000-citizen listing is 235 MiB); a hit holds the shard's
-            // read lock only to clone a `Bytes`.
-            let options = OptionsBuilder::new()
-                .estimated_items_capacity(1024)
-                .weight_capacity(max_bytes)
-                .shards(1)
-                .build()
-                .expect("valid cache options");
-            Cache::with_options(options, BodyBytes, Default::default(), Default::default())
-        });
-        Self { entries }
+        let enabled = max_bytes > 0;
+        Self {
+            entries: enabled.then(|| {
+                Cache::with_options(
+                    one_shard(max_bytes),
+                    BodyBytes,
+                    Default::default(),
+                    Default::default(),
+                )
+            }),
+            snapshots: enabled.then(|| {
+                Cache::with_options(
+                    one_shard(max_bytes),
+                    SnapshotBytes,
+                    Default::default(),
+                    Default::default(),
+                )
+            }),
+        }
+    }
+
+    /// The import's citizens at exactly `version`, if held.
+    pub fn snapshot(&self, import: ImportId, version: Version) -> Option<Citizens> {
+        let (held, citizens, _) = self.snapshots.as_ref()?.get(&import)?;
+        (held == version).then_some(citizens)
+    }
+
+    /// Holds the import's citizens as of `version`.
+    pub fn keep_snapshot(&self, import: ImportId, version: Version, citizens: Citizens) {
+        if let Some(snapshots) = &self.snapshots {
+            let bytes = snapshot_bytes(&citizens);
+            snapshots.insert(import, (version, citizens, bytes));
+        }
+    }
+
+    /// Moves the import's snapshot to `version` after this instance stored
+    /// `updated` by a PATCH that produced `version`; drops it if it cannot.
+    pub fn apply_patch(&self, import: ImportId, version: Version, updated: &Citizen) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        let Some((held, citizens, bytes)) = snapshots.get(&import) else {
+            return;
+        };
+        if held.checked_add(1) != Some(version) {
+            return; // another write came in between, or the snapshot is newer
+        }
+        match after_patch(&citizens, updated) {
+            // Sizes barely change with one citizen; keep the estimate.
+            Some(next) => snapshots.insert(import, (version, Arc::new(next), bytes)),
+            None => {
+                snapshots.remove(&import);
+            }
+        }
     }
 
     /// The body for `view` of `import` at `version`: cached, or rendered by

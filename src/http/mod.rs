@@ -29,7 +29,7 @@ mod imports;
 mod towns;
 pub mod wire;
 
-use cache::{ResponseCache, View};
+use cache::{Citizens, ResponseCache, View};
 use error::{AppError, json_response};
 
 /// What every handler shares; cloning is cheap.
@@ -129,9 +129,10 @@ fn data<T: Serialize>(status: StatusCode, value: &T) -> Result<Response, AppErro
 }
 
 /// Answers a read endpoint from the cache when the import has not changed
-/// since the body was rendered. Otherwise loads the citizens and renders the
-/// body off the async threads; at most `state.renders` permits render at once,
-/// which bounds the memory of cold reads of big imports.
+/// since the body was rendered. Otherwise renders it off the async threads
+/// from the import's citizens — held in memory at this version, or loaded
+/// from storage; at most `state.renders` permits render at once, which bounds
+/// the memory of cold reads of big imports.
 async fn cached_view<F>(
     state: &AppState,
     import: ImportId,
@@ -139,7 +140,7 @@ async fn cached_view<F>(
     render: F,
 ) -> Result<Response, AppError>
 where
-    F: FnOnce(&[Citizen]) -> serde_json::Result<Vec<u8>> + Send + 'static,
+    F: FnOnce(&[Arc<Citizen>]) -> serde_json::Result<Vec<u8>> + Send + 'static,
 {
     let version = state.storage.import_version(import).await?;
     let body = state
@@ -150,10 +151,21 @@ where
                 .acquire()
                 .await
                 .map_err(|e| AppError::Internal(Box::new(e)))?;
-            // The snapshot may be newer than `version` if a write just landed;
-            // a newer answer is never stale, and later requests see the newer version.
-            let snapshot = state.storage.citizens(import).await?;
-            let body = tokio::task::spawn_blocking(move || render(&snapshot.citizens))
+            let citizens = match state.cache.snapshot(import, version) {
+                Some(citizens) => citizens,
+                None => {
+                    // The snapshot may be newer than `version` if a write just
+                    // landed; a newer answer is never stale.
+                    let snapshot = state.storage.citizens(import).await?;
+                    let citizens: Citizens =
+                        Arc::new(snapshot.citizens.into_iter().map(Arc::new).collect());
+                    state
+                        .cache
+                        .keep_snapshot(import, snapshot.version, Arc::clone(&citizens));
+                    citizens
+                }
+            };
+            let body = tokio::task::spawn_blocking(move || render(&citizens))
                 .await
                 .map_err(|e| AppError::Internal(Box::new(e)))?
                 .map_err(|e| AppError::Internal(Box::new(e)))?;
