@@ -144,6 +144,12 @@ impl ResponseCache {
         }
     }
 
+    /// How many citizens the import's snapshot holds, if there is one.
+    pub fn snapshot_len(&self, import: ImportId) -> Option<usize> {
+        let (_, citizens, _) = self.snapshots.as_ref()?.get(&import)?;
+        Some(citizens.len())
+    }
+
     /// Moves the import's snapshot to `version` after this instance stored
     /// `updated` by a PATCH that produced `version`; drops it if it cannot.
     pub fn apply_patch(&self, import: ImportId, version: Version, updated: &Citizen) {

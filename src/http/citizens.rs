@@ -13,6 +13,10 @@ use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data, to_data};
 use crate::domain::{stats, today_utc};
 
+/// Snapshots up to this many citizens are moved forward on the async thread
+/// (tens of microseconds); bigger ones on a blocking thread.
+const INLINE_SNAPSHOT_UPDATE: usize = 20_000;
+
 /// All citizens of the import, by citizen_id.
 pub async fn list(
     State(state): State<AppState>,
@@ -38,12 +42,24 @@ pub async fn update(
     let patched = state.storage.patch_citizen(import, citizen, patch).await?;
     // Move the in-memory copy of the import forward before answering, so a
     // read right after this PATCH re-renders without a trip to storage. It
-    // copies one pointer per citizen: off the async threads.
-    let cache = Arc::clone(&state.cache);
-    let updated = patched.citizen.clone();
-    tokio::task::spawn_blocking(move || cache.apply_patch(import, patched.version, &updated))
-        .await
-        .map_err(|e| AppError::Internal(Box::new(e)))?;
+    // copies one pointer per citizen: big imports do it off the async threads.
+    match state.cache.snapshot_len(import) {
+        None => {}
+        Some(n) if n <= INLINE_SNAPSHOT_UPDATE => {
+            state
+                .cache
+                .apply_patch(import, patched.version, &patched.citizen);
+        }
+        Some(_) => {
+            let cache = Arc::clone(&state.cache);
+            let updated = patched.citizen.clone();
+            tokio::task::spawn_blocking(move || {
+                cache.apply_patch(import, patched.version, &updated)
+            })
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?;
+        }
+    }
     data(StatusCode::OK, &patched.citizen)
 }
 
