@@ -5,15 +5,17 @@
 //! it reconnects by itself after an outage. Every call has a timeout, and a
 //! call that fails while the connection is down is `Unavailable` (503).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusty_tarantool::tarantool::{Client, ClientConfig, ClientStatus, TarantoolResponse};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::{Patched, Snapshot, Storage, StorageError, Version, stored_citizen};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
@@ -37,6 +39,12 @@ impl std::fmt::Debug for TarantoolAddress {
 
 /// The Tarantool store.
 pub struct TarantoolStorage {
+    connection: Arc<Connection>,
+    versions: VersionChecks,
+}
+
+/// The client and its settings, shared with spawned version checks.
+struct Connection {
     client: Client,
     timeout: Duration,
     closed: AtomicBool,
@@ -112,12 +120,25 @@ impl TarantoolStorage {
         .set_reconnect_time_ms(200)
         .build();
         Self {
-            client,
-            timeout,
-            closed: AtomicBool::new(false),
+            connection: Arc::new(Connection {
+                client,
+                timeout,
+                closed: AtomicBool::new(false),
+            }),
+            versions: VersionChecks::default(),
         }
     }
 
+    async fn call<P: Serialize + Sync>(
+        &self,
+        function: &str,
+        params: &P,
+    ) -> Result<TarantoolResponse, StorageError> {
+        self.connection.call(function, params).await
+    }
+}
+
+impl Connection {
     async fn call<P: Serialize + Sync>(
         &self,
         function: &str,
@@ -145,6 +166,135 @@ impl TarantoolStorage {
                 StorageError::internal(format!("tarantool {function} failed: {error}"))
             }
             status => StorageError::Unavailable(format!("tarantool {status:?}: {error}")),
+        }
+    }
+}
+
+impl Connection {
+    /// One `gifts_import_version` call.
+    async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
+        let response = self.call("gifts_import_version", &(import,)).await?;
+        let version: Option<Version> = response
+            .decode_single()
+            .map_err(|e| decode_error("gifts_import_version", e))?;
+        version.ok_or(StorageError::ImportNotFound(import))
+    }
+}
+
+/// Coalesces concurrent version checks of one import. Every cached read asks
+/// for the version, and under load most of those calls are redundant: a
+/// request may take the answer of any check that was *sent after the request
+/// arrived*, because such a check sees every write acknowledged before the
+/// request. So checks of one import run one at a time, and a request waits
+/// for the first check numbered after its arrival — starting it if none is
+/// running. Checks run in their own task, so a cancelled request cannot
+/// strand the others.
+#[derive(Default)]
+struct VersionChecks {
+    imports: Mutex<HashMap<ImportId, Arc<watch::Sender<CheckState>>>>,
+}
+
+/// The checks of one import: how many were started, the number and answer of
+/// the last finished one.
+#[derive(Default)]
+struct CheckState {
+    started: u64,
+    running: bool,
+    done: u64,
+    answer: Option<Result<Version, CheckError>>,
+}
+
+/// A `StorageError` that can be handed to every waiter.
+#[derive(Clone)]
+enum CheckError {
+    NotFound(ImportId),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl From<StorageError> for CheckError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::ImportNotFound(import) => CheckError::NotFound(import),
+            StorageError::Unavailable(why) => CheckError::Unavailable(why),
+            other => {
+                CheckError::Internal(format!("{other}: {:?}", std::error::Error::source(&other)))
+            }
+        }
+    }
+}
+
+impl From<CheckError> for StorageError {
+    fn from(error: CheckError) -> Self {
+        match error {
+            CheckError::NotFound(import) => StorageError::ImportNotFound(import),
+            CheckError::Unavailable(why) => StorageError::Unavailable(why),
+            CheckError::Internal(why) => StorageError::internal(why),
+        }
+    }
+}
+
+/// Imports whose idle check state is dropped once this many are tracked.
+const TRACKED_IMPORTS: usize = 4096;
+
+impl VersionChecks {
+    async fn check(
+        &self,
+        connection: &Arc<Connection>,
+        import: ImportId,
+    ) -> Result<Version, StorageError> {
+        let checks = {
+            let mut imports = self.imports.lock().expect("version checks lock");
+            if imports.len() >= TRACKED_IMPORTS {
+                imports.retain(|_, checks| checks.borrow().running);
+            }
+            Arc::clone(
+                imports
+                    .entry(import)
+                    .or_insert_with(|| Arc::new(watch::channel(CheckState::default()).0)),
+            )
+        };
+        let mut changes = checks.subscribe();
+        // Checks numbered above this one start after this request arrived.
+        let needed = checks.borrow().started + 1;
+        loop {
+            let mut start = false;
+            checks.send_if_modified(|state| {
+                if state.done < needed && !state.running {
+                    state.running = true;
+                    state.started += 1;
+                    start = true;
+                }
+                start
+            });
+            if start {
+                let (connection, checks) = (Arc::clone(connection), Arc::clone(&checks));
+                tokio::spawn(async move {
+                    let answer = connection
+                        .import_version(import)
+                        .await
+                        .map_err(CheckError::from);
+                    checks.send_modify(|state| {
+                        state.done = state.started;
+                        state.running = false;
+                        state.answer = Some(answer);
+                    });
+                });
+            }
+            {
+                let state = changes.borrow_and_update();
+                if state.done >= needed {
+                    let answer = state
+                        .answer
+                        .clone()
+                        .expect("a finished check has an answer");
+                    return answer.map_err(StorageError::from);
+                }
+            }
+            changes
+                .changed()
+                .await
+                .map_err(|_| StorageError::Unavailable("version check abandoned".into()))?;
         }
     }
 }
@@ -254,11 +404,7 @@ impl Storage for TarantoolStorage {
     }
 
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
-        let response = self.call("gifts_import_version", &(import,)).await?;
-        let version: Option<Version> = response
-            .decode_single()
-            .map_err(|e| decode_error("gifts_import_version", e))?;
-        version.ok_or(StorageError::ImportNotFound(import))
+        self.versions.check(&self.connection, import).await
     }
 
     async fn health(&self) -> Result<(), StorageError> {
@@ -275,6 +421,6 @@ impl Storage for TarantoolStorage {
     }
 
     async fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.connection.closed.store(true, Ordering::Release);
     }
 }

@@ -148,3 +148,49 @@ async fn the_app_user_may_only_call_our_functions_and_guests_nothing() {
     );
     assert!(guest.eval("return 1", &no_args).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_through_one_instance_never_miss_a_write_made_through_another() {
+    if !tarantool_available("concurrent_reads_across_instances") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Tarantool));
+    let (reader, writer) = two_apps(&store).await;
+    let import = reader.import(spec_example()).await;
+    let reader = Arc::new(reader);
+    // Keep readers busy so version checks overlap with the writes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background: Vec<_> = (0..4)
+        .map(|_| {
+            let (reader, stop) = (Arc::clone(&reader), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    reader.citizens(import).await;
+                }
+            })
+        })
+        .collect();
+    for round in 0..20 {
+        let name = format!("Раунд {round}");
+        let (status, _) = writer.patch(import, 2, &json!({ "name": name })).await;
+        assert_eq!(status, StatusCode::OK);
+        // Every read that starts after the acknowledgement sees the write.
+        let reads: Vec<_> = (0..8)
+            .map(|_| {
+                let reader = Arc::clone(&reader);
+                tokio::spawn(async move { reader.citizens(import).await })
+            })
+            .collect();
+        for read in reads {
+            assert_eq!(
+                read.await.unwrap()[1]["name"],
+                name.as_str(),
+                "round {round}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in background {
+        task.await.unwrap();
+    }
+}
