@@ -53,11 +53,14 @@ pub async fn update(
         Some(_) => {
             let cache = Arc::clone(&state.cache);
             let updated = patched.citizen.clone();
-            tokio::task::spawn_blocking(move || {
+            let moved = tokio::task::spawn_blocking(move || {
                 cache.apply_patch(import, patched.version, &updated)
             })
-            .await
-            .map_err(|e| AppError::Internal(Box::new(e)))?;
+            .await;
+            // The write is stored; a cache that did not move only costs a reload.
+            if let Err(e) = moved {
+                tracing::error!(error = %e, "moving the import snapshot failed");
+            }
         }
     }
     data(StatusCode::OK, &patched.citizen)
