@@ -109,8 +109,8 @@ enum Value {
 }
 
 impl TarantoolStorage {
-    /// Creates the client; the connection is opened on first use and re-opened
-    /// after failures, every `reconnect` at most.
+    /// Creates the client; the connection is opened on first use and, after a
+    /// failure, re-opened every 200 ms until Tarantool answers again.
     pub fn connect(address: &TarantoolAddress, timeout: Duration) -> Self {
         let client = ClientConfig::new(
             address.host_port.clone(),
