@@ -95,6 +95,19 @@ async fn cached_answers_follow_every_write(backend: Backend) {
     }
 }
 
+async fn with_the_cache_disabled_every_answer_comes_from_storage(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.cache_bytes = 0).await;
+    let import = app.import(spec_example()).await;
+    assert_eq!(app.citizens(import).await, spec_example());
+    app.patch(import, 3, &json!({"relatives": [1]})).await;
+    assert_eq!(app.citizens(import).await[0]["relatives"], json!([2, 3]));
+    assert_eq!(
+        app.birthdays(import).await["11"],
+        json!([{"citizen_id": 1, "presents": 1}])
+    );
+    assert_eq!(app.percentiles(import).await.as_array().unwrap().len(), 2);
+}
+
 /// A citizen of `town` who is exactly `age` years old today (born 1 January).
 fn aged(id: u64, town: &str, age: i32) -> Value {
     let year = today().year() - age;
@@ -229,6 +242,7 @@ backend_tests!(
     birthdays_count_one_present_per_relative_per_month,
     birthdays_of_the_spec_example_follow_patches,
     cached_answers_follow_every_write,
+    with_the_cache_disabled_every_answer_comes_from_storage,
     percentiles_match_numpy_and_towns_come_ordered,
     percentiles_round_to_two_decimals,
     unknown_imports_and_paths_are_404_with_a_json_error,
