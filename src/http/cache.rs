@@ -183,13 +183,18 @@ impl ResponseCache {
         let Some(entries) = &self.entries else {
             return render.await;
         };
+        let mut rendered = false;
         let body = entries
-            .get_or_insert_async(&(import, view, version), render)
+            .get_or_insert_async(&(import, view, version), async {
+                rendered = true;
+                render.await
+            })
             .await?;
-        // Versions grow by one per write, so the answer just replaced is
-        // usually the previous version's: drop it now rather than let it
-        // wait for eviction (older ones age out).
-        if let Some(previous) = version.checked_sub(1) {
+        // Versions grow by one per write, so the answer just rendered usually
+        // replaces the previous version's: drop that now rather than let it
+        // wait for eviction (older ones age out). Hits skip this, so they take
+        // no write lock.
+        if rendered && let Some(previous) = version.checked_sub(1) {
             entries.remove(&(import, view, previous));
         }
         Ok(body)
