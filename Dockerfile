@@ -8,10 +8,10 @@ WORKDIR /src
 # Dependency layer: build the dependencies against stub sources, so source
 # edits do not rebuild them (bundled SQLite alone takes over a minute).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin benches \
+RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > src/bin/gifts-bench.rs \
     && echo 'fn main() {}' > benches/hot_paths.rs \
+    && echo 'fn main() {}' > benches/load.rs \
     && touch src/lib.rs \
     && cargo build --release --locked --bin gifts \
     && rm -rf src benches

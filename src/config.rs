@@ -1,25 +1,43 @@
 //! Configuration: defaults < `GIFTS_*` environment < command-line flags.
+//!
+//! Every value is checked while parsing, so a mistake stops the service at
+//! start with a message that names the setting (the flag, or the environment
+//! variable when the value came from there) and the form it expects.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser};
 
 use crate::storage::tarantool::TarantoolAddress;
 
-/// The command line: the service (no subcommand) or `healthcheck`.
+/// Shown at the end of `gifts --help`.
+const AFTER_HELP: &str = "\
+Every option can also be set by the environment variable shown beside it; a flag wins.
+Sizes take a plain number of bytes or a unit: 64MiB, 512KiB, 1GiB (also kB, MB, GB).
+
+Logging: RUST_LOG sets the log filter (tracing EnvFilter syntax, default `info`),
+e.g. RUST_LOG=debug or RUST_LOG=info,gifts::storage=debug.
+
+Without arguments the service listens on 0.0.0.0:8080 and keeps its data in
+./data/gifts.db (relative to the working directory).";
+
+/// The command line: the service (no subcommand), `healthcheck` or `import`.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "gifts",
     version,
-    about = "Gift shop citizen imports and analytics over HTTP"
+    about = "Gift shop citizen imports and analytics over HTTP",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// The service's settings (also read by `healthcheck` for the address).
+    /// The service's settings (`--listen` is also read by the subcommands).
     #[command(flatten)]
     pub config: Config,
 }
@@ -27,10 +45,21 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Exit 0 when the service at `--listen` answers `/health` with 200 (for container health checks).
+    /// Exit 0 when the service at --listen answers /health with 200 (container health checks).
     Healthcheck {
         /// Seconds to wait for the answer.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_secs: u64,
+    },
+    /// Upload an import from a JSON file (or `-` for standard input) to a running service.
+    Import {
+        /// The file holding `{"citizens": [...]}`, or `-` to read standard input.
+        file: PathBuf,
+        /// Base URL of the service [default: http://<--listen>, a wildcard host asked on loopback].
+        #[arg(long, env = "GIFTS_URL")]
+        url: Option<String>,
+        /// Seconds to wait for the whole upload and the answer.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_secs: u64,
     },
 }
@@ -38,18 +67,30 @@ pub enum Command {
 /// Everything the service can be told at start; checked before anything runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address to listen on (HOST:PORT).
-    #[arg(long, env = "GIFTS_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address to listen on: HOST:PORT, or a bare PORT for all interfaces.
+    #[arg(
+        long,
+        env = "GIFTS_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_parser = parse_listen,
+        global = true
+    )]
     pub listen: String,
 
-    /// Where data lives: `sqlite:PATH` (embedded, created on first start) or
-    /// `tarantool://USER:PASSWORD@HOST:PORT` (a server running tarantool/app.lua).
-    #[arg(long, env = "GIFTS_STORAGE", default_value = "sqlite:data/gifts.db")]
+    /// Where data lives: sqlite:PATH (embedded; file and folder created on first start,
+    /// a relative PATH is relative to the working directory) or
+    /// tarantool://USER:PASSWORD@HOST:PORT (a server running tarantool/app.lua).
+    #[arg(
+        long,
+        env = "GIFTS_STORAGE",
+        default_value = "sqlite:data/gifts.db",
+        hide_env_values = true
+    )]
     pub storage: StorageUrl,
 
-    /// Largest accepted request body in bytes; larger bodies get 413.
-    #[arg(long, env = "GIFTS_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub max_body_bytes: usize,
+    /// Largest accepted request body (after gzip decompression); larger bodies get 413.
+    #[arg(long, env = "GIFTS_MAX_BODY_BYTES", default_value = "64MiB")]
+    pub max_body_bytes: ByteSize,
 
     /// Seconds a whole request may take, body upload included, before a 408.
     #[arg(long, env = "GIFTS_REQUEST_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
@@ -63,9 +104,10 @@ pub struct Config {
     #[arg(long, env = "GIFTS_SQLITE_READERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub sqlite_readers: u64,
 
-    /// Bytes of rendered read answers to keep in memory (0 disables the cache).
-    #[arg(long, env = "GIFTS_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
-    pub cache_bytes: u64,
+    /// Memory for cached read answers and, separately, for the imports' citizens they are
+    /// rendered from (so up to twice this); 0 disables both.
+    #[arg(long, env = "GIFTS_CACHE_BYTES", default_value = "256MiB")]
+    pub cache_bytes: ByteSize,
 
     /// Seconds a Tarantool call may take before the request fails with 503.
     #[arg(long, env = "GIFTS_TARANTOOL_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -97,12 +139,174 @@ impl Config {
 
     /// The `GIFTS_*` environment variables the service reads.
     pub fn env_names() -> Vec<String> {
-        use clap::CommandFactory;
-        Cli::command()
-            .get_arguments()
-            .filter_map(|a| a.get_env())
-            .map(|e| e.to_string_lossy().into_owned())
-            .collect()
+        fn collect(command: &clap::Command, out: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    let name = env.to_string_lossy().into_owned();
+                    if !out.contains(&name) {
+                        out.push(name);
+                    }
+                }
+            }
+            for sub in command.get_subcommands() {
+                collect(sub, out);
+            }
+        }
+        let mut names = Vec::new();
+        collect(&Cli::command(), &mut names);
+        names
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments and environment, or exits with a message
+    /// that names the setting at fault.
+    pub fn parse_or_exit() -> Self {
+        Self::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Like clap's `try_parse_from`, but an invalid value that came from a
+    /// `GIFTS_*` environment variable is reported under that variable's name
+    /// (clap would name the flag, which the user never typed).
+    pub fn parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        <Self as Parser>::try_parse_from(&args).map_err(|e| name_the_environment(e, &args))
+    }
+}
+
+/// Rewrites a clap value error whose value came from the environment.
+fn name_the_environment(error: clap::Error, args: &[OsString]) -> clap::Error {
+    if !matches!(
+        error.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return error;
+    }
+    let Some(ContextValue::String(invalid_arg)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) else {
+        return error;
+    };
+    // "--cache-bytes <CACHE_BYTES>" → "cache-bytes"
+    let Some(long) = invalid_arg
+        .split_whitespace()
+        .next()
+        .and_then(|flag| flag.strip_prefix("--"))
+    else {
+        return error;
+    };
+    let command = Cli::command();
+    let mut commands = vec![&command];
+    commands.extend(command.get_subcommands());
+    let Some(env) = commands
+        .iter()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+    else {
+        return error;
+    };
+    let typed = args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+    });
+    if typed || std::env::var_os(env).is_none_or(|v| v.to_string_lossy() != *value) {
+        return error;
+    }
+    let why = std::error::Error::source(&error)
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "not a valid value".into());
+    let shown = if env == "GIFTS_STORAGE" {
+        "(hidden)".to_owned()
+    } else {
+        format!("'{value}'")
+    };
+    Cli::command().error(
+        ErrorKind::ValueValidation,
+        format!(
+            "invalid value {shown} in the environment variable {} (the setting --{long}): {why}",
+            env.to_string_lossy()
+        ),
+    )
+}
+
+/// `HOST:PORT`, or a bare port meaning every interface (`8080` → `0.0.0.0:8080`).
+fn parse_listen(value: &str) -> Result<String, String> {
+    let expected = "expected HOST:PORT (e.g. 0.0.0.0:8080 or 127.0.0.1:8080) or a port number";
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = value
+            .parse()
+            .map_err(|_| format!("port {value} is above 65535; {expected}"))?;
+        return Ok(format!("0.0.0.0:{port}"));
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(value.to_owned())
+        }
+        _ => Err(expected.to_owned()),
+    }
+}
+
+/// A number of bytes, written as a plain number or with a unit:
+/// `64MiB`, `512KiB`, `1GiB`, `1TiB` (powers of 1024) or `500kB`, `20MB`,
+/// `1GB` (powers of 1000); units are case-insensitive, a space is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The size in bytes.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The size in bytes as a `usize` (saturating on 32-bit targets).
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = "expected a number of bytes, optionally with a unit: 67108864, 64MiB, 512KiB, 1GiB, 20MB";
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let number: u64 = number.parse().map_err(|_| expected.to_owned())?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            "tib" | "t" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => return Err(expected.to_owned()),
+        };
+        number
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s} is too large"))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    /// Bytes, with the largest binary unit that divides them exactly.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{} bytes", self.0)
     }
 }
 
@@ -129,6 +333,14 @@ impl FromStr for StorageUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("sqlite://") {
+            return Err(
+                "sqlite:// URLs are not accepted (is the path after // relative \
+                 or absolute?): write sqlite:PATH, e.g. sqlite:data/gifts.db (relative to \
+                 the working directory) or sqlite:/var/lib/gifts/gifts.db"
+                    .into(),
+            );
+        }
         if let Some(path) = s.strip_prefix("sqlite:") {
             if path.is_empty() {
                 return Err("sqlite: needs a file path, e.g. sqlite:data/gifts.db".into());
@@ -161,10 +373,13 @@ impl FromStr for StorageUrl {
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::parse_args(std::iter::once("gifts").chain(args.iter().copied()))
+    }
+
     #[test]
     fn flags_override_defaults() {
-        let config = Cli::parse_from([
-            "gifts",
+        let config = parse(&[
             "--listen",
             "127.0.0.1:9000",
             "--storage",
@@ -172,10 +387,11 @@ mod tests {
             "--max-body-bytes",
             "1024",
         ])
+        .unwrap()
         .config;
         assert_eq!(config.listen, "127.0.0.1:9000");
         assert_eq!(config.storage, StorageUrl::Sqlite("/tmp/x.db".into()));
-        assert_eq!(config.max_body_bytes, 1024);
+        assert_eq!(config.max_body_bytes, ByteSize(1024));
     }
 
     #[test]
@@ -186,6 +402,7 @@ mod tests {
             "GIFTS_STORAGE",
             "GIFTS_MAX_BODY_BYTES",
             "GIFTS_CACHE_BYTES",
+            "GIFTS_URL",
         ] {
             assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
         }
@@ -194,10 +411,53 @@ mod tests {
 
     #[test]
     fn defaults_are_the_embedded_store_on_port_8080() {
-        let config = Cli::parse_from(["gifts"]).config;
+        let config = parse(&[]).unwrap().config;
         assert_eq!(config.listen, "0.0.0.0:8080");
         assert_eq!(config.storage, StorageUrl::Sqlite("data/gifts.db".into()));
-        assert_eq!(config.max_body_bytes, 64 << 20);
+        assert_eq!(config.max_body_bytes, ByteSize(64 << 20));
+        assert_eq!(config.cache_bytes, ByteSize(256 << 20));
+    }
+
+    #[test]
+    fn a_bare_port_listens_on_every_interface() {
+        assert_eq!(parse_listen("8080").unwrap(), "0.0.0.0:8080");
+        assert_eq!(parse_listen("localhost:81").unwrap(), "localhost:81");
+        assert_eq!(parse_listen("[::1]:81").unwrap(), "[::1]:81");
+        for bad in ["", "70000", "host", "host:", ":80", "host:x"] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("1024", 1024),
+            ("64MiB", 64 << 20),
+            ("256mib", 256 << 20),
+            ("1 GiB", 1 << 30),
+            ("512KiB", 512 << 10),
+            ("20MB", 20_000_000),
+            ("3kB", 3_000),
+            ("2g", 2 << 30),
+        ] {
+            assert_eq!(text.parse::<ByteSize>(), Ok(ByteSize(bytes)), "{text}");
+        }
+        for bad in ["", "MiB", "1.5GiB", "-1", "12 parsecs", "99999999999TiB"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad}");
+        }
+        assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000 bytes");
+    }
+
+    #[test]
+    fn healthcheck_and_import_take_listen_after_the_subcommand() {
+        let cli = parse(&["healthcheck", "--listen", "127.0.0.1:9"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Healthcheck { .. })));
+        assert_eq!(cli.config.listen, "127.0.0.1:9");
+        let cli = parse(&["--listen", "9", "import", "x.json"]).unwrap();
+        assert_eq!(cli.config.listen, "0.0.0.0:9");
     }
 
     #[test]
@@ -217,9 +477,18 @@ mod tests {
     fn bad_storage_urls_are_refused_at_start() {
         assert!("postgres://x".parse::<StorageUrl>().is_err());
         assert!("sqlite:".parse::<StorageUrl>().is_err());
+        let e = "sqlite://data/x.db".parse::<StorageUrl>().unwrap_err();
+        assert!(e.contains("sqlite:PATH"), "{e}");
         assert!("tarantool://host:3301".parse::<StorageUrl>().is_err());
         assert!("tarantool://u:p@host".parse::<StorageUrl>().is_err());
         assert!("tarantool://u:p@host:port".parse::<StorageUrl>().is_err());
-        assert!(Cli::try_parse_from(["gifts", "--request-timeout-secs", "0"]).is_err());
+        assert!(parse(&["--request-timeout-secs", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_help_names_rust_log_and_hides_the_storage_url_from_the_environment() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("RUST_LOG"), "{help}");
+        assert!(help.contains("GIFTS_CACHE_BYTES"), "{help}");
     }
 }

@@ -1,12 +1,13 @@
 //! gifts — a REST service that stores citizen imports for a gift shop and
 //! answers how many presents each citizen buys per month and the age
-//! percentiles per town. The contract is `SPEC.md`; decisions are in `README.md`.
+//! percentiles per town. The contract is `docs/api.md`; decisions are in `README.md`.
 //!
 //! # Layout
 //! - [`config`]: one `Config` from defaults, `GIFTS_*` environment and flags.
 //! - [`startup`]: builds the storage and the router and serves until shutdown.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`healthcheck`]: the `gifts healthcheck` client of `/health`.
+//! - [`client`]: `gifts import FILE`, the upload client.
 //! - [`domain`]: pure types and rules — validation, relatives graph, birthdays,
 //!   ages, numpy-compatible percentiles.
 //! - [`storage`]: the async, backend-neutral [`storage::Storage`] trait and its
@@ -15,6 +16,7 @@
 //! - [`http`]: the router, one module per resource, the JSON extractor and
 //!   [`http::error::AppError`], the one place that maps errors to responses.
 
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod healthcheck;

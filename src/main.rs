@@ -1,12 +1,11 @@
-//! The `gifts` binary: configuration, logging, then the library's startup
-//! (or, with `healthcheck`, one request to a running service's `/health`).
+//! The `gifts` binary: configuration, logging, then the library's startup —
+//! or one of the client subcommands (`healthcheck`, `import`).
 
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use gifts::config::{Cli, Command};
-use gifts::{healthcheck, startup, telemetry};
+use gifts::{client, healthcheck, startup, telemetry};
 
 /// mimalloc: imports allocate and free millions of small strings; glibc's
 /// malloc spent a quarter of a 100,000-citizen import in free/consolidate.
@@ -15,14 +14,35 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli { command, config } = Cli::parse();
-    if let Some(Command::Healthcheck { timeout_secs }) = command {
-        let addr = healthcheck::target(&config.listen)?;
-        return healthcheck::check(addr, Duration::from_secs(timeout_secs)).await;
+    let Cli { command, config } = Cli::parse_or_exit();
+    match command {
+        Some(Command::Healthcheck { timeout_secs }) => {
+            let addr = healthcheck::target(&config.listen)?;
+            healthcheck::check(addr, Duration::from_secs(timeout_secs)).await
+        }
+        Some(Command::Import {
+            file,
+            url,
+            timeout_secs,
+        }) => {
+            let base = match url {
+                Some(url) => url,
+                None => format!("http://{}", healthcheck::target(&config.listen)?),
+            };
+            let code = client::import(&file, &base, Duration::from_secs(timeout_secs)).await;
+            std::process::exit(code)
+        }
+        None => {
+            telemetry::init();
+            let listener = tokio::net::TcpListener::bind(&config.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (--listen / GIFTS_LISTEN)",
+                        config.listen
+                    )
+                })?;
+            startup::run(config, listener, startup::shutdown_signal()).await
+        }
     }
-    telemetry::init();
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    startup::run(config, listener, startup::shutdown_signal()).await
 }

@@ -19,21 +19,53 @@ use crate::storage::Storage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::tarantool::TarantoolStorage;
 
-/// Opens the store named by the configuration.
+/// Opens the store named by the configuration. A relative SQLite path is
+/// resolved against the working directory once, here, and logged absolute.
 pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     match &config.storage {
         StorageUrl::Sqlite(path) => {
-            let path = path.clone();
+            let path = std::path::absolute(path)
+                .with_context(|| format!("resolving {}", path.display()))?;
             let readers = config.sqlite_readers as usize;
-            let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&path, readers))
-                .await?
-                .with_context(|| format!("opening {}", config.storage))?;
+            let opened = path.clone();
+            let storage =
+                tokio::task::spawn_blocking(move || SqliteStorage::open(&opened, readers))
+                    .await?
+                    .with_context(|| {
+                        format!(
+                            "cannot open the SQLite store {} (--storage / GIFTS_STORAGE) as {}",
+                            path.display(),
+                            process_user()
+                        )
+                    })?;
             Ok(Arc::new(storage))
         }
         StorageUrl::Tarantool(address) => Ok(Arc::new(TarantoolStorage::connect(
             address,
             config.tarantool_timeout(),
         ))),
+    }
+}
+
+/// "user NAME (uid N)" for the user this process runs as, so a permission
+/// problem names who lacks the permission.
+fn process_user() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "the current user".into();
+    };
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+            })
+        });
+    match name {
+        Some(name) => format!("user {name} (uid {uid})"),
+        None => format!("uid {uid}"),
     }
 }
 
@@ -45,11 +77,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        storage = %config.storage,
+        "starting gifts"
+    );
     let storage = open_storage(&config).await?;
     let state = AppState {
         storage: Arc::clone(&storage),
         max_body_bytes: config.max_body_bytes,
-        cache: Arc::new(ResponseCache::new(config.cache_bytes)),
+        cache: Arc::new(ResponseCache::new(config.cache_bytes.get())),
         // As many cold renders as cores: they are CPU-bound, and each may hold
         // a whole import in memory.
         renders: Arc::new(tokio::sync::Semaphore::new(
@@ -59,7 +96,8 @@ pub async fn run(
     let app = http::router(state, config.request_timeout());
     tracing::info!(
         address = %listener.local_addr()?,
-        storage = %config.storage,
+        max_body = %config.max_body_bytes,
+        cache = %config.cache_bytes,
         "listening"
     );
 

@@ -8,7 +8,8 @@
 --   GIFTS_TARANTOOL_PASSWORD   its password (default gifts)
 --   GIFTS_TARANTOOL_WAL_MODE   'fsync' (default: an acknowledged write is on disk),
 --                              'write' (survives a crash of tarantool, not of the host)
---   GIFTS_TARANTOOL_MEMORY     memtx memory quota in bytes (default 1 GiB)
+--   GIFTS_TARANTOOL_MEMORY     memtx memory quota: bytes, or with a unit such as 512MiB or 2GiB
+--                              (default 1GiB)
 --
 -- The app is stateless over this database: field formats are validated in
 -- Rust, and the analytics are computed in Rust. What lives here is what must
@@ -26,6 +27,21 @@ local function env(name, default)
     return value
 end
 
+-- '1073741824', '1GiB', '512MiB', '512 KiB', '2GB' -> bytes; anything else stops the start.
+local function bytes(name, default)
+    local text = env(name, default)
+    local number, unit = tostring(text):match('^%s*(%d+)%s*(%a*)%s*$')
+    local factors = {
+        [''] = 1, b = 1, k = 1024, kib = 1024, m = 1024 ^ 2, mib = 1024 ^ 2, g = 1024 ^ 3, gib = 1024 ^ 3,
+        kb = 1e3, mb = 1e6, gb = 1e9,
+    }
+    local factor = number and factors[unit:lower()]
+    if factor == nil then
+        error(string.format('%s=%q: expected a number of bytes, optionally with a unit (512MiB, 1GiB)', name, text))
+    end
+    return tonumber(number) * factor
+end
+
 local data_dir = env('GIFTS_TARANTOOL_DIR', '.')
 os.execute("mkdir -p '" .. data_dir:gsub("'", "'\\''") .. "'")
 
@@ -33,7 +49,7 @@ box.cfg({
     listen = env('GIFTS_TARANTOOL_LISTEN', '3301'),
     work_dir = data_dir,
     wal_mode = env('GIFTS_TARANTOOL_WAL_MODE', 'fsync'),
-    memtx_memory = tonumber(env('GIFTS_TARANTOOL_MEMORY', tostring(1024 * 1024 * 1024))),
+    memtx_memory = bytes('GIFTS_TARANTOOL_MEMORY', '1GiB'),
     -- Big imports are one request; let them through.
     net_msg_max = 4096,
     readahead = 1024 * 1024,

@@ -1,5 +1,5 @@
 //! Citizen types that can only hold valid data: each field type has a `parse`
-//! that enforces its rule from SPEC.md, and `Citizen` is built from them.
+//! that enforces its rule from the contract (docs/api.md), and `Citizen` is built from them.
 
 use std::fmt;
 

@@ -32,10 +32,11 @@ impl ValidationError {
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.citizen_id {
-            Some(id) => write!(f, "{} (citizen {}): {}", self.field, id, self.reason),
-            None if self.field.is_empty() => write!(f, "{}", self.reason),
-            None => write!(f, "{}: {}", self.field, self.reason),
+        match (self.field.is_empty(), self.citizen_id) {
+            (false, Some(id)) => write!(f, "{} (citizen {}): {}", self.field, id, self.reason),
+            (false, None) => write!(f, "{}: {}", self.field, self.reason),
+            (true, Some(id)) => write!(f, "citizen {}: {}", id, self.reason),
+            (true, None) => write!(f, "{}", self.reason),
         }
     }
 }
@@ -43,7 +44,13 @@ impl fmt::Display for ValidationError {
 /// The rule that was broken; `code()` is the stable machine-readable name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reason {
-    /// The body is not JSON of the expected shape (syntax, type, unknown or missing field).
+    /// The request has no body at all.
+    #[error("the request body is empty; expected a JSON object")]
+    EmptyBody,
+    /// The body is not JSON: a syntax error or an early end, with its position.
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// Valid JSON of the wrong shape (type, unknown, missing or duplicate key, null).
     #[error("{0}")]
     Malformed(String),
     /// A string is shorter than 1 or longer than 256 code points.
@@ -85,7 +92,9 @@ pub enum Reason {
         other: CitizenId,
     },
     /// A PATCH body that changes nothing.
-    #[error("must change at least one field")]
+    #[error(
+        "the body must change at least one field: name, gender, birth_date, relatives, town, street, building or apartment"
+    )]
     EmptyPatch,
     /// A PATCH body that tries to change citizen_id.
     #[error("citizen_id cannot be changed")]
@@ -96,6 +105,8 @@ impl Reason {
     /// Stable snake_case name of the rule, sent as `error.code`.
     pub fn code(&self) -> &'static str {
         match self {
+            Reason::EmptyBody => "empty_body",
+            Reason::InvalidJson(_) => "invalid_json",
             Reason::Malformed(_) => "malformed",
             Reason::Length(_) => "invalid_length",
             Reason::NoLetterOrDigit => "no_letter_or_digit",

@@ -1,12 +1,15 @@
 //! `AppError`: the one place where failures become HTTP responses.
 //!
-//! 4xx bodies are stable JSON: `{"error": {"code", "message", ...}}`. 5xx
-//! bodies are generic; the cause chain goes to the log, never to the client.
+//! Every error body is JSON: `{"error": {"code", "message", ...}}`. 4xx
+//! bodies are stable; 5xx bodies say what the client can do (retry or not)
+//! without internals. What went wrong in detail is attached to the response
+//! as a [`Failure`] and written once, in the request's log line.
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::config::ByteSize;
 use crate::domain::ValidationError;
 use crate::storage::StorageError;
 
@@ -16,7 +19,7 @@ pub enum AppError {
     /// 400: the body breaks a rule of the contract.
     #[error(transparent)]
     Validation(#[from] ValidationError),
-    /// 400: the body could not be read at all (client went away, broken framing).
+    /// 400: the body could not be read at all (client went away, broken framing, bad gzip).
     #[error("cannot read the request body: {0}")]
     UnreadableBody(String),
     /// 404: no such import, citizen or path.
@@ -25,12 +28,29 @@ pub enum AppError {
     /// 405: the path exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// 413: the body is larger than the configured limit (bytes).
-    #[error("request body is larger than the limit of {0} bytes")]
-    PayloadTooLarge(usize),
-    /// 503: the store does not answer; retry later.
-    #[error("storage unavailable")]
+    /// 408: the request took longer than the request timeout (seconds).
+    #[error(
+        "the request did not finish within {0} s (--request-timeout-secs / GIFTS_REQUEST_TIMEOUT_SECS); a write may still have been applied"
+    )]
+    Timeout(u64),
+    /// 413: the body is larger than the configured limit.
+    #[error(
+        "the request body is larger than the limit of {0} ({bytes} bytes), set by --max-body-bytes / GIFTS_MAX_BODY_BYTES",
+        bytes = .0.get()
+    )]
+    PayloadTooLarge(ByteSize),
+    /// 415: a `Content-Encoding` other than gzip.
+    #[error("unsupported Content-Encoding {0:?}: send the body plain or gzip-compressed")]
+    UnsupportedEncoding(String),
+    /// 503: the store does not answer; the request was not applied, retry later.
+    #[error(
+        "storage unavailable: the request was not applied; retry later (GET /health tells when the store is back)"
+    )]
     Unavailable(String),
+    /// 503: the store refuses this service (wrong password, missing grants):
+    /// not applied, and an operator must act. The text is safe to show.
+    #[error("storage unavailable: the service is misconfigured: {0}; the request was not applied")]
+    Misconfigured(String),
     /// 500: a bug or a broken store; details are logged only.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -44,57 +64,65 @@ impl From<StorageError> for AppError {
             }
             StorageError::Invalid(e) => AppError::Validation(e),
             StorageError::Unavailable(why) => AppError::Unavailable(why),
+            StorageError::Misconfigured(why) => AppError::Misconfigured(why),
             e @ StorageError::Internal(_) => AppError::Internal(Box::new(e)),
         }
     }
 }
 
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let (status, body) = match &self {
-            AppError::Validation(e) => (
-                StatusCode::BAD_REQUEST,
-                json!({"error": {
-                    "code": e.reason.code(),
-                    "message": e.to_string(),
-                    "field": e.field,
-                    "citizen_id": e.citizen_id,
-                }}),
-            ),
-            AppError::UnreadableBody(_) => (
-                StatusCode::BAD_REQUEST,
-                error_body("unreadable_body", &self),
-            ),
-            AppError::NotFound(_) => (StatusCode::NOT_FOUND, error_body("not_found", &self)),
-            AppError::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                error_body("method_not_allowed", &self),
-            ),
-            AppError::PayloadTooLarge(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                error_body("payload_too_large", &self),
-            ),
-            AppError::Unavailable(why) => {
-                tracing::warn!(reason = %why, "storage unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    error_body("storage_unavailable", &self),
-                )
-            }
-            AppError::Internal(cause) => {
-                tracing::error!(error = ?cause, "internal error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    error_body("internal", &self),
-                )
-            }
-        };
-        json_response(status, body.to_string())
-    }
+/// A server-side failure behind a response, for the request's one log line.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// True for faults (500), false for conditions the service expects (503).
+    pub fault: bool,
+    /// What happened, with the cause chain; never sent to the client.
+    pub detail: String,
 }
 
-fn error_body(code: &str, error: &AppError) -> serde_json::Value {
-    json!({"error": {"code": code, "message": error.to_string()}})
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            AppError::Validation(e) => (StatusCode::BAD_REQUEST, e.reason.code()),
+            AppError::UnreadableBody(_) => (StatusCode::BAD_REQUEST, "unreadable_body"),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            AppError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            AppError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            AppError::UnsupportedEncoding(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_encoding",
+            ),
+            AppError::Unavailable(_) | AppError::Misconfigured(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+            }
+            AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let body = match &self {
+            AppError::Validation(e) => json!({"error": {
+                "code": code,
+                "message": e.to_string(),
+                "field": e.field,
+                "citizen_id": e.citizen_id,
+            }}),
+            _ => json!({"error": {"code": code, "message": self.to_string()}}),
+        };
+        let failure = match &self {
+            AppError::Unavailable(why) | AppError::Misconfigured(why) => Some(Failure {
+                fault: false,
+                detail: why.clone(),
+            }),
+            AppError::Internal(cause) => Some(Failure {
+                fault: true,
+                detail: format!("{cause:?}"),
+            }),
+            _ => None,
+        };
+        let mut response = json_response(status, body.to_string());
+        if let Some(failure) = failure {
+            response.extensions_mut().insert(failure);
+        }
+        response
+    }
 }
 
 /// A response with a JSON body that is already serialised.

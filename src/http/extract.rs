@@ -1,32 +1,91 @@
 //! Extractors that fail with [`AppError`], so every rejection has our JSON body.
 
+use std::io::Read;
+
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::AppError;
 use crate::domain::{CitizenId, ImportId};
 
-/// The raw request body, read whatever the Content-Type says, within the
-/// configured size limit (413 past it).
+/// The request body, read whatever the Content-Type says, gzip-decompressed
+/// when `Content-Encoding: gzip` says so, within the configured size limit
+/// (413 past it; a `Content-Length` over the limit is refused before any of
+/// the body is read).
 pub struct Body(pub Bytes);
+
+/// Bodies of this many compressed bytes or more are decompressed off the
+/// async worker threads.
+const INLINE_GUNZIP: usize = 64 * 1024;
 
 impl FromRequest<AppState> for Body {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, AppError> {
-        Bytes::from_request(req, state)
+        let limit = state.max_body_bytes;
+        let too_large = || AppError::PayloadTooLarge(limit);
+        let announced = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit.get()) {
+            return Err(too_large());
+        }
+        let gzip = match req.headers().get(CONTENT_ENCODING).map(|v| v.to_str()) {
+            None => false,
+            Some(Ok(v)) if v.trim().eq_ignore_ascii_case("identity") => false,
+            Some(Ok(v))
+                if v.trim().eq_ignore_ascii_case("gzip")
+                    || v.trim().eq_ignore_ascii_case("x-gzip") =>
+            {
+                true
+            }
+            Some(other) => {
+                return Err(AppError::UnsupportedEncoding(
+                    other.unwrap_or("(not text)").to_owned(),
+                ));
+            }
+        };
+        let bytes = Bytes::from_request(req, state)
             .await
-            .map(Body)
             .map_err(|rejection| match rejection {
                 BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                    AppError::PayloadTooLarge(state.max_body_bytes)
+                    too_large()
                 }
                 other => AppError::UnreadableBody(other.body_text()),
-            })
+            })?;
+        if !gzip {
+            return Ok(Body(bytes));
+        }
+        let limit = limit.get();
+        if bytes.len() < INLINE_GUNZIP {
+            return gunzip(&bytes, limit).map(Body);
+        }
+        tokio::task::spawn_blocking(move || gunzip(&bytes, limit))
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?
+            .map(Body)
     }
+}
+
+/// Decompresses a gzip body, reading at most `limit` bytes of output: a
+/// body that would grow past it (a zip bomb) is a 413 after `limit` bytes of
+/// work, not after all of it.
+fn gunzip(compressed: &[u8], limit: u64) -> Result<Bytes, AppError> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(compressed)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| AppError::UnreadableBody(format!("the gzip body is corrupt: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(AppError::PayloadTooLarge(crate::config::ByteSize(limit)));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// `{import_id}` from the path: a positive integer, or the resource does not exist.

@@ -28,6 +28,9 @@ pub async fn create(State(state): State<AppState>, Body(body): Body) -> Result<R
     })
     .await
     .map_err(|e| AppError::Internal(Box::new(e)))??;
+    let span = tracing::Span::current();
+    span.record("citizens", citizens.len());
     let import_id = state.storage.create_import(citizens).await?;
+    span.record("import_id", import_id);
     data(StatusCode::CREATED, &Created { import_id })
 }

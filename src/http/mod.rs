@@ -1,22 +1,21 @@
 //! The HTTP edge: router, shared state, one module per resource.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderValue, Request, StatusCode};
-use axum::response::Response;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use serde::Serialize;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
+use crate::config::ByteSize;
 use crate::domain::{Citizen, ImportId};
 use crate::storage::Storage;
 
@@ -30,15 +29,15 @@ mod towns;
 pub mod wire;
 
 use cache::{Citizens, ResponseCache, View};
-use error::{AppError, json_response};
+use error::{AppError, Failure, json_response};
 
 /// What every handler shares; cloning is cheap.
 #[derive(Clone)]
 pub struct AppState {
     /// The store.
     pub storage: Arc<dyn Storage>,
-    /// Largest accepted request body, in bytes.
-    pub max_body_bytes: usize,
+    /// Largest accepted request body (decompressed).
+    pub max_body_bytes: ByteSize,
     /// Bodies of the read endpoints, validated by import version.
     pub cache: Arc<ResponseCache>,
     /// Permits to load and render an answer that is not cached.
@@ -48,7 +47,7 @@ pub struct AppState {
 /// Builds the router with its middleware: request id, one log line per
 /// request, a whole-request timeout and the body limit.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
-    let header = axum::http::HeaderName::from_static("x-request-id");
+    let header = axum::http::HeaderName::from_static(REQUEST_ID);
     Router::new()
         .route("/imports", post(imports::create))
         .route("/imports/{import_id}/citizens", get(citizens::list))
@@ -67,11 +66,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/health", get(health::check))
         .fallback(|| async { AppError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes.as_usize()))
+        .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
@@ -85,30 +81,100 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                         .get::<RequestId>()
                         .and_then(|id| id.header_value().to_str().ok())
                         .unwrap_or("-");
-                    tracing::info_span!("request", method = %request.method(), route, id)
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        route,
+                        id,
+                        import_id = tracing::field::Empty,
+                        citizens = tracing::field::Empty,
+                    )
                 })
                 .on_request(())
-                .on_response(
-                    DefaultOnResponse::new()
-                        .level(Level::INFO)
-                        .latency_unit(tower_http::LatencyUnit::Micros),
-                ),
+                .on_response(log_response)
+                // 5xx answers are logged once, by `log_response`, with their cause.
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(header.clone()))
-        .layer(SetRequestIdLayer::new(header, Counter::default()))
+        .layer(SetRequestIdLayer::new(header, NewRequestId))
+        .layer(middleware::from_fn(check_request_id))
         .with_state(state)
 }
 
-/// Request ids: a process-wide counter, unless the client sent one.
-#[derive(Clone, Default)]
-struct Counter(Arc<AtomicU64>);
+/// The request id header, taken from the client or made here, echoed back.
+const REQUEST_ID: &str = "x-request-id";
 
-impl MakeRequestId for Counter {
+/// Longest client-supplied request id kept (longer ones are cut).
+const MAX_REQUEST_ID: usize = 128;
+
+/// Marks a response whose request is logged at DEBUG, not INFO (health
+/// checks every few seconds would drown the log).
+#[derive(Clone, Copy)]
+pub struct Quiet;
+
+/// The one log line of a request: its status, latency and, for a 5xx, why.
+fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
+    let status = response.status().as_u16();
+    let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    match response.extensions().get::<Failure>() {
+        Some(f) if f.fault => {
+            tracing::error!(status, latency_us, error = %f.detail, "request failed")
+        }
+        Some(f) => tracing::warn!(status, latency_us, error = %f.detail, "request not served"),
+        None if response.extensions().get::<Quiet>().is_some() => {
+            tracing::debug!(status, latency_us, "answered")
+        }
+        None => tracing::info!(status, latency_us, "answered"),
+    }
+}
+
+/// Bounds a whole request, body upload included; past the limit the client
+/// gets 408 with the JSON error body.
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: Request<axum::body::Body>,
+    next: middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => AppError::Timeout(limit.as_secs()).into_response(),
+    }
+}
+
+/// Keeps a client's request id only if it is printable ASCII, cut to
+/// [`MAX_REQUEST_ID`] characters; otherwise a new one is made.
+async fn check_request_id(
+    mut request: Request<axum::body::Body>,
+    next: middleware::Next,
+) -> Response {
+    if let Some(value) = request.headers().get(REQUEST_ID) {
+        let bytes = value.as_bytes();
+        let printable = !bytes.is_empty() && bytes.iter().all(|b| b.is_ascii_graphic());
+        if !printable {
+            request.headers_mut().remove(REQUEST_ID);
+        } else if bytes.len() > MAX_REQUEST_ID {
+            let cut = HeaderValue::from_bytes(&bytes[..MAX_REQUEST_ID])
+                .expect("printable ASCII is a valid header value");
+            request.headers_mut().insert(REQUEST_ID, cut);
+        }
+    }
+    next.run(request).await
+}
+
+/// New request ids: UUIDv7, unique across restarts and instances, and
+/// ordered by time.
+#[derive(Clone, Copy, Default)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        HeaderValue::from_str(&n.to_string())
-            .ok()
-            .map(RequestId::new)
+        let id = uuid::Uuid::now_v7();
+        HeaderValue::from_str(
+            id.hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        )
+        .ok()
+        .map(RequestId::new)
     }
 }
 

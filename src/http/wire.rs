@@ -105,13 +105,28 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
         Ok(value) => return Ok(value),
         Err(e) => e,
     };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ValidationError::new("", None, Reason::EmptyBody));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let (path, message) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
-        Err(e) => (e.path().to_string(), e.into_inner().to_string()),
+    let (path, error) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(e) => (e.path().to_string(), e.into_inner()),
         // Only trailing data can fail the first parse and pass this one.
-        Ok(_) => (String::new(), first_error.to_string()),
+        Ok(_) => (String::new(), first_error),
     };
+    let message = error.to_string();
     let mut path = if path == "." { String::new() } else { path };
+    if matches!(
+        error.classify(),
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+    ) {
+        // Where the JSON broke: the path reached so far and the position.
+        return Err(ValidationError::new(
+            path,
+            None,
+            Reason::InvalidJson(message),
+        ));
+    }
     // serde reports missing and duplicate keys at the enclosing object; name the key.
     for prefix in ["missing field `", "duplicate field `"] {
         if let Some(key) = message

@@ -51,9 +51,15 @@ pub enum StorageError {
     /// The write breaks a rule only the stored data can tell (e.g. an unknown relative).
     #[error(transparent)]
     Invalid(ValidationError),
-    /// The store cannot be reached or is shut down; worth retrying later.
+    /// The store cannot be reached, is starting or is shut down: the operation
+    /// was not applied, and retrying later is safe.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The store answers but refuses this service (wrong password, missing
+    /// grants): not applied, and an operator must act. The text is safe to
+    /// show to clients (no secrets, no addresses).
+    #[error("storage misconfigured: {0}")]
+    Misconfigured(String),
     /// Anything else: a bug or a broken store.
     #[error("storage failure")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -122,10 +122,15 @@ impl SqliteStorage {
     pub fn open(path: &Path, readers: usize) -> Result<Self, StorageError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
-                StorageError::internal(format!("cannot create {}: {e}", dir.display()))
+                StorageError::internal(format!(
+                    "cannot create the data directory {}: {e}",
+                    dir.display()
+                ))
             })?;
         }
-        let mut writer = Connection::open(path).map_err(internal)?;
+        let created = !path.exists();
+        let mut writer = Connection::open(path)
+            .map_err(|e| StorageError::internal(format!("cannot open {}: {e}", path.display())))?;
         writer
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
@@ -134,8 +139,18 @@ impl SqliteStorage {
                  PRAGMA busy_timeout = 5000;
                  PRAGMA cache_size = -65536;",
             )
-            .map_err(internal)?;
-        migrate(&mut writer)?;
+            .map_err(|e| {
+                StorageError::internal(format!("cannot write to {}: {e}", path.display()))
+            })?;
+        let from = migrate(&mut writer)?;
+        let to = MIGRATIONS.len();
+        if created {
+            tracing::info!(path = %path.display(), schema_version = to, "sqlite database created");
+        } else if from < to {
+            tracing::info!(path = %path.display(), from, to, "sqlite database migrated");
+        } else {
+            tracing::info!(path = %path.display(), schema_version = to, "sqlite database opened");
+        }
         // Checkpoints run in the writer loop once a batch is answered (see
         // `writer_loop`), not inside a commit as SQLite's auto-checkpoint would.
         let wal_pages = Arc::new(AtomicI32::new(0));
@@ -214,7 +229,8 @@ impl SqliteStorage {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+/// Brings the schema up to date; returns the version it had before.
+fn migrate(conn: &mut Connection) -> Result<usize, StorageError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(internal)?;
@@ -233,7 +249,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
         .map_err(internal)?;
-    tx.commit().map_err(internal)
+    tx.commit().map_err(internal)?;
+    Ok(version)
 }
 
 fn reader_loop(mut conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {

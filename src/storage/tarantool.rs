@@ -119,12 +119,14 @@ impl TarantoolStorage {
         )
         .set_reconnect_time_ms(200)
         .build();
+        let connection = Arc::new(Connection {
+            client,
+            timeout,
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(watch(Arc::clone(&connection), format!("{address:?}")));
         Self {
-            connection: Arc::new(Connection {
-                client,
-                timeout,
-                closed: AtomicBool::new(false),
-            }),
+            connection,
             versions: VersionChecks::default(),
         }
     }
@@ -158,19 +160,67 @@ impl Connection {
         }
     }
 
-    /// The client reports every failure as an `io::Error`; whether the
-    /// connection is up tells an outage (503) from a fault inside Tarantool (500).
+    /// The client reports every failure as an `io::Error` carrying Tarantool's
+    /// message; the message and whether the connection is up tell an outage
+    /// or a start-up window (503, retry) from a refusal an operator must fix
+    /// (503, misconfigured) and from a fault inside Tarantool (500).
     fn classify(&self, function: &str, error: io::Error) -> StorageError {
-        match self.client.get_status() {
-            ClientStatus::Connected => {
-                StorageError::internal(format!("tarantool {function} failed: {error}"))
-            }
-            status => StorageError::Unavailable(format!("tarantool {status:?}: {error}")),
+        let text = error.to_string();
+        match refusal(&text) {
+            Some(why) => StorageError::Misconfigured(why.to_owned()),
+            None => match self.client.get_status() {
+                ClientStatus::Connected if !starting(&text) => {
+                    StorageError::internal(format!("tarantool {function} failed: {text}"))
+                }
+                status => StorageError::Unavailable(format!("tarantool {status:?}: {text}")),
+            },
         }
     }
 }
 
+/// Tarantool's answers that mean it refuses this service: a safe summary.
+/// Each can also show for a moment while `app.lua` starts (before it has
+/// created the user and its grants), so all are answered 503.
+fn refusal(text: &str) -> Option<&'static str> {
+    if text.contains("Incorrect password") {
+        Some(
+            "the database rejected the service's password (check USER:PASSWORD in --storage / GIFTS_STORAGE)",
+        )
+    } else if text.starts_with("User '") && text.contains("is not found") {
+        Some(
+            "the database does not know the service's user (check USER in --storage, or the database is still starting)",
+        )
+    } else if text.contains("access to") && text.contains("is denied") {
+        Some(
+            "the database denies the service's user the gifts functions (grants of tarantool/app.lua missing, or the database is still starting)",
+        )
+    } else if text.contains("Procedure '") && text.contains("is not defined") {
+        Some("the database has no gifts functions (is it running tarantool/app.lua?)")
+    } else {
+        None
+    }
+}
+
+/// Tarantool's answers while it loads or bootstraps.
+fn starting(text: &str) -> bool {
+    text.contains("bootstrap hasn't finished") || text.contains("Loading")
+}
+
 impl Connection {
+    /// One `gifts_health` call: the schema version.
+    async fn health(&self) -> Result<u64, StorageError> {
+        let response = self.call("gifts_health", &Vec::<()>::new()).await?;
+        let version: u64 = response
+            .decode_single()
+            .map_err(|e| decode_error("gifts_health", e))?;
+        if version == 0 {
+            return Err(StorageError::Unavailable(
+                "tarantool schema is missing".into(),
+            ));
+        }
+        Ok(version)
+    }
+
     /// One `gifts_import_version` call.
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
         let response = self.call("gifts_import_version", &(import,)).await?;
@@ -299,6 +349,57 @@ impl VersionChecks {
     }
 }
 
+/// Reports the connection's state in the log when it changes — at start,
+/// so a wrong password or an unreachable database shows before the first
+/// request — until the store is closed. The client reconnects by itself;
+/// this only asks `gifts_health` (every second while unhealthy, every 10
+/// seconds otherwise). A refusal is reported once it has lasted two checks,
+/// since Tarantool refuses for a moment while `app.lua` starts.
+async fn watch(connection: Arc<Connection>, address: String) {
+    #[derive(PartialEq)]
+    enum Seen {
+        Nothing,
+        Healthy,
+        Outage,
+        Refused(String),
+    }
+    let mut seen = Seen::Nothing;
+    let mut refusals = 0;
+    while !connection.closed.load(Ordering::Acquire) {
+        let result = connection.health().await;
+        let healthy = result.is_ok();
+        match result {
+            Ok(version) => {
+                refusals = 0;
+                if seen != Seen::Healthy {
+                    tracing::info!(storage = %address, schema_version = version, "connected to tarantool");
+                    seen = Seen::Healthy;
+                }
+            }
+            Err(StorageError::Misconfigured(why)) => {
+                refusals += 1;
+                if refusals >= 2 && seen != Seen::Refused(why.clone()) {
+                    tracing::error!(storage = %address, "tarantool refuses the service: {why}; retrying every second");
+                    seen = Seen::Refused(why);
+                }
+            }
+            Err(e) => {
+                refusals = 0;
+                if seen != Seen::Outage {
+                    if seen == Seen::Nothing {
+                        tracing::error!(storage = %address, error = %e, "cannot reach tarantool at start; retrying every second (requests get 503 meanwhile)");
+                    } else {
+                        tracing::warn!(storage = %address, error = %e, "tarantool unavailable; retrying");
+                    }
+                    seen = Seen::Outage;
+                }
+            }
+        }
+        let pause = if healthy { 10 } else { 1 };
+        tokio::time::sleep(Duration::from_secs(pause)).await;
+    }
+}
+
 fn decode_error(function: &str, error: io::Error) -> StorageError {
     StorageError::internal(format!(
         "unexpected answer from tarantool {function}: {error}"
@@ -408,16 +509,7 @@ impl Storage for TarantoolStorage {
     }
 
     async fn health(&self) -> Result<(), StorageError> {
-        let response = self.call("gifts_health", &Vec::<()>::new()).await?;
-        let version: u64 = response
-            .decode_single()
-            .map_err(|e| decode_error("gifts_health", e))?;
-        if version == 0 {
-            return Err(StorageError::Unavailable(
-                "tarantool schema is missing".into(),
-            ));
-        }
-        Ok(())
+        self.connection.health().await.map(drop)
     }
 
     async fn close(&self) {

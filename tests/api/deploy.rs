@@ -94,13 +94,15 @@ fn serve_and_healthcheck(what: &str, env: &BTreeMap<String, String>) {
         );
     }
     let binary = env!("CARGO_BIN_EXE_gifts");
+    let log = tempfile::NamedTempFile::new().expect("log file");
     let mut server = Command::new(binary)
         .env_clear()
         .envs(env)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log.reopen().expect("log file"))
         .spawn()
         .expect("start gifts");
+    let log = || std::fs::read_to_string(log.path()).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let healthy = Command::new(binary)
@@ -116,9 +118,14 @@ fn serve_and_healthcheck(what: &str, env: &BTreeMap<String, String>) {
         }
         assert!(
             server.try_wait().unwrap().is_none(),
-            "{what}: gifts exited with this environment"
+            "{what}: gifts exited with this environment:\n{}",
+            log()
         );
-        assert!(Instant::now() < deadline, "{what}: /health never answered");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: /health never answered:\n{}",
+            log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     server.kill().ok();

@@ -1,14 +1,11 @@
 //! What must survive: restarts, `kill -9`, and big imports round-tripping intact.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::backend_tests;
 use crate::helpers::{
-    Backend, TestApp, TestStore, expected_listing, free_port, generate_import, spec_example,
+    Backend, Binary, TestApp, TestStore, expected_listing, generate_import, spec_example,
 };
 
 async fn data_survives_a_restart_and_import_ids_are_not_reused(backend: Backend) {
@@ -23,53 +20,18 @@ async fn data_survives_a_restart_and_import_ids_are_not_reused(backend: Backend)
     assert!(second > first, "{second} after {first}");
 }
 
-/// The real binary, started on a free port over `store`.
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Process {
-    async fn start(store: &TestStore) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_gifts"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--storage", &store.flag()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the gifts binary");
-        let mut process = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{}/health", process.base)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return process;
-            }
-            assert!(
-                process.child.try_wait().expect("wait").is_none(),
-                "the binary exited during start-up"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "the binary did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+/// The real binary over `store`, healthy.
+async fn start(store: &TestStore) -> Binary {
+    let mut process = Binary::start(&["--storage", &store.flag()], &[], None);
+    process.wait_healthy().await;
+    process
 }
 
 async fn acknowledged_writes_survive_kill_9(backend: Backend) {
     let store = TestStore::new(backend);
     let client = reqwest::Client::new();
 
-    let mut process = Process::start(&store).await;
+    let mut process = start(&store).await;
     let response = client
         .post(format!("{}/imports", process.base))
         .body(json!({ "citizens": spec_example() }).to_string())
@@ -86,10 +48,9 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
     assert_eq!(response.status(), StatusCode::OK);
     let acknowledged: serde_json::Value =
         serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-    process.child.kill().expect("SIGKILL"); // std sends SIGKILL on Unix
-    process.child.wait().expect("reaped");
+    process.kill();
 
-    let mut process = Process::start(&store).await;
+    let process = start(&store).await;
     let response = client
         .get(format!("{}/imports/1/citizens", process.base))
         .send()
@@ -99,8 +60,6 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
         serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(listing["data"][2], acknowledged["data"]);
     assert_eq!(listing["data"][0]["relatives"], json!([2, 3]));
-    process.child.kill().ok();
-    process.child.wait().ok();
 }
 
 async fn ten_thousand_citizens_with_a_thousand_links_round_trip_intact(backend: Backend) {

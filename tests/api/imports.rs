@@ -126,15 +126,17 @@ fn invalid_import_cases() -> Vec<Case> {
     let mut missing = citizen(2, &[]);
     missing.as_object_mut().unwrap().remove("gender");
     vec![
-        ("not JSON", b"{\"citizens\": [".to_vec(), "citizens", None, "malformed"),
+        ("not JSON", b"{\"citizens\": [".to_vec(), "citizens", None, "invalid_json"),
         ("top-level array of values", b"[[]]".to_vec(), "", None, "malformed"),
-        ("empty body", Vec::new(), "", None, "malformed"),
+        ("empty body", Vec::new(), "", None, "empty_body"),
+        ("body of spaces", b"  \n ".to_vec(), "", None, "empty_body"),
+        ("not JSON at all", b"citizens=1".to_vec(), "", None, "invalid_json"),
         ("top-level array", b"[]".to_vec(), "", None, "malformed"),
         ("no citizens key", b"{}".to_vec(), "citizens", None, "malformed"),
         ("citizens is null", b"{\"citizens\": null}".to_vec(), "citizens", None, "malformed"),
         ("citizens is an object", b"{\"citizens\": {}}".to_vec(), "citizens", None, "malformed"),
         ("extra top-level key", serde_json::to_vec(&json!({"citizens": [], "x": 1})).unwrap(), "x", None, "malformed"),
-        ("trailing data", b"{\"citizens\": []} []".to_vec(), "", None, "malformed"),
+        ("trailing data", b"{\"citizens\": []} []".to_vec(), "", None, "invalid_json"),
         ("missing field", ok(vec![citizen(1, &[]), missing]), "citizens[1].gender", Some(2), "malformed"),
         (
             "citizen as an array of values",

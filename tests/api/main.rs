@@ -3,10 +3,13 @@
 
 mod helpers;
 
+mod cli;
 mod deploy;
 mod durability;
 mod imports;
+mod messages;
 mod patch;
 mod reads;
 mod robustness;
+mod startup;
 mod tarantool;

@@ -185,8 +185,8 @@ fn invalid_patch_cases() -> Vec<(&'static str, Vec<u8>, &'static str, &'static s
     let future = wire_date(today() + time::Duration::days(2));
     vec![
         ("empty object", j(json!({})), "", "empty_patch"),
-        ("not JSON", b"{\"name\": ".to_vec(), "name", "malformed"),
-        ("empty body", Vec::new(), "", "malformed"),
+        ("not JSON", b"{\"name\": ".to_vec(), "name", "invalid_json"),
+        ("empty body", Vec::new(), "", "empty_body"),
         ("array body", j(json!([{"name": "X"}])), "", "malformed"),
         (
             "array of field values",

@@ -96,7 +96,7 @@ async fn cached_answers_follow_every_write(backend: Backend) {
 }
 
 async fn with_the_cache_disabled_every_answer_comes_from_storage(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |c| c.cache_bytes = 0).await;
+    let app = TestApp::spawn_with(backend, |c| c.cache_bytes = gifts::config::ByteSize(0)).await;
     let import = app.import(spec_example()).await;
     assert_eq!(app.citizens(import).await, spec_example());
     app.patch(import, 3, &json!({"relatives": [1]})).await;
@@ -216,7 +216,10 @@ async fn wrong_methods_are_405_with_a_json_error(backend: Backend) {
 }
 
 async fn bodies_over_the_limit_are_413_and_store_nothing(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |c| c.max_body_bytes = 4096).await;
+    let app = TestApp::spawn_with(backend, |c| {
+        c.max_body_bytes = gifts::config::ByteSize(4096)
+    })
+    .await;
     let big: Vec<Value> = (0..40).map(|id| citizen(id, &[])).collect();
     let (status, body) = app.post_import(&json!({ "citizens": big })).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");

@@ -47,6 +47,9 @@ async fn a_body_that_never_arrives_gets_408(backend: Backend) {
         .unwrap();
     let answer = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"]["code"], "request_timeout", "{body}");
     assert_eq!(app.import(vec![]).await, 1, "nothing was stored");
 }
 

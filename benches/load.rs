@@ -1,13 +1,13 @@
-//! `gifts-bench`: load benchmark of the whole service over loopback.
+//! The load benchmark of the whole service over loopback.
 //!
-//! Starts the service itself (as a child process running this binary's hidden
-//! `serve` mode, so the server's peak RSS is its own), on the embedded store
-//! and, when `tarantool` is installed, on a Tarantool of its own; generates a
+//! Starts the real `gifts` binary (built by cargo for this bench) as a child
+//! process, so the server's peak RSS is its own, on the embedded store and,
+//! when `tarantool` is installed, on a Tarantool of its own; generates a
 //! seeded import; measures every endpoint's latency with one client and
 //! throughput with several; prints a table and writes a JSON report.
 //!
 //! ```sh
-//! cargo run --release --bin gifts-bench -- --citizens 10000 --links 1000
+//! cargo bench --bench load -- --citizens 10000 --links 1000
 //! ```
 //!
 //! Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
@@ -29,17 +29,16 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::json;
 
-/// The same allocator as the `gifts` binary, so `serve` mode measures the same server.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Benchmark settings.
 #[derive(Debug, Clone, Parser)]
 #[command(
-    name = "gifts-bench",
+    name = "load",
     about = "Load benchmark of the gifts service over loopback"
 )]
 struct Args {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
     /// Citizens per import.
     #[arg(long, default_value_t = 10_000)]
     citizens: u64,
@@ -67,8 +66,8 @@ struct Args {
     /// Backends to run: sqlite, tarantool (default: both when `tarantool` is installed).
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
-    /// Where to write the JSON report.
-    #[arg(long, default_value = "bench-report.json")]
+    /// Where to write the JSON report (relative to the crate root, where cargo runs benches).
+    #[arg(long, default_value = "target/bench-report.json")]
     out: PathBuf,
 }
 
@@ -103,29 +102,11 @@ struct BackendReport {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut argv = std::env::args();
-    if argv.nth(1).as_deref() == Some("serve") {
-        return serve(argv.collect());
-    }
     let args = Args::parse();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(bench(args))
-}
-
-/// The hidden server mode: the real service, configured like the `gifts` binary.
-fn serve(args: Vec<String>) -> anyhow::Result<()> {
-    let config =
-        gifts::config::Cli::parse_from(std::iter::once("gifts".to_owned()).chain(args)).config;
-    gifts::telemetry::init();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-            gifts::startup::run(config, listener, gifts::startup::shutdown_signal()).await
-        })
 }
 
 fn tarantool_installed() -> bool {
@@ -256,8 +237,7 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
     let base = format!("http://127.0.0.1:{port}");
     let max_body = (body.len() * 2).max(64 << 20);
     let server = Guard(
-        Command::new(std::env::current_exe()?)
-            .arg("serve")
+        Command::new(env!("CARGO_BIN_EXE_gifts"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--storage", &storage])
             .args(["--max-body-bytes", &max_body.to_string()])

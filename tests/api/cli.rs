@@ -1,0 +1,131 @@
+//! The client subcommands of the binary: `gifts import FILE` and `gifts healthcheck`.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::json;
+
+use crate::helpers::{
+    Backend, TestApp, citizen, citizen_with, expected_listing, free_port, generate_import,
+    spec_example,
+};
+
+fn gifts(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gifts"))
+        .args(args)
+        .env_remove("GIFTS_URL")
+        .env_remove("GIFTS_LISTEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gifts");
+    let input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        let mut input = input;
+        input.write_all(bytes).unwrap();
+    }
+    child.wait_with_output().expect("gifts ran")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gifts_import_uploads_a_file_or_stdin_and_prints_one_line() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("import.json");
+    let citizens = generate_import(10_000, 1_000, 7);
+    std::fs::write(&file, json!({ "citizens": citizens }).to_string()).unwrap();
+    let base = app.base.clone();
+
+    let path = file.display().to_string();
+    let output =
+        tokio::task::spawn_blocking(move || gifts(&["import", &path, "--url", &base], None))
+            .await
+            .unwrap();
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(
+        stdout.starts_with("import 1: 10,000 citizens stored in "),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(app.citizens(1).await, expected_listing(&citizens));
+
+    let base = app.base.clone();
+    let body = json!({ "citizens": spec_example() }).to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        gifts(&["import", "-", "--url", &base], Some(body.as_bytes()))
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).starts_with("import 2: 3 citizens stored in "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gifts_import_prints_the_services_error_readably_and_fails() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let bad = json!({"citizens": [citizen(1, &[]), citizen_with(2, &[], json!({"birth_date": "31.02.2019"}))]});
+    let base = app.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        gifts(
+            &["import", "-", "--url", &base],
+            Some(bad.to_string().as_bytes()),
+        )
+    })
+    .await
+    .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("400 Bad Request (not_a_calendar_date)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("field:   citizens[1].birth_date"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("citizen: 2"), "{stderr}");
+    assert!(text(&output.stdout).is_empty());
+
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let output = tokio::task::spawn_blocking(move || {
+        gifts(
+            &["import", "-", "--url", &nowhere],
+            Some(b"{\"citizens\": []}"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("cannot reach the service"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let output = gifts(&["import", "/no/such/file.json"], None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("cannot read /no/such/file.json"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gifts_healthcheck_takes_listen_after_the_subcommand() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let listen = app.base.trim_start_matches("http://").to_owned();
+    let output =
+        tokio::task::spawn_blocking(move || gifts(&["healthcheck", "--listen", &listen], None))
+            .await
+            .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let dead = format!("127.0.0.1:{}", free_port());
+    let output = gifts(
+        &["healthcheck", "--listen", &dead, "--timeout-secs", "2"],
+        None,
+    );
+    assert!(!output.status.success());
+}

@@ -1,0 +1,148 @@
+//! What the service says when a request is wrong: the exact messages of the
+//! common mistakes, compressed bodies, and request ids.
+
+use std::io::Write;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::{Backend, TestApp, spec_example};
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+async fn post(app: &TestApp, body: Vec<u8>, encoding: Option<&str>) -> (StatusCode, Value) {
+    let mut request = app.client.post(app.url("/imports")).body(body);
+    if let Some(encoding) = encoding {
+        request = request.header("content-encoding", encoding);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (
+        status,
+        serde_json::from_slice(&response.bytes().await.unwrap()).expect("a JSON body"),
+    )
+}
+
+async fn common_mistakes_get_messages_that_say_what_is_wrong(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    let cases: Vec<(&str, (StatusCode, Value), &str)> = vec![
+        (
+            "empty body",
+            app.post_import_raw(Vec::new()).await,
+            "the request body is empty; expected a JSON object",
+        ),
+        (
+            "not JSON",
+            app.post_import_raw(b"citizens=[]".to_vec()).await,
+            "the request body is not valid JSON: expected value at line 1 column 1",
+        ),
+        (
+            "cut off",
+            app.post_import_raw(b"{\"citizens\": [".to_vec()).await,
+            "citizens: the request body is not valid JSON: EOF while parsing a list at line 1 column 14",
+        ),
+        (
+            "PATCH {}",
+            app.patch(import, 3, &json!({})).await,
+            "citizen 3: the body must change at least one field: name, gender, birth_date, relatives, town, street, building or apartment",
+        ),
+        (
+            "PATCH with an empty body",
+            app.patch_raw(import, 3, Vec::new()).await,
+            "citizen 3: the request body is empty; expected a JSON object",
+        ),
+    ];
+    for (why, (status, body), message) in cases {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}: {body}");
+        assert_eq!(body["error"]["message"], message, "{why}: {body}");
+    }
+    assert_eq!(
+        app.citizens(import).await,
+        spec_example(),
+        "nothing changed"
+    );
+}
+
+async fn a_body_over_the_limit_names_the_setting(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.max_body_bytes = gifts::config::ByteSize(1 << 20)
+    })
+    .await;
+    let (status, body) = app.post_import_raw(vec![b' '; (1 << 20) + 1]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "the request body is larger than the limit of 1MiB (1048576 bytes), set by --max-body-bytes / GIFTS_MAX_BODY_BYTES"
+    );
+}
+
+async fn gzip_bodies_are_decompressed_within_the_limit(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.max_body_bytes = gifts::config::ByteSize(1 << 20)
+    })
+    .await;
+    let plain = serde_json::to_vec(&json!({ "citizens": spec_example() })).unwrap();
+    let (status, body) = post(&app, gzip(&plain), Some("gzip")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(app.citizens(1).await, spec_example());
+
+    // 16 MiB of spaces compress to 16 KiB: a small upload, a big body.
+    let bomb = gzip(&vec![b' '; 16 << 20]);
+    assert!(bomb.len() < 1 << 20);
+    let (status, body) = post(&app, bomb, Some("gzip")).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+
+    let (status, body) = post(&app, b"not gzip".to_vec(), Some("gzip")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "unreadable_body");
+
+    let (status, body) = post(&app, plain.clone(), Some("br")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert_eq!(body["error"]["code"], "unsupported_content_encoding");
+    let (status, body) = post(&app, plain, Some("identity")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        app.import(vec![]).await,
+        3,
+        "only the two good imports were stored"
+    );
+}
+
+async fn request_ids_are_uuid_v7_or_the_clients_printable_id(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let id_of = |header: Option<&str>| {
+        let mut request = app.client.get(app.url("/health"));
+        if let Some(value) = header {
+            request = request.header("x-request-id", value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let made = id_of(None).await;
+    let uuid = uuid::Uuid::parse_str(&made).expect("a UUID");
+    assert_eq!(uuid.get_version_num(), 7, "{made}");
+    assert_ne!(id_of(None).await, made, "a new id per request");
+    assert_eq!(id_of(Some("client-42")).await, "client-42");
+    let long = "x".repeat(300);
+    assert_eq!(id_of(Some(&long)).await, "x".repeat(128));
+    let spaced = id_of(Some("has spaces")).await;
+    assert!(uuid::Uuid::parse_str(&spaced).is_ok(), "replaced: {spaced}");
+}
+
+backend_tests!(
+    common_mistakes_get_messages_that_say_what_is_wrong,
+    a_body_over_the_limit_names_the_setting,
+    gzip_bodies_are_decompressed_within_the_limit,
+    request_ids_are_uuid_v7_or_the_clients_printable_id,
+);

@@ -1,0 +1,267 @@
+//! Starting the real binary: every configuration mistake stops it (or, for a
+//! database that is down or refuses, is reported at once and retried) with a
+//! message that names the setting and the fix; what it starts with is logged.
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{Backend, Binary, TestStore, free_port, tarantool_available};
+
+async fn get(base: &str, path: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(format!("{base}{path}"))
+        .await
+        .expect("request");
+    let status = response.status();
+    (
+        status,
+        serde_json::from_slice(&response.bytes().await.unwrap()).expect("JSON body"),
+    )
+}
+
+#[tokio::test]
+async fn a_relative_data_path_is_created_and_logged_absolute_with_the_version() {
+    let cwd = tempfile::tempdir().unwrap();
+    let env = [("GIFTS_STORAGE", "sqlite:data/gifts.db")];
+    let mut first = Binary::start(&[], &env, Some(cwd.path()));
+    first.wait_healthy().await;
+    let absolute = cwd.path().join("data/gifts.db");
+    let log = first.log();
+    assert!(absolute.exists(), "{log}");
+    assert!(log.contains("sqlite database created"), "{log}");
+    assert!(log.contains(&absolute.display().to_string()), "{log}");
+    assert!(log.contains(env!("CARGO_PKG_VERSION")), "{log}");
+    assert_eq!(first.terminate(), Some(0), "{}", first.log());
+
+    let mut second = Binary::start(&[], &env, Some(cwd.path()));
+    second.wait_healthy().await;
+    assert!(
+        second.log().contains("sqlite database opened"),
+        "{}",
+        second.log()
+    );
+}
+
+#[tokio::test]
+async fn a_bare_port_and_sizes_with_units_are_accepted_from_the_environment() {
+    let port = free_port().to_string();
+    let env = [
+        ("GIFTS_LISTEN", port.as_str()),
+        ("GIFTS_CACHE_BYTES", "256MiB"),
+        ("GIFTS_MAX_BODY_BYTES", "1 MiB"),
+    ];
+    let mut app = Binary::start(&[], &env, None);
+    app.wait_healthy().await;
+    let log = app.log();
+    assert!(log.contains(&format!("0.0.0.0:{port}")), "{log}");
+    assert!(
+        log.contains("max_body=1MiB") && log.contains("cache=256MiB"),
+        "{log}"
+    );
+}
+
+/// Starts the binary expecting it to refuse; returns its standard error.
+fn refused(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> String {
+    let (code, log) = Binary::start(args, env, cwd).wait_exit();
+    assert_ne!(code, Some(0), "gifts started with {args:?} {env:?}:\n{log}");
+    log
+}
+
+/// Why, flags, environment, texts the message must contain.
+type Mistake<'a> = (
+    &'a str,
+    &'a [&'a str],
+    &'a [(&'a str, &'a str)],
+    &'a [&'a str],
+);
+
+#[test]
+fn each_configuration_mistake_names_the_setting_and_the_form_it_expects() {
+    let cases: &[Mistake] = &[
+        (
+            "a size without a known unit, from the environment",
+            &[],
+            &[("GIFTS_CACHE_BYTES", "lots")],
+            &["GIFTS_CACHE_BYTES", "'lots'", "64MiB"],
+        ),
+        (
+            "a size from a flag",
+            &["--max-body-bytes", "1.5GiB"],
+            &[],
+            &["--max-body-bytes", "64MiB"],
+        ),
+        (
+            "a listen address without a port",
+            &[],
+            &[("GIFTS_LISTEN", "localhost")],
+            &["GIFTS_LISTEN", "HOST:PORT"],
+        ),
+        (
+            "a sqlite:// URL",
+            &["--storage", "sqlite://data/x.db"],
+            &[],
+            &["sqlite:PATH", "sqlite:data/gifts.db"],
+        ),
+        (
+            "a storage URL from the environment, its value hidden",
+            &[],
+            &[("GIFTS_STORAGE", "tarantool://gifts:secret@nowhere")],
+            &["GIFTS_STORAGE", "tarantool://USER:PASSWORD@HOST:PORT"],
+        ),
+    ];
+    for (why, args, env, wanted) in cases {
+        let log = refused(args, env, None);
+        for text in *wanted {
+            assert!(log.contains(text), "{why}: no {text:?} in:\n{log}");
+        }
+        assert!(
+            !log.contains("secret"),
+            "{why}: the password leaked:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn an_unusable_data_path_names_the_absolute_path_and_the_user() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(cwd.path().join("file"), "not a directory").unwrap();
+    let log = refused(
+        &["--storage", "sqlite:file/gifts.db"],
+        &[],
+        Some(cwd.path()),
+    );
+    let absolute = cwd.path().join("file/gifts.db").display().to_string();
+    assert!(log.contains(&absolute), "{log}");
+    assert!(log.contains("(uid "), "names the user: {log}");
+    assert!(log.contains("cannot create the data directory"), "{log}");
+}
+
+#[tokio::test]
+async fn an_invalid_rust_log_is_reported_and_the_default_used() {
+    let mut app = Binary::start(&[], &[("RUST_LOG", "info,gifts=loud")], None);
+    app.wait_healthy().await;
+    let log = app.log();
+    assert!(log.contains("ignoring RUST_LOG"), "{log}");
+    assert!(log.contains("listening"), "logs at info: {log}");
+}
+
+#[tokio::test]
+async fn a_wrong_tarantool_password_is_one_clear_error_and_health_says_which() {
+    if !tarantool_available("wrong_password") {
+        return;
+    }
+    let store = TestStore::new(Backend::Tarantool);
+    let wrong = store.flag().replace(":test-password@", ":wrong@");
+    let mut app = Binary::start(&["--storage", &wrong], &[], None);
+    app.wait_for_log("tarantool refuses the service").await;
+    for _ in 0..3 {
+        let (status, body) = get(&app.base, "/health").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "storage_unavailable");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("misconfigured"), "{message}");
+        assert!(message.contains("password"), "{message}");
+    }
+    let log = app.log();
+    assert_eq!(
+        log.matches("tarantool refuses the service").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("wrong@"), "no password in the log: {log}");
+}
+
+#[tokio::test]
+async fn an_unreachable_tarantool_at_start_is_reported_then_followed_when_it_comes() {
+    if !tarantool_available("unreachable_at_start") {
+        return;
+    }
+    let store = TestStore::new(Backend::Tarantool);
+    store.kill_tarantool();
+    let mut app = Binary::start(&["--storage", &store.flag()], &[], None);
+    app.wait_for_log("cannot reach tarantool at start").await;
+    let (status, body) = get(&app.base, "/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry later"),
+        "{body}"
+    );
+    store.start_tarantool();
+    app.wait_healthy().await;
+    app.wait_for_log("connected to tarantool").await;
+}
+
+#[tokio::test]
+async fn each_request_is_logged_once_with_its_cause_and_imports_with_id_and_size() {
+    let mut app = Binary::start(&[], &[], None);
+    app.wait_healthy().await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"citizens": crate::helpers::spec_example()}).to_string();
+    let response = client
+        .post(format!("{}/imports", app.base))
+        .header("x-request-id", "import-request")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = client
+        .get(format!("{}/imports/9/citizens", app.base))
+        .header("x-request-id", "missing-import")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    app.wait_for_log("missing-import").await;
+    let log = app.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("import-request"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("import_id=1"), "{}", lines[0]);
+    assert!(lines[0].contains("citizens=3"), "{}", lines[0]);
+    assert!(lines[0].contains("status=201"), "{}", lines[0]);
+    assert_eq!(log.matches("missing-import").count(), 1, "{log}");
+    assert!(
+        !log.contains("route=/health"),
+        "health checks log at debug: {log}"
+    );
+    assert!(
+        !log.contains("\u{1b}["),
+        "no colour codes into a file: {log}"
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_store_gives_one_warning_line_per_request_with_the_cause() {
+    if !tarantool_available("one_line_per_503") {
+        return;
+    }
+    let store = TestStore::new(Backend::Tarantool);
+    let mut app = Binary::start(&["--storage", &store.flag()], &[], None);
+    app.wait_healthy().await;
+    store.kill_tarantool();
+    let response = reqwest::Client::new()
+        .get(format!("{}/imports/1/citizens", app.base))
+        .header("x-request-id", "during-outage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let log = app.wait_for_log("during-outage").await;
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("during-outage"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("error="),
+        "{}",
+        lines[0]
+    );
+}
