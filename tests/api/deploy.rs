@@ -193,7 +193,8 @@ fn the_compose_file_runs_the_real_binary_against_tarantool_by_service_name() {
         .chain(&dockerfile_env(&read("tarantool/Dockerfile")))
     {
         assert!(
-            app_lua.contains(&format!("env('{key}'")),
+            app_lua.contains(&format!("env('{key}'"))
+                || app_lua.contains(&format!("bytes('{key}'")),
             "app.lua does not read {key}"
         );
     }
