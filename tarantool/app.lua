@@ -45,8 +45,10 @@ end
 local data_dir = env('GIFTS_TARANTOOL_DIR', '.')
 os.execute("mkdir -p '" .. data_dir:gsub("'", "'\\''") .. "'")
 
+-- No `listen` yet: clients are let in only at the end, once the schema, the
+-- user and its grants exist, so no client ever sees a half-started database
+-- (a call in that window would fail with "access denied").
 box.cfg({
-    listen = env('GIFTS_TARANTOOL_LISTEN', '3301'),
     work_dir = data_dir,
     wal_mode = env('GIFTS_TARANTOOL_WAL_MODE', 'fsync'),
     memtx_memory = bytes('GIFTS_TARANTOOL_MEMORY', '1GiB'),
@@ -273,4 +275,6 @@ for _, name in ipairs({
     box.schema.user.grant(user, 'execute', 'function', name, { if_not_exists = true })
 end
 
-log.info('gifts: ready, schema version %d', gifts_health())
+local listen = env('GIFTS_TARANTOOL_LISTEN', '3301')
+box.cfg({ listen = listen })
+log.info('gifts: ready on %s, schema version %d', listen, gifts_health())

@@ -8,7 +8,9 @@ use gifts::config::Config;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, TestStore, spec_example, tarantool_available};
+use crate::helpers::{
+    Backend, Binary, KillOnDrop, TestApp, TestStore, free_port, spec_example, tarantool_available,
+};
 
 async fn two_apps(store: &Arc<TestStore>) -> (TestApp, TestApp) {
     let config = || Config::with_storage(store.url().clone());
@@ -193,4 +195,161 @@ async fn concurrent_reads_through_one_instance_never_miss_a_write_made_through_a
     for task in background {
         task.await.unwrap();
     }
+}
+
+/// A Tarantool that opens its port before the app's user may call anything
+/// (as `app.lua` did before it listened last), and runs `app.lua` — which
+/// grants — once the file `grant` appears in its directory.
+const LISTENS_BEFORE_GRANTING: &str = r#"
+local fio = require('fio')
+local fiber = require('fiber')
+box.cfg({
+    listen = os.getenv('GIFTS_TARANTOOL_LISTEN'),
+    work_dir = os.getenv('GIFTS_TARANTOOL_DIR'),
+    memtx_memory = 256 * 1024 * 1024,
+    wal_mode = 'fsync',
+})
+box.schema.user.create('gifts', { password = 'test-password', if_not_exists = true })
+fiber.create(function()
+    while not fio.path.exists('grant') do fiber.sleep(0.02) end
+    dofile(os.getenv('GIFTS_APP_LUA'))
+end)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarantool_that_listens_before_granting_gets_503_then_201_once_granted() {
+    if !tarantool_available("listens_before_granting") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("start.lua"), LISTENS_BEFORE_GRANTING).unwrap();
+    let port = free_port();
+    let _tarantool = KillOnDrop(
+        std::process::Command::new("tarantool")
+            .arg("start.lua")
+            .current_dir(dir.path())
+            .env("GIFTS_TARANTOOL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GIFTS_TARANTOOL_DIR", dir.path())
+            .env("GIFTS_TARANTOOL_PASSWORD", "test-password")
+            .env("GIFTS_TARANTOOL_MEMORY", "256MiB")
+            .env(
+                "GIFTS_APP_LUA",
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tarantool/app.lua"),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tarantool"),
+    );
+    let storage = format!("tarantool://gifts:test-password@127.0.0.1:{port}");
+    let mut app = Binary::start(&["--storage", &storage], &[], None);
+    // Until the user may call gifts_health, every answer is a 503: first the
+    // port is not open, then access is denied; never a 500.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let denied = loop {
+        let response = client.get(format!("{}/health", app.base)).send().await;
+        if let Ok(response) = response {
+            let status = response.status();
+            let body: serde_json::Value =
+                serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            if body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("denies the service's user")
+            {
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "never denied:\n{}", app.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(denied["error"]["code"], "storage_unavailable");
+    let response = client
+        .post(format!("{}/imports", app.base))
+        .body(json!({"citizens": []}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    app.wait_for_log("denies the service's user the gifts functions")
+        .await;
+
+    std::fs::write(dir.path().join("grant"), "").unwrap();
+    app.wait_healthy().await;
+    let response = client
+        .post(format!("{}/imports", app.base))
+        .body(json!({"citizens": spec_example()}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarantool_restarts_under_a_steady_request_stream_never_give_500() {
+    if !tarantool_available("restart_loop") {
+        return;
+    }
+    // GIFTS_TEST_TARANTOOL_RESTARTS=100 for the long run.
+    let restarts: usize = std::env::var("GIFTS_TEST_TARANTOOL_RESTARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let app = Arc::new(TestApp::spawn(Backend::Tarantool).await);
+    let import = app.import(spec_example()).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counts = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let streams: Vec<_> = (0..3)
+        .map(|k| {
+            let (app, stop, counts) = (Arc::clone(&app), Arc::clone(&stop), Arc::clone(&counts));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let (status, body) = match (k + n) % 4 {
+                        0 => app.post_import(&json!({"citizens": spec_example()})).await,
+                        1 => {
+                            app.patch(import, 1 + n % 3, &json!({"name": format!("N{n}")}))
+                                .await
+                        }
+                        2 => {
+                            app.get(&format!("/imports/{import}/citizens/birthdays"))
+                                .await
+                        }
+                        _ => app.get("/health").await,
+                    };
+                    assert!(
+                        [200, 201, 503].contains(&status.as_u16()),
+                        "unexpected {status}: {body}"
+                    );
+                    *counts
+                        .lock()
+                        .unwrap()
+                        .entry(status.as_u16())
+                        .or_insert(0u64) += 1;
+                }
+            })
+        })
+        .collect();
+    for round in 0..restarts {
+        app.store.kill_tarantool();
+        app.store.start_tarantool();
+        wait_for(&app, "/health", StatusCode::OK).await;
+        assert!(
+            streams.iter().all(|s| !s.is_finished()),
+            "a request stream stopped in round {round}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for stream in streams {
+        stream.await.expect("no unexpected status");
+    }
+    let counts = counts.lock().unwrap().clone();
+    eprintln!("{restarts} tarantool restarts; answers by status: {counts:?}");
+    assert!(
+        counts.contains_key(&503),
+        "the restarts were seen: {counts:?}"
+    );
 }
