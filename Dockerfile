@@ -1,12 +1,18 @@
-# syntax=docker/dockerfile:1
 # The gifts service. Embedded mode on its own:
 #   docker build -t gifts . && docker run -p 8080:8080 -v gifts-data:/var/lib/gifts gifts
 # With Tarantool: docker compose up -d (see docker-compose.yml).
+#
+# The base images are build arguments, so a registry mirror or locally built
+# stand-ins can replace them (deploy/e2e/compose.sh does); the defaults are the
+# official images.
+ARG RUST_IMAGE=rust:1.95-slim-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-FROM rust:1.95-slim-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # Dependency layer: build the dependencies against stub sources, so source
-# edits do not rebuild them (bundled SQLite alone takes over a minute).
+# edits do not rebuild them (bundled SQLite alone takes over a minute). The
+# bench files exist only because Cargo.toml names them.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
@@ -14,14 +20,17 @@ RUN mkdir -p src benches \
     && echo 'fn main() {}' > benches/load.rs \
     && touch src/lib.rs \
     && cargo build --release --locked --bin gifts \
-    && rm -rf src benches
+    && rm -rf src
+# Only what the binary is built from: editing tarantool/ or the docs does not
+# rebuild it.
 COPY src ./src
-COPY benches ./benches
-COPY tarantool ./tarantool
 RUN touch src/lib.rs src/main.rs && cargo build --release --locked --bin gifts
 
-FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/gifts \
+FROM ${RUNTIME_IMAGE}
+# One fixed, ordinary (non-system) id for the user and its group, so files in
+# a volume keep their owner across images.
+RUN groupadd --gid 10001 gifts \
+    && useradd --uid 10001 --gid gifts --no-create-home --home-dir /var/lib/gifts \
         --shell /usr/sbin/nologin gifts \
     && mkdir -p /var/lib/gifts \
     && chown gifts:gifts /var/lib/gifts
@@ -32,7 +41,9 @@ ENV GIFTS_LISTEN=0.0.0.0:8080 \
     GIFTS_STORAGE=sqlite:/var/lib/gifts/gifts.db \
     RUST_LOG=info
 EXPOSE 8080
-VOLUME ["/var/lib/gifts"]
+# No VOLUME: the embedded store's volume is named by whoever runs the image
+# (-v gifts-data:/var/lib/gifts); the Tarantool stack needs none, and an
+# anonymous one would be left behind on every `down`/`up`.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["gifts", "healthcheck"]
