@@ -89,7 +89,8 @@ ensure_engine() {
     fi
     if ! docker info >/dev/null 2>&1; then
         [ "$(id -u)" = 0 ] || cannot "no Docker engine answers and starting dockerd needs root"
-        nohup dockerd >"$work/dockerd.log" 2>&1 &
+        # In a subshell, so the daemon is not a job this script waits for.
+        (nohup dockerd >"$work/dockerd.log" 2>&1 &)
         for _ in $(seq 1 60); do
             docker info >/dev/null 2>&1 && break
             sleep 1
@@ -285,12 +286,13 @@ check "data survives down + up, and no anonymous volume is left behind" survives
 killed_tarantool() {
     # Four clients read without pause while Tarantool is killed with SIGKILL
     # (from the host, as a crash: the restart policy applies) and restarted.
-    local pid restarts deadline statuses="$work/statuses"
+    local pid restarts deadline statuses="$work/statuses" clients=()
     rm -f "$statuses".* "$work/stop"
     for k in 1 2 3 4; do
         (until [ -e "$work/stop" ]; do
             curl -s -o /dev/null -w '%{http_code}\n' --max-time 20 "$base/imports/1/citizens"
         done >"$statuses.$k") &
+        clients+=($!)
     done
     sleep 1 # let the clients run before the crash
     restarts=$(docker inspect -f '{{.RestartCount}}' "$(container tarantool)")
@@ -303,7 +305,7 @@ killed_tarantool() {
     done
     sleep 1 # some answers after the recovery
     touch "$work/stop"
-    wait
+    wait "${clients[@]}"
     echo "answers while Tarantool was killed and restarted: $(cat "$statuses".* | sort | uniq -c | tr -s ' \n' ' ')"
     ! cat "$statuses".* | grep -v '^\(200\|503\)$' &&
         [ "$(docker inspect -f '{{.RestartCount}}' "$(container tarantool)")" -gt "$restarts" ] &&
