@@ -113,7 +113,7 @@ ensure_engine() {
         "$work/venv/bin/pip" install -q --disable-pip-version-check ansible==11.13.0 ||
             cannot "pip install ansible failed"
     fi
-    say "engine $(docker version -f '{{.Server.Version}}'), $(docker compose version | head -n 1), $("$work/venv/bin/ansible" --version | head -n 1)"
+    say "engine $(docker version -f '{{.Server.Version}}'), $(docker compose version | head -n 1), $("$work/venv/bin/ansible" --version 2>/dev/null | sed -n 1p)"
 }
 
 # --- Stand-in base images ----------------------------------------------------
