@@ -66,6 +66,12 @@ struct Args {
     /// Backends to run: sqlite, tarantool (default: both when `tarantool` is installed).
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
+    /// Measure only how long a big import (of --citizens) stalls a concurrent PATCH stream.
+    #[arg(long)]
+    stall: bool,
+    /// An extra flag for the server (repeatable), e.g. --server-arg=--tarantool-import-chunk=2000000.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
     /// Where to write the JSON report (relative to the crate root, where cargo runs benches).
     #[arg(long, default_value = "target/bench-report.json")]
     out: PathBuf,
@@ -172,6 +178,27 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         body.len() as f64 / (1 << 20) as f64
     );
 
+    if args.stall {
+        println!(
+            "\n| backend | citizens | import ms | longest PATCH ms | PATCHes | server flags |"
+        );
+        println!("|---|---:|---:|---:|---:|---|");
+        let mut stalls = Vec::new();
+        for backend in &backends {
+            let s = run_stall(&args, backend, body.clone()).await?;
+            println!(
+                "| {} | {} | {:.0} | {:.1} | {} | {} |",
+                s.backend, s.citizens, s.import_ms, s.longest_patch_ms, s.patches, s.server_args
+            );
+            stalls.push(s);
+        }
+        std::fs::write(
+            &args.out,
+            serde_json::to_vec_pretty(&json!({"machine": machine(), "stall": stalls}))?,
+        )?;
+        eprintln!("report written to {}", args.out.display());
+        return Ok(());
+    }
     let mut reports = Vec::new();
     for backend in &backends {
         reports.push(run_backend(&args, backend, body.clone()).await?);
@@ -206,7 +233,22 @@ fn machine() -> serde_json::Value {
     })
 }
 
-async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<BackendReport> {
+/// A running server (and its Tarantool), stopped when dropped.
+struct Running {
+    base: String,
+    server: Guard,
+    tarantool: Option<Guard>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts Tarantool (for that backend) and the real `gifts` binary, and
+/// waits until it is healthy. `body_len` sizes the limits for the import.
+async fn start_server(
+    args: &Args,
+    backend: &str,
+    body_len: usize,
+    client: &HttpClient,
+) -> anyhow::Result<Running> {
     let dir = tempfile::tempdir()?;
     let mut tarantool = None;
     let storage = match backend {
@@ -222,7 +264,7 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
                 .env("GIFTS_TARANTOOL_PASSWORD", "bench")
                 .env(
                     "GIFTS_TARANTOOL_MEMORY",
-                    (body.len() as u64 * 8 * args.post_runs as u64 + (1 << 30)).to_string(),
+                    (body_len as u64 * 8 * args.post_runs.max(1) as u64 + (1 << 30)).to_string(),
                 )
                 .stdout(log_file(dir.path(), "tarantool.log")?)
                 .stderr(log_file(dir.path(), "tarantool.err")?)
@@ -235,23 +277,90 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
     };
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    let max_body = (body.len() * 2).max(64 << 20);
+    let max_body = (body_len * 2).max(64 << 20);
     let server = Guard(
         Command::new(env!("CARGO_BIN_EXE_gifts"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--storage", &storage])
             .args(["--max-body-bytes", &max_body.to_string()])
             .args(["--request-timeout-secs", "600"])
+            .args(["--tarantool-timeout-secs", "600"])
+            .args(&args.server_arg)
             .env("RUST_LOG", "info")
             .stdout(log_file(dir.path(), "server.log")?)
             .stderr(log_file(dir.path(), "server.err")?)
             .spawn()
             .context("starting the server")?,
     );
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    wait_healthy(&client, &base).await?;
+    wait_healthy(client, &base).await?;
     eprintln!("[{backend}] server up at {base}");
+    Ok(Running {
+        base,
+        server,
+        tarantool,
+        _dir: dir,
+    })
+}
 
+/// The stall phase: while one big import is stored, a single client PATCHes
+/// another (small) import without pause; the longest PATCH is how long the
+/// import held other writers up.
+async fn run_stall(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<Stall> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let running = start_server(args, backend, body.len(), &client).await?;
+    let base = &running.base;
+    let small = Bytes::from(gifts::sample::import_body(1_000, 100, 9));
+    let (status, answer) = send(&client, Method::POST, &format!("{base}/imports"), small).await?;
+    expect(status, StatusCode::CREATED, &answer)?;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let patches = {
+        let (client, base, done) = (client.clone(), base.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut longest = Duration::ZERO;
+            let mut count = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let url = format!("{base}/imports/1/citizens/{}", count % 1_000);
+                let body = Bytes::from(json!({ "name": format!("Стойкий {count}") }).to_string());
+                let started = Instant::now();
+                let (status, answer) = send(&client, Method::PATCH, &url, body).await?;
+                expect(status, StatusCode::OK, &answer)?;
+                longest = longest.max(started.elapsed());
+                count += 1;
+            }
+            Ok::<_, anyhow::Error>((longest, count))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the PATCH stream settle
+    let started = Instant::now();
+    let (status, answer) = send(&client, Method::POST, &format!("{base}/imports"), body).await?;
+    let import = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    expect(status, StatusCode::CREATED, &answer)?;
+    let (longest, patches) = patches.await??;
+    Ok(Stall {
+        backend: backend.to_owned(),
+        citizens: args.citizens,
+        import_ms: import.as_secs_f64() * 1000.0,
+        longest_patch_ms: longest.as_secs_f64() * 1000.0,
+        patches,
+        server_args: args.server_arg.join(" "),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Stall {
+    backend: String,
+    citizens: u64,
+    import_ms: f64,
+    longest_patch_ms: f64,
+    patches: u64,
+    server_args: String,
+}
+
+async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<BackendReport> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let running = start_server(args, backend, body.len(), &client).await?;
+    let base = running.base.clone();
     let mut latency = Vec::new();
     let budget = Duration::from_secs(args.max_seconds);
 
@@ -388,10 +497,12 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
         );
     }
 
-    let server_peak_rss_mib = peak_rss_mib(server.0.id()).unwrap_or(f64::NAN);
-    let tarantool_peak_rss_mib = tarantool.as_ref().and_then(|t| peak_rss_mib(t.0.id()));
-    drop(server);
-    drop(tarantool);
+    let server_peak_rss_mib = peak_rss_mib(running.server.0.id()).unwrap_or(f64::NAN);
+    let tarantool_peak_rss_mib = running
+        .tarantool
+        .as_ref()
+        .and_then(|t| peak_rss_mib(t.0.id()));
+    drop(running);
     Ok(BackendReport {
         backend: backend.to_owned(),
         latency,

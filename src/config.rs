@@ -109,6 +109,16 @@ pub struct Config {
     #[arg(long, env = "GIFTS_CACHE_BYTES", default_value = "256MiB")]
     pub cache_bytes: ByteSize,
 
+    /// Citizens per Tarantool transaction when storing an import: bigger imports are
+    /// stored in chunks of this many, invisible until the last, so no single write holds
+    /// other clients up for long.
+    #[arg(long, env = "GIFTS_TARANTOOL_IMPORT_CHUNK", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+    pub tarantool_import_chunk: u64,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for log collectors).
+    #[arg(long, env = "GIFTS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Seconds a Tarantool call may take before the request fails with 503.
     #[arg(long, env = "GIFTS_TARANTOOL_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tarantool_timeout_secs: u64,
@@ -233,6 +243,15 @@ fn name_the_environment(error: clap::Error, args: &[OsString]) -> clap::Error {
             env.to_string_lossy()
         ),
     )
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 /// `HOST:PORT`, or a bare port meaning every interface (`8080` → `0.0.0.0:8080`).

@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(code)
         }
         None => {
-            telemetry::init();
+            telemetry::init(config.log_format);
             let listener = tokio::net::TcpListener::bind(&config.listen)
                 .await
                 .with_context(|| {

@@ -43,6 +43,7 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
         StorageUrl::Tarantool(address) => Ok(Arc::new(TarantoolStorage::connect(
             address,
             config.tarantool_timeout(),
+            usize::try_from(config.tarantool_import_chunk).unwrap_or(usize::MAX),
         ))),
     }
 }

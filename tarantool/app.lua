@@ -99,6 +99,25 @@ local migrations = {
             if_not_exists = true,
         })
     end,
+    -- 2: imports gain created_at (unix seconds) and state (nil: visible;
+    -- 'loading' while a big import arrives in chunks); idempotency keys.
+    function()
+        box.space.imports:format({
+            { name = 'import_id', type = 'unsigned' },
+            { name = 'version', type = 'unsigned' },
+            { name = 'created_at', type = 'number', is_nullable = true },
+            { name = 'state', type = 'string', is_nullable = true },
+        })
+        local keys = box.schema.space.create('idempotency_keys', {
+            if_not_exists = true,
+            format = {
+                { name = 'key', type = 'string' },
+                { name = 'body_hash', type = 'string' },
+                { name = 'import_id', type = 'unsigned' },
+            },
+        })
+        keys:create_index('primary', { parts = { { field = 1, type = 'string' } }, if_not_exists = true })
+    end,
 }
 
 box.once('gifts_meta', function()
@@ -127,7 +146,24 @@ migrate()
 
 local imports = box.space.imports
 local citizens = box.space.citizens
+local keys = box.space.idempotency_keys
 local import_seq = box.sequence.import_id
+local fiber = require('fiber')
+
+-- Field numbers of an import tuple.
+local I = { import_id = 1, version = 2, created_at = 3, state = 4 }
+
+-- Rows per transaction when a big import is stored or cleaned up in chunks.
+local CHUNK = 10000
+
+-- An import clients may see: stored whole (not still arriving in chunks).
+local function visible(import_id)
+    local import = imports:get(import_id)
+    if import == nil or import[I.state] ~= nil then
+        return nil
+    end
+    return import
+end
 
 -- Sorted-array helpers for relatives lists (ascending unique ids).
 local function list_without(list, id)
@@ -158,70 +194,270 @@ local function list_with(list, id)
     return out
 end
 
+-- A citizen id as a table key. Ids above 2^53 arrive as 64-bit cdata, and
+-- tables key cdata by identity, not value: those are keyed by their text.
+local function id_key(id)
+    if type(id) == 'cdata' then
+        return tostring(id)
+    end
+    return id
+end
+
 local function as_set(list)
     local set = {}
     for _, v in ipairs(list) do
-        set[v] = true
+        set[id_key(v)] = true
     end
     return set
 end
 
--- Stores a validated, symmetric import; returns its new id.
--- rows: array of citizen tuples whose first field (import_id) is a placeholder:
--- {0, citizen_id, town, street, building, apartment, name, birth_date, gender, relatives}.
--- Filling the placeholder in place saves building a second table per citizen.
-function gifts_create_import(rows)
+local function strictly_ascending(list)
+    for i = 2, #list do
+        if not (list[i - 1] < list[i]) then
+            return false
+        end
+    end
+    return true
+end
+
+local function contains(list, id)
+    for _, v in ipairs(list) do
+        if v == id then
+            return true
+        end
+    end
+    return false
+end
+
+-- The invariants of the relation, checked here as well as in the app, so a
+-- direct call with the app's credentials cannot break them: every relatives
+-- list ascending and unique, every relative a citizen of the import (or the
+-- citizen itself), every link listed on both sides. relatives_of(id) gives a
+-- citizen's list, or nil if there is no such citizen. Returns nil or a reason.
+local function relation_error(ids, relatives_of)
+    for _, id in ipairs(ids) do
+        local list = relatives_of(id)
+        if not strictly_ascending(list) then
+            return string.format('citizen %s: relatives not ascending and unique', tostring(id))
+        end
+        for _, r in ipairs(list) do
+            if r ~= id then
+                local other = relatives_of(r)
+                if other == nil then
+                    return string.format('citizen %s: relative %s is not a citizen of the import', tostring(id), tostring(r))
+                end
+                if not contains(other, id) then
+                    return string.format('citizen %s lists %s, who does not list it', tostring(id), tostring(r))
+                end
+            end
+        end
+    end
+    return nil
+end
+
+-- An idempotency key's import: 'new' (no such key), 'same' (same body: the
+-- import stored with it) or 'key_reused' (another body).
+local function key_state(key, hash)
+    if key == nil or key == box.NULL then
+        return 'new'
+    end
+    local stored = keys:get(key)
+    if stored == nil then
+        return 'new'
+    end
+    return stored[2] == hash and 'same' or 'key_reused', stored[3]
+end
+
+-- Stores a validated, symmetric import in one transaction. rows: citizen
+-- tuples whose first field (import_id) is a placeholder 0:
+-- {0, citizen_id, town, street, building, apartment, name, birth_date, gender, relatives};
+-- filling it in place saves building a second table per citizen.
+-- key, hash: an idempotency key and the body's hash, or nil.
+-- Returns status, import id: 'ok' (stored now), 'same' (the key's import),
+-- 'key_reused' (the key's import, another body), or 'invalid', reason.
+function gifts_create_import(rows, key, hash)
+    local by_id = {}
+    local ids = {}
+    for i, r in ipairs(rows) do
+        local id = r[F.citizen_id]
+        if by_id[id_key(id)] ~= nil then
+            return 'invalid', string.format('citizen %s appears twice', tostring(id))
+        end
+        by_id[id_key(id)] = r[F.relatives]
+        ids[i] = id
+    end
+    local reason = relation_error(ids, function(id) return by_id[id_key(id)] end)
+    if reason ~= nil then
+        return 'invalid', reason
+    end
     return box.atomic(function()
+        local state, existing = key_state(key, hash)
+        if state ~= 'new' then
+            return state, existing
+        end
         local import_id = import_seq:next()
-        imports:insert({ import_id, 1 })
+        imports:insert({ import_id, 1, os.time() })
         for _, r in ipairs(rows) do
             r[F.import_id] = import_id
             citizens:insert(r)
         end
-        return import_id
+        if key ~= nil and key ~= box.NULL then
+            keys:insert({ key, hash, import_id })
+        end
+        return 'ok', import_id
     end)
+end
+
+-- A big import arrives in chunks so that no single transaction (and WAL
+-- write) holds everyone else up: begin (an invisible import), chunks of
+-- rows, then commit, which checks the whole relation and makes the import
+-- visible in one small transaction. Until then reads and patches do not see
+-- it; what a crash leaves behind is deleted at the next start.
+
+-- Returns 'ok', new import id; or 'same'/'key_reused', the key's import.
+function gifts_import_begin(key, hash)
+    return box.atomic(function()
+        local state, existing = key_state(key, hash)
+        if state ~= 'new' then
+            return state, existing
+        end
+        local import_id = import_seq:next()
+        imports:insert({ import_id, 0, os.time(), 'loading' })
+        return 'ok', import_id
+    end)
+end
+
+-- Adds rows (as for gifts_create_import) to a loading import. Returns 'ok',
+-- or 'invalid', reason (an import that is not loading). A citizen sent twice
+-- fails on the primary key and rolls the chunk back.
+function gifts_import_chunk(import_id, rows)
+    local import = imports:get(import_id)
+    if import == nil or import[I.state] ~= 'loading' then
+        return 'invalid', string.format('import %d is not loading', import_id)
+    end
+    box.atomic(function()
+        for _, r in ipairs(rows) do
+            r[F.import_id] = import_id
+            citizens:insert(r)
+        end
+    end)
+    return 'ok', box.NULL
+end
+
+-- Deletes an import's citizens in chunks, yielding between them, then the import.
+local function delete_import(import_id)
+    while true do
+        local batch = citizens:select({ import_id }, { limit = CHUNK })
+        if #batch == 0 then
+            break
+        end
+        box.atomic(function()
+            for _, c in ipairs(batch) do
+                citizens:delete({ import_id, c[F.citizen_id] })
+            end
+        end)
+    end
+    imports:delete(import_id)
+end
+
+-- Checks a loading import's relation (in chunks, yielding) and makes it
+-- visible with its idempotency key. Returns 'ok', import id; 'same' or
+-- 'key_reused', the key's import (another request stored the key first:
+-- this one is dropped); or 'invalid', reason (the import is dropped).
+function gifts_import_commit(import_id, key, hash)
+    local import = imports:get(import_id)
+    if import == nil or import[I.state] ~= 'loading' then
+        return 'invalid', string.format('import %d is not loading', import_id)
+    end
+    imports:update(import_id, { { '=', I.state, 'verifying' } }) -- no more chunks
+    local reason
+    local after = nil
+    while reason == nil do
+        local ids = {}
+        local from = after and { import_id, after } or { import_id }
+        for _, c in citizens:pairs(from, { iterator = after and 'GT' or 'GE' }) do
+            if c[F.import_id] ~= import_id or #ids == CHUNK then
+                break
+            end
+            ids[#ids + 1] = c[F.citizen_id]
+        end
+        if #ids == 0 then
+            break
+        end
+        reason = relation_error(ids, function(id)
+            local c = citizens:get({ import_id, id })
+            return c and c[F.relatives]
+        end)
+        after = ids[#ids]
+        fiber.yield()
+    end
+    if reason ~= nil then
+        delete_import(import_id)
+        return 'invalid', reason
+    end
+    -- No yield between this check and the transaction below: nobody can
+    -- store the key in between.
+    local state, existing = key_state(key, hash)
+    if state ~= 'new' then
+        delete_import(import_id)
+        return state, existing
+    end
+    box.atomic(function()
+        imports:update(import_id, { { '=', I.version, 1 }, { '#', I.state, 1 } })
+        if key ~= nil and key ~= box.NULL then
+            keys:insert({ key, hash, import_id })
+        end
+    end)
+    return 'ok', import_id
 end
 
 -- Patches one citizen. changes: map of field name -> new value (not relatives);
 -- relatives: new ascending list, or nil to keep it.
--- Returns status, citizen tuple or nil, unknown relative id or nil, and the
--- import's version after the write or nil; status is 'ok', 'import_not_found',
--- 'citizen_not_found' or 'unknown_relative'.
+-- Returns status, citizen tuple or nil, unknown relative id or nil, the
+-- import's version after the write or nil, and a reason or nil; status is
+-- 'ok', 'import_not_found', 'citizen_not_found', 'unknown_relative' or
+-- 'invalid' (a call the app would never make: the reason says what).
 function gifts_patch_citizen(import_id, citizen_id, changes, relatives)
     return box.atomic(function()
+        if visible(import_id) == nil then
+            return 'import_not_found', box.NULL, box.NULL, box.NULL, box.NULL
+        end
         local citizen = citizens:get({ import_id, citizen_id })
         if citizen == nil then
-            if imports:get(import_id) == nil then
-                return 'import_not_found', box.NULL, box.NULL, box.NULL
-            end
-            return 'citizen_not_found', box.NULL, box.NULL, box.NULL
+            return 'citizen_not_found', box.NULL, box.NULL, box.NULL, box.NULL
         end
         local ops = {}
         for name, value in pairs(changes or {}) do
             local field = F[name]
             if field == nil or field <= F.citizen_id or field == F.relatives then
-                error('gifts_patch_citizen: field ' .. tostring(name) .. ' cannot be patched')
+                return 'invalid', box.NULL, box.NULL, box.NULL, 'field ' .. tostring(name) .. ' cannot be patched'
             end
             ops[#ops + 1] = { '=', field, value }
         end
         if relatives ~= nil and relatives ~= box.NULL then
+            if not strictly_ascending(relatives) then
+                return 'invalid', box.NULL, box.NULL, box.NULL, 'relatives not ascending and unique'
+            end
             -- Check every new relative first, so nothing is written on rejection.
             for _, r in ipairs(relatives) do
                 if r ~= citizen_id and citizens:get({ import_id, r }) == nil then
-                    return 'unknown_relative', box.NULL, r, box.NULL
+                    return 'unknown_relative', box.NULL, r, box.NULL, box.NULL
                 end
             end
+            -- Mirroring, as the app's domain::relatives::mirror_edits and the
+            -- SQLite store do it: a dropped relative loses this citizen, an
+            -- added one gains it; the citizen's own id is never mirrored.
             local old, new = as_set(citizen[F.relatives]), as_set(relatives)
-            for r in pairs(old) do
-                if not new[r] and r ~= citizen_id then
+            for _, r in ipairs(citizen[F.relatives]) do
+                if not new[id_key(r)] and r ~= citizen_id then
                     local other = citizens:get({ import_id, r })
                     if other ~= nil then
                         citizens:update({ import_id, r }, { { '=', F.relatives, list_without(other[F.relatives], citizen_id) } })
                     end
                 end
             end
-            for r in pairs(new) do
-                if not old[r] and r ~= citizen_id then
+            for _, r in ipairs(relatives) do
+                if not old[id_key(r)] and r ~= citizen_id then
                     local other = citizens:get({ import_id, r })
                     citizens:update({ import_id, r }, { { '=', F.relatives, list_with(other[F.relatives], citizen_id) } })
                 end
@@ -232,28 +468,28 @@ function gifts_patch_citizen(import_id, citizen_id, changes, relatives)
         if #ops > 0 then
             updated = citizens:update({ import_id, citizen_id }, ops)
         end
-        local import = imports:update(import_id, { { '+', 2, 1 } })
-        return 'ok', updated, box.NULL, import[2]
+        local import = imports:update(import_id, { { '+', I.version, 1 } })
+        return 'ok', updated, box.NULL, import[I.version], box.NULL
     end)
 end
 
 -- The import's version and all its citizens ordered by citizen_id, read
 -- without yielding (one consistent state); nil, nil when there is no such import.
 function gifts_citizens(import_id)
-    local import = imports:get(import_id)
+    local import = visible(import_id)
     if import == nil then
         return box.NULL, box.NULL
     end
-    return import[2], citizens:select({ import_id })
+    return import[I.version], citizens:select({ import_id })
 end
 
 -- The import's version (bumped by every patch), or nil; validates cached answers.
 function gifts_import_version(import_id)
-    local import = imports:get(import_id)
+    local import = visible(import_id)
     if import == nil then
         return box.NULL
     end
-    return import[2]
+    return import[I.version]
 end
 
 -- Answers when the database and our schema are there.
@@ -262,17 +498,67 @@ function gifts_health()
     return row and row[2] or 0
 end
 
+-- After a write failed for lack of disk space (or memory): a real write of
+-- 1 MiB, taken back at once, tells whether there is room again for more than
+-- a few bytes.
+function gifts_probe_write()
+    local block = string.rep('x', 64 * 1024)
+    box.atomic(function()
+        for i = 1, 16 do
+            box.space.meta:replace({ 'probe ' .. i, block })
+        end
+    end)
+    box.atomic(function()
+        for i = 1, 16 do
+            box.space.meta:delete('probe ' .. i)
+        end
+    end)
+    return true
+end
+
+-- Imports a crash left half-stored (still loading) are deleted, in chunks.
+for _, import in imports:pairs() do
+    if import[I.state] ~= nil then
+        log.info('gifts: deleting import %d, left half-stored by a crash', import[I.import_id])
+        delete_import(import[I.import_id])
+    end
+end
+
 -- The app's user may call these functions and nothing else; they run with
 -- their definer's rights (setuid) to reach the spaces.
 local user = env('GIFTS_TARANTOOL_USER', 'gifts')
 local password = env('GIFTS_TARANTOOL_PASSWORD', 'gifts')
+-- Nothing here writes when it is already so: a restart on a full disk must
+-- get through to serving reads.
 box.schema.user.create(user, { password = password, if_not_exists = true })
-box.schema.user.passwd(user, password)
+local auth = box.space._user.index.name:get(user)[5]
+if auth == nil or auth['chap-sha1'] ~= box.schema.user.password(password) then
+    box.schema.user.passwd(user, password)
+end
 for _, name in ipairs({
-    'gifts_create_import', 'gifts_patch_citizen', 'gifts_citizens', 'gifts_import_version', 'gifts_health',
+    'gifts_create_import', 'gifts_import_begin', 'gifts_import_chunk', 'gifts_import_commit',
+    'gifts_patch_citizen', 'gifts_citizens', 'gifts_import_version', 'gifts_health', 'gifts_probe_write',
 }) do
     box.schema.func.create(name, { setuid = true, if_not_exists = true })
     box.schema.user.grant(user, 'execute', 'function', name, { if_not_exists = true })
+end
+
+-- Guests get nothing: not even a session (Tarantool grants them one, and the
+-- 'public' role with box.schema.user.info and reads of system views).
+local function granted(grantee, privilege, object_type, object_name)
+    for _, grant in ipairs(box.schema.user.info(grantee)) do
+        if grant[2] == object_type and (grant[3] or '') == (object_name or '')
+            and string.find(grant[1], privilege, 1, true) then
+            return true
+        end
+    end
+    return false
+end
+if granted('guest', 'execute', 'role', 'public') then
+    box.schema.user.revoke('guest', 'public')
+end
+if granted('guest', 'session', 'universe', nil) or granted('guest', 'usage', 'universe', nil) then
+    box.schema.user.revoke('guest', 'session,usage', 'universe', nil, { if_exists = true })
 end
 
 local listen = env('GIFTS_TARANTOOL_LISTEN', '3301')

@@ -267,6 +267,20 @@ pub struct Citizen {
     pub relatives: Vec<CitizenId>,
 }
 
+impl Citizen {
+    /// Capacities of the heap buffers this citizen owns, in bytes: its four
+    /// strings and its relatives list (for weighing what a cache holds).
+    pub fn heap_buffers(&self) -> [usize; 5] {
+        [
+            self.town.0.capacity(),
+            self.street.0.capacity(),
+            self.building.0.capacity(),
+            self.name.0.capacity(),
+            self.relatives.capacity() * std::mem::size_of::<CitizenId>(),
+        ]
+    }
+}
+
 /// A validated PATCH: the fields to replace; at least one is present.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CitizenPatch {

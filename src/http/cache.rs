@@ -1,25 +1,31 @@
-//! Cached response bodies of the read endpoints, per import and version.
+//! The read cache: rendered answers of the read endpoints and the imports'
+//! citizens they are rendered from, in one memory budget (`--cache-bytes`).
 //!
-//! Reads far outnumber writes, and a 10,000-citizen answer costs tens of
-//! milliseconds to rebuild but microseconds to copy. Entries are keyed by the
-//! import's version, and every request first asks storage for the current
-//! version (one indexed lookup), so an entry is served only while no write —
-//! from this or any other app instance — has touched the import since; entries
-//! of older versions are never asked for again: the previous version's is
-//! dropped when the new one is rendered, others age out. Percentile entries
-//! are also keyed by the UTC day, since ages change at midnight.
+//! Reads far outnumber writes, and a 10,000-citizen answer costs
+//! milliseconds to rebuild but microseconds to copy. The rules, all here:
 //!
-//! Concurrent misses on the same key render once: the others wait for that
-//! body (single flight), so a burst of reads of a just-changed big import
-//! costs one load, not one per request. The cache is bounded by total body
-//! bytes (`quick_cache`, which also provides the single flight).
-//!
-//! Beside the bodies it keeps each import's citizens as last loaded (a
-//! snapshot, with its version). A PATCH made through this instance moves the
-//! snapshot forward in memory (`domain::relatives::after_patch`) when the
-//! snapshot is exactly one version behind the write — then no other write
-//! came in between — so the next read re-renders without going to storage.
-//! Any other version gap means the snapshot is simply not used.
+//! - **Bodies** are keyed by import, view and the import's *version*. Every
+//!   write bumps the version by exactly one, and every request first asks
+//!   the store for the current version, so a body is served only while no
+//!   write — from this or any other app instance — has touched the import
+//!   since. A body under version v may have been rendered from newer data
+//!   (a write landed between the version check and the load): newer is never
+//!   stale. Percentile bodies are also keyed by the UTC day (ages change at
+//!   midnight). When version v+1's body is rendered, v's is dropped; older
+//!   ones age out.
+//! - **Snapshots**: each import's citizens as last loaded, with their
+//!   version (one `Arc` per citizen, so versions share the citizens they did
+//!   not change). A snapshot is used only on an exact version match, so a
+//!   lost race costs a reload, never staleness. A PATCH through this instance
+//!   moves the snapshot forward in memory ([`ResponseCache::after_patch`])
+//!   only when the write produced exactly the snapshot's version plus one —
+//!   then no other write came in between; any other gap drops it. The move
+//!   mirrors relatives exactly as the stores do (`domain::relatives::after_patch`,
+//!   tested against both).
+//! - **One budget**: bodies and snapshots share `--cache-bytes`, each
+//!   weighed by the heap it really holds (allocation sizes, not JSON sizes),
+//!   with LRU-like eviction (`quick_cache`). Concurrent misses on one body
+//!   render once (single flight).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,14 +36,15 @@ use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::domain::relatives::after_patch;
 use crate::domain::{Citizen, ImportId};
-use crate::storage::Version;
+use crate::storage::{Patched, Version};
 
 /// An import's citizens in memory, ordered by citizen_id; untouched citizens
 /// are shared between versions.
-pub type Citizens = Arc<Vec<Arc<Citizen>>>;
+pub type CitizenList = Arc<Vec<Arc<Citizen>>>;
 
-/// A snapshot, its version and its estimated size in bytes.
-type SnapshotEntry = (Version, Citizens, u64);
+/// Snapshots up to this many citizens are moved forward on the async thread
+/// (tens of microseconds); bigger ones on a blocking thread.
+const INLINE_SNAPSHOT_UPDATE: usize = 20_000;
 
 /// Which answer of an import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,123 +57,198 @@ pub enum View {
     Percentiles(i32),
 }
 
-type Key = (ImportId, View, Version);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Body(ImportId, View, Version),
+    Snapshot(ImportId),
+}
 
+/// A cached value and the bytes of heap it holds.
 #[derive(Clone)]
-struct BodyBytes;
+enum Entry {
+    Body(Bytes, u64),
+    Snapshot(Snapshot),
+}
 
-impl Weighter<Key, Bytes> for BodyBytes {
-    fn weight(&self, _key: &Key, body: &Bytes) -> u64 {
-        // Never zero: an empty body still takes a slot.
-        body.len() as u64 + 64
-    }
+/// An import's citizens at one version.
+#[derive(Clone)]
+struct Snapshot {
+    version: Version,
+    citizens: CitizenList,
+    weight: u64,
 }
 
 #[derive(Clone)]
-struct SnapshotBytes;
+struct HeapBytes;
 
-impl Weighter<ImportId, SnapshotEntry> for SnapshotBytes {
-    fn weight(&self, _key: &ImportId, entry: &SnapshotEntry) -> u64 {
-        entry.2
+impl Weighter<Key, Entry> for HeapBytes {
+    fn weight(&self, _key: &Key, entry: &Entry) -> u64 {
+        // Never zero: an empty value still takes a slot.
+        match entry {
+            Entry::Body(_, weight) => *weight,
+            Entry::Snapshot(s) => s.weight,
+        }
+        .max(1)
     }
 }
 
-/// Estimated heap size of a snapshot: per citizen its struct, its strings and
-/// its relatives.
-fn snapshot_bytes(citizens: &[Arc<Citizen>]) -> u64 {
-    citizens
+/// The memory an allocation of `n` bytes takes: the allocator (mimalloc)
+/// rounds sizes up to 128 KiB to size classes an eighth of a power of two
+/// apart (at least 8 bytes); bigger blocks take whole 4 KiB pages as they
+/// are touched.
+pub fn allocation(n: usize) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    let step = if n > 128 * 1024 {
+        4096
+    } else {
+        (n.next_power_of_two() / 8).max(8)
+    };
+    n.div_ceil(step) as u64 * step as u64
+}
+
+/// Heap held by a body of `len` bytes, plus the cache's own bookkeeping.
+fn body_weight(len: usize) -> u64 {
+    allocation(len) + 96
+}
+
+/// Resident memory per byte of a snapshot's allocations, in eighths. A
+/// snapshot is tens of thousands of small allocations made while other
+/// requests allocate and free around them; cached, they pin allocator pages
+/// whose other blocks are free. Measured with the peak-RSS test
+/// (`tests/api/memory.rs`): holding snapshots costs about 1.5× the sum of
+/// their allocations.
+const SNAPSHOT_RESIDENT_EIGHTHS: u64 = 12;
+
+/// Memory held by a snapshot: per citizen its `Arc` allocation, its strings
+/// and relatives list, and its pointer in the list; plus the list itself;
+/// times the allocator's overhead for small blocks kept long.
+fn snapshot_weight(citizens: &[Arc<Citizen>]) -> u64 {
+    // An Arc allocation: the two reference counts, then the value.
+    let arc = allocation(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Citizen>());
+    let buffers: u64 = citizens
         .iter()
-        .map(|c| {
-            let strings = c.town.as_str().len()
-                + c.street.as_str().len()
-                + c.building.as_str().len()
-                + c.name.as_str().len();
-            (std::mem::size_of::<Citizen>() + 32 + strings + 8 * c.relatives.len()) as u64
-        })
-        .sum::<u64>()
-        + 64
+        .map(|c| c.heap_buffers().into_iter().map(allocation).sum::<u64>())
+        .sum();
+    let allocated =
+        arc * citizens.len() as u64 + buffers + allocation(std::mem::size_of_val(citizens));
+    allocated * SNAPSHOT_RESIDENT_EIGHTHS / 8 + 96
 }
 
-/// Response bodies by import, view and version, and the citizens they were
-/// rendered from; each part bounded in bytes.
+/// Rendered bodies and the citizens they come from, within one byte budget.
 pub struct ResponseCache {
-    entries: Option<Cache<Key, Bytes, BodyBytes>>,
-    snapshots: Option<Cache<ImportId, SnapshotEntry, SnapshotBytes>>,
-}
-
-/// One shard, so a single value may use the whole budget; a hit holds the
-/// shard's read lock only to clone an `Arc` or a `Bytes`.
-fn one_shard(max_bytes: u64) -> quick_cache::Options {
-    OptionsBuilder::new()
-        .estimated_items_capacity(1024)
-        .weight_capacity(max_bytes)
-        .shards(1)
-        .build()
-        .expect("valid cache options")
+    entries: Option<Cache<Key, Entry, HeapBytes>>,
 }
 
 impl ResponseCache {
-    /// A cache holding at most `max_bytes` of bodies and, separately, at
-    /// most `max_bytes` of snapshots; 0 disables both.
+    /// A cache holding at most `max_bytes` of bodies and snapshots together;
+    /// 0 disables it.
     pub fn new(max_bytes: u64) -> Self {
-        let enabled = max_bytes > 0;
+        // One shard, so a single value may use the whole budget; a hit holds
+        // the shard's read lock only to clone an `Arc` or a `Bytes`.
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(1024)
+            .weight_capacity(max_bytes)
+            .shards(1)
+            .build()
+            .expect("valid cache options");
         Self {
-            entries: enabled.then(|| {
-                Cache::with_options(
-                    one_shard(max_bytes),
-                    BodyBytes,
-                    Default::default(),
-                    Default::default(),
-                )
-            }),
-            snapshots: enabled.then(|| {
-                Cache::with_options(
-                    one_shard(max_bytes),
-                    SnapshotBytes,
-                    Default::default(),
-                    Default::default(),
-                )
+            entries: (max_bytes > 0).then(|| {
+                Cache::with_options(options, HeapBytes, Default::default(), Default::default())
             }),
         }
     }
 
     /// The import's citizens at exactly `version`, if held.
-    pub fn snapshot(&self, import: ImportId, version: Version) -> Option<Citizens> {
-        let (held, citizens, _) = self.snapshots.as_ref()?.get(&import)?;
-        (held == version).then_some(citizens)
-    }
-
-    /// Holds the import's citizens as of `version`.
-    pub fn keep_snapshot(&self, import: ImportId, version: Version, citizens: Citizens) {
-        if let Some(snapshots) = &self.snapshots {
-            let bytes = snapshot_bytes(&citizens);
-            snapshots.insert(import, (version, citizens, bytes));
+    pub fn snapshot(&self, import: ImportId, version: Version) -> Option<CitizenList> {
+        match self.entries.as_ref()?.get(&Key::Snapshot(import))? {
+            Entry::Snapshot(s) if s.version == version => Some(s.citizens),
+            _ => None,
         }
     }
 
-    /// How many citizens the import's snapshot holds, if there is one.
-    pub fn snapshot_len(&self, import: ImportId) -> Option<usize> {
-        let (_, citizens, _) = self.snapshots.as_ref()?.get(&import)?;
-        Some(citizens.len())
+    /// Holds the import's citizens as of `version`, unless a newer snapshot
+    /// is already held (two loads racing: the older must not win).
+    pub fn keep_snapshot(&self, import: ImportId, version: Version, citizens: CitizenList) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        if let Some(Entry::Snapshot(held)) = entries.get(&Key::Snapshot(import))
+            && held.version > version
+        {
+            return;
+        }
+        let weight = snapshot_weight(&citizens);
+        entries.insert(
+            Key::Snapshot(import),
+            Entry::Snapshot(Snapshot {
+                version,
+                citizens,
+                weight,
+            }),
+        );
     }
 
-    /// Moves the import's snapshot to `version` after this instance stored
-    /// `updated` by a PATCH that produced `version`; drops it if it cannot.
-    pub fn apply_patch(&self, import: ImportId, version: Version, updated: &Citizen) {
-        let Some(snapshots) = &self.snapshots else {
+    /// After a PATCH through this instance produced `patched`: moves the
+    /// import's snapshot to the new version when it is exactly one behind,
+    /// else drops it. Big snapshots are moved on a blocking thread (one
+    /// pointer copy per citizen).
+    pub async fn after_patch(self: &Arc<Self>, import: ImportId, patched: &Patched) {
+        let Some(len) = self.snapshot_len(import) else {
             return;
         };
-        let Some((held, citizens, bytes)) = snapshots.get(&import) else {
+        if len <= INLINE_SNAPSHOT_UPDATE {
+            self.apply_patch(import, patched.version, &patched.citizen);
             return;
-        };
-        if held.checked_add(1) != Some(version) {
-            return; // another write came in between, or the snapshot is newer
         }
-        match after_patch(&citizens, updated) {
-            // Sizes barely change with one citizen; keep the estimate.
-            Some(next) => snapshots.insert(import, (version, Arc::new(next), bytes)),
+        let (cache, version, citizen) =
+            (Arc::clone(self), patched.version, patched.citizen.clone());
+        let moved =
+            tokio::task::spawn_blocking(move || cache.apply_patch(import, version, &citizen)).await;
+        // The write is stored; a snapshot that did not move only costs a reload.
+        if let Err(e) = moved {
+            tracing::error!(error = %e, "moving the import snapshot failed");
+        }
+    }
+
+    fn snapshot_len(&self, import: ImportId) -> Option<usize> {
+        match self.entries.as_ref()?.get(&Key::Snapshot(import))? {
+            Entry::Snapshot(s) => Some(s.citizens.len()),
+            Entry::Body(..) => None,
+        }
+    }
+
+    /// The snapshot rule: a write that produced `version` moves a snapshot at
+    /// `version - 1`; any other snapshot is dropped (it is either behind by
+    /// more than the write, or this write raced with another).
+    fn apply_patch(&self, import: ImportId, version: Version, updated: &Citizen) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        let Some(Entry::Snapshot(held)) = entries.get(&Key::Snapshot(import)) else {
+            return;
+        };
+        if held.version >= version {
+            return; // already at (or past) this write: a reload got there first
+        }
+        let next = (held.version + 1 == version)
+            .then(|| after_patch(&held.citizens, updated))
+            .flatten();
+        match next {
+            // Sizes barely change with one citizen; keep the weight.
+            Some(next) => {
+                entries.insert(
+                    Key::Snapshot(import),
+                    Entry::Snapshot(Snapshot {
+                        version,
+                        citizens: Arc::new(next),
+                        weight: held.weight,
+                    }),
+                );
+            }
             None => {
-                snapshots.remove(&import);
+                entries.remove(&Key::Snapshot(import));
             }
         }
     }
@@ -184,10 +266,12 @@ impl ResponseCache {
             return render.await;
         };
         let mut rendered = false;
-        let body = entries
-            .get_or_insert_async(&(import, view, version), async {
+        let entry = entries
+            .get_or_insert_async(&Key::Body(import, view, version), async {
                 rendered = true;
-                render.await
+                let body = render.await?;
+                let weight = body_weight(body.len());
+                Ok(Entry::Body(body, weight))
             })
             .await?;
         // Versions grow by one per write, so the answer just rendered usually
@@ -195,9 +279,22 @@ impl ResponseCache {
         // wait for eviction (older ones age out). Hits skip this, so they take
         // no write lock.
         if rendered && let Some(previous) = version.checked_sub(1) {
-            entries.remove(&(import, view, previous));
+            entries.remove(&Key::Body(import, view, previous));
         }
-        Ok(body)
+        match entry {
+            Entry::Body(body, _) => Ok(body),
+            Entry::Snapshot(_) => unreachable!("body keys hold bodies"),
+        }
+    }
+}
+
+/// A rendered body as the bytes to keep: a serialiser's buffer may hold up
+/// to twice its length, so a wasteful one is copied to an exact allocation.
+pub fn compact(body: Vec<u8>) -> Bytes {
+    if body.capacity() > body.len() + body.len() / 8 {
+        Bytes::copy_from_slice(&body)
+    } else {
+        Bytes::from(body)
     }
 }
 
@@ -207,6 +304,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::domain::{Apartment, BirthDate, CitizenId, Gender, Name, Place};
 
     async fn body(
         cache: &ResponseCache,
@@ -254,6 +352,19 @@ mod tests {
             "other import"
         );
         assert_eq!(renders.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn rendering_a_version_drops_the_previous_versions_body() {
+        let cache = ResponseCache::new(1 << 20);
+        let renders = AtomicUsize::new(0);
+        body(&cache, 1, View::Citizens, 3, "v3", &renders).await;
+        body(&cache, 1, View::Citizens, 4, "v4", &renders).await;
+        assert_eq!(
+            body(&cache, 1, View::Citizens, 3, "again", &renders).await,
+            "again"
+        );
+        assert_eq!(renders.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
@@ -310,15 +421,131 @@ mod tests {
             body(&cache, import, View::Citizens, 1, "again", &renders).await;
         }
         let kept = 100 - renders.load(Ordering::SeqCst);
-        assert!(kept > 0 && kept * 4096 <= 64 * 1024, "kept {kept}");
+        assert!(
+            kept > 0 && kept as u64 * body_weight(4096) <= 64 * 1024,
+            "kept {kept}"
+        );
     }
 
     #[tokio::test]
-    async fn a_zero_budget_renders_every_time() {
+    async fn a_zero_budget_keeps_nothing() {
         let cache = ResponseCache::new(0);
         let renders = AtomicUsize::new(0);
         body(&cache, 1, View::Citizens, 1, "a", &renders).await;
         body(&cache, 1, View::Citizens, 1, "b", &renders).await;
         assert_eq!(renders.load(Ordering::SeqCst), 2);
+        cache.keep_snapshot(1, 1, Arc::new(vec![]));
+        assert!(cache.snapshot(1, 1).is_none());
+    }
+
+    fn citizen(id: u64, name: &str, relatives: &[u64]) -> Citizen {
+        let today = time::OffsetDateTime::now_utc().date();
+        Citizen {
+            citizen_id: CitizenId::parse(id).unwrap(),
+            town: Place::parse("Москва".into()).unwrap(),
+            street: Place::parse("Улица".into()).unwrap(),
+            building: Place::parse("1".into()).unwrap(),
+            apartment: Apartment::parse(1).unwrap(),
+            name: Name::parse(name.into()).unwrap(),
+            birth_date: BirthDate::parse("01.01.2000", today).unwrap(),
+            gender: Gender::parse("male").unwrap(),
+            relatives: relatives
+                .iter()
+                .map(|r| CitizenId::parse(*r).unwrap())
+                .collect(),
+        }
+    }
+
+    fn names(list: &CitizenList) -> Vec<String> {
+        list.iter().map(|c| c.name.as_str().to_owned()).collect()
+    }
+
+    fn two_citizens() -> CitizenList {
+        Arc::new(vec![
+            Arc::new(citizen(1, "A", &[])),
+            Arc::new(citizen(2, "B", &[])),
+        ])
+    }
+
+    #[test]
+    fn a_snapshot_moves_forward_only_on_the_next_version() {
+        let cache = ResponseCache::new(1 << 20);
+        cache.keep_snapshot(7, 5, two_citizens());
+        // Version + 1: moved in memory.
+        cache.apply_patch(7, 6, &citizen(1, "A2", &[]));
+        assert_eq!(names(&cache.snapshot(7, 6).expect("moved")), ["A2", "B"]);
+        assert!(cache.snapshot(7, 5).is_none(), "the old version is gone");
+        // Version + 2: another write came in between, the snapshot is unusable.
+        cache.apply_patch(7, 8, &citizen(2, "B2", &[]));
+        assert!(cache.snapshot(7, 8).is_none());
+        assert!(cache.snapshot(7, 6).is_none(), "dropped, not kept stale");
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let cache = ResponseCache::new(1 << 20);
+        cache.keep_snapshot(7, 9, two_citizens());
+        cache.keep_snapshot(7, 8, two_citizens());
+        assert!(cache.snapshot(7, 9).is_some());
+        assert!(cache.snapshot(7, 8).is_none());
+        // A write that a reload already includes leaves the snapshot as it is.
+        cache.apply_patch(7, 9, &citizen(1, "stale", &[]));
+        assert_eq!(names(&cache.snapshot(7, 9).unwrap()), ["A", "B"]);
+    }
+
+    #[test]
+    fn a_patch_of_a_citizen_the_snapshot_lacks_drops_it() {
+        let cache = ResponseCache::new(1 << 20);
+        cache.keep_snapshot(7, 1, two_citizens());
+        cache.apply_patch(7, 2, &citizen(3, "C", &[]));
+        assert!(cache.snapshot(7, 2).is_none());
+    }
+
+    #[test]
+    fn snapshots_are_weighed_by_their_allocations() {
+        let one = Arc::new(vec![Arc::new(citizen(1, "Иванов Иван Иванович", &[2, 3]))]);
+        let arc = allocation(16 + std::mem::size_of::<Citizen>());
+        let strings = allocation("Москва".len())
+            + allocation("Улица".len())
+            + allocation(1)
+            + allocation("Иванов Иван Иванович".len())
+            + allocation(16);
+        let allocated = arc + strings + allocation(8);
+        assert_eq!(snapshot_weight(&one), allocated * 12 / 8 + 96);
+        assert_eq!(allocation(0), 0);
+        assert_eq!(allocation(1), 8);
+        assert_eq!(allocation(100), 112);
+        assert_eq!(allocation(1000), 1024);
+        assert_eq!(allocation(2_304_072), 2_306_048);
+    }
+
+    #[test]
+    fn bodies_and_snapshots_share_one_budget() {
+        let budget = 200 * 1024;
+        let cache = ResponseCache::new(budget);
+        let many: CitizenList = Arc::new(
+            (0..400)
+                .map(|id| Arc::new(citizen(id, "Житель", &[])))
+                .collect(),
+        );
+        let weight = snapshot_weight(&many);
+        assert!(weight > budget / 4, "{weight}");
+        for import in 0..8 {
+            cache.keep_snapshot(import, 1, Arc::clone(&many));
+        }
+        let held = (0..8).filter(|i| cache.snapshot(*i, 1).is_some()).count() as u64;
+        assert!(
+            held * weight <= budget,
+            "{held} snapshots of {weight} bytes"
+        );
+        assert!(held >= 1);
+    }
+
+    #[test]
+    fn compact_bodies_hold_no_spare_capacity() {
+        let mut wasteful = Vec::with_capacity(4096);
+        wasteful.extend_from_slice(&[b'x'; 1000]);
+        let body = compact(wasteful);
+        assert_eq!(body.len(), 1000);
     }
 }

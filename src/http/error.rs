@@ -42,6 +42,34 @@ pub enum AppError {
     /// 415: a `Content-Encoding` other than gzip.
     #[error("unsupported Content-Encoding {0:?}: send the body plain or gzip-compressed")]
     UnsupportedEncoding(String),
+    /// 400: a request header breaks its rule (name, why).
+    #[error("header {0}: {1}")]
+    BadHeader(&'static str, String),
+    /// 422: an idempotency key reused with a different body.
+    #[error(
+        "Idempotency-Key {key:?} was used for import {import} with a different body; use a new key for a new import"
+    )]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The import stored under it.
+        import: crate::domain::ImportId,
+    },
+    /// 503: too many requests wait for the store; not applied, retry in a second.
+    #[error(
+        "storage unavailable: the store is overloaded; the request was not applied, retry in a second"
+    )]
+    Overloaded(String),
+    /// 504: a write was sent to the store and not confirmed in time: it may have been applied.
+    #[error(
+        "storage timeout: the store did not confirm the write in time, so it may have been applied; check before retrying (a POST /imports with an Idempotency-Key can simply be retried)"
+    )]
+    OutcomeUnknown(String),
+    /// 507: the store has no room: the write was not applied; reads still work.
+    #[error(
+        "insufficient storage: the store has no room to write, so nothing was changed; reads are still served"
+    )]
+    InsufficientStorage(String),
     /// 503: the store does not answer; the request was not applied, retry later.
     #[error(
         "storage unavailable: the request was not applied; retry later (GET /health tells when the store is back)"
@@ -65,6 +93,10 @@ impl From<StorageError> for AppError {
             StorageError::Invalid(e) => AppError::Validation(e),
             StorageError::Unavailable(why) => AppError::Unavailable(why),
             StorageError::Misconfigured(why) => AppError::Misconfigured(why),
+            StorageError::Full(why) => AppError::InsufficientStorage(why),
+            StorageError::Overloaded(why) => AppError::Overloaded(why),
+            StorageError::OutcomeUnknown(why) => AppError::OutcomeUnknown(why),
+            StorageError::KeyReused { key, import } => AppError::KeyReused { key, import },
             e @ StorageError::Internal(_) => AppError::Internal(Box::new(e)),
         }
     }
@@ -92,8 +124,16 @@ impl IntoResponse for AppError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_content_encoding",
             ),
-            AppError::Unavailable(_) | AppError::Misconfigured(_) => {
+            AppError::BadHeader(..) => (StatusCode::BAD_REQUEST, "invalid_header"),
+            AppError::KeyReused { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            AppError::Unavailable(_) | AppError::Misconfigured(_) | AppError::Overloaded(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+            }
+            AppError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "storage_timeout"),
+            AppError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
             }
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -104,10 +144,20 @@ impl IntoResponse for AppError {
                 "field": e.field,
                 "citizen_id": e.citizen_id,
             }}),
+            AppError::BadHeader(name, _) => json!({"error": {
+                "code": code,
+                "message": self.to_string(),
+                "field": name,
+                "citizen_id": null,
+            }}),
             _ => json!({"error": {"code": code, "message": self.to_string()}}),
         };
         let failure = match &self {
-            AppError::Unavailable(why) | AppError::Misconfigured(why) => Some(Failure {
+            AppError::Unavailable(why)
+            | AppError::Misconfigured(why)
+            | AppError::Overloaded(why)
+            | AppError::OutcomeUnknown(why)
+            | AppError::InsufficientStorage(why) => Some(Failure {
                 fault: false,
                 detail: why.clone(),
             }),
@@ -120,6 +170,11 @@ impl IntoResponse for AppError {
         let mut response = json_response(status, body.to_string());
         if let Some(failure) = failure {
             response.extensions_mut().insert(failure);
+        }
+        if matches!(self, AppError::Overloaded(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         response
     }

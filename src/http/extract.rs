@@ -5,7 +5,7 @@ use std::io::Read;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
+use axum::http::header::CONTENT_ENCODING;
 use axum::http::request::Parts;
 
 use super::AppState;
@@ -14,8 +14,8 @@ use crate::domain::{CitizenId, ImportId};
 
 /// The request body, read whatever the Content-Type says, gzip-decompressed
 /// when `Content-Encoding: gzip` says so, within the configured size limit
-/// (413 past it; a `Content-Length` over the limit is refused before any of
-/// the body is read).
+/// (413 past it; a `Content-Length` over the limit was already refused by the
+/// router's middleware, before any of the body was read).
 pub struct Body(pub Bytes);
 
 /// Bodies of this many compressed bytes or more are decompressed off the
@@ -28,14 +28,6 @@ impl FromRequest<AppState> for Body {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, AppError> {
         let limit = state.max_body_bytes;
         let too_large = || AppError::PayloadTooLarge(limit);
-        let announced = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > limit.get()) {
-            return Err(too_large());
-        }
         let gzip = match req.headers().get(CONTENT_ENCODING).map(|v| v.to_str()) {
             None => false,
             Some(Ok(v)) if v.trim().eq_ignore_ascii_case("identity") => false,

@@ -28,7 +28,7 @@ mod imports;
 mod towns;
 pub mod wire;
 
-use cache::{Citizens, ResponseCache, View};
+use cache::{CitizenList, ResponseCache, View};
 use error::{AppError, Failure, json_response};
 
 /// What every handler shares; cloning is cheap.
@@ -67,6 +67,13 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .fallback(|| async { AppError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes.as_usize()))
+        .layer(middleware::from_fn_with_state(
+            state.max_body_bytes,
+            refuse_oversized,
+        ))
+        .layer(middleware::from_fn(|request, next: middleware::Next| {
+            crate::storage::deadline::scope(next.run(request))
+        }))
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(
             TraceLayer::new_for_http()
@@ -139,6 +146,31 @@ async fn time_limit(
         Ok(response) => response,
         Err(_) => AppError::Timeout(limit.as_secs()).into_response(),
     }
+}
+
+/// Answers 413 to a request whose `Content-Length` is over the limit before
+/// any of its body is read (and, to `Expect: 100-continue`, instead of
+/// `100 Continue`), on every route. The connection is then closed rather
+/// than drained.
+async fn refuse_oversized(
+    axum::extract::State(limit): axum::extract::State<ByteSize>,
+    request: Request<axum::body::Body>,
+    next: middleware::Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit.get()) {
+        let mut response = AppError::PayloadTooLarge(limit).into_response();
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+        return response;
+    }
+    next.run(request).await
 }
 
 /// Keeps a client's request id only if it is printable ASCII, cut to
@@ -223,7 +255,7 @@ where
                     // The snapshot may be newer than `version` if a write just
                     // landed; a newer answer is never stale.
                     let snapshot = state.storage.citizens(import).await?;
-                    let citizens: Citizens =
+                    let citizens: CitizenList =
                         Arc::new(snapshot.citizens.into_iter().map(Arc::new).collect());
                     state
                         .cache
@@ -231,11 +263,11 @@ where
                     citizens
                 }
             };
-            let body = tokio::task::spawn_blocking(move || render(&citizens))
+            let body = tokio::task::spawn_blocking(move || render(&citizens).map(cache::compact))
                 .await
                 .map_err(|e| AppError::Internal(Box::new(e)))?
                 .map_err(|e| AppError::Internal(Box::new(e)))?;
-            Ok::<_, AppError>(axum::body::Bytes::from(body))
+            Ok::<_, AppError>(body)
         })
         .await?;
     Ok(json_response(StatusCode::OK, body))

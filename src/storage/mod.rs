@@ -3,6 +3,8 @@
 //! Handlers and domain code only see [`Storage`] and [`StorageError`]; each
 //! backend maps its own driver errors in its own file.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::domain::{
@@ -10,6 +12,9 @@ use crate::domain::{
     ValidationError,
 };
 
+pub mod coalesce;
+pub mod deadline;
+pub mod iproto;
 pub mod sqlite;
 pub mod tarantool;
 
@@ -25,6 +30,16 @@ pub struct Snapshot {
     pub citizens: Vec<Citizen>,
 }
 
+/// An `Idempotency-Key` and the body it was sent with: a retry of a stored
+/// import with the same key and body gets the same import back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The client's key (1–255 printable ASCII characters).
+    pub key: String,
+    /// SHA-256 of the request body (after gzip decompression).
+    pub body_hash: [u8; 32],
+}
+
 /// The result of a PATCH.
 #[derive(Debug, Clone)]
 pub struct Patched {
@@ -35,7 +50,8 @@ pub struct Patched {
 }
 
 /// What can go wrong in storage, in terms the HTTP layer can answer with.
-#[derive(Debug, thiserror::Error)]
+/// Cheap to clone, so one answer can go to many waiting requests.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// No import with this id.
     #[error("import {0} not found")]
@@ -60,15 +76,33 @@ pub enum StorageError {
     /// show to clients (no secrets, no addresses).
     #[error("storage misconfigured: {0}")]
     Misconfigured(String),
+    /// The store's disk is full: the write was not applied; reads still work.
+    #[error("storage full: {0}")]
+    Full(String),
+    /// Too many operations are waiting: not applied; retry in a moment.
+    #[error("storage overloaded: {0}")]
+    Overloaded(String),
+    /// The write was sent but its outcome is unknown (timed out or the
+    /// connection broke before the answer): it may have been applied.
+    #[error("storage timeout: {0}")]
+    OutcomeUnknown(String),
+    /// The idempotency key was used before with a different body.
+    #[error("idempotency key {key:?} was used for import {import} with a different body")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The import stored under it.
+        import: ImportId,
+    },
     /// Anything else: a bug or a broken store.
-    #[error("storage failure")]
-    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("storage failure: {0}")]
+    Internal(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl StorageError {
     /// Wraps a backend-specific failure.
     pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        StorageError::Internal(error.into())
+        StorageError::Internal(Arc::from(error.into()))
     }
 }
 
@@ -76,8 +110,14 @@ impl StorageError {
 /// durable once it returns `Ok`.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
-    /// Stores a validated, symmetric import in one transaction and returns its new id.
-    async fn create_import(&self, citizens: Vec<Citizen>) -> Result<ImportId, StorageError>;
+    /// Stores a validated, symmetric import in one transaction and returns its
+    /// new id. With an idempotency key already stored: the same body gets the
+    /// import stored then (nothing new is stored), another body `KeyReused`.
+    async fn create_import(
+        &self,
+        citizens: Vec<Citizen>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<ImportId, StorageError>;
 
     /// Applies a patch in one transaction, mirroring a new relatives list onto
     /// the other citizens, and returns the updated citizen with the import's
@@ -97,7 +137,9 @@ pub trait Storage: Send + Sync + 'static {
     /// so a cached answer computed at the same version is still exact.
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError>;
 
-    /// Answers `Ok` when the store answers.
+    /// Answers `Ok` when the store answers and takes writes; `Full` when it
+    /// answers but its disk is full (checked by a real write after a write
+    /// failed for lack of space).
     async fn health(&self) -> Result<(), StorageError>;
 
     /// Finishes queued work and closes the store; later calls answer `Unavailable`.

@@ -10,17 +10,33 @@
 //!   last committed state while the writer works.
 //! - the writer checkpoints the WAL itself, after answering, instead of
 //!   letting a commit that crosses SQLite's auto-checkpoint threshold pay for it.
+//!
+//! Both queues are bounded: when one is full a request is refused at once
+//! (`Overloaded`, 503 with `Retry-After`) instead of waiting behind work it
+//! cannot finish in time. A job whose caller has gone (timeout, disconnect)
+//! before it starts is dropped unapplied; one already applied stays applied.
+//!
+//! A full disk is a state, not a fault: a write that fails for lack of space
+//! answers `Full` (507) and marks the store unwritable; reads go on. While
+//! unwritable, `health` probes with a real one-page write; the first write
+//! that succeeds again truncates the WAL (which a failed big write may have
+//! grown) and restores the reserve file. The reserve — `PATH.reserve`,
+//! [`RESERVE_BYTES`] of real blocks — is deleted when opening fails, so a
+//! start on a full disk still finds room for SQLite's shared-memory file and
+//! serves reads.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, params,
+};
 use tokio::sync::oneshot;
 
-use super::{Patched, Snapshot, Storage, StorageError, Version, stored_citizen};
+use super::{Idempotency, Patched, Snapshot, Storage, StorageError, Version, stored_citizen};
 use crate::domain::relatives::{Edit, mirror_edits};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 
@@ -48,68 +64,158 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 2: a per-import version, bumped by every PATCH, to validate cached answers.
     "ALTER TABLE imports ADD COLUMN version INTEGER NOT NULL DEFAULT 1;",
+    // 3: idempotency keys of POST /imports, with the hash of the body they came with.
+    "CREATE TABLE idempotency_keys (
+        key        TEXT    PRIMARY KEY,
+        body_hash  BLOB    NOT NULL,
+        import_id  INTEGER NOT NULL REFERENCES imports (import_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// Most writes committed together in one transaction.
 const MAX_BATCH: usize = 256;
+/// Writes that may wait for the writer thread; more are refused (503).
+pub const WRITE_QUEUE: usize = 1024;
+/// Reads that may wait for a reader thread; more are refused (503).
+pub const READ_QUEUE: usize = 4096;
+/// Space kept in `PATH.reserve` for a start on a full disk.
+pub const RESERVE_BYTES: usize = 1 << 20;
 
 type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
-enum WriteJob {
-    Import {
-        citizens: Vec<Citizen>,
-        reply: oneshot::Sender<Result<ImportId, StorageError>>,
-    },
-    Patch {
-        import: ImportId,
-        citizen: CitizenId,
-        patch: CitizenPatch,
-        reply: oneshot::Sender<Result<Patched, StorageError>>,
-    },
+/// One write, type-erased: every kind of write is a closure over the open
+/// transaction plus a way to tell that its caller has gone.
+struct WriteJob {
+    /// True when nobody waits for the answer any more.
+    abandoned: Box<dyn Fn() -> bool + Send>,
+    /// Runs inside the batch's transaction; returns how to answer once the
+    /// commit's outcome is known.
+    run: Box<dyn FnOnce(&Connection) -> Ran + Send>,
 }
 
-/// A write that ran in the open transaction and waits for the commit to answer.
-enum Finished {
-    Import(
-        oneshot::Sender<Result<ImportId, StorageError>>,
-        Result<ImportId, StorageError>,
-    ),
-    Patch(
-        oneshot::Sender<Result<Patched, StorageError>>,
-        Result<Patched, StorageError>,
-    ),
+/// Sends a write's answer once the commit's outcome is known.
+type Answer = Box<dyn FnOnce(Option<&CommitFailure>) + Send>;
+
+/// A write that ran in the open transaction and waits for the commit.
+struct Ran {
+    /// Whether its own changes stand (else its savepoint is rolled back).
+    ok: bool,
+    /// Whether it failed for lack of disk space.
+    full: bool,
+    /// Sends the answer: the job's result, or the commit's failure.
+    answer: Answer,
+    /// What the job consumed, freed after the answers are out (a big
+    /// import's citizens take a while to free).
+    spent: Box<dyn Send>,
 }
 
-impl Finished {
-    /// Answers the caller; a failed commit turns every success into an error.
-    fn answer(self, commit: &Result<(), String>) {
-        fn settle<T>(
-            result: Result<T, StorageError>,
-            commit: &Result<(), String>,
-        ) -> Result<T, StorageError> {
-            match (result, commit) {
-                (Ok(_), Err(e)) => Err(StorageError::internal(format!("commit failed: {e}"))),
-                (result, _) => result,
-            }
+/// Why a batch's commit failed, for every job in it.
+#[derive(Debug, Clone)]
+struct CommitFailure {
+    full: bool,
+    text: String,
+}
+
+impl CommitFailure {
+    fn error(&self) -> StorageError {
+        if self.full {
+            StorageError::Full(format!("commit failed: {}", self.text))
+        } else {
+            StorageError::internal(format!("commit failed: {}", self.text))
         }
-        // A caller that gave up (timeout, disconnect) has dropped its receiver; nothing to do.
-        match self {
-            Finished::Import(reply, result) => drop(reply.send(settle(result, commit))),
-            Finished::Patch(reply, result) => drop(reply.send(settle(result, commit))),
+    }
+}
+
+impl WriteJob {
+    /// A write of `work` over `payload`, answered on `reply`.
+    fn new<P, T>(
+        payload: P,
+        reply: oneshot::Sender<Result<T, StorageError>>,
+        work: impl FnOnce(&Connection, &P) -> Result<T, StorageError> + Send + 'static,
+    ) -> Self
+    where
+        P: Send + 'static,
+        T: Send + 'static,
+    {
+        let reply = Arc::new(Mutex::new(Some(reply)));
+        let watched = Arc::clone(&reply);
+        WriteJob {
+            abandoned: Box::new(move || {
+                watched
+                    .lock()
+                    .expect("reply lock")
+                    .as_ref()
+                    .is_none_or(|r| r.is_closed())
+            }),
+            run: Box::new(move |conn| {
+                let result = work(conn, &payload);
+                Ran {
+                    ok: result.is_ok(),
+                    full: matches!(result, Err(StorageError::Full(_))),
+                    answer: Box::new(move |commit| {
+                        let result = match (result, commit) {
+                            (Ok(_), Some(failure)) => Err(failure.error()),
+                            (result, _) => result,
+                        };
+                        if let Some(reply) = reply.lock().expect("reply lock").take() {
+                            // A caller that gave up has dropped its receiver; nothing to do.
+                            drop(reply.send(result));
+                        }
+                    }),
+                    spent: Box::new(payload),
+                }
+            }),
         }
     }
 }
 
 /// The SQLite store; cheap to share behind an `Arc`.
 pub struct SqliteStorage {
-    path: PathBuf,
-    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
-    readers: Mutex<Option<mpsc::Sender<ReadJob>>>,
+    writer: Mutex<Option<mpsc::SyncSender<WriteJob>>>,
+    readers: Mutex<Option<mpsc::SyncSender<ReadJob>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// False from a write that failed for lack of space until one succeeds.
+    writable: Arc<AtomicBool>,
+    /// Bounds of the write and read queues.
+    queues: (usize, usize),
+    /// The database file.
+    path: PathBuf,
 }
 
+/// A SQLite error as a storage error: a full disk is `Full`, the rest internal.
 fn internal(error: rusqlite::Error) -> StorageError {
-    StorageError::internal(error)
+    if error.sqlite_error_code() == Some(ErrorCode::DiskFull) {
+        StorageError::Full(error.to_string())
+    } else {
+        StorageError::internal(error)
+    }
+}
+
+fn reserve_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".reserve");
+    PathBuf::from(name)
+}
+
+/// Bytes free for unprivileged writes on the volume holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Writes the reserve file if it is missing and there is room (best effort).
+fn ensure_reserve(path: &Path) {
+    let reserve = reserve_path(path);
+    if reserve.exists() {
+        return;
+    }
+    let written = std::fs::write(&reserve, vec![0u8; RESERVE_BYTES])
+        .and_then(|()| std::fs::File::open(&reserve)?.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&reserve);
+        tracing::warn!(path = %reserve.display(), error = %e, "cannot write the disk-space reserve");
+    }
 }
 
 fn closed() -> StorageError {
@@ -120,6 +226,35 @@ impl SqliteStorage {
     /// Opens (creating if needed) the database at `path`, migrates the schema
     /// and starts the writer and `readers` reader threads.
     pub fn open(path: &Path, readers: usize) -> Result<Self, StorageError> {
+        Self::open_with_queues(path, readers, WRITE_QUEUE, READ_QUEUE)
+    }
+
+    /// [`SqliteStorage::open`] with other queue bounds.
+    pub fn open_with_queues(
+        path: &Path,
+        readers: usize,
+        write_queue: usize,
+        read_queue: usize,
+    ) -> Result<Self, StorageError> {
+        let queues = (write_queue, read_queue);
+        match Self::open_once(path, readers, queues) {
+            Err(e) if reserve_path(path).exists() => {
+                // Perhaps the disk is full: give SQLite the reserved room and try again.
+                tracing::warn!(error = %e, "opening the database failed; retrying with the disk-space reserve freed");
+                std::fs::remove_file(reserve_path(path)).map_err(StorageError::internal)?;
+                let storage = Self::open_once(path, readers, queues)?;
+                storage.writable.store(false, Ordering::Release);
+                Ok(storage)
+            }
+            result => result,
+        }
+    }
+
+    fn open_once(
+        path: &Path,
+        readers: usize,
+        (write_queue, read_queue): (usize, usize),
+    ) -> Result<Self, StorageError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StorageError::internal(format!(
@@ -162,15 +297,22 @@ impl SqliteStorage {
             }))
             .map_err(internal)?;
 
-        let (write_tx, write_rx) = mpsc::channel();
+        ensure_reserve(path);
+        let writable = Arc::new(AtomicBool::new(true));
+        let (write_tx, write_rx) = mpsc::sync_channel(write_queue);
+        let state = WriterState {
+            wal_pages,
+            writable: Arc::clone(&writable),
+            path: path.to_owned(),
+        };
         let mut threads = vec![
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || writer_loop(writer, write_rx, &wal_pages))
+                .spawn(move || writer_loop(writer, write_rx, &state))
                 .map_err(StorageError::internal)?,
         ];
 
-        let (read_tx, read_rx) = mpsc::channel::<ReadJob>();
+        let (read_tx, read_rx) = mpsc::sync_channel::<ReadJob>(read_queue);
         // The std receiver has one consumer; the readers take turns holding it.
         let read_rx = Arc::new(Mutex::new(read_rx));
         for n in 0..readers.max(1) {
@@ -191,29 +333,34 @@ impl SqliteStorage {
         }
 
         Ok(Self {
-            path: path.to_owned(),
             writer: Mutex::new(Some(write_tx)),
             readers: Mutex::new(Some(read_tx)),
             threads: Mutex::new(threads),
+            writable,
+            queues: (write_queue, read_queue),
+            path: path.to_owned(),
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    async fn write<T>(
+    /// Queues `work` over `payload` for the writer and waits for its answer.
+    async fn write<P, T>(
         &self,
-        job: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> WriteJob,
-    ) -> Result<T, StorageError> {
+        payload: P,
+        work: impl FnOnce(&Connection, &P) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError>
+    where
+        P: Send + 'static,
+        T: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         // The lock is held only to clone the sender, never across an await.
         let sender = self.writer.lock().expect("writer lock").clone();
-        sender
-            .ok_or_else(closed)?
-            .send(job(reply))
-            .map_err(|_| closed())?;
+        queue(
+            sender,
+            WriteJob::new(payload, reply, work),
+            "write",
+            self.queues.0,
+        )?;
         answer.await.map_err(|_| closed())?
     }
 
@@ -221,11 +368,32 @@ impl SqliteStorage {
         &self,
         query: impl FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        let job: ReadJob = Box::new(move |conn| drop(reply.send(query(conn))));
+        let (reply, answer) = oneshot::channel::<Result<T, StorageError>>();
+        let job: ReadJob = Box::new(move |conn| {
+            // A caller that has gone does not need its query run.
+            if !reply.is_closed() {
+                drop(reply.send(query(conn)));
+            }
+        });
         let sender = self.readers.lock().expect("readers lock").clone();
-        sender.ok_or_else(closed)?.send(job).map_err(|_| closed())?;
+        queue(sender, job, "read", self.queues.1)?;
         answer.await.map_err(|_| closed())?
+    }
+}
+
+/// Hands a job to a bounded queue, refusing at once when it is full.
+fn queue<J>(
+    sender: Option<mpsc::SyncSender<J>>,
+    job: J,
+    what: &str,
+    capacity: usize,
+) -> Result<(), StorageError> {
+    match sender.ok_or_else(closed)?.try_send(job) {
+        Ok(()) => Ok(()),
+        Err(mpsc::TrySendError::Full(_)) => Err(StorageError::Overloaded(format!(
+            "the {what} queue holds {capacity} waiting operations"
+        ))),
+        Err(mpsc::TrySendError::Disconnected(_)) => Err(closed()),
     }
 }
 
@@ -243,6 +411,10 @@ fn migrate(conn: &mut Connection) -> Result<usize, StorageError> {
             "database schema version {version} is newer than this build knows ({})",
             MIGRATIONS.len()
         )));
+    }
+    if version == MIGRATIONS.len() {
+        // Up to date: write nothing (a start on a full disk must get through).
+        return Ok(version);
     }
     for sql in &MIGRATIONS[version..] {
         tx.execute_batch(sql).map_err(internal)?;
@@ -273,7 +445,14 @@ const CHECKPOINT_PAGES: i32 = 4096;
 /// WAL size (pages) from which it checkpoints even when writes are queued.
 const FORCE_CHECKPOINT_PAGES: i32 = 65536;
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, wal_pages: &AtomicI32) {
+/// What the writer thread keeps besides its connection.
+struct WriterState {
+    wal_pages: Arc<AtomicI32>,
+    writable: Arc<AtomicBool>,
+    path: PathBuf,
+}
+
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, state: &WriterState) {
     let mut next = None;
     loop {
         let first = match next.take() {
@@ -290,25 +469,46 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, wal_pages: 
                 Err(_) => break,
             }
         }
-        let mut finished = Vec::with_capacity(batch.len());
-        let mut spent = Vec::new();
-        let commit = run_batch(&mut conn, batch, &mut finished, &mut spent).map_err(|e| {
-            tracing::error!(error = %e, "sqlite commit failed");
-            e.to_string()
-        });
-        for done in finished {
-            done.answer(&commit);
+        // A job whose caller is gone is dropped here, unapplied.
+        batch.retain(|job| !(job.abandoned)());
+        if batch.is_empty() {
+            continue;
+        }
+        let mut ran = Vec::with_capacity(batch.len());
+        let commit = run_batch(&mut conn, batch, &mut ran)
+            .err()
+            .map(|e| CommitFailure {
+                full: e.sqlite_error_code() == Some(ErrorCode::DiskFull),
+                text: e.to_string(),
+            });
+        let mut spent = Vec::with_capacity(ran.len());
+        let mut full = commit.as_ref().is_some_and(|c| c.full);
+        for job in ran {
+            full |= job.full;
+            (job.answer)(commit.as_ref());
+            spent.push(job.spent);
         }
         // Freeing a big import's citizens takes a while: after the answers.
         drop(spent);
+        match &commit {
+            Some(failure) => tracing::error!(error = %failure.text, "sqlite commit failed"),
+            None if !full && !state.writable.load(Ordering::Acquire) => recovered(&conn, state),
+            None => {}
+        }
+        if full && state.writable.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                path = %state.path.display(),
+                "the disk is full: writes get 507 until there is room again; reads go on"
+            );
+        }
         // Fold the WAL back into the database between batches, after the
         // callers have their answers: when idle, or when the WAL grows large.
-        let pages = wal_pages.load(Ordering::Relaxed);
+        let pages = state.wal_pages.load(Ordering::Relaxed);
         if pages >= CHECKPOINT_PAGES {
             next = jobs.try_recv().ok();
             if next.is_none() || pages >= FORCE_CHECKPOINT_PAGES {
                 match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    Ok(()) => wal_pages.store(0, Ordering::Relaxed),
+                    Ok(()) => state.wal_pages.store(0, Ordering::Relaxed),
                     Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
                 }
             }
@@ -320,43 +520,62 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, wal_pages: 
     }
 }
 
+/// The first successful write after a full disk: shrink the WAL, which a
+/// failed write may have grown, and put the reserve back.
+fn recovered(conn: &Connection, state: &WriterState) {
+    state.writable.store(true, Ordering::Release);
+    match conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        Ok(()) => state.wal_pages.store(0, Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "truncating the WAL failed"),
+    }
+    ensure_reserve(&state.path);
+    tracing::info!(path = %state.path.display(), "the disk has room again: writes are accepted");
+}
+
 /// Runs every job in its own savepoint of one transaction, so a rejected write
 /// rolls back alone, then commits once. Jobs not reached after an error are
 /// dropped, which answers their callers `Unavailable`.
 fn run_batch(
     conn: &mut Connection,
     batch: Vec<WriteJob>,
-    finished: &mut Vec<Finished>,
-    spent: &mut Vec<Vec<Citizen>>,
+    ran: &mut Vec<Ran>,
 ) -> rusqlite::Result<()> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in batch {
         let savepoint = tx.savepoint()?;
-        let (ok, done) = match job {
-            WriteJob::Import { citizens, reply } => {
-                let result = insert_import(&savepoint, &citizens);
-                spent.push(citizens);
-                (result.is_ok(), Finished::Import(reply, result))
-            }
-            WriteJob::Patch {
-                import,
-                citizen,
-                patch,
-                reply,
-            } => {
-                let result = patch_citizen(&savepoint, import, citizen, &patch);
-                (result.is_ok(), Finished::Patch(reply, result))
-            }
-        };
-        if ok {
+        let done = (job.run)(&savepoint);
+        if done.ok {
             savepoint.commit()?;
         } // else dropping the savepoint rolls it back
-        finished.push(done);
+        ran.push(done);
     }
     tx.commit()
 }
 
-fn insert_import(conn: &Connection, citizens: &[Citizen]) -> Result<ImportId, StorageError> {
+fn insert_import(
+    conn: &Connection,
+    citizens: &[Citizen],
+    idempotency: Option<&Idempotency>,
+) -> Result<ImportId, StorageError> {
+    if let Some(Idempotency { key, body_hash }) = idempotency {
+        let stored: Option<(Vec<u8>, ImportId)> = conn
+            .prepare_cached("SELECT body_hash, import_id FROM idempotency_keys WHERE key = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(internal)?;
+        if let Some((hash, import)) = stored {
+            return if hash == body_hash {
+                Ok(import)
+            } else {
+                Err(StorageError::KeyReused {
+                    key: key.clone(),
+                    import,
+                })
+            };
+        }
+    }
     conn.execute("INSERT INTO imports (created_at) VALUES (unixepoch())", [])
         .map_err(internal)?;
     let import = conn.last_insert_rowid();
@@ -384,6 +603,13 @@ fn insert_import(conn: &Connection, citizens: &[Citizen]) -> Result<ImportId, St
                 &blob,
             ])
             .map_err(internal)?;
+    }
+    if let Some(Idempotency { key, body_hash }) = idempotency {
+        conn.prepare_cached(
+            "INSERT INTO idempotency_keys (key, body_hash, import_id) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![key, &body_hash[..], import]))
+        .map_err(internal)?;
     }
     Ok(import)
 }
@@ -571,9 +797,15 @@ fn read_row(row: &Row<'_>) -> Result<Citizen, StorageError> {
 
 #[async_trait]
 impl Storage for SqliteStorage {
-    async fn create_import(&self, citizens: Vec<Citizen>) -> Result<ImportId, StorageError> {
-        self.write(|reply| WriteJob::Import { citizens, reply })
-            .await
+    async fn create_import(
+        &self,
+        citizens: Vec<Citizen>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<ImportId, StorageError> {
+        self.write((citizens, idempotency), |conn, (citizens, key)| {
+            insert_import(conn, citizens, key.as_ref())
+        })
+        .await
     }
 
     async fn patch_citizen(
@@ -582,11 +814,8 @@ impl Storage for SqliteStorage {
         citizen: CitizenId,
         patch: CitizenPatch,
     ) -> Result<Patched, StorageError> {
-        self.write(|reply| WriteJob::Patch {
-            import,
-            citizen,
-            patch,
-            reply,
+        self.write(patch, move |conn, patch| {
+            patch_citizen(conn, import, citizen, patch)
         })
         .await
     }
@@ -622,6 +851,28 @@ impl Storage for SqliteStorage {
         self.read(|conn| {
             conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
                 .map_err(|e| StorageError::Unavailable(e.to_string()))
+        })
+        .await?;
+        // Writable means room for at least the reserve: a volume with less
+        // is full for practical purposes, whatever the last write did.
+        let free = free_bytes(&self.path);
+        if let Some(free) = free.filter(|free| *free < RESERVE_BYTES as u64) {
+            self.writable.store(false, Ordering::Release);
+            return Err(StorageError::Full(format!(
+                "{free} bytes free on the database's volume"
+            )));
+        }
+        if self.writable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Room again after a full disk: a real write, after which the writer
+        // shrinks the WAL and restores the reserve (see `recovered`).
+        self.write((), |conn, ()| {
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |row| row.get(0))
+                .map_err(internal)?;
+            conn.pragma_update(None, "user_version", version)
+                .map_err(internal)
         })
         .await
     }
@@ -674,6 +925,90 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    fn spec_citizens() -> Vec<Citizen> {
+        use crate::domain::{Apartment, BirthDate, Gender, Name, Place};
+        let today = time::OffsetDateTime::now_utc().date();
+        (1..=2)
+            .map(|id| Citizen {
+                citizen_id: CitizenId::parse(id).unwrap(),
+                town: Place::parse("Москва".into()).unwrap(),
+                street: Place::parse("Льва Толстого".into()).unwrap(),
+                building: Place::parse("16".into()).unwrap(),
+                apartment: Apartment::parse(7).unwrap(),
+                name: Name::parse(format!("Житель {id}")).unwrap(),
+                birth_date: BirthDate::parse("26.12.1986", today).unwrap(),
+                gender: Gender::parse("male").unwrap(),
+                relatives: vec![],
+            })
+            .collect()
+    }
+
+    /// Holds the writer thread busy until the returned sender is dropped or used.
+    async fn block_writer(storage: &Arc<SqliteStorage>) -> std::sync::mpsc::Sender<()> {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started, running) = oneshot::channel::<()>();
+        let blocker = Arc::clone(storage);
+        tokio::spawn(async move {
+            blocker
+                .write(
+                    (released, Mutex::new(Some(started))),
+                    |_, (released, started)| {
+                        if let Some(started) = started.lock().unwrap().take() {
+                            let _ = started.send(());
+                        }
+                        let _ = released.recv();
+                        Ok(())
+                    },
+                )
+                .await
+        });
+        running.await.unwrap();
+        release
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_write_queue_refuses_at_once_and_jobs_of_gone_callers_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            Arc::new(SqliteStorage::open_with_queues(&dir.path().join("q.db"), 1, 2, 8).unwrap());
+        let import = storage.create_import(spec_citizens(), None).await.unwrap();
+        let release = block_writer(&storage).await;
+
+        // The writer is busy: two writes wait in the queue, a third is refused at once.
+        let patch = || CitizenPatch {
+            name: Some(crate::domain::Name::parse("Новое".into()).unwrap()),
+            ..CitizenPatch::default()
+        };
+        let id = CitizenId::parse(1).unwrap();
+        /// Polls a future once, so a storage call queues its job, and keeps it.
+        async fn queued<F: std::future::Future + Unpin>(mut future: F) -> F {
+            tokio::select! {
+                biased;
+                _ = &mut future => panic!("finished while the writer is busy"),
+                () = std::future::ready(()) => future,
+            }
+        }
+        let waiting = queued(storage.patch_citizen(import, id, patch())).await;
+        let gone = queued(storage.patch_citizen(import, id, patch())).await;
+        let refused = storage.create_import(spec_citizens(), None).await;
+        assert!(
+            matches!(refused, Err(StorageError::Overloaded(_))),
+            "{refused:?}"
+        );
+
+        // One caller gives up (a timeout, a disconnect) before its write starts.
+        drop(gone);
+        release.send(()).unwrap();
+        let patched = waiting.await.unwrap();
+        let version = storage.import_version(import).await.unwrap();
+        assert_eq!(
+            patched.version, version,
+            "the abandoned patch was not applied"
+        );
+        assert_eq!(version, 2, "one patch on top of the import's first version");
+        storage.close().await;
     }
 
     #[test]

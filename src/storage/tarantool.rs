@@ -1,23 +1,27 @@
 //! The Tarantool backend: a thin client over the stored procedures of
-//! `tarantool/app.lua`, which make each write one transaction (`box.atomic`).
+//! `tarantool/app.lua`, which make each write one transaction (`box.atomic`)
+//! and check the relation's invariants themselves.
 //!
-//! One multiplexed connection (rusty_tarantool) is shared by all handlers;
-//! it reconnects by itself after an outage. Every call has a timeout, and a
-//! call that fails while the connection is down is `Unavailable` (503).
+//! One multiplexed connection ([`super::iproto`]) is shared by all handlers;
+//! it reconnects by itself after an outage. Failures are told apart so a
+//! client knows what to do: a call that never left (connection down,
+//! Tarantool starting, login refused) was not applied — 503; a write that
+//! left and got no answer in time may have been — 504. Every request's waits
+//! for Tarantool together are bounded by `--tarantool-timeout-secs` (see
+//! [`super::deadline`]).
 
-use std::collections::{BTreeMap, HashMap};
-use std::io;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusty_tarantool::tarantool::{Client, ClientConfig, ClientStatus, TarantoolResponse};
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
-use super::{Patched, Snapshot, Storage, StorageError, Version, stored_citizen};
+use super::coalesce::Coalescer;
+use super::iproto::{self, CallError, Client, codes};
+use super::{Idempotency, Patched, Snapshot, Storage, StorageError, Version, stored_citizen};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 
 /// How to reach Tarantool.
@@ -40,7 +44,11 @@ impl std::fmt::Debug for TarantoolAddress {
 /// The Tarantool store.
 pub struct TarantoolStorage {
     connection: Arc<Connection>,
-    versions: VersionChecks,
+    versions: Coalescer<ImportId, Result<Version, StorageError>>,
+    /// Imports up to this many citizens are stored by one call (one
+    /// transaction); bigger ones in chunks of this size, invisible until the
+    /// last, so no single WAL write holds other clients up for long.
+    import_chunk: usize,
 }
 
 /// The client and its settings, shared with spawned version checks.
@@ -48,6 +56,18 @@ struct Connection {
     client: Client,
     timeout: Duration,
     closed: AtomicBool,
+    /// False from a write that failed for lack of disk or memory until one succeeds.
+    writable: AtomicBool,
+}
+
+/// The argument list of a function that takes none.
+const NO_ARGS: [u8; 0] = [];
+
+/// Whether a call changes data: a write with no answer may have been applied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
 }
 
 /// A citizen as `gifts_create_import` takes it: the stored tuple, with a
@@ -65,6 +85,23 @@ struct NewCitizen<'a>(
     &'a str,
     &'a [CitizenId],
 );
+
+impl<'a> NewCitizen<'a> {
+    fn of(c: &'a Citizen) -> Self {
+        NewCitizen(
+            0,
+            c.citizen_id,
+            c.town.as_str(),
+            c.street.as_str(),
+            c.building.as_str(),
+            c.apartment.as_i64() as u64,
+            c.name.as_str(),
+            c.birth_date.to_iso(),
+            c.gender.as_str(),
+            &c.relatives,
+        )
+    }
+}
 
 /// A stored citizen tuple: `{import_id, citizen_id, town, street, building,
 /// apartment, name, birth_date, gender, relatives}`.
@@ -103,248 +140,220 @@ impl Row {
 /// A new field value in a patch: text or number.
 #[derive(Serialize)]
 #[serde(untagged)]
-enum Value {
+enum FieldValue {
     Text(String),
     Number(u64),
 }
 
+/// The second value of an import procedure's answer: an id or a reason.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdOrReason {
+    Id(u64),
+    Reason(String),
+    None(()),
+}
+
 impl TarantoolStorage {
-    /// Creates the client; the connection is opened on first use and, after a
-    /// failure, re-opened every 200 ms until Tarantool answers again.
-    pub fn connect(address: &TarantoolAddress, timeout: Duration) -> Self {
-        let client = ClientConfig::new(
-            address.host_port.clone(),
-            address.user.clone(),
-            address.password.clone(),
-        )
-        .set_reconnect_time_ms(200)
-        .build();
+    /// Starts the client; it connects at once and, after a failure, again
+    /// and again (50 ms, doubling to 1 s) until Tarantool answers.
+    pub fn connect(address: &TarantoolAddress, timeout: Duration, import_chunk: usize) -> Self {
+        let client = Client::new(iproto::Config {
+            address: address.host_port.clone(),
+            user: address.user.clone(),
+            password: address.password.clone(),
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+        });
         let connection = Arc::new(Connection {
             client,
             timeout,
             closed: AtomicBool::new(false),
+            writable: AtomicBool::new(true),
         });
         tokio::spawn(watch(Arc::clone(&connection), format!("{address:?}")));
         Self {
             connection,
-            versions: VersionChecks::default(),
+            versions: Coalescer::default(),
+            import_chunk: import_chunk.max(1),
         }
     }
 
-    async fn call<P: Serialize + Sync>(
+    /// Stores a big import in chunks: begin, chunks, commit.
+    async fn create_in_chunks(
         &self,
-        function: &str,
-        params: &P,
-    ) -> Result<TarantoolResponse, StorageError> {
-        self.connection.call(function, params).await
+        citizens: &[Citizen],
+        key: Option<&str>,
+        hash: Option<&[u8]>,
+    ) -> Result<ImportId, StorageError> {
+        let c = &self.connection;
+        let (status, value): (String, IdOrReason) = c
+            .call("gifts_import_begin", &(key, hash.map(hex)), Kind::Write)
+            .await?;
+        let import = match import_answer("gifts_import_begin", &status, value, key)? {
+            Begun::New(import) => import,
+            Begun::Existing(import) => return Ok(import),
+        };
+        for chunk in citizens.chunks(self.import_chunk) {
+            let rows: Vec<NewCitizen<'_>> = chunk.iter().map(NewCitizen::of).collect();
+            let (status, reason): (String, Option<String>) = c
+                .call("gifts_import_chunk", &(import, rows), Kind::Write)
+                .await?;
+            if status != "ok" {
+                return Err(StorageError::internal(format!(
+                    "gifts_import_chunk refused import {import}: {status} {reason:?}"
+                )));
+            }
+        }
+        let (status, value): (String, IdOrReason) = c
+            .call(
+                "gifts_import_commit",
+                &(import, key, hash.map(hex)),
+                Kind::Write,
+            )
+            .await?;
+        match import_answer("gifts_import_commit", &status, value, key)? {
+            Begun::New(import) | Begun::Existing(import) => Ok(import),
+        }
     }
 }
 
+/// What an import procedure answered: a new import, or the idempotency key's.
+enum Begun {
+    New(ImportId),
+    Existing(ImportId),
+}
+
+fn import_answer(
+    function: &str,
+    status: &str,
+    value: IdOrReason,
+    key: Option<&str>,
+) -> Result<Begun, StorageError> {
+    let id = |v: IdOrReason| match v {
+        IdOrReason::Id(id) => ImportId::try_from(id).map_err(StorageError::internal),
+        _ => Err(StorageError::internal(format!(
+            "{function} answered {status} without an id"
+        ))),
+    };
+    match status {
+        "ok" => id(value).map(Begun::New),
+        "same" => id(value).map(Begun::Existing),
+        "key_reused" => Err(StorageError::KeyReused {
+            key: key.unwrap_or_default().to_owned(),
+            import: id(value)?,
+        }),
+        other => {
+            let reason = match value {
+                IdOrReason::Reason(r) => r,
+                _ => String::new(),
+            };
+            Err(StorageError::internal(format!(
+                "{function} refused the import: {other} {reason}"
+            )))
+        }
+    }
+}
+
+/// Bytes as lowercase hex (the hash of an idempotency key's body).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Connection {
-    async fn call<P: Serialize + Sync>(
-        &self,
-        function: &str,
-        params: &P,
-    ) -> Result<TarantoolResponse, StorageError> {
+    /// One call, within the request's remaining budget, its failure as a `StorageError`.
+    async fn call<A, R>(&self, function: &str, args: &A, kind: Kind) -> Result<R, StorageError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Unavailable("the store is closed".into()));
         }
-        // rusty_tarantool's own timeout setting is never enforced: bound every call here.
-        match tokio::time::timeout(self.timeout, self.client.call_fn(function, params)).await {
-            Err(_) => Err(StorageError::Unavailable(format!(
-                "tarantool did not answer {function} within {:?}",
-                self.timeout
-            ))),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(self.classify(function, e)),
-        }
-    }
-
-    /// The client reports every failure as an `io::Error` carrying Tarantool's
-    /// message; the message and whether the connection is up tell an outage
-    /// or a start-up window (503, retry) from a refusal an operator must fix
-    /// (503, misconfigured) and from a fault inside Tarantool (500).
-    fn classify(&self, function: &str, error: io::Error) -> StorageError {
-        let text = error.to_string();
-        match refusal(&text) {
-            Some(why) => StorageError::Misconfigured(why.to_owned()),
-            None => match self.client.get_status() {
-                ClientStatus::Connected if !starting(&text) => {
-                    StorageError::internal(format!("tarantool {function} failed: {text}"))
+        let budget = super::deadline::remaining(self.timeout);
+        match self.client.call(function, args, budget).await {
+            Ok(answer) => {
+                if kind == Kind::Write {
+                    self.writable.store(true, Ordering::Release);
                 }
-                status => StorageError::Unavailable(format!("tarantool {status:?}: {text}")),
-            },
+                Ok(answer)
+            }
+            Err(e) => {
+                let error = classify(function, e, kind);
+                if matches!(error, StorageError::Full(_)) {
+                    self.writable.store(false, Ordering::Release);
+                }
+                Err(error)
+            }
         }
     }
-}
 
-/// Tarantool's answers that mean it refuses this service: a safe summary.
-/// Each can also show for a moment while `app.lua` starts (before it has
-/// created the user and its grants), so all are answered 503.
-fn refusal(text: &str) -> Option<&'static str> {
-    if text.contains("Incorrect password") {
-        Some(
-            "the database rejected the service's password (check USER:PASSWORD in --storage / GIFTS_STORAGE)",
-        )
-    } else if text.starts_with("User '") && text.contains("is not found") {
-        Some(
-            "the database does not know the service's user (check USER in --storage, or the database is still starting)",
-        )
-    } else if text.contains("access to") && text.contains("is denied") {
-        Some(
-            "the database denies the service's user the gifts functions (grants of tarantool/app.lua missing, or the database is still starting)",
-        )
-    } else if text.contains("Procedure '") && text.contains("is not defined") {
-        Some("the database has no gifts functions (is it running tarantool/app.lua?)")
-    } else {
-        None
-    }
-}
-
-/// Tarantool's answers while it loads or bootstraps.
-fn starting(text: &str) -> bool {
-    text.contains("bootstrap hasn't finished") || text.contains("Loading")
-}
-
-impl Connection {
-    /// One `gifts_health` call: the schema version.
+    /// One `gifts_health` call (the schema version), and while the last
+    /// write failed for lack of space, a real write.
     async fn health(&self) -> Result<u64, StorageError> {
-        let response = self.call("gifts_health", &Vec::<()>::new()).await?;
-        let version: u64 = response
-            .decode_single()
-            .map_err(|e| decode_error("gifts_health", e))?;
+        let (version,): (u64,) = self.call("gifts_health", &NO_ARGS, Kind::Read).await?;
         if version == 0 {
             return Err(StorageError::Unavailable(
                 "tarantool schema is missing".into(),
             ));
+        }
+        if !self.writable.load(Ordering::Acquire) {
+            let _: (bool,) = self
+                .call("gifts_probe_write", &NO_ARGS, Kind::Write)
+                .await?;
         }
         Ok(version)
     }
 
     /// One `gifts_import_version` call.
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
-        let response = self.call("gifts_import_version", &(import,)).await?;
-        let version: Option<Version> = response
-            .decode_single()
-            .map_err(|e| decode_error("gifts_import_version", e))?;
+        let (version,): (Option<Version>,) = self
+            .call("gifts_import_version", &(import,), Kind::Read)
+            .await?;
         version.ok_or(StorageError::ImportNotFound(import))
     }
 }
 
-/// Coalesces concurrent version checks of one import. Every cached read asks
-/// for the version, and under load most of those calls are redundant: a
-/// request may take the answer of any check that was *sent after the request
-/// arrived*, because such a check sees every write acknowledged before the
-/// request. So checks of one import run one at a time, and a request waits
-/// for the first check numbered after its arrival — starting it if none is
-/// running. Checks run in their own task, so a cancelled request cannot
-/// strand the others.
-#[derive(Default)]
-struct VersionChecks {
-    imports: Mutex<HashMap<ImportId, Arc<watch::Sender<CheckState>>>>,
-}
-
-/// The checks of one import: how many were started, the number and answer of
-/// the last finished one.
-#[derive(Default)]
-struct CheckState {
-    started: u64,
-    running: bool,
-    done: u64,
-    answer: Option<Result<Version, CheckError>>,
-}
-
-/// A `StorageError` that can be handed to every waiter.
-#[derive(Clone)]
-enum CheckError {
-    NotFound(ImportId),
-    Unavailable(String),
-    Internal(String),
-}
-
-impl From<StorageError> for CheckError {
-    fn from(error: StorageError) -> Self {
-        match error {
-            StorageError::ImportNotFound(import) => CheckError::NotFound(import),
-            StorageError::Unavailable(why) => CheckError::Unavailable(why),
-            other => {
-                CheckError::Internal(format!("{other}: {:?}", std::error::Error::source(&other)))
-            }
+/// What a failed call means for the client: refused by Tarantool (503,
+/// misconfigured), not applied (503), maybe applied (504), no room (507),
+/// or a fault (500).
+fn classify(function: &str, error: CallError, kind: Kind) -> StorageError {
+    match error {
+        CallError::NotSent(why) => StorageError::Unavailable(format!("tarantool: {why}")),
+        CallError::NoAnswer(why) if kind == Kind::Write => {
+            StorageError::OutcomeUnknown(format!("tarantool {function}: {why}"))
         }
-    }
-}
-
-impl From<CheckError> for StorageError {
-    fn from(error: CheckError) -> Self {
-        match error {
-            CheckError::NotFound(import) => StorageError::ImportNotFound(import),
-            CheckError::Unavailable(why) => StorageError::Unavailable(why),
-            CheckError::Internal(why) => StorageError::internal(why),
-        }
-    }
-}
-
-/// Imports whose idle check state is dropped once this many are tracked.
-const TRACKED_IMPORTS: usize = 4096;
-
-impl VersionChecks {
-    async fn check(
-        &self,
-        connection: &Arc<Connection>,
-        import: ImportId,
-    ) -> Result<Version, StorageError> {
-        let checks = {
-            let mut imports = self.imports.lock().expect("version checks lock");
-            if imports.len() >= TRACKED_IMPORTS {
-                imports.retain(|_, checks| checks.borrow().running);
-            }
-            Arc::clone(
-                imports
-                    .entry(import)
-                    .or_insert_with(|| Arc::new(watch::channel(CheckState::default()).0)),
-            )
-        };
-        let mut changes = checks.subscribe();
-        // Checks numbered above this one start after this request arrived.
-        let needed = checks.borrow().started + 1;
-        loop {
-            let mut start = false;
-            checks.send_if_modified(|state| {
-                if state.done < needed && !state.running {
-                    state.running = true;
-                    state.started += 1;
-                    start = true;
+        CallError::NoAnswer(why) => StorageError::Unavailable(format!("tarantool: {why}")),
+        CallError::Login { code, message } => StorageError::Misconfigured(
+            match code {
+                codes::PASSWORD_MISMATCH => {
+                    "the database rejected the service's password (check USER:PASSWORD in --storage / GIFTS_STORAGE)"
                 }
-                start
-            });
-            if start {
-                let (connection, checks) = (Arc::clone(connection), Arc::clone(&checks));
-                tokio::spawn(async move {
-                    let answer = connection
-                        .import_version(import)
-                        .await
-                        .map_err(CheckError::from);
-                    checks.send_modify(|state| {
-                        state.done = state.started;
-                        state.running = false;
-                        state.answer = Some(answer);
-                    });
-                });
-            }
-            {
-                let state = changes.borrow_and_update();
-                if state.done >= needed {
-                    let answer = state
-                        .answer
-                        .clone()
-                        .expect("a finished check has an answer");
-                    return answer.map_err(StorageError::from);
+                codes::NO_SUCH_USER => {
+                    "the database does not know the service's user (check USER in --storage, or the database is still starting)"
                 }
+                _ => "the database rejected the service's login",
             }
-            changes
-                .changed()
-                .await
-                .map_err(|_| StorageError::Unavailable("version check abandoned".into()))?;
+            .to_owned()
+                + &format!(" [{message}]"),
+        ),
+        CallError::Server { code, message } => match code {
+            codes::ACCESS_DENIED => StorageError::Misconfigured(
+                "the database denies the service's user the gifts functions (grants of tarantool/app.lua missing, or the database is still starting)".into(),
+            ),
+            codes::NO_SUCH_PROC => StorageError::Misconfigured(
+                "the database has no gifts functions (is it running tarantool/app.lua, and is it up to date?)".into(),
+            ),
+            codes::LOADING | codes::READONLY => {
+                StorageError::Unavailable(format!("tarantool is starting: {message}"))
+            }
+            codes::WAL_IO => StorageError::Full(format!("tarantool cannot write its WAL: {message}")),
+            codes::MEMORY_ISSUE => {
+                StorageError::Full(format!("tarantool's memory quota is exhausted: {message}"))
+            }
+            _ => StorageError::internal(format!("tarantool {function} failed ({code}): {message}")),
+        },
+        CallError::Decode(why) => {
+            StorageError::internal(format!("unexpected answer from tarantool {function}: {why}"))
         }
     }
 }
@@ -362,6 +371,7 @@ async fn watch(connection: Arc<Connection>, address: String) {
         Healthy,
         Outage,
         Refused(String),
+        Full,
     }
     let mut seen = Seen::Nothing;
     let mut refusals = 0;
@@ -383,6 +393,13 @@ async fn watch(connection: Arc<Connection>, address: String) {
                     seen = Seen::Refused(why);
                 }
             }
+            Err(StorageError::Full(why)) => {
+                refusals = 0;
+                if seen != Seen::Full {
+                    tracing::error!(storage = %address, error = %why, "tarantool cannot store: writes get 507 until it can; reads go on");
+                    seen = Seen::Full;
+                }
+            }
             Err(e) => {
                 refusals = 0;
                 if seen != Seen::Outage {
@@ -400,37 +417,30 @@ async fn watch(connection: Arc<Connection>, address: String) {
     }
 }
 
-fn decode_error(function: &str, error: io::Error) -> StorageError {
-    StorageError::internal(format!(
-        "unexpected answer from tarantool {function}: {error}"
-    ))
-}
-
 #[async_trait]
 impl Storage for TarantoolStorage {
-    async fn create_import(&self, citizens: Vec<Citizen>) -> Result<ImportId, StorageError> {
-        let rows: Vec<NewCitizen<'_>> = citizens
-            .iter()
-            .map(|c| {
-                NewCitizen(
-                    0,
-                    c.citizen_id,
-                    c.town.as_str(),
-                    c.street.as_str(),
-                    c.building.as_str(),
-                    c.apartment.as_i64() as u64,
-                    c.name.as_str(),
-                    c.birth_date.to_iso(),
-                    c.gender.as_str(),
-                    &c.relatives,
-                )
-            })
-            .collect();
-        let response = self.call("gifts_create_import", &(rows,)).await?;
-        let id: u64 = response
-            .decode_single()
-            .map_err(|e| decode_error("gifts_create_import", e))?;
-        ImportId::try_from(id).map_err(StorageError::internal)
+    async fn create_import(
+        &self,
+        citizens: Vec<Citizen>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<ImportId, StorageError> {
+        let key = idempotency.as_ref().map(|i| i.key.as_str());
+        let hash = idempotency.as_ref().map(|i| &i.body_hash[..]);
+        if citizens.len() > self.import_chunk {
+            return self.create_in_chunks(&citizens, key, hash).await;
+        }
+        let rows: Vec<NewCitizen<'_>> = citizens.iter().map(NewCitizen::of).collect();
+        let (status, value): (String, IdOrReason) = self
+            .connection
+            .call(
+                "gifts_create_import",
+                &(rows, key, hash.map(hex)),
+                Kind::Write,
+            )
+            .await?;
+        match import_answer("gifts_create_import", &status, value, key)? {
+            Begun::New(import) | Begun::Existing(import) => Ok(import),
+        }
     }
 
     async fn patch_citizen(
@@ -442,7 +452,7 @@ impl Storage for TarantoolStorage {
         let mut changes = BTreeMap::new();
         let mut text = |name: &'static str, value: Option<&str>| {
             if let Some(v) = value {
-                changes.insert(name, Value::Text(v.to_owned()));
+                changes.insert(name, FieldValue::Text(v.to_owned()));
             }
         };
         text("town", patch.town.as_ref().map(|v| v.as_str()));
@@ -451,21 +461,26 @@ impl Storage for TarantoolStorage {
         text("name", patch.name.as_ref().map(|v| v.as_str()));
         text("gender", patch.gender.map(|v| v.as_str()));
         if let Some(date) = patch.birth_date {
-            changes.insert("birth_date", Value::Text(date.to_iso()));
+            changes.insert("birth_date", FieldValue::Text(date.to_iso()));
         }
         if let Some(apartment) = patch.apartment {
-            changes.insert("apartment", Value::Number(apartment.as_i64() as u64));
+            changes.insert("apartment", FieldValue::Number(apartment.as_i64() as u64));
         }
-        let response = self
+        type Answer = (
+            String,
+            Option<Row>,
+            Option<u64>,
+            Option<Version>,
+            Option<String>,
+        );
+        let (status, row, relative, version, reason): Answer = self
+            .connection
             .call(
                 "gifts_patch_citizen",
                 &(import, citizen, changes, patch.relatives.as_deref()),
+                Kind::Write,
             )
             .await?;
-        let (status, row, relative, version): (String, Option<Row>, Option<u64>, Option<Version>) =
-            response
-                .decode()
-                .map_err(|e| decode_error("gifts_patch_citizen", e))?;
         match (status.as_str(), row, relative, version) {
             ("ok", Some(row), _, Some(version)) => Ok(Patched {
                 citizen: row.into_citizen()?,
@@ -484,16 +499,16 @@ impl Storage for TarantoolStorage {
                 )))
             }
             (other, ..) => Err(StorageError::internal(format!(
-                "gifts_patch_citizen answered {other:?}"
+                "gifts_patch_citizen answered {other:?} {reason:?}"
             ))),
         }
     }
 
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
-        let response = self.call("gifts_citizens", &(import,)).await?;
-        let (version, rows): (Option<Version>, Option<Vec<Row>>) = response
-            .decode_pair()
-            .map_err(|e| decode_error("gifts_citizens", e))?;
+        let (version, rows): (Option<Version>, Option<Vec<Row>>) = self
+            .connection
+            .call("gifts_citizens", &(import,), Kind::Read)
+            .await?;
         let (Some(version), Some(rows)) = (version, rows) else {
             return Err(StorageError::ImportNotFound(import));
         };
@@ -505,7 +520,20 @@ impl Storage for TarantoolStorage {
     }
 
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
-        self.versions.check(&self.connection, import).await
+        let connection = Arc::clone(&self.connection);
+        let check = self.versions.get(import, move || async move {
+            connection.import_version(import).await
+        });
+        // Joining a check that is already running must not stretch the
+        // request's wait past its budget.
+        let budget = super::deadline::remaining(self.connection.timeout);
+        match tokio::time::timeout(budget, check).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => Err(StorageError::internal("the version check failed")),
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "tarantool did not answer gifts_import_version within {budget:?}"
+            ))),
+        }
     }
 
     async fn health(&self) -> Result<(), StorageError> {

@@ -15,6 +15,20 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// With `TEST_LOG=1`, the in-process apps log into the test's captured
+/// output (shown when a test fails, or always with `--nocapture`).
+fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("TEST_LOG").is_some() {
+        ONCE.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+                .with_test_writer()
+                .try_init();
+        });
+    }
+}
+
 /// The storage backends every black-box test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -182,6 +196,11 @@ impl TestStore {
         self.server().start();
     }
 
+    /// The Tarantool server's process id, while it runs.
+    pub fn tarantool_pid(&self) -> Option<u32> {
+        self.server().child.as_ref().map(Child::id)
+    }
+
     /// What Tarantool logged, for failure messages.
     pub fn tarantool_log(&self) -> String {
         self.tarantool
@@ -219,6 +238,7 @@ impl TestApp {
 
     /// Starts the app on an existing store.
     pub async fn start(store: Arc<TestStore>, mut config: Config) -> Self {
+        init_test_log();
         config.storage = store.url().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("local addr");
@@ -602,6 +622,18 @@ impl Binary {
         }
     }
 
+    /// The process's peak resident set so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM")
+    }
+
     /// SIGKILL, like a crash; waits for the process to be gone.
     pub fn kill(&mut self) {
         self.child.kill().ok();
@@ -632,5 +664,67 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.0.kill().ok();
         self.0.wait().ok();
+    }
+}
+
+/// A small tmpfs of the test's own, to run a store out of disk space;
+/// unmounted when dropped. Needs root (`mount`): elsewhere the test is
+/// skipped with a printed reason, and fails under `CI=true`.
+pub struct Tmpfs {
+    /// Where it is mounted.
+    pub path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `16m`), or reports why it cannot.
+    pub fn mount(size: &str, test: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::piped())
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Self {
+                path: dir.path().to_owned(),
+                _dir: dir,
+            }),
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true but a tmpfs cannot be mounted: {why}"
+                );
+                skipped(&format!(
+                    "{test}: cannot mount a tmpfs here ({why}); run as root"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Fills the file system with a file `filler` until no byte is left.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.path.join("filler")).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        while file.write_all(&chunk[..512]).is_ok() {}
+        while file.write_all(&chunk[..1]).is_ok() {}
+    }
+
+    /// Removes the filler: the space is back.
+    pub fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).expect("remove the filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }

@@ -5,11 +5,14 @@ mod helpers;
 
 mod cli;
 mod deploy;
+mod diskfull;
 mod durability;
 mod imports;
+mod memory;
 mod messages;
 mod patch;
 mod reads;
+mod retries;
 mod robustness;
 mod startup;
 mod tarantool;

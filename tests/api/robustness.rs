@@ -53,7 +53,92 @@ async fn a_body_that_never_arrives_gets_408(backend: Backend) {
     assert_eq!(app.import(vec![]).await, 1, "nothing was stored");
 }
 
+/// Sends `head` (and nothing more) and reads what comes back within 5 s.
+async fn exchange(app: &TestApp, head: &str) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut received))
+        .await
+        .expect("an answer at once, not after a timeout")
+        .unwrap();
+    (String::from_utf8_lossy(&received[..n]).into_owned(), stream)
+}
+
+async fn a_body_announced_over_the_limit_is_refused_before_it_is_sent(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for (path, method) in [
+        ("/imports", "POST"),
+        ("/imports/1/citizens/1", "PATCH"),
+        ("/health", "GET"),
+    ] {
+        let (answer, mut stream) = exchange(
+            &app,
+            &format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 70000000\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            answer.contains("\"code\":\"payload_too_large\""),
+            "{answer}"
+        );
+        assert!(
+            read_until_closed(&mut stream).await.is_empty(),
+            "the connection is closed, not drained"
+        );
+    }
+    // Expect: 100-continue over the limit: 413 instead of 100 Continue.
+    let (answer, _) = exchange(
+        &app,
+        "POST /imports HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 70000000\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Within the limit the client is asked to go on.
+    let body = "{\"citizens\": []}";
+    let (answer, mut stream) = exchange(
+        &app,
+        &format!(
+            "POST /imports HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let rest = read_until_closed(&mut stream).await;
+    assert!(rest.contains("HTTP/1.1 201"), "{answer}{rest}");
+}
+
+async fn content_length_with_transfer_encoding_ends_the_connection_after_one_answer(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    // A front proxy that reads Content-Length would see a second request
+    // (GET /health) smuggled after 5 bytes; the server reads the chunked body,
+    // answers once and closes, so no second request runs.
+    let mut stream = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /imports HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+              f\r\n{\"citizens\": []\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+}
+
 backend_tests!(
     a_client_that_never_finishes_its_headers_is_disconnected,
     a_body_that_never_arrives_gets_408,
+    a_body_announced_over_the_limit_is_refused_before_it_is_sent,
+    content_length_with_transfer_encoding_ends_the_connection_after_one_answer,
 );

@@ -265,3 +265,42 @@ async fn an_unavailable_store_gives_one_warning_line_per_request_with_the_cause(
         lines[0]
     );
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let mut app = Binary::start(&["--log-format", "json"], &[], None);
+    app.wait_healthy().await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/imports", app.base))
+        .header("x-request-id", "json-import")
+        .body(serde_json::json!({"citizens": crate::helpers::spec_example()}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let log = app.wait_for_log("json-import").await;
+    let mut answered = None;
+    for line in log.lines() {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if event["span"]["id"] == "json-import" {
+            answered = Some(event);
+        }
+    }
+    let event = answered.expect("the request's line");
+    assert_eq!(event["fields"]["status"], 201, "{event}");
+    assert_eq!(event["span"]["import_id"], 1, "{event}");
+    assert_eq!(event["span"]["citizens"], 3, "{event}");
+    assert_eq!(event["level"], "INFO", "{event}");
+}
+
+#[test]
+fn help_never_shows_the_storage_password_from_the_environment() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gifts"))
+        .arg("--help")
+        .env("GIFTS_STORAGE", "tarantool://gifts:hunter2@db:3301")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("GIFTS_STORAGE"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}

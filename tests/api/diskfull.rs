@@ -1,0 +1,201 @@
+//! A full disk is a clear answer, reads go on, and recovery is complete:
+//! each store on a small tmpfs of its own, filled to the last byte.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Binary, KillOnDrop, Tmpfs, free_port, generate_import, spec_example, tarantool_available,
+};
+
+async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Polls `/health` until it answers `want`.
+async fn health_becomes(client: &reqwest::Client, base: &str, want: StatusCode) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) =
+            send(client, reqwest::Method::GET, format!("{base}/health"), None).await;
+        if status == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/health still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The checks common to both stores, against a service whose store lives
+/// on `disk`: writes 507, reads 200, health 503; room again: health 200,
+/// writes 201; full again and a restart (`restart` gives the new base URL):
+/// reads 200; room: writes 201.
+async fn full_disk_then_room_again(
+    base: &str,
+    disk: &Tmpfs,
+    after_recovery: impl FnOnce(),
+    restart: impl AsyncFnOnce() -> String,
+) {
+    let client = reqwest::Client::new();
+    let get = async |base: &str| {
+        send(
+            &client,
+            reqwest::Method::GET,
+            format!("{base}/imports/1/citizens"),
+            None,
+        )
+        .await
+    };
+    let post = async |base: &str, body: &Value| {
+        send(
+            &client,
+            reqwest::Method::POST,
+            format!("{base}/imports"),
+            Some(body.clone()),
+        )
+        .await
+    };
+    let (status, body) = post(base, &json!({ "citizens": spec_example() })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let listing = get(base).await;
+    let big = json!({ "citizens": generate_import(3_000, 300, 5) });
+
+    disk.fill();
+    let (status, body) = post(base, &big).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_storage");
+    assert_eq!(get(base).await, listing, "reads are still served");
+    let health = health_becomes(&client, base, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(health["error"]["code"], "insufficient_storage", "{health}");
+
+    disk.free();
+    health_becomes(&client, base, StatusCode::OK).await;
+    let (status, body) = post(base, &big).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    after_recovery();
+
+    // A restart on a full disk still serves reads.
+    disk.fill();
+    let base = restart().await;
+    assert_eq!(
+        get(&base).await,
+        listing,
+        "reads after a restart on a full disk"
+    );
+    disk.free();
+    health_becomes(&client, &base, StatusCode::OK).await;
+    let (status, body) = post(&base, &big).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_refuses_writes_with_507_serves_reads_and_recovers() {
+    let Some(disk) = Tmpfs::mount("8m", "sqlite_disk_full") else {
+        return;
+    };
+    let storage = format!("sqlite:{}", disk.path.join("gifts.db").display());
+    let mut first = Binary::start(&["--storage", &storage], &[], None);
+    first.wait_healthy().await;
+    let base = first.base.clone();
+    let app = std::cell::RefCell::new(first);
+    let wal = disk.path.join("gifts.db-wal");
+    let shrunk = || {
+        let log = app.borrow().log();
+        assert!(log.contains("the disk has room again"), "{log}");
+        // The failed import may have grown the WAL; recovery truncated it.
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            size < 2 << 20,
+            "the WAL shrank once there was room: {size} bytes"
+        );
+    };
+    full_disk_then_room_again(&base, &disk, shrunk, async || {
+        // A graceful stop removes SQLite's -wal and -shm files, so the new
+        // process must create them on the full disk.
+        assert_eq!(
+            app.borrow_mut().terminate(),
+            Some(0),
+            "{}",
+            app.borrow().log()
+        );
+        let mut next = Binary::start(&["--storage", &storage], &[], None);
+        next.wait_for_log("listening").await;
+        let base = next.base.clone();
+        *app.borrow_mut() = next;
+        base
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarantool_on_a_full_disk_refuses_writes_with_507_serves_reads_and_recovers() {
+    if !tarantool_available("tarantool_disk_full") {
+        return;
+    }
+    let Some(disk) = Tmpfs::mount("16m", "tarantool_disk_full") else {
+        return;
+    };
+    let port = free_port();
+    let start_tarantool = || {
+        KillOnDrop(
+            std::process::Command::new("tarantool")
+                .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tarantool/app.lua"))
+                .current_dir(&disk.path)
+                .env("GIFTS_TARANTOOL_LISTEN", format!("127.0.0.1:{port}"))
+                .env("GIFTS_TARANTOOL_DIR", disk.path.join("data"))
+                .env("GIFTS_TARANTOOL_PASSWORD", "test-password")
+                .env("GIFTS_TARANTOOL_MEMORY", "256MiB")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start tarantool"),
+        )
+    };
+    let tarantool = std::cell::RefCell::new(start_tarantool());
+    let storage = format!("tarantool://gifts:test-password@127.0.0.1:{port}");
+    let mut app = Binary::start(&["--storage", &storage], &[], None);
+    app.wait_healthy().await;
+    let base = app.base.clone();
+    full_disk_then_room_again(
+        &base,
+        &disk,
+        || {},
+        async || {
+            // Tarantool restarts on the full disk (recovering from its files).
+            drop(tarantool.replace(start_tarantool()));
+            let client = reqwest::Client::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while send(
+                &client,
+                reqwest::Method::GET,
+                format!("{base}/imports/1/citizens"),
+                None,
+            )
+            .await
+            .0 != StatusCode::OK
+            {
+                assert!(Instant::now() < deadline, "no reads after the restart");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            base.clone()
+        },
+    )
+    .await;
+}
