@@ -13,7 +13,7 @@ WORKDIR /src
 # Dependency layer: build the dependencies against stub sources, so source
 # edits do not rebuild them (bundled SQLite alone takes over a minute). The
 # bench files exist only because Cargo.toml names them.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > benches/hot_paths.rs \
@@ -22,8 +22,10 @@ RUN mkdir -p src benches \
     && cargo build --release --locked --bin gifts \
     && rm -rf src
 # Only what the binary is built from: editing tarantool/ or the docs does not
-# rebuild it.
+# rebuild it. The commit (for --version and the logs) comes as a build
+# argument, since the build context has no .git.
 COPY src ./src
+ARG GIFTS_COMMIT=unknown
 RUN touch src/lib.rs src/main.rs && cargo build --release --locked --bin gifts
 
 FROM ${RUNTIME_IMAGE}

@@ -25,11 +25,19 @@ e.g. RUST_LOG=debug or RUST_LOG=info,gifts::storage=debug.
 Without arguments the service listens on 0.0.0.0:8080 and keeps its data in
 ./data/gifts.db (relative to the working directory).";
 
+/// `0.1.0 (commit 1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GIFTS_COMMIT"),
+    ")"
+);
+
 /// The command line: the service (no subcommand), `healthcheck` or `import`.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "gifts",
-    version,
+    version = VERSION,
     about = "Gift shop citizen imports and analytics over HTTP",
     after_help = AFTER_HELP
 )]
@@ -45,7 +53,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Exit 0 when the service at --listen answers /health with 200 (container health checks).
+    /// Exit 0 when the service at --listen is ready: /readyz answers 200 (container health checks).
     Healthcheck {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
@@ -114,6 +122,11 @@ pub struct Config {
     /// other clients up for long.
     #[arg(long, env = "GIFTS_TARANTOOL_IMPORT_CHUNK", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
     pub tarantool_import_chunk: u64,
+
+    /// Seconds to keep serving after SIGTERM with /readyz answering 503, so a load balancer
+    /// stops sending requests before the service stops accepting them (Ctrl-C: no wait).
+    #[arg(long, env = "GIFTS_SHUTDOWN_DRAIN_SECS", default_value_t = 5)]
+    pub shutdown_drain_secs: u64,
 
     /// Log lines as `text` (for people) or `json` (one object per line, for log collectors).
     #[arg(long, env = "GIFTS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -1,4 +1,4 @@
-//! `gifts healthcheck`: asks a running service's `/health`, for container
+//! `gifts healthcheck`: asks a running service's `/readyz`, for container
 //! health checks that need nothing but this binary.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -24,16 +24,16 @@ pub fn target(listen: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Succeeds when `GET http://{addr}/health` answers 200 within `timeout`.
+/// Succeeds when `GET http://{addr}/readyz` answers 200 within `timeout`.
 pub async fn check(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri = format!("http://{addr}/health").parse()?;
+    let uri = format!("http://{addr}/readyz").parse()?;
     let response = tokio::time::timeout(timeout, client.get(uri))
         .await
         .with_context(|| format!("no answer from {addr} within {timeout:?}"))?
         .with_context(|| format!("cannot reach {addr}"))?;
     if !response.status().is_success() {
-        bail!("{addr}/health answered {}", response.status());
+        bail!("{addr}/readyz answered {}", response.status());
     }
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! - [`storage`]: the async, backend-neutral [`storage::Storage`] trait and its
 //!   backends (SQLite embedded, Tarantool server).
 //! - [`sample`]: seeded generator of realistic imports (benchmark and tests).
+//! - [`metrics`]: the Prometheus metrics of one running service.
 //! - [`http`]: the router, one module per resource, the JSON extractor and
 //!   [`http::error::AppError`], the one place that maps errors to responses.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod domain;
 pub mod healthcheck;
 pub mod http;
+pub mod metrics;
 pub mod sample;
 pub mod startup;
 pub mod storage;

@@ -15,35 +15,56 @@ use tokio::net::TcpListener;
 use crate::config::{Config, StorageUrl};
 use crate::http::cache::ResponseCache;
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::storage::Storage;
-use crate::storage::sqlite::SqliteStorage;
+use crate::storage::metered::Metered;
+use crate::storage::sqlite::{self, SqliteStorage};
 use crate::storage::tarantool::TarantoolStorage;
 
 /// Opens the store named by the configuration. A relative SQLite path is
 /// resolved against the working directory once, here, and logged absolute.
-pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+pub async fn open_storage(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Storage>> {
     match &config.storage {
         StorageUrl::Sqlite(path) => {
             let path = std::path::absolute(path)
                 .with_context(|| format!("resolving {}", path.display()))?;
             let readers = config.sqlite_readers as usize;
             let opened = path.clone();
-            let storage =
-                tokio::task::spawn_blocking(move || SqliteStorage::open(&opened, readers))
-                    .await?
-                    .with_context(|| {
-                        format!(
-                            "cannot open the SQLite store {} (--storage / GIFTS_STORAGE) as {}",
-                            path.display(),
-                            process_user()
-                        )
-                    })?;
-            Ok(Arc::new(storage))
+            let sqlite_metrics = Arc::clone(metrics);
+            let storage = tokio::task::spawn_blocking(move || {
+                SqliteStorage::open_with(
+                    &opened,
+                    readers,
+                    (sqlite::WRITE_QUEUE, sqlite::READ_QUEUE),
+                    sqlite_metrics,
+                )
+            })
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot open the SQLite store {} (--storage / GIFTS_STORAGE) as {}",
+                    path.display(),
+                    process_user()
+                )
+            })?;
+            Ok(Arc::new(Metered::new(
+                storage,
+                "sqlite",
+                Arc::clone(metrics),
+            )))
         }
-        StorageUrl::Tarantool(address) => Ok(Arc::new(TarantoolStorage::connect(
-            address,
-            config.tarantool_timeout(),
-            usize::try_from(config.tarantool_import_chunk).unwrap_or(usize::MAX),
+        StorageUrl::Tarantool(address) => Ok(Arc::new(Metered::new(
+            TarantoolStorage::connect(
+                address,
+                config.tarantool_timeout(),
+                usize::try_from(config.tarantool_import_chunk).unwrap_or(usize::MAX),
+                Arc::clone(metrics),
+            ),
+            "tarantool",
+            Arc::clone(metrics),
         ))),
     }
 }
@@ -70,30 +91,48 @@ fn process_user() -> String {
     }
 }
 
-/// Serves on `listener` until `shutdown` completes, then stops accepting,
-/// waits for in-flight requests (bounded by the request timeout) and closes
-/// the store. The caller binds the listener, so tests can use port 0.
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Stop accepting at once (Ctrl-C, tests).
+    Now,
+    /// Keep serving for `--shutdown-drain-secs` with `/readyz` answering 503
+    /// (SIGTERM: a load balancer takes the instance out first).
+    Drain,
+}
+
+/// Serves on `listener` until `shutdown` completes, drains if it says so,
+/// then stops accepting, waits for in-flight requests (bounded by the
+/// request timeout) and closes the store. The caller binds the listener, so
+/// tests can use port 0.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = Shutdown> + Send,
 ) -> anyhow::Result<()> {
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = crate::config::VERSION,
         storage = %config.storage,
         "starting gifts"
     );
-    let storage = open_storage(&config).await?;
+    let metrics = Arc::new(Metrics::default());
+    let storage = open_storage(&config, &metrics).await?;
     let state = AppState {
         storage: Arc::clone(&storage),
         max_body_bytes: config.max_body_bytes,
-        cache: Arc::new(ResponseCache::new(config.cache_bytes.get())),
+        cache: Arc::new(ResponseCache::new(
+            config.cache_bytes.get(),
+            Arc::clone(&metrics),
+        )),
+        metrics,
         // As many cold renders as cores: they are CPU-bound, and each may hold
         // a whole import in memory.
         renders: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
+        draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
+    let draining = Arc::clone(&state.draining);
     let app = http::router(state, config.request_timeout());
     tracing::info!(
         address = %listener.local_addr()?,
@@ -108,7 +147,19 @@ pub async fn run(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout());
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let drain = Duration::from_secs(config.shutdown_drain_secs);
+    // Ends the accept loop: at once, or after the drain period.
+    let stop = async {
+        if shutdown.await == Shutdown::Drain && !drain.is_zero() {
+            draining.store(true, std::sync::atomic::Ordering::Release);
+            tracing::info!(
+                seconds = drain.as_secs(),
+                "draining: /readyz answers 503, requests are still served"
+            );
+            tokio::time::sleep(drain).await;
+        }
+    };
+    let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -120,7 +171,7 @@ pub async fn run(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut stop => break,
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
@@ -148,8 +199,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
+/// Completes on SIGINT (Ctrl-C: stop now) or SIGTERM (drain first).
+pub async fn shutdown_signal() -> Shutdown {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for SIGINT");
@@ -171,7 +222,7 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        () = ctrl_c => Shutdown::Now,
+        () = terminate => Shutdown::Drain,
     }
 }

@@ -118,6 +118,24 @@ local migrations = {
         })
         keys:create_index('primary', { parts = { { field = 1, type = 'string' } }, if_not_exists = true })
     end,
+    -- 3: imports gain their number of citizens (for the import list without
+    -- counting); idempotency keys are found by import (for deleting one).
+    function()
+        box.space.imports:format({
+            { name = 'import_id', type = 'unsigned' },
+            { name = 'version', type = 'unsigned' },
+            { name = 'created_at', type = 'number', is_nullable = true },
+            { name = 'state', type = 'string', is_nullable = true },
+            { name = 'citizens', type = 'unsigned', is_nullable = true },
+        })
+        for _, import in box.space.imports:pairs() do
+            local n = box.space.citizens.index.primary:count({ import[1] })
+            box.space.imports:update(import[1], { { '=', 5, n } })
+        end
+        box.space.idempotency_keys:create_index('import', {
+            parts = { { field = 3, type = 'unsigned' } }, unique = false, if_not_exists = true,
+        })
+    end,
 }
 
 box.once('gifts_meta', function()
@@ -151,7 +169,7 @@ local import_seq = box.sequence.import_id
 local fiber = require('fiber')
 
 -- Field numbers of an import tuple.
-local I = { import_id = 1, version = 2, created_at = 3, state = 4 }
+local I = { import_id = 1, version = 2, created_at = 3, state = 4, citizens = 5 }
 
 -- Rows per transaction when a big import is stored or cleaned up in chunks.
 local CHUNK = 10000
@@ -296,7 +314,7 @@ function gifts_create_import(rows, key, hash)
             return state, existing
         end
         local import_id = import_seq:next()
-        imports:insert({ import_id, 1, os.time() })
+        imports:insert({ import_id, 1, os.time(), box.NULL, #rows })
         for _, r in ipairs(rows) do
             r[F.import_id] = import_id
             citizens:insert(r)
@@ -322,7 +340,7 @@ function gifts_import_begin(key, hash)
             return state, existing
         end
         local import_id = import_seq:next()
-        imports:insert({ import_id, 0, os.time(), 'loading' })
+        imports:insert({ import_id, 0, os.time(), 'loading', 0 })
         return 'ok', import_id
     end)
 end
@@ -372,6 +390,7 @@ function gifts_import_commit(import_id, key, hash)
     imports:update(import_id, { { '=', I.state, 'verifying' } }) -- no more chunks
     local reason
     local after = nil
+    local count = 0
     while reason == nil do
         local ids = {}
         local from = after and { import_id, after } or { import_id }
@@ -389,6 +408,7 @@ function gifts_import_commit(import_id, key, hash)
             return c and c[F.relatives]
         end)
         after = ids[#ids]
+        count = count + #ids
         fiber.yield()
     end
     if reason ~= nil then
@@ -403,12 +423,66 @@ function gifts_import_commit(import_id, key, hash)
         return state, existing
     end
     box.atomic(function()
-        imports:update(import_id, { { '=', I.version, 1 }, { '#', I.state, 1 } })
+        imports:update(import_id, { { '=', I.version, 1 }, { '=', I.state, box.NULL }, { '=', I.citizens, count } })
         if key ~= nil and key ~= box.NULL then
             keys:insert({ key, hash, import_id })
         end
     end)
     return 'ok', import_id
+end
+
+-- Up to `limit` visible imports older than `before` (or the newest), newest
+-- first: {import_id, citizens, created_at, version} each.
+function gifts_list_imports(limit, before)
+    local out = {}
+    local from, iterator = before, 'LT'
+    if before == nil or before == box.NULL then
+        from, iterator = nil, 'REQ'
+    end
+    for _, import in imports:pairs(from, { iterator = iterator }) do
+        if #out >= limit then
+            break
+        end
+        if import[I.state] == nil then
+            out[#out + 1] = { import[I.import_id], import[I.citizens] or 0, import[I.created_at] or 0, import[I.version] }
+        end
+    end
+    return out
+end
+
+-- Deletes a visible import: it disappears for everyone in one small
+-- transaction (with its idempotency keys), then its citizens go in chunks
+-- (a crash in between leaves an invisible import that the next start
+-- deletes). Returns 'ok' or 'not_found'.
+function gifts_delete_import(import_id)
+    local gone = box.atomic(function()
+        if visible(import_id) == nil then
+            return false
+        end
+        imports:update(import_id, { { '=', I.state, 'deleting' } })
+        for _, key in keys.index.import:pairs({ import_id }) do
+            keys:delete(key[1])
+        end
+        return true
+    end)
+    if not gone then
+        return 'not_found'
+    end
+    delete_import(import_id)
+    return 'ok'
+end
+
+-- How many visible imports and citizens there are (no citizen is read),
+-- and how many citizen tuples the space holds (visible or not).
+function gifts_totals()
+    local count, citizens = 0, 0
+    for _, import in imports:pairs() do
+        if import[I.state] == nil then
+            count = count + 1
+            citizens = citizens + (import[I.citizens] or 0)
+        end
+    end
+    return count, citizens, box.space.citizens:len()
 end
 
 -- Patches one citizen. changes: map of field name -> new value (not relatives);
@@ -538,6 +612,7 @@ end
 for _, name in ipairs({
     'gifts_create_import', 'gifts_import_begin', 'gifts_import_chunk', 'gifts_import_commit',
     'gifts_patch_citizen', 'gifts_citizens', 'gifts_import_version', 'gifts_health', 'gifts_probe_write',
+    'gifts_list_imports', 'gifts_delete_import', 'gifts_totals',
 }) do
     box.schema.func.create(name, { setuid = true, if_not_exists = true })
     box.schema.user.grant(user, 'execute', 'function', name, { if_not_exists = true })

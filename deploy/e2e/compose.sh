@@ -31,6 +31,8 @@ export RUNTIME_IMAGE=gifts-e2e/debian:bookworm \
     RUST_IMAGE=gifts-e2e/rust:$(rustc --version | cut -d' ' -f2)-$(tag rust) \
     TARANTOOL_IMAGE=gifts-e2e/tarantool:2.6-$(tag tarantool)
 systemd_image=gifts-e2e/systemd:bookworm-$(tag systemd)
+GIFTS_COMMIT=$(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+export GIFTS_COMMIT
 project=gifts-e2e
 port=18080       # the compose stack's published port
 single_port=18081 # the single-container mode's
@@ -217,10 +219,12 @@ build_images() {
 check "the images build from the stand-ins, with no # syntax line (nothing from Docker Hub)" build_images
 app_image_user() {
     want="uid=10001(gifts) gid=10001(gifts) groups=10001(gifts)" expect docker run --rm --entrypoint id gifts:latest &&
+        want="gifts $(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n 1) (commit $GIFTS_COMMIT)" \
+            expect docker run --rm gifts:latest --version &&
         [ "$(docker image inspect -f '{{json .Config.Volumes}}' gifts:latest)" = null ] &&
         ! grep -i 'useradd.*warning\|SYS_UID_MAX' "$work/build.log"
 }
-check "the app image runs as gifts (uid and gid 10001, no useradd warning) and declares no VOLUME" app_image_user
+check "the app image runs as gifts (uid and gid 10001, no useradd warning), declares no VOLUME, and knows its commit" app_image_user
 lua_edit_keeps_app_image() {
     local before after
     before=$(docker image inspect -f '{{.Id}}' gifts:latest)

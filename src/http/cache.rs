@@ -36,6 +36,7 @@ use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::domain::relatives::after_patch;
 use crate::domain::{Citizen, ImportId};
+use crate::metrics::Metrics;
 use crate::storage::{Patched, Version};
 
 /// An import's citizens in memory, ordered by citizen_id; untouched citizens
@@ -57,9 +58,18 @@ pub enum View {
     Percentiles(i32),
 }
 
+/// How a body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// As rendered.
+    Identity,
+    /// gzip-compressed.
+    Gzip,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
-    Body(ImportId, View, Version),
+    Body(ImportId, View, Version, Encoding),
     Snapshot(ImportId),
 }
 
@@ -136,15 +146,30 @@ fn snapshot_weight(citizens: &[Arc<Citizen>]) -> u64 {
     allocated * SNAPSHOT_RESIDENT_EIGHTHS / 8 + 96
 }
 
+/// Counts evictions for the metrics.
+#[derive(Clone)]
+struct Evictions(prometheus_client::metrics::counter::Counter);
+
+impl quick_cache::Lifecycle<Key, Entry> for Evictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: Key, _entry: Entry) {
+        self.0.inc();
+    }
+}
+
+type Entries = Cache<Key, Entry, HeapBytes, quick_cache::DefaultHashBuilder, Evictions>;
+
 /// Rendered bodies and the citizens they come from, within one byte budget.
 pub struct ResponseCache {
-    entries: Option<Cache<Key, Entry, HeapBytes>>,
+    entries: Option<Entries>,
+    metrics: Arc<Metrics>,
 }
 
 impl ResponseCache {
-    /// A cache holding at most `max_bytes` of bodies and snapshots together;
-    /// 0 disables it.
-    pub fn new(max_bytes: u64) -> Self {
+    /// A cache holding at most `max_bytes` of bodies and snapshots together
+    /// (0 disables it), counting its hits, misses and evictions in `metrics`.
+    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
         // One shard, so a single value may use the whole budget; a hit holds
         // the shard's read lock only to clone an `Arc` or a `Bytes`.
         let options = OptionsBuilder::new()
@@ -153,19 +178,27 @@ impl ResponseCache {
             .shards(1)
             .build()
             .expect("valid cache options");
+        let evictions = Evictions(metrics.cache_evictions.clone());
         Self {
-            entries: (max_bytes > 0).then(|| {
-                Cache::with_options(options, HeapBytes, Default::default(), Default::default())
-            }),
+            entries: (max_bytes > 0)
+                .then(|| Cache::with_options(options, HeapBytes, Default::default(), evictions)),
+            metrics,
         }
+    }
+
+    /// Bytes held, by the weights.
+    pub fn bytes(&self) -> u64 {
+        self.entries.as_ref().map_or(0, Entries::weight)
     }
 
     /// The import's citizens at exactly `version`, if held.
     pub fn snapshot(&self, import: ImportId, version: Version) -> Option<CitizenList> {
-        match self.entries.as_ref()?.get(&Key::Snapshot(import))? {
-            Entry::Snapshot(s) if s.version == version => Some(s.citizens),
+        let found = match self.entries.as_ref()?.get(&Key::Snapshot(import)) {
+            Some(Entry::Snapshot(s)) if s.version == version => Some(s.citizens),
             _ => None,
-        }
+        };
+        self.metrics.cache_lookup("snapshot", found.is_some());
+        found
     }
 
     /// Holds the import's citizens as of `version`, unless a newer snapshot
@@ -253,6 +286,15 @@ impl ResponseCache {
         }
     }
 
+    /// Forgets everything of a deleted import.
+    pub fn forget(&self, import: ImportId) {
+        if let Some(entries) = &self.entries {
+            entries.retain(|key, _| match key {
+                Key::Body(i, ..) | Key::Snapshot(i) => *i != import,
+            });
+        }
+    }
+
     /// The body for `view` of `import` at `version`: cached, or rendered by
     /// `render` — once, however many requests ask at the same time.
     pub async fn get_or_render<E>(
@@ -260,6 +302,7 @@ impl ResponseCache {
         import: ImportId,
         view: View,
         version: Version,
+        encoding: Encoding,
         render: impl Future<Output = Result<Bytes, E>>,
     ) -> Result<Bytes, E> {
         let Some(entries) = &self.entries else {
@@ -267,19 +310,20 @@ impl ResponseCache {
         };
         let mut rendered = false;
         let entry = entries
-            .get_or_insert_async(&Key::Body(import, view, version), async {
+            .get_or_insert_async(&Key::Body(import, view, version, encoding), async {
                 rendered = true;
                 let body = render.await?;
                 let weight = body_weight(body.len());
                 Ok(Entry::Body(body, weight))
             })
             .await?;
+        self.metrics.cache_lookup("body", !rendered);
         // Versions grow by one per write, so the answer just rendered usually
         // replaces the previous version's: drop that now rather than let it
         // wait for eviction (older ones age out). Hits skip this, so they take
         // no write lock.
         if rendered && let Some(previous) = version.checked_sub(1) {
-            entries.remove(&Key::Body(import, view, previous));
+            entries.remove(&Key::Body(import, view, previous, encoding));
         }
         match entry {
             Entry::Body(body, _) => Ok(body),
@@ -315,7 +359,7 @@ mod tests {
         renders: &AtomicUsize,
     ) -> Bytes {
         cache
-            .get_or_render(import, view, version, async {
+            .get_or_render(import, view, version, Encoding::Identity, async {
                 renders.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, Infallible>(Bytes::from_static(text.as_bytes()))
             })
@@ -325,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_is_rendered_once_per_version_view_and_import() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Arc::default());
         let renders = AtomicUsize::new(0);
         assert_eq!(
             body(&cache, 1, View::Citizens, 3, "v3", &renders).await,
@@ -356,7 +400,7 @@ mod tests {
 
     #[tokio::test]
     async fn rendering_a_version_drops_the_previous_versions_body() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Arc::default());
         let renders = AtomicUsize::new(0);
         body(&cache, 1, View::Citizens, 3, "v3", &renders).await;
         body(&cache, 1, View::Citizens, 4, "v4", &renders).await;
@@ -369,7 +413,7 @@ mod tests {
 
     #[tokio::test]
     async fn percentiles_of_another_day_are_rendered_anew() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Arc::default());
         let renders = AtomicUsize::new(0);
         body(&cache, 1, View::Percentiles(100), 1, "day 100", &renders).await;
         assert_eq!(
@@ -380,10 +424,10 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_misses_render_once() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Arc::default());
         let renders = AtomicUsize::new(0);
         let (gate, opened) = tokio::sync::oneshot::channel::<()>();
-        let first = cache.get_or_render(1, View::Citizens, 1, async {
+        let first = cache.get_or_render(1, View::Citizens, 1, Encoding::Identity, async {
             renders.fetch_add(1, Ordering::SeqCst);
             opened.await.ok();
             Ok::<_, Infallible>(Bytes::from_static(b"once"))
@@ -407,11 +451,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_stays_within_its_byte_budget() {
-        let cache = ResponseCache::new(64 * 1024);
+        let cache = ResponseCache::new(64 * 1024, Arc::default());
         let renders = AtomicUsize::new(0);
         for import in 0..100 {
             cache
-                .get_or_render(import, View::Citizens, 1, async {
+                .get_or_render(import, View::Citizens, 1, Encoding::Identity, async {
                     Ok::<_, Infallible>(Bytes::from(vec![b'x'; 4096]))
                 })
                 .await
@@ -429,7 +473,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_zero_budget_keeps_nothing() {
-        let cache = ResponseCache::new(0);
+        let cache = ResponseCache::new(0, Arc::default());
         let renders = AtomicUsize::new(0);
         body(&cache, 1, View::Citizens, 1, "a", &renders).await;
         body(&cache, 1, View::Citizens, 1, "b", &renders).await;
@@ -469,7 +513,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_moves_forward_only_on_the_next_version() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Arc::default());
         cache.keep_snapshot(7, 5, two_citizens());
         // Version + 1: moved in memory.
         cache.apply_patch(7, 6, &citizen(1, "A2", &[]));
@@ -483,7 +527,7 @@ mod tests {
 
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Arc::default());
         cache.keep_snapshot(7, 9, two_citizens());
         cache.keep_snapshot(7, 8, two_citizens());
         assert!(cache.snapshot(7, 9).is_some());
@@ -495,7 +539,7 @@ mod tests {
 
     #[test]
     fn a_patch_of_a_citizen_the_snapshot_lacks_drops_it() {
-        let cache = ResponseCache::new(1 << 20);
+        let cache = ResponseCache::new(1 << 20, Arc::default());
         cache.keep_snapshot(7, 1, two_citizens());
         cache.apply_patch(7, 2, &citizen(3, "C", &[]));
         assert!(cache.snapshot(7, 2).is_none());
@@ -522,7 +566,7 @@ mod tests {
     #[test]
     fn bodies_and_snapshots_share_one_budget() {
         let budget = 200 * 1024;
-        let cache = ResponseCache::new(budget);
+        let cache = ResponseCache::new(budget, Arc::default());
         let many: CitizenList = Arc::new(
             (0..400)
                 .map(|id| Arc::new(citizen(id, "Житель", &[])))

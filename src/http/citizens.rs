@@ -1,7 +1,7 @@
 //! `/imports/{import_id}/citizens`: list, patch one, birthdays.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::cache::View;
@@ -14,9 +14,10 @@ use crate::domain::{stats, today_utc};
 /// All citizens of the import, by citizen_id.
 pub async fn list(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    cached_view(&state, import, View::Citizens, |citizens| {
+    cached_view(&state, &headers, import, View::Citizens, |citizens| {
         to_data(&citizens)
     })
     .await
@@ -42,9 +43,10 @@ pub async fn update(
 /// Presents per month.
 pub async fn birthdays(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    cached_view(&state, import, View::Birthdays, |citizens| {
+    cached_view(&state, &headers, import, View::Birthdays, |citizens| {
         to_data(&stats::birthdays(citizens))
     })
     .await

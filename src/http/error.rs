@@ -42,6 +42,9 @@ pub enum AppError {
     /// 415: a `Content-Encoding` other than gzip.
     #[error("unsupported Content-Encoding {0:?}: send the body plain or gzip-compressed")]
     UnsupportedEncoding(String),
+    /// 400: a query parameter breaks its rule (name, why).
+    #[error("query parameter {0}: {1}")]
+    BadQuery(&'static str, String),
     /// 400: a request header breaks its rule (name, why).
     #[error("header {0}: {1}")]
     BadHeader(&'static str, String),
@@ -125,6 +128,7 @@ impl IntoResponse for AppError {
                 "unsupported_content_encoding",
             ),
             AppError::BadHeader(..) => (StatusCode::BAD_REQUEST, "invalid_header"),
+            AppError::BadQuery(..) => (StatusCode::BAD_REQUEST, "invalid_query"),
             AppError::KeyReused { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
@@ -144,7 +148,7 @@ impl IntoResponse for AppError {
                 "field": e.field,
                 "citizen_id": e.citizen_id,
             }}),
-            AppError::BadHeader(name, _) => json!({"error": {
+            AppError::BadHeader(name, _) | AppError::BadQuery(name, _) => json!({"error": {
                 "code": code,
                 "message": self.to_string(),
                 "field": name,
@@ -184,4 +188,64 @@ impl IntoResponse for AppError {
 pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
     let body: axum::body::Body = body.into();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_storage_failure_gets_its_status_code_and_retry_hint() {
+        let cases = [
+            (
+                StorageError::Unavailable("down".into()),
+                503,
+                "storage_unavailable",
+            ),
+            (
+                StorageError::Misconfigured("password".into()),
+                503,
+                "storage_unavailable",
+            ),
+            (
+                StorageError::Overloaded("queue".into()),
+                503,
+                "storage_unavailable",
+            ),
+            (
+                StorageError::OutcomeUnknown("sent".into()),
+                504,
+                "storage_timeout",
+            ),
+            (
+                StorageError::Full("disk".into()),
+                507,
+                "insufficient_storage",
+            ),
+            (
+                StorageError::KeyReused {
+                    key: "k".into(),
+                    import: 1,
+                },
+                422,
+                "idempotency_key_reused",
+            ),
+            (StorageError::internal("bug"), 500, "internal"),
+        ];
+        for (error, status, code) in cases {
+            let overloaded = matches!(error, StorageError::Overloaded(_));
+            let response = AppError::from(error).into_response();
+            assert_eq!(response.status().as_u16(), status, "{code}");
+            assert_eq!(
+                response.headers().get(header::RETRY_AFTER).is_some(),
+                overloaded,
+                "Retry-After only when overloaded ({code})"
+            );
+            assert_eq!(
+                response.extensions().get::<Failure>().is_some(),
+                status >= 500,
+                "5xx carry their cause for the log ({code})"
+            );
+        }
+    }
 }

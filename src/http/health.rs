@@ -1,4 +1,7 @@
-//! `GET /health`.
+//! Probes: `GET /health` (the store answers and takes writes), `/livez`
+//! (the process serves) and `/readyz` (send it traffic: the store is
+//! healthy and the service is not draining). All are logged at DEBUG when
+//! they succeed: probes come every few seconds.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,4 +28,56 @@ pub async fn check(State(state): State<AppState>) -> Result<Response, AppError> 
     let mut response = data(StatusCode::OK, &json!({"status": "ok"}))?;
     response.extensions_mut().insert(Quiet);
     Ok(response)
+}
+
+/// 200 while the process serves requests at all.
+pub async fn live() -> Result<Response, AppError> {
+    let mut response = data(StatusCode::OK, &json!({"status": "live"}))?;
+    response.extensions_mut().insert(Quiet);
+    Ok(response)
+}
+
+/// 200 when the service should get traffic: the store answers and takes
+/// writes, and the service is not draining after SIGTERM; 503 otherwise.
+pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        let body = json!({"error": {
+            "code": "draining",
+            "message": "the service is shutting down: send requests to another instance",
+        }});
+        return Ok(super::error::json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            body.to_string(),
+        ));
+    }
+    let mut response = check(State(state)).await?;
+    if response.status() == StatusCode::OK {
+        response = data(StatusCode::OK, &json!({"status": "ready"}))?;
+        response.extensions_mut().insert(Quiet);
+    }
+    Ok(response)
+}
+
+/// The Prometheus metrics (OpenMetrics text); the import and citizen totals
+/// are read from the store now (cheaply: no citizen is read).
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    match state.storage.totals().await {
+        Ok((imports, citizens)) => {
+            state.metrics.imports.set(imports as i64);
+            state.metrics.citizens.set(citizens as i64);
+        }
+        Err(e) => tracing::debug!(error = %e, "totals for the metrics"),
+    }
+    state.metrics.cache_bytes.set(state.cache.bytes() as i64);
+    let mut response = (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response();
+    response.extensions_mut().insert(Quiet);
+    response
 }

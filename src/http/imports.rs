@@ -1,21 +1,146 @@
-//! `POST /imports`.
+//! `/imports`: store one, list them, delete one.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use serde::Serialize;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::AppError;
-use super::extract::Body;
+use super::extract::{Body, ImportPath};
 use super::wire::{self, ImportBody, Object};
 use super::{AppState, data};
 use crate::domain::{ImportId, today_utc};
-use crate::storage::Idempotency;
+use crate::storage::{Idempotency, Version};
 
 #[derive(Serialize)]
 struct Created {
     import_id: ImportId,
+}
+
+/// Imports per page when the client does not say.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Most imports per page.
+pub const MAX_LIMIT: usize = 1000;
+
+/// The query of `GET /imports`, as sent (checked by `list`).
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// One import in the list.
+#[derive(Serialize)]
+struct Listed {
+    import_id: ImportId,
+    citizens: u64,
+    /// RFC 3339, UTC.
+    created_at: String,
+    version: Version,
+}
+
+#[derive(Serialize)]
+struct Page {
+    imports: Vec<Listed>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// A cursor names the last import of a page; it is opaque to clients.
+fn encode_cursor(import: ImportId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("before:{import}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<ImportId> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    text.strip_prefix("before:")?
+        .parse()
+        .ok()
+        .filter(|id: &ImportId| *id > 0)
+}
+
+/// `2026-11-28T10:00:00Z`.
+fn rfc3339(unix_seconds: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix_seconds)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Imports, newest first, a page at a time (`limit` 1–1000, default 100;
+/// `cursor` from the previous page's `next_cursor`).
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|e| AppError::BadQuery("query", e.body_text()))?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                AppError::BadQuery(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_LIMIT}, got {text:?}"),
+                )
+            })?,
+    };
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
+            AppError::BadQuery(
+                "cursor",
+                "is not a cursor this service gave out (use next_cursor as it came)".into(),
+            )
+        })?),
+    };
+    // One more than asked tells whether there is a next page.
+    let mut found = state.storage.list_imports(limit + 1, before).await?;
+    let more = found.len() > limit;
+    found.truncate(limit);
+    let next_cursor = more
+        .then(|| found.last().map(|i| encode_cursor(i.import_id)))
+        .flatten();
+    let imports = found
+        .into_iter()
+        .map(|i| Listed {
+            import_id: i.import_id,
+            citizens: i.citizens,
+            created_at: rfc3339(i.created_at),
+            version: i.version,
+        })
+        .collect();
+    data(
+        StatusCode::OK,
+        &Page {
+            imports,
+            next_cursor,
+        },
+    )
+}
+
+/// Deletes an import and all its citizens; 204.
+pub async fn delete(
+    State(state): State<AppState>,
+    ImportPath(import): ImportPath,
+) -> Result<Response, AppError> {
+    state.storage.delete_import(import).await?;
+    state.cache.forget(import);
+    tracing::Span::current().record("import_id", import);
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Longest accepted `Idempotency-Key`.

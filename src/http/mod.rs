@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::{HeaderValue, Request, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use serde::Serialize;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -28,7 +28,7 @@ mod imports;
 mod towns;
 pub mod wire;
 
-use cache::{CitizenList, ResponseCache, View};
+use cache::{CitizenList, Encoding, ResponseCache, View};
 use error::{AppError, Failure, json_response};
 
 /// What every handler shares; cloning is cheap.
@@ -42,6 +42,10 @@ pub struct AppState {
     pub cache: Arc<ResponseCache>,
     /// Permits to load and render an answer that is not cached.
     pub renders: Arc<tokio::sync::Semaphore>,
+    /// True after SIGTERM, while the service drains: `/readyz` answers 503.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// What the service counts.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Builds the router with its middleware: request id, one log line per
@@ -49,7 +53,8 @@ pub struct AppState {
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let header = axum::http::HeaderName::from_static(REQUEST_ID);
     Router::new()
-        .route("/imports", post(imports::create))
+        .route("/imports", post(imports::create).get(imports::list))
+        .route("/imports/{import_id}", delete(imports::delete))
         .route("/imports/{import_id}/citizens", get(citizens::list))
         .route(
             "/imports/{import_id}/citizens/{citizen_id}",
@@ -64,6 +69,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             get(towns::percentiles),
         )
         .route("/health", get(health::check))
+        .route("/livez", get(health::live))
+        .route("/metrics", get(health::metrics))
+        .route("/readyz", get(health::ready))
         .fallback(|| async { AppError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes.as_usize()))
@@ -74,6 +82,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(middleware::from_fn(|request, next: middleware::Next| {
             crate::storage::deadline::scope(next.run(request))
         }))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            count_request,
+        ))
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(
             TraceLayer::new_for_http()
@@ -146,6 +158,38 @@ async fn time_limit(
         Ok(response) => response,
         Err(_) => AppError::Timeout(limit.as_secs()).into_response(),
     }
+}
+
+/// Counts a request and times it, by method, matched route and status.
+async fn count_request(
+    axum::extract::State(metrics): axum::extract::State<Arc<crate::metrics::Metrics>>,
+    request: Request<axum::body::Body>,
+    next: middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(unmatched)", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    metrics
+        .request_seconds
+        .get_or_create(&crate::metrics::RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }
 
 /// Answers 413 to a request whose `Content-Length` is over the limit before
@@ -226,13 +270,23 @@ fn data<T: Serialize>(status: StatusCode, value: &T) -> Result<Response, AppErro
     Ok(json_response(status, body))
 }
 
-/// Answers a read endpoint from the cache when the import has not changed
-/// since the body was rendered. Otherwise renders it off the async threads
-/// from the import's citizens — held in memory at this version, or loaded
-/// from storage; at most `state.renders` permits render at once, which bounds
-/// the memory of cold reads of big imports.
+/// Bodies at least this long are sent gzip-compressed to clients that accept it.
+const COMPRESS_FROM: usize = 1024;
+
+/// Answers a read endpoint: 304 when the client's `If-None-Match` names the
+/// current answer; else the body, from the cache when the import has not
+/// changed since it was rendered, else rendered off the async threads from
+/// the import's citizens — held in memory at this version, or loaded from
+/// storage (at most `state.renders` render at once, which bounds the memory
+/// of cold reads of big imports). A client that accepts gzip gets the
+/// compressed body, also cached, so a hot GET does not recompress.
+///
+/// The `ETag` is weak and names the import, its version and the view (and
+/// the day, for percentiles): the same at every instance, and new after
+/// every write. Answers say `Cache-Control: no-cache`: clients revalidate.
 async fn cached_view<F>(
     state: &AppState,
+    headers: &HeaderMap,
     import: ImportId,
     view: View,
     render: F,
@@ -241,9 +295,15 @@ where
     F: FnOnce(&[Arc<Citizen>]) -> serde_json::Result<Vec<u8>> + Send + 'static,
 {
     let version = state.storage.import_version(import).await?;
+    let tag = entity_tag(import, version, view);
+    if if_none_match(headers, &tag) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        revalidation_headers(&mut response, &tag);
+        return Ok(response);
+    }
     let body = state
         .cache
-        .get_or_render(import, view, version, async {
+        .get_or_render(import, view, version, Encoding::Identity, async {
             let _permit = state
                 .renders
                 .acquire()
@@ -270,5 +330,155 @@ where
             Ok::<_, AppError>(body)
         })
         .await?;
-    Ok(json_response(StatusCode::OK, body))
+    let gzip = body.len() >= COMPRESS_FROM && accepts_gzip(headers);
+    let body = if gzip {
+        state
+            .cache
+            .get_or_render(import, view, version, Encoding::Gzip, async {
+                tokio::task::spawn_blocking(move || gzip_body(&body))
+                    .await
+                    .map_err(|e| AppError::Internal(Box::new(e)))
+            })
+            .await?
+    } else {
+        body
+    };
+    let mut response = json_response(StatusCode::OK, body);
+    revalidation_headers(&mut response, &tag);
+    if gzip {
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_ENCODING,
+            HeaderValue::from_static("gzip"),
+        );
+    }
+    Ok(response)
+}
+
+/// The weak entity tag of one answer: `W/"7-3-citizens"`.
+fn entity_tag(import: ImportId, version: crate::storage::Version, view: View) -> String {
+    let view = match view {
+        View::Citizens => "citizens".to_owned(),
+        View::Birthdays => "birthdays".to_owned(),
+        View::Percentiles(day) => format!("percentiles-{day}"),
+    };
+    format!("W/\"{import}-{version}-{view}\"")
+}
+
+/// Whether `If-None-Match` names `tag` (weak comparison, as for GET) or is `*`.
+fn if_none_match(headers: &HeaderMap, tag: &str) -> bool {
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let wanted = opaque(tag);
+    headers
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == "*" || opaque(t) == wanted)
+}
+
+/// Whether `Accept-Encoding` takes gzip (a `q=0` refuses it).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+fn revalidation_headers(response: &mut Response, tag: &str) {
+    let headers = response.headers_mut();
+    if let Ok(tag) = HeaderValue::from_str(tag) {
+        headers.insert(axum::http::header::ETAG, tag);
+    }
+    headers.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    headers.insert(
+        axum::http::header::VARY,
+        HeaderValue::from_static("accept-encoding"),
+    );
+}
+
+fn gzip_body(body: &[u8]) -> axum::body::Bytes {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 6),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    cache::compact(encoder.finish().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    axum::http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_takes_lists_and_stars() {
+        let tag = entity_tag(7, 3, View::Citizens);
+        assert_eq!(tag, "W/\"7-3-citizens\"");
+        for (value, matches) in [
+            ("W/\"7-3-citizens\"", true),
+            ("\"7-3-citizens\"", true),
+            ("\"x\", W/\"7-3-citizens\"", true),
+            ("*", true),
+            ("W/\"7-2-citizens\"", false),
+            ("W/\"7-3-birthdays\"", false),
+        ] {
+            assert_eq!(
+                if_none_match(&headers(&[("if-none-match", value)]), &tag),
+                matches,
+                "{value}"
+            );
+        }
+        assert!(!if_none_match(&HeaderMap::new(), &tag));
+        assert_eq!(
+            entity_tag(7, 3, View::Percentiles(2461000)),
+            "W/\"7-3-percentiles-2461000\""
+        );
+    }
+
+    #[test]
+    fn gzip_is_taken_unless_refused() {
+        for (value, accepted) in [
+            ("gzip", true),
+            ("br, gzip;q=0.5", true),
+            ("GZIP", true),
+            ("*", true),
+            ("gzip;q=0", false),
+            ("br, deflate", false),
+            ("identity", false),
+        ] {
+            assert_eq!(
+                accepts_gzip(&headers(&[("accept-encoding", value)])),
+                accepted,
+                "{value}"
+            );
+        }
+    }
 }

@@ -151,6 +151,11 @@ impl Client {
         self.status.borrow().clone()
     }
 
+    /// A receiver of the connection's state as it changes.
+    pub fn status_changes(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
     /// Calls the stored function `function` with `args` (a tuple, sent as
     /// the argument array) and decodes its return values (a tuple of them:
     /// Tarantool answers a CALL with the array of everything returned).

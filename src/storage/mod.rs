@@ -15,6 +15,7 @@ use crate::domain::{
 pub mod coalesce;
 pub mod deadline;
 pub mod iproto;
+pub mod metered;
 pub mod sqlite;
 pub mod tarantool;
 
@@ -38,6 +39,19 @@ pub struct Idempotency {
     pub key: String,
     /// SHA-256 of the request body (after gzip decompression).
     pub body_hash: [u8; 32],
+}
+
+/// What the import list tells about one import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportInfo {
+    /// The import's id.
+    pub import_id: ImportId,
+    /// How many citizens it holds.
+    pub citizens: u64,
+    /// When it was stored, in seconds since the Unix epoch (UTC).
+    pub created_at: i64,
+    /// Its version (1 when stored, +1 per PATCH).
+    pub version: Version,
 }
 
 /// The result of a PATCH.
@@ -136,6 +150,21 @@ pub trait Storage: Send + Sync + 'static {
     /// The import's current version: it grows with every write to the import,
     /// so a cached answer computed at the same version is still exact.
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError>;
+
+    /// Up to `limit` imports, newest first, all older than `before` if given.
+    async fn list_imports(
+        &self,
+        limit: usize,
+        before: Option<ImportId>,
+    ) -> Result<Vec<ImportInfo>, StorageError>;
+
+    /// Deletes an import and all its citizens (and its idempotency key):
+    /// from the moment it returns `Ok`, nothing of it is readable, and a
+    /// PATCH of it either completed before or gets `ImportNotFound`.
+    async fn delete_import(&self, import: ImportId) -> Result<(), StorageError>;
+
+    /// How many imports and citizens the store holds (cheap: no citizen is read).
+    async fn totals(&self) -> Result<(u64, u64), StorageError>;
 
     /// Answers `Ok` when the store answers and takes writes; `Full` when it
     /// answers but its disk is full (checked by a real write after a write

@@ -36,9 +36,14 @@ use rusqlite::{
 };
 use tokio::sync::oneshot;
 
-use super::{Idempotency, Patched, Snapshot, Storage, StorageError, Version, stored_citizen};
+use super::{
+    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, stored_citizen,
+};
 use crate::domain::relatives::{Edit, mirror_edits};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
+use crate::metrics::{KindLabels, Metrics};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// Schema migrations; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -70,6 +75,12 @@ const MIGRATIONS: &[&str] = &[
         body_hash  BLOB    NOT NULL,
         import_id  INTEGER NOT NULL REFERENCES imports (import_id)
     ) WITHOUT ROWID;",
+    // 4: each import's number of citizens, for the import list without counting rows;
+    // keys found by import, for deleting an import.
+    "ALTER TABLE imports ADD COLUMN citizens INTEGER NOT NULL DEFAULT 0;
+     UPDATE imports SET citizens =
+         (SELECT count(*) FROM citizens c WHERE c.import_id = imports.import_id);
+     CREATE INDEX idempotency_keys_by_import ON idempotency_keys (import_id);",
 ];
 
 /// Most writes committed together in one transaction.
@@ -180,6 +191,8 @@ pub struct SqliteStorage {
     queues: (usize, usize),
     /// The database file.
     path: PathBuf,
+    /// Jobs waiting in the (write, read) queues.
+    depths: (Gauge, Gauge),
 }
 
 /// A SQLite error as a storage error: a full disk is `Full`, the rest internal.
@@ -226,23 +239,23 @@ impl SqliteStorage {
     /// Opens (creating if needed) the database at `path`, migrates the schema
     /// and starts the writer and `readers` reader threads.
     pub fn open(path: &Path, readers: usize) -> Result<Self, StorageError> {
-        Self::open_with_queues(path, readers, WRITE_QUEUE, READ_QUEUE)
+        Self::open_with(path, readers, (WRITE_QUEUE, READ_QUEUE), Arc::default())
     }
 
-    /// [`SqliteStorage::open`] with other queue bounds.
-    pub fn open_with_queues(
+    /// [`SqliteStorage::open`] with other (write, read) queue bounds, and the
+    /// metrics to record batch sizes and queue depths in.
+    pub fn open_with(
         path: &Path,
         readers: usize,
-        write_queue: usize,
-        read_queue: usize,
+        queues: (usize, usize),
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StorageError> {
-        let queues = (write_queue, read_queue);
-        match Self::open_once(path, readers, queues) {
+        match Self::open_once(path, readers, queues, &metrics) {
             Err(e) if reserve_path(path).exists() => {
                 // Perhaps the disk is full: give SQLite the reserved room and try again.
                 tracing::warn!(error = %e, "opening the database failed; retrying with the disk-space reserve freed");
                 std::fs::remove_file(reserve_path(path)).map_err(StorageError::internal)?;
-                let storage = Self::open_once(path, readers, queues)?;
+                let storage = Self::open_once(path, readers, queues, &metrics)?;
                 storage.writable.store(false, Ordering::Release);
                 Ok(storage)
             }
@@ -254,6 +267,7 @@ impl SqliteStorage {
         path: &Path,
         readers: usize,
         (write_queue, read_queue): (usize, usize),
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, StorageError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -300,10 +314,19 @@ impl SqliteStorage {
         ensure_reserve(path);
         let writable = Arc::new(AtomicBool::new(true));
         let (write_tx, write_rx) = mpsc::sync_channel(write_queue);
+        let depth = |kind| {
+            metrics
+                .sqlite_queue_depth
+                .get_or_create(&KindLabels { kind })
+                .clone()
+        };
+        let (write_depth, read_depth) = (depth("write"), depth("read"));
         let state = WriterState {
             wal_pages,
             writable: Arc::clone(&writable),
             path: path.to_owned(),
+            depth: write_depth.clone(),
+            batch_size: metrics.sqlite_batch_size.clone(),
         };
         let mut threads = vec![
             std::thread::Builder::new()
@@ -324,10 +347,11 @@ impl SqliteStorage {
             conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -16384;")
                 .map_err(internal)?;
             let jobs = Arc::clone(&read_rx);
+            let depth = read_depth.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("sqlite-reader-{n}"))
-                    .spawn(move || reader_loop(conn, &jobs))
+                    .spawn(move || reader_loop(conn, &jobs, &depth))
                     .map_err(StorageError::internal)?,
             );
         }
@@ -339,6 +363,7 @@ impl SqliteStorage {
             writable,
             queues: (write_queue, read_queue),
             path: path.to_owned(),
+            depths: (write_depth, read_depth),
         })
     }
 
@@ -377,6 +402,7 @@ impl SqliteStorage {
         });
         let sender = self.readers.lock().expect("readers lock").clone();
         queue(sender, job, "read", self.queues.1)?;
+        self.depths.1.inc();
         answer.await.map_err(|_| closed())?
     }
 }
@@ -425,7 +451,7 @@ fn migrate(conn: &mut Connection) -> Result<usize, StorageError> {
     Ok(version)
 }
 
-fn reader_loop(mut conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
+fn reader_loop(mut conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>, depth: &Gauge) {
     loop {
         // Holding the lock while waiting is the point: one idle reader waits on
         // the channel, the others wait on the lock; a job goes to exactly one.
@@ -434,7 +460,10 @@ fn reader_loop(mut conn: Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
             Err(_) => return,
         };
         match job {
-            Ok(job) => job(&mut conn),
+            Ok(job) => {
+                depth.dec();
+                job(&mut conn);
+            }
             Err(_) => return, // every sender dropped: the store is closing
         }
     }
@@ -450,6 +479,8 @@ struct WriterState {
     wal_pages: Arc<AtomicI32>,
     writable: Arc<AtomicBool>,
     path: PathBuf,
+    depth: Gauge,
+    batch_size: Histogram,
 }
 
 fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, state: &WriterState) {
@@ -469,8 +500,10 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, state: &Wri
                 Err(_) => break,
             }
         }
+        state.depth.dec_by(batch.len() as i64);
         // A job whose caller is gone is dropped here, unapplied.
         batch.retain(|job| !(job.abandoned)());
+        state.batch_size.observe(batch.len() as f64);
         if batch.is_empty() {
             continue;
         }
@@ -576,8 +609,11 @@ fn insert_import(
             };
         }
     }
-    conn.execute("INSERT INTO imports (created_at) VALUES (unixepoch())", [])
-        .map_err(internal)?;
+    conn.execute(
+        "INSERT INTO imports (created_at, citizens) VALUES (unixepoch(), ?1)",
+        [citizens.len() as i64],
+    )
+    .map_err(internal)?;
     let import = conn.last_insert_rowid();
     let mut insert = conn
         .prepare_cached(
@@ -682,6 +718,22 @@ fn patch_citizen(
         citizen,
         version: Version::try_from(version).map_err(StorageError::internal)?,
     })
+}
+
+fn delete_import(conn: &Connection, import: ImportId) -> Result<(), StorageError> {
+    if import_version(conn, import)?.is_none() {
+        return Err(StorageError::ImportNotFound(import));
+    }
+    for sql in [
+        "DELETE FROM citizens WHERE import_id = ?1",
+        "DELETE FROM idempotency_keys WHERE import_id = ?1",
+        "DELETE FROM imports WHERE import_id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut stmt| stmt.execute([import]))
+            .map_err(internal)?;
+    }
+    Ok(())
 }
 
 fn import_exists(conn: &Connection, import: ImportId) -> Result<bool, StorageError> {
@@ -840,6 +892,64 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn list_imports(
+        &self,
+        limit: usize,
+        before: Option<ImportId>,
+    ) -> Result<Vec<ImportInfo>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT import_id, citizens, created_at, version FROM imports
+                     WHERE import_id < ?1 ORDER BY import_id DESC LIMIT ?2",
+                )
+                .map_err(internal)?;
+            let rows = stmt
+                .query_map(
+                    params![before.unwrap_or(ImportId::MAX), limit as i64],
+                    |row| {
+                        Ok((
+                            row.get::<_, ImportId>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    },
+                )
+                .map_err(internal)?;
+            rows.map(|row| {
+                let (import_id, citizens, created_at, version) = row.map_err(internal)?;
+                Ok(ImportInfo {
+                    import_id,
+                    citizens: u64::try_from(citizens).map_err(StorageError::internal)?,
+                    created_at,
+                    version: Version::try_from(version).map_err(StorageError::internal)?,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_import(&self, import: ImportId) -> Result<(), StorageError> {
+        self.write((), move |conn, ()| delete_import(conn, import))
+            .await
+    }
+
+    async fn totals(&self) -> Result<(u64, u64), StorageError> {
+        self.read(|conn| {
+            let (imports, citizens): (i64, i64) = conn
+                .query_row(
+                    "SELECT count(*), coalesce(sum(citizens), 0) FROM imports",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .map_err(internal)?;
+            Ok((imports as u64, citizens as u64))
+        })
+        .await
+    }
+
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
         self.read(move |conn| {
             import_version(conn, import)?.ok_or(StorageError::ImportNotFound(import))
@@ -971,8 +1081,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_write_queue_refuses_at_once_and_jobs_of_gone_callers_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Arc::new(SqliteStorage::open_with_queues(&dir.path().join("q.db"), 1, 2, 8).unwrap());
+        let storage = Arc::new(
+            SqliteStorage::open_with(&dir.path().join("q.db"), 1, (2, 8), Arc::default()).unwrap(),
+        );
         let import = storage.create_import(spec_citizens(), None).await.unwrap();
         let release = block_writer(&storage).await;
 

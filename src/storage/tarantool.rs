@@ -21,8 +21,11 @@ use serde::{Deserialize, Serialize};
 
 use super::coalesce::Coalescer;
 use super::iproto::{self, CallError, Client, codes};
-use super::{Idempotency, Patched, Snapshot, Storage, StorageError, Version, stored_citizen};
+use super::{
+    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, stored_citizen,
+};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
+use crate::metrics::Metrics;
 
 /// How to reach Tarantool.
 #[derive(Clone, PartialEq, Eq)]
@@ -157,7 +160,12 @@ enum IdOrReason {
 impl TarantoolStorage {
     /// Starts the client; it connects at once and, after a failure, again
     /// and again (50 ms, doubling to 1 s) until Tarantool answers.
-    pub fn connect(address: &TarantoolAddress, timeout: Duration, import_chunk: usize) -> Self {
+    pub fn connect(
+        address: &TarantoolAddress,
+        timeout: Duration,
+        import_chunk: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let client = Client::new(iproto::Config {
             address: address.host_port.clone(),
             user: address.user.clone(),
@@ -171,6 +179,10 @@ impl TarantoolStorage {
             writable: AtomicBool::new(true),
         });
         tokio::spawn(watch(Arc::clone(&connection), format!("{address:?}")));
+        tokio::spawn(count_connections(
+            connection.client.status_changes(),
+            metrics,
+        ));
         Self {
             connection,
             versions: Coalescer::default(),
@@ -358,6 +370,27 @@ fn classify(function: &str, error: CallError, kind: Kind) -> StorageError {
     }
 }
 
+/// Keeps `gifts_tarantool_connected` and `gifts_tarantool_reconnects` up to date.
+async fn count_connections(
+    mut status: tokio::sync::watch::Receiver<iproto::Status>,
+    metrics: Arc<Metrics>,
+) {
+    let mut connected_before = false;
+    loop {
+        let connected = *status.borrow_and_update() == iproto::Status::Connected;
+        metrics.tarantool_connected.set(i64::from(connected));
+        if connected {
+            if connected_before {
+                metrics.tarantool_reconnects.inc();
+            }
+            connected_before = true;
+        }
+        if status.changed().await.is_err() {
+            return; // the client is gone
+        }
+    }
+}
+
 /// Reports the connection's state in the log when it changes — at start,
 /// so a wrong password or an unreachable database shows before the first
 /// request — until the store is closed. The client reconnects by itself;
@@ -534,6 +567,51 @@ impl Storage for TarantoolStorage {
                 "tarantool did not answer gifts_import_version within {budget:?}"
             ))),
         }
+    }
+
+    async fn list_imports(
+        &self,
+        limit: usize,
+        before: Option<ImportId>,
+    ) -> Result<Vec<ImportInfo>, StorageError> {
+        type Item = (u64, u64, f64, Version);
+        let (items,): (Vec<Item>,) = self
+            .connection
+            .call("gifts_list_imports", &(limit, before), Kind::Read)
+            .await?;
+        items
+            .into_iter()
+            .map(|(import_id, citizens, created_at, version)| {
+                Ok(ImportInfo {
+                    import_id: ImportId::try_from(import_id).map_err(StorageError::internal)?,
+                    citizens,
+                    created_at: created_at as i64,
+                    version,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_import(&self, import: ImportId) -> Result<(), StorageError> {
+        let (status,): (String,) = self
+            .connection
+            .call("gifts_delete_import", &(import,), Kind::Write)
+            .await?;
+        match status.as_str() {
+            "ok" => Ok(()),
+            "not_found" => Err(StorageError::ImportNotFound(import)),
+            other => Err(StorageError::internal(format!(
+                "gifts_delete_import answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn totals(&self) -> Result<(u64, u64), StorageError> {
+        let (imports, citizens, _tuples): (u64, u64, u64) = self
+            .connection
+            .call("gifts_totals", &NO_ARGS, Kind::Read)
+            .await?;
+        Ok((imports, citizens))
     }
 
     async fn health(&self) -> Result<(), StorageError> {

@@ -22,13 +22,31 @@ fn is_setting(key: &str) -> bool {
     key.starts_with("GIFTS_") || key == "RUST_LOG"
 }
 
-/// `KEY=VALUE` words of a Dockerfile's ENV instructions.
+/// `KEY=VALUE` words of a Dockerfile's ENV instructions (not its build ARGs).
 fn dockerfile_env(text: &str) -> BTreeMap<String, String> {
-    text.split(|c: char| c.is_whitespace() || c == '\\')
+    let mut env = BTreeMap::new();
+    let mut in_env = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("ENV ") {
+            in_env = true;
+            collect_settings(rest, &mut env);
+        } else if in_env {
+            collect_settings(line, &mut env);
+        }
+        in_env = in_env && line.ends_with('\\');
+    }
+    env
+}
+
+fn collect_settings(words: &str, env: &mut BTreeMap<String, String>) {
+    for (key, value) in words
+        .split(|c: char| c.is_whitespace() || c == '\\')
         .filter_map(|word| word.split_once('='))
         .filter(|(key, _)| is_setting(key))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    {
+        env.insert(key.to_owned(), value.to_owned());
+    }
 }
 
 /// `Environment=KEY=VALUE` lines of a systemd unit.

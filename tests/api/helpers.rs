@@ -245,6 +245,7 @@ impl TestApp {
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(gifts::startup::run(config, listener, async {
             let _ = stop.await;
+            gifts::startup::Shutdown::Now
         }));
         let app = Self {
             base: format!("http://{addr}"),
@@ -530,7 +531,8 @@ impl Binary {
                 "GIFTS_STORAGE",
                 format!("sqlite:{}", dir.path().join("gifts.db").display()),
             )
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .env("GIFTS_SHUTDOWN_DRAIN_SECS", "0");
         command.envs(env.iter().copied()).args(args);
         command
             .current_dir(cwd.unwrap_or(dir.path()))
@@ -640,13 +642,18 @@ impl Binary {
         self.child.wait().ok();
     }
 
-    /// SIGTERM; waits (at most 30 s) for a graceful exit and returns its code.
-    pub fn terminate(&mut self) -> Option<i32> {
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill -TERM");
+    }
+
+    /// SIGTERM; waits (at most 30 s) for a graceful exit and returns its code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.sigterm();
         self.wait_exit().0
     }
 }

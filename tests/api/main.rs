@@ -3,13 +3,16 @@
 
 mod helpers;
 
+mod caching;
 mod cli;
 mod deploy;
 mod diskfull;
 mod durability;
 mod imports;
+mod lifecycle;
 mod memory;
 mod messages;
+mod metrics;
 mod patch;
 mod reads;
 mod retries;

@@ -304,3 +304,65 @@ fn help_never_shows_the_storage_password_from_the_environment() {
     assert!(help.contains("GIFTS_STORAGE"), "{help}");
     assert!(!help.contains("hunter2"), "{help}");
 }
+
+#[tokio::test]
+async fn after_sigterm_readiness_fails_while_requests_are_still_served_then_it_stops() {
+    let mut app = Binary::start(&[], &[("GIFTS_SHUTDOWN_DRAIN_SECS", "2")], None);
+    app.wait_healthy().await;
+    let (status, body) = get(&app.base, "/readyz").await;
+    assert_eq!(
+        (status, &body["data"]["status"]),
+        (StatusCode::OK, &json_str("ready"))
+    );
+    let (status, _) = get(&app.base, "/livez").await;
+    assert_eq!(status, StatusCode::OK);
+
+    app.sigterm();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = get(&app.base, "/readyz").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body["error"]["code"], "draining");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never draining");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, _) = get(&app.base, "/health").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "requests are still served while draining"
+    );
+    let (code, log) = app.wait_exit();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("draining"), "{log}");
+}
+
+fn json_str(s: &str) -> Value {
+    Value::String(s.into())
+}
+
+#[test]
+fn version_names_the_commit() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gifts"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.starts_with(&format!("gifts {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let commit = text
+        .split("(commit ")
+        .nth(1)
+        .unwrap()
+        .trim_end()
+        .trim_end_matches(')');
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{text}"
+    );
+}

@@ -112,7 +112,7 @@ async fn a_tarantool_crash_gives_503s_then_everything_acknowledged_is_back() {
 }
 
 /// A client of the test's Tarantool as `user`.
-fn client_as(store: &TestStore, user: &str, password: &str) -> Client {
+pub fn client_as(store: &TestStore, user: &str, password: &str) -> Client {
     let gifts::config::StorageUrl::Tarantool(address) = store.url() else {
         unreachable!("a tarantool store")
     };

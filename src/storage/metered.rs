@@ -1,0 +1,123 @@
+//! A [`Storage`] that times every operation of another, for the
+//! `gifts_storage_operation_duration_seconds` metric.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
+use crate::metrics::{Metrics, OperationLabels};
+
+/// Wraps a store; every call is timed by backend, operation and outcome.
+pub struct Metered<S> {
+    inner: S,
+    backend: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Metered<S> {
+    /// Times `inner`'s operations as `backend`.
+    pub fn new(inner: S, backend: &'static str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            backend,
+            metrics,
+        }
+    }
+
+    async fn time<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(StorageError::ImportNotFound(_) | StorageError::CitizenNotFound { .. }) => {
+                "not_found"
+            }
+            Err(StorageError::Invalid(_) | StorageError::KeyReused { .. }) => "rejected",
+            Err(StorageError::Unavailable(_) | StorageError::Misconfigured(_)) => "unavailable",
+            Err(StorageError::Overloaded(_)) => "overloaded",
+            Err(StorageError::OutcomeUnknown(_)) => "timeout",
+            Err(StorageError::Full(_)) => "full",
+            Err(StorageError::Internal(_)) => "error",
+        };
+        self.metrics
+            .storage_seconds
+            .get_or_create(&OperationLabels {
+                backend: self.backend,
+                operation,
+                outcome,
+            })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+#[async_trait]
+impl<S: Storage> Storage for Metered<S> {
+    async fn create_import(
+        &self,
+        citizens: Vec<Citizen>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<ImportId, StorageError> {
+        self.time(
+            "create_import",
+            self.inner.create_import(citizens, idempotency),
+        )
+        .await
+    }
+
+    async fn patch_citizen(
+        &self,
+        import: ImportId,
+        citizen: CitizenId,
+        patch: CitizenPatch,
+    ) -> Result<Patched, StorageError> {
+        self.time(
+            "patch_citizen",
+            self.inner.patch_citizen(import, citizen, patch),
+        )
+        .await
+    }
+
+    async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
+        self.time("citizens", self.inner.citizens(import)).await
+    }
+
+    async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
+        self.time("import_version", self.inner.import_version(import))
+            .await
+    }
+
+    async fn list_imports(
+        &self,
+        limit: usize,
+        before: Option<ImportId>,
+    ) -> Result<Vec<ImportInfo>, StorageError> {
+        self.time("list_imports", self.inner.list_imports(limit, before))
+            .await
+    }
+
+    async fn delete_import(&self, import: ImportId) -> Result<(), StorageError> {
+        self.time("delete_import", self.inner.delete_import(import))
+            .await
+    }
+
+    async fn totals(&self) -> Result<(u64, u64), StorageError> {
+        self.time("totals", self.inner.totals()).await
+    }
+
+    async fn health(&self) -> Result<(), StorageError> {
+        self.time("health", self.inner.health()).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}

@@ -1,0 +1,223 @@
+//! The import lifecycle: list imports a page at a time, delete one for real.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::{Backend, TestApp, citizen, generate_import, spec_example};
+
+async fn page(app: &TestApp, query: &str) -> Value {
+    let (status, body) = app.get(&format!("/imports{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    body["data"].clone()
+}
+
+async fn imports_are_listed_newest_first_a_page_at_a_time(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    assert_eq!(
+        page(&app, "").await,
+        json!({"imports": [], "next_cursor": null})
+    );
+    for n in 0..5u64 {
+        app.import((0..n).map(|id| citizen(id, &[])).collect())
+            .await;
+    }
+    app.patch(5, 0, &json!({"name": "Новое"})).await;
+
+    let first = page(&app, "?limit=2").await;
+    let items = first["imports"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["import_id"], 5);
+    assert_eq!(items[0]["citizens"], 4);
+    assert_eq!(items[0]["version"], 2, "one PATCH");
+    assert_eq!(items[1]["import_id"], 4);
+    assert_eq!(items[1]["version"], 1);
+    let created = items[0]["created_at"].as_str().unwrap();
+    let year = crate::helpers::today().year().to_string();
+    assert!(
+        created.starts_with(&year) && created.ends_with('Z'),
+        "{created}"
+    );
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+
+    let second = page(&app, &format!("?limit=2&cursor={cursor}")).await;
+    let ids: Vec<&Value> = second["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["import_id"])
+        .collect();
+    assert_eq!(ids, [&json!(3), &json!(2)]);
+    let cursor = second["next_cursor"].as_str().unwrap();
+    let last = page(&app, &format!("?limit=2&cursor={cursor}")).await;
+    assert_eq!(last["imports"].as_array().unwrap().len(), 1);
+    assert_eq!(last["next_cursor"], Value::Null, "the last page");
+    assert_eq!(
+        page(&app, "").await["imports"].as_array().unwrap().len(),
+        5,
+        "default limit 100"
+    );
+}
+
+async fn bad_list_parameters_are_400s_naming_the_parameter(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for (query, field) in [
+        ("?limit=0", "limit"),
+        ("?limit=1001", "limit"),
+        ("?limit=x", "limit"),
+        ("?limit=-1", "limit"),
+        ("?cursor=nonsense", "cursor"),
+        ("?cursor=YmVmb3JlOjA", "cursor"),
+    ] {
+        let (status, body) = app.get(&format!("/imports{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query", "{query}");
+        assert_eq!(body["error"]["field"], field, "{query}");
+    }
+}
+
+async fn a_deleted_import_is_gone_everywhere_and_its_id_is_not_reused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let kept = app.import(spec_example()).await;
+    let body = json!({ "citizens": spec_example() });
+    let keyed = |key: &'static str| {
+        app.client
+            .post(app.url("/imports"))
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+    };
+    let response = keyed("k").await.unwrap();
+    let gone: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let gone = gone["data"]["import_id"].as_i64().unwrap();
+    // Warm the cache, so deleting must also forget it.
+    app.citizens(gone).await;
+    app.birthdays(gone).await;
+
+    let (status, body) = app
+        .send(Method::DELETE, &format!("/imports/{gone}"), None)
+        .await;
+    assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    for path in [
+        "citizens",
+        "citizens/birthdays",
+        "towns/stat/percentile/age",
+    ] {
+        let (status, body) = app.get(&format!("/imports/{gone}/{path}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    let (status, _) = app.patch(gone, 1, &json!({"name": "x"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app
+        .send(Method::DELETE, &format!("/imports/{gone}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "deleting twice");
+    let ids: Vec<i64> = page(&app, "").await["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["import_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [kept]);
+    assert_eq!(
+        app.citizens(kept).await,
+        spec_example(),
+        "the other import is untouched"
+    );
+    // The key went with the import: using it again stores a new import.
+    let again: Value =
+        serde_json::from_slice(&keyed("k").await.unwrap().bytes().await.unwrap()).unwrap();
+    assert_eq!(again["data"]["import_id"], gone + 1, "ids are never reused");
+}
+
+async fn patches_racing_a_delete_complete_before_it_or_get_404(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
+    let import = app.import(generate_import(200, 50, 3)).await;
+    let patches: Vec<_> = (0..40u64)
+        .map(|k| {
+            let app = std::sync::Arc::clone(&app);
+            tokio::spawn(async move {
+                app.patch(import, k % 200, &json!({"name": format!("P{k}")}))
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    let (status, _) = app
+        .send(Method::DELETE, &format!("/imports/{import}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for patch in patches {
+        let status = patch.await.unwrap();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::NOT_FOUND,
+            "{status}"
+        );
+    }
+    let (status, _) = app.get(&format!("/imports/{import}/citizens")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+backend_tests!(
+    imports_are_listed_newest_first_a_page_at_a_time,
+    bad_list_parameters_are_400s_naming_the_parameter,
+    a_deleted_import_is_gone_everywhere_and_its_id_is_not_reused,
+    patches_racing_a_delete_complete_before_it_or_get_404,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reuses_the_space_of_deleted_imports() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let gifts::config::StorageUrl::Sqlite(path) = app.store.url().clone() else {
+        unreachable!()
+    };
+    let body = generate_import(5_000, 500, 8);
+    // Pages the database uses (its WAL included), as SQLite counts them.
+    let pages = || {
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let first = app.import(body.clone()).await;
+    app.send(Method::DELETE, &format!("/imports/{first}"), None)
+        .await;
+    let after_one = pages();
+    for _ in 0..5 {
+        let import = app.import(body.clone()).await;
+        let (status, _) = app
+            .send(Method::DELETE, &format!("/imports/{import}"), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let after_six = pages();
+    assert!(
+        after_six <= after_one + after_one / 10,
+        "six imports stored and deleted use {after_six} pages, one used {after_one}: freed pages are reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarantool_deletes_the_tuples_of_a_deleted_import() {
+    if !crate::helpers::tarantool_available("delete_frees_tuples") {
+        return;
+    }
+    let app = TestApp::spawn_with(Backend::Tarantool, |c| c.tarantool_import_chunk = 1_000).await;
+    let import = app.import(generate_import(2_500, 100, 4)).await;
+    let gifts = crate::tarantool::client_as(&app.store, "gifts", "test-password");
+    let wait = std::time::Duration::from_secs(5);
+    let none: [u8; 0] = [];
+    let (_, _, tuples): (u64, u64, u64) = gifts.call("gifts_totals", &none, wait).await.unwrap();
+    assert_eq!(tuples, 2_500);
+    let (status, _) = app
+        .send(Method::DELETE, &format!("/imports/{import}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (imports, citizens, tuples): (u64, u64, u64) =
+        gifts.call("gifts_totals", &none, wait).await.unwrap();
+    assert_eq!((imports, citizens, tuples), (0, 0, 0));
+}

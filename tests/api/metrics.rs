@@ -1,0 +1,94 @@
+//! `GET /metrics`: the Prometheus metrics move with the traffic.
+
+use reqwest::StatusCode;
+
+use crate::backend_tests;
+use crate::helpers::{Backend, TestApp, spec_example};
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+    );
+    String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap()
+}
+
+/// The value of the sample whose line starts with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn the_metrics_count_requests_storage_cache_and_totals(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let name = if backend == Backend::Sqlite {
+        "sqlite"
+    } else {
+        "tarantool"
+    };
+    let import = app.import(spec_example()).await;
+    for _ in 0..3 {
+        app.citizens(import).await;
+    }
+    app.get("/imports/99/citizens").await;
+    let text = scrape(&app).await;
+    let expect = |series: &str, at_least: f64| {
+        let value = sample(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        assert!(value >= at_least, "{series} = {value}, wanted ≥ {at_least}");
+    };
+    expect(
+        "gifts_http_requests_total{method=\"POST\",route=\"/imports\",status=\"201\"}",
+        1.0,
+    );
+    expect(
+        "gifts_http_requests_total{method=\"GET\",route=\"/imports/{import_id}/citizens\",status=\"200\"}",
+        3.0,
+    );
+    expect(
+        "gifts_http_requests_total{method=\"GET\",route=\"/imports/{import_id}/citizens\",status=\"404\"}",
+        1.0,
+    );
+    expect(
+        "gifts_http_request_duration_seconds_count{method=\"GET\",route=\"/imports/{import_id}/citizens\"}",
+        4.0,
+    );
+    expect(
+        &format!(
+            "gifts_storage_operation_duration_seconds_count{{backend=\"{name}\",operation=\"create_import\",outcome=\"ok\"}}"
+        ),
+        1.0,
+    );
+    expect(
+        &format!(
+            "gifts_storage_operation_duration_seconds_count{{backend=\"{name}\",operation=\"import_version\",outcome=\"not_found\"}}"
+        ),
+        1.0,
+    );
+    expect("gifts_cache_hits_total{kind=\"body\"}", 2.0);
+    expect("gifts_cache_misses_total{kind=\"body\"}", 1.0);
+    expect("gifts_cache_bytes", 1.0);
+    assert_eq!(sample(&text, "gifts_imports "), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "gifts_citizens "), Some(3.0), "{text}");
+    assert!(text.contains("gifts_build_info{version=\""), "{text}");
+    if backend == Backend::Sqlite {
+        expect("gifts_sqlite_write_batch_size_count", 1.0);
+        assert!(
+            text.contains("gifts_sqlite_queue_depth{kind=\"write\"}"),
+            "{text}"
+        );
+    } else {
+        assert_eq!(
+            sample(&text, "gifts_tarantool_connected "),
+            Some(1.0),
+            "{text}"
+        );
+    }
+}
+
+backend_tests!(the_metrics_count_requests_storage_cache_and_totals);
