@@ -447,14 +447,15 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
     let mut throughput = Vec::new();
     if args.duration_secs > 0 {
         let window = Duration::from_secs(args.duration_secs);
-        for (label, path) in [
-            ("GET citizens", "citizens"),
-            ("GET birthdays", "citizens/birthdays"),
-            ("GET percentiles", "towns/stat/percentile/age"),
+        for (label, path, gzip) in [
+            ("GET citizens", "citizens", false),
+            ("GET citizens (gzip)", "citizens", true),
+            ("GET birthdays", "citizens/birthdays", false),
+            ("GET percentiles", "towns/stat/percentile/age", false),
         ] {
             let url = Arc::new(format!("{base}/imports/{import}/{path}"));
             throughput.push(
-                load(label, args.clients, window, &client, move |_, _| {
+                load(label, args.clients, window, &client, gzip, move |_, _| {
                     (Method::GET, url.to_string(), Bytes::new())
                 })
                 .await,
@@ -467,6 +468,7 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
                 args.clients,
                 window,
                 &client,
+                false,
                 move |client, k| {
                     let id = (client as u64 * 7919 + k * 104_729) % n;
                     (
@@ -487,6 +489,7 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
                 args.clients,
                 window,
                 &client,
+                false,
                 move |client, k| {
                     let (url, body) =
                         patch_relatives(&base_rel, import, n, client as u64 * 1_000_003 + k);
@@ -545,11 +548,25 @@ async fn send(
     url: &str,
     body: Bytes,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
-    let request = Request::builder()
+    send_with(client, method, url, body, false).await
+}
+
+/// `send`, asking for a gzip-compressed answer when `gzip`.
+async fn send_with(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    body: Bytes,
+    gzip: bool,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let mut request = Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(body))?;
+        .header("content-type", "application/json");
+    if gzip {
+        request = request.header("accept-encoding", "gzip");
+    }
+    let request = request.body(Full::new(body))?;
     let response = client.request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
@@ -605,6 +622,7 @@ async fn load<M>(
     clients: usize,
     window: Duration,
     client: &HttpClient,
+    gzip: bool,
     make: M,
 ) -> Throughput
 where
@@ -629,7 +647,7 @@ where
                     let (method, url, body) = make(c, k);
                     k += 1;
                     let ok = matches!(
-                        send(&client, method, &url, body).await,
+                        send_with(&client, method, &url, body, gzip).await,
                         Ok((StatusCode::OK, _))
                     );
                     if ok { &done } else { &errors }.fetch_add(1, Ordering::Relaxed);

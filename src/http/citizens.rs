@@ -11,6 +11,26 @@ use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data, to_data};
 use crate::domain::{stats, today_utc};
 
+#[utoipa::path(
+    get,
+    path = "/imports/{import_id}/citizens",
+    operation_id = "listCitizens",
+    tag = "citizens",
+    params(
+        ("import_id" = u64, Path, minimum = 1, description = "The import"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
+        ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
+    ),
+    responses(
+        (status = 200, description = "All citizens, by citizen_id, relatives ascending", body = crate::http::openapi::CitizensAnswer,
+            headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
+        (status = 304, description = "Not modified: If-None-Match named the current answer"),
+        (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
+        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
 /// All citizens of the import, by citizen_id.
 pub async fn list(
     State(state): State<AppState>,
@@ -23,6 +43,29 @@ pub async fn list(
     .await
 }
 
+#[utoipa::path(
+    patch,
+    path = "/imports/{import_id}/citizens/{citizen_id}",
+    operation_id = "patchCitizen",
+    tag = "citizens",
+    params(
+        ("import_id" = u64, Path, minimum = 1, description = "The import"),
+        ("citizen_id" = u64, Path, description = "The citizen"),
+    ),
+    request_body(content = crate::http::openapi::CitizenPatchSchema, description = "The fields to change"),
+    responses(
+        (status = 200, description = "The whole citizen as it is now", body = crate::http::openapi::CitizenAnswer),
+        (status = 400, description = "The body breaks a rule: the error names the field", body = crate::http::openapi::ErrorAnswer),
+        (status = 404, description = "No such import or citizen", body = crate::http::openapi::ErrorAnswer),
+        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
+        (status = 413, description = "The body is over the size limit", body = crate::http::openapi::ErrorAnswer),
+        (status = 415, description = "A Content-Encoding other than gzip", body = crate::http::openapi::ErrorAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "Not changed: retry later", body = crate::http::openapi::ErrorAnswer),
+        (status = 504, description = "Sent to the store, not confirmed: it may have been changed", body = crate::http::openapi::ErrorAnswer),
+        (status = 507, description = "The store has no room: nothing changed", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
 /// Replaces the given fields of one citizen, mirroring relatives; 200 with the citizen.
 pub async fn update(
     State(state): State<AppState>,
@@ -40,6 +83,26 @@ pub async fn update(
     data(StatusCode::OK, &patched.citizen)
 }
 
+#[utoipa::path(
+    get,
+    path = "/imports/{import_id}/citizens/birthdays",
+    operation_id = "birthdays",
+    tag = "analytics",
+    params(
+        ("import_id" = u64, Path, minimum = 1, description = "The import"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
+        ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
+    ),
+    responses(
+        (status = 200, description = "Presents per month", body = crate::http::openapi::BirthdaysAnswer,
+            headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
+        (status = 304, description = "Not modified: If-None-Match named the current answer"),
+        (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
+        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
 /// Presents per month.
 pub async fn birthdays(
     State(state): State<AppState>,

@@ -12,6 +12,17 @@ use super::error::AppError;
 use super::{AppState, Quiet, data};
 use crate::storage::StorageError;
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The store answers and takes writes", body = crate::http::openapi::StatusAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "The store is unavailable, refuses the service, or its disk is full", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
 /// 200 when the store answers and takes writes, 503 otherwise (the body
 /// says why: `storage_unavailable`, or `insufficient_storage` when its disk
 /// is full and only reads are served). Logged at DEBUG when healthy:
@@ -30,6 +41,13 @@ pub async fn check(State(state): State<AppState>) -> Result<Response, AppError> 
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/livez",
+    operation_id = "livez",
+    tag = "operations",
+    responses((status = 200, description = "The process serves", body = crate::http::openapi::StatusAnswer))
+)]
 /// 200 while the process serves requests at all.
 pub async fn live() -> Result<Response, AppError> {
     let mut response = data(StatusCode::OK, &json!({"status": "live"}))?;
@@ -37,6 +55,17 @@ pub async fn live() -> Result<Response, AppError> {
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Send traffic here", body = crate::http::openapi::StatusAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "Draining after SIGTERM, or the store is unhealthy", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
 /// 200 when the service should get traffic: the store answers and takes
 /// writes, and the service is not draining after SIGTERM; 503 otherwise.
 pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> {
@@ -58,6 +87,13 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> 
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String))
+)]
 /// The Prometheus metrics (OpenMetrics text); the import and citizen totals
 /// are read from the store now (cheaply: no citizen is read).
 pub async fn metrics(State(state): State<AppState>) -> Response {

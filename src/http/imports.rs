@@ -78,6 +78,23 @@ fn rfc3339(unix_seconds: i64) -> String {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/imports",
+    operation_id = "listImports",
+    tag = "imports",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Imports per page (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of imports, newest first", body = crate::http::openapi::ImportsAnswer),
+        (status = 400, description = "A bad limit or cursor", body = crate::http::openapi::ErrorAnswer),
+        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
 /// Imports, newest first, a page at a time (`limit` 1–1000, default 100;
 /// `cursor` from the previous page's `next_cursor`).
 pub async fn list(
@@ -132,6 +149,22 @@ pub async fn list(
     )
 }
 
+#[utoipa::path(
+    delete,
+    path = "/imports/{import_id}",
+    operation_id = "deleteImport",
+    tag = "imports",
+    params(("import_id" = u64, Path, minimum = 1, description = "The import")),
+    responses(
+        (status = 204, description = "Deleted, with all its citizens"),
+        (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
+        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "Not deleted: retry later", body = crate::http::openapi::ErrorAnswer),
+        (status = 504, description = "Sent to the store, not confirmed: it may have been deleted", body = crate::http::openapi::ErrorAnswer),
+        (status = 507, description = "The store has no room", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
 /// Deletes an import and all its citizens; 204.
 pub async fn delete(
     State(state): State<AppState>,
@@ -162,6 +195,26 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/imports",
+    operation_id = "createImport",
+    tag = "imports",
+    request_body(content = crate::http::openapi::ImportRequestSchema, description = "The import; may be gzip-compressed (Content-Encoding: gzip)"),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1–255 printable ASCII characters: a retry with the same key and body gets the same import")),
+    responses(
+        (status = 201, description = "Stored", body = crate::http::openapi::ImportCreated),
+        (status = 400, description = "The body breaks a rule: the error names the field and the citizen", body = crate::http::openapi::ErrorAnswer),
+        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
+        (status = 413, description = "The body is over the size limit", body = crate::http::openapi::ErrorAnswer),
+        (status = 415, description = "A Content-Encoding other than gzip", body = crate::http::openapi::ErrorAnswer),
+        (status = 422, description = "The Idempotency-Key was used with another body", body = crate::http::openapi::ErrorAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "Not stored: retry later", body = crate::http::openapi::ErrorAnswer),
+        (status = 504, description = "Sent to the store, not confirmed: it may have been stored", body = crate::http::openapi::ErrorAnswer),
+        (status = 507, description = "The store has no room: nothing stored", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
 /// Validates and stores an import atomically; 201 with its new id. With an
 /// `Idempotency-Key` seen before: the same body gets the same import id
 /// (201, nothing new stored), another body 422.

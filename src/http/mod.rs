@@ -25,6 +25,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod imports;
+pub mod openapi;
 mod towns;
 pub mod wire;
 
@@ -71,6 +72,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/health", get(health::check))
         .route("/livez", get(health::live))
         .route("/metrics", get(health::metrics))
+        // Swagger UI at /docs (assets in the binary), and the document it shows at /openapi.json.
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::document()))
         .route("/readyz", get(health::ready))
         .fallback(|| async { AppError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })

@@ -10,6 +10,26 @@ use super::extract::ImportPath;
 use super::{AppState, cached_view, to_data};
 use crate::domain::{stats, today_utc};
 
+#[utoipa::path(
+    get,
+    path = "/imports/{import_id}/towns/stat/percentile/age",
+    operation_id = "agePercentiles",
+    tag = "analytics",
+    params(
+        ("import_id" = u64, Path, minimum = 1, description = "The import"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
+        ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
+    ),
+    responses(
+        (status = 200, description = "p50, p75 and p99 of ages per town, by town", body = crate::http::openapi::PercentilesAnswer,
+            headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
+        (status = 304, description = "Not modified: If-None-Match named the current answer"),
+        (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
+        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
 /// p50/p75/p99 of ages per town, ordered by town.
 pub async fn percentiles(
     State(state): State<AppState>,
