@@ -59,6 +59,12 @@ pub enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_secs: u64,
     },
+    /// Make an access token: prints it once, and the line to add to the tokens file.
+    Token {
+        /// What to do: only `new` for now.
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Upload an import from a JSON file (or `-` for standard input) to a running service.
     Import {
         /// The file holding `{"citizens": [...]}`, or `-` to read standard input.
@@ -69,6 +75,20 @@ pub enum Command {
         /// Seconds to wait for the whole upload and the answer.
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_secs: u64,
+    },
+}
+
+/// `gifts token ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenAction {
+    /// A new random token with the given scopes.
+    New {
+        /// Who or what uses it (one word; logged with every request it makes).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read (the GETs), write (POST, PATCH), delete, admin (/metrics).
+        #[arg(long, value_parser = crate::http::auth::parse_scopes)]
+        scopes: std::vec::Vec<crate::http::auth::Scope>,
     },
 }
 
@@ -131,6 +151,17 @@ pub struct Config {
     /// Log lines as `text` (for people) or `json` (one object per line, for log collectors).
     #[arg(long, env = "GIFTS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Require bearer tokens: the file lists them (NAME SCOPES SHA256 per line; see
+    /// `gifts token new`). Without it, anyone who reaches the port may read and change
+    /// everything. SIGHUP reloads the file.
+    #[arg(long, env = "GIFTS_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Proxies whose X-Forwarded-For is believed for the client address in the log
+    /// (comma-separated IPs, e.g. 127.0.0.1,10.0.0.5); others' is ignored.
+    #[arg(long, env = "GIFTS_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: AddressList,
 
     /// Seconds a Tarantool call may take before the request fails with 503.
     #[arg(long, env = "GIFTS_TARANTOOL_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -256,6 +287,26 @@ fn name_the_environment(error: clap::Error, args: &[OsString]) -> clap::Error {
             env.to_string_lossy()
         ),
     )
+}
+
+/// Comma-separated IP addresses; empty is none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressList(pub Vec<std::net::IpAddr>);
+
+impl FromStr for AddressList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse()
+                    .map_err(|_| format!("{a:?} is not an IP address (e.g. 127.0.0.1,10.0.0.5)"))
+            })
+            .collect::<Result<_, _>>()
+            .map(AddressList)
+    }
 }
 
 /// How log lines are written.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use gifts::config::{Cli, Command};
+use gifts::config::{Cli, Command, TokenAction};
 use gifts::{client, healthcheck, startup, telemetry};
 
 /// mimalloc: imports allocate and free millions of small strings; glibc's
@@ -31,6 +31,14 @@ async fn main() -> anyhow::Result<()> {
             };
             let code = client::import(&file, &base, Duration::from_secs(timeout_secs)).await;
             std::process::exit(code)
+        }
+        Some(Command::Token {
+            action: TokenAction::New { name, scopes },
+        }) => {
+            let (token, line) = gifts::http::auth::new_token(&name, &scopes)?;
+            println!("token for {name} (shown only now; give it to its user):\n{token}\n");
+            println!("line for the tokens file (--tokens-file; then SIGHUP or restart):\n{line}");
+            Ok(())
         }
         None => {
             telemetry::init(config.log_format);

@@ -13,6 +13,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, StorageUrl};
+use crate::http::auth::Tokens;
 use crate::http::cache::ResponseCache;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -66,6 +67,72 @@ pub async fn open_storage(
             "tarantool",
             Arc::clone(metrics),
         ))),
+    }
+}
+
+/// The tokens file, if access is restricted; a file that does not parse stops the start.
+fn open_tokens(config: &Config) -> anyhow::Result<Option<Arc<Tokens>>> {
+    let Some(path) = &config.tokens_file else {
+        return Ok(None);
+    };
+    let tokens = Tokens::load(path).context("--tokens-file / GIFTS_TOKENS_FILE")?;
+    if tokens.is_empty() {
+        tracing::warn!(path = %path.display(), "the tokens file lists no token: every protected request gets 401");
+    }
+    Ok(Some(Arc::new(tokens)))
+}
+
+/// Reloads the tokens file on SIGHUP; a file that does not parse keeps the
+/// old tokens. Without a tokens file, SIGHUP is logged and ignored.
+async fn reload_tokens_on_sighup(tokens: Option<Arc<Tokens>>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::error!("cannot listen for SIGHUP: the tokens file is read only at start");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let Some(tokens) = &tokens else {
+                tracing::info!("SIGHUP: no --tokens-file to reload");
+                continue;
+            };
+            match tokens.reload() {
+                Ok(n) => tracing::info!(tokens = n, "tokens file reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "tokens file not reloaded; the old tokens stay")
+                }
+            }
+        }
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit) how the service is doing: `READY=1`
+/// once it listens, `STOPPING=1` when it shuts down. Does nothing outside
+/// systemd (no `NOTIFY_SOCKET`).
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let path = path.to_string_lossy();
+        match path.strip_prefix('@') {
+            // An abstract socket (the usual case).
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.send_to_addr(state.as_bytes(), &address)?;
+            }
+            None => {
+                socket.send_to(state.as_bytes(), path.as_ref())?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }
 
@@ -131,7 +198,19 @@ pub async fn run(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
         draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        tokens: open_tokens(&config)?,
+        trusted_proxies: Arc::new(config.trusted_proxies.0.clone()),
     };
+    // SIGHUP reloads the tokens; without tokens it must still not stop the service.
+    tokio::spawn(reload_tokens_on_sighup(state.tokens.clone()));
+    if let Some(tokens) = &state.tokens {
+        tracing::info!(tokens = tokens.len(), "access needs a bearer token");
+    } else if !listener.local_addr()?.ip().is_loopback() {
+        tracing::warn!(
+            address = %listener.local_addr()?,
+            "no --tokens-file: anyone who can reach this port can read and change personal data (names, addresses, birth dates); see --tokens-file"
+        );
+    }
     let draining = Arc::clone(&state.draining);
     let app = http::router(state, config.request_timeout());
     tracing::info!(
@@ -140,6 +219,7 @@ pub async fn run(
         cache = %config.cache_bytes,
         "listening"
     );
+    notify_systemd("READY=1");
 
     // hyper directly rather than `axum::serve`, for the header-read timeout.
     let mut builder = http1::Builder::new();
@@ -161,7 +241,7 @@ pub async fn run(
     };
     let mut stop = std::pin::pin!(stop);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -176,8 +256,9 @@ pub async fn run(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
+        let service = app.clone().layer(axum::Extension(http::Peer(peer)));
         let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -186,6 +267,7 @@ pub async fn run(
         });
     }
     drop(listener);
+    notify_systemd("STOPPING=1");
     tracing::info!("shutting down: finishing in-flight requests");
     let grace = config.request_timeout() + Duration::from_secs(1);
     if tokio::time::timeout(grace, graceful.shutdown())

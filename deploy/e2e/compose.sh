@@ -236,7 +236,18 @@ lua_edit_keeps_app_image() {
 }
 check "editing tarantool/app.lua does not rebuild the app image" lua_edit_keeps_app_image
 
-# 3. The stack.
+# 3. The stack, with access tokens made by the documented command.
+make_tokens() {
+    local made
+    : >"$stack/tokens"
+    made=$(compose run --rm --no-deps -T app token new --name e2e --scopes read,write,delete,admin) || return 1
+    echo "$made" | tail -n 1 >"$stack/tokens"
+    token=$(echo "$made" | grep '^gifts_')
+    [ -n "$token" ] && grep -q '^e2e read,write,delete,admin [0-9a-f]\{64\}$' "$stack/tokens"
+}
+check "gifts token new, run in the app image, makes a token and its line for ./tokens" make_tokens
+auth="Authorization: Bearer $token"
+
 app_after_healthy_tarantool() {
     compose up -d || return 1
     wait_http "http://127.0.0.1:$port/health" 200 120 || return 1
@@ -251,15 +262,21 @@ check "compose up: Tarantool turns healthy, and only then the app starts" app_af
 
 base="http://127.0.0.1:$port"
 api_through_port() {
-    want='{"data":{"import_id":1}}' expect curl -s -X POST "$base/imports" --data-binary @"$stack/docs/example-import.json" &&
+    want='{"data":{"import_id":1}}' expect curl -s -H "$auth" -X POST "$base/imports" --data-binary @"$stack/docs/example-import.json" &&
         want='{"data":{"citizen_id":3,"town":"Керчь","street":"Иосифа Бродского","building":"2","apartment":11,"name":"Романова Мария Леонидовна","birth_date":"23.11.1986","gender":"female","relatives":[1]}}' \
-            expect curl -s -X PATCH "$base/imports/1/citizens/3" -d '{"relatives": [1]}' &&
-        [ "$(curl -s "$base/imports/1/citizens" | grep -o '"relatives":\[2,3\]')" = '"relatives":[2,3]' ] &&
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/imports/1/citizens/birthdays")" = 200 ] &&
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/imports/1/towns/stat/percentile/age")" = 200 ]
+            expect curl -s -H "$auth" -X PATCH "$base/imports/1/citizens/3" -d '{"relatives": [1]}' &&
+        [ "$(curl -s -H "$auth" "$base/imports/1/citizens" | grep -o '"relatives":\[2,3\]')" = '"relatives":[2,3]' ] &&
+        [ "$(curl -s -H "$auth" -o /dev/null -w '%{http_code}' "$base/imports/1/citizens/birthdays")" = 200 ] &&
+        [ "$(curl -s -H "$auth" -o /dev/null -w '%{http_code}' "$base/imports/1/towns/stat/percentile/age")" = 200 ]
 }
 check "/health, an import, a PATCH and the three reads work through the published port" api_through_port
-listing=$(curl -s "$base/imports/1/citizens")
+listing=$(curl -s -H "$auth" "$base/imports/1/citizens")
+no_token_refused() {
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/imports/1/citizens")" = 401 ] &&
+        [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer gifts_wrong' "$base/imports")" = 401 ] &&
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/health")" = 200 ]
+}
+check "the stack refuses requests without a token (401) and keeps /health open" no_token_refused
 
 non_root() {
     [ "$(compose exec -T app id -u)" != 0 ] &&
@@ -270,7 +287,7 @@ check "both containers run as non-root users; Tarantool's data files belong to t
 check "ps, logs and down need no exported password (compose reads .env)" \
     sh -c "cd '$stack' && env -u GIFTS_TARANTOOL_PASSWORD docker compose ps && env -u GIFTS_TARANTOOL_PASSWORD docker compose logs --tail 1"
 
-same_data() { want=$listing expect curl -s "$base/imports/1/citizens"; }
+same_data() { want=$listing expect curl -s -H "$auth" "$base/imports/1/citizens"; }
 survives_restart() {
     compose restart && wait_http "$base/health" 200 120 && same_data
 }
@@ -294,7 +311,7 @@ killed_tarantool() {
     rm -f "$statuses".* "$work/stop"
     for k in 1 2 3 4; do
         (until [ -e "$work/stop" ]; do
-            curl -s -o /dev/null -w '%{http_code}\n' --max-time 20 "$base/imports/1/citizens"
+            curl -s -H "$auth" -o /dev/null -w '%{http_code}\n' --max-time 20 "$base/imports/1/citizens"
         done >"$statuses.$k") &
         clients+=($!)
     done
@@ -304,7 +321,7 @@ killed_tarantool() {
     kill -9 "$pid" || return 1
     deadline=$((SECONDS + 90))
     until [ "$(docker inspect -f '{{.RestartCount}}' "$(container tarantool)")" -gt "$restarts" ] &&
-        wait_http "$base/imports/1/citizens" 200 5 >/dev/null; do
+        wait_http "$base/readyz" 200 5 >/dev/null; do
         [ $SECONDS -lt $deadline ] || break
     done
     sleep 1 # some answers after the recovery
@@ -337,6 +354,36 @@ root_owned_volume() {
         compose up -d && wait_http "$base/health" 200 120 && same_data
 }
 check "a root-owned volume from the old image works after the documented one-time chown" root_owned_volume
+# TLS stays outside: deploy/nginx/gifts.conf, for real, in front of the stack.
+tls_port=18443
+nginx_proxy() {
+    command -v nginx >/dev/null 2>&1 || apt_install nginx || { echo "no nginx"; return 1; }
+    command -v openssl >/dev/null 2>&1 || apt_install openssl || { echo "no openssl"; return 1; }
+    local dir="$work/nginx" gateway
+    rm -rf "$dir" && mkdir -p "$dir/tls" "$dir/logs"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+        -keyout "$dir/tls/key.pem" -out "$dir/tls/cert.pem" 2>/dev/null || return 1
+    # The config as shipped, with this machine's ports and paths.
+    sed -e "s|127.0.0.1:8080|127.0.0.1:$port|" -e "s|listen 443 ssl|listen 127.0.0.1:$tls_port ssl|" \
+        -e "s|/etc/gifts/tls|$dir/tls|" "$stack/deploy/nginx/gifts.conf" >"$dir/gifts.conf"
+    printf 'pid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents {}\nhttp {\n  access_log off;\n  include %s/gifts.conf;\n}\n' \
+        "$dir" "$dir" "$dir" >"$dir/nginx.conf"
+    nginx -t -c "$dir/nginx.conf" -p "$dir" || return 1
+    nginx -c "$dir/nginx.conf" -p "$dir" || return 1
+    # The proxy, as the app in its container sees it: the compose network's gateway.
+    gateway=$(docker network inspect -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' ${project}_backend)
+    sed -i '/^GIFTS_TRUSTED_PROXIES=/d' "$stack/.env"
+    echo "GIFTS_TRUSTED_PROXIES=$gateway" >>"$stack/.env"
+    compose up -d app && wait_http "$base/health" 200 120 || return 1
+    local status
+    status=$(curl -sk -H "$auth" -H 'X-Forwarded-For: 203.0.113.9' -H 'x-request-id: through-nginx' \
+        -o /dev/null -w '%{http_code}' "https://127.0.0.1:$tls_port/imports/1/citizens")
+    nginx -c "$dir/nginx.conf" -p "$dir" -s stop
+    [ "$status" = 200 ] || { echo "through nginx: $status"; return 1; }
+    # The client is the one nginx saw (a client cannot pick its own address).
+    compose logs app | grep 'through-nginx' | tee /dev/stderr | grep -q 'client="127.0.0.1"'
+}
+check "TLS at a reverse proxy: deploy/nginx/gifts.conf serves HTTPS in front of the stack; the log names the real client" nginx_proxy
 compose down >/dev/null 2>&1
 
 # 4. One container, embedded store, as the README runs it.
@@ -380,16 +427,19 @@ compose_apply() {
     docker rm -f $(docker ps -aq --filter label=com.docker.compose.project=gifts-e2e-ansible) >/dev/null 2>&1
     local vars=(-e gifts_mode=compose -e gifts_tarantool_password="$password"
         -e gifts_port=$ansible_port -e gifts_compose_dir="$ansible_dir" -e gifts_compose_project=gifts-e2e-ansible
+        -e "{\"gifts_tokens\": [\"$(cat "$stack/tokens")\"]}"
         -e "{\"gifts_build_args\": {\"RUST_IMAGE\": \"$RUST_IMAGE\", \"RUNTIME_IMAGE\": \"$RUNTIME_IMAGE\", \"TARANTOOL_IMAGE\": \"$TARANTOOL_IMAGE\"}}")
     playbook localhost local "${vars[@]}" || return 1
     wait_http "http://127.0.0.1:$ansible_port/health" 200 60 || return 1
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ansible_port/imports")" = 401 ] || return 1
+    [ "$(curl -s -H "$auth" -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ansible_port/imports")" = 200 ] || return 1
     playbook localhost local "${vars[@]}" >"$out.second" 2>&1 || {
         cat "$out.second"
         return 1
     }
     no_changes
 }
-check "the playbook's compose mode (Debian's docker-compose 1.29) applies on this engine, serves, and a second apply changes nothing" compose_apply
+check "the playbook's compose mode (Debian's docker-compose 1.29) applies on this engine, serves with its tokens (401 without), and a second apply changes nothing" compose_apply
 (cd "$ansible_dir" 2>/dev/null && docker-compose down -v >/dev/null 2>&1)
 
 systemd_apply() {
@@ -414,16 +464,19 @@ systemd_apply() {
             ;;
     esac
     [ -x "$repo/target/release/gifts" ] || (cd "$repo" && cargo build --release --locked) || return 1
-    local vars=(-e gifts_mode=systemd -e gifts_repo="$repo")
+    local vars=(-e gifts_mode=systemd -e gifts_repo="$repo"
+        -e "{\"gifts_tokens\": [\"$(cat "$stack/tokens")\"]}")
     playbook gifts-e2e-systemd community.docker.docker "${vars[@]}" || return 1
     docker exec gifts-e2e-systemd curl -sf http://127.0.0.1:8080/health || return 1
+    [ "$(docker exec gifts-e2e-systemd curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/imports)" = 401 ] || return 1
+    [ "$(docker exec gifts-e2e-systemd curl -s -H "$auth" -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/imports)" = 200 ] || return 1
     playbook gifts-e2e-systemd community.docker.docker "${vars[@]}" >"$out.second" 2>&1 || {
         cat "$out.second"
         return 1
     }
     no_changes
 }
-check "the playbook's systemd mode applies in a container with systemd as PID 1, serves, and a second apply changes nothing" systemd_apply
+check "the playbook's systemd mode applies in a container with systemd as PID 1, serves with its tokens (a credential; 401 without), and a second apply changes nothing" systemd_apply
 docker rm -f gifts-e2e-systemd >/dev/null 2>&1
 
 compose down -v >/dev/null 2>&1

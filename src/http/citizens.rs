@@ -15,6 +15,7 @@ use crate::domain::{stats, today_utc};
     get,
     path = "/imports/{import_id}/citizens",
     operation_id = "listCitizens",
+    security(("bearer" = ["read"]), ()),
     tag = "citizens",
     params(
         ("import_id" = u64, Path, minimum = 1, description = "The import"),
@@ -22,6 +23,8 @@ use crate::domain::{stats, today_utc};
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
     responses(
+        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
+        (status = 403, description = "With --tokens-file: the token lacks the read scope", body = crate::http::openapi::ErrorAnswer),
         (status = 200, description = "All citizens, by citizen_id, relatives ascending", body = crate::http::openapi::CitizensAnswer,
             headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
@@ -47,6 +50,7 @@ pub async fn list(
     patch,
     path = "/imports/{import_id}/citizens/{citizen_id}",
     operation_id = "patchCitizen",
+    security(("bearer" = ["write"]), ()),
     tag = "citizens",
     params(
         ("import_id" = u64, Path, minimum = 1, description = "The import"),
@@ -54,6 +58,8 @@ pub async fn list(
     ),
     request_body(content = crate::http::openapi::CitizenPatchSchema, description = "The fields to change"),
     responses(
+        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
+        (status = 403, description = "With --tokens-file: the token lacks the write scope", body = crate::http::openapi::ErrorAnswer),
         (status = 200, description = "The whole citizen as it is now", body = crate::http::openapi::CitizenAnswer),
         (status = 400, description = "The body breaks a rule: the error names the field", body = crate::http::openapi::ErrorAnswer),
         (status = 404, description = "No such import or citizen", body = crate::http::openapi::ErrorAnswer),
@@ -87,6 +93,7 @@ pub async fn update(
     get,
     path = "/imports/{import_id}/citizens/birthdays",
     operation_id = "birthdays",
+    security(("bearer" = ["read"]), ()),
     tag = "analytics",
     params(
         ("import_id" = u64, Path, minimum = 1, description = "The import"),
@@ -94,6 +101,8 @@ pub async fn update(
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
     responses(
+        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
+        (status = 403, description = "With --tokens-file: the token lacks the read scope", body = crate::http::openapi::ErrorAnswer),
         (status = 200, description = "Presents per month", body = crate::http::openapi::BirthdaysAnswer,
             headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),

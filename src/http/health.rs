@@ -91,8 +91,13 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> 
     get,
     path = "/metrics",
     operation_id = "metrics",
+    security(("bearer" = ["admin"]), ()),
     tag = "operations",
-    responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String))
+    responses(
+        (status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
+        (status = 403, description = "With --tokens-file: the token lacks the admin scope", body = crate::http::openapi::ErrorAnswer),
+    )
 )]
 /// The Prometheus metrics (OpenMetrics text); the import and citizen totals
 /// are read from the store now (cheaply: no citizen is read).

@@ -19,6 +19,7 @@ use crate::config::ByteSize;
 use crate::domain::{Citizen, ImportId};
 use crate::storage::Storage;
 
+pub mod auth;
 pub mod cache;
 mod citizens;
 pub mod error;
@@ -47,13 +48,50 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// What the service counts.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The bearer tokens in force, when access is restricted.
+    pub tokens: Option<Arc<auth::Tokens>>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<std::net::IpAddr>>,
+}
+
+/// The peer address of a request's connection (set per connection by the server).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// The client a request came from: the peer, or — when the peer is a
+/// trusted proxy — the last address in `X-Forwarded-For` that is not one.
+fn client_address<B>(
+    request: &Request<B>,
+    trusted: &[std::net::IpAddr],
+) -> Option<std::net::IpAddr> {
+    let peer = request.extensions().get::<Peer>()?.0.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<std::net::IpAddr> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|a| !trusted.contains(a))
+            .unwrap_or(peer),
+    )
 }
 
 /// Builds the router with its middleware: request id, one log line per
 /// request, a whole-request timeout and the body limit.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let header = axum::http::HeaderName::from_static(REQUEST_ID);
-    Router::new()
+    let trusted = Arc::clone(&state.trusted_proxies);
+    let tokens = state.tokens.clone();
+    let router = Router::new()
         .route("/imports", post(imports::create).get(imports::list))
         .route("/imports/{import_id}", delete(imports::delete))
         .route("/imports/{import_id}/citizens", get(citizens::list))
@@ -84,7 +122,14 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         ))
         .layer(middleware::from_fn(|request, next: middleware::Next| {
             crate::storage::deadline::scope(next.run(request))
-        }))
+        }));
+    // Checked inside the request's span, so its log line names the token, and
+    // inside the metrics, so refused requests are counted.
+    let router = match tokens {
+        Some(tokens) => router.layer(middleware::from_fn_with_state(tokens, auth::require_token)),
+        None => router,
+    };
+    router
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             count_request,
@@ -92,7 +137,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
+                .make_span_with(move |request: &Request<_>| {
                     let route = request
                         .extensions()
                         .get::<MatchedPath>()
@@ -103,11 +148,16 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                         .get::<RequestId>()
                         .and_then(|id| id.header_value().to_str().ok())
                         .unwrap_or("-");
+                    let client = client_address(request, &trusted)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
                     tracing::info_span!(
                         "request",
                         method = %request.method(),
                         route,
                         id,
+                        client,
+                        token = tracing::field::Empty,
                         import_id = tracing::field::Empty,
                         citizens = tracing::field::Empty,
                     )

@@ -308,6 +308,10 @@ pub enum ErrorCode {
     InsufficientStorage,
     /// Shutting down (readiness).
     Draining,
+    /// No bearer token, or an unknown one.
+    Unauthorized,
+    /// The token lacks the scope.
+    Forbidden,
 }
 
 /// The document: every route of the router.
@@ -328,6 +332,7 @@ pub enum ErrorCode {
         openapi_json,
     ),
     components(schemas(ErrorAnswer, CitizenIdSchema)),
+    modifiers(&BearerTokens),
     tags(
         (name = "imports", description = "Store, list and delete imports"),
         (name = "citizens", description = "Read and correct citizens"),
@@ -336,6 +341,27 @@ pub enum ErrorCode {
     )
 )]
 struct ApiDoc;
+
+/// Declares the bearer scheme the operations' `security` names.
+struct BearerTokens;
+
+impl utoipa::Modify for BearerTokens {
+    fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Needed only when the service runs with --tokens-file; each operation names the scope its token must have (read, write, delete, admin). Make a token with `gifts token new`.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// This document.
 #[utoipa::path(

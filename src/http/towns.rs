@@ -14,6 +14,7 @@ use crate::domain::{stats, today_utc};
     get,
     path = "/imports/{import_id}/towns/stat/percentile/age",
     operation_id = "agePercentiles",
+    security(("bearer" = ["read"]), ()),
     tag = "analytics",
     params(
         ("import_id" = u64, Path, minimum = 1, description = "The import"),
@@ -21,6 +22,8 @@ use crate::domain::{stats, today_utc};
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
     responses(
+        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
+        (status = 403, description = "With --tokens-file: the token lacks the read scope", body = crate::http::openapi::ErrorAnswer),
         (status = 200, description = "p50, p75 and p99 of ages per town, by town", body = crate::http::openapi::PercentilesAnswer,
             headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),

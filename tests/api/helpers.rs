@@ -636,10 +636,21 @@ impl Binary {
             .expect("VmHWM")
     }
 
+    /// Resets the peak resident set to the current one (`/proc/PID/clear_refs`).
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
+            .expect("reset the peak RSS");
+    }
+
     /// SIGKILL, like a crash; waits for the process to be gone.
     pub fn kill(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM and returns at once.

@@ -3,6 +3,8 @@
 
 mod helpers;
 
+mod access;
+
 mod caching;
 mod cli;
 mod deploy;

@@ -4,8 +4,11 @@
 
 use crate::helpers::{Binary, generate_import};
 
-/// Peak RSS (KiB) of the real binary after storing `imports` imports of
-/// `citizens` and reading each of their views twice, with `cache` bytes.
+/// Peak RSS (KiB) of the real binary while it reads each view of `imports`
+/// imports of `citizens`, with `cache` bytes. The peak is reset after
+/// the imports are stored, so only the reads (and what they cache) count:
+/// the imports' own transient memory varies from run to run by more than a
+/// small budget.
 async fn peak_after_reading(imports: i64, citizens: u64, cache: u64) -> u64 {
     // One reader thread, so SQLite's page cache fills the same way in both
     // runs; the allocator returns freed memory at once, so the peaks compare
@@ -29,7 +32,8 @@ async fn peak_after_reading(imports: i64, citizens: u64, cache: u64) -> u64 {
             .unwrap();
         assert_eq!(response.status(), 201);
     }
-    for _ in 0..2 {
+    app.reset_peak_rss();
+    {
         for import in 1..=imports {
             for view in [
                 "citizens",
@@ -51,10 +55,15 @@ async fn peak_after_reading(imports: i64, citizens: u64, cache: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_many_imports_stays_within_the_cache_budget() {
-    // 12 imports of 10,000 citizens want about 65 MiB of cache; the budget is 24 MiB.
-    let budget: u64 = 24 << 20;
-    let without = peak_after_reading(12, 10_000, 0).await;
-    let with = peak_after_reading(12, 10_000, budget).await;
+    // 10 imports of 10,000 citizens want about 55 MiB of cache; the budget is 20 MiB.
+    let budget: u64 = 20 << 20;
+    // Two runs each, averaged: one run's peak moves by a few MiB with when
+    // the allocator returns memory.
+    let without =
+        (peak_after_reading(10, 10_000, 0).await + peak_after_reading(10, 10_000, 0).await) / 2;
+    let with = (peak_after_reading(10, 10_000, budget).await
+        + peak_after_reading(10, 10_000, budget).await)
+        / 2;
     let allowed = without + budget / 1024 * 5 / 4;
     eprintln!(
         "peak RSS: {without} KiB without the cache, {with} KiB with {budget} bytes (allowed {allowed} KiB)"

@@ -366,3 +366,22 @@ fn version_names_the_commit() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn systemd_is_told_when_the_service_is_ready_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut app = Binary::start(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap())], None);
+    let mut message = [0u8; 64];
+    let n = socket.recv(&mut message).expect("a notification");
+    assert_eq!(&message[..n], b"READY=1");
+    app.wait_healthy().await;
+    app.sigterm();
+    let n = socket.recv(&mut message).expect("a notification");
+    assert_eq!(&message[..n], b"STOPPING=1");
+    assert_eq!(app.wait_exit().0, Some(0));
+}

@@ -8,8 +8,8 @@
 // saves screenshots in ../../target/browser/, and exits non-zero on any
 // failure. Each test prints one line.
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -102,6 +102,57 @@ test('the docs page lists every operation and "Try it out" on GET /health gets 2
   await page.screenshot({ path: join(shots, 'docs.png'), fullPage: false });
 });
 
+/** A token with every scope, from `gifts token new`, and its tokens file. */
+function tokensFile() {
+  const dir = mkdtempSync(join(tmpdir(), 'gifts-tokens-'));
+  const out = execFileSync(binary, ['token', 'new', '--name', 'browser', '--scopes', 'read,write,delete,admin']).toString();
+  const lines = out.split('\n').map((l) => l.trim()).filter(Boolean);
+  const token = lines.find((l) => l.startsWith('gifts_'));
+  const line = lines[lines.length - 1];
+  const path = join(dir, 'tokens');
+  writeFileSync(path, `${line}\n`);
+  return { token, path };
+}
+
+async function tryItOut(page, method, path) {
+  const block = page.locator(`.opblock-${method}`, { has: page.locator('.opblock-summary-path', { hasText: new RegExp(`^${path.replace(/[{}/]/g, '\\$&')}$`) }) });
+  const tryOut = block.locator('button.try-out__btn');
+  if (!(await tryOut.isVisible())) {
+    await block.locator('.opblock-summary').click();
+  }
+  await tryOut.waitFor({ timeout: 10_000 });
+  if ((await tryOut.textContent()).trim() === 'Try it out') {
+    await tryOut.click();
+  }
+  await block.locator('button.execute').click();
+  const status = block.locator('.live-responses-table tbody .response-col_status').first();
+  await status.waitFor({ timeout: 10_000 });
+  await status.scrollIntoViewIfNeeded();
+  const code = (await status.textContent()).trim();
+  await block.locator('button.btn-clear').click().catch(() => {});
+  return code;
+}
+
+test('with --tokens-file, Authorize on the docs page lets Try it out through', async ({ page, browser }) => {
+  const { token, path } = tokensFile();
+  const service = await startService(['--tokens-file', path]);
+  try {
+    await page.goto(`${service.base}/docs/`);
+    await page.waitForSelector('.opblock', { timeout: 20_000 });
+    const before = await tryItOut(page, 'get', '/imports');
+    check(before === '401', `without a token: ${before}`);
+    await page.locator('button.authorize').first().click();
+    await page.locator('.modal-ux input[type=text], .modal-ux input[type=password]').first().fill(token);
+    await page.locator('.modal-ux button.authorize').click();
+    await page.locator('.modal-ux button.btn-done, .modal-ux button.close-modal').first().click();
+    const after = await tryItOut(page, 'get', '/imports');
+    check(after === '200', `with the token: ${after}`);
+    await page.screenshot({ path: join(shots, 'docs-authorized.png') });
+  } finally {
+    service.stop();
+  }
+});
+
 async function main() {
   mkdirSync(shots, { recursive: true });
   const only = process.argv.slice(2);
@@ -116,7 +167,7 @@ async function main() {
       const page = await context.newPage();
       const t = Date.now();
       try {
-        await body({ page, service });
+        await body({ page, service, browser });
         console.log(`ok   ${name} (${((Date.now() - t) / 1000).toFixed(1)} s)`);
       } catch (e) {
         failed += 1;
