@@ -364,6 +364,12 @@ mod tests {
             ("01.01.200", Some("invalid_date_format"), "three-digit year"),
             ("2000-01-01", Some("invalid_date_format"), "ISO form"),
             ("01/01/2000", Some("invalid_date_format"), "slashes"),
+            (
+                "01.01x2000",
+                Some("invalid_date_format"),
+                "second separator",
+            ),
+            ("01x01.2000", Some("invalid_date_format"), "first separator"),
             (" 1.01.2000", Some("invalid_date_format"), "leading space"),
             ("01.01.2000 ", Some("invalid_date_format"), "trailing space"),
             (

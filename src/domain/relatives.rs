@@ -185,6 +185,36 @@ mod tests {
     }
 
     #[test]
+    fn mirror_edits_touch_only_the_citizens_whose_link_changes() {
+        assert_eq!(mirror_edits(id(9), &ids(&[1, 2]), &ids(&[1, 2])), vec![]);
+        assert_eq!(
+            mirror_edits(id(9), &ids(&[3]), &ids(&[1, 3])),
+            vec![(id(1), Edit::Add(id(9)))]
+        );
+        assert_eq!(
+            mirror_edits(id(9), &ids(&[1, 3, 5]), &ids(&[2, 3, 6])),
+            vec![
+                (id(1), Edit::Remove(id(9))),
+                (id(2), Edit::Add(id(9))),
+                (id(5), Edit::Remove(id(9))),
+                (id(6), Edit::Add(id(9))),
+            ]
+        );
+        assert_eq!(
+            mirror_edits(id(9), &ids(&[4, 7]), &ids(&[1])),
+            vec![
+                (id(1), Edit::Add(id(9))),
+                (id(4), Edit::Remove(id(9))),
+                (id(7), Edit::Remove(id(9))),
+            ]
+        );
+        assert_eq!(
+            mirror_edits(id(9), &ids(&[1, 9]), &ids(&[9])),
+            vec![(id(1), Edit::Remove(id(9)))]
+        );
+    }
+
+    #[test]
     fn after_patch_mirrors_the_new_list_and_shares_untouched_citizens() {
         use crate::domain::{Apartment, BirthDate, Gender, Name, Place};
         let person = |id: u64, relatives: &[u64]| {

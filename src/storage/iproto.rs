@@ -24,9 +24,10 @@
 //! fast 503 and a restart of a second is absorbed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
@@ -111,24 +112,49 @@ pub enum Status {
     Down(CallError),
 }
 
-const QUEUED: u8 = 0;
-const SENT: u8 = 1;
-const CANCELLED: u8 = 2;
+/// A request's state: queued, cancelled by its caller, or sent on the
+/// connection with this number (2 and up).
+const QUEUED: u64 = 0;
+const CANCELLED: u64 = 1;
+const FIRST_CONNECTION: u64 = 2;
 
 /// A request on its way: its bytes, its state and where the answer goes.
 struct Request {
     sync: u64,
     bytes: Vec<u8>,
-    state: Arc<AtomicU8>,
+    state: Arc<AtomicU64>,
     reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
+}
+
+/// What callers send the connection task.
+enum Message {
+    /// A call to send.
+    Call(Request),
+    /// A request sent on `connection` got no answer within its caller's
+    /// timeout, and the client had `received` bytes in all when it was
+    /// queued. If nothing arrived since, the connection is taken for dead
+    /// (a stalled peer, a half-open TCP connection) and replaced.
+    Suspect { connection: u64, received: u64 },
+}
+
+/// What the connection task and its supervisor share with the client.
+struct Shared {
+    config: Config,
+    queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<Message>>,
+    status: watch::Sender<Status>,
+    /// Bytes read from Tarantool, over every connection.
+    received: Arc<AtomicU64>,
+    /// The number the next connection gets.
+    next_connection: AtomicU64,
 }
 
 /// A Tarantool connection shared by all callers; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    requests: mpsc::UnboundedSender<Request>,
+    requests: mpsc::UnboundedSender<Message>,
     status: watch::Receiver<Status>,
     sync: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
 }
 
 impl Client {
@@ -136,13 +162,31 @@ impl Client {
     /// connection attempt begins at once. The task ends when every clone of
     /// the client is dropped.
     pub fn new(config: Config) -> Self {
+        Self::start(config, run)
+    }
+
+    /// [`Client::new`] with another connection task (tests inject faults).
+    fn start<F, Fut>(config: Config, task: F) -> Self
+    where
+        F: FnMut(Arc<Shared>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let (requests, queue) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(Status::Connecting);
-        tokio::spawn(run(config, queue, status_tx));
+        let received = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared {
+            config,
+            queue: tokio::sync::Mutex::new(queue),
+            status: status_tx,
+            received: Arc::clone(&received),
+            next_connection: AtomicU64::new(FIRST_CONNECTION),
+        });
+        tokio::spawn(supervise(shared, task));
         Self {
             requests,
             status,
             sync: Arc::new(AtomicU64::new(1)),
+            received,
         }
     }
 
@@ -173,46 +217,97 @@ impl Client {
         let sync = self.sync.fetch_add(1, Ordering::Relaxed);
         let bytes = encode_call(sync, function, args)
             .map_err(|e| CallError::NotSent(format!("cannot encode the arguments: {e}")))?;
-        let state = Arc::new(AtomicU8::new(QUEUED));
+        let state = Arc::new(AtomicU64::new(QUEUED));
         let (reply, answer) = oneshot::channel();
+        let received = self.received.load(Ordering::Acquire);
         self.requests
-            .send(Request {
+            .send(Message::Call(Request {
                 sync,
                 bytes,
                 state: Arc::clone(&state),
                 reply,
-            })
+            }))
             .map_err(|_| CallError::NotSent("the connection task has stopped".into()))?;
         let body = match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(CallError::NotSent("the connection task has stopped".into())),
-            Err(_) => {
-                let never_sent = state
-                    .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok();
-                let why = format!("no answer within {timeout:?}");
-                return Err(if never_sent {
-                    CallError::NotSent(why)
-                } else {
-                    CallError::NoAnswer(why)
+            Ok(Err(_)) => {
+                // The connection task dropped the request: it panicked.
+                let why = "the connection task failed".to_owned();
+                return Err(match state.load(Ordering::Acquire) {
+                    QUEUED => CallError::NotSent(why),
+                    _ => CallError::NoAnswer(why),
                 });
+            }
+            Err(_) => {
+                let why = format!("no answer within {timeout:?}");
+                return Err(
+                    match state.compare_exchange(
+                        QUEUED,
+                        CANCELLED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => CallError::NotSent(why),
+                        Err(connection) => {
+                            let _ = self.requests.send(Message::Suspect {
+                                connection,
+                                received,
+                            });
+                            CallError::NoAnswer(why)
+                        }
+                    },
+                );
             }
         };
         decode_data(&body)
     }
 }
 
+/// Runs the connection task, and runs it again whenever it panics: a bug
+/// in this client must cost a reconnect, not the service. Each panic is
+/// logged once; restarts pause 50 ms, doubling to 5 s while the panics
+/// keep coming. Requests still queued survive a restart (the queue is
+/// shared); the ones sent and unanswered fail as outcome unknown.
+async fn supervise<F, Fut>(shared: Arc<Shared>, mut task: F)
+where
+    F: FnMut(Arc<Shared>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let started = Instant::now();
+        let failure = match tokio::spawn(task(Arc::clone(&shared))).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => e.into_panic(),
+            Err(_) => return, // cancelled: the runtime is shutting down
+        };
+        let why = failure
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| failure.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        tracing::error!(panic = %why, "the tarantool connection task panicked; restarting it");
+        let _ = shared.status.send(Status::Down(CallError::NotSent(format!(
+            "the connection task panicked: {why}"
+        ))));
+        if started.elapsed() > Duration::from_secs(60) {
+            pause = Duration::from_millis(50);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// The connection task: connect, serve, and on failure fail what is
 /// waiting, pause, and connect again.
-async fn run(
-    config: Config,
-    mut queue: mpsc::UnboundedReceiver<Request>,
-    status: watch::Sender<Status>,
-) {
+async fn run(shared: Arc<Shared>) {
+    let mut queue = shared.queue.lock().await;
+    let config = &shared.config;
+    let status = &shared.status;
     let mut pause = Duration::from_millis(50);
     loop {
         let _ = status.send(Status::Connecting);
-        let connected = tokio::time::timeout(config.connect_timeout, connect(&config))
+        let connected = tokio::time::timeout(config.connect_timeout, connect(config))
             .await
             .unwrap_or_else(|_| {
                 Err(CallError::NotSent(format!(
@@ -224,7 +319,8 @@ async fn run(
             Ok(stream) => {
                 let _ = status.send(Status::Connected);
                 pause = Duration::from_millis(50);
-                match serve(stream, &mut queue).await {
+                let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+                match serve(stream, &shared.received, &mut queue, connection).await {
                     Served::ClientGone => return,
                     Served::Broken(why) => CallError::NotSent(why),
                 }
@@ -234,14 +330,38 @@ async fn run(
         let _ = status.send(Status::Down(failure.clone()));
         // Calls that came while connecting or after the break fail now:
         // fast 503s rather than waiting through the pause.
-        while let Ok(request) = queue.try_recv() {
-            let _ = request.reply.send(Err(failure.clone()));
+        while let Ok(message) = queue.try_recv() {
+            if let Message::Call(request) = message {
+                let _ = request.reply.send(Err(failure.clone()));
+            }
         }
         if queue.is_closed() {
             return;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// A reader that counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    received: Arc<AtomicU64>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.received.fetch_add(read, Ordering::AcqRel);
+        }
+        polled
     }
 }
 
@@ -253,11 +373,20 @@ enum Served {
 }
 
 /// Writes queued requests and reads answers until the connection breaks.
-async fn serve(stream: TcpStream, queue: &mut mpsc::UnboundedReceiver<Request>) -> Served {
+async fn serve(
+    stream: TcpStream,
+    received: &Arc<AtomicU64>,
+    queue: &mut mpsc::UnboundedReceiver<Message>,
+    connection: u64,
+) -> Served {
     let (read, write) = stream.into_split();
+    let read = Counting {
+        inner: read,
+        received: Arc::clone(received),
+    };
     let mut reader = BufReader::with_capacity(64 * 1024, read);
     let mut writer = BufWriter::with_capacity(64 * 1024, write);
-    type Waiting = HashMap<u64, (Arc<AtomicU8>, oneshot::Sender<Result<Vec<u8>, CallError>>)>;
+    type Waiting = HashMap<u64, oneshot::Sender<Result<Vec<u8>, CallError>>>;
     let waiting: Arc<Mutex<Waiting>> = Arc::default();
 
     let reading = {
@@ -266,17 +395,33 @@ async fn serve(stream: TcpStream, queue: &mut mpsc::UnboundedReceiver<Request>) 
             loop {
                 let (sync, answer) = read_answer(&mut reader).await?;
                 let entry = waiting.lock().expect("waiting lock").remove(&sync);
-                if let Some((_, reply)) = entry {
+                if let Some(reply) = entry {
                     let _ = reply.send(answer);
                 }
             }
         }
     };
     let writing = async {
-        while let Some(request) = queue.recv().await {
+        while let Some(message) = queue.recv().await {
+            let request = match message {
+                Message::Call(request) => request,
+                Message::Suspect {
+                    connection: suspected,
+                    received: then,
+                } => {
+                    if suspected == connection && received.load(Ordering::Acquire) == then {
+                        return Err(
+                            "a call got no answer in its time and nothing arrived meanwhile: \
+                             the connection is taken for dead"
+                                .to_owned(),
+                        );
+                    }
+                    continue;
+                }
+            };
             if request
                 .state
-                .compare_exchange(QUEUED, SENT, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(QUEUED, connection, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
                 continue; // its caller gave up: never send it
@@ -284,7 +429,7 @@ async fn serve(stream: TcpStream, queue: &mut mpsc::UnboundedReceiver<Request>) 
             waiting
                 .lock()
                 .expect("waiting lock")
-                .insert(request.sync, (request.state, request.reply));
+                .insert(request.sync, request.reply);
             writer
                 .write_all(&request.bytes)
                 .await
@@ -311,7 +456,7 @@ async fn serve(stream: TcpStream, queue: &mut mpsc::UnboundedReceiver<Request>) 
         Served::Broken(why) => why.clone(),
         Served::ClientGone => "the client was closed".into(),
     };
-    for (_, (_, reply)) in waiting.lock().expect("waiting lock").drain() {
+    for (_, reply) in waiting.lock().expect("waiting lock").drain() {
         let _ = reply.send(Err(CallError::NoAnswer(format!("connection lost: {why}"))));
     }
     outcome
@@ -447,11 +592,16 @@ async fn read_answer<R: tokio::io::AsyncRead + Unpin>(
     if len > MAX_ANSWER {
         return Err(format!("answer of {len} bytes is over the limit"));
     }
-    let mut packet = vec![0u8; len];
-    reader
-        .read_exact(&mut packet)
+    // Grown as the bytes arrive: a corrupt length costs no big allocation.
+    let mut packet = Vec::with_capacity(len.min(1 << 20));
+    (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut packet)
         .await
         .map_err(|e| format!("reading: {e}"))?;
+    if packet.len() < len {
+        return Err("reading: the connection closed inside an answer".into());
+    }
     let mut cursor = &packet[..];
     let (code, sync) = read_header(&mut cursor).map_err(|e| format!("malformed header: {e}"))?;
     let body = cursor.to_vec();
@@ -533,6 +683,171 @@ fn decode_error(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How a fake Tarantool treats one connection.
+    #[derive(Clone, Copy, Debug)]
+    enum Peer {
+        /// Answers every call with its sync number as the data.
+        Answers,
+        /// Reads calls and never answers.
+        Silent,
+        /// Answers a call with bytes that are no IPROTO packet.
+        Garbage,
+        /// Sends half an answer, then closes.
+        Cut,
+        /// Announces a 2 GiB answer, then closes.
+        Huge,
+    }
+
+    /// A fake Tarantool (guest access, no login) on a free port: the n-th
+    /// connection is treated as `peers[n]` (the last one repeats). Returns
+    /// its address and how many connections it accepted.
+    async fn fake_tarantool(peers: Vec<Peer>) -> (String, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let n = count.fetch_add(1, Ordering::SeqCst) as usize;
+                let peer = peers[n.min(peers.len() - 1)];
+                tokio::spawn(async move {
+                    let mut greeting =
+                        format!("{:<63}\n", "Tarantool 2.6.0 (Binary) fake").into_bytes();
+                    greeting.resize(128, b' ');
+                    stream.write_all(&greeting).await.unwrap();
+                    loop {
+                        let mut prefix = [0u8; 5];
+                        if stream.read_exact(&mut prefix).await.is_err() {
+                            return;
+                        }
+                        let len = u32::from_be_bytes(prefix[1..5].try_into().unwrap());
+                        let mut packet = vec![0u8; len as usize];
+                        stream.read_exact(&mut packet).await.unwrap();
+                        let (_, sync) = read_header(&mut &packet[..]).unwrap();
+                        let answer = frame(|out| {
+                            let _ = rmp::encode::write_map_len(out, 2);
+                            let _ = rmp::encode::write_pfix(out, 0x00);
+                            let _ = rmp::encode::write_pfix(out, 0);
+                            let _ = rmp::encode::write_pfix(out, KEY_SYNC);
+                            let _ = rmp::encode::write_uint(out, sync);
+                            let _ = rmp::encode::write_map_len(out, 1);
+                            let _ = rmp::encode::write_pfix(out, KEY_DATA);
+                            let _ = rmp::encode::write_array_len(out, 1);
+                            let _ = rmp::encode::write_uint(out, sync);
+                            Ok(())
+                        })
+                        .unwrap();
+                        let sent = match peer {
+                            Peer::Answers => stream.write_all(&answer).await,
+                            Peer::Silent => Ok(()),
+                            Peer::Garbage => {
+                                stream.write_all(b"<html>502 Bad Gateway</html>").await
+                            }
+                            Peer::Cut => {
+                                let _ = stream.write_all(&answer[..answer.len() / 2]).await;
+                                return;
+                            }
+                            Peer::Huge => {
+                                let _ = stream.write_all(&[0xce, 0x7f, 0xff, 0xff, 0xff]).await;
+                                return;
+                            }
+                        };
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    fn guest(address: String) -> Config {
+        Config {
+            address,
+            user: "guest".into(),
+            password: String::new(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn call(client: &Client, timeout: Duration) -> Result<u64, CallError> {
+        client
+            .call::<_, (u64,)>("f", &(), timeout)
+            .await
+            .map(|(sync,)| sync)
+    }
+
+    #[tokio::test]
+    async fn broken_answers_cost_the_connection_and_the_next_one_serves() {
+        let (address, accepted) =
+            fake_tarantool(vec![Peer::Garbage, Peer::Cut, Peer::Huge, Peer::Answers]).await;
+        let client = Client::new(guest(address));
+        let second = Duration::from_secs(5);
+        for (peer, expected) in [
+            ("garbage", "malformed packet length"),
+            ("a cut answer", "closed inside an answer"),
+            ("a 2 GiB length", "closed inside an answer"),
+        ] {
+            match call(&client, second).await {
+                Err(CallError::NoAnswer(why)) => assert!(why.contains(expected), "{peer}: {why}"),
+                other => panic!("{peer}: {other:?}"),
+            }
+        }
+        assert!(call(&client, second).await.is_ok());
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_goes_silent_is_replaced_after_one_timeout() {
+        let (address, accepted) = fake_tarantool(vec![Peer::Silent, Peer::Answers]).await;
+        let client = Client::new(guest(address));
+        let short = Duration::from_millis(200);
+        let mut status = client.status_changes();
+        assert!(matches!(
+            call(&client, short).await,
+            Err(CallError::NoAnswer(_))
+        ));
+        // The silent connection is dropped (calls queued meanwhile fail as
+        // not sent), and a fresh one is made, which answers.
+        let down = status.wait_for(|s| matches!(s, Status::Down(_))).await;
+        assert!(
+            format!("{:?}", *down.unwrap()).contains("taken for dead"),
+            "dropped for its silence"
+        );
+        status.wait_for(|s| *s == Status::Connected).await.unwrap();
+        let answered = call(&client, Duration::from_secs(5)).await;
+        assert!(answered.is_ok(), "{answered:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_is_logged_and_restarted() {
+        let (address, _) = fake_tarantool(vec![Peer::Answers]).await;
+        let mut started = 0;
+        let client = Client::start(guest(address), move |shared| {
+            started += 1;
+            let first = started == 1;
+            async move {
+                if first {
+                    // Hold the queue, like the real task, then fail.
+                    let _queue = shared.queue.lock().await;
+                    panic!("injected fault");
+                }
+                run(shared).await;
+            }
+        });
+        let mut status = client.status_changes();
+        let down = status
+            .wait_for(|s| matches!(s, Status::Down(e) if e.to_string().contains("injected fault")))
+            .await
+            .map(|s| s.clone());
+        assert!(down.is_ok(), "the panic was reported: {down:?}");
+        let answered = call(&client, Duration::from_secs(5)).await;
+        assert!(answered.is_ok(), "{answered:?}");
+    }
 
     #[test]
     fn the_scramble_matches_tarantools_chap_sha1() {

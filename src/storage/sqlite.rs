@@ -1122,6 +1122,58 @@ mod tests {
         storage.close().await;
     }
 
+    #[tokio::test]
+    async fn after_close_every_call_is_unavailable_and_the_wal_is_folded_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("closed.db");
+        let storage = SqliteStorage::open(&path, 2).unwrap();
+        let import = storage.create_import(spec_citizens(), None).await.unwrap();
+        storage.health().await.expect("healthy while open");
+        let wal = dir.path().join("closed.db-wal");
+        assert!(
+            wal.metadata().unwrap().len() > 0,
+            "the write went to the WAL"
+        );
+
+        storage.close().await;
+        let unavailable = |what: &str, result: Result<(), StorageError>| {
+            assert!(
+                matches!(result, Err(StorageError::Unavailable(_))),
+                "{what} after close: {result:?}"
+            );
+        };
+        unavailable("health", storage.health().await);
+        unavailable("citizens", storage.citizens(import).await.map(drop));
+        unavailable(
+            "create_import",
+            storage.create_import(spec_citizens(), None).await.map(drop),
+        );
+        let id = CitizenId::parse(1).unwrap();
+        unavailable(
+            "patch_citizen",
+            storage
+                .patch_citizen(import, id, CitizenPatch::default())
+                .await
+                .map(drop),
+        );
+        // TRUNCATE on close: the WAL is empty, everything is in the database.
+        assert_eq!(wal.metadata().map_or(0, |m| m.len()), 0);
+        let conn = Connection::open(&path).unwrap();
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM citizens", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 2);
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/gifts.db");
+        let storage = SqliteStorage::open(&path, 1).unwrap();
+        assert!(path.exists());
+        storage.close().await;
+    }
+
     #[test]
     fn a_database_of_a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();

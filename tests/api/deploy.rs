@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use gifts::config::{Config, StorageUrl};
 
-use crate::helpers::{Backend, TestStore, free_port, tarantool_available};
+use crate::helpers::{Backend, KillOnDrop, TestStore, free_port, tarantool_available};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
@@ -113,13 +113,16 @@ fn serve_and_healthcheck(what: &str, env: &BTreeMap<String, String>) {
     }
     let binary = env!("CARGO_BIN_EXE_gifts");
     let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut server = Command::new(binary)
-        .env_clear()
-        .envs(env)
-        .stdout(Stdio::null())
-        .stderr(log.reopen().expect("log file"))
-        .spawn()
-        .expect("start gifts");
+    // Killed when dropped, also when an assertion below fails.
+    let mut server = KillOnDrop(
+        Command::new(binary)
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("log file"))
+            .spawn()
+            .expect("start gifts"),
+    );
     let log = || std::fs::read_to_string(log.path()).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -135,7 +138,7 @@ fn serve_and_healthcheck(what: &str, env: &BTreeMap<String, String>) {
             break;
         }
         assert!(
-            server.try_wait().unwrap().is_none(),
+            server.0.try_wait().unwrap().is_none(),
             "{what}: gifts exited with this environment:\n{}",
             log()
         );
@@ -146,8 +149,6 @@ fn serve_and_healthcheck(what: &str, env: &BTreeMap<String, String>) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    server.kill().ok();
-    server.wait().ok();
 }
 
 /// Settings that only make sense in a container, replaced for a local run.

@@ -238,8 +238,14 @@ impl TestApp {
 
     /// Starts the app on an existing store.
     pub async fn start(store: Arc<TestStore>, mut config: Config) -> Self {
-        init_test_log();
         config.storage = store.url().clone();
+        Self::launch(store, config).await
+    }
+
+    /// Starts the app with `config` as it is: its `storage` may reach
+    /// `store` another way (through a proxy).
+    pub async fn launch(store: Arc<TestStore>, config: Config) -> Self {
+        init_test_log();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();

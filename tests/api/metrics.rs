@@ -91,4 +91,38 @@ async fn the_metrics_count_requests_storage_cache_and_totals(backend: Backend) {
     }
 }
 
-backend_tests!(the_metrics_count_requests_storage_cache_and_totals);
+/// Two PATCHes in a row, no read between: the next read shows both, and
+/// neither the PATCHes nor that read load the import from storage again —
+/// the in-memory snapshot moved forward one version per write.
+async fn reads_after_patches_come_from_the_moved_snapshot_and_show_every_patch(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let name = if backend == Backend::Sqlite {
+        "sqlite"
+    } else {
+        "tarantool"
+    };
+    let loads = format!(
+        "gifts_storage_operation_duration_seconds_count{{backend=\"{name}\",operation=\"citizens\",outcome=\"ok\"}}"
+    );
+    let import = app.import(spec_example()).await;
+    assert_eq!(app.citizens(import).await, spec_example());
+    assert_eq!(sample(&scrape(&app).await, &loads), Some(1.0));
+
+    for (citizen, name) in [(1, "Первый"), (2, "Второй")] {
+        let (status, _) = app
+            .patch(import, citizen, &serde_json::json!({ "name": name }))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let listed = app.citizens(import).await;
+    assert_eq!(listed[0]["name"], "Первый", "{listed:?}");
+    assert_eq!(listed[1]["name"], "Второй", "{listed:?}");
+    assert_eq!(listed[2], spec_example()[2]);
+    let text = scrape(&app).await;
+    assert_eq!(sample(&text, &loads), Some(1.0), "{text}");
+}
+
+backend_tests!(
+    the_metrics_count_requests_storage_cache_and_totals,
+    reads_after_patches_come_from_the_moved_snapshot_and_show_every_patch
+);

@@ -150,7 +150,12 @@ async fn unknown_import_or_citizen_is_404(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let import = app.import(spec_example()).await;
     let body = json!({"name": "X"});
-    for (path_import, path_citizen) in [(import + 1, 1), (import, 4)] {
+    let missing_import = format!("import {} not found", import + 1);
+    let missing_citizen = format!("citizen 4 not found in import {import}");
+    for (path_import, path_citizen, message) in [
+        (import + 1, 1, missing_import),
+        (import, 4, missing_citizen),
+    ] {
         let (status, response) = app.patch(path_import, path_citizen, &body).await;
         assert_eq!(
             status,
@@ -158,6 +163,7 @@ async fn unknown_import_or_citizen_is_404(backend: Backend) {
             "{path_import}/{path_citizen}"
         );
         assert_eq!(response["error"]["code"], "not_found");
+        assert_eq!(response["error"]["message"], message.as_str());
     }
     for path in [
         "/imports/abc/citizens/1",

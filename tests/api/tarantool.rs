@@ -555,3 +555,155 @@ async fn an_import_cut_short_by_a_crash_is_never_seen_and_is_cleaned_at_start() 
         "its id is not reused"
     );
 }
+
+/// What [`FaultyProxy`] does to the bytes Tarantool sends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    /// Passes them on.
+    None = 0,
+    /// Replaces them with bytes that are no IPROTO packet.
+    Garbage = 1,
+    /// Passes half of the next read on, then closes the connection.
+    Cut = 2,
+    /// Passes nothing on, for good, and keeps the connection open.
+    Stall = 3,
+}
+
+/// A TCP proxy in front of Tarantool that damages its answers on demand.
+struct FaultyProxy {
+    port: u16,
+    fault: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl FaultyProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fault = Arc::new(std::sync::atomic::AtomicU8::new(Fault::None as u8));
+        let shared = Arc::clone(&fault);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
+                    tokio::spawn(Self::pipe(client, server, Arc::clone(&shared)));
+                }
+            }
+        });
+        Self { port, fault }
+    }
+
+    fn set(&self, fault: Fault) {
+        self.fault
+            .store(fault as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn pipe(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        fault: Arc<std::sync::atomic::AtomicU8>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let requests = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        });
+        let mut stalled = false;
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            let n = match server_read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let fault = fault.load(std::sync::atomic::Ordering::SeqCst);
+            let written = match fault {
+                _ if stalled => Ok(()),
+                f if f == Fault::Garbage as u8 => client_write.write_all(&vec![b'!'; n]).await,
+                f if f == Fault::Cut as u8 => {
+                    let _ = client_write.write_all(&chunk[..n / 2]).await;
+                    break;
+                }
+                f if f == Fault::Stall as u8 => {
+                    stalled = true;
+                    Ok(())
+                }
+                _ => client_write.write_all(&chunk[..n]).await,
+            };
+            if written.is_err() {
+                break;
+            }
+        }
+        requests.abort();
+    }
+}
+
+/// Whatever Tarantool's connection does — garbage, answers cut short, a
+/// peer that goes silent — requests end within their time with 503 or
+/// 504 (never 500, never a hang), and once the connection is sound again
+/// the service recovers by itself with every acknowledged write intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_tarantool_connection_gives_503s_then_recovers() {
+    if !tarantool_available("damaged_connection") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Tarantool));
+    let gifts::config::StorageUrl::Tarantool(address) = store.url().clone() else {
+        unreachable!("a tarantool store")
+    };
+    let proxy = FaultyProxy::start(address.host_port.clone()).await;
+    let mut config = Config::with_storage(store.url().clone());
+    config.storage = format!(
+        "tarantool://{}:{}@127.0.0.1:{}",
+        address.user, address.password, proxy.port
+    )
+    .parse()
+    .unwrap();
+    config.tarantool_timeout_secs = 1;
+    let app = TestApp::launch(Arc::clone(&store), config).await;
+    let import = app.import(spec_example()).await;
+    let (status, _) = app.patch(import, 3, &json!({"relatives": [1]})).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = app.citizens(import).await;
+
+    for fault in [Fault::Garbage, Fault::Cut, Fault::Stall] {
+        proxy.set(fault);
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            let started = Instant::now();
+            let requests = async {
+                let read = app.get(&format!("/imports/{import}/citizens")).await;
+                // The same name again: whether it was applied does not matter.
+                let write = app
+                    .patch(import, 1, &json!({"name": before[0]["name"]}))
+                    .await;
+                let health = app.get("/health").await;
+                [read, write, health]
+            };
+            let answers = tokio::time::timeout(Duration::from_secs(20), requests)
+                .await
+                .unwrap_or_else(|_| panic!("{fault:?}: requests hung"));
+            for (status, body) in answers {
+                assert!(
+                    status == StatusCode::SERVICE_UNAVAILABLE
+                        || status == StatusCode::GATEWAY_TIMEOUT,
+                    "{fault:?}: {status} {body}"
+                );
+                statuses.push(status.as_u16());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{fault:?}: {:?}",
+                started.elapsed()
+            );
+        }
+        eprintln!("{fault:?}: {statuses:?}");
+
+        proxy.set(Fault::None);
+        wait_for(&app, "/health", StatusCode::OK).await;
+        wait_for(&app, &format!("/imports/{import}/citizens"), StatusCode::OK).await;
+        assert_eq!(app.citizens(import).await, before, "after {fault:?}");
+        let (status, body) = app.patch(import, 2, &json!({"apartment": 8})).await;
+        assert_eq!(status, StatusCode::OK, "after {fault:?}: {body}");
+        let (status, body) = app.patch(import, 2, &json!({"apartment": 7})).await;
+        assert_eq!(status, StatusCode::OK, "after {fault:?}: {body}");
+    }
+}
