@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::storage::tarantool::TarantoolAddress;
 
@@ -184,9 +184,17 @@ impl Config {
         Duration::from_secs(self.tarantool_timeout_secs)
     }
 
-    /// Defaults for everything but the store, for tests and embedding.
+    /// The defaults declared on the flags, with `storage`, for tests and
+    /// embedding. The environment is not read (unlike a real start), and
+    /// nothing here can exit the process.
     pub fn with_storage(storage: StorageUrl) -> Self {
-        let mut config = Cli::parse_from(["gifts"]).config;
+        let command = Cli::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["gifts"])
+            .expect("the declared defaults parse");
+        let mut config = Cli::from_arg_matches(&matches)
+            .expect("the declared defaults parse")
+            .config;
         config.storage = storage;
         config
     }
@@ -430,20 +438,8 @@ impl FromStr for StorageUrl {
             }
             return Ok(StorageUrl::Sqlite(PathBuf::from(path)));
         }
-        if let Some(rest) = s.strip_prefix("tarantool://") {
-            let form = "expected tarantool://USER:PASSWORD@HOST:PORT";
-            // The host part has no '@', so the last one ends the credentials.
-            let (credentials, host_port) = rest.rsplit_once('@').ok_or(form)?;
-            let (user, password) = credentials.split_once(':').ok_or(form)?;
-            let (host, port) = host_port.rsplit_once(':').ok_or(form)?;
-            if user.is_empty() || host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(form.into());
-            }
-            return Ok(StorageUrl::Tarantool(TarantoolAddress {
-                host_port: host_port.to_owned(),
-                user: user.to_owned(),
-                password: password.to_owned(),
-            }));
+        if s.starts_with("tarantool://") {
+            return s.parse().map(StorageUrl::Tarantool);
         }
         Err(
             "unsupported storage: expected sqlite:PATH or tarantool://USER:PASSWORD@HOST:PORT"
@@ -551,7 +547,7 @@ mod tests {
         };
         assert_eq!(address.host_port, "tarantool:3301");
         assert_eq!(address.user, "gifts");
-        assert_eq!(address.password, "p@ss:w");
+        assert_eq!(address.password.expose(), "p@ss:w");
         assert_eq!(url.to_string(), "tarantool://gifts:***@tarantool:3301");
         assert!(!format!("{url:?}").contains("p@ss"));
     }

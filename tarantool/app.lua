@@ -512,22 +512,27 @@ function gifts_patch_citizen(import_id, citizen_id, changes, relatives)
             if not strictly_ascending(relatives) then
                 return 'invalid', box.NULL, box.NULL, box.NULL, 'relatives not ascending and unique'
             end
-            -- Check every new relative first, so nothing is written on rejection.
+            -- The contract of the app's Storage::patch_citizen (src/storage/mod.rs),
+            -- as SQLite's patch_citizen and domain::relatives::after_patch keep it:
+            -- a dropped relative loses this citizen, an added one gains it, the
+            -- citizen's own id is never mirrored. Everything is checked before
+            -- anything is written; an unknown added relative (the lowest) wins
+            -- over a dropped one that is missing, which means a broken relation.
+            local old, new = as_set(citizen[F.relatives]), as_set(relatives)
             for _, r in ipairs(relatives) do
-                if r ~= citizen_id and citizens:get({ import_id, r }) == nil then
+                if not old[id_key(r)] and r ~= citizen_id and citizens:get({ import_id, r }) == nil then
                     return 'unknown_relative', box.NULL, r, box.NULL, box.NULL
                 end
             end
-            -- Mirroring, as the app's domain::relatives::mirror_edits and the
-            -- SQLite store do it: a dropped relative loses this citizen, an
-            -- added one gains it; the citizen's own id is never mirrored.
-            local old, new = as_set(citizen[F.relatives]), as_set(relatives)
+            for _, r in ipairs(citizen[F.relatives]) do
+                if not new[id_key(r)] and r ~= citizen_id and citizens:get({ import_id, r }) == nil then
+                    return 'missing_relative', box.NULL, r, box.NULL, box.NULL
+                end
+            end
             for _, r in ipairs(citizen[F.relatives]) do
                 if not new[id_key(r)] and r ~= citizen_id then
                     local other = citizens:get({ import_id, r })
-                    if other ~= nil then
-                        citizens:update({ import_id, r }, { { '=', F.relatives, list_without(other[F.relatives], citizen_id) } })
-                    end
+                    citizens:update({ import_id, r }, { { '=', F.relatives, list_without(other[F.relatives], citizen_id) } })
                 end
             end
             for _, r in ipairs(relatives) do

@@ -117,7 +117,9 @@ pub fn mirror_edits(me: CitizenId, old: &[CitizenId], new: &[CitizenId]) -> Vec<
 /// stored by a PATCH: `updated` replaces its old self, and the citizens its
 /// relatives change touched get the mirrored edit. Shares every untouched
 /// citizen with `citizens`. `None` when a citizen is missing, which means the
-/// snapshot does not belong to the state the PATCH was applied to.
+/// snapshot does not belong to the state the PATCH was applied to. The
+/// in-memory side of the mirroring contract stated on
+/// `storage::Storage::patch_citizen`.
 pub fn after_patch(citizens: &[Arc<Citizen>], updated: &Citizen) -> Option<Vec<Arc<Citizen>>> {
     let find = |list: &[Arc<Citizen>], id: CitizenId| {
         list.binary_search_by_key(&id, |c| c.citizen_id).ok()

@@ -350,6 +350,10 @@ mod tests {
     use super::*;
     use crate::domain::{Apartment, BirthDate, CitizenId, Gender, Name, Place};
 
+    fn id(n: i64) -> ImportId {
+        ImportId::new(n).expect("a positive id")
+    }
+
     async fn body(
         cache: &ResponseCache,
         import: ImportId,
@@ -372,26 +376,26 @@ mod tests {
         let cache = ResponseCache::new(1 << 20, Arc::default());
         let renders = AtomicUsize::new(0);
         assert_eq!(
-            body(&cache, 1, View::Citizens, 3, "v3", &renders).await,
+            body(&cache, id(1), View::Citizens, 3, "v3", &renders).await,
             "v3"
         );
         assert_eq!(
-            body(&cache, 1, View::Citizens, 3, "other", &renders).await,
+            body(&cache, id(1), View::Citizens, 3, "other", &renders).await,
             "v3"
         );
         assert_eq!(renders.load(Ordering::SeqCst), 1);
         assert_eq!(
-            body(&cache, 1, View::Citizens, 4, "v4", &renders).await,
+            body(&cache, id(1), View::Citizens, 4, "v4", &renders).await,
             "v4",
             "newer version"
         );
         assert_eq!(
-            body(&cache, 1, View::Birthdays, 4, "b", &renders).await,
+            body(&cache, id(1), View::Birthdays, 4, "b", &renders).await,
             "b",
             "other view"
         );
         assert_eq!(
-            body(&cache, 2, View::Citizens, 4, "i2", &renders).await,
+            body(&cache, id(2), View::Citizens, 4, "i2", &renders).await,
             "i2",
             "other import"
         );
@@ -402,10 +406,10 @@ mod tests {
     async fn rendering_a_version_drops_the_previous_versions_body() {
         let cache = ResponseCache::new(1 << 20, Arc::default());
         let renders = AtomicUsize::new(0);
-        body(&cache, 1, View::Citizens, 3, "v3", &renders).await;
-        body(&cache, 1, View::Citizens, 4, "v4", &renders).await;
+        body(&cache, id(1), View::Citizens, 3, "v3", &renders).await;
+        body(&cache, id(1), View::Citizens, 4, "v4", &renders).await;
         assert_eq!(
-            body(&cache, 1, View::Citizens, 3, "again", &renders).await,
+            body(&cache, id(1), View::Citizens, 3, "again", &renders).await,
             "again"
         );
         assert_eq!(renders.load(Ordering::SeqCst), 3);
@@ -415,9 +419,25 @@ mod tests {
     async fn percentiles_of_another_day_are_rendered_anew() {
         let cache = ResponseCache::new(1 << 20, Arc::default());
         let renders = AtomicUsize::new(0);
-        body(&cache, 1, View::Percentiles(100), 1, "day 100", &renders).await;
+        body(
+            &cache,
+            id(1),
+            View::Percentiles(100),
+            1,
+            "day 100",
+            &renders,
+        )
+        .await;
         assert_eq!(
-            body(&cache, 1, View::Percentiles(101), 1, "day 101", &renders).await,
+            body(
+                &cache,
+                id(1),
+                View::Percentiles(101),
+                1,
+                "day 101",
+                &renders
+            )
+            .await,
             "day 101"
         );
     }
@@ -427,14 +447,14 @@ mod tests {
         let cache = ResponseCache::new(1 << 20, Arc::default());
         let renders = AtomicUsize::new(0);
         let (gate, opened) = tokio::sync::oneshot::channel::<()>();
-        let first = cache.get_or_render(1, View::Citizens, 1, Encoding::Identity, async {
+        let first = cache.get_or_render(id(1), View::Citizens, 1, Encoding::Identity, async {
             renders.fetch_add(1, Ordering::SeqCst);
             opened.await.ok();
             Ok::<_, Infallible>(Bytes::from_static(b"once"))
         });
         let second = async {
             tokio::task::yield_now().await;
-            body(&cache, 1, View::Citizens, 1, "twice", &renders).await
+            body(&cache, id(1), View::Citizens, 1, "twice", &renders).await
         };
         let open = async {
             tokio::task::yield_now().await;
@@ -453,7 +473,7 @@ mod tests {
     async fn the_cache_stays_within_its_byte_budget() {
         let cache = ResponseCache::new(64 * 1024, Arc::default());
         let renders = AtomicUsize::new(0);
-        for import in 0..100 {
+        for import in (1..=100).map(id) {
             cache
                 .get_or_render(import, View::Citizens, 1, Encoding::Identity, async {
                     Ok::<_, Infallible>(Bytes::from(vec![b'x'; 4096]))
@@ -461,7 +481,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        for import in 0..100 {
+        for import in (1..=100).map(id) {
             body(&cache, import, View::Citizens, 1, "again", &renders).await;
         }
         let kept = 100 - renders.load(Ordering::SeqCst);
@@ -475,11 +495,11 @@ mod tests {
     async fn a_zero_budget_keeps_nothing() {
         let cache = ResponseCache::new(0, Arc::default());
         let renders = AtomicUsize::new(0);
-        body(&cache, 1, View::Citizens, 1, "a", &renders).await;
-        body(&cache, 1, View::Citizens, 1, "b", &renders).await;
+        body(&cache, id(1), View::Citizens, 1, "a", &renders).await;
+        body(&cache, id(1), View::Citizens, 1, "b", &renders).await;
         assert_eq!(renders.load(Ordering::SeqCst), 2);
-        cache.keep_snapshot(1, 1, Arc::new(vec![]));
-        assert!(cache.snapshot(1, 1).is_none());
+        cache.keep_snapshot(id(1), 1, Arc::new(vec![]));
+        assert!(cache.snapshot(id(1), 1).is_none());
     }
 
     fn citizen(id: u64, name: &str, relatives: &[u64]) -> Citizen {
@@ -514,35 +534,44 @@ mod tests {
     #[test]
     fn a_snapshot_moves_forward_only_on_the_next_version() {
         let cache = ResponseCache::new(1 << 20, Arc::default());
-        cache.keep_snapshot(7, 5, two_citizens());
+        cache.keep_snapshot(id(7), 5, two_citizens());
         // Version + 1: moved in memory.
-        cache.apply_patch(7, 6, &citizen(1, "A2", &[]));
-        assert_eq!(names(&cache.snapshot(7, 6).expect("moved")), ["A2", "B"]);
-        assert!(cache.snapshot(7, 5).is_none(), "the old version is gone");
+        cache.apply_patch(id(7), 6, &citizen(1, "A2", &[]));
+        assert_eq!(
+            names(&cache.snapshot(id(7), 6).expect("moved")),
+            ["A2", "B"]
+        );
+        assert!(
+            cache.snapshot(id(7), 5).is_none(),
+            "the old version is gone"
+        );
         // Version + 2: another write came in between, the snapshot is unusable.
-        cache.apply_patch(7, 8, &citizen(2, "B2", &[]));
-        assert!(cache.snapshot(7, 8).is_none());
-        assert!(cache.snapshot(7, 6).is_none(), "dropped, not kept stale");
+        cache.apply_patch(id(7), 8, &citizen(2, "B2", &[]));
+        assert!(cache.snapshot(id(7), 8).is_none());
+        assert!(
+            cache.snapshot(id(7), 6).is_none(),
+            "dropped, not kept stale"
+        );
     }
 
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
         let cache = ResponseCache::new(1 << 20, Arc::default());
-        cache.keep_snapshot(7, 9, two_citizens());
-        cache.keep_snapshot(7, 8, two_citizens());
-        assert!(cache.snapshot(7, 9).is_some());
-        assert!(cache.snapshot(7, 8).is_none());
+        cache.keep_snapshot(id(7), 9, two_citizens());
+        cache.keep_snapshot(id(7), 8, two_citizens());
+        assert!(cache.snapshot(id(7), 9).is_some());
+        assert!(cache.snapshot(id(7), 8).is_none());
         // A write that a reload already includes leaves the snapshot as it is.
-        cache.apply_patch(7, 9, &citizen(1, "stale", &[]));
-        assert_eq!(names(&cache.snapshot(7, 9).unwrap()), ["A", "B"]);
+        cache.apply_patch(id(7), 9, &citizen(1, "stale", &[]));
+        assert_eq!(names(&cache.snapshot(id(7), 9).unwrap()), ["A", "B"]);
     }
 
     #[test]
     fn a_patch_of_a_citizen_the_snapshot_lacks_drops_it() {
         let cache = ResponseCache::new(1 << 20, Arc::default());
-        cache.keep_snapshot(7, 1, two_citizens());
-        cache.apply_patch(7, 2, &citizen(3, "C", &[]));
-        assert!(cache.snapshot(7, 2).is_none());
+        cache.keep_snapshot(id(7), 1, two_citizens());
+        cache.apply_patch(id(7), 2, &citizen(3, "C", &[]));
+        assert!(cache.snapshot(id(7), 2).is_none());
     }
 
     #[test]
@@ -574,10 +603,12 @@ mod tests {
         );
         let weight = snapshot_weight(&many);
         assert!(weight > budget / 4, "{weight}");
-        for import in 0..8 {
+        for import in (1..=8).map(id) {
             cache.keep_snapshot(import, 1, Arc::clone(&many));
         }
-        let held = (0..8).filter(|i| cache.snapshot(*i, 1).is_some()).count() as u64;
+        let held = (1..=8)
+            .filter(|i| cache.snapshot(id(*i), 1).is_some())
+            .count() as u64;
         assert!(
             held * weight <= budget,
             "{held} snapshots of {weight} bytes"

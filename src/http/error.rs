@@ -225,7 +225,7 @@ mod tests {
             (
                 StorageError::KeyReused {
                     key: "k".into(),
-                    import: 1,
+                    import: crate::domain::ImportId::new(1).unwrap(),
                 },
                 422,
                 "idempotency_key_reused",

@@ -87,9 +87,10 @@ pub struct ImportPath(pub ImportId);
 pub struct CitizenPath(pub ImportId, pub CitizenId);
 
 fn parse_import(raw: &str) -> Result<ImportId, AppError> {
-    raw.parse::<ImportId>()
+    raw.parse::<i64>()
         .ok()
-        .filter(|id| *id > 0 && raw.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|_| raw.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(ImportId::new)
         .ok_or_else(|| AppError::NotFound(format!("import {raw} not found")))
 }
 

@@ -60,7 +60,7 @@ fn decode_cursor(cursor: &str) -> Option<ImportId> {
     text.strip_prefix("before:")?
         .parse()
         .ok()
-        .filter(|id: &ImportId| *id > 0)
+        .and_then(ImportId::new)
 }
 
 /// `2026-11-28T10:00:00Z`.
@@ -178,7 +178,7 @@ pub async fn delete(
 ) -> Result<Response, AppError> {
     state.storage.delete_import(import).await?;
     state.cache.forget(import);
-    tracing::Span::current().record("import_id", import);
+    tracing::Span::current().record("import_id", import.get());
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -251,6 +251,6 @@ pub async fn create(
     let span = tracing::Span::current();
     span.record("citizens", citizens.len());
     let import_id = state.storage.create_import(citizens, idempotency).await?;
-    span.record("import_id", import_id);
+    span.record("import_id", import_id.get());
     data(StatusCode::CREATED, &Created { import_id })
 }

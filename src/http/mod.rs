@@ -493,7 +493,7 @@ mod tests {
 
     #[test]
     fn if_none_match_compares_weakly_and_takes_lists_and_stars() {
-        let tag = entity_tag(7, 3, View::Citizens);
+        let tag = entity_tag(ImportId::new(7).unwrap(), 3, View::Citizens);
         assert_eq!(tag, "W/\"7-3-citizens\"");
         for (value, matches) in [
             ("W/\"7-3-citizens\"", true),
@@ -511,7 +511,7 @@ mod tests {
         }
         assert!(!if_none_match(&HeaderMap::new(), &tag));
         assert_eq!(
-            entity_tag(7, 3, View::Percentiles(2461000)),
+            entity_tag(ImportId::new(7).unwrap(), 3, View::Percentiles(2461000)),
             "W/\"7-3-percentiles-2461000\""
         );
     }

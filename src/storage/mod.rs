@@ -7,20 +7,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::domain::{
-    Apartment, BirthDate, Citizen, CitizenId, CitizenPatch, Gender, ImportId, Name, Place,
-    ValidationError,
-};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, ValidationError};
 
 pub mod coalesce;
 pub mod deadline;
 pub mod iproto;
 pub mod metered;
+mod row;
 pub mod sqlite;
 pub mod tarantool;
 
-/// Version of an import's data; bumped by every write to it.
-pub type Version = u64;
+pub use crate::domain::Version;
 
 /// An import's citizens as of one version.
 #[derive(Debug, Clone)]
@@ -136,6 +133,24 @@ pub trait Storage: Send + Sync + 'static {
     /// Applies a patch in one transaction, mirroring a new relatives list onto
     /// the other citizens, and returns the updated citizen with the import's
     /// version after this write (the version before it plus one).
+    ///
+    /// The mirroring contract, the same in all three implementations
+    /// (SQLite's `patch_citizen` in Rust, Tarantool's `gifts_patch_citizen`
+    /// in `tarantool/app.lua`, and the in-memory snapshot's
+    /// `domain::relatives::after_patch`), all driven by the edits of
+    /// `domain::relatives::mirror_edits`:
+    ///
+    /// - a relative dropped from the list loses this citizen, an added one
+    ///   gains it, one kept is not touched;
+    /// - a citizen may list itself: its own list holds its id once and the
+    ///   id is never mirrored;
+    /// - errors, first match wins, and on any of them nothing is written:
+    ///   no such import → `ImportNotFound`; no such citizen →
+    ///   `CitizenNotFound`; an added relative not in the import →
+    ///   `Invalid` (`unknown_relative`, the lowest such id); a dropped
+    ///   relative not in the import → `Internal` (the stored relation is
+    ///   broken; never skipped silently). The in-memory snapshot answers
+    ///   `None` for either of the last two, and is dropped.
     async fn patch_citizen(
         &self,
         import: ImportId,
@@ -175,36 +190,14 @@ pub trait Storage: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Rebuilds a citizen read back from a store, re-checking every field: a
-/// stored value that fails is reported as corruption rather than served.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn stored_citizen(
-    citizen_id: u64,
-    town: String,
-    street: String,
-    building: String,
-    apartment: u64,
-    name: String,
-    birth_date: &str,
-    gender: &str,
-    relatives: Vec<u64>,
-) -> Result<Citizen, StorageError> {
-    fn corrupt(field: &str) -> StorageError {
-        StorageError::internal(format!("corrupt stored citizen field {field}"))
-    }
-    Ok(Citizen {
-        citizen_id: CitizenId::parse(citizen_id).map_err(|_| corrupt("citizen_id"))?,
-        town: Place::parse(town).map_err(|_| corrupt("town"))?,
-        street: Place::parse(street).map_err(|_| corrupt("street"))?,
-        building: Place::parse(building).map_err(|_| corrupt("building"))?,
-        apartment: Apartment::parse(apartment).map_err(|_| corrupt("apartment"))?,
-        name: Name::parse(name).map_err(|_| corrupt("name"))?,
-        birth_date: BirthDate::from_iso(birth_date).ok_or_else(|| corrupt("birth_date"))?,
-        gender: Gender::parse(gender).map_err(|_| corrupt("gender"))?,
-        relatives: relatives
-            .into_iter()
-            .map(CitizenId::parse)
-            .collect::<Result<_, _>>()
-            .map_err(|_| corrupt("relatives"))?,
-    })
+/// A PATCH found the stored relation broken: `citizen` lists `relative`,
+/// which is not in the import.
+pub(crate) fn missing_relative(
+    import: ImportId,
+    citizen: CitizenId,
+    relative: impl std::fmt::Display,
+) -> StorageError {
+    StorageError::internal(format!(
+        "import {import}: citizen {citizen} lists relative {relative}, which is not stored (the relation is broken; nothing was changed)"
+    ))
 }

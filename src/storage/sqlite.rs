@@ -36,9 +36,8 @@ use rusqlite::{
 };
 use tokio::sync::oneshot;
 
-use super::{
-    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, stored_citizen,
-};
+use super::row::{StoredCitizen, iso_date};
+use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
 use crate::domain::relatives::{Edit, mirror_edits};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 use crate::metrics::{KindLabels, Metrics};
@@ -228,6 +227,19 @@ fn ensure_reserve(path: &Path) {
     if let Err(e) = written {
         let _ = std::fs::remove_file(&reserve);
         tracing::warn!(path = %reserve.display(), error = %e, "cannot write the disk-space reserve");
+    }
+}
+
+impl rusqlite::ToSql for ImportId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.get().into())
+    }
+}
+
+impl rusqlite::types::FromSql for ImportId {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let id = i64::column_result(value)?;
+        ImportId::new(id).ok_or(rusqlite::types::FromSqlError::OutOfRange(id))
     }
 }
 
@@ -614,7 +626,8 @@ fn insert_import(
         [citizens.len() as i64],
     )
     .map_err(internal)?;
-    let import = conn.last_insert_rowid();
+    let import = ImportId::new(conn.last_insert_rowid())
+        .ok_or_else(|| StorageError::internal("sqlite handed out a non-positive import id"))?;
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO citizens (import_id, citizen_id, town, street, building, apartment,
@@ -634,7 +647,7 @@ fn insert_import(
                 c.building.as_str(),
                 c.apartment.as_i64(),
                 c.name.as_str(),
-                c.birth_date.to_iso(),
+                iso_date(c.birth_date),
                 c.gender.as_str(),
                 &blob,
             ])
@@ -667,19 +680,28 @@ fn patch_citizen(
         });
     };
     if let Some(new) = &patch.relatives {
+        // The contract of `Storage::patch_citizen`: every list is read
+        // before anything is written, an unknown new relative wins over a
+        // missing old one.
+        let mut edits = Vec::new();
         for (other, edit) in mirror_edits(id, &citizen.relatives, new) {
-            let Some(mut list) = load_relatives(conn, import, other)? else {
-                return Err(match edit {
-                    Edit::Add(_) => StorageError::Invalid(ValidationError::new(
-                        "relatives",
-                        Some(id),
-                        Reason::UnknownRelative(other),
-                    )),
-                    Edit::Remove(_) => StorageError::internal(format!(
-                        "import {import}: citizen {id} lists missing relative {other}"
-                    )),
-                });
-            };
+            edits.push((other, edit, load_relatives(conn, import, other)?));
+        }
+        if let Some((other, ..)) = edits
+            .iter()
+            .find(|(_, edit, list)| matches!(edit, Edit::Add(_)) && list.is_none())
+        {
+            return Err(StorageError::Invalid(ValidationError::new(
+                "relatives",
+                Some(id),
+                Reason::UnknownRelative(*other),
+            )));
+        }
+        if let Some((other, ..)) = edits.iter().find(|(.., list)| list.is_none()) {
+            return Err(super::missing_relative(import, id, *other));
+        }
+        for (other, edit, list) in edits {
+            let mut list = list.unwrap_or_default();
             edit.apply(&mut list);
             store_relatives(conn, import, other, &list)?;
         }
@@ -708,7 +730,7 @@ fn patch_citizen(
             citizen.building.as_str(),
             citizen.apartment.as_i64(),
             citizen.name.as_str(),
-            citizen.birth_date.to_iso(),
+            iso_date(citizen.birth_date),
             citizen.gender.as_str(),
             &blob,
         ])
@@ -750,8 +772,23 @@ fn import_version(conn: &Connection, import: ImportId) -> Result<Option<Version>
         .transpose()
 }
 
+/// The columns a citizen is read from, in [`Column`]'s order.
 const CITIZEN_COLUMNS: &str =
     "citizen_id, town, street, building, apartment, name, birth_date, gender, relatives";
+
+/// Positions in [`CITIZEN_COLUMNS`] (a test checks the two agree).
+#[derive(Clone, Copy)]
+enum Column {
+    CitizenId,
+    Town,
+    Street,
+    Building,
+    Apartment,
+    Name,
+    BirthDate,
+    Gender,
+    Relatives,
+}
 
 fn load_citizen(
     conn: &Connection,
@@ -826,25 +863,25 @@ fn decode_relatives(blob: &[u8]) -> Result<Vec<u64>, StorageError> {
         .collect()
 }
 
-/// Rebuilds a citizen from a row of `CITIZEN_COLUMNS`.
+/// Rebuilds a citizen from a row of [`CITIZEN_COLUMNS`].
 fn read_row(row: &Row<'_>) -> Result<Citizen, StorageError> {
-    let unsigned = |i: usize| -> Result<u64, StorageError> {
-        let value: i64 = row.get(i).map_err(internal)?;
+    let unsigned = |column: Column| -> Result<u64, StorageError> {
+        let value: i64 = row.get(column as usize).map_err(internal)?;
         u64::try_from(value).map_err(StorageError::internal)
     };
-    let text = |i: usize| row.get::<_, String>(i).map_err(internal);
-    let relatives: Vec<u8> = row.get(8).map_err(internal)?;
-    stored_citizen(
-        unsigned(0)?,
-        text(1)?,
-        text(2)?,
-        text(3)?,
-        unsigned(4)?,
-        text(5)?,
-        &text(6)?,
-        &text(7)?,
-        decode_relatives(&relatives)?,
-    )
+    let text = |column: Column| row.get::<_, String>(column as usize).map_err(internal);
+    let relatives: Vec<u8> = row.get(Column::Relatives as usize).map_err(internal)?;
+    Citizen::try_from(StoredCitizen {
+        citizen_id: unsigned(Column::CitizenId)?,
+        town: text(Column::Town)?,
+        street: text(Column::Street)?,
+        building: text(Column::Building)?,
+        apartment: unsigned(Column::Apartment)?,
+        name: text(Column::Name)?,
+        birth_date: text(Column::BirthDate)?,
+        gender: text(Column::Gender)?,
+        relatives: decode_relatives(&relatives)?,
+    })
 }
 
 #[async_trait]
@@ -906,7 +943,7 @@ impl Storage for SqliteStorage {
                 .map_err(internal)?;
             let rows = stmt
                 .query_map(
-                    params![before.unwrap_or(ImportId::MAX), limit as i64],
+                    params![before.map_or(i64::MAX, ImportId::get), limit as i64],
                     |row| {
                         Ok((
                             row.get::<_, ImportId>(0)?,
@@ -1025,7 +1062,7 @@ mod tests {
             .unwrap();
         }
         let storage = SqliteStorage::open(&path, 1).unwrap();
-        let snapshot = storage.citizens(1).await.unwrap();
+        let snapshot = storage.citizens(ImportId::new(1).unwrap()).await.unwrap();
         assert_eq!(snapshot.version, 1);
         assert_eq!(snapshot.citizens[0].citizen_id.get(), 7);
         assert_eq!(snapshot.citizens[0].birth_date.to_string(), "31.01.2000");
@@ -1172,6 +1209,26 @@ mod tests {
         let storage = SqliteStorage::open(&path, 1).unwrap();
         assert!(path.exists());
         storage.close().await;
+    }
+
+    #[test]
+    fn the_column_positions_follow_the_column_list() {
+        let names: Vec<&str> = CITIZEN_COLUMNS.split(", ").collect();
+        let positions = [
+            (Column::CitizenId, "citizen_id"),
+            (Column::Town, "town"),
+            (Column::Street, "street"),
+            (Column::Building, "building"),
+            (Column::Apartment, "apartment"),
+            (Column::Name, "name"),
+            (Column::BirthDate, "birth_date"),
+            (Column::Gender, "gender"),
+            (Column::Relatives, "relatives"),
+        ];
+        assert_eq!(names.len(), positions.len());
+        for (column, name) in positions {
+            assert_eq!(names[column as usize], name);
+        }
     }
 
     #[test]

@@ -21,9 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::coalesce::Coalescer;
 use super::iproto::{self, CallError, Client, codes};
-use super::{
-    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, stored_citizen,
-};
+use super::row::{StoredCitizen, iso_date};
+use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 use crate::metrics::Metrics;
 
@@ -35,12 +34,67 @@ pub struct TarantoolAddress {
     /// User name.
     pub user: String,
     /// Password (never logged).
-    pub password: String,
+    pub password: Secret,
 }
 
 impl std::fmt::Debug for TarantoolAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "tarantool://{}:***@{}", self.user, self.host_port)
+        write!(
+            f,
+            "tarantool://{}:{}@{}",
+            self.user, self.password, self.host_port
+        )
+    }
+}
+
+impl std::str::FromStr for TarantoolAddress {
+    type Err = String;
+
+    /// `tarantool://USER:PASSWORD@HOST:PORT`; the password may hold `@` and `:`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let form = "expected tarantool://USER:PASSWORD@HOST:PORT";
+        let rest = s.strip_prefix("tarantool://").ok_or(form)?;
+        // The host part has no '@', so the last one ends the credentials.
+        let (credentials, host_port) = rest.rsplit_once('@').ok_or(form)?;
+        let (user, password) = credentials.split_once(':').ok_or(form)?;
+        let (host, port) = host_port.rsplit_once(':').ok_or(form)?;
+        if user.is_empty() || host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(form.into());
+        }
+        Ok(TarantoolAddress {
+            host_port: host_port.to_owned(),
+            user: user.to_owned(),
+            password: Secret::new(password),
+        })
+    }
+}
+
+/// A password: shown as `***` by `Debug` and `Display`, so it cannot end
+/// up in a log or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The password itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -73,8 +127,9 @@ enum Kind {
     Write,
 }
 
-/// A citizen as `gifts_create_import` takes it: the stored tuple, with a
-/// placeholder for the import id that the procedure fills in.
+/// A citizen as `gifts_create_import` takes it: the stored tuple (in
+/// [`Row`]'s order), with a placeholder for the import id that the
+/// procedure fills in.
 #[derive(Serialize)]
 struct NewCitizen<'a>(
     u8,
@@ -97,9 +152,9 @@ impl<'a> NewCitizen<'a> {
             c.town.as_str(),
             c.street.as_str(),
             c.building.as_str(),
-            c.apartment.as_i64() as u64,
+            c.apartment.get(),
             c.name.as_str(),
-            c.birth_date.to_iso(),
+            iso_date(c.birth_date),
             c.gender.as_str(),
             &c.relatives,
         )
@@ -107,7 +162,8 @@ impl<'a> NewCitizen<'a> {
 }
 
 /// A stored citizen tuple: `{import_id, citizen_id, town, street, building,
-/// apartment, name, birth_date, gender, relatives}`.
+/// apartment, name, birth_date, gender, relatives}`, as `tarantool/app.lua`'s
+/// `F` table numbers them (a test holds the two together).
 #[derive(Deserialize)]
 struct Row(
     IgnoredAny,
@@ -124,19 +180,29 @@ struct Row(
 
 impl Row {
     fn into_citizen(self) -> Result<Citizen, StorageError> {
-        let Row(_, id, town, street, building, apartment, name, birth_date, gender, relatives) =
-            self;
-        stored_citizen(
-            id,
+        let Row(
+            _,
+            citizen_id,
             town,
             street,
             building,
             apartment,
             name,
-            &birth_date,
-            &gender,
+            birth_date,
+            gender,
             relatives,
-        )
+        ) = self;
+        Citizen::try_from(StoredCitizen {
+            citizen_id,
+            town,
+            street,
+            building,
+            apartment,
+            name,
+            birth_date,
+            gender,
+            relatives,
+        })
     }
 }
 
@@ -169,7 +235,7 @@ impl TarantoolStorage {
         let client = Client::new(iproto::Config {
             address: address.host_port.clone(),
             user: address.user.clone(),
-            password: address.password.clone(),
+            password: address.password.expose().to_owned(),
             connect_timeout: timeout.min(Duration::from_secs(5)),
         });
         let connection = Arc::new(Connection {
@@ -494,10 +560,10 @@ impl Storage for TarantoolStorage {
         text("name", patch.name.as_ref().map(|v| v.as_str()));
         text("gender", patch.gender.map(|v| v.as_str()));
         if let Some(date) = patch.birth_date {
-            changes.insert("birth_date", FieldValue::Text(date.to_iso()));
+            changes.insert("birth_date", FieldValue::Text(iso_date(date)));
         }
         if let Some(apartment) = patch.apartment {
-            changes.insert("apartment", FieldValue::Number(apartment.as_i64() as u64));
+            changes.insert("apartment", FieldValue::Number(apartment.get()));
         }
         type Answer = (
             String,
@@ -530,6 +596,9 @@ impl Storage for TarantoolStorage {
                             .map_err(|e| StorageError::internal(e.to_string()))?,
                     ),
                 )))
+            }
+            ("missing_relative", _, Some(other), _) => {
+                Err(super::missing_relative(import, citizen, other))
             }
             (other, ..) => Err(StorageError::internal(format!(
                 "gifts_patch_citizen answered {other:?} {reason:?}"
@@ -620,5 +689,62 @@ impl Storage for TarantoolStorage {
 
     async fn close(&self) {
         self.connection.closed.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Apartment, BirthDate, Gender, Name, Place};
+
+    /// The tuple's fields in [`Row`]'s and [`NewCitizen`]'s order.
+    const TUPLE_FIELDS: [&str; 10] = [
+        "import_id",
+        "citizen_id",
+        "town",
+        "street",
+        "building",
+        "apartment",
+        "name",
+        "birth_date",
+        "gender",
+        "relatives",
+    ];
+
+    #[test]
+    fn the_tuple_fields_are_numbered_as_app_lua_numbers_them() {
+        let script = include_str!("../../tarantool/app.lua");
+        let start = script
+            .find("local F = {")
+            .expect("app.lua defines the field numbers F");
+        let table = &script[start + "local F = {".len()..];
+        let table = &table[..table.find('}').expect("F ends")];
+        let numbered: BTreeMap<&str, usize> = table
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(name, n)| (name.trim(), n.trim().parse().expect("a field number")))
+            .collect();
+        assert_eq!(numbered.len(), TUPLE_FIELDS.len(), "{numbered:?}");
+        for (i, field) in TUPLE_FIELDS.iter().enumerate() {
+            assert_eq!(numbered.get(field), Some(&(i + 1)), "{field}");
+        }
+    }
+
+    #[test]
+    fn a_tuple_written_for_an_import_reads_back_as_the_same_citizen() {
+        let citizen = Citizen {
+            citizen_id: CitizenId::parse(u64::MAX >> 1).unwrap(),
+            town: Place::parse("Керчь".into()).unwrap(),
+            street: Place::parse("Иосифа Бродского".into()).unwrap(),
+            building: Place::parse("2".into()).unwrap(),
+            apartment: Apartment::parse(11).unwrap(),
+            name: Name::parse("Романова Мария Леонидовна".into()).unwrap(),
+            birth_date: BirthDate::from_ymd(1986, 11, 23).unwrap(),
+            gender: Gender::parse("female").unwrap(),
+            relatives: vec![CitizenId::parse(1).unwrap()],
+        };
+        let tuple = rmp_serde::to_vec(&NewCitizen::of(&citizen)).unwrap();
+        let row: Row = rmp_serde::from_slice(&tuple).unwrap();
+        assert_eq!(row.into_citizen().unwrap(), citizen);
     }
 }

@@ -210,7 +210,7 @@ fn the_compose_file_runs_the_real_binary_against_tarantool_by_service_name() {
     let compose = read("docker-compose.yml");
     let vars = BTreeMap::from([
         ("GIFTS_TARANTOOL_USER", address.user.as_str()),
-        ("GIFTS_TARANTOOL_PASSWORD", address.password.as_str()),
+        ("GIFTS_TARANTOOL_PASSWORD", address.password.expose()),
     ]);
 
     // The database service's settings are all read by app.lua.

@@ -173,7 +173,12 @@ impl TestStore {
         match &self.url {
             StorageUrl::Sqlite(path) => format!("sqlite:{}", path.display()),
             StorageUrl::Tarantool(a) => {
-                format!("tarantool://{}:{}@{}", a.user, a.password, a.host_port)
+                format!(
+                    "tarantool://{}:{}@{}",
+                    a.user,
+                    a.password.expose(),
+                    a.host_port
+                )
             }
         }
     }
@@ -199,6 +204,41 @@ impl TestStore {
     /// The Tarantool server's process id, while it runs.
     pub fn tarantool_pid(&self) -> Option<u32> {
         self.server().child.as_ref().map(Child::id)
+    }
+
+    /// Changes the stored data behind the service's back, with no app
+    /// running on the store: `sql` on SQLite, `lua` (with `box` configured
+    /// on the data) on a stopped Tarantool, which is started again after.
+    pub fn edit_offline(&self, sql: &str, lua: &str) {
+        match &self.url {
+            StorageUrl::Sqlite(path) => {
+                rusqlite::Connection::open(path)
+                    .and_then(|conn| conn.execute_batch(sql))
+                    .expect("edit the sqlite database");
+            }
+            StorageUrl::Tarantool(_) => {
+                let mut server = self.server();
+                server.kill();
+                let script = server.dir.join("edit.lua");
+                std::fs::write(
+                    &script,
+                    format!(
+                        "box.cfg({{ work_dir = {:?}, memtx_memory = 256 * 1024 * 1024 }})\n{lua}\nos.exit(0)\n",
+                        server.dir.join("data").display().to_string()
+                    ),
+                )
+                .expect("write the edit script");
+                let status = Command::new("tarantool")
+                    .arg(&script)
+                    .current_dir(&server.dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("run tarantool");
+                assert!(status.success(), "the offline edit failed");
+                server.start();
+            }
+        }
     }
 
     /// What Tarantool logged, for failure messages.

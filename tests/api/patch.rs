@@ -185,6 +185,46 @@ async fn unknown_import_or_citizen_is_404(backend: Backend) {
     }
 }
 
+/// The mirroring contract's errors (see `Storage::patch_citizen`), on a
+/// store whose relation was broken behind the service's back: citizen 1
+/// lists 2, which is gone. Dropping 2 is refused as a broken relation (500,
+/// nothing changed, never skipped silently); an unknown new relative is
+/// reported first; edits that do not touch 2 go through.
+async fn a_relative_missing_from_the_store_is_refused_not_skipped(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    let store = app.stop().await;
+    store.edit_offline(
+        &format!("DELETE FROM citizens WHERE import_id = {import} AND citizen_id = 2;"),
+        &format!("box.space.citizens:delete({{ {import}, 2 }})"),
+    );
+    let config = gifts::config::Config::with_storage(store.url().clone());
+    let app = TestApp::start(store, config).await;
+
+    let (status, body) = app.patch(import, 1, &json!({"relatives": []})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"]["code"], "internal");
+    let (status, body) = app.patch(import, 1, &json!({"relatives": [3, 7]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_relative");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains('7'),
+        "{body}"
+    );
+    let listed = app.citizens(import).await;
+    assert_eq!(listed[0]["relatives"], json!([2]), "nothing changed");
+    assert_eq!(listed[1]["relatives"], json!([]), "citizen 3 untouched");
+
+    let (status, body) = app.patch(import, 1, &json!({"relatives": [2, 3]})).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "keeping 2 touches nothing of it: {body}"
+    );
+    let listed = app.citizens(import).await;
+    assert_eq!(listed[1]["relatives"], json!([1]), "3 gained 1");
+}
+
 /// One case per rule: description, body, field named, error code.
 fn invalid_patch_cases() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
     let j = |v: Value| serde_json::to_vec(&v).unwrap();
@@ -441,4 +481,5 @@ backend_tests!(
     invalid_patches_are_rejected_naming_field_and_citizen_and_change_nothing,
     random_patch_sequences_match_a_model_of_the_relation,
     concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric,
+    a_relative_missing_from_the_store_is_refused_not_skipped,
 );

@@ -653,7 +653,9 @@ async fn a_damaged_tarantool_connection_gives_503s_then_recovers() {
     let mut config = Config::with_storage(store.url().clone());
     config.storage = format!(
         "tarantool://{}:{}@127.0.0.1:{}",
-        address.user, address.password, proxy.port
+        address.user,
+        address.password.expose(),
+        proxy.port
     )
     .parse()
     .unwrap();
