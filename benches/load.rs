@@ -13,7 +13,7 @@
 //! Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +28,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::json;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::{
+    KillOnDrop, app_lua, free_port, peak_rss_kib, poll, tarantool_command, tarantool_installed,
+};
 
 /// Benchmark settings.
 #[derive(Debug, Clone, Parser)]
@@ -115,37 +122,9 @@ fn main() -> anyhow::Result<()> {
         .block_on(bench(args))
 }
 
-fn tarantool_installed() -> bool {
-    Command::new("tarantool")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A child process killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
 /// Peak resident set (VmHWM) of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    peak_rss_kib(pid).map(|kib| kib as f64 / 1024.0)
 }
 
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
@@ -236,8 +215,8 @@ fn machine() -> serde_json::Value {
 /// A running server (and its Tarantool), stopped when dropped.
 struct Running {
     base: String,
-    server: Guard,
-    tarantool: Option<Guard>,
+    server: KillOnDrop,
+    tarantool: Option<KillOnDrop>,
     _dir: tempfile::TempDir,
 }
 
@@ -254,31 +233,29 @@ async fn start_server(
     let storage = match backend {
         "sqlite" => format!("sqlite:{}", dir.path().join("gifts.db").display()),
         "tarantool" => {
-            let port = free_port()?;
-            let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tarantool/app.lua");
-            let child = Command::new("tarantool")
-                .arg(app)
-                .current_dir(dir.path())
-                .env("GIFTS_TARANTOOL_LISTEN", format!("127.0.0.1:{port}"))
-                .env("GIFTS_TARANTOOL_DIR", dir.path().join("tarantool"))
-                .env("GIFTS_TARANTOOL_PASSWORD", "bench")
-                .env(
-                    "GIFTS_TARANTOOL_MEMORY",
-                    (body_len as u64 * 8 * args.post_runs.max(1) as u64 + (1 << 30)).to_string(),
-                )
-                .stdout(log_file(dir.path(), "tarantool.log")?)
-                .stderr(log_file(dir.path(), "tarantool.err")?)
-                .spawn()
-                .context("starting tarantool")?;
-            tarantool = Some(Guard(child));
+            let port = free_port();
+            let memory = body_len as u64 * 8 * args.post_runs.max(1) as u64 + (1 << 30);
+            let child = tarantool_command(
+                &app_lua(),
+                port,
+                &dir.path().join("tarantool"),
+                "bench",
+                memory,
+            )
+            .current_dir(dir.path())
+            .stdout(log_file(dir.path(), "tarantool.log")?)
+            .stderr(log_file(dir.path(), "tarantool.err")?)
+            .spawn()
+            .context("starting tarantool")?;
+            tarantool = Some(KillOnDrop(child));
             format!("tarantool://gifts:bench@127.0.0.1:{port}")
         }
         other => bail!("unknown backend {other:?} (sqlite, tarantool)"),
     };
-    let port = free_port()?;
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let max_body = (body_len * 2).max(64 << 20);
-    let server = Guard(
+    let server = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_gifts"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--storage", &storage])
@@ -528,18 +505,16 @@ fn patch_relatives(base: &str, import: i64, n: u64, k: u64) -> (String, Bytes) {
 }
 
 async fn wait_healthy(client: &HttpClient, base: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((StatusCode::OK, _)) =
-            send(client, Method::GET, &format!("{base}/health"), Bytes::new()).await
-        {
-            return Ok(());
+    let url = format!("{base}/health");
+    poll(Duration::from_secs(60), || async {
+        match send(client, Method::GET, &url, Bytes::new()).await {
+            Ok((StatusCode::OK, _)) => Ok(()),
+            Ok((status, _)) => Err(status.to_string()),
+            Err(e) => Err(e.to_string()),
         }
-        if Instant::now() > deadline {
-            bail!("the server did not become healthy within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .map_err(|last| anyhow::anyhow!("the server did not become healthy within 60 s: {last}"))
 }
 
 async fn send(

@@ -47,6 +47,15 @@ pub struct OperationLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of the storage operations waiting for an answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PendingLabels {
+    /// `sqlite` or `tarantool`.
+    pub backend: &'static str,
+    /// The `Storage` method.
+    pub operation: &'static str,
+}
+
 /// Labels naming a queue or a cache part.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -72,6 +81,9 @@ pub struct Metrics {
     pub request_seconds: Family<RouteLabels, Histogram>,
     /// Storage operation latency.
     pub storage_seconds: Family<OperationLabels, Histogram>,
+    /// Storage operations started and not yet answered (a stalled store
+    /// shows here before any latency does).
+    pub storage_in_flight: Family<PendingLabels, Gauge>,
     /// Writes committed together by the SQLite writer.
     pub sqlite_batch_size: Histogram,
     /// Jobs waiting in the SQLite queues (`write`, `read`).
@@ -121,6 +133,12 @@ impl Default for Metrics {
             "storage_operation_duration_seconds",
             "Storage operation latency in seconds, by backend, operation and outcome",
             storage_seconds.clone(),
+        );
+        let storage_in_flight = Family::<PendingLabels, Gauge>::default();
+        registry.register(
+            "storage_operations_in_flight",
+            "Storage operations waiting for an answer, by backend and operation",
+            storage_in_flight.clone(),
         );
         let sqlite_batch_size =
             Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
@@ -188,6 +206,7 @@ impl Default for Metrics {
             requests,
             request_seconds,
             storage_seconds,
+            storage_in_flight,
             sqlite_batch_size,
             sqlite_queue_depth,
             cache_hits,

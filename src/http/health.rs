@@ -3,6 +3,8 @@
 //! healthy and the service is not draining). All are logged at DEBUG when
 //! they succeed: probes come every few seconds.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -102,12 +104,15 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> 
 /// The Prometheus metrics (OpenMetrics text); the import and citizen totals
 /// are read from the store now (cheaply: no citizen is read).
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    match state.storage.totals().await {
-        Ok((imports, citizens)) => {
+    // A stalled store must not stall the scrape: the totals keep their
+    // last values when the store does not answer within half a second.
+    match tokio::time::timeout(Duration::from_millis(500), state.storage.totals()).await {
+        Ok(Ok((imports, citizens))) => {
             state.metrics.imports.set(imports as i64);
             state.metrics.citizens.set(citizens as i64);
         }
-        Err(e) => tracing::debug!(error = %e, "totals for the metrics"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "totals for the metrics"),
+        Err(_) => tracing::debug!("totals for the metrics: no answer within 500 ms"),
     }
     state.metrics.cache_bytes.set(state.cache.bytes() as i64);
     let mut response = (

@@ -1,5 +1,6 @@
 //! A [`Storage`] that times every operation of another, for the
-//! `gifts_storage_operation_duration_seconds` metric.
+//! `gifts_storage_operation_duration_seconds` metric, and counts the ones
+//! in flight (`gifts_storage_operations_in_flight`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use async_trait::async_trait;
 
 use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
-use crate::metrics::{Metrics, OperationLabels};
+use crate::metrics::{Metrics, OperationLabels, PendingLabels};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Wraps a store; every call is timed by backend, operation and outcome.
 pub struct Metered<S> {
@@ -34,6 +36,16 @@ impl<S> Metered<S> {
         call: impl Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
         let started = Instant::now();
+        let pending = self
+            .metrics
+            .storage_in_flight
+            .get_or_create(&PendingLabels {
+                backend: self.backend,
+                operation,
+            })
+            .clone();
+        pending.inc();
+        let _pending = InFlight(pending);
         let result = call.await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -56,6 +68,16 @@ impl<S> Metered<S> {
             })
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// One operation in the in-flight gauge; leaves it however the call ends,
+/// also when its caller gives up (the future is dropped).
+struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -1,7 +1,7 @@
 //! A full disk is a clear answer, reads go on, and recovery is complete:
 //! each store on a small tmpfs of its own, filled to the last byte.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::helpers::{
     Binary, KillOnDrop, Tmpfs, free_port, generate_import, spec_example, tarantool_available,
 };
+use crate::support::{app_lua, poll, tarantool_command};
 
 async fn send(
     client: &reqwest::Client,
@@ -31,16 +32,14 @@ async fn send(
 
 /// Polls `/health` until it answers `want`.
 async fn health_becomes(client: &reqwest::Client, base: &str, want: StatusCode) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) =
-            send(client, reqwest::Method::GET, format!("{base}/health"), None).await;
-        if status == want {
-            return body;
+    poll(Duration::from_secs(30), || async {
+        match send(client, reqwest::Method::GET, format!("{base}/health"), None).await {
+            (status, body) if status == want => Ok(body),
+            other => Err(other),
         }
-        assert!(Instant::now() < deadline, "/health still {status}: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|(status, body)| panic!("/health still {status}: {body}"))
 }
 
 /// The checks common to both stores, against a service whose store lives
@@ -155,17 +154,18 @@ async fn tarantool_on_a_full_disk_refuses_writes_with_507_serves_reads_and_recov
     let port = free_port();
     let start_tarantool = || {
         KillOnDrop(
-            std::process::Command::new("tarantool")
-                .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tarantool/app.lua"))
-                .current_dir(&disk.path)
-                .env("GIFTS_TARANTOOL_LISTEN", format!("127.0.0.1:{port}"))
-                .env("GIFTS_TARANTOOL_DIR", disk.path.join("data"))
-                .env("GIFTS_TARANTOOL_PASSWORD", "test-password")
-                .env("GIFTS_TARANTOOL_MEMORY", "256MiB")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start tarantool"),
+            tarantool_command(
+                &app_lua(),
+                port,
+                &disk.path.join("data"),
+                "test-password",
+                256 << 20,
+            )
+            .current_dir(&disk.path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tarantool"),
         )
     };
     let tarantool = std::cell::RefCell::new(start_tarantool());
@@ -181,19 +181,15 @@ async fn tarantool_on_a_full_disk_refuses_writes_with_507_serves_reads_and_recov
             // Tarantool restarts on the full disk (recovering from its files).
             drop(tarantool.replace(start_tarantool()));
             let client = reqwest::Client::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while send(
-                &client,
-                reqwest::Method::GET,
-                format!("{base}/imports/1/citizens"),
-                None,
-            )
+            let url = format!("{base}/imports/1/citizens");
+            poll(Duration::from_secs(30), || async {
+                match send(&client, reqwest::Method::GET, url.clone(), None).await {
+                    (StatusCode::OK, _) => Ok(()),
+                    (status, body) => Err(format!("{status}: {body}")),
+                }
+            })
             .await
-            .0 != StatusCode::OK
-            {
-                assert!(Instant::now() < deadline, "no reads after the restart");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            .unwrap_or_else(|last| panic!("no reads after the restart: {last}"));
             base.clone()
         },
     )

@@ -38,14 +38,12 @@ pub enum Backend {
     Tarantool,
 }
 
+pub use crate::support::{KillOnDrop, free_port};
+use crate::support::{app_lua, peak_rss_kib, poll, tarantool_command, tarantool_installed};
+
 /// True when Tarantool tests can run; with `CI=true` a missing `tarantool` fails the test.
 pub fn tarantool_available(test: &str) -> bool {
-    let found = Command::new("tarantool")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let found = tarantool_installed();
     if !found {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -66,14 +64,6 @@ pub fn skipped(what: &str) {
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {what}");
 }
 
-/// A free loopback port (bound, read and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// A Tarantool server of the test's own, running `tarantool/app.lua`.
 struct TarantoolServer {
     port: u16,
@@ -84,25 +74,23 @@ struct TarantoolServer {
 impl TarantoolServer {
     fn start(&mut self) {
         assert!(self.child.is_none(), "tarantool already running");
-        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tarantool/app.lua");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("tarantool.log"))
             .expect("tarantool log file");
-        let child = Command::new("tarantool")
-            .arg(app)
-            .current_dir(&self.dir)
-            .env("GIFTS_TARANTOOL_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("GIFTS_TARANTOOL_DIR", self.dir.join("data"))
-            .env("GIFTS_TARANTOOL_USER", "gifts")
-            .env("GIFTS_TARANTOOL_PASSWORD", "test-password")
-            .env("GIFTS_TARANTOOL_MEMORY", (256u64 << 20).to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start tarantool");
+        let child = tarantool_command(
+            &app_lua(),
+            self.port,
+            &self.dir.join("data"),
+            "test-password",
+            256 << 20,
+        )
+        .current_dir(&self.dir)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start tarantool");
         self.child = Some(child);
     }
 
@@ -306,22 +294,20 @@ impl TestApp {
 
     /// Polls `/health` until it answers 200; panics after a deadline or if the app stopped.
     async fn wait_until_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = self.client.get(self.url("/health")).send().await
-                && response.status() == StatusCode::OK
-            {
-                return;
-            }
+        let healthy = poll(Duration::from_secs(30), || async {
             let task = self.task.as_ref().expect("running");
             assert!(!task.is_finished(), "the app stopped during start-up");
-            assert!(
-                Instant::now() < deadline,
-                "the app did not become healthy; tarantool log:\n{}",
-                self.store.tarantool_log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            match self.client.get(self.url("/health")).send().await {
+                Ok(r) if r.status() == StatusCode::OK => Ok(()),
+                _ => Err(()),
+            }
+        })
+        .await;
+        assert!(
+            healthy.is_ok(),
+            "the app did not become healthy; tarantool log:\n{}",
+            self.store.tarantool_log()
+        );
     }
 
     /// Graceful shutdown; returns the store so a new app can open it.
@@ -631,55 +617,51 @@ impl Binary {
 
     /// Polls until the log contains `text`; panics after 30 s or if the process exits.
     pub async fn wait_for_log(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let found = poll(Duration::from_secs(30), || {
             let log = self.log();
-            if log.contains(text) {
-                return log;
-            }
             assert!(
-                self.child.try_wait().expect("wait").is_none(),
+                log.contains(text) || self.child.try_wait().expect("wait").is_none(),
                 "gifts exited before logging {text:?}:\n{log}"
             );
-            assert!(Instant::now() < deadline, "no {text:?} in the log:\n{log}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            std::future::ready(if log.contains(text) {
+                Ok(log)
+            } else {
+                Err(log)
+            })
+        })
+        .await;
+        found.unwrap_or_else(|log| panic!("no {text:?} in the log:\n{log}"))
     }
 
     /// Polls `/health` until it answers 200; panics after 30 s or if the process exits.
     pub async fn wait_healthy(&mut self) {
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{}/health", self.base)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
+        let url = format!("{}/health", self.base);
+        let healthy = poll(Duration::from_secs(30), || {
             assert!(
                 self.child.try_wait().expect("wait").is_none(),
                 "gifts exited during start-up:\n{}",
                 self.log()
             );
-            assert!(
-                Instant::now() < deadline,
-                "gifts did not become healthy:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            let answer = client.get(&url).send();
+            async {
+                match answer.await {
+                    Ok(r) if r.status() == StatusCode::OK => Ok(()),
+                    _ => Err(()),
+                }
+            }
+        })
+        .await;
+        assert!(
+            healthy.is_ok(),
+            "gifts did not become healthy:\n{}",
+            self.log()
+        );
     }
 
     /// The process's peak resident set so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmHWM")
+        peak_rss_kib(self.child.id()).expect("VmHWM of a running process")
     }
 
     /// Resets the peak resident set to the current one (`/proc/PID/clear_refs`).
@@ -718,16 +700,6 @@ impl Binary {
 impl Drop for Binary {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
     }
 }
 

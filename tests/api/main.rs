@@ -1,6 +1,9 @@
 //! Black-box HTTP tests: each starts the real app on 127.0.0.1:0 with its own
 //! temporary store, and each runs once per storage backend.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod helpers;
 
 mod access;

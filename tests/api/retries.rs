@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::backend_tests;
 use crate::helpers::{Backend, TestApp, citizen, spec_example, tarantool_available};
+use crate::support::poll;
 
 async fn post_with_key(app: &TestApp, key: &str, body: &Value) -> (StatusCode, Value) {
     let response = app
@@ -130,11 +131,14 @@ async fn a_write_that_cannot_be_sent_is_503_and_was_not_applied() {
         "{error}"
     );
     app.store.start_tarantool();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.get("/health").await.0 != StatusCode::OK {
-        assert!(Instant::now() < deadline, "tarantool did not come back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(Duration::from_secs(30), || async {
+        match app.get("/health").await.0 {
+            StatusCode::OK => Ok(()),
+            status => Err(status),
+        }
+    })
+    .await
+    .unwrap_or_else(|status| panic!("tarantool did not come back: {status}"));
     assert_eq!(
         app.import(vec![]).await,
         import + 1,
@@ -158,9 +162,29 @@ async fn a_read_joining_a_running_version_check_waits_one_timeout_not_two() {
         let (app, path) = (std::sync::Arc::clone(&app), path.clone());
         tokio::spawn(async move { app.get(&path).await.0 })
     };
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    // This read arrives while the first one's check is running: it waits for
-    // that check and would need a second one; its own budget still ends it.
+    // Once the first read's version check is in flight (the metrics say so),
+    // this read arrives while it runs: it waits for that check and would
+    // need a second one; its own budget still ends it.
+    let in_flight =
+        "gifts_storage_operations_in_flight{backend=\"tarantool\",operation=\"import_version\"} 1";
+    poll(Duration::from_secs(10), || async {
+        let text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(in_flight) {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .unwrap_or_else(|text| panic!("the first check never started:\n{text}"));
     let started = Instant::now();
     let (status, _) = app.get(&path).await;
     let waited = started.elapsed();

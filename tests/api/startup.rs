@@ -318,16 +318,15 @@ async fn after_sigterm_readiness_fails_while_requests_are_still_served_then_it_s
     assert_eq!(status, StatusCode::OK);
 
     app.sigterm();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (status, body) = get(&app.base, "/readyz").await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            assert_eq!(body["error"]["code"], "draining");
-            break;
+    let draining = crate::support::poll(std::time::Duration::from_secs(10), || async {
+        match get(&app.base, "/readyz").await {
+            (StatusCode::SERVICE_UNAVAILABLE, body) => Ok(body),
+            (status, _) => Err(status),
         }
-        assert!(std::time::Instant::now() < deadline, "never draining");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|status| panic!("never draining: /readyz {status}"));
+    assert_eq!(draining["error"]["code"], "draining");
     let (status, _) = get(&app.base, "/health").await;
     assert_eq!(
         status,

@@ -13,6 +13,7 @@ use gifts::storage::iproto::{self, CallError, Client};
 use crate::helpers::{
     Backend, Binary, KillOnDrop, TestApp, TestStore, free_port, spec_example, tarantool_available,
 };
+use crate::support::{app_lua, poll, tarantool_command};
 
 async fn two_apps(store: &Arc<TestStore>) -> (TestApp, TestApp) {
     let config = || Config::with_storage(store.url().clone());
@@ -52,18 +53,18 @@ async fn two_app_instances_over_one_tarantool_see_each_others_writes_at_once() {
 
 /// Polls until `path` answers `want`, or fails after a deadline.
 async fn wait_for(app: &TestApp, path: &str, want: StatusCode) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, _) = app.get(path).await;
-        if status == want {
-            return;
+    let came = poll(Duration::from_secs(30), || async {
+        match app.get(path).await.0 {
+            status if status == want => Ok(()),
+            status => Err(status),
         }
-        assert!(
-            Instant::now() < deadline,
+    })
+    .await;
+    if let Err(status) = came {
+        panic!(
             "{path} still answers {status}, not {want}; tarantool log:\n{}",
             app.store.tarantool_log()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -328,46 +329,45 @@ async fn a_tarantool_that_listens_before_granting_gets_503_then_201_once_granted
     std::fs::write(dir.path().join("start.lua"), LISTENS_BEFORE_GRANTING).unwrap();
     let port = free_port();
     let _tarantool = KillOnDrop(
-        std::process::Command::new("tarantool")
-            .arg("start.lua")
-            .current_dir(dir.path())
-            .env("GIFTS_TARANTOOL_LISTEN", format!("127.0.0.1:{port}"))
-            .env("GIFTS_TARANTOOL_DIR", dir.path())
-            .env("GIFTS_TARANTOOL_PASSWORD", "test-password")
-            .env("GIFTS_TARANTOOL_MEMORY", "256MiB")
-            .env(
-                "GIFTS_APP_LUA",
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tarantool/app.lua"),
-            )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start tarantool"),
+        tarantool_command(
+            &dir.path().join("start.lua"),
+            port,
+            dir.path(),
+            "test-password",
+            256 << 20,
+        )
+        .env("GIFTS_APP_LUA", app_lua())
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tarantool"),
     );
     let storage = format!("tarantool://gifts:test-password@127.0.0.1:{port}");
     let mut app = Binary::start(&["--storage", &storage], &[], None);
     // Until the user may call gifts_health, every answer is a 503: first the
     // port is not open, then access is denied; never a 500.
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let denied = loop {
-        let response = client.get(format!("{}/health", app.base)).send().await;
-        if let Ok(response) = response {
-            let status = response.status();
-            let body: serde_json::Value =
-                serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-            if body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("denies the service's user")
-            {
-                break body;
-            }
+    let denied = poll(Duration::from_secs(30), || async {
+        let Ok(response) = client.get(format!("{}/health", app.base)).send().await else {
+            return Err(serde_json::Value::Null);
+        };
+        let status = response.status();
+        let body: serde_json::Value =
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        if body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("denies the service's user")
+        {
+            Ok(body)
+        } else {
+            Err(body)
         }
-        assert!(Instant::now() < deadline, "never denied:\n{}", app.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await
+    .unwrap_or_else(|last| panic!("never denied ({last}):\n{}", app.log()));
     assert_eq!(denied["error"]["code"], "storage_unavailable");
     let response = client
         .post(format!("{}/imports", app.base))
