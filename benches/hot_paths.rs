@@ -30,17 +30,17 @@ fn hot_paths(c: &mut Criterion) {
                 .0
                 .into_citizens(today)
                 .expect("valid")
-        })
+        });
     });
     group.throughput(Throughput::Elements(citizens.len() as u64));
     group.bench_function("birthdays", |b| {
-        b.iter(|| stats::birthdays(black_box(&citizens)))
+        b.iter(|| stats::birthdays(black_box(&citizens)));
     });
     group.bench_function("percentiles", |b| {
-        b.iter(|| stats::town_percentiles(black_box(&citizens), today))
+        b.iter(|| stats::town_percentiles(black_box(&citizens), today));
     });
     group.bench_function("serialise_citizens_json", |b| {
-        b.iter(|| serde_json::to_vec(black_box(&citizens)).expect("serialises"))
+        b.iter(|| serde_json::to_vec(black_box(&citizens)).expect("serialises"));
     });
     group.finish();
 }

@@ -154,7 +154,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     ));
     eprintln!(
         "import body: {:.1} MiB",
-        body.len() as f64 / (1 << 20) as f64
+        body.len() as f64 / f64::from(1 << 20)
     );
 
     if args.stall {
@@ -202,11 +202,10 @@ fn machine() -> serde_json::Value {
         .lines()
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split(':').nth(1))
-        .map(str::trim)
-        .unwrap_or("unknown");
+        .map_or("unknown", str::trim);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpus": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         "cpu_model": model,
         "kernel": kernel.trim(),
     })
@@ -405,7 +404,8 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
     let ids: Vec<u64> = (0..args.runs.max(1)).map(|_| rng.below(n)).collect();
     let next = AtomicU64::new(0);
     let samples = timed(args.runs, budget, || async {
-        let id = ids[next.fetch_add(1, Ordering::Relaxed) as usize % ids.len()];
+        let turn = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0);
+        let id = ids[turn % ids.len()];
         let (url, body) = patch_name(id);
         let (status, answer) = send(&client, Method::PATCH, &url, body).await?;
         expect(status, StatusCode::OK, &answer)
@@ -650,13 +650,15 @@ fn stats(endpoint: &str, mut samples: Vec<Duration>) -> Latency {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let at = |q: f64| {
         // Nearest rank.
+        // A rank between 1 and the sample count: the cast cannot wrap.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
         ms(samples[rank - 1])
     };
     Latency {
         endpoint: endpoint.to_owned(),
         runs: samples.len(),
-        min_ms: samples.first().copied().map(ms).unwrap_or(f64::NAN),
+        min_ms: samples.first().copied().map_or(f64::NAN, ms),
         median_ms: if samples.is_empty() {
             f64::NAN
         } else {

@@ -2,6 +2,7 @@
 //! progress bar on a terminal, and prints one line with the result — or the
 //! service's error, field and citizen, readably.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::pin::Pin;
@@ -100,10 +101,10 @@ fn describe_error(status: StatusCode, json: &serde_json::Value) -> String {
     let message = error["message"].as_str().unwrap_or("(no message)");
     let mut text = format!("the service answered {status} ({code}): {message}");
     if let Some(field) = error["field"].as_str().filter(|f| !f.is_empty()) {
-        text.push_str(&format!("\n  field:   {field}"));
+        let _ = write!(text, "\n  field:   {field}");
     }
     if let Some(citizen) = error["citizen_id"].as_u64() {
-        text.push_str(&format!("\n  citizen: {citizen}"));
+        let _ = write!(text, "\n  citizen: {citizen}");
     }
     text
 }
@@ -113,8 +114,8 @@ fn count_citizens(body: &[u8]) -> Option<u64> {
     struct Count(u64);
     impl<'de> Deserialize<'de> for Count {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Counter;
-            impl<'de> Visitor<'de> for Counter {
+            struct CountingVisitor;
+            impl<'de> Visitor<'de> for CountingVisitor {
                 type Value = u64;
                 fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                     f.write_str("a list")
@@ -127,7 +128,7 @@ fn count_citizens(body: &[u8]) -> Option<u64> {
                     Ok(n)
                 }
             }
-            d.deserialize_seq(Counter).map(Count)
+            d.deserialize_seq(CountingVisitor).map(Count)
         }
     }
     #[derive(Deserialize)]

@@ -280,9 +280,10 @@ fn name_the_environment(error: clap::Error, args: &[OsString]) -> clap::Error {
     if typed || std::env::var_os(env).is_none_or(|v| v.to_string_lossy() != *value) {
         return error;
     }
-    let why = std::error::Error::source(&error)
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| "not a valid value".into());
+    let why = std::error::Error::source(&error).map_or_else(
+        || "not a valid value".into(),
+        std::string::ToString::to_string,
+    );
     let shown = if env == "GIFTS_STORAGE" {
         "(hidden)".to_owned()
     } else {

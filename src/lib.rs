@@ -23,6 +23,7 @@ pub mod domain;
 pub mod healthcheck;
 pub mod http;
 pub mod metrics;
+#[doc(hidden)] // public for the tests and benchmarks only
 pub mod sample;
 pub mod startup;
 pub mod storage;

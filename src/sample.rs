@@ -2,6 +2,10 @@
 //!
 //! Deterministic for a given seed, so runs and failures can be reproduced.
 
+// Indices below the generated import's size, which fits memory: u64 → usize
+// cannot truncate where this runs (64-bit hosts).
+#![allow(clippy::cast_possible_truncation)]
+
 use serde::Serialize;
 
 /// A small deterministic pseudo-random generator (xorshift64*): reproducible

@@ -32,7 +32,7 @@ pub async fn open_storage(
         StorageUrl::Sqlite(path) => {
             let path = std::path::absolute(path)
                 .with_context(|| format!("resolving {}", path.display()))?;
-            let readers = config.sqlite_readers as usize;
+            let readers = usize::try_from(config.sqlite_readers).unwrap_or(64);
             let opened = path.clone();
             let sqlite_metrics = Arc::clone(metrics);
             let storage = tokio::task::spawn_blocking(move || {
@@ -40,7 +40,7 @@ pub async fn open_storage(
                     &opened,
                     readers,
                     (sqlite::WRITE_QUEUE, sqlite::READ_QUEUE),
-                    sqlite_metrics,
+                    &sqlite_metrics,
                 )
             })
             .await?
@@ -101,7 +101,7 @@ async fn reload_tokens_on_sighup(tokens: Option<Arc<Tokens>>) {
             match tokens.reload() {
                 Ok(n) => tracing::info!(tokens = n, "tokens file reloaded"),
                 Err(e) => {
-                    tracing::error!(error = %e, "tokens file not reloaded; the old tokens stay")
+                    tracing::error!(error = %e, "tokens file not reloaded; the old tokens stay");
                 }
             }
         }
@@ -194,8 +194,8 @@ pub async fn run(
         metrics,
         // As many cold renders as cores: they are CPU-bound, and each may hold
         // a whole import in memory.
-        renders: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        render_permits: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         )),
         draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         tokens: open_tokens(&config)?,

@@ -31,6 +31,7 @@ impl CitizenId {
     }
 
     /// The id as a signed integer, which cannot overflow because of the range rule.
+    #[allow(clippy::cast_possible_wrap)] // at most 2^63 − 1 by the range rule
     pub fn as_i64(self) -> i64 {
         self.0 as i64
     }
@@ -62,6 +63,7 @@ impl Apartment {
     }
 
     /// The number as a signed integer, which cannot overflow because of the range rule.
+    #[allow(clippy::cast_possible_wrap)] // at most 2^63 − 1 by the range rule
     pub fn as_i64(self) -> i64 {
         self.0 as i64
     }
@@ -190,7 +192,10 @@ impl BirthDate {
             .ok()
             .and_then(|m| Month::try_from(m).ok())
             .ok_or_else(not_a_date)?;
-        Date::from_calendar_date(year as i32, month, day as u8).map_err(|_| not_a_date())
+        // Four digits and two digits: the casts cannot wrap.
+        #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation)]
+        let (year, day) = (year as i32, day as u8);
+        Date::from_calendar_date(year, month, day).map_err(|_| not_a_date())
     }
 
     /// The underlying date.

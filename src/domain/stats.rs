@@ -112,6 +112,12 @@ pub fn town_percentiles<C: Borrow<Citizen>>(citizens: &[C], today: Date) -> Vec<
 /// `b − (b−a)·(1−t)` for t ≥ 0.5 to be exact at the upper neighbour.
 ///
 /// `sorted` must be ascending and non-empty.
+// The formula's own letters; `below` is a non-negative whole number < len.
+#[allow(
+    clippy::many_single_char_names,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
 pub fn percentile(sorted: &[i64], q: f64) -> f64 {
     assert!(!sorted.is_empty(), "percentile of an empty list");
     let last = sorted.len() - 1;
@@ -141,6 +147,7 @@ pub fn round2(value: f64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp)] // the expected values are exact: numpy's own, or whole numbers
 mod tests {
     use proptest::prelude::*;
     use serde::Deserialize;

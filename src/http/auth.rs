@@ -190,13 +190,8 @@ fn parse_file(path: &Path) -> anyhow::Result<Vec<Token>> {
 }
 
 fn decode_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 
@@ -211,10 +206,7 @@ pub fn new_token(name: &str, scopes: &[Scope]) -> anyhow::Result<(String, String
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let token = format!("gifts_{}", URL_SAFE_NO_PAD.encode(random));
-    let hash: String = Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
     let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
     Ok((token, format!("{name} {} {hash}", scopes.join(","))))
 }

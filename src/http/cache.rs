@@ -180,8 +180,14 @@ impl ResponseCache {
             .expect("valid cache options");
         let evictions = Evictions(metrics.cache_evictions.clone());
         Self {
-            entries: (max_bytes > 0)
-                .then(|| Cache::with_options(options, HeapBytes, Default::default(), evictions)),
+            entries: (max_bytes > 0).then(|| {
+                Cache::with_options(
+                    options,
+                    HeapBytes,
+                    quick_cache::DefaultHashBuilder::default(),
+                    evictions,
+                )
+            }),
             metrics,
         }
     }

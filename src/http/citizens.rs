@@ -6,7 +6,7 @@ use axum::response::Response;
 
 use super::cache::View;
 use super::error::AppError;
-use super::extract::{Body, CitizenPath, ImportPath};
+use super::extract::{CitizenPath, ImportPath, SmallBody};
 use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data, to_data};
 use crate::domain::{stats, today_utc};
@@ -76,7 +76,7 @@ pub async fn list(
 pub async fn update(
     State(state): State<AppState>,
     CitizenPath(import, citizen): CitizenPath,
-    Body(body): Body,
+    SmallBody(body): SmallBody,
 ) -> Result<Response, AppError> {
     let Object(patch) = wire::parse::<Object<PatchBody>>(&body).map_err(|mut e| {
         e.citizen_id = Some(citizen);

@@ -3,65 +3,116 @@
 use std::io::Read;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::CONTENT_ENCODING;
+use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::AppError;
+use crate::config::ByteSize;
 use crate::domain::{CitizenId, ImportId};
 
 /// The request body, read whatever the Content-Type says, gzip-decompressed
 /// when `Content-Encoding: gzip` says so, within the configured size limit
 /// (413 past it; a `Content-Length` over the limit was already refused by the
 /// router's middleware, before any of the body was read).
-pub struct Body(pub Bytes);
+pub struct RequestBody(pub Bytes);
+
+/// A PATCH body: like [`RequestBody`], but at most [`SMALL_BODY_BYTES`]
+/// (one citizen's changes fit in far less), so parsing it on an async
+/// worker thread stays cheap whatever `--max-body-bytes` allows.
+pub struct SmallBody(pub Bytes);
+
+/// The limit of a [`SmallBody`] (or `--max-body-bytes`, if smaller).
+pub const SMALL_BODY_BYTES: u64 = 1 << 20;
 
 /// Bodies of this many compressed bytes or more are decompressed off the
 /// async worker threads.
 const INLINE_GUNZIP: usize = 64 * 1024;
 
-impl FromRequest<AppState> for Body {
+impl FromRequest<AppState> for RequestBody {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, AppError> {
         let limit = state.max_body_bytes;
-        let too_large = || AppError::PayloadTooLarge(limit);
-        let gzip = match req.headers().get(CONTENT_ENCODING).map(|v| v.to_str()) {
-            None => false,
-            Some(Ok(v)) if v.trim().eq_ignore_ascii_case("identity") => false,
-            Some(Ok(v))
-                if v.trim().eq_ignore_ascii_case("gzip")
-                    || v.trim().eq_ignore_ascii_case("x-gzip") =>
-            {
-                true
-            }
-            Some(other) => {
-                return Err(AppError::UnsupportedEncoding(
-                    other.unwrap_or("(not text)").to_owned(),
-                ));
-            }
-        };
-        let bytes = Bytes::from_request(req, state)
+        read_body(req, limit.get(), || AppError::PayloadTooLarge(limit))
             .await
-            .map_err(|rejection| match rejection {
-                BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                    too_large()
-                }
-                other => AppError::UnreadableBody(other.body_text()),
-            })?;
-        if !gzip {
-            return Ok(Body(bytes));
+            .map(RequestBody)
+    }
+}
+
+impl FromRequest<AppState> for SmallBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, AppError> {
+        if state.max_body_bytes.get() <= SMALL_BODY_BYTES {
+            let limit = state.max_body_bytes;
+            return read_body(req, limit.get(), || AppError::PayloadTooLarge(limit))
+                .await
+                .map(SmallBody);
         }
-        let limit = limit.get();
-        if bytes.len() < INLINE_GUNZIP {
-            return gunzip(&bytes, limit).map(Body);
+        let limit = SMALL_BODY_BYTES;
+        let announced = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit) {
+            return Err(AppError::SmallBodyTooLarge(ByteSize(limit)));
         }
+        read_body(req, limit, || AppError::SmallBodyTooLarge(ByteSize(limit)))
+            .await
+            .map(SmallBody)
+    }
+}
+
+/// Reads (and, for `Content-Encoding: gzip`, decompresses) a body of at
+/// most `limit` bytes; `too_large` past it.
+async fn read_body(
+    req: Request,
+    limit: u64,
+    too_large: impl Fn() -> AppError,
+) -> Result<Bytes, AppError> {
+    let gzip = match req.headers().get(CONTENT_ENCODING).map(|v| v.to_str()) {
+        None => false,
+        Some(Ok(v)) if v.trim().eq_ignore_ascii_case("identity") => false,
+        Some(Ok(v))
+            if v.trim().eq_ignore_ascii_case("gzip") || v.trim().eq_ignore_ascii_case("x-gzip") =>
+        {
+            true
+        }
+        Some(other) => {
+            return Err(AppError::UnsupportedEncoding(
+                other.unwrap_or("(not text)").to_owned(),
+            ));
+        }
+    };
+    let bytes = axum::body::to_bytes(
+        req.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )
+    .await
+    .map_err(|e| {
+        let cause = e.into_inner();
+        if cause.is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            AppError::UnreadableBody(format!("Failed to buffer the request body: {cause}"))
+        }
+    })?;
+    if !gzip {
+        return Ok(bytes);
+    }
+    let gunzipped = if bytes.len() < INLINE_GUNZIP {
+        gunzip(&bytes, limit)
+    } else {
         tokio::task::spawn_blocking(move || gunzip(&bytes, limit))
             .await
             .map_err(|e| AppError::Internal(Box::new(e)))?
-            .map(Body)
+    };
+    match gunzipped {
+        Err(AppError::PayloadTooLarge(_)) => Err(too_large()),
+        other => other,
     }
 }
 
@@ -75,7 +126,7 @@ fn gunzip(compressed: &[u8], limit: u64) -> Result<Bytes, AppError> {
         .read_to_end(&mut out)
         .map_err(|e| AppError::UnreadableBody(format!("the gzip body is corrupt: {e}")))?;
     if out.len() as u64 > limit {
-        return Err(AppError::PayloadTooLarge(crate::config::ByteSize(limit)));
+        return Err(AppError::PayloadTooLarge(ByteSize(limit)));
     }
     Ok(Bytes::from(out))
 }

@@ -108,13 +108,13 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     // last values when the store does not answer within half a second.
     match tokio::time::timeout(Duration::from_millis(500), state.storage.totals()).await {
         Ok(Ok((imports, citizens))) => {
-            state.metrics.imports.set(imports as i64);
-            state.metrics.citizens.set(citizens as i64);
+            state.metrics.imports.set(gauge(imports));
+            state.metrics.citizens.set(gauge(citizens));
         }
         Ok(Err(e)) => tracing::debug!(error = %e, "totals for the metrics"),
         Err(_) => tracing::debug!("totals for the metrics: no answer within 500 ms"),
     }
-    state.metrics.cache_bytes.set(state.cache.bytes() as i64);
+    state.metrics.cache_bytes.set(gauge(state.cache.bytes()));
     let mut response = (
         StatusCode::OK,
         [(
@@ -126,4 +126,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response();
     response.extensions_mut().insert(Quiet);
     response
+}
+
+/// A count as a gauge's value (saturating: a gauge is an `i64`).
+fn gauge(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::AppError;
-use super::extract::{Body, ImportPath};
+use super::extract::{ImportPath, RequestBody};
 use super::wire::{self, ImportBody, Object};
 use super::{AppState, data};
 use crate::domain::{ImportId, today_utc};
@@ -230,7 +230,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Body(body): Body,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, AppError> {
     let key = idempotency_key(&headers)?;
     let today = today_utc();

@@ -20,14 +20,15 @@ use crate::domain::{Citizen, ImportId};
 use crate::storage::Storage;
 
 pub mod auth;
-pub mod cache;
+pub(crate) mod cache;
 mod citizens;
 pub mod error;
-pub mod extract;
+pub(crate) mod extract;
 mod health;
 mod imports;
 pub mod openapi;
 mod towns;
+#[doc(hidden)] // public for the hot-path benchmark only
 pub mod wire;
 
 use cache::{CitizenList, Encoding, ResponseCache, View};
@@ -43,7 +44,7 @@ pub struct AppState {
     /// Bodies of the read endpoints, validated by import version.
     pub cache: Arc<ResponseCache>,
     /// Permits to load and render an answer that is not cached.
-    pub renders: Arc<tokio::sync::Semaphore>,
+    pub render_permits: Arc<tokio::sync::Semaphore>,
     /// True after SIGTERM, while the service drains: `/readyz` answers 503.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// What the service counts.
@@ -141,8 +142,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                     let route = request
                         .extensions()
                         .get::<MatchedPath>()
-                        .map(MatchedPath::as_str)
-                        .unwrap_or("(unmatched)");
+                        .map_or("(unmatched)", MatchedPath::as_str);
                     let id = request
                         .extensions()
                         .get::<RequestId>()
@@ -190,11 +190,11 @@ fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
     let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
     match response.extensions().get::<Failure>() {
         Some(f) if f.fault => {
-            tracing::error!(status, latency_us, error = %f.detail, "request failed")
+            tracing::error!(status, latency_us, error = %f.detail, "request failed");
         }
         Some(f) => tracing::warn!(status, latency_us, error = %f.detail, "request not served"),
         None if response.extensions().get::<Quiet>().is_some() => {
-            tracing::debug!(status, latency_us, "answered")
+            tracing::debug!(status, latency_us, "answered");
         }
         None => tracing::info!(status, latency_us, "answered"),
     }
@@ -278,7 +278,7 @@ async fn check_request_id(
 ) -> Response {
     if let Some(value) = request.headers().get(REQUEST_ID) {
         let bytes = value.as_bytes();
-        let printable = !bytes.is_empty() && bytes.iter().all(|b| b.is_ascii_graphic());
+        let printable = !bytes.is_empty() && bytes.iter().all(u8::is_ascii_graphic);
         if !printable {
             request.headers_mut().remove(REQUEST_ID);
         } else if bytes.len() > MAX_REQUEST_ID {
@@ -330,7 +330,7 @@ const COMPRESS_FROM: usize = 1024;
 /// current answer; else the body, from the cache when the import has not
 /// changed since it was rendered, else rendered off the async threads from
 /// the import's citizens — held in memory at this version, or loaded from
-/// storage (at most `state.renders` render at once, which bounds the memory
+/// storage (at most `state.render_permits` render at once, which bounds the memory
 /// of cold reads of big imports). A client that accepts gzip gets the
 /// compressed body, also cached, so a hot GET does not recompress.
 ///
@@ -358,28 +358,38 @@ where
         .cache
         .get_or_render(import, view, version, Encoding::Identity, async {
             let _permit = state
-                .renders
+                .render_permits
                 .acquire()
                 .await
                 .map_err(|e| AppError::Internal(Box::new(e)))?;
-            let citizens = match state.cache.snapshot(import, version) {
-                Some(citizens) => citizens,
-                None => {
-                    // The snapshot may be newer than `version` if a write just
-                    // landed; a newer answer is never stale.
-                    let snapshot = state.storage.citizens(import).await?;
-                    let citizens: CitizenList =
-                        Arc::new(snapshot.citizens.into_iter().map(Arc::new).collect());
-                    state
-                        .cache
-                        .keep_snapshot(import, snapshot.version, Arc::clone(&citizens));
-                    citizens
-                }
+            enum Source {
+                Held(CitizenList),
+                Loaded(crate::storage::Snapshot),
+            }
+            let source = match state.cache.snapshot(import, version) {
+                Some(citizens) => Source::Held(citizens),
+                // May be newer than `version` if a write just landed; a newer
+                // answer is never stale.
+                None => Source::Loaded(state.storage.citizens(import).await?),
             };
-            let body = tokio::task::spawn_blocking(move || render(&citizens).map(cache::compact))
-                .await
-                .map_err(|e| AppError::Internal(Box::new(e)))?
-                .map_err(|e| AppError::Internal(Box::new(e)))?;
+            let cache = Arc::clone(&state.cache);
+            // Wrapping a loaded import and weighing it for the cache walk every
+            // citizen: done with the render, off the async worker threads.
+            let body = tokio::task::spawn_blocking(move || {
+                let citizens = match source {
+                    Source::Held(citizens) => citizens,
+                    Source::Loaded(loaded) => {
+                        let citizens: CitizenList =
+                            Arc::new(loaded.citizens.into_iter().map(Arc::new).collect());
+                        cache.keep_snapshot(import, loaded.version, Arc::clone(&citizens));
+                        citizens
+                    }
+                };
+                render(&citizens).map(cache::compact)
+            })
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?
+            .map_err(|e| AppError::Internal(Box::new(e)))?;
             Ok::<_, AppError>(body)
         })
         .await?;
@@ -511,7 +521,7 @@ mod tests {
         }
         assert!(!if_none_match(&HeaderMap::new(), &tag));
         assert_eq!(
-            entity_tag(ImportId::new(7).unwrap(), 3, View::Percentiles(2461000)),
+            entity_tag(ImportId::new(7).unwrap(), 3, View::Percentiles(2_461_000)),
             "W/\"7-3-percentiles-2461000\""
         );
     }

@@ -212,7 +212,7 @@ impl Client {
     ) -> Result<R, CallError>
     where
         A: Serialize + ?Sized,
-        R: DeserializeOwned,
+        R: DeserializeOwned + Send + 'static,
     {
         let sync = self.sync.fetch_add(1, Ordering::Relaxed);
         let bytes = encode_call(sync, function, args)
@@ -259,9 +259,18 @@ impl Client {
                 );
             }
         };
-        decode_data(&body)
+        if body.len() < BLOCKING_DECODE {
+            return decode_data(&body);
+        }
+        // A whole big import: decoded off the async worker threads.
+        tokio::task::spawn_blocking(move || decode_data(&body))
+            .await
+            .map_err(|e| CallError::Decode(format!("decoding failed: {e}")))?
     }
 }
+
+/// Answers at least this long are decoded on a blocking thread.
+const BLOCKING_DECODE: usize = 256 * 1024;
 
 /// Runs the connection task, and runs it again whenever it panics: a bug
 /// in this client must cost a reconnect, not the service. Each panic is
@@ -531,7 +540,7 @@ fn frame(build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Result<Vec<u
 }
 
 fn header(out: &mut Vec<u8>, request_type: u8, sync: u64) {
-    use rmp::encode::*;
+    use rmp::encode::{write_map_len, write_pfix, write_uint};
     // Writing to a Vec cannot fail.
     let _ = write_map_len(out, 2);
     let _ = write_pfix(out, KEY_REQUEST_TYPE);
@@ -710,7 +719,7 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let n = count.fetch_add(1, Ordering::SeqCst) as usize;
+                let n = usize::try_from(count.fetch_add(1, Ordering::SeqCst)).unwrap();
                 let peer = peers[n.min(peers.len() - 1)];
                 tokio::spawn(async move {
                     let mut greeting =
@@ -854,11 +863,10 @@ mod tests {
         // Computed independently with Python's hashlib for salt 0..20:
         // s1 = sha1(pw); s3 = sha1(salt + sha1(s1)); s1 XOR s3.
         let salt: Vec<u8> = (0..20).collect();
-        let hex: String = scramble(&salt, "test-password")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(hex, "82a4e141da568d4ea4acc8872db0e20b29c0f4cf");
+        assert_eq!(
+            hex::encode(scramble(&salt, "test-password")),
+            "82a4e141da568d4ea4acc8872db0e20b29c0f4cf"
+        );
     }
 
     #[test]

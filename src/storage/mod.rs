@@ -9,10 +9,10 @@ use async_trait::async_trait;
 
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, ValidationError};
 
-pub mod coalesce;
-pub mod deadline;
+pub(crate) mod coalesce;
+pub(crate) mod deadline;
 pub mod iproto;
-pub mod metered;
+pub(crate) mod metered;
 mod row;
 pub mod sqlite;
 pub mod tarantool;

@@ -155,7 +155,7 @@ impl WriteJob {
                     .lock()
                     .expect("reply lock")
                     .as_ref()
-                    .is_none_or(|r| r.is_closed())
+                    .is_none_or(tokio::sync::oneshot::Sender::is_closed)
             }),
             run: Box::new(move |conn| {
                 let result = work(conn, &payload);
@@ -243,6 +243,11 @@ impl rusqlite::types::FromSql for ImportId {
     }
 }
 
+/// A length as SQLite's integer (lengths of memory never reach 2^63).
+fn count(len: usize) -> i64 {
+    i64::try_from(len).unwrap_or(i64::MAX)
+}
+
 fn closed() -> StorageError {
     StorageError::Unavailable("the store is closed".into())
 }
@@ -251,7 +256,7 @@ impl SqliteStorage {
     /// Opens (creating if needed) the database at `path`, migrates the schema
     /// and starts the writer and `readers` reader threads.
     pub fn open(path: &Path, readers: usize) -> Result<Self, StorageError> {
-        Self::open_with(path, readers, (WRITE_QUEUE, READ_QUEUE), Arc::default())
+        Self::open_with(path, readers, (WRITE_QUEUE, READ_QUEUE), &Arc::default())
     }
 
     /// [`SqliteStorage::open`] with other (write, read) queue bounds, and the
@@ -260,14 +265,14 @@ impl SqliteStorage {
         path: &Path,
         readers: usize,
         queues: (usize, usize),
-        metrics: Arc<Metrics>,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, StorageError> {
-        match Self::open_once(path, readers, queues, &metrics) {
+        match Self::open_once(path, readers, queues, metrics) {
             Err(e) if reserve_path(path).exists() => {
                 // Perhaps the disk is full: give SQLite the reserved room and try again.
                 tracing::warn!(error = %e, "opening the database failed; retrying with the disk-space reserve freed");
                 std::fs::remove_file(reserve_path(path)).map_err(StorageError::internal)?;
-                let storage = Self::open_once(path, readers, queues, &metrics)?;
+                let storage = Self::open_once(path, readers, queues, metrics)?;
                 storage.writable.store(false, Ordering::Release);
                 Ok(storage)
             }
@@ -343,7 +348,7 @@ impl SqliteStorage {
         let mut threads = vec![
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || writer_loop(writer, write_rx, &state))
+                .spawn(move || writer_loop(writer, &write_rx, &state))
                 .map_err(StorageError::internal)?,
         ];
 
@@ -457,7 +462,7 @@ fn migrate(conn: &mut Connection) -> Result<usize, StorageError> {
     for sql in &MIGRATIONS[version..] {
         tx.execute_batch(sql).map_err(internal)?;
     }
-    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+    tx.pragma_update(None, "user_version", count(MIGRATIONS.len()))
         .map_err(internal)?;
     tx.commit().map_err(internal)?;
     Ok(version)
@@ -495,7 +500,7 @@ struct WriterState {
     batch_size: Histogram,
 }
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, state: &WriterState) {
+fn writer_loop(mut conn: Connection, jobs: &mpsc::Receiver<WriteJob>, state: &WriterState) {
     let mut next = None;
     loop {
         let first = match next.take() {
@@ -512,7 +517,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriteJob>, state: &Wri
                 Err(_) => break,
             }
         }
-        state.depth.dec_by(batch.len() as i64);
+        state.depth.dec_by(count(batch.len()));
         // A job whose caller is gone is dropped here, unapplied.
         batch.retain(|job| !(job.abandoned)());
         state.batch_size.observe(batch.len() as f64);
@@ -623,7 +628,7 @@ fn insert_import(
     }
     conn.execute(
         "INSERT INTO imports (created_at, citizens) VALUES (unixepoch(), ?1)",
-        [citizens.len() as i64],
+        [count(citizens.len())],
     )
     .map_err(internal)?;
     let import = ImportId::new(conn.last_insert_rowid())
@@ -705,7 +710,7 @@ fn patch_citizen(
             edit.apply(&mut list);
             store_relatives(conn, import, other, &list)?;
         }
-        citizen.relatives = new.clone();
+        citizen.relatives.clone_from(new);
     }
     patch.apply_fields(&mut citizen);
     let version: i64 = conn
@@ -943,7 +948,7 @@ impl Storage for SqliteStorage {
                 .map_err(internal)?;
             let rows = stmt
                 .query_map(
-                    params![before.map_or(i64::MAX, ImportId::get), limit as i64],
+                    params![before.map_or(i64::MAX, ImportId::get), count(limit)],
                     |row| {
                         Ok((
                             row.get::<_, ImportId>(0)?,
@@ -982,7 +987,10 @@ impl Storage for SqliteStorage {
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .map_err(internal)?;
-            Ok((imports as u64, citizens as u64))
+            Ok((
+                u64::try_from(imports).unwrap_or(0),
+                u64::try_from(citizens).unwrap_or(0),
+            ))
         })
         .await
     }
@@ -1071,7 +1079,7 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(version, count(MIGRATIONS.len()));
     }
 
     fn spec_citizens() -> Vec<Citizen> {
@@ -1119,7 +1127,7 @@ mod tests {
     async fn a_full_write_queue_refuses_at_once_and_jobs_of_gone_callers_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(
-            SqliteStorage::open_with(&dir.path().join("q.db"), 1, (2, 8), Arc::default()).unwrap(),
+            SqliteStorage::open_with(&dir.path().join("q.db"), 1, (2, 8), &Arc::default()).unwrap(),
         );
         let import = storage.create_import(spec_citizens(), None).await.unwrap();
         let release = block_writer(&storage).await;
@@ -1240,6 +1248,6 @@ mod tests {
             .execute_batch("PRAGMA user_version = 99;")
             .unwrap();
         let error = SqliteStorage::open(&path, 1).err().expect("refused");
-        assert!(format!("{:?}", error).contains("newer"), "{error:?}");
+        assert!(format!("{error:?}").contains("newer"), "{error:?}");
     }
 }

@@ -117,6 +117,9 @@ struct Connection {
     writable: AtomicBool,
 }
 
+/// Imports of at least this many citizens are re-checked on a blocking thread.
+const BLOCKING_CHECK: usize = 2_000;
+
 /// The argument list of a function that takes none.
 const NO_ARGS: [u8; 0] = [];
 
@@ -265,7 +268,11 @@ impl TarantoolStorage {
     ) -> Result<ImportId, StorageError> {
         let c = &self.connection;
         let (status, value): (String, IdOrReason) = c
-            .call("gifts_import_begin", &(key, hash.map(hex)), Kind::Write)
+            .call(
+                "gifts_import_begin",
+                &(key, hash.map(hex::encode)),
+                Kind::Write,
+            )
             .await?;
         let import = match import_answer("gifts_import_begin", &status, value, key)? {
             Begun::New(import) => import,
@@ -285,7 +292,7 @@ impl TarantoolStorage {
         let (status, value): (String, IdOrReason) = c
             .call(
                 "gifts_import_commit",
-                &(import, key, hash.map(hex)),
+                &(import, key, hash.map(hex::encode)),
                 Kind::Write,
             )
             .await?;
@@ -332,17 +339,12 @@ fn import_answer(
     }
 }
 
-/// Bytes as lowercase hex (the hash of an idempotency key's body).
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Connection {
     /// One call, within the request's remaining budget, its failure as a `StorageError`.
     async fn call<A, R>(&self, function: &str, args: &A, kind: Kind) -> Result<R, StorageError>
     where
         A: Serialize + ?Sized,
-        R: DeserializeOwned,
+        R: DeserializeOwned + Send + 'static,
     {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Unavailable("the store is closed".into()));
@@ -533,7 +535,7 @@ impl Storage for TarantoolStorage {
             .connection
             .call(
                 "gifts_create_import",
-                &(rows, key, hash.map(hex)),
+                &(rows, key, hash.map(hex::encode)),
                 Kind::Write,
             )
             .await?;
@@ -554,11 +556,40 @@ impl Storage for TarantoolStorage {
                 changes.insert(name, FieldValue::Text(v.to_owned()));
             }
         };
-        text("town", patch.town.as_ref().map(|v| v.as_str()));
-        text("street", patch.street.as_ref().map(|v| v.as_str()));
-        text("building", patch.building.as_ref().map(|v| v.as_str()));
-        text("name", patch.name.as_ref().map(|v| v.as_str()));
-        text("gender", patch.gender.map(|v| v.as_str()));
+        text(
+            "town",
+            patch
+                .town
+                .as_ref()
+                .map(super::super::domain::citizen::Place::as_str),
+        );
+        text(
+            "street",
+            patch
+                .street
+                .as_ref()
+                .map(super::super::domain::citizen::Place::as_str),
+        );
+        text(
+            "building",
+            patch
+                .building
+                .as_ref()
+                .map(super::super::domain::citizen::Place::as_str),
+        );
+        text(
+            "name",
+            patch
+                .name
+                .as_ref()
+                .map(super::super::domain::citizen::Name::as_str),
+        );
+        text(
+            "gender",
+            patch
+                .gender
+                .map(super::super::domain::citizen::Gender::as_str),
+        );
         if let Some(date) = patch.birth_date {
             changes.insert("birth_date", FieldValue::Text(iso_date(date)));
         }
@@ -614,10 +645,21 @@ impl Storage for TarantoolStorage {
         let (Some(version), Some(rows)) = (version, rows) else {
             return Err(StorageError::ImportNotFound(import));
         };
-        let citizens = rows
-            .into_iter()
-            .map(Row::into_citizen)
-            .collect::<Result<_, _>>()?;
+        let rows_len = rows.len();
+        let check = move || {
+            rows.into_iter()
+                .map(Row::into_citizen)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        // Every field of every citizen is checked again: for a big import,
+        // off the async worker threads.
+        let citizens = if rows_len < BLOCKING_CHECK {
+            check()?
+        } else {
+            tokio::task::spawn_blocking(check)
+                .await
+                .map_err(StorageError::internal)??
+        };
         Ok(Snapshot { version, citizens })
     }
 
@@ -654,6 +696,8 @@ impl Storage for TarantoolStorage {
                 Ok(ImportInfo {
                     import_id: ImportId::try_from(import_id).map_err(StorageError::internal)?,
                     citizens,
+                    // Whole seconds since 1970, from Lua's number.
+                    #[allow(clippy::cast_possible_truncation)]
                     created_at: created_at as i64,
                     version,
                 })

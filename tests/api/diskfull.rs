@@ -119,7 +119,7 @@ async fn sqlite_on_a_full_disk_refuses_writes_with_507_serves_reads_and_recovers
         let log = app.borrow().log();
         assert!(log.contains("the disk has room again"), "{log}");
         // The failed import may have grown the WAL; recovery truncated it.
-        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
         assert!(
             size < 2 << 20,
             "the WAL shrank once there was room: {size} bytes"

@@ -443,8 +443,11 @@ pub fn citizen(id: u64, relatives: &[u64]) -> Value {
 /// `citizen` with some fields replaced.
 pub fn citizen_with(id: u64, relatives: &[u64], fields: Value) -> Value {
     let mut c = citizen(id, relatives);
-    for (k, v) in fields.as_object().expect("object") {
-        c[k] = v.clone();
+    let Value::Object(fields) = fields else {
+        panic!("fields must be an object")
+    };
+    for (k, v) in fields {
+        c[k] = v;
     }
     c
 }
@@ -576,8 +579,7 @@ impl Binary {
             .iter()
             .rev()
             .find(|(k, _)| *k == "GIFTS_LISTEN")
-            .map(|(_, v)| v.to_string())
-            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
+            .map_or_else(|| format!("127.0.0.1:{port}"), |(_, v)| v.to_string());
         let listen = if listen.bytes().all(|b| b.is_ascii_digit()) {
             format!("127.0.0.1:{listen}")
         } else {

@@ -21,7 +21,7 @@ async fn peak_after_reading(imports: i64, citizens: u64, cache: u64) -> u64 {
     app.wait_healthy().await;
     let client = reqwest::Client::new();
     let body =
-        serde_json::json!({ "citizens": generate_import(citizens, citizens as usize / 10, 3) })
+        serde_json::json!({ "citizens": generate_import(citizens, usize::try_from(citizens / 10).unwrap(), 3) })
             .to_string();
     for _ in 0..imports {
         let response = client
@@ -59,11 +59,14 @@ async fn reading_many_imports_stays_within_the_cache_budget() {
     let budget: u64 = 20 << 20;
     // Two runs each, averaged: one run's peak moves by a few MiB with when
     // the allocator returns memory.
-    let without =
-        (peak_after_reading(10, 10_000, 0).await + peak_after_reading(10, 10_000, 0).await) / 2;
-    let with = (peak_after_reading(10, 10_000, budget).await
-        + peak_after_reading(10, 10_000, budget).await)
-        / 2;
+    let without = u64::midpoint(
+        peak_after_reading(10, 10_000, 0).await,
+        peak_after_reading(10, 10_000, 0).await,
+    );
+    let with = u64::midpoint(
+        peak_after_reading(10, 10_000, budget).await,
+        peak_after_reading(10, 10_000, budget).await,
+    );
     let allowed = without + budget / 1024 * 5 / 4;
     eprintln!(
         "peak RSS: {without} KiB without the cache, {with} KiB with {budget} bytes (allowed {allowed} KiB)"

@@ -71,7 +71,7 @@ async fn common_mistakes_get_messages_that_say_what_is_wrong(backend: Backend) {
 
 async fn a_body_over_the_limit_names_the_setting(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| {
-        c.max_body_bytes = gifts::config::ByteSize(1 << 20)
+        c.max_body_bytes = gifts::config::ByteSize(1 << 20);
     })
     .await;
     let (status, body) = app.post_import_raw(vec![b' '; (1 << 20) + 1]).await;
@@ -84,7 +84,7 @@ async fn a_body_over_the_limit_names_the_setting(backend: Backend) {
 
 async fn gzip_bodies_are_decompressed_within_the_limit(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| {
-        c.max_body_bytes = gifts::config::ByteSize(1 << 20)
+        c.max_body_bytes = gifts::config::ByteSize(1 << 20);
     })
     .await;
     let plain = serde_json::to_vec(&json!({ "citizens": spec_example() })).unwrap();

@@ -218,7 +218,7 @@ async fn wrong_methods_are_405_with_a_json_error(backend: Backend) {
 
 async fn bodies_over_the_limit_are_413_and_store_nothing(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| {
-        c.max_body_bytes = gifts::config::ByteSize(4096)
+        c.max_body_bytes = gifts::config::ByteSize(4096);
     })
     .await;
     let big: Vec<Value> = (0..40).map(|id| citizen(id, &[])).collect();
@@ -231,6 +231,85 @@ async fn bodies_over_the_limit_are_413_and_store_nothing(backend: Backend) {
         .patch(import, 1, &json!({ "name": "x".repeat(5000) }))
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(app.citizens(import).await, spec_example());
+}
+
+/// A PATCH body has its own limit of 1 MiB, whatever `--max-body-bytes`
+/// allows (it is parsed on an async worker thread): announced, streamed
+/// without a length, or gzip-compressed, a bigger one is a 413 that says so.
+async fn patch_bodies_over_one_mib_are_413_and_change_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    let path = app.url(&format!("/imports/{import}/citizens/1"));
+    let big = json!({ "name": "x".repeat((1 << 20) + 1) }).to_string();
+    let gzipped = {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(big.as_bytes()).unwrap();
+        encoder.finish().unwrap()
+    };
+    assert!(gzipped.len() < 64 * 1024);
+    for (how, request) in [
+        ("announced", app.client.patch(&path).body(big.clone())),
+        (
+            "gzip",
+            app.client
+                .patch(&path)
+                .header("content-encoding", "gzip")
+                .body(gzipped),
+        ),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{how}");
+        let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "payload_too_large", "{how}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("a PATCH body may be at most 1MiB"),
+            "{how}: {body}"
+        );
+    }
+    // Streamed in chunks, with no length announced: cut off after 1 MiB.
+    let chunked = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let head = format!(
+            "PATCH /imports/{import}/citizens/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        for chunk in big.as_bytes().chunks(64 * 1024) {
+            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+            framed.extend_from_slice(chunk);
+            framed.extend_from_slice(b"\r\n");
+            // The server may answer and close before taking everything.
+            if stream.write_all(&framed).await.is_err() {
+                break;
+            }
+        }
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut answer),
+        )
+        .await
+        .expect("an answer");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    assert!(
+        chunked.contains("a PATCH body may be at most 1MiB"),
+        "{chunked}"
+    );
+    // Just under the limit is parsed (and refused for its content).
+    let (status, body) = app
+        .patch(import, 1, &json!({ "name": "x".repeat((1 << 20) - 100) }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(app.citizens(import).await, spec_example());
 }
 
@@ -252,5 +331,6 @@ backend_tests!(
     unknown_imports_and_paths_are_404_with_a_json_error,
     wrong_methods_are_405_with_a_json_error,
     bodies_over_the_limit_are_413_and_store_nothing,
+    patch_bodies_over_one_mib_are_413_and_change_nothing,
     health_answers_when_the_store_does,
 );

@@ -381,7 +381,7 @@ async fn systemd_is_told_when_the_service_is_ready_and_when_it_stops() {
         loop {
             match socket.recv(&mut message) {
                 Ok(n) => return message[..n].to_vec(),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("no notification: {e}"),
             }
         }

@@ -304,7 +304,7 @@ async fn concurrent_reads_through_one_instance_never_miss_a_write_made_through_a
 /// A Tarantool that opens its port before the app's user may call anything
 /// (as `app.lua` did before it listened last), and runs `app.lua` — which
 /// grants — once the file `grant` appears in its directory.
-const LISTENS_BEFORE_GRANTING: &str = r#"
+const LISTENS_BEFORE_GRANTING: &str = r"
 local fio = require('fio')
 local fiber = require('fiber')
 box.cfg({
@@ -318,7 +318,7 @@ fiber.create(function()
     while not fio.path.exists('grant') do fiber.sleep(0.02) end
     dofile(os.getenv('GIFTS_APP_LUA'))
 end)
-"#;
+";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tarantool_that_listens_before_granting_gets_503_then_201_once_granted() {
@@ -512,7 +512,7 @@ async fn an_import_cut_short_by_a_crash_is_never_seen_and_is_cleaned_at_start() 
     let app = TestApp::spawn(Backend::Tarantool).await;
     let gifts = client_as(&app.store, "gifts", "test-password");
     let none: Option<&str> = None;
-    let (status, import): (String, u64) = gifts
+    let (status, import): (String, i64) = gifts
         .call("gifts_import_begin", &(none, none), WAIT)
         .await
         .unwrap();
@@ -529,7 +529,7 @@ async fn an_import_cut_short_by_a_crash_is_never_seen_and_is_cleaned_at_start() 
     // Loading: invisible to reads and patches.
     let (status, _) = app.get(&format!("/imports/{import}/citizens")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = app.patch(import as i64, 1, &json!({"name": "x"})).await;
+    let (status, _) = app.patch(import, 1, &json!({"name": "x"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     app.store.kill_tarantool();
@@ -550,10 +550,7 @@ async fn an_import_cut_short_by_a_crash_is_never_seen_and_is_cleaned_at_start() 
         "{}",
         app.store.tarantool_log()
     );
-    assert!(
-        app.import(vec![]).await > import as i64,
-        "its id is not reused"
-    );
+    assert!(app.import(vec![]).await > import, "its id is not reused");
 }
 
 /// What [`FaultyProxy`] does to the bytes Tarantool sends.
