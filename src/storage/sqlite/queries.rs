@@ -1,0 +1,305 @@
+//! The SQL of each operation, run on a connection by the threads.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::codec::{decode_relatives, encode_relatives};
+use super::{count, internal};
+use crate::domain::relatives::{Edit, mirror_edits};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
+use crate::storage::row::{StoredCitizen, iso_date};
+use crate::storage::{Idempotency, Patched, StorageError, Version};
+
+/// The columns a citizen is read from, in [`Column`]'s order.
+pub(super) const CITIZEN_COLUMNS: &str =
+    "citizen_id, town, street, building, apartment, name, birth_date, gender, relatives";
+
+pub(super) fn insert_import(
+    conn: &Connection,
+    citizens: &[Citizen],
+    idempotency: Option<&Idempotency>,
+) -> Result<ImportId, StorageError> {
+    if let Some(Idempotency { key, body_hash }) = idempotency {
+        let stored: Option<(Vec<u8>, ImportId)> = conn
+            .prepare_cached("SELECT body_hash, import_id FROM idempotency_keys WHERE key = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(internal)?;
+        if let Some((hash, import)) = stored {
+            return if hash == body_hash {
+                Ok(import)
+            } else {
+                Err(StorageError::KeyReused {
+                    key: key.clone(),
+                    import,
+                })
+            };
+        }
+    }
+    conn.execute(
+        "INSERT INTO imports (created_at, citizens) VALUES (unixepoch(), ?1)",
+        [count(citizens.len())],
+    )
+    .map_err(internal)?;
+    let import = ImportId::new(conn.last_insert_rowid())
+        .ok_or_else(|| StorageError::internal("sqlite handed out a non-positive import id"))?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO citizens (import_id, citizen_id, town, street, building, apartment,
+                                   name, birth_date, gender, relatives)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(internal)?;
+    let mut blob = Vec::new();
+    for c in citizens {
+        encode_relatives(&c.relatives, &mut blob);
+        insert
+            .execute(params![
+                import,
+                c.citizen_id.as_i64(),
+                c.town.as_str(),
+                c.street.as_str(),
+                c.building.as_str(),
+                c.apartment.as_i64(),
+                c.name.as_str(),
+                iso_date(c.birth_date),
+                c.gender.as_str(),
+                &blob,
+            ])
+            .map_err(internal)?;
+    }
+    if let Some(Idempotency { key, body_hash }) = idempotency {
+        conn.prepare_cached(
+            "INSERT INTO idempotency_keys (key, body_hash, import_id) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![key, &body_hash[..], import]))
+        .map_err(internal)?;
+    }
+    Ok(import)
+}
+
+pub(super) fn patch_citizen(
+    conn: &Connection,
+    import: ImportId,
+    id: CitizenId,
+    patch: &CitizenPatch,
+) -> Result<Patched, StorageError> {
+    let Some(mut citizen) = load_citizen(conn, import, id)? else {
+        return Err(if import_exists(conn, import)? {
+            StorageError::CitizenNotFound {
+                import,
+                citizen: id,
+            }
+        } else {
+            StorageError::ImportNotFound(import)
+        });
+    };
+    if let Some(new) = &patch.relatives {
+        // The contract of `Storage::patch_citizen`: every list is read
+        // before anything is written, an unknown new relative wins over a
+        // missing old one.
+        let mut edits = Vec::new();
+        for (other, edit) in mirror_edits(id, &citizen.relatives, new) {
+            edits.push((other, edit, load_relatives(conn, import, other)?));
+        }
+        if let Some((other, ..)) = edits
+            .iter()
+            .find(|(_, edit, list)| matches!(edit, Edit::Add(_)) && list.is_none())
+        {
+            return Err(StorageError::Invalid(ValidationError::new(
+                "relatives",
+                Some(id),
+                Reason::UnknownRelative(*other),
+            )));
+        }
+        if let Some((other, ..)) = edits.iter().find(|(.., list)| list.is_none()) {
+            return Err(crate::storage::missing_relative(import, id, *other));
+        }
+        for (other, edit, list) in edits {
+            let mut list = list.unwrap_or_default();
+            edit.apply(&mut list);
+            store_relatives(conn, import, other, &list)?;
+        }
+        citizen.relatives.clone_from(new);
+    }
+    patch.apply_fields(&mut citizen);
+    let version: i64 = conn
+        .prepare_cached(
+            "UPDATE imports SET version = version + 1 WHERE import_id = ?1 RETURNING version",
+        )
+        .and_then(|mut stmt| stmt.query_row([import], |row| row.get(0)))
+        .map_err(internal)?;
+    let mut blob = Vec::new();
+    encode_relatives(&citizen.relatives, &mut blob);
+    conn.prepare_cached(
+        "UPDATE citizens SET town = ?3, street = ?4, building = ?5, apartment = ?6, name = ?7,
+                             birth_date = ?8, gender = ?9, relatives = ?10
+         WHERE import_id = ?1 AND citizen_id = ?2",
+    )
+    .and_then(|mut update| {
+        update.execute(params![
+            import,
+            id.as_i64(),
+            citizen.town.as_str(),
+            citizen.street.as_str(),
+            citizen.building.as_str(),
+            citizen.apartment.as_i64(),
+            citizen.name.as_str(),
+            iso_date(citizen.birth_date),
+            citizen.gender.as_str(),
+            &blob,
+        ])
+    })
+    .map_err(internal)?;
+    Ok(Patched {
+        citizen,
+        version: Version::try_from(version).map_err(StorageError::internal)?,
+    })
+}
+
+pub(super) fn delete_import(conn: &Connection, import: ImportId) -> Result<(), StorageError> {
+    if import_version(conn, import)?.is_none() {
+        return Err(StorageError::ImportNotFound(import));
+    }
+    for sql in [
+        "DELETE FROM citizens WHERE import_id = ?1",
+        "DELETE FROM idempotency_keys WHERE import_id = ?1",
+        "DELETE FROM imports WHERE import_id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut stmt| stmt.execute([import]))
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+pub(super) fn import_exists(conn: &Connection, import: ImportId) -> Result<bool, StorageError> {
+    Ok(import_version(conn, import)?.is_some())
+}
+
+pub(super) fn import_version(
+    conn: &Connection,
+    import: ImportId,
+) -> Result<Option<Version>, StorageError> {
+    let version: Option<i64> = conn
+        .prepare_cached("SELECT version FROM imports WHERE import_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([import], |row| row.get(0)).optional())
+        .map_err(internal)?;
+    version
+        .map(|v| Version::try_from(v).map_err(StorageError::internal))
+        .transpose()
+}
+
+/// Positions in [`CITIZEN_COLUMNS`] (a test checks the two agree).
+#[derive(Clone, Copy)]
+pub(super) enum Column {
+    CitizenId,
+    Town,
+    Street,
+    Building,
+    Apartment,
+    Name,
+    BirthDate,
+    Gender,
+    Relatives,
+}
+
+pub(super) fn load_citizen(
+    conn: &Connection,
+    import: ImportId,
+    id: CitizenId,
+) -> Result<Option<Citizen>, StorageError> {
+    let sql =
+        format!("SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = ?1 AND citizen_id = ?2");
+    let row = conn
+        .prepare_cached(&sql)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![import, id.as_i64()], |row| Ok(read_row(row)))
+                .optional()
+        })
+        .map_err(internal)?;
+    row.transpose()
+}
+
+pub(super) fn load_relatives(
+    conn: &Connection,
+    import: ImportId,
+    id: CitizenId,
+) -> Result<Option<Vec<CitizenId>>, StorageError> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT relatives FROM citizens WHERE import_id = ?1 AND citizen_id = ?2")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![import, id.as_i64()], |row| row.get(0))
+                .optional()
+        })
+        .map_err(internal)?;
+    let Some(blob) = blob else { return Ok(None) };
+    decode_relatives(&blob)?
+        .into_iter()
+        .map(|id| CitizenId::parse(id).map_err(|_| StorageError::internal("corrupt relative id")))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+pub(super) fn store_relatives(
+    conn: &Connection,
+    import: ImportId,
+    id: CitizenId,
+    list: &[CitizenId],
+) -> Result<(), StorageError> {
+    let mut blob = Vec::new();
+    encode_relatives(list, &mut blob);
+    conn.prepare_cached(
+        "UPDATE citizens SET relatives = ?3 WHERE import_id = ?1 AND citizen_id = ?2",
+    )
+    .and_then(|mut stmt| stmt.execute(params![import, id.as_i64(), blob]))
+    .map_err(internal)?;
+    Ok(())
+}
+
+/// Rebuilds a citizen from a row of [`CITIZEN_COLUMNS`].
+pub(super) fn read_row(row: &Row<'_>) -> Result<Citizen, StorageError> {
+    let unsigned = |column: Column| -> Result<u64, StorageError> {
+        let value: i64 = row.get(column as usize).map_err(internal)?;
+        u64::try_from(value).map_err(StorageError::internal)
+    };
+    let text = |column: Column| row.get::<_, String>(column as usize).map_err(internal);
+    let relatives: Vec<u8> = row.get(Column::Relatives as usize).map_err(internal)?;
+    Citizen::try_from(StoredCitizen {
+        citizen_id: unsigned(Column::CitizenId)?,
+        town: text(Column::Town)?,
+        street: text(Column::Street)?,
+        building: text(Column::Building)?,
+        apartment: unsigned(Column::Apartment)?,
+        name: text(Column::Name)?,
+        birth_date: text(Column::BirthDate)?,
+        gender: text(Column::Gender)?,
+        relatives: decode_relatives(&relatives)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_column_positions_follow_the_column_list() {
+        let names: Vec<&str> = CITIZEN_COLUMNS.split(", ").collect();
+        let positions = [
+            (Column::CitizenId, "citizen_id"),
+            (Column::Town, "town"),
+            (Column::Street, "street"),
+            (Column::Building, "building"),
+            (Column::Apartment, "apartment"),
+            (Column::Name, "name"),
+            (Column::BirthDate, "birth_date"),
+            (Column::Gender, "gender"),
+            (Column::Relatives, "relatives"),
+        ];
+        assert_eq!(names.len(), positions.len());
+        for (column, name) in positions {
+            assert_eq!(names[column as usize], name);
+        }
+    }
+}

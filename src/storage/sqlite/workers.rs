@@ -1,0 +1,244 @@
+//! The writer and reader threads, and the jobs they run.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::disk::ensure_reserve;
+use super::{MAX_BATCH, count};
+use crate::storage::StorageError;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+/// WAL size (pages) from which the writer checkpoints when it is idle.
+pub(super) const CHECKPOINT_PAGES: i32 = 4096;
+/// WAL size (pages) from which it checkpoints even when writes are queued.
+pub(super) const FORCE_CHECKPOINT_PAGES: i32 = 65536;
+
+pub(super) type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// One write, type-erased: every kind of write is a closure over the open
+/// transaction plus a way to tell that its caller has gone.
+pub(super) struct WriteJob {
+    /// True when nobody waits for the answer any more.
+    abandoned: Box<dyn Fn() -> bool + Send>,
+    /// Runs inside the batch's transaction; returns how to answer once the
+    /// commit's outcome is known.
+    run: Box<dyn FnOnce(&Connection) -> Ran + Send>,
+}
+
+/// Sends a write's answer once the commit's outcome is known.
+pub(super) type Answer = Box<dyn FnOnce(Option<&CommitFailure>) + Send>;
+
+/// A write that ran in the open transaction and waits for the commit.
+pub(super) struct Ran {
+    /// Whether its own changes stand (else its savepoint is rolled back).
+    ok: bool,
+    /// Whether it failed for lack of disk space.
+    full: bool,
+    /// Sends the answer: the job's result, or the commit's failure.
+    answer: Answer,
+    /// What the job consumed, freed after the answers are out (a big
+    /// import's citizens take a while to free).
+    spent: Box<dyn Send>,
+}
+
+/// Why a batch's commit failed, for every job in it.
+#[derive(Debug, Clone)]
+pub(super) struct CommitFailure {
+    full: bool,
+    text: String,
+}
+
+impl CommitFailure {
+    pub(super) fn error(&self) -> StorageError {
+        if self.full {
+            StorageError::Full(format!("commit failed: {}", self.text))
+        } else {
+            StorageError::internal(format!("commit failed: {}", self.text))
+        }
+    }
+}
+
+impl WriteJob {
+    /// A write of `work` over `payload`, answered on `reply`.
+    pub(super) fn new<P, T>(
+        payload: P,
+        reply: oneshot::Sender<Result<T, StorageError>>,
+        work: impl FnOnce(&Connection, &P) -> Result<T, StorageError> + Send + 'static,
+    ) -> Self
+    where
+        P: Send + 'static,
+        T: Send + 'static,
+    {
+        let reply = Arc::new(Mutex::new(Some(reply)));
+        let watched = Arc::clone(&reply);
+        WriteJob {
+            abandoned: Box::new(move || {
+                watched
+                    .lock()
+                    .expect("reply lock")
+                    .as_ref()
+                    .is_none_or(tokio::sync::oneshot::Sender::is_closed)
+            }),
+            run: Box::new(move |conn| {
+                let result = work(conn, &payload);
+                Ran {
+                    ok: result.is_ok(),
+                    full: matches!(result, Err(StorageError::Full(_))),
+                    answer: Box::new(move |commit| {
+                        let result = match (result, commit) {
+                            (Ok(_), Some(failure)) => Err(failure.error()),
+                            (result, _) => result,
+                        };
+                        if let Some(reply) = reply.lock().expect("reply lock").take() {
+                            // A caller that gave up has dropped its receiver; nothing to do.
+                            drop(reply.send(result));
+                        }
+                    }),
+                    spent: Box::new(payload),
+                }
+            }),
+        }
+    }
+}
+
+pub(super) fn reader_loop(
+    mut conn: Connection,
+    jobs: &Mutex<mpsc::Receiver<ReadJob>>,
+    depth: &Gauge,
+) {
+    loop {
+        // Holding the lock while waiting is the point: one idle reader waits on
+        // the channel, the others wait on the lock; a job goes to exactly one.
+        let job = match jobs.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => {
+                depth.dec();
+                job(&mut conn);
+            }
+            Err(_) => return, // every sender dropped: the store is closing
+        }
+    }
+}
+
+/// What the writer thread keeps besides its connection.
+pub(super) struct WriterState {
+    pub(super) wal_pages: Arc<AtomicI32>,
+    pub(super) writable: Arc<AtomicBool>,
+    pub(super) path: PathBuf,
+    pub(super) depth: Gauge,
+    pub(super) batch_size: Histogram,
+}
+
+pub(super) fn writer_loop(
+    mut conn: Connection,
+    jobs: &mpsc::Receiver<WriteJob>,
+    state: &WriterState,
+) {
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break, // every sender dropped: the store is closing
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        state.depth.dec_by(count(batch.len()));
+        // A job whose caller is gone is dropped here, unapplied.
+        batch.retain(|job| !(job.abandoned)());
+        state.batch_size.observe(batch.len() as f64);
+        if batch.is_empty() {
+            continue;
+        }
+        let mut ran = Vec::with_capacity(batch.len());
+        let commit = run_batch(&mut conn, batch, &mut ran)
+            .err()
+            .map(|e| CommitFailure {
+                full: e.sqlite_error_code() == Some(ErrorCode::DiskFull),
+                text: e.to_string(),
+            });
+        let mut spent = Vec::with_capacity(ran.len());
+        let mut full = commit.as_ref().is_some_and(|c| c.full);
+        for job in ran {
+            full |= job.full;
+            (job.answer)(commit.as_ref());
+            spent.push(job.spent);
+        }
+        // Freeing a big import's citizens takes a while: after the answers.
+        drop(spent);
+        match &commit {
+            Some(failure) => tracing::error!(error = %failure.text, "sqlite commit failed"),
+            None if !full && !state.writable.load(Ordering::Acquire) => recovered(&conn, state),
+            None => {}
+        }
+        if full && state.writable.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                path = %state.path.display(),
+                "the disk is full: writes get 507 until there is room again; reads go on"
+            );
+        }
+        // Fold the WAL back into the database between batches, after the
+        // callers have their answers: when idle, or when the WAL grows large.
+        let pages = state.wal_pages.load(Ordering::Relaxed);
+        if pages >= CHECKPOINT_PAGES {
+            next = jobs.try_recv().ok();
+            if next.is_none() || pages >= FORCE_CHECKPOINT_PAGES {
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Ok(()) => state.wal_pages.store(0, Ordering::Relaxed),
+                    Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+                }
+            }
+        }
+    }
+    // Leave a clean file behind: fold the whole WAL back into the database.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!(error = %e, "sqlite checkpoint on close failed");
+    }
+}
+
+/// The first successful write after a full disk: shrink the WAL, which a
+/// failed write may have grown, and put the reserve back.
+pub(super) fn recovered(conn: &Connection, state: &WriterState) {
+    state.writable.store(true, Ordering::Release);
+    match conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        Ok(()) => state.wal_pages.store(0, Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "truncating the WAL failed"),
+    }
+    ensure_reserve(&state.path);
+    tracing::info!(path = %state.path.display(), "the disk has room again: writes are accepted");
+}
+
+/// Runs every job in its own savepoint of one transaction, so a rejected write
+/// rolls back alone, then commits once. Jobs not reached after an error are
+/// dropped, which answers their callers `Unavailable`.
+pub(super) fn run_batch(
+    conn: &mut Connection,
+    batch: Vec<WriteJob>,
+    ran: &mut Vec<Ran>,
+) -> rusqlite::Result<()> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for job in batch {
+        let savepoint = tx.savepoint()?;
+        let done = (job.run)(&savepoint);
+        if done.ok {
+            savepoint.commit()?;
+        } // else dropping the savepoint rolls it back
+        ran.push(done);
+    }
+    tx.commit()
+}
