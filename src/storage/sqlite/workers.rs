@@ -43,7 +43,7 @@ pub(super) struct Ran {
     answer: Answer,
     /// What the job consumed, freed after the answers are out (a big
     /// import's citizens take a while to free).
-    spent: Box<dyn Send>,
+    consumed: Box<dyn Send>,
 }
 
 /// Why a batch's commit failed, for every job in it.
@@ -99,7 +99,7 @@ impl WriteJob {
                             drop(reply.send(result));
                         }
                     }),
-                    spent: Box::new(payload),
+                    consumed: Box::new(payload),
                 }
             }),
         }
@@ -172,15 +172,15 @@ pub(super) fn writer_loop(
                 full: e.sqlite_error_code() == Some(ErrorCode::DiskFull),
                 text: e.to_string(),
             });
-        let mut spent = Vec::with_capacity(ran.len());
+        let mut consumed = Vec::with_capacity(ran.len());
         let mut full = commit.as_ref().is_some_and(|c| c.full);
         for job in ran {
             full |= job.full;
             (job.answer)(commit.as_ref());
-            spent.push(job.spent);
+            consumed.push(job.consumed);
         }
         // Freeing a big import's citizens takes a while: after the answers.
-        drop(spent);
+        drop(consumed);
         match &commit {
             Some(failure) => tracing::error!(error = %failure.text, "sqlite commit failed"),
             None if !full && !state.writable.load(Ordering::Acquire) => recovered(&conn, state),
