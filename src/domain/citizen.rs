@@ -447,4 +447,25 @@ mod tests {
             assert!(Gender::parse(bad).is_err(), "{bad:?}");
         }
     }
+
+    #[test]
+    fn heap_buffers_are_the_capacities_of_the_strings_and_the_relatives_in_bytes() {
+        let mut relatives = Vec::with_capacity(3);
+        relatives.push(CitizenId::parse(2).unwrap());
+        let citizen = Citizen {
+            citizen_id: CitizenId::parse(1).unwrap(),
+            town: Place::parse(String::with_capacity(10) + "Town").unwrap(),
+            street: Place::parse("Street".into()).unwrap(),
+            building: Place::parse("1".into()).unwrap(),
+            apartment: Apartment::parse(1).unwrap(),
+            name: Name::parse("Имя".into()).unwrap(),
+            birth_date: BirthDate::from_ymd(2000, 1, 1).unwrap(),
+            gender: Gender::Male,
+            relatives,
+        };
+        let [town, street, building, name, relatives] = citizen.heap_buffers();
+        assert!(town >= 10, "{town}");
+        assert_eq!((street, building, name), (6, 1, 6));
+        assert_eq!(relatives, 3 * 8, "three ids of eight bytes, not 3 + 8");
+    }
 }

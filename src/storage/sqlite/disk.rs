@@ -30,3 +30,45 @@ pub(super) fn ensure_reserve(path: &Path) {
         tracing::warn!(path = %reserve.display(), error = %e, "cannot write the disk-space reserve");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_sits_beside_the_database() {
+        assert_eq!(
+            reserve_path(Path::new("data/gifts.db")),
+            Path::new("data/gifts.db.reserve")
+        );
+    }
+
+    #[test]
+    fn free_bytes_are_those_of_the_databases_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(&dir.path().join("gifts.db")).expect("a volume");
+        let stat = rustix::fs::statvfs(dir.path()).unwrap();
+        assert_eq!(free, stat.f_bavail * stat.f_frsize);
+        assert!(free > 0);
+        assert_eq!(
+            free_bytes(Path::new("gifts.db")),
+            None,
+            "no directory named"
+        );
+    }
+
+    #[test]
+    fn the_reserve_is_written_once_with_its_size_and_then_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("gifts.db");
+        ensure_reserve(&db);
+        let reserve = reserve_path(&db);
+        assert_eq!(
+            std::fs::metadata(&reserve).unwrap().len(),
+            RESERVE_BYTES as u64
+        );
+        std::fs::write(&reserve, b"kept").unwrap();
+        ensure_reserve(&db);
+        assert_eq!(std::fs::read(&reserve).unwrap(), b"kept");
+    }
+}
