@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, Parser};
 
+use crate::storage::postgres::PostgresAddress;
 use crate::storage::tarantool::TarantoolAddress;
 
 /// Shown at the end of `gifts --help`.
@@ -106,8 +107,10 @@ pub struct Config {
     pub listen: String,
 
     /// Where data lives: sqlite:PATH (embedded; file and folder created on first start,
-    /// a relative PATH is relative to the working directory) or
-    /// tarantool://USER:PASSWORD@HOST:PORT (a server running tarantool/app.lua).
+    /// a relative PATH is relative to the working directory),
+    /// tarantool://USER:PASSWORD@HOST:PORT (a server running tarantool/app.lua) or
+    /// postgres://USER:PASSWORD@HOST[:PORT][,HOST2[:PORT]...]/DBNAME[?OPTIONS] (libpq's
+    /// URL form; tables created at start; e.g. ?target_session_attrs=read-write).
     #[arg(
         long,
         env = "GIFTS_STORAGE",
@@ -166,6 +169,15 @@ pub struct Config {
     /// Seconds a Tarantool call may take before the request fails with 503.
     #[arg(long, env = "GIFTS_TARANTOOL_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tarantool_timeout_secs: u64,
+
+    /// Seconds all of one request's PostgreSQL work may take (also the server-side
+    /// statement_timeout); then 503 (not applied) or 504 (a commit unanswered).
+    #[arg(long, env = "GIFTS_POSTGRES_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub postgres_timeout_secs: u64,
+
+    /// PostgreSQL connections the service keeps open at most.
+    #[arg(long, env = "GIFTS_POSTGRES_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub postgres_pool_size: u64,
 }
 
 impl Config {
@@ -182,6 +194,11 @@ impl Config {
     /// The per-call Tarantool timeout.
     pub fn tarantool_timeout(&self) -> Duration {
         Duration::from_secs(self.tarantool_timeout_secs)
+    }
+
+    /// The per-request PostgreSQL budget.
+    pub fn postgres_timeout(&self) -> Duration {
+        Duration::from_secs(self.postgres_timeout_secs)
     }
 
     /// The defaults declared on the flags, with `storage`, for tests and
@@ -409,6 +426,8 @@ pub enum StorageUrl {
     Sqlite(PathBuf),
     /// A Tarantool server running `tarantool/app.lua`.
     Tarantool(TarantoolAddress),
+    /// A PostgreSQL database (the service creates its tables).
+    Postgres(Box<PostgresAddress>),
 }
 
 impl std::fmt::Display for StorageUrl {
@@ -417,6 +436,7 @@ impl std::fmt::Display for StorageUrl {
         match self {
             StorageUrl::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
             StorageUrl::Tarantool(address) => write!(f, "{address:?}"),
+            StorageUrl::Postgres(address) => write!(f, "{address:?}"),
         }
     }
 }
@@ -442,8 +462,11 @@ impl FromStr for StorageUrl {
         if s.starts_with("tarantool://") {
             return s.parse().map(StorageUrl::Tarantool);
         }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return s.parse().map(|a| StorageUrl::Postgres(Box::new(a)));
+        }
         Err(
-            "unsupported storage: expected sqlite:PATH or tarantool://USER:PASSWORD@HOST:PORT"
+            "unsupported storage: expected sqlite:PATH, tarantool://USER:PASSWORD@HOST:PORT or postgres://USER:PASSWORD@HOST[:PORT]/DBNAME"
                 .into(),
         )
     }
@@ -551,6 +574,23 @@ mod tests {
         assert_eq!(address.password.expose(), "p@ss:w");
         assert_eq!(url.to_string(), "tarantool://gifts:***@tarantool:3301");
         assert!(!format!("{url:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn postgres_urls_are_shown_and_debugged_without_the_password() {
+        let url: StorageUrl =
+            "postgresql://gifts:p%40ss@db1,db2:5433/gifts?target_session_attrs=read-write"
+                .parse()
+                .unwrap();
+        let StorageUrl::Postgres(address) = &url else {
+            panic!("{url}")
+        };
+        assert_eq!(address.config().get_password(), Some(&b"p@ss"[..]));
+        let shown = "postgres://gifts:***@db1,db2:5433/gifts?target_session_attrs=read-write";
+        assert_eq!(url.to_string(), shown);
+        assert!(!format!("{url:?}").contains("p%40ss"), "{url:?}");
+        let e = "mysql://u:p@h/d".parse::<StorageUrl>().unwrap_err();
+        assert!(e.contains("postgres://"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
 use crate::storage::metered::Metered;
+use crate::storage::postgres::PostgresStorage;
 use crate::storage::sqlite::{self, SqliteStorage};
 use crate::storage::tarantool::TarantoolStorage;
 
@@ -67,6 +68,20 @@ pub async fn open_storage(
             "tarantool",
             Arc::clone(metrics),
         ))),
+        StorageUrl::Postgres(address) => {
+            let storage = PostgresStorage::connect(
+                address,
+                config.postgres_timeout(),
+                usize::try_from(config.postgres_pool_size).unwrap_or(16),
+            )
+            .await
+            .with_context(|| format!("cannot use the PostgreSQL store {address:?}"))?;
+            Ok(Arc::new(Metered::new(
+                storage,
+                "postgres",
+                Arc::clone(metrics),
+            )))
+        }
     }
 }
 

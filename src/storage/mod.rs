@@ -13,11 +13,33 @@ pub(crate) mod coalesce;
 pub(crate) mod deadline;
 pub mod iproto;
 pub(crate) mod metered;
+pub mod postgres;
 mod row;
 pub mod sqlite;
 pub mod tarantool;
 
 pub use crate::domain::Version;
+
+/// Imports of at least this many citizens read back from a server store
+/// are checked again on a blocking thread, not an async worker.
+const BLOCKING_CHECK: usize = 2_000;
+
+/// The citizens of `rows` read back from a server store, every field
+/// checked again by `read`: for a big import, off the async worker threads.
+async fn checked_citizens<R: Send + 'static>(
+    rows: Vec<R>,
+    read: fn(R) -> Result<Citizen, StorageError>,
+) -> Result<Vec<Citizen>, StorageError> {
+    let small = rows.len() < BLOCKING_CHECK;
+    let check = move || rows.into_iter().map(read).collect::<Result<Vec<_>, _>>();
+    if small {
+        check()
+    } else {
+        tokio::task::spawn_blocking(check)
+            .await
+            .map_err(StorageError::internal)?
+    }
+}
 
 /// An import's citizens as of one version.
 #[derive(Debug, Clone)]

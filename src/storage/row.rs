@@ -1,9 +1,10 @@
 //! A citizen as the stores hold it, and the one way back to a [`Citizen`].
 //!
-//! Both stores keep the same fields; dates in ISO `YYYY-MM-DD` (it sorts
-//! and reads well in SQL and in Lua), not the wire's `DD.MM.YYYY`. What
-//! comes back from a store is checked again, field by field: a stored value
-//! that fails is reported as corruption rather than served.
+//! Every store keeps the same fields. Dates: SQLite and Tarantool keep ISO
+//! `YYYY-MM-DD` text (it sorts and reads well in SQL and in Lua), not the
+//! wire's `DD.MM.YYYY`; PostgreSQL its own `date`. What comes back from a
+//! store is checked again, field by field: a stored value that fails is
+//! reported as corruption rather than served.
 
 use crate::domain::{Apartment, BirthDate, Citizen, CitizenId, Gender, Name, Place};
 
@@ -18,10 +19,18 @@ pub(crate) struct StoredCitizen {
     pub building: String,
     pub apartment: u64,
     pub name: String,
-    /// ISO `YYYY-MM-DD`.
-    pub birth_date: String,
+    pub birth_date: StoredDate,
     pub gender: String,
     pub relatives: Vec<u64>,
+}
+
+/// A birth date as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoredDate {
+    /// ISO `YYYY-MM-DD` text (SQLite, Tarantool).
+    Iso(String),
+    /// A date value (PostgreSQL's `date`).
+    Date(time::Date),
 }
 
 impl TryFrom<StoredCitizen> for Citizen {
@@ -38,9 +47,14 @@ impl TryFrom<StoredCitizen> for Citizen {
             building: Place::parse(row.building).map_err(corrupt("building"))?,
             apartment: Apartment::parse(row.apartment).map_err(corrupt("apartment"))?,
             name: Name::parse(row.name).map_err(corrupt("name"))?,
-            birth_date: parse_iso_date(&row.birth_date)
-                .ok_or(())
-                .map_err(corrupt("birth_date"))?,
+            birth_date: match &row.birth_date {
+                StoredDate::Iso(text) => parse_iso_date(text),
+                StoredDate::Date(date) => {
+                    BirthDate::from_ymd(date.year(), date.month() as u8, date.day())
+                }
+            }
+            .ok_or(())
+            .map_err(corrupt("birth_date"))?,
             gender: Gender::parse(&row.gender).map_err(corrupt("gender"))?,
             relatives: row
                 .relatives
@@ -82,7 +96,7 @@ mod tests {
             building: "16к7стр5".into(),
             apartment: 7,
             name: "Иванов Иван Иванович".into(),
-            birth_date: "0997-04-01".into(),
+            birth_date: StoredDate::Iso("0997-04-01".into()),
             gender: "male".into(),
             relatives: vec![2, 9],
         }
@@ -106,7 +120,9 @@ mod tests {
             ("building", |s| s.building = "x".repeat(300)),
             ("apartment", |s| s.apartment = u64::MAX),
             ("name", |s| s.name.clear()),
-            ("birth_date", |s| s.birth_date = "1997-02-30".into()),
+            ("birth_date", |s| {
+                s.birth_date = StoredDate::Iso("1997-02-30".into());
+            }),
             ("gender", |s| s.gender = "other".into()),
             ("relatives", |s| s.relatives = vec![u64::MAX]),
         ];

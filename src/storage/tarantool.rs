@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::coalesce::Coalescer;
 use super::iproto::{self, CallError, Client, codes};
-use super::row::{StoredCitizen, iso_date};
+use super::row::{StoredCitizen, StoredDate, iso_date};
 use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 use crate::metrics::Metrics;
@@ -117,9 +117,6 @@ struct Connection {
     writable: AtomicBool,
 }
 
-/// Imports of at least this many citizens are re-checked on a blocking thread.
-const BLOCKING_CHECK: usize = 2_000;
-
 /// The argument list of a function that takes none.
 const NO_ARGS: [u8; 0] = [];
 
@@ -202,7 +199,7 @@ impl Row {
             building,
             apartment,
             name,
-            birth_date,
+            birth_date: StoredDate::Iso(birth_date),
             gender,
             relatives,
         })
@@ -645,21 +642,7 @@ impl Storage for TarantoolStorage {
         let (Some(version), Some(rows)) = (version, rows) else {
             return Err(StorageError::ImportNotFound(import));
         };
-        let rows_len = rows.len();
-        let check = move || {
-            rows.into_iter()
-                .map(Row::into_citizen)
-                .collect::<Result<Vec<_>, _>>()
-        };
-        // Every field of every citizen is checked again: for a big import,
-        // off the async worker threads.
-        let citizens = if rows_len < BLOCKING_CHECK {
-            check()?
-        } else {
-            tokio::task::spawn_blocking(check)
-                .await
-                .map_err(StorageError::internal)??
-        };
+        let citizens = super::checked_citizens(rows, Row::into_citizen).await?;
         Ok(Snapshot { version, citizens })
     }
 

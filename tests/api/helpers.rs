@@ -36,10 +36,27 @@ pub enum Backend {
     Sqlite,
     /// A `tarantool tarantool/app.lua` process of the test's own, on a free port.
     Tarantool,
+    /// A PostgreSQL server of the test's own (a copy of a template cluster),
+    /// on a free port.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend's name in metrics and test names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Tarantool => "tarantool",
+            Backend::Postgres => "postgres",
+        }
+    }
 }
 
 pub use crate::support::{KillOnDrop, free_port};
-use crate::support::{app_lua, peak_rss_kib, poll, tarantool_command, tarantool_installed};
+use crate::support::{
+    PostgresServer, app_lua, peak_rss_kib, poll, postgres_bin, tarantool_command,
+    tarantool_installed,
+};
 
 /// True when Tarantool tests can run; with `CI=true` a missing `tarantool` fails the test.
 pub fn tarantool_available(test: &str) -> bool {
@@ -51,6 +68,21 @@ pub fn tarantool_available(test: &str) -> bool {
         );
         skipped(&format!(
             "tarantool::{test}: no `tarantool` binary on PATH (apt-get install -y tarantool)"
+        ));
+    }
+    found
+}
+
+/// True when PostgreSQL tests can run; with `CI=true` a missing PostgreSQL fails the test.
+pub fn postgres_available(test: &str) -> bool {
+    let found = postgres_bin().is_some();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but PostgreSQL's `initdb` and `postgres` are missing (apt-get install -y postgresql)"
+        );
+        skipped(&format!(
+            "postgres::{test}: no PostgreSQL (`initdb`, `postgres`) on PATH or in /usr/lib/postgresql (apt-get install -y postgresql)"
         ));
     }
     found
@@ -113,13 +145,25 @@ impl Drop for TarantoolServer {
     }
 }
 
+/// The database server process behind a store, when it has one.
+enum Server {
+    Tarantool(TarantoolServer),
+    Postgres(PostgresServer),
+}
+
 /// A store that outlives app restarts within one test, shareable by several apps.
 pub struct TestStore {
     url: StorageUrl,
-    tarantool: Option<Mutex<TarantoolServer>>,
-    // Declared last: dropped after the Tarantool process is gone.
+    server: Option<Mutex<Server>>,
+    // Declared last: dropped after the server process is gone.
     _dir: TempDir,
 }
+
+/// Settings of the tests' PostgreSQL servers: no fsync, since what they
+/// test is a killed server, not a lost machine (the page cache keeps what
+/// was written). Commits stay synchronous: `synchronous_commit=off` would
+/// lose acknowledged writes with the server's shared memory.
+const POSTGRES_SETTINGS: &[&str] = &["fsync=off", "full_page_writes=off"];
 
 impl TestStore {
     /// A fresh, empty store of the given backend.
@@ -128,7 +172,7 @@ impl TestStore {
         match backend {
             Backend::Sqlite => Self {
                 url: StorageUrl::Sqlite(dir.path().join("gifts.db")),
-                tarantool: None,
+                server: None,
                 _dir: dir,
             },
             Backend::Tarantool => {
@@ -144,7 +188,17 @@ impl TestStore {
                     .expect("tarantool url");
                 Self {
                     url,
-                    tarantool: Some(Mutex::new(server)),
+                    server: Some(Mutex::new(Server::Tarantool(server))),
+                    _dir: dir,
+                }
+            }
+            Backend::Postgres => {
+                let bin = postgres_bin().expect("PostgreSQL installed");
+                let server = PostgresServer::start_new(&bin, POSTGRES_SETTINGS);
+                let url = server.url().parse().expect("postgres url");
+                Self {
+                    url,
+                    server: Some(Mutex::new(Server::Postgres(server))),
                     _dir: dir,
                 }
             }
@@ -168,44 +222,74 @@ impl TestStore {
                     a.host_port
                 )
             }
+            StorageUrl::Postgres(_) => match &*self.server() {
+                Server::Postgres(server) => server.url(),
+                Server::Tarantool(_) => unreachable!("a postgres store"),
+            },
         }
     }
 
-    fn server(&self) -> std::sync::MutexGuard<'_, TarantoolServer> {
-        self.tarantool
+    fn server(&self) -> std::sync::MutexGuard<'_, Server> {
+        self.server
             .as_ref()
-            .expect("a tarantool store")
+            .expect("a store with a server")
             .lock()
-            .expect("tarantool lock")
+            .expect("server lock")
     }
 
-    /// Kills the Tarantool server with SIGKILL.
-    pub fn kill_tarantool(&self) {
-        self.server().kill();
+    /// Kills the database server with SIGKILL (PostgreSQL: with all its
+    /// backends).
+    pub fn kill_server(&self) {
+        match &mut *self.server() {
+            Server::Tarantool(t) => t.kill(),
+            Server::Postgres(p) => p.kill(),
+        }
     }
 
-    /// Starts the Tarantool server again on the same port and data.
-    pub fn start_tarantool(&self) {
-        self.server().start();
+    /// Starts the database server again on the same port and data.
+    pub fn start_server(&self) {
+        match &mut *self.server() {
+            Server::Tarantool(t) => t.start(),
+            Server::Postgres(p) => p.start(),
+        }
     }
 
-    /// The Tarantool server's process id, while it runs.
-    pub fn tarantool_pid(&self) -> Option<u32> {
-        self.server().child.as_ref().map(Child::id)
+    /// Stops (`true`) or resumes (`false`) the database server and, for
+    /// PostgreSQL, all its backends: a database that hangs with its
+    /// connections open, so requests are sent and never answered.
+    pub fn freeze_server(&self, frozen: bool) {
+        use rustix::process::Signal;
+        let signal = if frozen { Signal::STOP } else { Signal::CONT };
+        match &*self.server() {
+            Server::Tarantool(t) => {
+                if let Some(pid) = t
+                    .child
+                    .as_ref()
+                    .and_then(|c| rustix::process::Pid::from_raw(c.id().cast_signed()))
+                {
+                    rustix::process::kill_process(pid, signal).expect("signal tarantool");
+                }
+            }
+            Server::Postgres(p) => p.signal(signal),
+        }
     }
 
     /// Changes the stored data behind the service's back, with no app
-    /// running on the store: `sql` on SQLite, `lua` (with `box` configured
-    /// on the data) on a stopped Tarantool, which is started again after.
+    /// running on the store: `sql` on SQLite and PostgreSQL, `lua` (with
+    /// `box` configured on the data) on a stopped Tarantool, which is
+    /// started again after.
     pub fn edit_offline(&self, sql: &str, lua: &str) {
-        match &self.url {
-            StorageUrl::Sqlite(path) => {
-                rusqlite::Connection::open(path)
-                    .and_then(|conn| conn.execute_batch(sql))
-                    .expect("edit the sqlite database");
+        if let StorageUrl::Sqlite(path) = &self.url {
+            rusqlite::Connection::open(path)
+                .and_then(|conn| conn.execute_batch(sql))
+                .expect("edit the sqlite database");
+            return;
+        }
+        match &mut *self.server() {
+            Server::Postgres(server) => {
+                server.psql(sql);
             }
-            StorageUrl::Tarantool(_) => {
-                let mut server = self.server();
+            Server::Tarantool(server) => {
                 server.kill();
                 let script = server.dir.join("edit.lua");
                 std::fs::write(
@@ -229,11 +313,14 @@ impl TestStore {
         }
     }
 
-    /// What Tarantool logged, for failure messages.
-    pub fn tarantool_log(&self) -> String {
-        self.tarantool
+    /// What the database server logged, for failure messages.
+    pub fn server_log(&self) -> String {
+        self.server
             .as_ref()
-            .map(|t| t.lock().expect("tarantool lock").log())
+            .map(|s| match &*s.lock().expect("server lock") {
+                Server::Tarantool(t) => t.log(),
+                Server::Postgres(p) => p.log(),
+            })
             .unwrap_or_default()
     }
 }
@@ -305,8 +392,8 @@ impl TestApp {
         .await;
         assert!(
             healthy.is_ok(),
-            "the app did not become healthy; tarantool log:\n{}",
-            self.store.tarantool_log()
+            "the app did not become healthy; server log:\n{}",
+            self.store.server_log()
         );
     }
 
@@ -521,12 +608,32 @@ macro_rules! backend_tests {
                 }
             )*
         }
+        $crate::server_backend_tests!($($name),*);
+    };
+}
+
+/// Runs each named `async fn name(backend: Backend)` once per backend with
+/// a database server (Tarantool, PostgreSQL), as tests named
+/// `<backend>::<name>`.
+#[macro_export]
+macro_rules! server_backend_tests {
+    ($($name:ident),* $(,)?) => {
         mod tarantool {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if $crate::helpers::tarantool_available(stringify!($name)) {
                         super::$name($crate::helpers::Backend::Tarantool).await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::postgres_available(stringify!($name)) {
+                        super::$name($crate::helpers::Backend::Postgres).await;
                     }
                 }
             )*

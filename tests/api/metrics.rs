@@ -27,11 +27,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 async fn the_metrics_count_requests_storage_cache_and_totals(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let name = if backend == Backend::Sqlite {
-        "sqlite"
-    } else {
-        "tarantool"
-    };
+    let name = backend.name();
     let import = app.import(spec_example()).await;
     for _ in 0..3 {
         app.citizens(import).await;
@@ -82,7 +78,7 @@ async fn the_metrics_count_requests_storage_cache_and_totals(backend: Backend) {
             text.contains("gifts_sqlite_queue_depth{kind=\"write\"}"),
             "{text}"
         );
-    } else {
+    } else if backend == Backend::Tarantool {
         assert_eq!(
             sample(&text, "gifts_tarantool_connected "),
             Some(1.0),
@@ -96,11 +92,7 @@ async fn the_metrics_count_requests_storage_cache_and_totals(backend: Backend) {
 /// the in-memory snapshot moved forward one version per write.
 async fn reads_after_patches_come_from_the_moved_snapshot_and_show_every_patch(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let name = if backend == Backend::Sqlite {
-        "sqlite"
-    } else {
-        "tarantool"
-    };
+    let name = backend.name();
     let loads = format!(
         "gifts_storage_operation_duration_seconds_count{{backend=\"{name}\",operation=\"citizens\",outcome=\"ok\"}}"
     );

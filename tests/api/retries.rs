@@ -2,7 +2,6 @@
 //! duplicate: `Idempotency-Key` on POST /imports; 503 (not applied) versus
 //! 504 (sent, outcome unknown); one budget for a request's storage waits.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -70,17 +69,6 @@ backend_tests!(
     a_malformed_idempotency_key_is_a_400_naming_the_header,
 );
 
-/// SIGSTOP or SIGCONT to the test's Tarantool: a database that hangs with
-/// its connections open, so requests are sent and never answered.
-fn signal_tarantool(app: &TestApp, signal: &str) {
-    let pid = app.store.tarantool_pid().expect("a running tarantool");
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_sent_and_unanswered_is_504_and_its_retry_with_the_key_is_not_a_duplicate() {
     if !tarantool_available("outcome_unknown") {
@@ -90,7 +78,7 @@ async fn a_write_sent_and_unanswered_is_504_and_its_retry_with_the_key_is_not_a_
     let import = app.import(spec_example()).await;
     let body = json!({ "citizens": spec_example() });
 
-    signal_tarantool(&app, "-STOP");
+    app.store.freeze_server(true);
     let (status, error) = post_with_key(&app, "retry-me", &body).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{error}");
     assert_eq!(error["error"]["code"], "storage_timeout");
@@ -102,7 +90,7 @@ async fn a_write_sent_and_unanswered_is_504_and_its_retry_with_the_key_is_not_a_
     // A read that gets no answer changed nothing: 503, retry.
     let (status, error) = app.get(&format!("/imports/{import}/citizens")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
-    signal_tarantool(&app, "-CONT");
+    app.store.freeze_server(false);
 
     // The import did arrive; the retry gets it rather than a second copy.
     let (status, stored) = post_with_key(&app, "retry-me", &body).await;
@@ -120,7 +108,7 @@ async fn a_write_that_cannot_be_sent_is_503_and_was_not_applied() {
     }
     let app = TestApp::spawn_with(Backend::Tarantool, |c| c.tarantool_timeout_secs = 1).await;
     let import = app.import(spec_example()).await;
-    app.store.kill_tarantool();
+    app.store.kill_server();
     let (status, error) = app.post_import(&json!({ "citizens": [] })).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
     assert!(
@@ -130,7 +118,7 @@ async fn a_write_that_cannot_be_sent_is_503_and_was_not_applied() {
             .contains("not applied"),
         "{error}"
     );
-    app.store.start_tarantool();
+    app.store.start_server();
     poll(Duration::from_secs(30), || async {
         match app.get("/health").await.0 {
             StatusCode::OK => Ok(()),
@@ -156,7 +144,7 @@ async fn a_read_joining_a_running_version_check_waits_one_timeout_not_two() {
     );
     let import = app.import(spec_example()).await;
     app.citizens(import).await; // cached: the reads below only check the version
-    signal_tarantool(&app, "-STOP");
+    app.store.freeze_server(true);
     let path = format!("/imports/{import}/citizens");
     let first = {
         let (app, path) = (std::sync::Arc::clone(&app), path.clone());
@@ -188,7 +176,7 @@ async fn a_read_joining_a_running_version_check_waits_one_timeout_not_two() {
     let started = Instant::now();
     let (status, _) = app.get(&path).await;
     let waited = started.elapsed();
-    signal_tarantool(&app, "-CONT");
+    app.store.freeze_server(false);
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(first.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(

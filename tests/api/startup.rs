@@ -178,7 +178,7 @@ async fn an_unreachable_tarantool_at_start_is_reported_then_followed_when_it_com
         return;
     }
     let store = TestStore::new(Backend::Tarantool);
-    store.kill_tarantool();
+    store.kill_server();
     let mut app = Binary::start(&["--storage", &store.flag()], &[], None);
     app.wait_for_log("cannot reach tarantool at start").await;
     let (status, body) = get(&app.base, "/health").await;
@@ -190,7 +190,7 @@ async fn an_unreachable_tarantool_at_start_is_reported_then_followed_when_it_com
             .contains("retry later"),
         "{body}"
     );
-    store.start_tarantool();
+    store.start_server();
     app.wait_healthy().await;
     app.wait_for_log("connected to tarantool").await;
 }
@@ -245,7 +245,7 @@ async fn an_unavailable_store_gives_one_warning_line_per_request_with_the_cause(
     let store = TestStore::new(Backend::Tarantool);
     let mut app = Binary::start(&["--storage", &store.flag()], &[], None);
     app.wait_healthy().await;
-    store.kill_tarantool();
+    store.kill_server();
     let response = reqwest::Client::new()
         .get(format!("{}/imports/1/citizens", app.base))
         .header("x-request-id", "during-outage")

@@ -13,104 +13,8 @@ use gifts::storage::iproto::{self, CallError, Client};
 use crate::helpers::{
     Backend, Binary, KillOnDrop, TestApp, TestStore, free_port, spec_example, tarantool_available,
 };
+use crate::servers::wait_for;
 use crate::support::{app_lua, poll, tarantool_command};
-
-async fn two_apps(store: &Arc<TestStore>) -> (TestApp, TestApp) {
-    let config = || Config::with_storage(store.url().clone());
-    (
-        TestApp::start(Arc::clone(store), config()).await,
-        TestApp::start(Arc::clone(store), config()).await,
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_app_instances_over_one_tarantool_see_each_others_writes_at_once() {
-    if !tarantool_available("two_app_instances") {
-        return;
-    }
-    let store = Arc::new(TestStore::new(Backend::Tarantool));
-    let (a, b) = two_apps(&store).await;
-
-    let import = a.import(spec_example()).await;
-    assert_eq!(b.citizens(import).await, spec_example());
-
-    let (status, patched) = b
-        .patch(import, 3, &json!({"relatives": [1], "name": "Б"}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let listing = a.citizens(import).await;
-    assert_eq!(listing[2], patched["data"]);
-    assert_eq!(listing[0]["relatives"], json!([2, 3]));
-    assert_eq!(
-        a.birthdays(import).await,
-        b.birthdays(import).await,
-        "both instances answer from the same data"
-    );
-
-    let second = b.import(vec![]).await;
-    assert!(second > import, "one id sequence for all instances");
-}
-
-/// Polls until `path` answers `want`, or fails after a deadline.
-async fn wait_for(app: &TestApp, path: &str, want: StatusCode) {
-    let came = poll(Duration::from_secs(30), || async {
-        match app.get(path).await.0 {
-            status if status == want => Ok(()),
-            status => Err(status),
-        }
-    })
-    .await;
-    if let Err(status) = came {
-        panic!(
-            "{path} still answers {status}, not {want}; tarantool log:\n{}",
-            app.store.tarantool_log()
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tarantool_crash_gives_503s_then_everything_acknowledged_is_back() {
-    if !tarantool_available("tarantool_crash") {
-        return;
-    }
-    let app = TestApp::spawn(Backend::Tarantool).await;
-    let import = app.import(spec_example()).await;
-    let (status, _) = app.patch(import, 3, &json!({"relatives": [1]})).await;
-    assert_eq!(status, StatusCode::OK);
-    let before = app.citizens(import).await;
-
-    app.store.kill_tarantool();
-    let started = Instant::now();
-    for path in [
-        format!("/imports/{import}/citizens"),
-        format!("/imports/{import}/citizens/birthdays"),
-        "/health".to_string(),
-    ] {
-        let (status, body) = app.get(&path).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
-        assert_eq!(body["error"]["code"], "storage_unavailable", "{path}");
-    }
-    let (status, _) = app.patch(import, 1, &json!({"name": "Потерян"})).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    let (status, _) = app.post_import(&json!({"citizens": []})).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "503s came fast: {:?}",
-        started.elapsed()
-    );
-
-    app.store.start_tarantool();
-    wait_for(&app, "/health", StatusCode::OK).await;
-    assert_eq!(
-        app.citizens(import).await,
-        before,
-        "nothing acknowledged was lost"
-    );
-    let (status, body) = app.patch(import, 1, &json!({"name": "Снова"})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(app.import(vec![]).await > import);
-}
 
 /// A client of the test's Tarantool as `user`.
 pub fn client_as(store: &TestStore, user: &str, password: &str) -> Client {
@@ -255,52 +159,6 @@ async fn the_stored_procedures_refuse_data_that_breaks_the_relation() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_reads_through_one_instance_never_miss_a_write_made_through_another() {
-    if !tarantool_available("concurrent_reads_across_instances") {
-        return;
-    }
-    let store = Arc::new(TestStore::new(Backend::Tarantool));
-    let (reader, writer) = two_apps(&store).await;
-    let import = reader.import(spec_example()).await;
-    let reader = Arc::new(reader);
-    // Keep readers busy so version checks overlap with the writes.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let background: Vec<_> = (0..4)
-        .map(|_| {
-            let (reader, stop) = (Arc::clone(&reader), Arc::clone(&stop));
-            tokio::spawn(async move {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    reader.citizens(import).await;
-                }
-            })
-        })
-        .collect();
-    for round in 0..20 {
-        let name = format!("Раунд {round}");
-        let (status, _) = writer.patch(import, 2, &json!({ "name": name })).await;
-        assert_eq!(status, StatusCode::OK);
-        // Every read that starts after the acknowledgement sees the write.
-        let reads: Vec<_> = (0..8)
-            .map(|_| {
-                let reader = Arc::clone(&reader);
-                tokio::spawn(async move { reader.citizens(import).await })
-            })
-            .collect();
-        for read in reads {
-            assert_eq!(
-                read.await.unwrap()[1]["name"],
-                name.as_str(),
-                "round {round}"
-            );
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for task in background {
-        task.await.unwrap();
-    }
-}
-
 /// A Tarantool that opens its port before the app's user may call anything
 /// (as `app.lua` did before it listened last), and runs `app.lua` — which
 /// grants — once the file `grant` appears in its directory.
@@ -391,83 +249,6 @@ async fn a_tarantool_that_listens_before_granting_gets_503_then_201_once_granted
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tarantool_restarts_under_a_steady_request_stream_never_give_500() {
-    // Reads: 200 or 503. Writes: also 504 when Tarantool dies with the write
-    // sent and unanswered (it may have been applied). Never 500.
-    if !tarantool_available("restart_loop") {
-        return;
-    }
-    // GIFTS_TEST_TARANTOOL_RESTARTS=100 for the long run.
-    let restarts: usize = std::env::var("GIFTS_TEST_TARANTOOL_RESTARTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let app = Arc::new(TestApp::spawn(Backend::Tarantool).await);
-    let import = app.import(spec_example()).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let counts = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-    let streams: Vec<_> = (0..3)
-        .map(|k| {
-            let (app, stop, counts) = (Arc::clone(&app), Arc::clone(&stop), Arc::clone(&counts));
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    n += 1;
-                    let write = (k + n) % 4 < 2;
-                    let (status, body) = match (k + n) % 4 {
-                        0 => app.post_import(&json!({"citizens": spec_example()})).await,
-                        1 => {
-                            app.patch(import, 1 + n % 3, &json!({"name": format!("N{n}")}))
-                                .await
-                        }
-                        2 => {
-                            app.get(&format!("/imports/{import}/citizens/birthdays"))
-                                .await
-                        }
-                        _ => app.get("/health").await,
-                    };
-                    // 504 (sent, outcome unknown) only for a write in
-                    // flight when Tarantool died.
-                    let allowed: &[u16] = if write {
-                        &[200, 201, 503, 504]
-                    } else {
-                        &[200, 503]
-                    };
-                    assert!(
-                        allowed.contains(&status.as_u16()),
-                        "unexpected {status} (write: {write}): {body}"
-                    );
-                    *counts
-                        .lock()
-                        .unwrap()
-                        .entry(status.as_u16())
-                        .or_insert(0u64) += 1;
-                }
-            })
-        })
-        .collect();
-    for round in 0..restarts {
-        app.store.kill_tarantool();
-        app.store.start_tarantool();
-        wait_for(&app, "/health", StatusCode::OK).await;
-        assert!(
-            streams.iter().all(|s| !s.is_finished()),
-            "a request stream stopped in round {round}"
-        );
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for stream in streams {
-        stream.await.expect("no unexpected status");
-    }
-    let counts = counts.lock().unwrap().clone();
-    eprintln!("{restarts} tarantool restarts; answers by status: {counts:?}");
-    assert!(
-        counts.contains_key(&503),
-        "the restarts were seen: {counts:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_import_is_stored_in_chunks_intact_and_with_its_key() {
     if !tarantool_available("chunked_import") {
         return;
@@ -532,8 +313,8 @@ async fn an_import_cut_short_by_a_crash_is_never_seen_and_is_cleaned_at_start() 
     let (status, _) = app.patch(import, 1, &json!({"name": "x"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    app.store.kill_tarantool();
-    app.store.start_tarantool();
+    app.store.kill_server();
+    app.store.start_server();
     wait_for(&app, "/health", StatusCode::OK).await;
     let (status, _) = app.get(&format!("/imports/{import}/citizens")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -544,11 +325,11 @@ async fn an_import_cut_short_by_a_crash_is_never_seen_and_is_cleaned_at_start() 
         .unwrap();
     assert_eq!(status, "invalid", "the leftover import is gone: {reason:?}");
     assert!(
-        app.store.tarantool_log().contains(&format!(
+        app.store.server_log().contains(&format!(
             "deleting import {import}, left half-stored by a crash"
         )),
         "{}",
-        app.store.tarantool_log()
+        app.store.server_log()
     );
     assert!(app.import(vec![]).await > import, "its id is not reused");
 }

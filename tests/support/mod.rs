@@ -91,3 +91,305 @@ where
         }
     }
 }
+
+/// The directory of PostgreSQL's server programs (`initdb`, `postgres`,
+/// `psql`): from `PATH`, else the newest of Debian's
+/// `/usr/lib/postgresql/N/bin` (the `postgresql` package puts them there,
+/// not on `PATH`).
+pub fn postgres_bin() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
+    });
+    on_path.or_else(|| {
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let version = entry.file_name().to_str()?.parse().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("initdb").is_file().then_some((version, bin))
+            })
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, bin)| bin)
+    })
+}
+
+/// The password of the test clusters' superuser `gifts`.
+pub const POSTGRES_PASSWORD: &str = "test-password";
+
+/// When the tests run as root, PostgreSQL (which refuses root) runs as the
+/// `postgres` user the Debian package creates: its uid and gid.
+fn postgres_user() -> Option<(u32, u32)> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run id");
+        assert!(
+            out.status.success(),
+            "running as root needs a `postgres` user to run PostgreSQL as (the postgresql package creates it)"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a numeric id")
+    };
+    Some((id("-u"), id("-g")))
+}
+
+/// A directory the PostgreSQL user may enter (a root-owned temporary
+/// directory is private).
+fn open_temp_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// `command`, run as the PostgreSQL user when we are root.
+fn as_postgres_user(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = postgres_user() {
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+/// An initialised, never started cluster with the superuser `gifts`, made
+/// once (about a second) and kept in the build's temporary directory;
+/// every test server starts from a copy of it (a tenth of a second).
+fn postgres_template(bin: &Path) -> PathBuf {
+    static TEMPLATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let version = Command::new(bin.join("postgres"))
+                .arg("--version")
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .nth(2)
+                        .unwrap_or("unknown")
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let template = root.join(format!("pg-template-v1-{version}"));
+            if template.join("PG_VERSION").is_file() {
+                return template;
+            }
+            let work = open_temp_dir();
+            let data = work.path().join("data");
+            std::fs::create_dir(&data).expect("mkdir");
+            if let Some((uid, gid)) = postgres_user() {
+                std::os::unix::fs::chown(&data, Some(uid), Some(gid)).expect("chown");
+            }
+            let pwfile = work.path().join("pw");
+            std::fs::write(&pwfile, POSTGRES_PASSWORD).expect("pwfile");
+            let out = as_postgres_user(
+                Command::new(bin.join("initdb"))
+                    .arg("-D")
+                    .arg(&data)
+                    .args([
+                        "-U",
+                        "gifts",
+                        "--auth=scram-sha-256",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                        "--no-sync",
+                    ])
+                    .arg(format!("--pwfile={}", pwfile.display())),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run initdb");
+            assert!(
+                out.status.success(),
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Built aside and renamed: a template that exists is complete,
+            // also for another test process making one at the same time.
+            std::fs::create_dir_all(root).expect("mkdir target tmp");
+            let partial = root.join(format!("pg-template.{}", std::process::id()));
+            copy_tree(&data, &partial);
+            if std::fs::rename(&partial, &template).is_err() {
+                std::fs::remove_dir_all(&partial).ok();
+            }
+            template
+        })
+        .clone()
+}
+
+/// `cp -a from to` (keeps owners when root).
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// A PostgreSQL server of one's own on a free loopback port, with its data
+/// in a temporary directory; killed (its whole process group) when dropped.
+pub struct PostgresServer {
+    bin: PathBuf,
+    /// The loopback port it listens on.
+    pub port: u16,
+    settings: Vec<String>,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl PostgresServer {
+    /// A new cluster (a copy of the template), started, with `settings`
+    /// (`name=value`) on top of the test defaults. Does not wait for it.
+    pub fn start_new(bin: &Path, settings: &[&str]) -> Self {
+        let dir = open_temp_dir();
+        copy_tree(&postgres_template(bin), &dir.path().join("data"));
+        let mut server = Self {
+            bin: bin.to_owned(),
+            port: free_port(),
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
+            child: None,
+            dir,
+        };
+        server.start();
+        server.wait_ready();
+        server
+    }
+
+    /// Waits (polling its log, at most 30 s) until the server accepts
+    /// connections.
+    pub fn wait_ready(&self) {
+        let started = Instant::now();
+        while !self.log().contains("ready to accept connections") {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "postgres did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the server on its data and port.
+    pub fn start(&mut self) {
+        use std::os::unix::process::CommandExt;
+        assert!(self.child.is_none(), "postgres already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("postgres.log"))
+            .expect("postgres log file");
+        let mut command = Command::new(self.bin.join("postgres"));
+        command
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string()])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ]);
+        for setting in &self.settings {
+            command.args(["-c", setting]);
+        }
+        as_postgres_user(&mut command)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(command.spawn().expect("start postgres"));
+    }
+
+    /// SIGKILL to the server and all its backends, like a machine losing
+    /// power to the database (the data on disk stays).
+    pub fn kill(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
+        if let Some(mut child) = self.child.take() {
+            child.wait().ok();
+        }
+    }
+
+    /// A signal to the server's whole process group (`STOP`, `CONT`, ...).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        if let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(|c| rustix::process::Pid::from_raw(c.id().cast_signed()))
+        {
+            rustix::process::kill_process_group(pid, signal).ok();
+        }
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The URL of its database as the superuser `gifts`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://gifts:{POSTGRES_PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// Runs `sql` with `psql`, which must succeed; returns its output.
+    pub fn psql(&self, sql: &str) -> String {
+        psql_query(&self.bin, &self.url(), sql)
+    }
+
+    /// What the server logged, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `sql` with the `psql` of `bin` on the database at `url`; returns
+/// its unaligned, tuples-only output.
+pub fn psql_query(bin: &Path, url: &str, sql: &str) -> String {
+    let out = Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -6,7 +6,7 @@ use super::codec::{decode_relatives, encode_relatives};
 use super::{count, internal};
 use crate::domain::relatives::{Edit, mirror_edits};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
-use crate::storage::row::{StoredCitizen, iso_date};
+use crate::storage::row::{StoredCitizen, StoredDate, iso_date};
 use crate::storage::{Idempotency, Patched, StorageError, Version};
 
 /// The columns a citizen is read from, in [`Column`]'s order.
@@ -273,7 +273,7 @@ pub(super) fn read_row(row: &Row<'_>) -> Result<Citizen, StorageError> {
         building: text(Column::Building)?,
         apartment: unsigned(Column::Apartment)?,
         name: text(Column::Name)?,
-        birth_date: text(Column::BirthDate)?,
+        birth_date: StoredDate::Iso(text(Column::BirthDate)?),
         gender: text(Column::Gender)?,
         relatives: decode_relatives(&relatives)?,
     })

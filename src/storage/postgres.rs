@@ -1,0 +1,1011 @@
+//! The PostgreSQL backend: the store most teams already run.
+//!
+//! A pool of connections ([`deadpool_postgres`] over [`tokio_postgres`], no
+//! TLS: put the database on a private network or a local socket proxy) to
+//! the server the `postgres://` URL names; several hosts with
+//! `target_session_attrs=read-write` make a new connection find the
+//! primary after a failover.
+//!
+//! - **Schema** created and migrated at start, under an advisory lock so
+//!   several instances starting at once migrate once; `gifts_meta` records
+//!   the version and a newer schema than this build knows is refused.
+//! - **Imports** are one transaction: the import row (its id from an
+//!   identity sequence: increasing, never reused), the citizens by binary
+//!   `COPY`, the idempotency key. Two requests with one key are serialised
+//!   by a transaction-scoped advisory lock on the key.
+//! - **PATCH** is one transaction that first locks the import's row (`FOR
+//!   UPDATE`): PATCHes of one import run one after another — no deadlock
+//!   and no serialization failure whatever they touch — and PATCHes of
+//!   different imports do not wait for each other. The mirroring follows
+//!   the contract of [`Storage::patch_citizen`], in two statements whatever
+//!   the number of relatives changed.
+//! - **Reads** see one consistent state: one statement, or a `REPEATABLE
+//!   READ` read-only transaction for an import's version and citizens.
+//! - **Failures**: no connection, a lost one, a server shutting down or a
+//!   standby → 503 `Unavailable` (the transaction was rolled back: nothing
+//!   applied); a write whose `COMMIT` got no answer → 504 `OutcomeUnknown`.
+//!   Every request's waits together are bounded by `--postgres-timeout-secs`
+//!   (also the server-side `statement_timeout`). The pool reconnects by
+//!   itself; a lost primary is found again through the URL's hosts.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{NoTls, Row};
+
+use super::deadline;
+use super::row::{StoredCitizen, StoredDate};
+use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
+use crate::domain::relatives::{Edit, mirror_edits};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
+
+/// How to reach PostgreSQL: the libpq URL, parsed, and a form of it safe
+/// to log (the password replaced by `***`).
+#[derive(Clone)]
+pub struct PostgresAddress {
+    config: tokio_postgres::Config,
+    shown: String,
+}
+
+impl PostgresAddress {
+    /// The connection settings.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+}
+
+impl PartialEq for PostgresAddress {
+    fn eq(&self, other: &Self) -> bool {
+        self.shown == other.shown && self.config.get_password() == other.config.get_password()
+    }
+}
+
+impl Eq for PostgresAddress {}
+
+impl std::fmt::Debug for PostgresAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::str::FromStr for PostgresAddress {
+    type Err = String;
+
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT][,HOST2[:PORT]...]/DBNAME[?OPTIONS]`
+    /// (`postgresql://` too), as libpq reads it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let form =
+            "expected postgres://USER:PASSWORD@HOST[:PORT][,HOST[:PORT]...]/DBNAME[?OPTIONS]";
+        let Some(rest) = s
+            .strip_prefix("postgres://")
+            .or_else(|| s.strip_prefix("postgresql://"))
+        else {
+            return Err(form.into());
+        };
+        let config: tokio_postgres::Config = s.parse().map_err(|e| format!("{form}: {e}"))?;
+        if config.get_hosts().is_empty() {
+            return Err(format!("{form}: no host"));
+        }
+        if config.get_user().is_none_or(str::is_empty) {
+            return Err(format!("{form}: no user"));
+        }
+        if config.get_dbname().is_none_or(str::is_empty) {
+            return Err(format!("{form}: no database name"));
+        }
+        Ok(Self {
+            config,
+            shown: redact(rest),
+        })
+    }
+}
+
+/// `postgres://` + `rest` with any password replaced by `***`.
+fn redact(rest: &str) -> String {
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{hosts}"),
+            None => format!("{userinfo}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("password", _)) => "password=***".to_owned(),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("postgres://{authority}{tail}")
+}
+
+/// Schema migrations, in order; `gifts_meta.schema_version` records how
+/// many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: imports, citizens, idempotency keys.
+    "CREATE TABLE imports (
+         import_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         created_at timestamptz NOT NULL DEFAULT now(),
+         version bigint NOT NULL DEFAULT 1,
+         citizens bigint NOT NULL
+     );
+     CREATE TABLE citizens (
+         import_id bigint NOT NULL REFERENCES imports ON DELETE CASCADE,
+         citizen_id bigint NOT NULL,
+         town text NOT NULL,
+         street text NOT NULL,
+         building text NOT NULL,
+         apartment bigint NOT NULL,
+         name text NOT NULL,
+         birth_date date NOT NULL,
+         gender text NOT NULL,
+         relatives bigint[] NOT NULL,
+         PRIMARY KEY (import_id, citizen_id)
+     );
+     CREATE TABLE idempotency_keys (
+         key text PRIMARY KEY,
+         body_hash bytea NOT NULL,
+         import_id bigint NOT NULL REFERENCES imports ON DELETE CASCADE
+     );
+     CREATE INDEX idempotency_keys_import ON idempotency_keys (import_id);",
+];
+
+/// The advisory lock held while migrating (any number, the same for all).
+const MIGRATION_LOCK: i64 = 0x6769_6674_7331; // "gifts1"
+
+/// The columns of a citizen, in [`read_citizen`]'s order.
+const CITIZEN_COLUMNS: &str =
+    "citizen_id, town, street, building, apartment, name, birth_date, gender, relatives";
+
+/// How many columns [`CITIZEN_COLUMNS`] names.
+const CITIZEN_FIELDS: usize = 9;
+
+/// [`CITIZEN_COLUMNS`] with each name prefixed (a table alias and a dot).
+fn prefixed(alias: &str) -> String {
+    CITIZEN_COLUMNS
+        .split(", ")
+        .map(|column| format!("{alias}{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Types of the `COPY` columns: `import_id` and then [`CITIZEN_COLUMNS`].
+const COPY_TYPES: [Type; 10] = [
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::DATE,
+    Type::TEXT,
+    Type::INT8_ARRAY,
+];
+
+/// The PostgreSQL store.
+pub struct PostgresStorage {
+    pool: Pool,
+    timeout: Duration,
+    shown: String,
+    /// True once the schema is known to be up to date.
+    migrated: AtomicBool,
+    closed: AtomicBool,
+    /// Set when the database's schema is newer than this build knows.
+    newer_schema: AtomicBool,
+    /// Set from a refusal (user, password, database, rights) until a success.
+    refused: AtomicBool,
+    /// False from a write that failed for lack of disk until one succeeds.
+    writable: AtomicBool,
+}
+
+/// Whether an operation changes data: a write whose commit got no answer
+/// may have been applied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
+/// One request's dealings with PostgreSQL.
+#[derive(Default)]
+struct Call {
+    /// Set by a write just before it sends `COMMIT`: from then on a failure
+    /// leaves the outcome unknown.
+    committing: AtomicBool,
+    /// Set when the request gave up waiting: its connections may still
+    /// have answers on the way, so they are closed rather than reused.
+    abandoned: AtomicBool,
+}
+
+/// A pooled connection of a [`Call`]: back to the pool when dropped,
+/// unless the call was abandoned.
+struct Conn<'a> {
+    object: Option<deadpool_postgres::Object>,
+    call: &'a Call,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = deadpool_postgres::Object;
+
+    fn deref(&self) -> &Self::Target {
+        self.object.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.object.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if self.call.abandoned.load(Ordering::Acquire)
+            && let Some(object) = self.object.take()
+        {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+/// Why an operation failed, before it is told apart for the client.
+enum Fail {
+    Pg(tokio_postgres::Error),
+    Pool(PoolError),
+    Store(StorageError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Fail::Pg(e)
+    }
+}
+
+impl From<PoolError> for Fail {
+    fn from(e: PoolError) -> Self {
+        Fail::Pool(e)
+    }
+}
+
+impl From<StorageError> for Fail {
+    fn from(e: StorageError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+impl PostgresStorage {
+    /// Builds the pool (connections are made when needed) and, if the
+    /// server answers, brings the schema up to date. An unreachable server
+    /// or one that refuses the user is not an error here — it is logged and
+    /// requests get 503 naming it until it answers — but a schema newer
+    /// than this build knows is.
+    pub async fn connect(
+        address: &PostgresAddress,
+        timeout: Duration,
+        pool_size: usize,
+    ) -> Result<Self, StorageError> {
+        let mut config = address.config.clone();
+        let millis = timeout.as_millis();
+        // A statement the service has given up on does not run on: the server
+        // cancels it too; a transaction left idle (a client gone) is ended.
+        config.options(format!(
+            "-c statement_timeout={millis} -c idle_in_transaction_session_timeout={}",
+            millis * 2
+        ));
+        config.connect_timeout(timeout.min(Duration::from_secs(5)));
+        config.application_name("gifts");
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout.min(Duration::from_secs(5))))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(StorageError::internal)?;
+        let storage = Self {
+            pool,
+            timeout,
+            shown: address.shown.clone(),
+            migrated: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            newer_schema: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
+            writable: AtomicBool::new(true),
+        };
+        match storage.migrate().await {
+            Ok(()) => {}
+            Err(e) if storage.newer_schema.load(Ordering::Acquire) => return Err(e),
+            // Logged by `run`, once until it is fixed.
+            Err(StorageError::Misconfigured(_)) => {}
+            Err(e) => tracing::warn!(
+                store = %storage.shown,
+                error = %e,
+                "postgresql is not reachable yet: requests get 503 until it is"
+            ),
+        }
+        Ok(storage)
+    }
+
+    /// A connection from the pool for `call`.
+    async fn conn<'a>(&self, call: &'a Call) -> Result<Conn<'a>, Fail> {
+        Ok(Conn {
+            object: Some(self.pool.get().await?),
+            call,
+        })
+    }
+
+    /// Brings the schema up to date, once; later calls return at once.
+    async fn migrate(&self) -> Result<(), StorageError> {
+        if self.migrated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let call = Call::default();
+        let (from, to) = self
+            .run(Kind::Write, &call, self.migrate_once(&call))
+            .await?;
+        self.migrated.store(true, Ordering::Release);
+        if from < to {
+            tracing::info!(store = %self.shown, from, to, "postgresql schema migrated");
+        } else {
+            tracing::info!(store = %self.shown, schema_version = to, "postgresql schema up to date");
+        }
+        Ok(())
+    }
+
+    async fn migrate_once(&self, call: &Call) -> Result<(usize, usize), Fail> {
+        let mut client = self.conn(call).await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS gifts_meta (
+                 only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+                 schema_version integer NOT NULL,
+                 probed_at timestamptz
+             );
+             INSERT INTO gifts_meta (schema_version) VALUES (0) ON CONFLICT DO NOTHING;",
+        )
+        .await?;
+        let row = tx
+            .query_one("SELECT schema_version FROM gifts_meta", &[])
+            .await?;
+        let from = usize::try_from(row.get::<_, i32>(0)).unwrap_or(0);
+        let to = MIGRATIONS.len();
+        if from > to {
+            self.newer_schema.store(true, Ordering::Release);
+            return Err(Fail::Store(StorageError::Misconfigured(format!(
+                "the database's schema is version {from}, newer than this build of gifts knows ({to}): run a newer gifts"
+            ))));
+        }
+        for sql in &MIGRATIONS[from..] {
+            tx.batch_execute(sql).await?;
+        }
+        let version = i32::try_from(to).map_err(StorageError::internal)?;
+        tx.execute("UPDATE gifts_meta SET schema_version = $1", &[&version])
+            .await?;
+        call.committing.store(true, Ordering::Release);
+        tx.commit().await?;
+        Ok((from, to))
+    }
+
+    /// Runs `op` within the request's remaining budget and tells its
+    /// failure apart (see [`Call`]).
+    async fn run<T>(
+        &self,
+        kind: Kind,
+        call: &Call,
+        op: impl Future<Output = Result<T, Fail>>,
+    ) -> Result<T, StorageError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Unavailable("the store is closed".into()));
+        }
+        let budget = deadline::remaining(self.timeout);
+        let mut op = Box::pin(op);
+        let Ok(result) = tokio::time::timeout(budget, &mut op).await else {
+            // Its connections may still get answers: closed, not reused.
+            call.abandoned.store(true, Ordering::Release);
+            drop(op);
+            let why = format!("postgresql: no answer within {budget:?}");
+            return Err(
+                if kind == Kind::Write && call.committing.load(Ordering::Acquire) {
+                    StorageError::OutcomeUnknown(why)
+                } else {
+                    StorageError::Unavailable(why)
+                },
+            );
+        };
+        let error = match result {
+            Ok(value) => {
+                if self.refused.swap(false, Ordering::AcqRel) {
+                    tracing::info!(store = %self.shown, "postgresql accepts the service again");
+                }
+                if kind == Kind::Write && !self.writable.swap(true, Ordering::AcqRel) {
+                    tracing::info!(store = %self.shown, "postgresql takes writes again");
+                }
+                return Ok(value);
+            }
+            Err(Fail::Store(e)) => e,
+            Err(Fail::Pool(e)) => pool_error(e, kind, call.committing.load(Ordering::Acquire)),
+            Err(Fail::Pg(e)) => pg_error(&e, kind, call.committing.load(Ordering::Acquire)),
+        };
+        if matches!(error, StorageError::Misconfigured(_))
+            && !self.newer_schema.load(Ordering::Acquire)
+            && !self.refused.swap(true, Ordering::AcqRel)
+        {
+            tracing::error!(store = %self.shown, error = %error, "postgresql refuses the service: requests get 503 until that is fixed");
+        }
+        if matches!(error, StorageError::Full(_)) && self.writable.swap(false, Ordering::AcqRel) {
+            tracing::error!(store = %self.shown, error = %error, "postgresql has no room: writes get 507 until it does");
+        }
+        Err(error)
+    }
+
+    /// The schema, then `op`.
+    async fn call<T>(
+        &self,
+        kind: Kind,
+        call: &Call,
+        op: impl Future<Output = Result<T, Fail>>,
+    ) -> Result<T, StorageError> {
+        self.migrate().await?;
+        self.run(kind, call, op).await
+    }
+
+    async fn create_import_tx(
+        &self,
+        citizens: &[Citizen],
+        idempotency: Option<&Idempotency>,
+        call: &Call,
+    ) -> Result<ImportId, Fail> {
+        let mut client = self.conn(call).await?;
+        let tx = client.transaction().await?;
+        if let Some(Idempotency { key, body_hash }) = idempotency {
+            // Requests with one key, one after another.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[key],
+            )
+            .await?;
+            let held = tx
+                .query_opt(
+                    "SELECT body_hash, import_id FROM idempotency_keys WHERE key = $1",
+                    &[key],
+                )
+                .await?;
+            if let Some(held) = held {
+                let import = import_id(held.get(1))?;
+                let hash: Vec<u8> = held.get(0);
+                return if hash == body_hash[..] {
+                    Ok(import)
+                } else {
+                    Err(Fail::Store(StorageError::KeyReused {
+                        key: key.clone(),
+                        import,
+                    }))
+                };
+            }
+        }
+        let count = i64::try_from(citizens.len()).map_err(StorageError::internal)?;
+        let insert = tx
+            .prepare_cached("INSERT INTO imports (citizens) VALUES ($1) RETURNING import_id")
+            .await?;
+        let row = tx.query_one(&insert, &[&count]).await?;
+        let import = import_id(row.get(0))?;
+        let sink = tx
+            .copy_in(&format!(
+                "COPY citizens (import_id, {CITIZEN_COLUMNS}) FROM STDIN BINARY"
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+        let mut writer = std::pin::pin!(writer);
+        for c in citizens {
+            writer
+                .as_mut()
+                .write(&CitizenRow::new(import, c).params())
+                .await?;
+        }
+        writer.finish().await?;
+        if let Some(Idempotency { key, body_hash }) = idempotency {
+            tx.execute(
+                "INSERT INTO idempotency_keys (key, body_hash, import_id) VALUES ($1, $2, $3)",
+                &[key, &&body_hash[..], &import.get()],
+            )
+            .await?;
+        }
+        call.committing.store(true, Ordering::Release);
+        tx.commit().await?;
+        Ok(import)
+    }
+
+    async fn patch_tx(
+        &self,
+        import: ImportId,
+        id: CitizenId,
+        patch: &CitizenPatch,
+        call: &Call,
+    ) -> Result<Patched, Fail> {
+        let mut client = self.conn(call).await?;
+        let tx = client.transaction().await?;
+        // The import's lock first: PATCHes of one import run one after
+        // another. The citizen is read after it is held, by a statement of
+        // its own (one statement with the lock would see the citizen as of
+        // before the wait).
+        let lock = tx
+            .prepare_cached("SELECT 1 FROM imports WHERE import_id = $1 FOR UPDATE")
+            .await?;
+        if tx.query_opt(&lock, &[&import.get()]).await?.is_none() {
+            return Err(Fail::Store(StorageError::ImportNotFound(import)));
+        }
+        let read = tx
+            .prepare_cached(&format!(
+                "SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = $1 AND citizen_id = $2"
+            ))
+            .await?;
+        let Some(row) = tx.query_opt(&read, &[&import.get(), &id.as_i64()]).await? else {
+            return Err(Fail::Store(StorageError::CitizenNotFound {
+                import,
+                citizen: id,
+            }));
+        };
+        let mut citizen = read_citizen(&row)?;
+        if let Some(new) = &patch.relatives {
+            let edits = mirror_edits(id, &citizen.relatives, new);
+            if !edits.is_empty() {
+                let mut added = Vec::new();
+                let mut removed = Vec::new();
+                for (other, edit) in &edits {
+                    match edit {
+                        Edit::Add(_) => added.push(other.as_i64()),
+                        Edit::Remove(_) => removed.push(other.as_i64()),
+                    }
+                }
+                // Every other side in one statement; the ones it did not
+                // find mean the PATCH is refused, and the transaction (with
+                // this statement) is rolled back.
+                let mirror = tx
+                    .prepare_cached(
+                        "UPDATE citizens SET relatives = CASE
+                             WHEN citizen_id = ANY($3) THEN array_remove(relatives, $4)
+                             ELSE ARRAY(SELECT r FROM unnest(array_append(relatives, $4)) AS r ORDER BY r)
+                         END
+                         WHERE import_id = $1 AND citizen_id = ANY($2::bigint[] || $3::bigint[])
+                         RETURNING citizen_id",
+                    )
+                    .await?;
+                let present: Vec<i64> = tx
+                    .query(&mirror, &[&import.get(), &added, &removed, &id.as_i64()])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let missing = |edit: &&(CitizenId, Edit)| !present.contains(&edit.0.as_i64());
+                // The contract: an unknown new relative (the lowest) wins over
+                // a missing old one; either way nothing is written.
+                if let Some((other, _)) = edits
+                    .iter()
+                    .filter(missing)
+                    .find(|e| matches!(e.1, Edit::Add(_)))
+                {
+                    return Err(Fail::Store(StorageError::Invalid(ValidationError::new(
+                        "relatives",
+                        Some(id),
+                        Reason::UnknownRelative(*other),
+                    ))));
+                }
+                if let Some((other, _)) = edits.iter().find(missing) {
+                    return Err(Fail::Store(super::missing_relative(import, id, other)));
+                }
+            }
+            citizen.relatives.clone_from(new);
+        }
+        patch.apply_fields(&mut citizen);
+        let update = tx
+            .prepare_cached(
+                "WITH citizen AS (
+                     UPDATE citizens SET town = $3, street = $4, building = $5, apartment = $6,
+                                         name = $7, birth_date = $8, gender = $9, relatives = $10
+                     WHERE import_id = $1 AND citizen_id = $2
+                 )
+                 UPDATE imports SET version = version + 1 WHERE import_id = $1 RETURNING version",
+            )
+            .await?;
+        let version = tx
+            .query_one(&update, &CitizenRow::new(import, &citizen).params())
+            .await?;
+        let version = version_of(version.get(0))?;
+        call.committing.store(true, Ordering::Release);
+        tx.commit().await?;
+        Ok(Patched { citizen, version })
+    }
+
+    async fn citizens_tx(&self, call: &Call, import: ImportId) -> Result<Snapshot, Fail> {
+        let client = self.conn(call).await?;
+        // One statement: one snapshot of the version and the citizens. An
+        // empty import is one row of NULL citizen columns.
+        let read = client
+            .prepare_cached(&format!(
+                "SELECT {}, i.version FROM imports i LEFT JOIN citizens c USING (import_id)
+                 WHERE i.import_id = $1 ORDER BY c.citizen_id",
+                prefixed("c.")
+            ))
+            .await?;
+        let mut rows = client.query(&read, &[&import.get()]).await?;
+        drop(client);
+        let Some(first) = rows.first() else {
+            return Err(Fail::Store(StorageError::ImportNotFound(import)));
+        };
+        let version = version_of(first.try_get(CITIZEN_FIELDS)?)?;
+        if first.try_get::<_, Option<i64>>(0)?.is_none() {
+            rows.clear();
+        }
+        let citizens = super::checked_citizens(rows, |row| read_citizen(&row)).await?;
+        Ok(Snapshot { version, citizens })
+    }
+
+    async fn query_one<T>(
+        &self,
+        call: &Call,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        read: impl FnOnce(Option<Row>) -> Result<T, StorageError>,
+    ) -> Result<T, Fail> {
+        let client = self.conn(call).await?;
+        let statement = client.prepare_cached(sql).await?;
+        let row = client.query_opt(&statement, params).await?;
+        Ok(read(row)?)
+    }
+}
+
+/// A citizen as statement parameters: `import_id`, then [`CITIZEN_COLUMNS`]
+/// (the `COPY` row, and `$1`..`$10` of the PATCH's update).
+struct CitizenRow<'a> {
+    import: i64,
+    id: i64,
+    town: &'a str,
+    street: &'a str,
+    building: &'a str,
+    apartment: i64,
+    name: &'a str,
+    birth_date: time::Date,
+    gender: &'a str,
+    relatives: Vec<i64>,
+}
+
+impl<'a> CitizenRow<'a> {
+    fn new(import: ImportId, c: &'a Citizen) -> Self {
+        Self {
+            import: import.get(),
+            id: c.citizen_id.as_i64(),
+            town: c.town.as_str(),
+            street: c.street.as_str(),
+            building: c.building.as_str(),
+            apartment: c.apartment.as_i64(),
+            name: c.name.as_str(),
+            birth_date: c.birth_date.date(),
+            gender: c.gender.as_str(),
+            relatives: c.relatives.iter().map(|r| r.as_i64()).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.import,
+            &self.id,
+            &self.town,
+            &self.street,
+            &self.building,
+            &self.apartment,
+            &self.name,
+            &self.birth_date,
+            &self.gender,
+            &self.relatives,
+        ]
+    }
+}
+
+/// An import id from the database.
+fn import_id(id: i64) -> Result<ImportId, StorageError> {
+    ImportId::new(id)
+        .ok_or_else(|| StorageError::internal(format!("import id {id} from postgresql")))
+}
+
+/// A version from the database.
+fn version_of(version: i64) -> Result<Version, StorageError> {
+    Version::try_from(version).map_err(StorageError::internal)
+}
+
+/// A citizen from a row of [`CITIZEN_COLUMNS`], checked again.
+fn read_citizen(row: &Row) -> Result<Citizen, StorageError> {
+    let unsigned = |i: usize| -> Result<u64, StorageError> {
+        u64::try_from(row.try_get::<_, i64>(i).map_err(StorageError::internal)?)
+            .map_err(StorageError::internal)
+    };
+    let text = |i: usize| row.try_get::<_, String>(i).map_err(StorageError::internal);
+    let relatives: Vec<i64> = row.try_get(8).map_err(StorageError::internal)?;
+    Citizen::try_from(StoredCitizen {
+        citizen_id: unsigned(0)?,
+        town: text(1)?,
+        street: text(2)?,
+        building: text(3)?,
+        apartment: unsigned(4)?,
+        name: text(5)?,
+        birth_date: StoredDate::Date(row.try_get(6).map_err(StorageError::internal)?),
+        gender: text(7)?,
+        relatives: relatives
+            .into_iter()
+            .map(|r| u64::try_from(r).unwrap_or(u64::MAX))
+            .collect(),
+    })
+}
+
+/// What a pool failure means for the client.
+fn pool_error(error: PoolError, kind: Kind, committing: bool) -> StorageError {
+    match error {
+        PoolError::Backend(e) => pg_error(&e, kind, committing),
+        PoolError::Timeout(_) => {
+            StorageError::Unavailable("postgresql: no connection free or made in time".into())
+        }
+        other => StorageError::Unavailable(format!("postgresql: {other}")),
+    }
+}
+
+/// What a PostgreSQL failure means for the client: refused or misconfigured
+/// (503 naming it), not applied (503), maybe applied (504), no room (507),
+/// or a fault (500).
+fn pg_error(error: &tokio_postgres::Error, kind: Kind, committing: bool) -> StorageError {
+    let maybe_applied = kind == Kind::Write && committing;
+    let Some(db) = error.as_db_error() else {
+        // No answer from the server: the connection broke or never came.
+        let why = format!("postgresql: {error}");
+        return if maybe_applied {
+            StorageError::OutcomeUnknown(why)
+        } else {
+            StorageError::Unavailable(why)
+        };
+    };
+    let code = db.code();
+    let why = format!("postgresql: {} ({})", db.message(), code.code());
+    if *code == SqlState::DISK_FULL || *code == SqlState::OUT_OF_MEMORY {
+        StorageError::Full(why)
+    } else if *code == SqlState::INVALID_PASSWORD
+        || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        || *code == SqlState::INVALID_CATALOG_NAME
+        || *code == SqlState::INSUFFICIENT_PRIVILEGE
+    {
+        StorageError::Misconfigured(format!(
+            "the database refused the service (check USER, PASSWORD and DBNAME in --storage / GIFTS_STORAGE, and the user's rights): {why}"
+        ))
+    } else if code.code().starts_with("08")
+        || code.code().starts_with("57P")
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::QUERY_CANCELED
+        || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+        || *code == SqlState::TOO_MANY_CONNECTIONS
+    {
+        // The transaction was rolled back: nothing of it was applied.
+        if maybe_applied && code.code().starts_with("08") {
+            StorageError::OutcomeUnknown(why)
+        } else {
+            StorageError::Unavailable(why)
+        }
+    } else {
+        StorageError::internal(why)
+    }
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    async fn create_import(
+        &self,
+        citizens: Vec<Citizen>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<ImportId, StorageError> {
+        let call = Call::default();
+        self.call(
+            Kind::Write,
+            &call,
+            self.create_import_tx(&citizens, idempotency.as_ref(), &call),
+        )
+        .await
+    }
+
+    async fn patch_citizen(
+        &self,
+        import: ImportId,
+        citizen: CitizenId,
+        patch: CitizenPatch,
+    ) -> Result<Patched, StorageError> {
+        let call = Call::default();
+        self.call(
+            Kind::Write,
+            &call,
+            self.patch_tx(import, citizen, &patch, &call),
+        )
+        .await
+    }
+
+    async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
+        let call = Call::default();
+        self.call(Kind::Read, &call, self.citizens_tx(&call, import))
+            .await
+    }
+
+    async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
+        let call = Call::default();
+        self.call(
+            Kind::Read,
+            &call,
+            self.query_one(
+                &call,
+                "SELECT version FROM imports WHERE import_id = $1",
+                &[&import.get()],
+                |row| match row {
+                    Some(row) => version_of(row.get(0)),
+                    None => Err(StorageError::ImportNotFound(import)),
+                },
+            ),
+        )
+        .await
+    }
+
+    async fn list_imports(
+        &self,
+        limit: usize,
+        before: Option<ImportId>,
+    ) -> Result<Vec<ImportInfo>, StorageError> {
+        let call = Call::default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let before = before.map_or(i64::MAX, ImportId::get);
+        self.call(Kind::Read, &call, async {
+            let client = self.conn(&call).await?;
+            let rows = client
+                .query(
+                    "SELECT import_id, citizens, extract(epoch FROM created_at)::bigint, version
+                     FROM imports WHERE import_id < $1 ORDER BY import_id DESC LIMIT $2",
+                    &[&before, &limit],
+                )
+                .await?;
+            let imports = rows
+                .iter()
+                .map(|row| {
+                    Ok(ImportInfo {
+                        import_id: import_id(row.get(0))?,
+                        citizens: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                        created_at: row.get(2),
+                        version: version_of(row.get(3))?,
+                    })
+                })
+                .collect::<Result<_, StorageError>>()?;
+            Ok(imports)
+        })
+        .await
+    }
+
+    async fn delete_import(&self, import: ImportId) -> Result<(), StorageError> {
+        let call = Call::default();
+        self.call(Kind::Write, &call, async {
+            let client = self.conn(&call).await?;
+            // One statement: it commits as it returns.
+            call.committing.store(true, Ordering::Release);
+            let deleted = client
+                .execute("DELETE FROM imports WHERE import_id = $1", &[&import.get()])
+                .await?;
+            if deleted == 0 {
+                return Err(Fail::Store(StorageError::ImportNotFound(import)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn totals(&self) -> Result<(u64, u64), StorageError> {
+        let call = Call::default();
+        self.call(
+            Kind::Read,
+            &call,
+            self.query_one(
+                &call,
+                "SELECT count(*), coalesce(sum(citizens), 0)::bigint FROM imports",
+                &[],
+                |row| {
+                    let row = row.ok_or_else(|| StorageError::internal("no totals row"))?;
+                    Ok((
+                        u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                        u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                    ))
+                },
+            ),
+        )
+        .await
+    }
+
+    async fn health(&self) -> Result<(), StorageError> {
+        let call = Call::default();
+        let writable = self.writable.load(Ordering::Acquire);
+        let kind = if writable { Kind::Read } else { Kind::Write };
+        self.call(kind, &call, async {
+            let client = self.conn(&call).await?;
+            let standby = client.prepare_cached("SELECT pg_is_in_recovery()").await?;
+            let row = client.query_one(&standby, &[]).await?;
+            if row.get::<_, bool>(0) {
+                return Err(Fail::Store(StorageError::Unavailable(
+                    "postgresql: the server is a standby (read-only); the primary is elsewhere"
+                        .into(),
+                )));
+            }
+            if !writable {
+                // A real write: the disk has room again only if it succeeds.
+                client
+                    .execute("UPDATE gifts_meta SET probed_at = now()", &[])
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.pool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_read_as_libpq_reads_them_and_shown_without_the_password() {
+        let address: PostgresAddress =
+            "postgres://gifts:s3cr%40t@db1:5433,db2/gifts?target_session_attrs=read-write"
+                .parse()
+                .unwrap();
+        assert_eq!(address.config().get_hosts().len(), 2);
+        assert_eq!(address.config().get_ports(), [5433, 5432]);
+        assert_eq!(address.config().get_password(), Some(&b"s3cr@t"[..]));
+        assert_eq!(address.config().get_dbname(), Some("gifts"));
+        let shown = format!("{address:?}");
+        assert_eq!(
+            shown,
+            "postgres://gifts:***@db1:5433,db2/gifts?target_session_attrs=read-write"
+        );
+        let with_query: PostgresAddress = "postgresql://u@h/d?password=p&application_name=x"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            format!("{with_query:?}"),
+            "postgres://u@h/d?password=***&application_name=x"
+        );
+        for wrong in [
+            "postgres://",
+            "postgres://u:p@/d",
+            "postgres://u:p@h",
+            "postgres://:p@h/d",
+            "mysql://u:p@h/d",
+        ] {
+            assert!(wrong.parse::<PostgresAddress>().is_err(), "{wrong}");
+        }
+    }
+}

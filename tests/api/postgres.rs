@@ -1,0 +1,330 @@
+//! What only the PostgreSQL backend has: schema migrations shared by
+//! instances, the user and password it is given, statements over their
+//! time, and a `COMMIT` whose answer never comes.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use gifts::config::{Config, StorageUrl};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Backend, Binary, KillOnDrop, TestApp, TestStore, postgres_available, spec_example,
+};
+use crate::support::{POSTGRES_PASSWORD, poll, postgres_bin, psql_query};
+
+/// The store's database URL with another password or port.
+fn url(store: &TestStore, password: &str, port: Option<u16>) -> String {
+    let flag = store.flag();
+    let flag = flag.replace(&format!(":{POSTGRES_PASSWORD}@"), &format!(":{password}@"));
+    match port {
+        Some(port) => {
+            let (head, tail) = flag.rsplit_once(':').expect("a port");
+            let path = &tail[tail.find('/').expect("a database")..];
+            format!("{head}:{port}{path}")
+        }
+        None => flag,
+    }
+}
+
+async fn get(base: &str, path: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_migrate_the_schema_once() {
+    if !postgres_available("migrate_once") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Postgres));
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let config = Config::with_storage(store.url().clone());
+                TestApp::start(store, config).await
+            })
+        })
+        .collect();
+    let mut apps = Vec::new();
+    for start in starts {
+        apps.push(start.await.expect("every instance starts"));
+    }
+    let import = apps[0].import(spec_example()).await;
+    for app in &apps {
+        assert_eq!(app.citizens(import).await, spec_example());
+    }
+    for app in apps {
+        app.stop().await;
+    }
+    let found = psql_query(
+        &postgres_bin().unwrap(),
+        &store.flag(),
+        "SELECT schema_version, (SELECT count(*) FROM pg_tables
+             WHERE tablename IN ('imports', 'citizens', 'idempotency_keys')) FROM gifts_meta",
+    );
+    assert_eq!(found.trim(), "1|3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_newer_than_the_build_is_refused_at_start_naming_both_versions() {
+    if !postgres_available("newer_schema") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Postgres));
+    TestApp::start(
+        Arc::clone(&store),
+        Config::with_storage(store.url().clone()),
+    )
+    .await
+    .stop()
+    .await;
+    store.edit_offline("UPDATE gifts_meta SET schema_version = 99", "");
+    let (code, log) = Binary::start(&["--storage", &store.flag()], &[], None).wait_exit();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("schema is version 99"), "{log}");
+    assert!(log.contains("this build of gifts knows (1)"), "{log}");
+    assert!(
+        !log.contains(POSTGRES_PASSWORD),
+        "no password in the log: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_postgres_password_is_one_clear_error_and_health_says_which() {
+    if !postgres_available("wrong_password") {
+        return;
+    }
+    let store = TestStore::new(Backend::Postgres);
+    let wrong = url(&store, "wrong-secret", None);
+    let mut app = Binary::start(&["--storage", &wrong], &[], None);
+    app.wait_for_log("postgresql refuses the service").await;
+    for _ in 0..3 {
+        let (status, body) = get(&app.base, "/health").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "storage_unavailable");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("misconfigured"), "{message}");
+        assert!(
+            message.contains("password authentication failed"),
+            "{message}"
+        );
+    }
+    let log = app.log();
+    assert_eq!(
+        log.matches("postgresql refuses the service").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !log.contains("wrong-secret"),
+        "no password in the log: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgres_at_start_is_reported_then_followed_when_it_comes() {
+    if !postgres_available("unreachable_at_start") {
+        return;
+    }
+    let store = TestStore::new(Backend::Postgres);
+    store.kill_server();
+    let mut app = Binary::start(&["--storage", &store.flag()], &[], None);
+    app.wait_for_log("postgresql is not reachable yet").await;
+    let (status, body) = get(&app.base, "/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable");
+    store.start_server();
+    app.wait_healthy().await;
+    app.wait_for_log("postgresql schema migrated").await;
+}
+
+/// A lock held elsewhere keeps a PATCH waiting past its time: the server
+/// cancels the statement (`statement_timeout`), the client gets 503 — the
+/// transaction was rolled back, nothing applied — and once the lock is
+/// gone the same PATCH succeeds, applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_over_its_time_is_cancelled_with_503_and_nothing_applied() {
+    if !postgres_available("statement_timeout") {
+        return;
+    }
+    let app = TestApp::spawn_with(Backend::Postgres, |c| c.postgres_timeout_secs = 1).await;
+    let import = app.import(spec_example()).await;
+    let bin = postgres_bin().unwrap();
+    let _holder = KillOnDrop(
+        Command::new(bin.join("psql"))
+            .args(["-X", "-q", "-d", &app.store.flag(), "-c"])
+            .arg("BEGIN; LOCK TABLE imports IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let store = Arc::clone(&app.store);
+    poll(Duration::from_secs(10), || async {
+        let held = psql_query(
+            &bin,
+            &store.flag(),
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             WHERE c.relname = 'imports' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+        );
+        if held.trim() == "1" {
+            Ok(())
+        } else {
+            Err(held)
+        }
+    })
+    .await
+    .expect("the lock is held");
+
+    let (status, body) = app.patch(import, 1, &json!({"name": "Ждал"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable");
+
+    psql_query(
+        &bin,
+        &app.store.flag(),
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
+    );
+    let (status, body) = app.patch(import, 2, &json!({"name": "Дождался"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed = app.citizens(import).await;
+    assert_eq!(
+        listed[0],
+        spec_example()[0],
+        "the cancelled PATCH left nothing"
+    );
+    assert_eq!(listed[1]["name"], "Дождался");
+}
+
+/// A TCP proxy in front of PostgreSQL that, once armed, passes a
+/// connection's `COMMIT` on to the server and then none of the server's
+/// answers back: the write is applied and the service never hears so.
+struct CommitSwallower {
+    port: u16,
+    armed: Arc<AtomicBool>,
+}
+
+impl CommitSwallower {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let shared = Arc::clone(&armed);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
+                    tokio::spawn(Self::pipe(client, server, Arc::clone(&shared)));
+                }
+            }
+        });
+        Self { port, armed }
+    }
+
+    async fn pipe(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        armed: Arc<AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The simple-protocol query message tokio-postgres sends to commit.
+        const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let muted = Arc::new(AtomicBool::new(false));
+        let mute = Arc::clone(&muted);
+        let requests = tokio::spawn(async move {
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = match client_read.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if armed.load(Ordering::SeqCst)
+                    && chunk[..n].windows(COMMIT.len()).any(|w| w == COMMIT)
+                {
+                    mute.store(true, Ordering::SeqCst);
+                }
+                if server_write.write_all(&chunk[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if muted.load(Ordering::SeqCst) {
+                continue;
+            }
+            if client_write.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+        }
+        requests.abort();
+    }
+}
+
+/// A `COMMIT` sent and never answered: the import may be stored, so the
+/// answer is 504 `storage_timeout`, not 503; it was in fact stored, and the
+/// retry with the same idempotency key gets that import, not a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_gets_no_answer_is_504_and_the_retry_with_its_key_finds_the_import() {
+    if !postgres_available("commit_unanswered") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Postgres));
+    let StorageUrl::Postgres(address) = store.url() else {
+        unreachable!()
+    };
+    let port = match address.config().get_ports() {
+        [port] => *port,
+        ports => panic!("one port: {ports:?}"),
+    };
+    let proxy = CommitSwallower::start(format!("127.0.0.1:{port}")).await;
+    let mut config = Config::with_storage(
+        url(&store, POSTGRES_PASSWORD, Some(proxy.port))
+            .parse()
+            .unwrap(),
+    );
+    config.postgres_timeout_secs = 1;
+    let app = TestApp::launch(Arc::clone(&store), config).await;
+    let first = app.import(vec![]).await;
+    let body = json!({ "citizens": spec_example() }).to_string();
+    let post = || {
+        app.client
+            .post(app.url("/imports"))
+            .header("Idempotency-Key", "commit-unanswered")
+            .body(body.clone())
+            .send()
+    };
+
+    proxy.armed.store(true, Ordering::SeqCst);
+    let response = post().await.unwrap();
+    proxy.armed.store(false, Ordering::SeqCst);
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let error: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(error["error"]["code"], "storage_timeout", "{error}");
+
+    let response = post().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let stored: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        stored["data"]["import_id"],
+        first + 1,
+        "the unanswered import"
+    );
+    assert_eq!(app.citizens(first + 1).await, spec_example());
+    assert_eq!(app.import(vec![]).await, first + 2, "stored once");
+}
