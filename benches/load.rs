@@ -2,7 +2,9 @@
 //!
 //! Starts the real `gifts` binary (built by cargo for this bench) as a child
 //! process, so the server's peak RSS is its own, on the embedded store and,
-//! when `tarantool` is installed, on a Tarantool of its own; generates a
+//! when `tarantool` is installed, on a Tarantool of its own, and when
+//! PostgreSQL is installed, on a PostgreSQL server of its own (durable
+//! settings: fsync and synchronous commits on); generates a
 //! seeded import; measures every endpoint's latency with one client and
 //! throughput with several; prints a table and writes a JSON report.
 //!
@@ -33,7 +35,8 @@ use serde_json::json;
 mod support;
 
 use support::{
-    KillOnDrop, app_lua, free_port, peak_rss_kib, poll, tarantool_command, tarantool_installed,
+    KillOnDrop, PostgresServer, app_lua, free_port, peak_rss_kib, poll, postgres_bin,
+    tarantool_command, tarantool_installed,
 };
 
 /// Benchmark settings.
@@ -70,7 +73,7 @@ struct Args {
     /// Seconds of each throughput run (0 skips throughput).
     #[arg(long, default_value_t = 3)]
     duration_secs: u64,
-    /// Backends to run: sqlite, tarantool (default: both when `tarantool` is installed).
+    /// Backends to run: sqlite, tarantool, postgres (default: each that is installed).
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
     /// Measure only how long a big import (of --citizens) stalls a concurrent PATCH stream.
@@ -137,7 +140,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         if tarantool_installed() {
             all.push("tarantool".to_owned());
         } else {
-            eprintln!("tarantool is not installed: benchmarking the embedded store only");
+            eprintln!("tarantool is not installed: not benchmarked");
+        }
+        if postgres_bin().is_some() {
+            all.push("postgres".to_owned());
+        } else {
+            eprintln!("PostgreSQL is not installed: not benchmarked");
         }
         all
     } else {
@@ -211,11 +219,12 @@ fn machine() -> serde_json::Value {
     })
 }
 
-/// A running server (and its Tarantool), stopped when dropped.
+/// A running server (and its database server), stopped when dropped.
 struct Running {
     base: String,
     server: KillOnDrop,
     tarantool: Option<KillOnDrop>,
+    _postgres: Option<PostgresServer>,
     _dir: tempfile::TempDir,
 }
 
@@ -229,6 +238,7 @@ async fn start_server(
 ) -> anyhow::Result<Running> {
     let dir = tempfile::tempdir()?;
     let mut tarantool = None;
+    let mut postgres = None;
     let storage = match backend {
         "sqlite" => format!("sqlite:{}", dir.path().join("gifts.db").display()),
         "tarantool" => {
@@ -249,7 +259,15 @@ async fn start_server(
             tarantool = Some(KillOnDrop(child));
             format!("tarantool://gifts:bench@127.0.0.1:{port}")
         }
-        other => bail!("unknown backend {other:?} (sqlite, tarantool)"),
+        "postgres" => {
+            let bin = postgres_bin().context("PostgreSQL is not installed")?;
+            // Defaults but for room for the biggest imports' WAL.
+            let server = PostgresServer::start_new(&bin, &["max_wal_size=4GB"]);
+            let url = server.url();
+            postgres = Some(server);
+            url
+        }
+        other => bail!("unknown backend {other:?} (sqlite, tarantool, postgres)"),
     };
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -261,6 +279,7 @@ async fn start_server(
             .args(["--max-body-bytes", &max_body.to_string()])
             .args(["--request-timeout-secs", "600"])
             .args(["--tarantool-timeout-secs", "600"])
+            .args(["--postgres-timeout-secs", "600"])
             .args(&args.server_arg)
             .env("RUST_LOG", "info")
             .stdout(log_file(dir.path(), "server.log")?)
@@ -274,6 +293,7 @@ async fn start_server(
         base,
         server,
         tarantool,
+        _postgres: postgres,
         _dir: dir,
     })
 }
@@ -702,5 +722,52 @@ fn print_tables(args: &Args, reports: &[BackendReport]) {
             print!("; tarantool peak RSS: {rss:.0} MiB");
         }
         println!();
+    }
+    print_ratios(reports);
+}
+
+/// Each other backend against the embedded store of the same run: median
+/// latency and throughput as multiples (above 1: the other is slower).
+fn print_ratios(reports: &[BackendReport]) {
+    let Some(base) = reports.iter().find(|r| r.backend == "sqlite") else {
+        return;
+    };
+    for other in reports.iter().filter(|r| r.backend != "sqlite") {
+        println!(
+            "\n## {} against sqlite (× slower: median latency ratio; sqlite/{} throughput)",
+            other.backend, other.backend
+        );
+        println!("| endpoint | latency × | throughput × |");
+        println!("|---|---:|---:|");
+        for l in &other.latency {
+            let latency = base
+                .latency
+                .iter()
+                .find(|b| b.endpoint == l.endpoint)
+                .map_or(f64::NAN, |b| l.median_ms / b.median_ms);
+            let throughput = other
+                .throughput
+                .iter()
+                .find(|t| t.endpoint == l.endpoint)
+                .and_then(|t| {
+                    base.throughput
+                        .iter()
+                        .find(|b| b.endpoint == t.endpoint)
+                        .map(|b| b.per_second / t.per_second)
+                });
+            match throughput {
+                Some(t) => println!("| {} | {latency:.2} | {t:.2} |", l.endpoint),
+                None => println!("| {} | {latency:.2} | |", l.endpoint),
+            }
+        }
+        for t in other
+            .throughput
+            .iter()
+            .filter(|t| !other.latency.iter().any(|l| l.endpoint == t.endpoint))
+        {
+            if let Some(b) = base.throughput.iter().find(|b| b.endpoint == t.endpoint) {
+                println!("| {} | | {:.2} |", t.endpoint, b.per_second / t.per_second);
+            }
+        }
     }
 }

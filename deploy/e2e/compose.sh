@@ -25,16 +25,18 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${E2E_WORK:-$repo/target/e2e}
 mkdir -p "$work"
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0 # the classic builder: no buildx, no Hub
-# Stand-in tags carry a hash of their Dockerfile, so an edited one is rebuilt.
-tag() { sha256sum "$repo/deploy/e2e/images/$1.Dockerfile" | cut -c1-10; }
+# Stand-in tags carry a hash of their Dockerfile (and its NAME-* files), so an edited one is rebuilt.
+tag() { cat "$repo/deploy/e2e/images/$1.Dockerfile" "$repo/deploy/e2e/images/$1"-* 2>/dev/null | sha256sum | cut -c1-10; }
 export RUNTIME_IMAGE=gifts-e2e/debian:bookworm \
     RUST_IMAGE=gifts-e2e/rust:$(rustc --version | cut -d' ' -f2)-$(tag rust) \
-    TARANTOOL_IMAGE=gifts-e2e/tarantool:2.6-$(tag tarantool)
+    TARANTOOL_IMAGE=gifts-e2e/tarantool:2.6-$(tag tarantool) \
+    POSTGRES_IMAGE=gifts-e2e/postgres:15-$(tag postgres)
 systemd_image=gifts-e2e/systemd:bookworm-$(tag systemd)
 GIFTS_COMMIT=$(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 export GIFTS_COMMIT
 project=gifts-e2e
 port=18080       # the compose stack's published port
+pg_port=18083    # the postgres profile's
 single_port=18081 # the single-container mode's
 ansible_port=18082
 password=e2e-$(date +%s)
@@ -141,9 +143,10 @@ build_stand_ins() {
             -f "$repo/deploy/e2e/images/rust.Dockerfile" "$ctx" >/dev/null || return 1
         rm -rf "$ctx"
     fi
-    for name in tarantool systemd; do
+    for name in tarantool systemd postgres; do
         local tag=$TARANTOOL_IMAGE
         [ $name = systemd ] && tag=$systemd_image
+        [ $name = postgres ] && tag=$POSTGRES_IMAGE
         have_image "$tag" && continue
         docker build -q -t "$tag" --build-arg BASE="$RUNTIME_IMAGE" \
             -f "$repo/deploy/e2e/images/$name.Dockerfile" "$repo/deploy/e2e/images" >/dev/null || return 1
@@ -186,13 +189,13 @@ container() { compose ps -q "$1"; }
 # --- The checks ------------------------------------------------------------------
 
 ensure_engine
-check "stand-in base images built from Debian packages ($RUNTIME_IMAGE, $RUST_IMAGE, $TARANTOOL_IMAGE)" build_stand_ins
+check "stand-in base images built from Debian packages ($RUNTIME_IMAGE, $RUST_IMAGE, $TARANTOOL_IMAGE, $POSTGRES_IMAGE)" build_stand_ins
 [ "$failed" -eq 0 ] || finish
 
 stack="$work/stack"
 copy_tree "$stack"
 docker rm -f $(docker ps -aq --filter label=com.docker.compose.project=$project) >/dev/null 2>&1
-docker volume rm ${project}_tarantool-data >/dev/null 2>&1
+docker volume rm ${project}_tarantool-data ${project}_postgres-data >/dev/null 2>&1
 
 # 1. .env.example as shipped: compose refuses, naming the variable.
 refuses_without_password() {
@@ -386,6 +389,44 @@ nginx_proxy() {
 check "TLS at a reverse proxy: deploy/nginx/gifts.conf serves HTTPS in front of the stack; the log names the real client" nginx_proxy
 compose down >/dev/null 2>&1
 
+# 3b. The postgres profile: PostgreSQL and an app on it, beside the stack.
+pg_base="http://127.0.0.1:$pg_port"
+printf 'GIFTS_POSTGRES_PORT=%s\n' $pg_port >>"$stack/.env"
+pg_refuses_without_password() {
+    # .env.example leaves GIFTS_POSTGRES_PASSWORD unset: the database
+    # refuses to initialise, so the app is never started.
+    if compose --profile postgres up -d app-postgres; then
+        echo "the postgres profile started without a password"
+        return 1
+    fi
+    compose --profile postgres logs postgres 2>&1 | tail -n 3
+    compose --profile postgres logs postgres 2>&1 | grep -q 'superuser password is not specified' &&
+        [ -z "$(compose --profile postgres ps -q app-postgres)" ]
+}
+check "the postgres profile refuses to start without GIFTS_POSTGRES_PASSWORD" pg_refuses_without_password
+compose --profile postgres rm -sf postgres >/dev/null 2>&1
+docker volume rm ${project}_postgres-data >/dev/null 2>&1
+printf 'GIFTS_POSTGRES_PASSWORD=pg%s\n' "$password" | tr -d '-' >>"$stack/.env"
+pg_stack() {
+    compose --profile postgres up -d app-postgres || return 1
+    wait_http "$pg_base/health" 200 120 || return 1
+    want='{"data":{"import_id":1}}' expect curl -s -H "$auth" -X POST "$pg_base/imports" --data-binary @"$stack/docs/example-import.json" &&
+        [ "$(curl -s -H "$auth" -X PATCH -o /dev/null -w '%{http_code}' "$pg_base/imports/1/citizens/3" -d '{"relatives": [1]}')" = 200 ] &&
+        want=$listing expect curl -s -H "$auth" "$pg_base/imports/1/citizens" &&
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$pg_base/imports/1/citizens")" = 401 ] &&
+        [ "$(compose --profile postgres exec -T postgres id -un)" = postgres ] &&
+        [ "$(compose --profile postgres exec -T app-postgres id -u)" != 0 ]
+}
+check "compose --profile postgres up -d app-postgres: PostgreSQL healthy, then the app on it serves the same answers (tokens required, non-root)" pg_stack
+pg_survives_down_up() {
+    compose --profile postgres down && compose --profile postgres up -d app-postgres &&
+        wait_http "$pg_base/health" 200 120 &&
+        want=$listing expect curl -s -H "$auth" "$pg_base/imports/1/citizens"
+}
+check "the postgres profile's data survive down + up (named volume postgres-data)" pg_survives_down_up
+compose --profile postgres down >/dev/null 2>&1
+compose up -d >/dev/null 2>&1 && wait_http "$base/health" 200 120 >/dev/null
+
 # 4. One container, embedded store, as the README runs it.
 single() {
     docker rm -f gifts-e2e-single >/dev/null 2>&1
@@ -479,5 +520,5 @@ systemd_apply() {
 check "the playbook's systemd mode applies in a container with systemd as PID 1, serves with its tokens (a credential; 401 without), and a second apply changes nothing" systemd_apply
 docker rm -f gifts-e2e-systemd >/dev/null 2>&1
 
-compose down -v >/dev/null 2>&1
+compose --profile postgres down -v >/dev/null 2>&1
 finish
