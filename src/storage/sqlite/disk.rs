@@ -63,10 +63,7 @@ mod tests {
         let db = dir.path().join("gifts.db");
         ensure_reserve(&db);
         let reserve = reserve_path(&db);
-        assert_eq!(
-            std::fs::metadata(&reserve).unwrap().len(),
-            RESERVE_BYTES as u64
-        );
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 1_048_576);
         std::fs::write(&reserve, b"kept").unwrap();
         ensure_reserve(&db);
         assert_eq!(std::fs::read(&reserve).unwrap(), b"kept");

@@ -465,6 +465,21 @@ impl Storage for SqliteStorage {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_sqlite_failures() {
+        let failure = |code| {
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some("why".into()))
+        };
+        assert!(matches!(
+            internal(failure(rusqlite::ffi::SQLITE_FULL)),
+            StorageError::Full(_)
+        ));
+        assert!(matches!(
+            internal(failure(rusqlite::ffi::SQLITE_CORRUPT)),
+            StorageError::Internal(_)
+        ));
+    }
+
     #[tokio::test]
     async fn a_database_of_an_older_schema_is_migrated_and_keeps_its_data() {
         let dir = tempfile::tempdir().unwrap();
