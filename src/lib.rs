@@ -11,7 +11,7 @@
 //! - [`domain`]: pure types and rules — validation, relatives graph, birthdays,
 //!   ages, numpy-compatible percentiles.
 //! - [`storage`]: the async, backend-neutral [`storage::Storage`] trait and its
-//!   backends (SQLite embedded, Tarantool server).
+//!   backends (SQLite embedded; Tarantool and PostgreSQL servers).
 //! - [`sample`]: seeded generator of realistic imports (benchmark and tests).
 //! - [`metrics`]: the Prometheus metrics of one running service.
 //! - [`http`]: the router, one module per resource, the JSON extractor and

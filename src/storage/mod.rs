@@ -156,10 +156,10 @@ pub trait Storage: Send + Sync + 'static {
     /// the other citizens, and returns the updated citizen with the import's
     /// version after this write (the version before it plus one).
     ///
-    /// The mirroring contract, the same in all three implementations
+    /// The mirroring contract, the same in all four implementations
     /// (SQLite's `patch_citizen` in Rust, Tarantool's `gifts_patch_citizen`
-    /// in `tarantool/app.lua`, and the in-memory snapshot's
-    /// `domain::relatives::after_patch`), all driven by the edits of
+    /// in `tarantool/app.lua`, PostgreSQL's `patch_tx`, and the in-memory
+    /// snapshot's `domain::relatives::after_patch`), all driven by the edits of
     /// `domain::relatives::mirror_edits`:
     ///
     /// - a relative dropped from the list loses this citizen, an added one
