@@ -595,7 +595,64 @@ mod tests {
         assert_eq!(allocation(1), 8);
         assert_eq!(allocation(100), 112);
         assert_eq!(allocation(1000), 1024);
+        assert_eq!(allocation(2000), 2048, "size classes up to 128 KiB");
+        assert_eq!(allocation(131_073), 135_168, "whole pages above");
         assert_eq!(allocation(2_304_072), 2_306_048);
+    }
+
+    #[tokio::test]
+    async fn a_body_weighs_its_allocation_and_the_bookkeeping() {
+        let cache = ResponseCache::new(1 << 20, Arc::default());
+        assert_eq!(cache.bytes(), 0);
+        body(&cache, id(1), View::Citizens, 1, "v1", &AtomicUsize::new(0)).await;
+        assert_eq!(cache.bytes(), 8 + 96, "2 bytes take an 8-byte block");
+    }
+
+    #[tokio::test]
+    async fn hits_misses_and_evictions_are_counted() {
+        let metrics = Arc::new(Metrics::default());
+        let cache = ResponseCache::new(1 << 20, Arc::clone(&metrics));
+        let renders = AtomicUsize::new(0);
+        body(&cache, id(1), View::Citizens, 1, "v1", &renders).await;
+        body(&cache, id(1), View::Citizens, 1, "v1", &renders).await;
+        body(&cache, id(1), View::Citizens, 1, "v1", &renders).await;
+        let kind = |kind| crate::metrics::KindLabels { kind };
+        assert_eq!(metrics.cache_misses.get_or_create(&kind("body")).get(), 1);
+        assert_eq!(metrics.cache_hits.get_or_create(&kind("body")).get(), 2);
+        assert!(cache.snapshot(id(1), 1).is_none());
+        cache.keep_snapshot(id(1), 1, two_citizens());
+        assert!(cache.snapshot(id(1), 1).is_some());
+        assert_eq!(
+            metrics.cache_misses.get_or_create(&kind("snapshot")).get(),
+            1
+        );
+        assert_eq!(metrics.cache_hits.get_or_create(&kind("snapshot")).get(), 1);
+
+        let small = ResponseCache::new(1024, Arc::clone(&metrics));
+        for import in 1..=20 {
+            small.keep_snapshot(id(import), 1, two_citizens());
+        }
+        assert!(metrics.cache_evictions.get() > 0, "evictions counted");
+    }
+
+    #[tokio::test]
+    async fn forgetting_an_import_drops_its_bodies_and_snapshot_only() {
+        let cache = ResponseCache::new(1 << 20, Arc::default());
+        let renders = AtomicUsize::new(0);
+        for import in [id(1), id(2)] {
+            body(&cache, import, View::Citizens, 1, "body", &renders).await;
+            cache.keep_snapshot(import, 1, two_citizens());
+        }
+        cache.forget(id(1));
+        assert!(cache.snapshot(id(1), 1).is_none());
+        assert!(cache.snapshot(id(2), 1).is_some(), "the other import stays");
+        body(&cache, id(1), View::Citizens, 1, "again", &renders).await;
+        body(&cache, id(2), View::Citizens, 1, "again", &renders).await;
+        assert_eq!(
+            renders.load(Ordering::SeqCst),
+            3,
+            "only import 1 renders again"
+        );
     }
 
     #[test]
