@@ -680,6 +680,23 @@ mod tests {
     }
 
     #[test]
+    fn a_body_is_copied_only_when_its_buffer_wastes_over_an_eighth() {
+        let with = |len: usize, capacity: usize| {
+            let mut buffer = Vec::with_capacity(capacity);
+            buffer.resize(len, b'x');
+            assert_eq!(buffer.capacity(), capacity);
+            let before = buffer.as_ptr();
+            let body = compact(buffer);
+            assert_eq!(body.len(), len);
+            body.as_ptr() != before
+        };
+        assert!(!with(800, 800), "an exact buffer is kept");
+        assert!(!with(800, 900), "an eighth more is kept");
+        assert!(with(800, 901), "more is copied");
+        assert!(with(1000, 4096));
+    }
+
+    #[test]
     fn compact_bodies_hold_no_spare_capacity() {
         let mut wasteful = Vec::with_capacity(4096);
         wasteful.extend_from_slice(&[b'x'; 1000]);
