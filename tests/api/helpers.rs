@@ -325,6 +325,18 @@ impl TestStore {
     }
 }
 
+/// GET `base` + `path` with a fresh client: the status and the JSON body.
+pub async fn get_json(base: &str, path: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(format!("{base}{path}"))
+        .await
+        .expect("request");
+    let status = response.status();
+    (
+        status,
+        serde_json::from_slice(&response.bytes().await.unwrap()).expect("JSON body"),
+    )
+}
+
 /// A running app and an HTTP client for it.
 pub struct TestApp {
     /// Base URL, e.g. `http://127.0.0.1:41234`.

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, Binary, KillOnDrop, TestApp, TestStore, postgres_available, spec_example,
+    Backend, Binary, KillOnDrop, TestApp, TestStore, get_json, postgres_available, spec_example,
 };
 use crate::support::{POSTGRES_PASSWORD, poll, postgres_bin, psql_query};
 
@@ -28,15 +28,6 @@ fn url(store: &TestStore, password: &str, port: Option<u16>) -> String {
         }
         None => flag,
     }
-}
-
-async fn get(base: &str, path: &str) -> (StatusCode, Value) {
-    let response = reqwest::get(format!("{base}{path}")).await.unwrap();
-    let status = response.status();
-    (
-        status,
-        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +99,7 @@ async fn a_wrong_postgres_password_is_one_clear_error_and_health_says_which() {
     let mut app = Binary::start(&["--storage", &wrong], &[], None);
     app.wait_for_log("postgresql refuses the service").await;
     for _ in 0..3 {
-        let (status, body) = get(&app.base, "/health").await;
+        let (status, body) = get_json(&app.base, "/health").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["error"]["code"], "storage_unavailable");
         let message = body["error"]["message"].as_str().unwrap();
@@ -139,7 +130,7 @@ async fn an_unreachable_postgres_at_start_is_reported_then_followed_when_it_come
     store.kill_server();
     let mut app = Binary::start(&["--storage", &store.flag()], &[], None);
     app.wait_for_log("postgresql is not reachable yet").await;
-    let (status, body) = get(&app.base, "/health").await;
+    let (status, body) = get_json(&app.base, "/health").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "storage_unavailable");
     store.start_server();

@@ -7,18 +7,7 @@ use std::path::Path;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Backend, Binary, TestStore, free_port, tarantool_available};
-
-async fn get(base: &str, path: &str) -> (StatusCode, Value) {
-    let response = reqwest::get(format!("{base}{path}"))
-        .await
-        .expect("request");
-    let status = response.status();
-    (
-        status,
-        serde_json::from_slice(&response.bytes().await.unwrap()).expect("JSON body"),
-    )
-}
+use crate::helpers::{Backend, Binary, TestStore, free_port, get_json, tarantool_available};
 
 #[tokio::test]
 async fn a_relative_data_path_is_created_and_logged_absolute_with_the_version() {
@@ -156,7 +145,7 @@ async fn a_wrong_tarantool_password_is_one_clear_error_and_health_says_which() {
     let mut app = Binary::start(&["--storage", &wrong], &[], None);
     app.wait_for_log("tarantool refuses the service").await;
     for _ in 0..3 {
-        let (status, body) = get(&app.base, "/health").await;
+        let (status, body) = get_json(&app.base, "/health").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["error"]["code"], "storage_unavailable");
         let message = body["error"]["message"].as_str().unwrap();
@@ -181,7 +170,7 @@ async fn an_unreachable_tarantool_at_start_is_reported_then_followed_when_it_com
     store.kill_server();
     let mut app = Binary::start(&["--storage", &store.flag()], &[], None);
     app.wait_for_log("cannot reach tarantool at start").await;
-    let (status, body) = get(&app.base, "/health").await;
+    let (status, body) = get_json(&app.base, "/health").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(
         body["error"]["message"]
@@ -309,17 +298,17 @@ fn help_never_shows_the_storage_password_from_the_environment() {
 async fn after_sigterm_readiness_fails_while_requests_are_still_served_then_it_stops() {
     let mut app = Binary::start(&[], &[("GIFTS_SHUTDOWN_DRAIN_SECS", "2")], None);
     app.wait_healthy().await;
-    let (status, body) = get(&app.base, "/readyz").await;
+    let (status, body) = get_json(&app.base, "/readyz").await;
     assert_eq!(
         (status, &body["data"]["status"]),
         (StatusCode::OK, &json_str("ready"))
     );
-    let (status, _) = get(&app.base, "/livez").await;
+    let (status, _) = get_json(&app.base, "/livez").await;
     assert_eq!(status, StatusCode::OK);
 
     app.sigterm();
     let draining = crate::support::poll(std::time::Duration::from_secs(10), || async {
-        match get(&app.base, "/readyz").await {
+        match get_json(&app.base, "/readyz").await {
             (StatusCode::SERVICE_UNAVAILABLE, body) => Ok(body),
             (status, _) => Err(status),
         }
@@ -327,7 +316,7 @@ async fn after_sigterm_readiness_fails_while_requests_are_still_served_then_it_s
     .await
     .unwrap_or_else(|status| panic!("never draining: /readyz {status}"));
     assert_eq!(draining["error"]["code"], "draining");
-    let (status, _) = get(&app.base, "/health").await;
+    let (status, _) = get_json(&app.base, "/health").await;
     assert_eq!(
         status,
         StatusCode::OK,
