@@ -48,7 +48,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let free = free_bytes(&dir.path().join("gifts.db")).expect("a volume");
         let stat = rustix::fs::statvfs(dir.path()).unwrap();
-        assert_eq!(free, stat.f_bavail * stat.f_frsize);
+        let expected = stat.f_bavail * stat.f_frsize;
+        // Other processes write to the volume between the two readings.
+        assert!(
+            free.abs_diff(expected) <= expected / 100 + (64 << 20),
+            "{free} free bytes, statvfs says {expected}"
+        );
         assert!(free > 0);
         assert_eq!(
             free_bytes(Path::new("gifts.db")),

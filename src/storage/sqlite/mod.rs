@@ -508,9 +508,14 @@ mod tests {
     }
 
     fn spec_citizens() -> Vec<Citizen> {
+        citizens(2)
+    }
+
+    /// `n` citizens without relatives, the first two as in the spec.
+    fn citizens(n: u64) -> Vec<Citizen> {
         use crate::domain::{Apartment, BirthDate, Gender, Name, Place};
         let today = time::OffsetDateTime::now_utc().date();
-        (1..=2)
+        (1..=n)
             .map(|id| Citizen {
                 citizen_id: CitizenId::parse(id).unwrap(),
                 town: Place::parse("Москва".into()).unwrap(),
@@ -558,10 +563,6 @@ mod tests {
         let release = block_writer(&storage).await;
 
         // The writer is busy: two writes wait in the queue, a third is refused at once.
-        let patch = || CitizenPatch {
-            name: Some(crate::domain::Name::parse("Новое".into()).unwrap()),
-            ..CitizenPatch::default()
-        };
         let id = CitizenId::parse(1).unwrap();
         /// Polls a future once, so a storage call queues its job, and keeps it.
         async fn queued<F: std::future::Future + Unpin>(mut future: F) -> F {
@@ -571,8 +572,8 @@ mod tests {
                 () = std::future::ready(()) => future,
             }
         }
-        let waiting = queued(storage.patch_citizen(import, id, patch())).await;
-        let gone = queued(storage.patch_citizen(import, id, patch())).await;
+        let waiting = queued(storage.patch_citizen(import, id, rename_patch())).await;
+        let gone = queued(storage.patch_citizen(import, id, rename_patch())).await;
         let refused = storage.create_import(spec_citizens(), None).await;
         assert!(
             matches!(refused, Err(StorageError::Overloaded(_))),
@@ -633,6 +634,86 @@ mod tests {
             .query_row("SELECT count(*) FROM citizens", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 2);
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    fn rename_patch() -> CitizenPatch {
+        CitizenPatch {
+            name: Some(crate::domain::Name::parse("Новое".into()).unwrap()),
+            ..CitizenPatch::default()
+        }
+    }
+
+    // The writer answers a batch, then does its after-batch work (recovery,
+    // checkpoints), then takes the next batch: once a later write is
+    // answered, an earlier write's after-batch work is done.
+
+    #[tokio::test]
+    async fn ordinary_writes_keep_the_wal_and_leave_the_reserve_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ordinary.db");
+        let storage = SqliteStorage::open(&path, 1).unwrap();
+        let (wal, reserve) = (dir.path().join("ordinary.db-wal"), reserve_path(&path));
+        std::fs::remove_file(&reserve).unwrap();
+
+        let import = storage.create_import(citizens(2_000), None).await.unwrap();
+        let after_import = file_len(&wal);
+        assert!(after_import > 0, "the import is in the WAL");
+        storage.health().await.expect("healthy");
+        let id = CitizenId::parse(1).unwrap();
+        storage
+            .patch_citizen(import, id, rename_patch())
+            .await
+            .unwrap();
+
+        // Recovery (truncate the WAL, rewrite the reserve) is for the first
+        // write after a full disk only; after every batch it would cost a
+        // checkpoint and a 1 MiB fsync.
+        assert!(
+            file_len(&wal) >= after_import,
+            "the WAL still holds the import: {} < {after_import} bytes",
+            file_len(&wal)
+        );
+        assert!(!reserve.exists(), "an ordinary write rewrote the reserve");
+        assert!(storage.writable.load(Ordering::Acquire));
+        storage.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_first_write_after_a_full_disk_truncates_the_wal_and_restores_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recovering.db");
+        let storage = SqliteStorage::open(&path, 1).unwrap();
+        let (wal, reserve) = (dir.path().join("recovering.db-wal"), reserve_path(&path));
+        // The state a write that failed for lack of space leaves: not
+        // writable, the reserve spent.
+        storage.writable.store(false, Ordering::Release);
+        std::fs::remove_file(&reserve).unwrap();
+
+        let import = storage.create_import(citizens(5_000), None).await.unwrap();
+        let id = CitizenId::parse(1).unwrap();
+        storage
+            .patch_citizen(import, id, rename_patch())
+            .await
+            .unwrap();
+
+        assert_eq!(
+            file_len(&reserve),
+            RESERVE_BYTES as u64,
+            "the reserve is back"
+        );
+        assert!(storage.writable.load(Ordering::Acquire), "writable again");
+        // 5,000 citizens take well over a megabyte of WAL; after the truncation
+        // it holds only the PATCH.
+        assert!(
+            file_len(&wal) < 256 << 10,
+            "the WAL was truncated: {} bytes",
+            file_len(&wal)
+        );
+        storage.close().await;
     }
 
     #[tokio::test]

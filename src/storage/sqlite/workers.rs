@@ -242,3 +242,56 @@ pub(super) fn run_batch(
     }
     tx.commit()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_the_queued_writes_up_to_the_cap_and_commits_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("batches.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER);")
+            .unwrap();
+        let commits = Arc::new(AtomicI32::new(0));
+        let counted = Arc::clone(&commits);
+        conn.commit_hook(Some(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            false // let the commit go ahead
+        }))
+        .unwrap();
+
+        // One more write than a batch holds, all queued before the writer starts.
+        let (jobs, queued) = mpsc::sync_channel(MAX_BATCH + 1);
+        let answers: Vec<_> = (0..=MAX_BATCH)
+            .map(|n| {
+                let (reply, answer) = oneshot::channel();
+                let job = WriteJob::new(count(n), reply, |conn, n| {
+                    conn.execute("INSERT INTO t VALUES (?1)", [n])
+                        .map_err(StorageError::internal)
+                });
+                jobs.send(job).unwrap();
+                answer
+            })
+            .collect();
+        drop(jobs);
+        let state = WriterState {
+            wal_pages: Arc::default(),
+            writable: Arc::new(AtomicBool::new(true)),
+            path,
+            depth: Gauge::default(),
+            batch_size: Histogram::new([1.0]),
+        };
+        writer_loop(conn, &queued, &state);
+
+        assert_eq!(
+            commits.load(Ordering::Relaxed),
+            2,
+            "{MAX_BATCH} writes in one commit, the one left over in a second"
+        );
+        for mut answer in answers {
+            assert_eq!(answer.try_recv().unwrap().unwrap(), 1, "one row inserted");
+        }
+    }
+}
