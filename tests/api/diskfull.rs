@@ -195,3 +195,87 @@ async fn tarantool_on_a_full_disk_refuses_writes_with_507_serves_reads_and_recov
     )
     .await;
 }
+
+/// A database as the first schema left it (frozen: what an old release
+/// wrote, not what this build would create), with one import of one citizen.
+const SCHEMA_1_DATABASE: &str = "
+    PRAGMA journal_mode = WAL;
+    CREATE TABLE imports (
+        import_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE citizens (
+        import_id  INTEGER NOT NULL REFERENCES imports (import_id),
+        citizen_id INTEGER NOT NULL,
+        town       TEXT    NOT NULL,
+        street     TEXT    NOT NULL,
+        building   TEXT    NOT NULL,
+        apartment  INTEGER NOT NULL,
+        name       TEXT    NOT NULL,
+        birth_date TEXT    NOT NULL,
+        gender     TEXT    NOT NULL,
+        relatives  BLOB    NOT NULL,
+        PRIMARY KEY (import_id, citizen_id)
+    ) WITHOUT ROWID;
+    INSERT INTO imports (created_at) VALUES (0);
+    INSERT INTO citizens VALUES (1, 7, 'Москва', 'Льва Толстого', '16', 7, 'Иванов Иван', '2000-01-31', 'male', x'');
+    PRAGMA user_version = 1;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_must_migrate_on_a_full_disk_starts_on_the_reserve() {
+    let Some(disk) = Tmpfs::mount("8m", "sqlite_migrate_on_a_full_disk") else {
+        return;
+    };
+    let db = disk.path.join("gifts.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(SCHEMA_1_DATABASE)
+        .unwrap();
+    // What an earlier start left beside the database.
+    let reserve = disk.path.join("gifts.db.reserve");
+    std::fs::write(&reserve, vec![0u8; 1 << 20]).unwrap();
+    disk.fill();
+
+    // The migration cannot write on the full disk; the retry on the freed
+    // reserve can.
+    let storage = format!("sqlite:{}", db.display());
+    let mut app = Binary::start(&["--storage", &storage], &[], None);
+    let log = app.wait_for_log("listening").await;
+    assert!(
+        log.contains("retrying with the disk-space reserve freed"),
+        "{log}"
+    );
+    assert!(log.contains("sqlite database migrated"), "{log}");
+    assert!(log.contains("from=1 to=4"), "{log}");
+    assert!(!reserve.exists(), "the reserve was spent on the migration");
+    let client = reqwest::Client::new();
+    let (status, body) = send(
+        &client,
+        reqwest::Method::GET,
+        format!("{}/imports/1/citizens", app.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"][0]["citizen_id"], 7);
+    assert_eq!(body["data"][0]["birth_date"], "31.01.2000");
+    let health = health_becomes(&client, &app.base, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(health["error"]["code"], "insufficient_storage", "{health}");
+
+    // Room again: writable, and the reserve is back for the next time.
+    disk.free();
+    health_becomes(&client, &app.base, StatusCode::OK).await;
+    let (status, body) = send(
+        &client,
+        reqwest::Method::POST,
+        format!("{}/imports", app.base),
+        Some(json!({ "citizens": spec_example() })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        std::fs::metadata(&reserve).map(|m| m.len()).ok(),
+        Some(1 << 20),
+        "the reserve is restored"
+    );
+}
