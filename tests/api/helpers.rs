@@ -88,6 +88,34 @@ pub fn postgres_available(test: &str) -> bool {
     found
 }
 
+/// True when the failover test can run: Patroni, etcd and PostgreSQL
+/// installed; with `CI=true` a missing one fails the test.
+pub fn ha_available(test: &str) -> bool {
+    let on_path = |program: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+    };
+    let found =
+        on_path("patroni") && on_path("etcd") && on_path("curl") && postgres_bin().is_some();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but Patroni, etcd, curl or PostgreSQL is missing (apt-get install -y patroni etcd-server curl postgresql)"
+        );
+        skipped(&format!(
+            "failover::{test}: needs patroni, etcd, curl and PostgreSQL (apt-get install -y patroni etcd-server curl postgresql)"
+        ));
+    }
+    found
+}
+
+/// Prints a test's figures on the real standard error, which the harness
+/// does not capture: a passing test's measurements stay visible.
+pub fn report(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{what}");
+}
+
 /// Reports a skipped test on the real standard error, which the test
 /// harness does not capture: a skipped test passes, so without this line the
 /// summary would count it as run.

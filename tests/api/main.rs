@@ -13,6 +13,7 @@ mod cli;
 mod deploy;
 mod diskfull;
 mod durability;
+mod failover;
 mod imports;
 mod lifecycle;
 mod memory;

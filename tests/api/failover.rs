@@ -1,0 +1,624 @@
+//! High availability: two app instances over a three-node PostgreSQL cluster
+//! managed by Patroni (`deploy/ha/cluster.sh`), under a steady stream of
+//! imports, overlapping PATCHes and reads through both. The primary's
+//! PostgreSQL is killed (`kill -9`), then the new primary's whole node
+//! (Patroni and PostgreSQL); the killed node is started again and rejoins.
+//! Afterwards every acknowledged write is there, import ids are unique and
+//! increasing, relatives are symmetric, no read went back in time, and
+//! during the gaps clients got only 503 or 504.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::helpers::{Binary, expected_listing, free_port, generate_import, ha_available};
+use crate::support::poll;
+
+/// The cluster of `deploy/ha/cluster.sh`, in a temporary directory; taken
+/// down (everything it started stopped) when dropped.
+struct Cluster {
+    dir: TempDir,
+    base: u16,
+    url: String,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/ha/cluster.sh")
+}
+
+/// A base port with the eight ports the cluster uses free (base, +1,
+/// +10..+12, +20..+22).
+fn free_base() -> u16 {
+    for _ in 0..100 {
+        let base = 20_000 + (free_port() % 400) * 100;
+        let free = [0, 1, 10, 11, 12, 20, 21, 22]
+            .iter()
+            .all(|k| TcpListener::bind(("127.0.0.1", base + k)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free range of ports for the cluster");
+}
+
+impl Cluster {
+    fn up() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = free_base();
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("up")
+            .arg(dir.path())
+            .arg(base.to_string())
+            .output()
+            .expect("run cluster.sh");
+        let cluster = Cluster {
+            url: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_owned(),
+            dir,
+            base,
+        };
+        assert!(
+            out.status.success(),
+            "cluster.sh up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.logs()
+        );
+        cluster
+    }
+
+    /// `cluster.sh COMMAND DIR ARGS…`, which must succeed.
+    fn run(&self, command: &str, args: &[&str]) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg(command)
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .expect("run cluster.sh");
+        assert!(
+            out.status.success(),
+            "cluster.sh {command} {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+    }
+
+    /// The tails of the nodes' logs, for a failure's message.
+    fn logs(&self) -> String {
+        (1..=3)
+            .map(|n| {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join(format!("node{n}/patroni.log")))
+                        .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "--- node{n}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The leader as the first node's REST API that answers sees it.
+    async fn leader(&self, client: &reqwest::Client) -> Option<String> {
+        for n in 0..3 {
+            let url = format!("http://127.0.0.1:{}/cluster", self.base + 20 + n);
+            let Ok(response) = client.get(url).send().await else {
+                continue;
+            };
+            let Ok(bytes) = response.bytes().await else {
+                continue;
+            };
+            let Ok(cluster) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
+            return cluster["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["role"] == "leader" && m["state"] == "running")
+                .and_then(|m| m["name"].as_str())
+                .map(str::to_owned);
+        }
+        None
+    }
+
+    /// Waits until a running leader other than `old` holds the lock.
+    async fn new_leader(&self, client: &reqwest::Client, old: &str) -> String {
+        poll(Duration::from_secs(60), || async {
+            match self.leader(client).await {
+                Some(leader) if leader != old => Ok(leader),
+                other => Err(other),
+            }
+        })
+        .await
+        .unwrap_or_else(|last| panic!("no new leader (last seen {last:?}):\n{}", self.logs()))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("down")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// One request of the load, as the client saw it.
+#[derive(Clone, Debug)]
+struct Request {
+    instance: usize,
+    /// Since the load started.
+    sent: Duration,
+    done: Duration,
+    /// The HTTP status, or 0 when no answer came within the client's timeout.
+    status: u16,
+    what: What,
+}
+
+#[derive(Clone, Debug)]
+enum What {
+    Import {
+        citizens: Vec<Value>,
+        id: Option<i64>,
+    },
+    /// `name` of `citizen` of seeded import `import` set to `owner`'s `seq`.
+    Patch {
+        import: i64,
+        citizen: u64,
+        owner: usize,
+        seq: u64,
+    },
+    /// The names seen (owner, seq) by citizen id; empty unless 200.
+    Read {
+        import: i64,
+        seen: BTreeMap<u64, (usize, u64)>,
+    },
+}
+
+/// Seeded imports, their size (citizen ids 0..SEEDED_CITIZENS), and how
+/// many writers share their citizens.
+const SEEDED: i64 = 3;
+const SEEDED_CITIZENS: u64 = 24;
+const PATCHERS: usize = 4;
+
+fn name_of(owner: usize, seq: u64) -> String {
+    format!("писатель {owner} правка {seq}")
+}
+
+fn parse_name(name: &str) -> Option<(usize, u64)> {
+    let rest = name.strip_prefix("писатель ")?;
+    let (owner, seq) = rest.split_once(" правка ")?;
+    Some((owner.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The load: per instance one importer, two patchers and one reader, until `stop`.
+fn start_load(
+    bases: &[String],
+    seeded: &[i64],
+    epoch: Instant,
+    stop: &Arc<AtomicBool>,
+    log: &Arc<Mutex<Vec<Request>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    // Longer than the service's own bound on a request (10 s): no answer
+    // by then is a hang.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(25))
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    let since = move || epoch.elapsed();
+    for (instance, base) in bases.iter().enumerate() {
+        // The importer: small imports with relatives, one after another.
+        let (client, base, stop, log) = (client.clone(), base.clone(), stop.clone(), log.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let citizens = generate_import(20, 10, (instance as u64) << 32 | n);
+                let sent = since();
+                let answer = client
+                    .post(format!("{base}/imports"))
+                    .body(json!({ "citizens": citizens }).to_string())
+                    .send()
+                    .await;
+                let (status, body) = answer_of(answer).await;
+                let id = body["data"]["import_id"].as_i64();
+                log.lock().unwrap().push(Request {
+                    instance,
+                    sent,
+                    done: since(),
+                    status,
+                    what: What::Import { citizens, id },
+                });
+            }
+        }));
+    }
+    for owner in 0..PATCHERS {
+        let instance = owner % bases.len();
+        let (client, base, stop, log) = (
+            client.clone(),
+            bases[instance].clone(),
+            stop.clone(),
+            log.clone(),
+        );
+        let seeded = seeded.to_vec();
+        tasks.push(tokio::spawn(async move {
+            // This writer's citizens: the ids ≡ owner (mod PATCHERS).
+            let mine: Vec<u64> = (0..SEEDED_CITIZENS)
+                .filter(|c| c % PATCHERS as u64 == owner as u64)
+                .collect();
+            let mut step = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                step += 1;
+                let seq = step as u64;
+                let import = seeded[step % seeded.len()];
+                let citizen = mine[(step / seeded.len()) % mine.len()];
+                // Relatives among everyone's citizens: PATCHes through both
+                // instances overlap on the same rows.
+                let relatives: Vec<u64> = (0..SEEDED_CITIZENS)
+                    .filter(|r| *r != citizen && (r * 7 + seq + owner as u64).is_multiple_of(9))
+                    .collect();
+                let sent = since();
+                let answer = client
+                    .patch(format!("{base}/imports/{import}/citizens/{citizen}"))
+                    .body(
+                        json!({ "name": name_of(owner, seq), "relatives": relatives }).to_string(),
+                    )
+                    .send()
+                    .await;
+                let (status, _) = answer_of(answer).await;
+                log.lock().unwrap().push(Request {
+                    instance,
+                    sent,
+                    done: since(),
+                    status,
+                    what: What::Patch {
+                        import,
+                        citizen,
+                        owner,
+                        seq,
+                    },
+                });
+            }
+        }));
+    }
+    for (instance, base) in bases.iter().enumerate() {
+        let (client, base, stop, log) = (client.clone(), base.clone(), stop.clone(), log.clone());
+        let seeded = seeded.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let import = seeded[n % seeded.len()];
+                let sent = since();
+                let answer = client
+                    .get(format!("{base}/imports/{import}/citizens"))
+                    .send()
+                    .await;
+                let (status, body) = answer_of(answer).await;
+                let seen = body["data"]
+                    .as_array()
+                    .map(|list| {
+                        list.iter()
+                            .filter_map(|c| {
+                                let name = parse_name(c["name"].as_str()?)?;
+                                Some((c["citizen_id"].as_u64()?, name))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                log.lock().unwrap().push(Request {
+                    instance,
+                    sent,
+                    done: since(),
+                    status,
+                    what: What::Read { import, seen },
+                });
+            }
+        }));
+    }
+    tasks
+}
+
+/// The status and JSON body of an answer; status 0 when none came.
+async fn answer_of(answer: reqwest::Result<reqwest::Response>) -> (u16, Value) {
+    match answer {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = match response.bytes().await {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            (status, body)
+        }
+        Err(e) => {
+            assert!(
+                e.is_timeout(),
+                "the app itself is unreachable (it must outlive the database): {e}"
+            );
+            (0, Value::Null)
+        }
+    }
+}
+
+/// Waits until every instance has a write acknowledged that was sent after `since`.
+async fn writes_resume(log: &Arc<Mutex<Vec<Request>>>, instances: usize, since: Duration) {
+    poll(Duration::from_secs(60), || async {
+        let log = log.lock().unwrap();
+        let ok = (0..instances).all(|i| {
+            log.iter().any(|s| {
+                s.instance == i
+                    && s.sent >= since
+                    && matches!(s.status, 200 | 201)
+                    && !matches!(s.what, What::Read { .. })
+            })
+        });
+        if ok { Ok(()) } else { Err(()) }
+    })
+    .await
+    .expect("writes resume through every instance within 60 s");
+}
+
+/// From `kill` to the first acknowledged write sent after it, per instance.
+fn gaps(log: &[Request], instances: usize, kill: Duration) -> Vec<Duration> {
+    (0..instances)
+        .map(|i| {
+            log.iter()
+                .filter(|s| {
+                    s.instance == i
+                        && s.sent >= kill
+                        && matches!(s.status, 200 | 201)
+                        && !matches!(s.what, What::Read { .. })
+                })
+                .map(|s| s.done.saturating_sub(kill))
+                .min()
+                .expect("a write after the failover")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_under_load_loses_no_acknowledged_write_and_resumes() {
+    if !ha_available("failover_under_load_loses_no_acknowledged_write_and_resumes") {
+        return;
+    }
+    let cluster = Cluster::up();
+    let admin = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut apps: Vec<Binary> = (0..2)
+        .map(|_| Binary::start(&["--storage", &cluster.url], &[], None))
+        .collect();
+    for app in &mut apps {
+        app.wait_healthy().await;
+    }
+    let bases: Vec<String> = apps.iter().map(|a| a.base.clone()).collect();
+
+    // Imports whose citizens the patchers rename, all without relatives to start.
+    let mut seeded = Vec::new();
+    for _ in 0..SEEDED {
+        let citizens: Vec<Value> = generate_import(SEEDED_CITIZENS, 0, 1);
+        let response = admin
+            .post(format!("{}/imports", bases[0]))
+            .body(json!({ "citizens": citizens }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        seeded.push(body["data"]["import_id"].as_i64().unwrap());
+    }
+
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let load = start_load(&bases, &seeded, epoch, &stop, &log);
+    writes_resume(&log, bases.len(), Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // steady load before the crash
+
+    // 1. The primary's PostgreSQL crashes; Patroni fails over at once
+    //    (primary_start_timeout: 0) and the old primary rejoins by itself.
+    let first = cluster.leader(&admin).await.expect("a leader");
+    cluster.run("kill-postgres", &[&first]);
+    let kill_1 = epoch.elapsed(); // killed by now: SIGKILL is not caught
+    let second = cluster.new_leader(&admin, &first).await;
+    writes_resume(&log, bases.len(), kill_1).await;
+    cluster.run("wait-whole", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 2. The new primary's machine is lost: Patroni and PostgreSQL killed;
+    //    the leader key expires (ttl) and a synchronous standby takes over.
+    cluster.run("kill-node", &[&second]);
+    let kill_2 = epoch.elapsed();
+    let third = cluster.new_leader(&admin, &second).await;
+    writes_resume(&log, bases.len(), kill_2).await;
+    // The lost node comes back and rejoins as a replica.
+    cluster.run("start-node", &[&second]);
+    cluster.run("wait-whole", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.expect("a load task failed");
+    }
+    let log = log.lock().unwrap().clone();
+
+    // Only 2xx, 503 (not applied) and 504 (outcome unknown); no hang.
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    for s in &log {
+        *statuses.entry(s.status).or_default() += 1;
+    }
+    let unexpected: Vec<&Request> = log
+        .iter()
+        .filter(|s| !matches!(s.status, 200 | 201 | 503 | 504))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "statuses {statuses:?}; unexpected: {:?}",
+        &unexpected[..unexpected.len().min(5)]
+    );
+
+    let client = reqwest::Client::new();
+    let get = async |import: i64| -> Vec<Value> {
+        let response = client
+            .get(format!("{}/imports/{import}/citizens", bases[1]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "import {import}");
+        let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        body["data"].as_array().unwrap().clone()
+    };
+
+    // Every acknowledged import is there, intact; ids unique and increasing:
+    // an import acknowledged before another was sent has the smaller id.
+    let imports: Vec<(&Request, i64, &Vec<Value>)> = log
+        .iter()
+        .filter_map(|s| match &s.what {
+            What::Import {
+                citizens,
+                id: Some(id),
+            } if s.status == 201 => Some((s, *id, citizens)),
+            _ => None,
+        })
+        .collect();
+    for (_, id, citizens) in &imports {
+        assert_eq!(get(*id).await, expected_listing(citizens), "import {id}");
+    }
+    let mut ids: Vec<i64> = imports.iter().map(|(_, id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), imports.len(), "import ids are unique");
+    for (a, id_a, _) in &imports {
+        for (b, id_b, _) in &imports {
+            assert!(
+                !(a.done < b.sent && id_a >= id_b),
+                "import {id_a} acknowledged before import {id_b} was sent"
+            );
+        }
+    }
+
+    // The seeded imports: each citizen's name is its last acknowledged one, or
+    // a later one whose outcome was unknown (504) — never a refused (503) one;
+    // relatives are symmetric.
+    let patches: Vec<(&Request, i64, u64, usize, u64)> = log
+        .iter()
+        .filter_map(|s| match s.what {
+            What::Patch {
+                import,
+                citizen,
+                owner,
+                seq,
+            } => Some((s, import, citizen, owner, seq)),
+            _ => None,
+        })
+        .collect();
+    for &import in &seeded {
+        let listing = get(import).await;
+        let graph: BTreeMap<u64, Vec<u64>> = listing
+            .iter()
+            .map(|c| {
+                let relatives = c["relatives"].as_array().unwrap();
+                (
+                    c["citizen_id"].as_u64().unwrap(),
+                    relatives.iter().map(|r| r.as_u64().unwrap()).collect(),
+                )
+            })
+            .collect();
+        for (me, list) in &graph {
+            for other in list {
+                assert!(
+                    graph[other].contains(me),
+                    "import {import}: {me} lists {other}, not back"
+                );
+            }
+        }
+        for c in &listing {
+            let id = c["citizen_id"].as_u64().unwrap();
+            let mine: Vec<_> = patches
+                .iter()
+                .filter(|p| p.1 == import && p.2 == id)
+                .collect();
+            let acked = mine.iter().filter(|p| p.0.status == 200).map(|p| p.4).max();
+            let Some(acked) = acked else { continue };
+            let (owner, seq) = parse_name(c["name"].as_str().unwrap())
+                .unwrap_or_else(|| panic!("import {import} citizen {id}: {c}"));
+            let outcome = mine
+                .iter()
+                .find(|p| p.3 == owner && p.4 == seq)
+                .map(|p| p.0.status);
+            assert!(
+                seq >= acked && matches!(outcome, Some(200 | 504)),
+                "import {import} citizen {id}: name from PATCH {seq} ({outcome:?}); {acked} was acknowledged"
+            );
+        }
+    }
+
+    // No read went back in time: a read sent after a PATCH was acknowledged
+    // shows it (or a later one), whichever instance served either.
+    type Read<'a> = (&'a Request, i64, &'a BTreeMap<u64, (usize, u64)>);
+    let reads: Vec<Read> = log
+        .iter()
+        .filter_map(|s| match &s.what {
+            What::Read { import, seen } if s.status == 200 => Some((s, *import, seen)),
+            _ => None,
+        })
+        .collect();
+    let mut stale = Vec::new();
+    for (read, import, seen) in &reads {
+        for (patch, _, citizen, _, seq) in patches
+            .iter()
+            .filter(|p| p.1 == *import && p.0.status == 200 && p.0.done < read.sent)
+        {
+            let shown = seen.get(citizen).map_or(0, |(_, s)| *s);
+            if shown < *seq {
+                stale.push(format!(
+                    "read of import {import} sent at {:?} via {} shows citizen {citizen} at PATCH {shown}, PATCH {seq} was acknowledged at {:?} via {}",
+                    read.sent, read.instance, patch.done, patch.instance
+                ));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} stale reads, e.g. {:?}",
+        stale.len(),
+        &stale[..stale.len().min(3)]
+    );
+
+    let gap_1 = gaps(&log, bases.len(), kill_1);
+    let gap_2 = gaps(&log, bases.len(), kill_2);
+    let worst = gap_1
+        .iter()
+        .chain(&gap_2)
+        .max()
+        .copied()
+        .unwrap_or_default();
+    let summary = format!(
+        "failover: {first} -> {second} after kill -9 of PostgreSQL, writes back after {gap_1:.1?} (per instance); \
+         {second} -> {third} after the loss of the node, writes back after {gap_2:.1?}; \
+         requests {statuses:?}; {} imports and {} PATCHes acknowledged and found, {} reads checked",
+        imports.len(),
+        patches.iter().filter(|p| p.0.status == 200).count(),
+        reads.len()
+    );
+    crate::helpers::report(&summary);
+    assert!(
+        worst <= Duration::from_secs(30),
+        "service resumed only after {worst:?}: {summary}"
+    );
+}
