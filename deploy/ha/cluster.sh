@@ -123,6 +123,17 @@ up() {
     chmod 700 "$dir"
     [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$dir"
 
+    start_all "$base" || {
+        echo "the cluster did not come up; stopping what started" >&2
+        tail -n 20 "$dir"/node*/patroni.log >&2 || true
+        down
+        exit 1
+    }
+    url
+}
+
+start_all() {
+    local base=$1
     # etcd: one member; its own session, so `down` stops it and nothing else.
     setsid etcd --name etcd1 --data-dir "$dir/etcd" \
         --listen-client-urls "http://127.0.0.1:$base" \
@@ -132,23 +143,24 @@ up() {
         --initial-cluster "etcd1=http://127.0.0.1:$((base + 1))" \
         --log-level warn </dev/null >"$dir/etcd.log" 2>&1 &
     echo $! >"$dir/etcd.pid"
-    wait_for 30 curl -fsS "http://127.0.0.1:$base/health"
+    wait_for 30 curl -fsS "http://127.0.0.1:$base/health" || return 1
 
     for node in "${nodes[@]}"; do
         start_node "$node"
         # The first node bootstraps; the others copy it once it leads.
-        [ "$node" = node1 ] && wait_for 60 curl -fsS "http://127.0.0.1:$((base + 20))/primary"
+        if [ "$node" = node1 ]; then
+            wait_for 60 curl -fsS "http://127.0.0.1:$((base + 20))/primary" || return 1
+        fi
     done
-    wait_for 90 whole || {
-        tail -n 20 "$dir"/node*/patroni.log >&2
-        exit 1
-    }
-    url
+    wait_for 90 whole
 }
 
 start_node() {
     local node=$1
-    # Patroni in a session of its own (PostgreSQL detaches into another).
+    # Patroni in a session of its own (PostgreSQL detaches into another), in
+    # the state directory: its helper processes return to the working
+    # directory, which the postgres user may not be able to enter.
+    cd "$dir"
     setsid bash -c "$(declare -f as_owner); as_owner patroni '$dir/$node/patroni.yml'" \
         </dev/null >>"$dir/$node/patroni.log" 2>&1 &
     echo $! >"$dir/$node/patroni.pid"
