@@ -10,6 +10,7 @@
 //!
 //! ```sh
 //! cargo bench --bench load -- --citizens 10000 --links 1000
+//! cargo bench --bench load -- --mixed    # the open-model mixed load, rate by rate
 //! ```
 //!
 //! Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
@@ -33,6 +34,9 @@ use serde_json::json;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "load/mixed.rs"]
+mod mixed;
 
 use support::{
     KillOnDrop, PostgresServer, app_lua, free_port, peak_rss_kib, poll, postgres_bin,
@@ -79,6 +83,22 @@ struct Args {
     /// Measure only how long a big import (of --citizens) stalls a concurrent PATCH stream.
     #[arg(long)]
     stall: bool,
+    /// Run only the open-model mixed load (see `load/mixed.rs`) at each of --rates.
+    #[arg(long)]
+    mixed: bool,
+    /// Arrival rates (requests per second) the mixed load steps through.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50,100,200,400,800,1600,3200"
+    )]
+    rates: Vec<u64>,
+    /// Seconds of the mixed load at each rate.
+    #[arg(long, default_value_t = 10)]
+    mixed_secs: u64,
+    /// Imports (of --citizens) that the mixed load reads and PATCHes.
+    #[arg(long, default_value_t = 20)]
+    mixed_imports: usize,
     /// An extra flag for the server (repeatable), e.g. --server-arg=--tarantool-import-chunk=2000000.
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
@@ -182,6 +202,20 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         std::fs::write(
             &args.out,
             serde_json::to_vec_pretty(&json!({"machine": machine(), "stall": stalls}))?,
+        )?;
+        eprintln!("report written to {}", args.out.display());
+        return Ok(());
+    }
+    if args.mixed {
+        let mut reports = Vec::new();
+        for backend in &backends {
+            reports.push(mixed::run(&args, backend, body.clone()).await?);
+        }
+        mixed::print(&args, &reports);
+        std::fs::write(
+            &args.out,
+            serde_json::to_vec_pretty(&json!({"machine": machine(), "citizens": args.citizens,
+                "links": args.links, "mixed": reports}))?,
         )?;
         eprintln!("report written to {}", args.out.display());
         return Ok(());
