@@ -102,6 +102,10 @@ struct Args {
     /// An extra flag for the server (repeatable), e.g. --server-arg=--tarantool-import-chunk=2000000.
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
+    /// The gifts binary to run (default: the one cargo built for this bench),
+    /// e.g. a copy of an earlier build, to compare two builds on one machine.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
     /// Where to write the JSON report (relative to the crate root, where cargo runs benches).
     #[arg(long, default_value = "target/bench-report.json")]
     out: PathBuf,
@@ -307,19 +311,23 @@ async fn start_server(
     let base = format!("http://127.0.0.1:{port}");
     let max_body = (body_len * 2).max(64 << 20);
     let server = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_gifts"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--storage", &storage])
-            .args(["--max-body-bytes", &max_body.to_string()])
-            .args(["--request-timeout-secs", "600"])
-            .args(["--tarantool-timeout-secs", "600"])
-            .args(["--postgres-timeout-secs", "600"])
-            .args(&args.server_arg)
-            .env("RUST_LOG", "info")
-            .stdout(log_file(dir.path(), "server.log")?)
-            .stderr(log_file(dir.path(), "server.err")?)
-            .spawn()
-            .context("starting the server")?,
+        Command::new(
+            args.server_bin
+                .as_deref()
+                .unwrap_or(Path::new(env!("CARGO_BIN_EXE_gifts"))),
+        )
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--storage", &storage])
+        .args(["--max-body-bytes", &max_body.to_string()])
+        .args(["--request-timeout-secs", "600"])
+        .args(["--tarantool-timeout-secs", "600"])
+        .args(["--postgres-timeout-secs", "600"])
+        .args(&args.server_arg)
+        .env("RUST_LOG", "info")
+        .stdout(log_file(dir.path(), "server.log")?)
+        .stderr(log_file(dir.path(), "server.err")?)
+        .spawn()
+        .context("starting the server")?,
     );
     wait_healthy(client, &base).await?;
     eprintln!("[{backend}] server up at {base}");

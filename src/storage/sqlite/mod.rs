@@ -51,7 +51,8 @@ use crate::storage::{Idempotency, ImportInfo, Patched, Snapshot, Storage, Storag
 use disk::{ensure_reserve, free_bytes, reserve_path};
 use prometheus_client::metrics::gauge::Gauge;
 use queries::{
-    CITIZEN_COLUMNS, delete_import, import_version, insert_import, patch_citizen, read_row,
+    Begun, CITIZEN_COLUMNS, begin_import, delete_import, discard_all_pending, discard_pending,
+    import_version, insert_citizens, insert_import, patch_citizen, publish_import, read_row,
 };
 use schema::{MIGRATIONS, migrate};
 use workers::{ReadJob, WriteJob, WriterState, reader_loop, writer_loop};
@@ -62,6 +63,9 @@ const MAX_BATCH: usize = 256;
 pub const WRITE_QUEUE: usize = 1024;
 /// Reads that may wait for a reader thread; more are refused (503).
 pub const READ_QUEUE: usize = 4096;
+/// Citizens per write of a big import (see `create_import_in_chunks`): about
+/// 30 ms of the writer's time, which is how long it makes other writes wait.
+pub const IMPORT_CHUNK: usize = 16_384;
 /// Space kept in `PATH.reserve` for a start on a full disk.
 pub const RESERVE_BYTES: usize = 1 << 20;
 
@@ -176,6 +180,16 @@ impl SqliteStorage {
         } else {
             tracing::info!(path = %path.display(), schema_version = to, "sqlite database opened");
         }
+        match discard_all_pending(&writer) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                imports = n,
+                "deleted imports a crash cut short (never acknowledged)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting imports a crash cut short failed; they stay invisible");
+            }
+        }
         // Checkpoints run in the writer loop once a batch is answered (see
         // `writer_loop`), not inside a commit as SQLite's auto-checkpoint would.
         let wal_pages = Arc::new(AtomicI32::new(0));
@@ -243,6 +257,16 @@ impl SqliteStorage {
         })
     }
 
+    /// A handle to queue writes with, cloned out of the store.
+    fn writer(&self) -> Writer {
+        Writer {
+            // The lock is held only to clone the sender, never across an await.
+            sender: self.writer.lock().expect("writer lock").clone(),
+            capacity: self.queues.0,
+            depth: self.depths.0.clone(),
+        }
+    }
+
     /// Queues `work` over `payload` for the writer and waits for its answer.
     async fn write<P, T>(
         &self,
@@ -253,18 +277,62 @@ impl SqliteStorage {
         P: Send + 'static,
         T: Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        // The lock is held only to clone the sender, never across an await.
-        let sender = self.writer.lock().expect("writer lock").clone();
-        queue(
-            sender,
-            WriteJob::new(payload, reply, work),
-            "write",
-            self.queues.0,
-        )?;
-        answer.await.map_err(|_| closed())?
+        self.writer().write(payload, work).await
     }
 
+    /// An import of more than [`IMPORT_CHUNK`] citizens: written chunk by
+    /// chunk, each its own write, while the import is invisible (pending), then
+    /// published in one small write. Other writes take turns with the chunks
+    /// instead of waiting for the whole import. If anything fails, or the
+    /// caller goes away, the pending rows are deleted (chunk by chunk); a crash
+    /// leaves them to the next start.
+    async fn create_import_in_chunks(
+        &self,
+        citizens: Vec<Citizen>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<ImportId, StorageError> {
+        let writer = self.writer();
+        let n = citizens.len();
+        let key = idempotency.clone();
+        // The guard exists before the pending row does: the writer notes the
+        // new id in it, so a caller gone at any point after leaves nothing.
+        let pending = PendingImport {
+            writer: Some(writer.clone()),
+            import: Arc::default(),
+        };
+        let noted = Arc::clone(&pending.import);
+        let import = match writer
+            .write(key, move |conn, key| {
+                let begun = begin_import(conn, n, key.as_ref())?;
+                if let Begun::Pending(import) = begun {
+                    *noted.lock().expect("pending import") = Some(import);
+                }
+                Ok(begun)
+            })
+            .await?
+        {
+            Begun::Stored(import) => return Ok(import),
+            Begun::Pending(import) => import,
+        };
+        let citizens = Arc::new(citizens);
+        for start in (0..n).step_by(IMPORT_CHUNK) {
+            let chunk = (Arc::clone(&citizens), start..(start + IMPORT_CHUNK).min(n));
+            writer
+                .write(chunk, move |conn, (all, range)| {
+                    insert_citizens(conn, import, &all[range.clone()])
+                })
+                .await?;
+        }
+        let published = writer
+            .write(idempotency, move |conn, key| {
+                publish_import(conn, import, key.as_ref())
+            })
+            .await?;
+        if published == import {
+            pending.published();
+        } // else the key was stored meanwhile by another request: ours goes
+        Ok(published)
+    }
     async fn read<T: Send + 'static>(
         &self,
         query: impl FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
@@ -280,6 +348,82 @@ impl SqliteStorage {
         queue(sender, job, "read", self.queues.1)?;
         self.depths.1.inc();
         answer.await.map_err(|_| closed())?
+    }
+}
+
+/// What it takes to queue a write, apart from the store: a task that
+/// outlives a call (see [`PendingImport`]) can still write.
+#[derive(Clone)]
+struct Writer {
+    sender: Option<mpsc::SyncSender<WriteJob>>,
+    capacity: usize,
+    depth: Gauge,
+}
+
+impl Writer {
+    async fn write<P, T>(
+        &self,
+        payload: P,
+        work: impl FnOnce(&Connection, &P) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError>
+    where
+        P: Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        queue(
+            self.sender.clone(),
+            WriteJob::new(payload, reply, work),
+            "write",
+            self.capacity,
+        )?;
+        self.depth.inc();
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+/// An import being written in chunks; unless [`PendingImport::published`],
+/// dropping it (an error, or the caller gone) deletes its rows in the
+/// background, a chunk per write.
+struct PendingImport {
+    writer: Option<Writer>,
+    /// Set by the writer when it has made the pending row.
+    import: Arc<Mutex<Option<ImportId>>>,
+}
+
+impl PendingImport {
+    fn published(mut self) {
+        self.writer = None;
+    }
+}
+
+impl Drop for PendingImport {
+    fn drop(&mut self) {
+        let import = *self.import.lock().expect("pending import");
+        let (Some(writer), Some(import), Ok(runtime)) = (
+            self.writer.take(),
+            import,
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return; // nothing made, or left to the next start
+        };
+        runtime.spawn(async move {
+            loop {
+                match writer
+                    .write((), move |conn, ()| {
+                        discard_pending(conn, import, IMPORT_CHUNK)
+                    })
+                    .await
+                {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(import = import.get(), error = %e, "deleting an unfinished import failed; the next start deletes it");
+                        break;
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -306,6 +450,9 @@ impl Storage for SqliteStorage {
         citizens: Vec<Citizen>,
         idempotency: Option<Idempotency>,
     ) -> Result<ImportId, StorageError> {
+        if citizens.len() > IMPORT_CHUNK {
+            return self.create_import_in_chunks(citizens, idempotency).await;
+        }
         self.write((citizens, idempotency), |conn, (citizens, key)| {
             insert_import(conn, citizens, key.as_ref())
         })
@@ -353,7 +500,7 @@ impl Storage for SqliteStorage {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT import_id, citizens, created_at, version FROM imports
-                     WHERE import_id < ?1 ORDER BY import_id DESC LIMIT ?2",
+                     WHERE import_id < ?1 AND NOT pending ORDER BY import_id DESC LIMIT ?2",
                 )
                 .map_err(internal)?;
             let rows = stmt
@@ -392,7 +539,7 @@ impl Storage for SqliteStorage {
         self.read(|conn| {
             let (imports, citizens): (i64, i64) = conn
                 .query_row(
-                    "SELECT count(*), coalesce(sum(citizens), 0) FROM imports",
+                    "SELECT count(*), coalesce(sum(citizens), 0) FROM imports WHERE NOT pending",
                     [],
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
@@ -712,6 +859,162 @@ mod tests {
             file_len(&wal) < 256 << 10,
             "the WAL was truncated: {} bytes",
             file_len(&wal)
+        );
+        storage.close().await;
+    }
+
+    /// Imports by their pending flag, read beside the store.
+    fn imports_by_pending(path: &Path) -> Vec<(i64, bool, i64)> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT import_id, pending, (SELECT count(*) FROM citizens c
+                                              WHERE c.import_id = i.import_id)
+                 FROM imports i ORDER BY import_id",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// Polls `check` (at most 60 s) until it gives a value.
+    async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(std::time::Instant::now() < deadline, "never {what} (60 s)");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn until_pending(path: &Path) -> i64 {
+        until("a pending import", || {
+            imports_by_pending(path)
+                .into_iter()
+                .find(|i| i.1)
+                .map(|i| i.0)
+        })
+        .await
+    }
+
+    const BIG: u64 = 4 * IMPORT_CHUNK as u64 + 5;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_import_is_written_in_chunks_invisibly_while_other_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chunks.db");
+        let storage = Arc::new(SqliteStorage::open(&path, 2).unwrap());
+        let small = storage.create_import(spec_citizens(), None).await.unwrap();
+        let writing = {
+            let storage = Arc::clone(&storage);
+            tokio::spawn(async move { storage.create_import(citizens(BIG), None).await })
+        };
+        let pending = ImportId::new(until_pending(&path).await).unwrap();
+
+        // Mid-way: invisible to every operation, and other writes are answered.
+        assert!(matches!(
+            storage.citizens(pending).await,
+            Err(StorageError::ImportNotFound(_))
+        ));
+        assert!(matches!(
+            storage
+                .patch_citizen(pending, CitizenId::parse(1).unwrap(), rename_patch())
+                .await,
+            Err(StorageError::ImportNotFound(_))
+        ));
+        assert_eq!(storage.list_imports(10, None).await.unwrap().len(), 1);
+        assert_eq!(storage.totals().await.unwrap(), (1, 2));
+        let id = CitizenId::parse(1).unwrap();
+        storage
+            .patch_citizen(small, id, rename_patch())
+            .await
+            .unwrap();
+        assert!(
+            !writing.is_finished(),
+            "the PATCH waited for the whole import"
+        );
+
+        let import = writing.await.unwrap().unwrap();
+        assert_eq!(import, pending);
+        let snapshot = storage.citizens(import).await.unwrap();
+        assert_eq!(snapshot.citizens.len() as u64, BIG);
+        assert_eq!(snapshot.version, 1);
+        assert_eq!(storage.totals().await.unwrap(), (2, 2 + BIG));
+        assert_eq!(
+            imports_by_pending(&path),
+            vec![
+                (small.get(), false, 2),
+                (import.get(), false, i64::try_from(BIG).unwrap())
+            ]
+        );
+        storage.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_big_import_is_deleted_and_a_crashed_one_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abandoned.db");
+        let storage = Arc::new(SqliteStorage::open(&path, 1).unwrap());
+        let writing = {
+            let storage = Arc::clone(&storage);
+            tokio::spawn(async move { storage.create_import(citizens(BIG), None).await })
+        };
+        until_pending(&path).await;
+        writing.abort(); // the caller goes away mid-way
+        assert!(writing.await.unwrap_err().is_cancelled());
+        // Deleted in the background, a chunk per write.
+        until("the abandoned import deleted", || {
+            imports_by_pending(&path).is_empty().then_some(())
+        })
+        .await;
+        storage.close().await;
+
+        // A crash mid-way leaves a pending import: the next start deletes it.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO imports (created_at, citizens, pending) VALUES (0, 2, 1);
+             INSERT INTO citizens VALUES (last_insert_rowid(), 1, 'A', 'B', 'C', 1, 'N', '2000-01-31', 'male', x'');",
+        )
+        .unwrap();
+        drop(conn);
+        assert_eq!(imports_by_pending(&path).len(), 1);
+        let storage = SqliteStorage::open(&path, 1).unwrap();
+        assert_eq!(imports_by_pending(&path), vec![]);
+        storage.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_big_imports_with_one_key_store_one_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let storage = Arc::new(SqliteStorage::open(&path, 1).unwrap());
+        let key = Idempotency {
+            key: "k-1".into(),
+            body_hash: [7; 32],
+        };
+        let both: Vec<_> = (0..2)
+            .map(|_| {
+                let (storage, key) = (Arc::clone(&storage), key.clone());
+                tokio::spawn(async move { storage.create_import(citizens(BIG), Some(key)).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for one in both {
+            ids.push(one.await.unwrap().unwrap());
+        }
+        assert_eq!(ids[0], ids[1], "both requests get the one import");
+        // The other request's rows are deleted in the background.
+        let imports = until("one import left", || {
+            Some(imports_by_pending(&path)).filter(|i| i.len() == 1)
+        })
+        .await;
+        assert_eq!(
+            imports[0],
+            (ids[0].get(), false, i64::try_from(BIG).unwrap())
         );
         storage.close().await;
     }

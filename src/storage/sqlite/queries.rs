@@ -13,37 +13,161 @@ use crate::storage::{Idempotency, Patched, StorageError, Version};
 pub(super) const CITIZEN_COLUMNS: &str =
     "citizen_id, town, street, building, apartment, name, birth_date, gender, relatives";
 
+/// The import an idempotency key already stored, if any: `KeyReused` when it
+/// came with another body.
+fn stored_key(
+    conn: &Connection,
+    idempotency: Option<&Idempotency>,
+) -> Result<Option<ImportId>, StorageError> {
+    let Some(Idempotency { key, body_hash }) = idempotency else {
+        return Ok(None);
+    };
+    let stored: Option<(Vec<u8>, ImportId)> = conn
+        .prepare_cached("SELECT body_hash, import_id FROM idempotency_keys WHERE key = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })
+        .map_err(internal)?;
+    match stored {
+        Some((hash, import)) if hash == *body_hash => Ok(Some(import)),
+        Some((_, import)) => Err(StorageError::KeyReused {
+            key: key.clone(),
+            import,
+        }),
+        None => Ok(None),
+    }
+}
+
+fn store_key(
+    conn: &Connection,
+    import: ImportId,
+    idempotency: Option<&Idempotency>,
+) -> Result<(), StorageError> {
+    if let Some(Idempotency { key, body_hash }) = idempotency {
+        conn.prepare_cached(
+            "INSERT INTO idempotency_keys (key, body_hash, import_id) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![key, &body_hash[..], import]))
+        .map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// A new import row of `citizens` citizens; `pending` ones are invisible.
+fn new_import(conn: &Connection, citizens: usize, pending: bool) -> Result<ImportId, StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO imports (created_at, citizens, pending) VALUES (unixepoch(), ?1, ?2)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![count(citizens), pending]))
+    .map_err(internal)?;
+    ImportId::new(conn.last_insert_rowid())
+        .ok_or_else(|| StorageError::internal("sqlite handed out a non-positive import id"))
+}
+
 pub(super) fn insert_import(
     conn: &Connection,
     citizens: &[Citizen],
     idempotency: Option<&Idempotency>,
 ) -> Result<ImportId, StorageError> {
-    if let Some(Idempotency { key, body_hash }) = idempotency {
-        let stored: Option<(Vec<u8>, ImportId)> = conn
-            .prepare_cached("SELECT body_hash, import_id FROM idempotency_keys WHERE key = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()
-            })
-            .map_err(internal)?;
-        if let Some((hash, import)) = stored {
-            return if hash == body_hash {
-                Ok(import)
-            } else {
-                Err(StorageError::KeyReused {
-                    key: key.clone(),
-                    import,
-                })
-            };
-        }
+    if let Some(import) = stored_key(conn, idempotency)? {
+        return Ok(import);
     }
-    conn.execute(
-        "INSERT INTO imports (created_at, citizens) VALUES (unixepoch(), ?1)",
-        [count(citizens.len())],
+    let import = new_import(conn, citizens.len(), false)?;
+    insert_citizens(conn, import, citizens)?;
+    store_key(conn, import, idempotency)?;
+    Ok(import)
+}
+
+/// The first write of an import written in chunks.
+pub(super) enum Begun {
+    /// The idempotency key is already stored: its import is the answer.
+    Stored(ImportId),
+    /// A new, invisible import to write the citizens of.
+    Pending(ImportId),
+}
+
+pub(super) fn begin_import(
+    conn: &Connection,
+    citizens: usize,
+    idempotency: Option<&Idempotency>,
+) -> Result<Begun, StorageError> {
+    Ok(match stored_key(conn, idempotency)? {
+        Some(import) => Begun::Stored(import),
+        None => Begun::Pending(new_import(conn, citizens, true)?),
+    })
+}
+
+/// Makes a pending import visible, with its key; if another request stored
+/// the key meanwhile, that request's import is the answer (and this one is
+/// left pending, to be deleted).
+pub(super) fn publish_import(
+    conn: &Connection,
+    import: ImportId,
+    idempotency: Option<&Idempotency>,
+) -> Result<ImportId, StorageError> {
+    if let Some(stored) = stored_key(conn, idempotency)? {
+        return Ok(stored);
+    }
+    conn.prepare_cached(
+        "UPDATE imports SET pending = 0, created_at = unixepoch() WHERE import_id = ?1 AND pending",
     )
+    .and_then(|mut stmt| stmt.execute([import]))
     .map_err(internal)?;
-    let import = ImportId::new(conn.last_insert_rowid())
-        .ok_or_else(|| StorageError::internal("sqlite handed out a non-positive import id"))?;
+    store_key(conn, import, idempotency)?;
+    Ok(import)
+}
+
+/// Deletes up to `limit` citizens of pending import `import`, and the import
+/// once none is left; true when it is gone.
+pub(super) fn discard_pending(
+    conn: &Connection,
+    import: ImportId,
+    limit: usize,
+) -> Result<bool, StorageError> {
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM citizens WHERE import_id = ?1 AND citizen_id IN
+                 (SELECT citizen_id FROM citizens WHERE import_id = ?1 LIMIT ?2)
+             AND (SELECT pending FROM imports WHERE import_id = ?1)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![import, count(limit)]))
+        .map_err(internal)?;
+    if deleted > 0 {
+        return Ok(false);
+    }
+    conn.prepare_cached("DELETE FROM imports WHERE import_id = ?1 AND pending")
+        .and_then(|mut stmt| stmt.execute([import]))
+        .map_err(internal)?;
+    Ok(true)
+}
+
+/// Deletes what imports cut short by a crash left; the number of them.
+pub(super) fn discard_all_pending(conn: &Connection) -> Result<usize, StorageError> {
+    let pending: i64 = conn
+        .query_row("SELECT count(*) FROM imports WHERE pending", [], |row| {
+            row.get(0)
+        })
+        .map_err(internal)?;
+    if pending > 0 {
+        // Nothing is written on a start without leftovers (a full disk must
+        // not stop a start).
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             DELETE FROM citizens WHERE import_id IN (SELECT import_id FROM imports WHERE pending);
+             DELETE FROM imports WHERE pending;
+             COMMIT;",
+        )
+        .map_err(internal)?;
+    }
+    Ok(usize::try_from(pending).unwrap_or(0))
+}
+
+pub(super) fn insert_citizens(
+    conn: &Connection,
+    import: ImportId,
+    citizens: &[Citizen],
+) -> Result<(), StorageError> {
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO citizens (import_id, citizen_id, town, street, building, apartment,
@@ -69,14 +193,7 @@ pub(super) fn insert_import(
             ])
             .map_err(internal)?;
     }
-    if let Some(Idempotency { key, body_hash }) = idempotency {
-        conn.prepare_cached(
-            "INSERT INTO idempotency_keys (key, body_hash, import_id) VALUES (?1, ?2, ?3)",
-        )
-        .and_then(|mut stmt| stmt.execute(params![key, &body_hash[..], import]))
-        .map_err(internal)?;
-    }
-    Ok(import)
+    Ok(())
 }
 
 pub(super) fn patch_citizen(
@@ -85,14 +202,14 @@ pub(super) fn patch_citizen(
     id: CitizenId,
     patch: &CitizenPatch,
 ) -> Result<Patched, StorageError> {
+    // The import first: a pending one (being written in chunks) is not there yet.
+    if import_version(conn, import)?.is_none() {
+        return Err(StorageError::ImportNotFound(import));
+    }
     let Some(mut citizen) = load_citizen(conn, import, id)? else {
-        return Err(if import_exists(conn, import)? {
-            StorageError::CitizenNotFound {
-                import,
-                citizen: id,
-            }
-        } else {
-            StorageError::ImportNotFound(import)
+        return Err(StorageError::CitizenNotFound {
+            import,
+            citizen: id,
         });
     };
     if let Some(new) = &patch.relatives {
@@ -174,16 +291,12 @@ pub(super) fn delete_import(conn: &Connection, import: ImportId) -> Result<(), S
     Ok(())
 }
 
-pub(super) fn import_exists(conn: &Connection, import: ImportId) -> Result<bool, StorageError> {
-    Ok(import_version(conn, import)?.is_some())
-}
-
 pub(super) fn import_version(
     conn: &Connection,
     import: ImportId,
 ) -> Result<Option<Version>, StorageError> {
     let version: Option<i64> = conn
-        .prepare_cached("SELECT version FROM imports WHERE import_id = ?1")
+        .prepare_cached("SELECT version FROM imports WHERE import_id = ?1 AND NOT pending")
         .and_then(|mut stmt| stmt.query_row([import], |row| row.get(0)).optional())
         .map_err(internal)?;
     version

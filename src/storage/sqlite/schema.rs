@@ -41,6 +41,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
      UPDATE imports SET citizens =
          (SELECT count(*) FROM citizens c WHERE c.import_id = imports.import_id);
      CREATE INDEX idempotency_keys_by_import ON idempotency_keys (import_id);",
+    // 5: an import written in chunks is pending (invisible) until published.
+    "ALTER TABLE imports ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the schema up to date; returns the version it had before.
