@@ -16,6 +16,12 @@
 //! cannot finish in time. A job whose caller has gone (timeout, disconnect)
 //! before it starts is dropped unapplied; one already applied stays applied.
 //!
+//! A big import (over [`IMPORT_CHUNK`] citizens) does not hold the writer for
+//! its whole length: it is written a chunk per write while invisible
+//! (`imports.pending`), then published in one small write, so other writes
+//! wait at most for one chunk. Its rows are deleted if it fails or its caller
+//! goes away, and a crash's leftovers at the next start.
+//!
 //! A full disk is a state, not a fault: a write that fails for lack of space
 //! answers `Full` (507) and marks the store unwritable; reads go on. While
 //! unwritable, `health` probes with a real one-page write; the first write
