@@ -247,6 +247,97 @@ pub(super) fn run_batch(
 mod tests {
     use super::*;
 
+    /// A WAL-mode database in `dir` and a writer state with `pages` WAL pages counted.
+    fn writer_at(dir: &tempfile::TempDir, pages: i32) -> (Connection, WriterState) {
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER);")
+            .unwrap();
+        let state = WriterState {
+            wal_pages: Arc::new(AtomicI32::new(pages)),
+            writable: Arc::new(AtomicBool::new(true)),
+            path,
+            depth: Gauge::default(),
+            batch_size: Histogram::new([1.0]),
+        };
+        (conn, state)
+    }
+
+    /// A write of one row; `seen` gets the WAL page count when it runs.
+    fn insert(
+        state: &WriterState,
+        seen: &Arc<AtomicI32>,
+    ) -> (WriteJob, oneshot::Receiver<Result<usize, StorageError>>) {
+        let (reply, answer) = oneshot::channel();
+        let (pages, seen) = (Arc::clone(&state.wal_pages), Arc::clone(seen));
+        let job = WriteJob::new((), reply, move |conn, ()| {
+            seen.store(pages.load(Ordering::Relaxed), Ordering::Relaxed);
+            conn.execute("INSERT INTO t VALUES (1)", [])
+                .map_err(StorageError::internal)
+        });
+        (job, answer)
+    }
+
+    #[test]
+    fn a_small_wal_is_not_checkpointed_between_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, state) = writer_at(&dir, CHECKPOINT_PAGES - 1);
+        let (jobs, queued) = mpsc::sync_channel(1);
+        let (job, _answer) = insert(&state, &Arc::default());
+        jobs.send(job).unwrap();
+        drop(jobs);
+        writer_loop(conn, &queued, &state);
+        assert_eq!(
+            state.wal_pages.load(Ordering::Relaxed),
+            CHECKPOINT_PAGES - 1,
+            "no checkpoint below {CHECKPOINT_PAGES} pages"
+        );
+    }
+
+    #[test]
+    fn a_huge_wal_is_checkpointed_even_with_writes_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, state) = writer_at(&dir, FORCE_CHECKPOINT_PAGES);
+        let (jobs, queued) = mpsc::sync_channel(MAX_BATCH + 1);
+        let mut answers = Vec::new();
+        for _ in 0..MAX_BATCH {
+            let (job, answer) = insert(&state, &Arc::default());
+            jobs.send(job).unwrap();
+            answers.push(answer);
+        }
+        // The write after a full batch runs once the batch is checkpointed.
+        let seen = Arc::new(AtomicI32::new(-1));
+        let (job, _answer) = insert(&state, &seen);
+        jobs.send(job).unwrap();
+        drop(jobs);
+        writer_loop(conn, &queued, &state);
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            0,
+            "checkpointed before the waiting write"
+        );
+    }
+
+    #[test]
+    fn a_write_refused_for_lack_of_space_makes_the_store_unwritable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, state) = writer_at(&dir, 0);
+        let (jobs, queued) = mpsc::sync_channel(1);
+        let (reply, answer) = oneshot::channel::<Result<(), StorageError>>();
+        // Its own savepoint is rolled back; the batch commits.
+        jobs.send(WriteJob::new((), reply, |_, ()| {
+            Err(StorageError::Full("no room".into()))
+        }))
+        .unwrap();
+        drop(jobs);
+        writer_loop(conn, &queued, &state);
+        assert!(matches!(
+            answer.blocking_recv().unwrap(),
+            Err(StorageError::Full(_))
+        ));
+        assert!(!state.writable.load(Ordering::Acquire));
+    }
+
     #[test]
     fn a_batch_takes_the_queued_writes_up_to_the_cap_and_commits_once() {
         let dir = tempfile::tempdir().unwrap();
