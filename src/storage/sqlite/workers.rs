@@ -13,10 +13,9 @@ use crate::storage::StorageError;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-/// WAL size (pages) from which the writer checkpoints when it is idle.
-pub(super) const CHECKPOINT_PAGES: i32 = 4096;
-/// WAL size (pages) from which it checkpoints even when writes are queued.
-pub(super) const FORCE_CHECKPOINT_PAGES: i32 = 65536;
+/// WAL size (pages) from which the writer asks the checkpointer thread to
+/// fold the WAL back into the database.
+pub(super) const CHECKPOINT_PAGES: i32 = 16_384;
 
 pub(super) type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -131,6 +130,9 @@ pub(super) fn reader_loop(
 /// What the writer thread keeps besides its connection.
 pub(super) struct WriterState {
     pub(super) wal_pages: Arc<AtomicI32>,
+    /// Asks the checkpointer thread for a checkpoint (one request waits at
+    /// most; more are the same request).
+    pub(super) checkpoint: mpsc::SyncSender<()>,
     pub(super) writable: Arc<AtomicBool>,
     pub(super) path: PathBuf,
     pub(super) depth: Gauge,
@@ -142,14 +144,12 @@ pub(super) fn writer_loop(
     jobs: &mpsc::Receiver<WriteJob>,
     state: &WriterState,
 ) {
-    let mut next = None;
+    // The WAL size at the last checkpoint request: one request per
+    // CHECKPOINT_PAGES of new WAL, not one per batch while the WAL is big.
+    let mut asked_at = 0;
     loop {
-        let first = match next.take() {
-            Some(job) => job,
-            None => match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => break, // every sender dropped: the store is closing
-            },
+        let Ok(first) = jobs.recv() else {
+            break; // every sender dropped: the store is closing
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -192,22 +192,34 @@ pub(super) fn writer_loop(
                 "the disk is full: writes get 507 until there is room again; reads go on"
             );
         }
-        // Fold the WAL back into the database between batches, after the
-        // callers have their answers: when idle, or when the WAL grows large.
+        // The WAL is folded back into the database by the checkpointer
+        // thread, beside the writer: a checkpoint of a big WAL (tens of
+        // milliseconds and more) holds no write up.
         let pages = state.wal_pages.load(Ordering::Relaxed);
-        if pages >= CHECKPOINT_PAGES {
-            next = jobs.try_recv().ok();
-            if next.is_none() || pages >= FORCE_CHECKPOINT_PAGES {
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    Ok(()) => state.wal_pages.store(0, Ordering::Relaxed),
-                    Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
-                }
-            }
+        if pages < asked_at {
+            asked_at = 0; // checkpointed and started over
+        }
+        if pages >= asked_at + CHECKPOINT_PAGES {
+            // Full: a request is already waiting, which is the same.
+            let _ = state.checkpoint.try_send(());
+            asked_at = pages;
         }
     }
     // Leave a clean file behind: fold the whole WAL back into the database.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "sqlite checkpoint on close failed");
+    }
+}
+
+/// The checkpointer thread: a PASSIVE checkpoint on its own connection per
+/// request, concurrent with the writer (WAL lets writers append while a
+/// checkpoint copies committed pages) and the readers. Ends when the writer
+/// does (its sender dropped).
+pub(super) fn checkpointer_loop(conn: &Connection, requests: &mpsc::Receiver<()>) {
+    while requests.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "sqlite checkpoint failed");
+        }
     }
 }
 
@@ -247,81 +259,113 @@ pub(super) fn run_batch(
 mod tests {
     use super::*;
 
-    /// A WAL-mode database in `dir` and a writer state with `pages` WAL pages counted.
-    fn writer_at(dir: &tempfile::TempDir, pages: i32) -> (Connection, WriterState) {
+    /// A WAL-mode database in `dir`, a writer state with `pages` WAL pages
+    /// counted, and where its checkpoint requests go.
+    fn writer_at(
+        dir: &tempfile::TempDir,
+        pages: i32,
+    ) -> (Connection, WriterState, mpsc::Receiver<()>) {
         let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER);")
             .unwrap();
+        let (checkpoint, requests) = mpsc::sync_channel(1);
         let state = WriterState {
             wal_pages: Arc::new(AtomicI32::new(pages)),
+            checkpoint,
             writable: Arc::new(AtomicBool::new(true)),
             path,
             depth: Gauge::default(),
             batch_size: Histogram::new([1.0]),
         };
-        (conn, state)
+        (conn, state, requests)
     }
 
-    /// A write of one row; `seen` gets the WAL page count when it runs.
-    fn insert(
-        state: &WriterState,
-        seen: &Arc<AtomicI32>,
-    ) -> (WriteJob, oneshot::Receiver<Result<usize, StorageError>>) {
+    /// A write of one row.
+    fn insert() -> (WriteJob, oneshot::Receiver<Result<usize, StorageError>>) {
         let (reply, answer) = oneshot::channel();
-        let (pages, seen) = (Arc::clone(&state.wal_pages), Arc::clone(seen));
-        let job = WriteJob::new((), reply, move |conn, ()| {
-            seen.store(pages.load(Ordering::Relaxed), Ordering::Relaxed);
+        let job = WriteJob::new((), reply, |conn, ()| {
             conn.execute("INSERT INTO t VALUES (1)", [])
                 .map_err(StorageError::internal)
         });
         (job, answer)
     }
 
-    #[test]
-    fn a_small_wal_is_not_checkpointed_between_batches() {
+    /// Runs the writer over one write with `pages` WAL pages counted; whether
+    /// it asked for a checkpoint.
+    fn asks_for_a_checkpoint(pages: i32) -> bool {
         let dir = tempfile::tempdir().unwrap();
-        let (conn, state) = writer_at(&dir, CHECKPOINT_PAGES - 1);
+        let (conn, state, requests) = writer_at(&dir, pages);
         let (jobs, queued) = mpsc::sync_channel(1);
-        let (job, _answer) = insert(&state, &Arc::default());
+        let (job, mut answer) = insert();
         jobs.send(job).unwrap();
         drop(jobs);
         writer_loop(conn, &queued, &state);
-        assert_eq!(
-            state.wal_pages.load(Ordering::Relaxed),
-            CHECKPOINT_PAGES - 1,
-            "no checkpoint below {CHECKPOINT_PAGES} pages"
-        );
+        assert_eq!(answer.try_recv().unwrap().unwrap(), 1);
+        requests.try_recv().is_ok()
     }
 
     #[test]
-    fn a_huge_wal_is_checkpointed_even_with_writes_waiting() {
+    fn the_writer_asks_for_a_checkpoint_from_checkpoint_pages_on() {
+        assert!(!asks_for_a_checkpoint(CHECKPOINT_PAGES - 1));
+        assert!(asks_for_a_checkpoint(CHECKPOINT_PAGES));
+    }
+
+    #[test]
+    fn a_wal_that_stays_big_is_checkpointed_once_per_checkpoint_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let (conn, state) = writer_at(&dir, FORCE_CHECKPOINT_PAGES);
+        let (conn, mut state, _) = writer_at(&dir, CHECKPOINT_PAGES);
+        let (checkpoint, requests) = mpsc::sync_channel(8);
+        state.checkpoint = checkpoint;
+        // Two batches (one full, one of the write left over), the WAL as big
+        // after both: one request.
         let (jobs, queued) = mpsc::sync_channel(MAX_BATCH + 1);
-        let mut answers = Vec::new();
-        for _ in 0..MAX_BATCH {
-            let (job, answer) = insert(&state, &Arc::default());
-            jobs.send(job).unwrap();
-            answers.push(answer);
-        }
-        // The write after a full batch runs once the batch is checkpointed.
-        let seen = Arc::new(AtomicI32::new(-1));
-        let (job, _answer) = insert(&state, &seen);
-        jobs.send(job).unwrap();
+        let answers: Vec<_> = (0..=MAX_BATCH)
+            .map(|_| {
+                let (job, answer) = insert();
+                jobs.send(job).unwrap();
+                answer
+            })
+            .collect();
         drop(jobs);
         writer_loop(conn, &queued, &state);
-        assert_eq!(
-            seen.load(Ordering::Relaxed),
-            0,
-            "checkpointed before the waiting write"
+        assert_eq!(answers.len(), MAX_BATCH + 1);
+        assert_eq!(requests.try_iter().count(), 1);
+    }
+
+    #[test]
+    fn the_checkpointer_folds_the_wal_into_the_database_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        // A writer that never checkpoints, kept open (the last connection to
+        // close would checkpoint).
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+                 CREATE TABLE t (b BLOB);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+                 INSERT INTO t SELECT randomblob(1024) FROM n;",
+            )
+            .unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        assert!(size() < 64 << 10, "the rows are in the WAL only");
+        let (ask, requests) = mpsc::sync_channel(1);
+        ask.send(()).unwrap();
+        drop(ask);
+        checkpointer_loop(&Connection::open(&path).unwrap(), &requests);
+        assert!(
+            size() > 500 << 10,
+            "folded into the database: {} bytes",
+            size()
         );
+        drop(writer);
     }
 
     #[test]
     fn a_write_refused_for_lack_of_space_makes_the_store_unwritable() {
         let dir = tempfile::tempdir().unwrap();
-        let (conn, state) = writer_at(&dir, 0);
+        let (conn, state, _requests) = writer_at(&dir, 0);
         let (jobs, queued) = mpsc::sync_channel(1);
         let (reply, answer) = oneshot::channel::<Result<(), StorageError>>();
         // Its own savepoint is rolled back; the batch commits.
@@ -369,6 +413,7 @@ mod tests {
         drop(jobs);
         let state = WriterState {
             wal_pages: Arc::default(),
+            checkpoint: mpsc::sync_channel(1).0,
             writable: Arc::new(AtomicBool::new(true)),
             path,
             depth: Gauge::default(),
