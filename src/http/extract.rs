@@ -26,6 +26,20 @@ pub struct SmallBody(pub Bytes);
 /// The limit of a [`SmallBody`] (or `--max-body-bytes`, if smaller).
 pub const SMALL_BODY_BYTES: u64 = 1 << 20;
 
+/// A PATCH body announced over its limit but not over this is read and
+/// dropped before the 413: a client still sending it then gets the answer,
+/// where closing on unread data would reset the connection under it. Larger
+/// ones are refused without reading (the connection then closes).
+const DRAIN_BYTES: u64 = 8 << 20;
+
+/// Reads and drops a body, at most [`DRAIN_BYTES`] of it; errors end it.
+async fn drain(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut body =
+        http_body_util::Limited::new(body, usize::try_from(DRAIN_BYTES).unwrap_or(usize::MAX));
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
 /// Bodies of this many compressed bytes or more are decompressed off the
 /// async worker threads.
 const INLINE_GUNZIP: usize = 64 * 1024;
@@ -57,7 +71,12 @@ impl FromRequest<AppState> for SmallBody {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > limit) {
+        if let Some(announced) = announced.filter(|n| *n > limit) {
+            // A client waiting for `100 Continue` has sent nothing: no drain.
+            let waiting = req.headers().contains_key(axum::http::header::EXPECT);
+            if announced <= DRAIN_BYTES && !waiting {
+                drain(req.into_body()).await;
+            }
             return Err(AppError::SmallBodyTooLarge(ByteSize(limit)));
         }
         read_body(req, limit, || AppError::SmallBodyTooLarge(ByteSize(limit)))
