@@ -924,6 +924,13 @@ mod tests {
 
     const BIG: u64 = 4 * IMPORT_CHUNK as u64 + 5;
 
+    #[test]
+    fn imports_are_chunked_from_32_769_citizens_in_chunks_of_8_192() {
+        // As the README says: up to 32,768 citizens one write (faster for
+        // them), past that 8,192 per write (about 25 ms each).
+        assert_eq!((CHUNKED_FROM, IMPORT_CHUNK), (32_768, 8_192));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_big_import_is_written_in_chunks_invisibly_while_other_writes_go_on() {
         let dir = tempfile::tempdir().unwrap();
