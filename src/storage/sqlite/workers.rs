@@ -317,13 +317,17 @@ mod tests {
         let (conn, mut state, _) = writer_at(&dir, CHECKPOINT_PAGES);
         let (checkpoint, requests) = mpsc::sync_channel(8);
         state.checkpoint = checkpoint;
-        // Two batches (one full, one of the write left over), the WAL as big
-        // after both: one request.
+        // Two batches (one full, one of the write left over), each growing
+        // the WAL by a page a write, not by CHECKPOINT_PAGES: one request.
         let (jobs, queued) = mpsc::sync_channel(MAX_BATCH + 1);
         let answers: Vec<_> = (0..=MAX_BATCH)
             .map(|_| {
-                let (job, answer) = insert();
-                jobs.send(job).unwrap();
+                let (reply, answer) = oneshot::channel();
+                let pages = Arc::clone(&state.wal_pages);
+                jobs.send(WriteJob::new((), reply, move |_, ()| {
+                    Ok(pages.fetch_add(1, Ordering::Relaxed))
+                }))
+                .unwrap();
                 answer
             })
             .collect();
