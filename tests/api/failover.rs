@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::helpers::{Binary, expected_listing, free_port, generate_import, ha_available};
+use crate::helpers::{
+    Binary, assert_relatives_symmetric, expected_listing, free_port, generate_import, ha_available,
+};
 use crate::support::poll;
 
 /// The cluster of `deploy/ha/cluster.sh`, in a temporary directory; taken
@@ -529,24 +531,7 @@ async fn failover_under_load_loses_no_acknowledged_write_and_resumes() {
         .collect();
     for &import in &seeded {
         let listing = get(import).await;
-        let graph: BTreeMap<u64, Vec<u64>> = listing
-            .iter()
-            .map(|c| {
-                let relatives = c["relatives"].as_array().unwrap();
-                (
-                    c["citizen_id"].as_u64().unwrap(),
-                    relatives.iter().map(|r| r.as_u64().unwrap()).collect(),
-                )
-            })
-            .collect();
-        for (me, list) in &graph {
-            for other in list {
-                assert!(
-                    graph[other].contains(me),
-                    "import {import}: {me} lists {other}, not back"
-                );
-            }
-        }
+        assert_relatives_symmetric(&listing, &format!("import {import}"));
         for c in &listing {
             let id = c["citizen_id"].as_u64().unwrap();
             let mine: Vec<_> = patches

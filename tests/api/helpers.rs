@@ -618,6 +618,32 @@ pub fn generate_import(n: u64, links: usize, seed: u64) -> Vec<Value> {
         .collect()
 }
 
+/// Panics unless every relative in `listing` (a GET citizens answer) lists
+/// the citizen back; `what` names the import in the message.
+pub fn assert_relatives_symmetric(listing: &[Value], what: &str) {
+    let graph: std::collections::BTreeMap<u64, Vec<u64>> = listing
+        .iter()
+        .map(|c| {
+            let relatives = c["relatives"].as_array().expect("relatives");
+            (
+                c["citizen_id"].as_u64().expect("citizen_id"),
+                relatives
+                    .iter()
+                    .map(|r| r.as_u64().expect("an id"))
+                    .collect(),
+            )
+        })
+        .collect();
+    for (me, list) in &graph {
+        for other in list {
+            assert!(
+                graph.get(other).is_some_and(|back| back.contains(me)),
+                "{what}: {me} lists {other}, not back: {graph:?}"
+            );
+        }
+    }
+}
+
 /// What GET citizens must return for an import body: ordered by id, relatives ascending.
 pub fn expected_listing(citizens: &[Value]) -> Vec<Value> {
     let mut expected: Vec<Value> = citizens.to_vec();

@@ -2,7 +2,6 @@
 //! promise beyond the common suite: several app instances over one
 //! database, and riding out the database's crash.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use gifts::config::Config;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, TestStore, spec_example};
+use crate::helpers::{Backend, TestApp, TestStore, assert_relatives_symmetric, spec_example};
 use crate::server_backend_tests;
 use crate::support::poll;
 
@@ -255,24 +254,7 @@ async fn overlapping_patches_through_two_instances_keep_relatives_symmetric(back
     }
     let listing = a.citizens(import).await;
     assert_eq!(listing, b.citizens(import).await, "both instances agree");
-    let graph: BTreeMap<u64, Vec<u64>> = listing
-        .iter()
-        .map(|c| {
-            let relatives = c["relatives"].as_array().unwrap();
-            (
-                c["citizen_id"].as_u64().unwrap(),
-                relatives.iter().map(|r| r.as_u64().unwrap()).collect(),
-            )
-        })
-        .collect();
-    for (me, list) in &graph {
-        for other in list {
-            assert!(
-                graph[other].contains(me),
-                "{me} lists {other}, not back: {graph:?}"
-            );
-        }
-    }
+    assert_relatives_symmetric(&listing, "the import");
 }
 
 /// `kill -9` of the database while writers keep importing: the writes in
