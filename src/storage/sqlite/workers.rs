@@ -53,6 +53,15 @@ pub(super) struct CommitFailure {
 }
 
 impl CommitFailure {
+    /// A failed commit: a full disk is told apart (507, and the store
+    /// unwritable) from other failures (500).
+    fn of(error: &rusqlite::Error) -> Self {
+        CommitFailure {
+            full: error.sqlite_error_code() == Some(ErrorCode::DiskFull),
+            text: error.to_string(),
+        }
+    }
+
     pub(super) fn error(&self) -> StorageError {
         if self.full {
             StorageError::Full(format!("commit failed: {}", self.text))
@@ -168,10 +177,7 @@ pub(super) fn writer_loop(
         let mut ran = Vec::with_capacity(batch.len());
         let commit = run_batch(&mut conn, batch, &mut ran)
             .err()
-            .map(|e| CommitFailure {
-                full: e.sqlite_error_code() == Some(ErrorCode::DiskFull),
-                text: e.to_string(),
-            });
+            .map(|e| CommitFailure::of(&e));
         let mut consumed = Vec::with_capacity(ran.len());
         let mut full = commit.as_ref().is_some_and(|c| c.full);
         for job in ran {
@@ -364,6 +370,22 @@ mod tests {
             size()
         );
         drop(writer);
+    }
+
+    #[test]
+    fn a_commit_that_fails_for_lack_of_space_is_full_and_others_are_internal() {
+        let failure = |code| {
+            CommitFailure::of(&rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                Some("why".into()),
+            ))
+        };
+        let full = failure(rusqlite::ffi::SQLITE_FULL);
+        assert!(full.full);
+        assert!(matches!(full.error(), StorageError::Full(_)));
+        let other = failure(rusqlite::ffi::SQLITE_IOERR);
+        assert!(!other.full);
+        assert!(matches!(other.error(), StorageError::Internal(_)));
     }
 
     #[test]
