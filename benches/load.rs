@@ -405,16 +405,7 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
     // POST /imports: every run stores a new import; the last one is read below.
     let last_import = std::sync::atomic::AtomicI64::new(0);
     let samples = timed(args.post_runs, budget, || async {
-        let (status, answer) = send(
-            &client,
-            Method::POST,
-            &format!("{base}/imports"),
-            body.clone(),
-        )
-        .await?;
-        expect(status, StatusCode::CREATED, &answer)?;
-        let value: serde_json::Value = serde_json::from_slice(&answer)?;
-        let id = value["data"]["import_id"].as_i64().context("import_id")?;
+        let id = store_import(&client, &base, body.clone()).await?;
         last_import.store(id, Ordering::Relaxed);
         Ok(())
     })
@@ -564,6 +555,14 @@ fn patch_relatives(base: &str, import: i64, n: u64, k: u64) -> (String, Bytes) {
         format!("{base}/imports/{import}/citizens/{id}"),
         Bytes::from(json!({ "relatives": relatives }).to_string()),
     )
+}
+
+/// POSTs an import (201 expected); its id.
+async fn store_import(client: &HttpClient, base: &str, body: Bytes) -> anyhow::Result<i64> {
+    let (status, answer) = send(client, Method::POST, &format!("{base}/imports"), body).await?;
+    expect(status, StatusCode::CREATED, &answer)?;
+    let value: serde_json::Value = serde_json::from_slice(&answer)?;
+    value["data"]["import_id"].as_i64().context("import_id")
 }
 
 async fn wait_healthy(client: &HttpClient, base: &str) -> anyhow::Result<()> {

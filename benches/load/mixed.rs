@@ -14,7 +14,7 @@ use hyper::body::Bytes;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Args, HttpClient, expect, patch_relatives, send, start_server};
+use super::{Args, HttpClient, expect, patch_relatives, send, start_server, store_import};
 
 /// What a request of the mix is.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -128,33 +128,20 @@ pub async fn run(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<Mixe
     // The imports that the reads and PATCHes go to.
     let mut imports = Vec::new();
     for _ in 0..args.mixed_imports {
-        let (status, answer) = send(
-            &client,
-            Method::POST,
-            &format!("{base}/imports"),
-            body.clone(),
-        )
-        .await?;
-        expect(status, hyper::StatusCode::CREATED, &answer)?;
-        let id: serde_json::Value = serde_json::from_slice(&answer)?;
-        imports.push(id["data"]["import_id"].as_i64().unwrap_or(1));
+        imports.push(store_import(&client, &base, body.clone()).await?);
     }
     // Every answer rendered once: the run starts from a warm service, and
     // what is cold afterwards is what the PATCHes made so.
     for import in &imports {
-        for path in ["citizens", "citizens/birthdays"] {
-            let (status, answer) = send(
-                &client,
-                Method::GET,
-                &format!("{base}/imports/{import}/{path}"),
-                Bytes::new(),
-            )
-            .await?;
+        for path in [
+            "citizens",
+            "citizens/birthdays",
+            "towns/stat/percentile/age",
+        ] {
+            let url = format!("{base}/imports/{import}/{path}");
+            let (status, answer) = send(&client, Method::GET, &url, Bytes::new()).await?;
             expect(status, hyper::StatusCode::OK, &answer)?;
         }
-        let url = format!("{base}/imports/{import}/towns/stat/percentile/age");
-        let (status, answer) = send(&client, Method::GET, &url, Bytes::new()).await?;
-        expect(status, hyper::StatusCode::OK, &answer)?;
     }
     let imports = Arc::new(imports);
     let mut steps = Vec::new();

@@ -357,18 +357,21 @@ async fn answer_of(answer: reqwest::Result<reqwest::Response>) -> (u16, Value) {
     }
 }
 
+impl Request {
+    /// A write through `instance`, sent at or after `since`, acknowledged (2xx).
+    fn acknowledged_write(&self, instance: usize, since: Duration) -> bool {
+        self.instance == instance
+            && self.sent >= since
+            && matches!(self.status, 200 | 201)
+            && !matches!(self.what, What::Read { .. })
+    }
+}
+
 /// Waits until every instance has a write acknowledged that was sent after `since`.
 async fn writes_resume(log: &Arc<Mutex<Vec<Request>>>, instances: usize, since: Duration) {
     poll(Duration::from_secs(60), || async {
         let log = log.lock().unwrap();
-        let ok = (0..instances).all(|i| {
-            log.iter().any(|s| {
-                s.instance == i
-                    && s.sent >= since
-                    && matches!(s.status, 200 | 201)
-                    && !matches!(s.what, What::Read { .. })
-            })
-        });
+        let ok = (0..instances).all(|i| log.iter().any(|s| s.acknowledged_write(i, since)));
         if ok { Ok(()) } else { Err(()) }
     })
     .await
@@ -380,12 +383,7 @@ fn gaps(log: &[Request], instances: usize, kill: Duration) -> Vec<Duration> {
     (0..instances)
         .map(|i| {
             log.iter()
-                .filter(|s| {
-                    s.instance == i
-                        && s.sent >= kill
-                        && matches!(s.status, 200 | 201)
-                        && !matches!(s.what, What::Read { .. })
-                })
+                .filter(|s| s.acknowledged_write(i, kill))
                 .map(|s| s.done.saturating_sub(kill))
                 .min()
                 .expect("a write after the failover")
