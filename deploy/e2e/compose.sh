@@ -117,7 +117,7 @@ ensure_engine() {
         "$work/venv/bin/pip" install -q --disable-pip-version-check ansible==11.13.0 ||
             cannot "pip install ansible failed"
     fi
-    say "engine $(docker version -f '{{.Server.Version}}'), $(docker compose version | head -n 1), $("$work/venv/bin/ansible" --version 2>/dev/null | sed -n 1p)"
+    say "engine $(docker version -f '{{.Server.Version}}'), $(docker compose version | sed -n 1p), $("$work/venv/bin/ansible" --version 2>/dev/null | sed -n 1p)"
 }
 
 # --- Stand-in base images ----------------------------------------------------
@@ -222,7 +222,7 @@ build_images() {
 check "the images build from the stand-ins, with no # syntax line (nothing from Docker Hub)" build_images
 app_image_user() {
     want="uid=10001(gifts) gid=10001(gifts) groups=10001(gifts)" expect docker run --rm --entrypoint id gifts:latest &&
-        want="gifts $(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n 1) (commit $GIFTS_COMMIT)" \
+        want="gifts $(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | sed -n 1p) (commit $GIFTS_COMMIT)" \
             expect docker run --rm gifts:latest --version &&
         [ "$(docker image inspect -f '{{json .Config.Volumes}}' gifts:latest)" = null ] &&
         ! grep -i 'useradd.*warning\|SYS_UID_MAX' "$work/build.log"
@@ -256,7 +256,7 @@ app_after_healthy_tarantool() {
     wait_http "http://127.0.0.1:$port/health" 200 120 || return 1
     local healthy app_started
     healthy=$(docker inspect -f '{{range .State.Health.Log}}{{if eq .ExitCode 0}}{{.End}}{{"\n"}}{{end}}{{end}}' \
-        "$(container tarantool)" | head -n 1)
+        "$(container tarantool)" | sed -n 1p)
     app_started=$(docker inspect -f '{{.State.StartedAt}}' "$(container app)")
     echo "tarantool first healthy at $healthy; app started at $app_started"
     [ -n "$healthy" ] && [[ "$(date -d "$app_started" +%s%N)" -ge "$(date -d "${healthy% *}" +%s%N)" ]]
@@ -384,7 +384,12 @@ nginx_proxy() {
     nginx -c "$dir/nginx.conf" -p "$dir" -s stop
     [ "$status" = 200 ] || { echo "through nginx: $status"; return 1; }
     # The client is the one nginx saw (a client cannot pick its own address).
-    compose logs app | grep 'through-nginx' | tee /dev/stderr | grep -q 'client="127.0.0.1"'
+    # (Read whole before matching: `grep -q` stops early, and under pipefail
+    # the writer's SIGPIPE would fail the check.)
+    local seen
+    seen=$(compose logs app | grep 'through-nginx')
+    echo "$seen" >&2
+    [[ $seen == *'client="127.0.0.1"'* ]]
 }
 check "TLS at a reverse proxy: deploy/nginx/gifts.conf serves HTTPS in front of the stack; the log names the real client" nginx_proxy
 compose down >/dev/null 2>&1
@@ -400,7 +405,9 @@ pg_refuses_without_password() {
         return 1
     fi
     compose --profile postgres logs postgres 2>&1 | tail -n 3
-    compose --profile postgres logs postgres 2>&1 | grep -q 'superuser password is not specified' &&
+    local logs
+    logs=$(compose --profile postgres logs postgres 2>&1)
+    [[ $logs == *'superuser password is not specified'* ]] &&
         [ -z "$(compose --profile postgres ps -q app-postgres)" ]
 }
 check "the postgres profile refuses to start without GIFTS_POSTGRES_PASSWORD" pg_refuses_without_password
