@@ -1,6 +1,8 @@
 //! Criterion micro-benchmarks of the hot paths, on a 10,000-citizen import
 //! with 1,000 links (the supplier's promised maximum):
-//! parse + validate, birthdays, percentiles, and serialising the citizens.
+//! parse + validate, birthdays, percentiles, and serialising the citizens;
+//! then the incremental aggregates: building them, moving them over one
+//! PATCH of relatives, and answering from them.
 //!
 //! ```sh
 //! cargo bench --bench hot_paths
@@ -9,6 +11,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gifts::domain::analytics::Analytics;
+use gifts::domain::relatives::after_patch;
 use gifts::domain::{stats, today_utc};
 use gifts::http::wire::{self, ImportBody, Object};
 
@@ -41,6 +45,31 @@ fn hot_paths(c: &mut Criterion) {
     });
     group.bench_function("serialise_citizens_json", |b| {
         b.iter(|| serde_json::to_vec(black_box(&citizens)).expect("serialises"));
+    });
+
+    let mut sorted: Vec<_> = citizens.iter().cloned().map(std::sync::Arc::new).collect();
+    sorted.sort_by_key(|c| c.citizen_id);
+    group.bench_function("analytics_build", |b| {
+        b.iter(|| Analytics::new(black_box(&sorted)));
+    });
+    let mut analytics = Analytics::new(&sorted);
+    // The benchmark's PATCH of relatives: citizen 0 takes two others.
+    let before = std::sync::Arc::clone(&sorted[0]);
+    let mut now = gifts::domain::Citizen::clone(&before);
+    now.relatives = vec![sorted[1].citizen_id, sorted[2].citizen_id];
+    let after = after_patch(&sorted, &now).expect("in the import");
+    group.bench_function("analytics_apply_patch", |b| {
+        b.iter(|| {
+            analytics
+                .apply(black_box(&after), &before, &now)
+                .expect("applies");
+        });
+    });
+    group.bench_function("birthdays_from_analytics", |b| {
+        b.iter(|| analytics.birthdays(black_box(&after)));
+    });
+    group.bench_function("percentiles_from_analytics", |b| {
+        b.iter(|| analytics.percentiles(black_box(today)));
     });
     group.finish();
 }

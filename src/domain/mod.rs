@@ -1,6 +1,7 @@
 //! The pure core: citizen types and their rules, the relatives graph, and the
 //! analytics. No I/O, no clock (today's date is a parameter), no framework types.
 
+pub mod analytics;
 pub mod citizen;
 pub mod error;
 pub mod relatives;

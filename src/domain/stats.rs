@@ -112,22 +112,30 @@ pub fn town_percentiles<C: Borrow<Citizen>>(citizens: &[C], today: Date) -> Vec<
 /// `b − (b−a)·(1−t)` for t ≥ 0.5 to be exact at the upper neighbour.
 ///
 /// `sorted` must be ascending and non-empty.
+pub fn percentile(sorted: &[i64], q: f64) -> f64 {
+    percentile_by(sorted.len(), |i| sorted[i], q)
+}
+
+/// [`percentile`] of an ascending list of `len` values given by `at`, which
+/// is asked for at most two of them.
+///
+/// `len` must be positive.
 // The formula's own letters; `below` is a non-negative whole number < len.
 #[allow(
     clippy::many_single_char_names,
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss
 )]
-pub fn percentile(sorted: &[i64], q: f64) -> f64 {
-    assert!(!sorted.is_empty(), "percentile of an empty list");
-    let last = sorted.len() - 1;
+pub fn percentile_by(len: usize, at: impl Fn(usize) -> i64, q: f64) -> f64 {
+    assert!(len > 0, "percentile of an empty list");
+    let last = len - 1;
     let index = last as f64 * (q / 100.0);
     let below = index.floor();
     if below >= last as f64 {
-        return sorted[last] as f64;
+        return at(last) as f64;
     }
     let i = below as usize;
-    let (a, b) = (sorted[i] as f64, sorted[i + 1] as f64);
+    let (a, b) = (at(i) as f64, at(i + 1) as f64);
     let t = index - below;
     let diff = b - a;
     if t >= 0.5 {

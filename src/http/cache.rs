@@ -22,19 +22,26 @@
 //!   then no other write came in between; any other gap drops it. The move
 //!   mirrors relatives exactly as the stores do (`domain::relatives::after_patch`,
 //!   tested against both).
+//! - **Aggregates** (`domain::analytics`): the first birthdays or
+//!   percentiles read of a held snapshot builds them; a PATCH that moves the
+//!   snapshot moves them by its change alone, so the next analytics answer
+//!   costs its rendering, not a pass over every citizen. They hold birth
+//!   dates, not ages, so midnight changes nothing in them.
 //! - **One budget**: bodies and snapshots share `--cache-bytes`, each
 //!   weighed by the heap it really holds (allocation sizes, not JSON sizes),
 //!   with LRU-like eviction (`quick_cache`). Concurrent misses on one body
 //!   render once (single flight).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::{OptionsBuilder, Weighter};
 
+use crate::domain::analytics::Analytics;
 use crate::domain::relatives::after_patch;
+use crate::domain::stats::{self, Birthdays, TownAges};
 use crate::domain::{Citizen, ImportId};
 use crate::metrics::Metrics;
 use crate::storage::{Patched, Version};
@@ -85,7 +92,76 @@ enum Entry {
 struct Snapshot {
     version: Version,
     citizens: CitizenList,
+    analytics: SharedAnalytics,
     weight: u64,
+}
+
+/// An import's aggregates and the version they are of: one slot shared by
+/// the snapshots of consecutive versions, moved forward in place.
+type SharedAnalytics = Arc<Mutex<Option<(Version, Analytics)>>>;
+
+/// An import's citizens at one version, to render answers from: held by the
+/// cache (with the slot for its aggregates) or loaded for one answer.
+#[derive(Clone)]
+pub struct Held {
+    version: Version,
+    citizens: CitizenList,
+    analytics: Option<SharedAnalytics>,
+}
+
+impl Held {
+    /// Citizens loaded for one answer only: analytics are computed from scratch.
+    pub fn loaded(version: Version, citizens: CitizenList) -> Self {
+        Self {
+            version,
+            citizens,
+            analytics: None,
+        }
+    }
+
+    /// The citizens, ordered by citizen_id.
+    pub fn citizens(&self) -> &[Arc<Citizen>] {
+        &self.citizens
+    }
+
+    /// Presents per month.
+    pub fn birthdays(&self) -> Birthdays {
+        self.with_analytics(
+            |a| a.birthdays(&self.citizens),
+            || stats::birthdays(&self.citizens),
+        )
+    }
+
+    /// Age percentiles per town on `today`.
+    pub fn percentiles(&self, today: time::Date) -> Vec<TownAges> {
+        self.with_analytics(
+            |a| a.percentiles(today),
+            || stats::town_percentiles(&self.citizens, today),
+        )
+    }
+
+    /// `read` of the aggregates of this version, built first if the slot
+    /// holds none (or an older version's that no PATCH moved); `scratch`
+    /// when this snapshot is not held, or is older than the aggregates.
+    fn with_analytics<R>(
+        &self,
+        read: impl FnOnce(&Analytics) -> R,
+        scratch: impl FnOnce() -> R,
+    ) -> R {
+        let Some(slot) = &self.analytics else {
+            return scratch();
+        };
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*slot {
+            Some((version, analytics)) if *version == self.version => return read(analytics),
+            Some((version, _)) if *version > self.version => return scratch(),
+            _ => {}
+        }
+        let analytics = Analytics::new(&self.citizens);
+        let answer = read(&analytics);
+        *slot = Some((self.version, analytics));
+        answer
+    }
 }
 
 #[derive(Clone)]
@@ -143,6 +219,8 @@ fn snapshot_weight(citizens: &[Arc<Citizen>]) -> u64 {
         .sum();
     let allocated =
         arc * citizens.len() as u64 + buffers + allocation(std::mem::size_of_val(citizens));
+    // The aggregates, once an analytics answer builds them.
+    let allocated = allocated + Analytics::weight(citizens.len());
     allocated * SNAPSHOT_RESIDENT_EIGHTHS / 8 + 96
 }
 
@@ -198,9 +276,13 @@ impl ResponseCache {
     }
 
     /// The import's citizens at exactly `version`, if held.
-    pub fn snapshot(&self, import: ImportId, version: Version) -> Option<CitizenList> {
+    pub fn snapshot(&self, import: ImportId, version: Version) -> Option<Held> {
         let found = match self.entries.as_ref()?.get(&Key::Snapshot(import)) {
-            Some(Entry::Snapshot(s)) if s.version == version => Some(s.citizens),
+            Some(Entry::Snapshot(s)) if s.version == version => Some(Held {
+                version,
+                citizens: s.citizens,
+                analytics: Some(s.analytics),
+            }),
             _ => None,
         };
         self.metrics.cache_lookup("snapshot", found.is_some());
@@ -208,25 +290,33 @@ impl ResponseCache {
     }
 
     /// Holds the import's citizens as of `version`, unless a newer snapshot
-    /// is already held (two loads racing: the older must not win).
-    pub fn keep_snapshot(&self, import: ImportId, version: Version, citizens: CitizenList) {
+    /// is already held (two loads racing: the older must not win); what to
+    /// render from, either way.
+    pub fn keep_snapshot(&self, import: ImportId, version: Version, citizens: CitizenList) -> Held {
         let Some(entries) = &self.entries else {
-            return;
+            return Held::loaded(version, citizens);
         };
         if let Some(Entry::Snapshot(held)) = entries.get(&Key::Snapshot(import))
             && held.version > version
         {
-            return;
+            return Held::loaded(version, citizens);
         }
         let weight = snapshot_weight(&citizens);
+        let analytics = SharedAnalytics::default();
         entries.insert(
             Key::Snapshot(import),
             Entry::Snapshot(Snapshot {
                 version,
-                citizens,
+                citizens: Arc::clone(&citizens),
+                analytics: Arc::clone(&analytics),
                 weight,
             }),
         );
+        Held {
+            version,
+            citizens,
+            analytics: Some(analytics),
+        }
     }
 
     /// After a PATCH through this instance produced `patched`: moves the
@@ -277,11 +367,13 @@ impl ResponseCache {
         match next {
             // Sizes barely change with one citizen; keep the weight.
             Some(next) => {
+                move_analytics(&held, &next, version, updated);
                 entries.insert(
                     Key::Snapshot(import),
                     Entry::Snapshot(Snapshot {
                         version,
                         citizens: Arc::new(next),
+                        analytics: held.analytics,
                         weight: held.weight,
                     }),
                 );
@@ -335,6 +427,28 @@ impl ResponseCache {
             Entry::Body(body, _) => Ok(body),
             Entry::Snapshot(_) => unreachable!("body keys hold bodies"),
         }
+    }
+}
+
+/// Moves `held`'s aggregates to `version`, the import `after` once `updated`
+/// was written; drops them when they are not of `held`'s version (never
+/// built, or built from a snapshot this one replaced).
+fn move_analytics(held: &Snapshot, after: &[Arc<Citizen>], version: Version, updated: &Citizen) {
+    let mut slot = held
+        .analytics
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let moved = match slot.as_mut() {
+        Some((at, analytics)) if *at == held.version => held
+            .citizens
+            .binary_search_by_key(&updated.citizen_id, |c| c.citizen_id)
+            .ok()
+            .and_then(|i| analytics.apply(after, &held.citizens[i], updated))
+            .map(|()| *at = version),
+        _ => None,
+    };
+    if moved.is_none() {
+        *slot = None;
     }
 }
 
@@ -526,8 +640,11 @@ mod tests {
         }
     }
 
-    fn names(list: &CitizenList) -> Vec<String> {
-        list.iter().map(|c| c.name.as_str().to_owned()).collect()
+    fn names(held: &Held) -> Vec<String> {
+        held.citizens()
+            .iter()
+            .map(|c| c.name.as_str().to_owned())
+            .collect()
     }
 
     fn two_citizens() -> CitizenList {
@@ -561,6 +678,55 @@ mod tests {
     }
 
     #[test]
+    fn aggregates_move_with_the_snapshot_and_an_older_reader_recomputes() {
+        let cache = ResponseCache::new(1 << 20, Arc::default());
+        let today = time::OffsetDateTime::now_utc().date();
+        let v5 = cache.keep_snapshot(id(7), 5, two_citizens());
+        assert_eq!(v5.birthdays(), Birthdays::default(), "no relatives yet");
+        let slot = |held: &Held| {
+            let slot = held.analytics.as_ref().unwrap().lock().unwrap();
+            slot.as_ref().map(|(version, a)| (*version, a.clone()))
+        };
+        assert_eq!(slot(&v5).map(|s| s.0), Some(5), "built by the first read");
+        // 1 and 2 become relatives: moved to version 6, not rebuilt.
+        cache.apply_patch(id(7), 6, &citizen(1, "A", &[2]));
+        let v6 = cache.snapshot(id(7), 6).expect("moved");
+        let (version, moved) = slot(&v6).expect("moved with the snapshot");
+        assert_eq!(version, 6);
+        assert_eq!(moved, Analytics::new(v6.citizens()));
+        assert_eq!(v6.birthdays(), stats::birthdays(v6.citizens()));
+        assert_eq!(v6.birthdays().0[0].len(), 2, "both buy in January");
+        assert_eq!(
+            v6.percentiles(today),
+            stats::town_percentiles(v6.citizens(), today)
+        );
+        // A reader still at version 5 gets version 5's answer.
+        assert_eq!(v5.birthdays(), Birthdays::default());
+        assert_eq!(slot(&v6).map(|s| s.0), Some(6), "and leaves version 6's");
+        // A snapshot that cannot move drops its aggregates with it.
+        cache.apply_patch(id(7), 8, &citizen(1, "A", &[]));
+        assert!(cache.snapshot(id(7), 8).is_none());
+    }
+
+    #[test]
+    fn aggregates_never_built_are_not_moved() {
+        let cache = ResponseCache::new(1 << 20, Arc::default());
+        cache.keep_snapshot(id(7), 1, two_citizens());
+        cache.apply_patch(id(7), 2, &citizen(1, "A", &[2]));
+        let v2 = cache.snapshot(id(7), 2).expect("moved");
+        assert!(v2.analytics.as_ref().unwrap().lock().unwrap().is_none());
+        assert_eq!(v2.birthdays(), stats::birthdays(v2.citizens()));
+    }
+
+    #[test]
+    fn without_a_cache_analytics_are_computed_from_scratch() {
+        let cache = ResponseCache::new(0, Arc::default());
+        let held = cache.keep_snapshot(id(7), 1, two_citizens());
+        assert!(held.analytics.is_none());
+        assert_eq!(held.birthdays(), stats::birthdays(held.citizens()));
+    }
+
+    #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
         let cache = ResponseCache::new(1 << 20, Arc::default());
         cache.keep_snapshot(id(7), 9, two_citizens());
@@ -589,7 +755,8 @@ mod tests {
             + allocation(1)
             + allocation("Иванов Иван Иванович".len())
             + allocation(16);
-        let allocated = arc + strings + allocation(8);
+        let aggregates = 48 + 2 * 4;
+        let allocated = arc + strings + allocation(8) + aggregates;
         assert_eq!(snapshot_weight(&one), allocated * 12 / 8 + 96);
         assert_eq!(allocation(0), 0);
         assert_eq!(allocation(1), 8);

@@ -9,7 +9,7 @@ use super::error::AppError;
 use super::extract::{CitizenPath, ImportPath, SmallBody};
 use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data, to_data};
-use crate::domain::{stats, today_utc};
+use crate::domain::today_utc;
 
 #[utoipa::path(
     get,
@@ -40,8 +40,8 @@ pub async fn list(
     headers: HeaderMap,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    cached_view(&state, &headers, import, View::Citizens, |citizens| {
-        to_data(&citizens)
+    cached_view(&state, &headers, import, View::Citizens, |held| {
+        to_data(&held.citizens())
     })
     .await
 }
@@ -118,8 +118,8 @@ pub async fn birthdays(
     headers: HeaderMap,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    cached_view(&state, &headers, import, View::Birthdays, |citizens| {
-        to_data(&stats::birthdays(citizens))
+    cached_view(&state, &headers, import, View::Birthdays, |held| {
+        to_data(&held.birthdays())
     })
     .await
 }

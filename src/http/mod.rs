@@ -16,7 +16,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::config::ByteSize;
-use crate::domain::{Citizen, ImportId};
+use crate::domain::ImportId;
 use crate::storage::Storage;
 
 pub mod auth;
@@ -31,7 +31,7 @@ mod towns;
 #[doc(hidden)] // public for the hot-path benchmark only
 pub mod wire;
 
-use cache::{CitizenList, Encoding, ResponseCache, View};
+use cache::{CitizenList, Encoding, Held, ResponseCache, View};
 use error::{AppError, Failure, json_response};
 
 /// What every handler shares; cloning is cheap.
@@ -345,7 +345,7 @@ async fn cached_view<F>(
     render: F,
 ) -> Result<Response, AppError>
 where
-    F: FnOnce(&[Arc<Citizen>]) -> serde_json::Result<Vec<u8>> + Send + 'static,
+    F: FnOnce(&Held) -> serde_json::Result<Vec<u8>> + Send + 'static,
 {
     let version = state.storage.import_version(import).await?;
     let tag = entity_tag(import, version, view);
@@ -363,11 +363,11 @@ where
                 .await
                 .map_err(|e| AppError::Internal(Box::new(e)))?;
             enum Source {
-                Held(CitizenList),
+                Held(Held),
                 Loaded(crate::storage::Snapshot),
             }
             let source = match state.cache.snapshot(import, version) {
-                Some(citizens) => Source::Held(citizens),
+                Some(held) => Source::Held(held),
                 // May be newer than `version` if a write just landed; a newer
                 // answer is never stale.
                 None => Source::Loaded(state.storage.citizens(import).await?),
@@ -376,16 +376,15 @@ where
             // Wrapping a loaded import and weighing it for the cache walk every
             // citizen: done with the render, off the async worker threads.
             let body = tokio::task::spawn_blocking(move || {
-                let citizens = match source {
-                    Source::Held(citizens) => citizens,
+                let held = match source {
+                    Source::Held(held) => held,
                     Source::Loaded(loaded) => {
                         let citizens: CitizenList =
                             Arc::new(loaded.citizens.into_iter().map(Arc::new).collect());
-                        cache.keep_snapshot(import, loaded.version, Arc::clone(&citizens));
-                        citizens
+                        cache.keep_snapshot(import, loaded.version, citizens)
                     }
                 };
-                render(&citizens).map(cache::compact)
+                render(&held).map(cache::compact)
             })
             .await
             .map_err(|e| AppError::Internal(Box::new(e)))?

@@ -8,7 +8,7 @@ use super::cache::View;
 use super::error::AppError;
 use super::extract::ImportPath;
 use super::{AppState, cached_view, to_data};
-use crate::domain::{stats, today_utc};
+use crate::domain::today_utc;
 
 #[utoipa::path(
     get,
@@ -45,7 +45,7 @@ pub async fn percentiles(
         &headers,
         import,
         View::Percentiles(today.to_julian_day()),
-        move |citizens| to_data(&stats::town_percentiles(citizens, today)),
+        move |held| to_data(&held.percentiles(today)),
     )
     .await
 }

@@ -7,6 +7,7 @@ mod support;
 mod helpers;
 
 mod access;
+mod analytics;
 
 mod caching;
 mod cli;

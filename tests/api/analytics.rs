@@ -1,0 +1,129 @@
+//! The analytics answers kept up to date by each PATCH's change equal a
+//! recomputation from the citizens, after every PATCH of a random sequence,
+//! on every backend. The recomputation here shares no code with the
+//! service's but numpy's percentile formula (checked against numpy itself
+//! in the unit tests).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use gifts::domain::stats::{percentile, round2};
+use gifts::sample::Rng;
+
+use crate::helpers::{Backend, TestApp, generate_import, today, wire_date};
+
+/// `DD.MM.YYYY` as (year, month, day).
+fn ymd(date: &Value) -> (i64, i64, i64) {
+    let text = date.as_str().expect("a date");
+    let part = |range: std::ops::Range<usize>| text[range].parse::<i64>().expect("digits");
+    (part(6..10), part(3..5), part(0..2))
+}
+
+/// GET birthdays, from the GET citizens listing.
+fn birthdays_of(listing: &[Value]) -> Value {
+    let month: BTreeMap<u64, i64> = listing
+        .iter()
+        .map(|c| (c["citizen_id"].as_u64().unwrap(), ymd(&c["birth_date"]).1))
+        .collect();
+    let mut months: BTreeMap<i64, Vec<Value>> = (1..=12).map(|m| (m, vec![])).collect();
+    for c in listing {
+        let mut counts = BTreeMap::new();
+        for relative in c["relatives"].as_array().unwrap() {
+            *counts
+                .entry(month[&relative.as_u64().unwrap()])
+                .or_insert(0) += 1;
+        }
+        for (m, presents) in counts {
+            months.get_mut(&m).unwrap().push(json!({
+                "citizen_id": c["citizen_id"], "presents": presents
+            }));
+        }
+    }
+    Value::Object(
+        months
+            .into_iter()
+            .map(|(m, list)| (m.to_string(), Value::Array(list)))
+            .collect(),
+    )
+}
+
+/// GET percentiles on `today`, from the GET citizens listing.
+fn percentiles_of(listing: &[Value], today: (i64, i64, i64)) -> Value {
+    let mut towns: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for c in listing {
+        let (y, m, d) = ymd(&c["birth_date"]);
+        let age = today.0 - y - i64::from((today.1, today.2) < (m, d));
+        towns
+            .entry(c["town"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(age);
+    }
+    Value::Array(
+        towns
+            .into_iter()
+            .map(|(town, mut ages)| {
+                ages.sort_unstable();
+                let p = |q| round2(percentile(&ages, q));
+                json!({"town": town, "p50": p(50.0), "p75": p(75.0), "p99": p(99.0)})
+            })
+            .collect(),
+    )
+}
+
+/// A random index below `len`.
+fn index(rng: &mut Rng, len: usize) -> usize {
+    usize::try_from(rng.below(len as u64)).expect("below len")
+}
+
+async fn analytics_after_each_patch_equal_a_recomputation(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(generate_import(80, 120, 7)).await;
+    let now = today();
+    let day = (
+        i64::from(now.year()),
+        i64::from(now.month() as u8),
+        i64::from(now.day()),
+    );
+    let mut rng = Rng::new(11);
+    let towns = ["Москва", "Керчь", "Abakan", "Ёлкино"];
+    for step in 0..40 {
+        // Read both analytics first, so the next PATCH moves them.
+        let listing = app.citizens(import).await;
+        assert_eq!(
+            app.birthdays(import).await,
+            birthdays_of(&listing),
+            "birthdays, step {step}"
+        );
+        assert_eq!(
+            app.percentiles(import).await,
+            percentiles_of(&listing, day),
+            "percentiles, step {step}"
+        );
+        let ids: Vec<u64> = listing
+            .iter()
+            .map(|c| c["citizen_id"].as_u64().unwrap())
+            .collect();
+        let pick = |rng: &mut Rng| ids[index(rng, ids.len())];
+        let who = pick(&mut rng);
+        let mut patch = serde_json::Map::new();
+        if rng.below(2) == 0 {
+            patch.insert("town".into(), json!(towns[index(&mut rng, towns.len())]));
+        }
+        if rng.below(2) == 0 {
+            // Up to ~80 years back, any day (29 February included).
+            let born = now - time::Duration::days(rng.below(29_000).cast_signed());
+            patch.insert("birth_date".into(), json!(wire_date(born)));
+        }
+        if rng.below(2) == 0 || patch.is_empty() {
+            let relatives: std::collections::BTreeSet<u64> =
+                (0..rng.below(5)).map(|_| pick(&mut rng)).collect();
+            patch.insert("relatives".into(), json!(relatives));
+        }
+        let (status, body) = app.patch(import, who, &Value::Object(patch)).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "step {step}: {body}");
+    }
+}
+
+backend_tests!(analytics_after_each_patch_equal_a_recomputation);
