@@ -2,7 +2,8 @@
 //! with 1,000 links (the supplier's promised maximum):
 //! parse + validate, birthdays, percentiles, and serialising the citizens;
 //! then the incremental aggregates: building them, moving them over one
-//! PATCH of relatives, and answering from them.
+//! PATCH of relatives, and answering from them; the citizens listing
+//! rendered whole and spliced after that PATCH.
 //!
 //! ```sh
 //! cargo bench --bench hot_paths
@@ -14,6 +15,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gifts::domain::analytics::Analytics;
 use gifts::domain::relatives::after_patch;
 use gifts::domain::{stats, today_utc};
+use gifts::http::listing;
 use gifts::http::wire::{self, ImportBody, Object};
 
 fn hot_paths(c: &mut Criterion) {
@@ -70,6 +72,31 @@ fn hot_paths(c: &mut Criterion) {
     });
     group.bench_function("percentiles_from_analytics", |b| {
         b.iter(|| analytics.percentiles(black_box(today)));
+    });
+    // GET citizens after that PATCH: the previous body with the citizen
+    // and its relatives before and after rendered again.
+    let previous = listing::render(&sorted).expect("renders");
+    let mut changed: Vec<usize> = std::iter::once(&before.relatives)
+        .chain([&now.relatives])
+        .flatten()
+        .chain([&now.citizen_id])
+        .filter_map(|id| after.binary_search_by_key(id, |c| c.citizen_id).ok())
+        .collect();
+    changed.sort_unstable();
+    changed.dedup();
+    group.bench_function("listing_render_whole", |b| {
+        b.iter(|| listing::render(black_box(&after)).expect("renders"));
+    });
+    group.bench_function("listing_splice_after_patch", |b| {
+        b.iter(|| {
+            listing::splice(
+                &previous.body,
+                &previous.starts,
+                black_box(&after),
+                &changed,
+            )
+            .expect("renders")
+        });
     });
     group.finish();
 }

@@ -32,8 +32,9 @@
 //!   with LRU-like eviction (`quick_cache`). Concurrent misses on one body
 //!   render once (single flight).
 
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use quick_cache::sync::Cache;
@@ -43,6 +44,7 @@ use crate::domain::analytics::Analytics;
 use crate::domain::relatives::after_patch;
 use crate::domain::stats::{self, Birthdays, TownAges};
 use crate::domain::{Citizen, ImportId};
+use crate::http::listing;
 use crate::metrics::Metrics;
 use crate::storage::{Patched, Version};
 
@@ -92,13 +94,50 @@ enum Entry {
 struct Snapshot {
     version: Version,
     citizens: CitizenList,
-    analytics: SharedAnalytics,
+    derived: SharedDerived,
     weight: u64,
 }
 
-/// An import's aggregates and the version they are of: one slot shared by
-/// the snapshots of consecutive versions, moved forward in place.
-type SharedAnalytics = Arc<Mutex<Option<(Version, Analytics)>>>;
+/// What is derived from an import's citizens beside the rendered bodies:
+/// one slot shared by the snapshots of consecutive versions, moved forward
+/// in place by each PATCH.
+type SharedDerived = Arc<Mutex<Derived>>;
+
+#[derive(Default)]
+struct Derived {
+    /// The aggregates and the version they are of.
+    analytics: Option<(Version, Analytics)>,
+    /// Where each citizen is in the GET citizens body of one version.
+    listing: Option<ListingIndex>,
+}
+
+/// A GET citizens body rendered from the citizens at `version` (the same
+/// bytes as the body cached for that version: counted in the snapshot's
+/// weight too), where each citizen starts in it, and the positions of the
+/// citizens PATCHes changed since, up to `changed_to`.
+struct ListingIndex {
+    version: Version,
+    body: Bytes,
+    starts: Arc<Vec<usize>>,
+    changed: BTreeSet<usize>,
+    changed_to: Version,
+}
+
+/// Splicing more changed citizens than 64 and a quarter of the import is
+/// not worth tracking: the listing is rendered whole.
+fn worth_splicing(changed: usize, citizens: usize) -> bool {
+    changed <= 64 + citizens / 4
+}
+
+fn lock(slot: &SharedDerived) -> std::sync::MutexGuard<'_, Derived> {
+    // A panic under the lock leaves at worst aggregates that answer wrong:
+    // start over from the citizens.
+    slot.lock().unwrap_or_else(|poisoned| {
+        let mut derived = poisoned.into_inner();
+        *derived = Derived::default();
+        derived
+    })
+}
 
 /// An import's citizens at one version, to render answers from: held by the
 /// cache (with the slot for its aggregates) or loaded for one answer.
@@ -106,7 +145,7 @@ type SharedAnalytics = Arc<Mutex<Option<(Version, Analytics)>>>;
 pub struct Held {
     version: Version,
     citizens: CitizenList,
-    analytics: Option<SharedAnalytics>,
+    derived: Option<SharedDerived>,
 }
 
 impl Held {
@@ -115,7 +154,7 @@ impl Held {
         Self {
             version,
             citizens,
-            analytics: None,
+            derived: None,
         }
     }
 
@@ -148,18 +187,18 @@ impl Held {
         read: impl FnOnce(&Analytics) -> R,
         scratch: impl FnOnce() -> R,
     ) -> R {
-        let Some(slot) = &self.analytics else {
+        let Some(slot) = &self.derived else {
             return scratch();
         };
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*slot {
+        let mut slot = lock(slot);
+        match &slot.analytics {
             Some((version, analytics)) if *version == self.version => return read(analytics),
             Some((version, _)) if *version > self.version => return scratch(),
             _ => {}
         }
         let analytics = Analytics::new(&self.citizens);
         let answer = read(&analytics);
-        *slot = Some((self.version, analytics));
+        slot.analytics = Some((self.version, analytics));
         answer
     }
 }
@@ -281,7 +320,7 @@ impl ResponseCache {
             Some(Entry::Snapshot(s)) if s.version == version => Some(Held {
                 version,
                 citizens: s.citizens,
-                analytics: Some(s.analytics),
+                derived: Some(s.derived),
             }),
             _ => None,
         };
@@ -302,20 +341,20 @@ impl ResponseCache {
             return Held::loaded(version, citizens);
         }
         let weight = snapshot_weight(&citizens);
-        let analytics = SharedAnalytics::default();
+        let derived = SharedDerived::default();
         entries.insert(
             Key::Snapshot(import),
             Entry::Snapshot(Snapshot {
                 version,
                 citizens: Arc::clone(&citizens),
-                analytics: Arc::clone(&analytics),
+                derived: Arc::clone(&derived),
                 weight,
             }),
         );
         Held {
             version,
             citizens,
-            analytics: Some(analytics),
+            derived: Some(derived),
         }
     }
 
@@ -367,19 +406,84 @@ impl ResponseCache {
         match next {
             // Sizes barely change with one citizen; keep the weight.
             Some(next) => {
-                move_analytics(&held, &next, version, updated);
+                move_derived(&held, &next, version, updated);
                 entries.insert(
                     Key::Snapshot(import),
                     Entry::Snapshot(Snapshot {
                         version,
                         citizens: Arc::new(next),
-                        analytics: held.analytics,
+                        derived: held.derived,
                         weight: held.weight,
                     }),
                 );
             }
             None => {
                 entries.remove(&Key::Snapshot(import));
+            }
+        }
+    }
+
+    /// The GET citizens body of `held`: the last one rendered with only the
+    /// citizens changed since rendered again; else rendered whole, and kept
+    /// for the next PATCH to splice into.
+    pub fn listing(&self, import: ImportId, held: &Held) -> serde_json::Result<Bytes> {
+        let Some(slot) = &held.derived else {
+            return listing::render(&held.citizens).map(|r| compact(r.body));
+        };
+        // Read under the lock, rendered outside it: a PATCH that moves the
+        // slot meanwhile is not kept waiting.
+        let previous = lock(slot)
+            .listing
+            .as_ref()
+            .filter(|l| l.changed_to == held.version && l.version < held.version)
+            .map(|l| {
+                let changed: Vec<usize> = l.changed.iter().copied().collect();
+                (l.body.clone(), Arc::clone(&l.starts), changed)
+            });
+        let rendered = match &previous {
+            Some((body, starts, changed)) => {
+                listing::splice(body, starts, &held.citizens, changed)?
+            }
+            None => listing::render(&held.citizens)?,
+        };
+        let (body, starts) = (compact(rendered.body), Arc::new(rendered.starts));
+        let mut derived = lock(slot);
+        // Unless a PATCH moved the slot on meanwhile: what it holds is
+        // still right for the versions after.
+        if derived
+            .listing
+            .as_ref()
+            .is_none_or(|l| l.changed_to == held.version)
+        {
+            derived.listing = Some(ListingIndex {
+                version: held.version,
+                body: body.clone(),
+                starts: Arc::clone(&starts),
+                changed: BTreeSet::new(),
+                changed_to: held.version,
+            });
+            drop(derived);
+            self.reweigh_snapshot(import, slot, body.len(), starts.len());
+        }
+        Ok(body)
+    }
+
+    /// Counts a listing kept by the slot in the weight of the snapshot that
+    /// holds the slot, if it is still held.
+    fn reweigh_snapshot(&self, import: ImportId, slot: &SharedDerived, body: usize, starts: usize) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        if let Some(Entry::Snapshot(held)) = entries.get(&Key::Snapshot(import))
+            && Arc::ptr_eq(&held.derived, slot)
+        {
+            let listing = body_weight(body) + allocation(starts * std::mem::size_of::<usize>());
+            let weight = snapshot_weight(&held.citizens) + listing;
+            if weight != held.weight {
+                entries.insert(
+                    Key::Snapshot(import),
+                    Entry::Snapshot(Snapshot { weight, ..held }),
+                );
             }
         }
     }
@@ -430,25 +534,46 @@ impl ResponseCache {
     }
 }
 
-/// Moves `held`'s aggregates to `version`, the import `after` once `updated`
-/// was written; drops them when they are not of `held`'s version (never
-/// built, or built from a snapshot this one replaced).
-fn move_analytics(held: &Snapshot, after: &[Arc<Citizen>], version: Version, updated: &Citizen) {
-    let mut slot = held
-        .analytics
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let moved = match slot.as_mut() {
-        Some((at, analytics)) if *at == held.version => held
-            .citizens
-            .binary_search_by_key(&updated.citizen_id, |c| c.citizen_id)
+/// Moves what is derived from `held` to `version`, the import `after` once
+/// `updated` was written: the aggregates by the change, and the positions
+/// of the citizens it changed added to the listing's. Drops what is not of
+/// `held`'s version (never built, or built from a snapshot this one replaced).
+fn move_derived(held: &Snapshot, after: &[Arc<Citizen>], version: Version, updated: &Citizen) {
+    let mut slot = lock(&held.derived);
+    let position = |id| {
+        held.citizens
+            .binary_search_by_key(&id, |c: &Arc<Citizen>| c.citizen_id)
             .ok()
-            .and_then(|i| analytics.apply(after, &held.citizens[i], updated))
+    };
+    let Some(me) = position(updated.citizen_id) else {
+        *slot = Derived::default();
+        return;
+    };
+    let before = &held.citizens[me];
+    let moved = match slot.analytics.as_mut() {
+        Some((at, analytics)) if *at == held.version => analytics
+            .apply(after, before, updated)
             .map(|()| *at = version),
         _ => None,
     };
     if moved.is_none() {
-        *slot = None;
+        slot.analytics = None;
+    }
+    let listing = slot
+        .listing
+        .as_mut()
+        .filter(|l| l.changed_to == held.version);
+    let moved = listing.and_then(|listing| {
+        // The citizen, and every relative it had or has: their lists changed.
+        let touched = before.relatives.iter().chain(&updated.relatives);
+        for at in std::iter::once(Some(me)).chain(touched.map(|&id| position(id))) {
+            listing.changed.insert(at?);
+        }
+        listing.changed_to = version;
+        worth_splicing(listing.changed.len(), after.len()).then_some(())
+    });
+    if moved.is_none() {
+        slot.listing = None;
     }
 }
 
@@ -684,8 +809,10 @@ mod tests {
         let v5 = cache.keep_snapshot(id(7), 5, two_citizens());
         assert_eq!(v5.birthdays(), Birthdays::default(), "no relatives yet");
         let slot = |held: &Held| {
-            let slot = held.analytics.as_ref().unwrap().lock().unwrap();
-            slot.as_ref().map(|(version, a)| (*version, a.clone()))
+            let slot = held.derived.as_ref().unwrap().lock().unwrap();
+            slot.analytics
+                .as_ref()
+                .map(|(version, a)| (*version, a.clone()))
         };
         assert_eq!(slot(&v5).map(|s| s.0), Some(5), "built by the first read");
         // 1 and 2 become relatives: moved to version 6, not rebuilt.
@@ -708,13 +835,88 @@ mod tests {
         assert!(cache.snapshot(id(7), 8).is_none());
     }
 
+    fn listing_version(held: &Held) -> Option<(Version, usize, Version)> {
+        let slot = held.derived.as_ref().unwrap().lock().unwrap();
+        slot.listing
+            .as_ref()
+            .map(|l| (l.version, l.changed.len(), l.changed_to))
+    }
+
+    #[test]
+    fn a_listing_after_patches_is_the_last_one_with_the_changed_citizens_rendered_again() {
+        let cache = ResponseCache::new(1 << 20, Arc::default());
+        let three = Arc::new(vec![
+            Arc::new(citizen(1, "A", &[])),
+            Arc::new(citizen(2, "B", &[])),
+            Arc::new(citizen(3, "C", &[])),
+        ]);
+        let v1 = cache.keep_snapshot(id(7), 1, three);
+        let body = cache.listing(id(7), &v1).unwrap();
+        assert_eq!(body, listing::render(v1.citizens()).unwrap().body);
+        assert_eq!(listing_version(&v1), Some((1, 0, 1)));
+        // Two PATCHes: 1 takes 3 as a relative, then 2 is renamed.
+        cache.apply_patch(id(7), 2, &citizen(1, "A", &[3]));
+        cache.apply_patch(id(7), 3, &citizen(2, "B2", &[]));
+        let v3 = cache.snapshot(id(7), 3).unwrap();
+        assert_eq!(listing_version(&v3), Some((1, 3, 3)), "1, 3 and 2 changed");
+        let body = cache.listing(id(7), &v3).unwrap();
+        assert_eq!(body, listing::render(v3.citizens()).unwrap().body);
+        assert_eq!(listing_version(&v3), Some((3, 0, 3)));
+        // A reader still at version 1 gets version 1's listing and keeps
+        // the newer one.
+        let old = cache.listing(id(7), &v1).unwrap();
+        assert_eq!(old, listing::render(v1.citizens()).unwrap().body);
+        assert_eq!(listing_version(&v3), Some((3, 0, 3)));
+    }
+
+    #[test]
+    fn a_kept_listing_is_counted_in_the_snapshots_weight() {
+        let cache = ResponseCache::new(1 << 20, Arc::default());
+        let held = cache.keep_snapshot(id(7), 1, two_citizens());
+        let before = cache.bytes();
+        let body = cache.listing(id(7), &held).unwrap();
+        let added = body_weight(body.len()) + allocation(3 * 8);
+        assert_eq!(cache.bytes(), before + added);
+    }
+
+    #[test]
+    fn a_patch_changing_too_much_of_the_import_drops_the_listing() {
+        let cache = ResponseCache::new(1 << 22, Arc::default());
+        let many: CitizenList = Arc::new(
+            (1..=120)
+                .map(|id| Arc::new(citizen(id, "Житель", &[])))
+                .collect(),
+        );
+        let v1 = cache.keep_snapshot(id(7), 1, many);
+        cache.listing(id(7), &v1).unwrap();
+        // 1 and 93 others: 94 changed, the most that is still spliced.
+        let relatives: Vec<u64> = (2..=94).collect();
+        cache.apply_patch(id(7), 2, &citizen(1, "A", &relatives));
+        let v2 = cache.snapshot(id(7), 2).unwrap();
+        assert_eq!(listing_version(&v2), Some((1, 94, 2)));
+        // One more: over 64 and a quarter of 120.
+        cache.apply_patch(id(7), 3, &citizen(95, "B", &[]));
+        let v3 = cache.snapshot(id(7), 3).unwrap();
+        assert_eq!(listing_version(&v3), None);
+        let body = cache.listing(id(7), &v3).unwrap();
+        assert_eq!(body, listing::render(v3.citizens()).unwrap().body);
+    }
+
     #[test]
     fn aggregates_never_built_are_not_moved() {
         let cache = ResponseCache::new(1 << 20, Arc::default());
         cache.keep_snapshot(id(7), 1, two_citizens());
         cache.apply_patch(id(7), 2, &citizen(1, "A", &[2]));
         let v2 = cache.snapshot(id(7), 2).expect("moved");
-        assert!(v2.analytics.as_ref().unwrap().lock().unwrap().is_none());
+        assert!(
+            v2.derived
+                .as_ref()
+                .unwrap()
+                .lock()
+                .unwrap()
+                .analytics
+                .is_none()
+        );
         assert_eq!(v2.birthdays(), stats::birthdays(v2.citizens()));
     }
 
@@ -722,7 +924,7 @@ mod tests {
     fn without_a_cache_analytics_are_computed_from_scratch() {
         let cache = ResponseCache::new(0, Arc::default());
         let held = cache.keep_snapshot(id(7), 1, two_citizens());
-        assert!(held.analytics.is_none());
+        assert!(held.derived.is_none());
         assert_eq!(held.birthdays(), stats::birthdays(held.citizens()));
     }
 

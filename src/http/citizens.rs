@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::cache::View;
+use super::cache::compact;
 use super::error::AppError;
 use super::extract::{CitizenPath, ImportPath, SmallBody};
 use super::wire::{self, Object, PatchBody};
@@ -40,9 +41,13 @@ pub async fn list(
     headers: HeaderMap,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    cached_view(&state, &headers, import, View::Citizens, |held| {
-        to_data(&held.citizens())
-    })
+    cached_view(
+        &state,
+        &headers,
+        import,
+        View::Citizens,
+        move |held, cache| cache.listing(import, held),
+    )
     .await
 }
 
@@ -118,8 +123,8 @@ pub async fn birthdays(
     headers: HeaderMap,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    cached_view(&state, &headers, import, View::Birthdays, |held| {
-        to_data(&held.birthdays())
+    cached_view(&state, &headers, import, View::Birthdays, |held, _| {
+        to_data(&held.birthdays()).map(compact)
     })
     .await
 }

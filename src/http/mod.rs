@@ -26,6 +26,8 @@ pub mod error;
 pub(crate) mod extract;
 mod health;
 mod imports;
+#[doc(hidden)] // public for the hot-path benchmark only
+pub mod listing;
 pub mod openapi;
 mod towns;
 #[doc(hidden)] // public for the hot-path benchmark only
@@ -345,7 +347,7 @@ async fn cached_view<F>(
     render: F,
 ) -> Result<Response, AppError>
 where
-    F: FnOnce(&Held) -> serde_json::Result<Vec<u8>> + Send + 'static,
+    F: FnOnce(&Held, &ResponseCache) -> serde_json::Result<axum::body::Bytes> + Send + 'static,
 {
     let version = state.storage.import_version(import).await?;
     let tag = entity_tag(import, version, view);
@@ -384,7 +386,7 @@ where
                         cache.keep_snapshot(import, loaded.version, citizens)
                     }
                 };
-                render(&held).map(cache::compact)
+                render(&held, &cache)
             })
             .await
             .map_err(|e| AppError::Internal(Box::new(e)))?

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::cache::View;
+use super::cache::{View, compact};
 use super::error::AppError;
 use super::extract::ImportPath;
 use super::{AppState, cached_view, to_data};
@@ -45,7 +45,7 @@ pub async fn percentiles(
         &headers,
         import,
         View::Percentiles(today.to_julian_day()),
-        move |held| to_data(&held.percentiles(today)),
+        move |held, _| to_data(&held.percentiles(today)).map(compact),
     )
     .await
 }

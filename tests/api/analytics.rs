@@ -1,6 +1,6 @@
-//! The analytics answers kept up to date by each PATCH's change equal a
-//! recomputation from the citizens, after every PATCH of a random sequence,
-//! on every backend. The recomputation here shares no code with the
+//! The answers kept up to date by each PATCH's change (the analytics, and
+//! the citizens listing spliced from the previous one) equal a
+//! recomputation, after every PATCH of a random sequence, on every backend. The recomputation here shares no code with the
 //! service's but numpy's percentile formula (checked against numpy itself
 //! in the unit tests).
 
@@ -72,6 +72,31 @@ fn percentiles_of(listing: &[Value], today: (i64, i64, i64)) -> Value {
     )
 }
 
+/// `model` after the PATCH that answered `now`: `now` replaces its old
+/// self, the relatives it dropped lose it, the ones it added gain it.
+fn mirror(model: &mut BTreeMap<u64, Value>, now: &Value) {
+    let ids = |c: &Value| -> Vec<u64> {
+        c["relatives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_u64().unwrap())
+            .collect()
+    };
+    let me = now["citizen_id"].as_u64().unwrap();
+    let (old, new) = (ids(&model[&me]), ids(now));
+    model.insert(me, now.clone());
+    for other in old.iter().chain(&new).copied().filter(|o| *o != me) {
+        let mut list = ids(&model[&other]);
+        list.retain(|r| *r != me);
+        if new.contains(&other) {
+            list.push(me);
+            list.sort_unstable();
+        }
+        model.get_mut(&other).unwrap()["relatives"] = json!(list);
+    }
+}
+
 /// A random index below `len`.
 fn index(rng: &mut Rng, len: usize) -> usize {
     usize::try_from(rng.below(len as u64)).expect("below len")
@@ -88,9 +113,21 @@ async fn analytics_after_each_patch_equal_a_recomputation(backend: Backend) {
     );
     let mut rng = Rng::new(11);
     let towns = ["Москва", "Керчь", "Abakan", "Ёлкино"];
+    // The import as this test knows it, by citizen_id.
+    let mut model: BTreeMap<u64, Value> = app
+        .citizens(import)
+        .await
+        .into_iter()
+        .map(|c| (c["citizen_id"].as_u64().unwrap(), c))
+        .collect();
     for step in 0..40 {
-        // Read both analytics first, so the next PATCH moves them.
+        // Read every answer first, so the next PATCH moves what is kept.
         let listing = app.citizens(import).await;
+        assert_eq!(
+            listing,
+            model.values().cloned().collect::<Vec<_>>(),
+            "citizens, step {step}"
+        );
         assert_eq!(
             app.birthdays(import).await,
             birthdays_of(&listing),
@@ -123,6 +160,7 @@ async fn analytics_after_each_patch_equal_a_recomputation(backend: Backend) {
         }
         let (status, body) = app.patch(import, who, &Value::Object(patch)).await;
         assert_eq!(status, reqwest::StatusCode::OK, "step {step}: {body}");
+        mirror(&mut model, &body["data"]);
     }
 }
 
