@@ -86,6 +86,8 @@ pub struct Metrics {
     pub storage_in_flight: Family<PendingLabels, Gauge>,
     /// Writes committed together by the SQLite writer.
     pub sqlite_batch_size: Histogram,
+    /// PATCHes sent to Tarantool together in one call (one transaction).
+    pub tarantool_patch_batch_size: Histogram,
     /// Jobs waiting in the SQLite queues (`write`, `read`).
     pub sqlite_queue_depth: Family<KindLabels, Gauge>,
     /// Cache hits (`body`, `snapshot`).
@@ -146,6 +148,12 @@ impl Default for Metrics {
             "sqlite_write_batch_size",
             "Writes committed together by one SQLite transaction (group commit)",
             sqlite_batch_size.clone(),
+        );
+        let tarantool_patch_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+        registry.register(
+            "tarantool_patch_batch_size",
+            "PATCHes sent to Tarantool in one call: one transaction, one WAL write",
+            tarantool_patch_batch_size.clone(),
         );
         let sqlite_queue_depth = Family::<KindLabels, Gauge>::default();
         registry.register(
@@ -208,6 +216,7 @@ impl Default for Metrics {
             storage_seconds,
             storage_in_flight,
             sqlite_batch_size,
+            tarantool_patch_batch_size,
             sqlite_queue_depth,
             cache_hits,
             cache_misses,

@@ -491,64 +491,84 @@ end
 -- import's version after the write or nil, and a reason or nil; status is
 -- 'ok', 'import_not_found', 'citizen_not_found', 'unknown_relative' or
 -- 'invalid' (a call the app would never make: the reason says what).
+-- Everything is checked before anything is written, so a refused patch
+-- writes nothing, inside a transaction or not.
+local function patch_citizen(import_id, citizen_id, changes, relatives)
+    if visible(import_id) == nil then
+        return 'import_not_found', box.NULL, box.NULL, box.NULL, box.NULL
+    end
+    local citizen = citizens:get({ import_id, citizen_id })
+    if citizen == nil then
+        return 'citizen_not_found', box.NULL, box.NULL, box.NULL, box.NULL
+    end
+    local ops = {}
+    for name, value in pairs(changes or {}) do
+        local field = F[name]
+        if field == nil or field <= F.citizen_id or field == F.relatives then
+            return 'invalid', box.NULL, box.NULL, box.NULL, 'field ' .. tostring(name) .. ' cannot be patched'
+        end
+        ops[#ops + 1] = { '=', field, value }
+    end
+    if relatives ~= nil and relatives ~= box.NULL then
+        if not strictly_ascending(relatives) then
+            return 'invalid', box.NULL, box.NULL, box.NULL, 'relatives not ascending and unique'
+        end
+        -- The contract of the app's Storage::patch_citizen (src/storage/mod.rs),
+        -- as SQLite's patch_citizen and domain::relatives::after_patch keep it:
+        -- a dropped relative loses this citizen, an added one gains it, the
+        -- citizen's own id is never mirrored. Everything is checked before
+        -- anything is written; an unknown added relative (the lowest) wins
+        -- over a dropped one that is missing, which means a broken relation.
+        local old, new = as_set(citizen[F.relatives]), as_set(relatives)
+        for _, r in ipairs(relatives) do
+            if not old[id_key(r)] and r ~= citizen_id and citizens:get({ import_id, r }) == nil then
+                return 'unknown_relative', box.NULL, r, box.NULL, box.NULL
+            end
+        end
+        for _, r in ipairs(citizen[F.relatives]) do
+            if not new[id_key(r)] and r ~= citizen_id and citizens:get({ import_id, r }) == nil then
+                return 'missing_relative', box.NULL, r, box.NULL, box.NULL
+            end
+        end
+        for _, r in ipairs(citizen[F.relatives]) do
+            if not new[id_key(r)] and r ~= citizen_id then
+                local other = citizens:get({ import_id, r })
+                citizens:update({ import_id, r }, { { '=', F.relatives, list_without(other[F.relatives], citizen_id) } })
+            end
+        end
+        for _, r in ipairs(relatives) do
+            if not old[id_key(r)] and r ~= citizen_id then
+                local other = citizens:get({ import_id, r })
+                citizens:update({ import_id, r }, { { '=', F.relatives, list_with(other[F.relatives], citizen_id) } })
+            end
+        end
+        ops[#ops + 1] = { '=', F.relatives, relatives }
+    end
+    local updated = citizen
+    if #ops > 0 then
+        updated = citizens:update({ import_id, citizen_id }, ops)
+    end
+    local import = imports:update(import_id, { { '+', I.version, 1 } })
+    return 'ok', updated, box.NULL, import[I.version], box.NULL
+end
+
 function gifts_patch_citizen(import_id, citizen_id, changes, relatives)
+    return box.atomic(patch_citizen, import_id, citizen_id, changes, relatives)
+end
+
+-- Several patches in one transaction, so one WAL write and one fsync make
+-- them all durable (the app sends the PATCHes that queued while the
+-- previous call was out). patches: a list of {import_id, citizen_id,
+-- changes, relatives}, applied in order. Returns the list of their answers,
+-- each as gifts_patch_citizen's; a refused one writes nothing and leaves
+-- the others be.
+function gifts_patch_batch(patches)
     return box.atomic(function()
-        if visible(import_id) == nil then
-            return 'import_not_found', box.NULL, box.NULL, box.NULL, box.NULL
+        local answers = {}
+        for i, p in ipairs(patches) do
+            answers[i] = { patch_citizen(p[1], p[2], p[3], p[4]) }
         end
-        local citizen = citizens:get({ import_id, citizen_id })
-        if citizen == nil then
-            return 'citizen_not_found', box.NULL, box.NULL, box.NULL, box.NULL
-        end
-        local ops = {}
-        for name, value in pairs(changes or {}) do
-            local field = F[name]
-            if field == nil or field <= F.citizen_id or field == F.relatives then
-                return 'invalid', box.NULL, box.NULL, box.NULL, 'field ' .. tostring(name) .. ' cannot be patched'
-            end
-            ops[#ops + 1] = { '=', field, value }
-        end
-        if relatives ~= nil and relatives ~= box.NULL then
-            if not strictly_ascending(relatives) then
-                return 'invalid', box.NULL, box.NULL, box.NULL, 'relatives not ascending and unique'
-            end
-            -- The contract of the app's Storage::patch_citizen (src/storage/mod.rs),
-            -- as SQLite's patch_citizen and domain::relatives::after_patch keep it:
-            -- a dropped relative loses this citizen, an added one gains it, the
-            -- citizen's own id is never mirrored. Everything is checked before
-            -- anything is written; an unknown added relative (the lowest) wins
-            -- over a dropped one that is missing, which means a broken relation.
-            local old, new = as_set(citizen[F.relatives]), as_set(relatives)
-            for _, r in ipairs(relatives) do
-                if not old[id_key(r)] and r ~= citizen_id and citizens:get({ import_id, r }) == nil then
-                    return 'unknown_relative', box.NULL, r, box.NULL, box.NULL
-                end
-            end
-            for _, r in ipairs(citizen[F.relatives]) do
-                if not new[id_key(r)] and r ~= citizen_id and citizens:get({ import_id, r }) == nil then
-                    return 'missing_relative', box.NULL, r, box.NULL, box.NULL
-                end
-            end
-            for _, r in ipairs(citizen[F.relatives]) do
-                if not new[id_key(r)] and r ~= citizen_id then
-                    local other = citizens:get({ import_id, r })
-                    citizens:update({ import_id, r }, { { '=', F.relatives, list_without(other[F.relatives], citizen_id) } })
-                end
-            end
-            for _, r in ipairs(relatives) do
-                if not old[id_key(r)] and r ~= citizen_id then
-                    local other = citizens:get({ import_id, r })
-                    citizens:update({ import_id, r }, { { '=', F.relatives, list_with(other[F.relatives], citizen_id) } })
-                end
-            end
-            ops[#ops + 1] = { '=', F.relatives, relatives }
-        end
-        local updated = citizen
-        if #ops > 0 then
-            updated = citizens:update({ import_id, citizen_id }, ops)
-        end
-        local import = imports:update(import_id, { { '+', I.version, 1 } })
-        return 'ok', updated, box.NULL, import[I.version], box.NULL
+        return answers
     end)
 end
 
@@ -616,7 +636,7 @@ if auth == nil or auth['chap-sha1'] ~= box.schema.user.password(password) then
 end
 for _, name in ipairs({
     'gifts_create_import', 'gifts_import_begin', 'gifts_import_chunk', 'gifts_import_commit',
-    'gifts_patch_citizen', 'gifts_citizens', 'gifts_import_version', 'gifts_health', 'gifts_probe_write',
+    'gifts_patch_citizen', 'gifts_patch_batch', 'gifts_citizens', 'gifts_import_version', 'gifts_health', 'gifts_probe_write',
     'gifts_list_imports', 'gifts_delete_import', 'gifts_totals',
 }) do
     box.schema.func.create(name, { setuid = true, if_not_exists = true })

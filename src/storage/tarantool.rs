@@ -18,6 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::coalesce::Coalescer;
 use super::iproto::{self, CallError, Client, codes};
@@ -101,6 +103,8 @@ impl std::fmt::Display for Secret {
 /// The Tarantool store.
 pub struct TarantoolStorage {
     connection: Arc<Connection>,
+    /// PATCHes on their way to [`send_patches`].
+    patches: mpsc::Sender<PatchJob>,
     versions: Coalescer<ImportId, Result<Version, StorageError>>,
     /// Imports up to this many citizens are stored by one call (one
     /// transaction); bigger ones in chunks of this size, invisible until the
@@ -115,6 +119,107 @@ struct Connection {
     closed: AtomicBool,
     /// False from a write that failed for lack of disk or memory until one succeeds.
     writable: AtomicBool,
+}
+
+/// PATCHes waiting for the one in flight at most; more get 503.
+const PATCH_QUEUE: usize = 4096;
+
+/// The most PATCHes sent in one call (one transaction: one WAL write).
+const PATCH_BATCH: usize = 64;
+
+/// The arguments of `gifts_patch_citizen`: import, citizen, changed fields,
+/// new relatives.
+type PatchArgs = (
+    ImportId,
+    CitizenId,
+    BTreeMap<&'static str, FieldValue>,
+    Option<Vec<CitizenId>>,
+);
+
+/// The answer of `gifts_patch_citizen`: status, citizen, unknown relative,
+/// version, reason.
+type PatchAnswer = (
+    String,
+    Option<Row>,
+    Option<u64>,
+    Option<Version>,
+    Option<String>,
+);
+
+/// One PATCH queued for [`send_patches`].
+struct PatchJob {
+    args: PatchArgs,
+    /// When the request's budget for its store runs out.
+    deadline: Instant,
+    reply: oneshot::Sender<Result<PatchAnswer, StorageError>>,
+}
+
+/// Sends the queued PATCHes: one call at a time, each carrying every PATCH
+/// that queued while the previous one was out (up to [`PATCH_BATCH`]). With
+/// `wal_mode = fsync` each call is one transaction and one fsync, so
+/// concurrent PATCHes share the fsync, as SQLite's writer thread commits
+/// its queue at once; a PATCH alone goes as it did, by itself.
+///
+/// A PATCH whose request has no time left, or was abandoned, is not sent
+/// (not applied: the request already answered, or nobody waits). The
+/// outcome of a call that gets no answer is unknown for every PATCH in it.
+async fn send_patches(
+    connection: Arc<Connection>,
+    mut queue: mpsc::Receiver<PatchJob>,
+    batch_size: prometheus_client::metrics::histogram::Histogram,
+) {
+    let mut jobs = Vec::with_capacity(PATCH_BATCH);
+    while queue.recv_many(&mut jobs, PATCH_BATCH).await > 0 {
+        let now = Instant::now();
+        let (live, gone): (Vec<PatchJob>, Vec<PatchJob>) = jobs
+            .drain(..)
+            .partition(|job| job.deadline > now && !job.reply.is_closed());
+        for job in gone {
+            let _ = job.reply.send(Err(StorageError::Unavailable(
+                "the request ran out of time before its PATCH was sent".into(),
+            )));
+        }
+        let Some(deadline) = live.iter().map(|job| job.deadline).min() else {
+            continue;
+        };
+        let budget = deadline - now;
+        #[allow(clippy::cast_precision_loss)] // at most PATCH_BATCH
+        batch_size.observe(live.len() as f64);
+        let answers: Result<Vec<PatchAnswer>, StorageError> = if let [job] = live.as_slice() {
+            connection
+                .call_within("gifts_patch_citizen", &job.args, Kind::Write, budget)
+                .await
+                .map(|answer| vec![answer])
+        } else {
+            let args: Vec<&PatchArgs> = live.iter().map(|job| &job.args).collect();
+            connection
+                .call_within("gifts_patch_batch", &(args,), Kind::Write, budget)
+                .await
+                .and_then(|(answers,): (Vec<PatchAnswer>,)| {
+                    if answers.len() == live.len() {
+                        Ok(answers)
+                    } else {
+                        Err(StorageError::internal(format!(
+                            "gifts_patch_batch answered {} of {} patches",
+                            answers.len(),
+                            live.len()
+                        )))
+                    }
+                })
+        };
+        match answers {
+            Ok(answers) => {
+                for (job, answer) in live.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                for job in live {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// The argument list of a function that takes none.
@@ -245,12 +350,19 @@ impl TarantoolStorage {
             writable: AtomicBool::new(true),
         });
         tokio::spawn(watch(Arc::clone(&connection), format!("{address:?}")));
+        let (patches, queue) = mpsc::channel(PATCH_QUEUE);
+        tokio::spawn(send_patches(
+            Arc::clone(&connection),
+            queue,
+            metrics.tarantool_patch_batch_size.clone(),
+        ));
         tokio::spawn(count_connections(
             connection.client.status_changes(),
             metrics,
         ));
         Self {
             connection,
+            patches,
             versions: Coalescer::default(),
             import_chunk: import_chunk.max(1),
         }
@@ -343,10 +455,25 @@ impl Connection {
         A: Serialize + ?Sized,
         R: DeserializeOwned + Send + 'static,
     {
+        let budget = super::deadline::remaining(self.timeout);
+        self.call_within(function, args, kind, budget).await
+    }
+
+    /// One call that may take `budget`.
+    async fn call_within<A, R>(
+        &self,
+        function: &str,
+        args: &A,
+        kind: Kind,
+        budget: Duration,
+    ) -> Result<R, StorageError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned + Send + 'static,
+    {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Unavailable("the store is closed".into()));
         }
-        let budget = super::deadline::remaining(self.timeout);
         match self.client.call(function, args, budget).await {
             Ok(answer) => {
                 if kind == Kind::Write {
@@ -593,21 +720,23 @@ impl Storage for TarantoolStorage {
         if let Some(apartment) = patch.apartment {
             changes.insert("apartment", FieldValue::Number(apartment.get()));
         }
-        type Answer = (
-            String,
-            Option<Row>,
-            Option<u64>,
-            Option<Version>,
-            Option<String>,
-        );
-        let (status, row, relative, version, reason): Answer = self
-            .connection
-            .call(
-                "gifts_patch_citizen",
-                &(import, citizen, changes, patch.relatives.as_deref()),
-                Kind::Write,
-            )
-            .await?;
+        let (reply, answer) = oneshot::channel();
+        let job = PatchJob {
+            args: (import, citizen, changes, patch.relatives),
+            deadline: Instant::now() + super::deadline::remaining(self.connection.timeout),
+            reply,
+        };
+        self.patches.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                StorageError::Overloaded(format!("{PATCH_QUEUE} PATCHes are waiting for tarantool"))
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                StorageError::Unavailable("the store is closed".into())
+            }
+        })?;
+        let (status, row, relative, version, reason) = answer
+            .await
+            .map_err(|_| StorageError::Unavailable("the store is closed".into()))??;
         match (status.as_str(), row, relative, version) {
             ("ok", Some(row), _, Some(version)) => Ok(Patched {
                 citizen: row.into_citizen()?,

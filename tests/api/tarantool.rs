@@ -159,6 +159,134 @@ async fn the_stored_procedures_refuse_data_that_breaks_the_relation() {
     );
 }
 
+type PatchAnswer = (
+    String,
+    Option<serde_json::Value>,
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_patches_answers_each_and_a_refused_one_leaves_the_others() {
+    if !tarantool_available("patch_batch") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let import = app.import(spec_example()).await;
+    let gifts = client_as(&app.store, "gifts", "test-password");
+    let name = |n: &str| std::collections::BTreeMap::from([("name".to_owned(), n.to_owned())]);
+    let no_change = std::collections::BTreeMap::<String, String>::new();
+    let none: Option<Vec<u64>> = None;
+    let (answers,): (Vec<PatchAnswer>,) = gifts
+        .call(
+            "gifts_patch_batch",
+            &((
+                (import, 3, no_change.clone(), Some(vec![1u64])),
+                (import, 2, name("Б"), Some(vec![1u64, 9])), // 9 is not in the import
+                (import, 9, name("В"), none.clone()),        // nor is citizen 9
+                (import, 2, name("Г"), none.clone()),
+            ),),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let statuses: Vec<(&str, Option<u64>, Option<u64>)> = answers
+        .iter()
+        .map(|(status, _, relative, version, _)| (status.as_str(), *relative, *version))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("ok", None, Some(2)),
+            ("unknown_relative", Some(9), None),
+            ("citizen_not_found", None, None),
+            ("ok", None, Some(3)),
+        ],
+        "each in order, versions one by one"
+    );
+    let listing = app.citizens(import).await;
+    assert_eq!(listing[0]["relatives"], json!([2, 3]), "3's PATCH mirrored");
+    assert_eq!(listing[1]["name"], "Г");
+    assert_eq!(
+        listing[1]["relatives"],
+        json!([1]),
+        "the refused one wrote nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_go_to_tarantool_together_and_each_gets_its_answer() {
+    if !tarantool_available("patches_together") {
+        return;
+    }
+    let app = Arc::new(TestApp::spawn(Backend::Tarantool).await);
+    let n = 40u64;
+    let import = app
+        .import((1..=n).map(|id| crate::helpers::citizen(id, &[])).collect())
+        .await;
+    // Rounds of 64 at once until one call carried several (the first of a
+    // round goes alone; the rest queue behind it).
+    for round in 0..5u64 {
+        let tasks: Vec<_> = (0..64u64)
+            .map(|i| {
+                let app = Arc::clone(&app);
+                tokio::spawn(async move {
+                    let me = i % n + 1;
+                    let name = format!("Раунд {round} номер {i}");
+                    // Every fourth names a relative not in the import.
+                    let relative = if i % 4 == 3 { 999 } else { (i + 7) % n + 1 };
+                    let body = json!({"name": name, "relatives": [relative]});
+                    let (status, answer) = app.patch(import, me, &body).await;
+                    if i % 4 == 3 {
+                        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+                        assert_eq!(answer["error"]["code"], "unknown_relative");
+                    } else {
+                        assert_eq!(status, StatusCode::OK, "{answer}");
+                        assert_eq!(answer["data"]["name"], name.as_str());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let listing = app.citizens(import).await;
+        crate::helpers::assert_relatives_symmetric(&listing, "after a round");
+        assert!(
+            listing
+                .iter()
+                .all(|c| c["relatives"].as_array().unwrap().len() <= 2
+                    && !c["relatives"].as_array().unwrap().contains(&json!(999))),
+            "refused PATCHes wrote nothing"
+        );
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {metrics}"))
+        };
+        let (sum, count) = (
+            value("gifts_tarantool_patch_batch_size_sum"),
+            value("gifts_tarantool_patch_batch_size_count"),
+        );
+        assert!(count >= 1.0);
+        if sum > count {
+            return; // some call carried more than one PATCH
+        }
+    }
+    panic!("five rounds of 64 concurrent PATCHes never shared a call");
+}
+
 /// A Tarantool that opens its port before the app's user may call anything
 /// (as `app.lua` did before it listened last), and runs `app.lua` — which
 /// grants — once the file `grant` appears in its directory.
