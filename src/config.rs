@@ -135,8 +135,8 @@ pub struct Config {
     #[arg(long, env = "GIFTS_SQLITE_READERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub sqlite_readers: u64,
 
-    /// Memory for cached read answers and, separately, for the imports' citizens they are
-    /// rendered from (so up to twice this); 0 disables both.
+    /// Memory for the read cache: rendered answers and the imports' citizens (with their
+    /// aggregates) they are rendered from, in one budget; 0 disables it.
     #[arg(long, env = "GIFTS_CACHE_BYTES", default_value = "256MiB")]
     pub cache_bytes: ByteSize,
 

@@ -95,6 +95,8 @@ struct Snapshot {
     version: Version,
     citizens: CitizenList,
     derived: SharedDerived,
+    /// The citizens' weight (`snapshot_weight`), and it plus a kept listing's.
+    citizens_weight: u64,
     weight: u64,
 }
 
@@ -348,6 +350,7 @@ impl ResponseCache {
                 version,
                 citizens: Arc::clone(&citizens),
                 derived: Arc::clone(&derived),
+                citizens_weight: weight,
                 weight,
             }),
         );
@@ -413,6 +416,7 @@ impl ResponseCache {
                         version,
                         citizens: Arc::new(next),
                         derived: held.derived,
+                        citizens_weight: held.citizens_weight,
                         weight: held.weight,
                     }),
                 );
@@ -463,22 +467,25 @@ impl ResponseCache {
                 changed_to: held.version,
             });
             drop(derived);
-            self.reweigh_snapshot(import, slot, body.len(), starts.len());
+            self.reweigh_snapshot(import, held.version, body.len(), starts.len());
         }
         Ok(body)
     }
 
-    /// Counts a listing kept by the slot in the weight of the snapshot that
-    /// holds the slot, if it is still held.
-    fn reweigh_snapshot(&self, import: ImportId, slot: &SharedDerived, body: usize, starts: usize) {
+    /// Counts a listing kept by the slot in the weight of the snapshot at
+    /// `version`, if it is still the one held. (A PATCH that moves the
+    /// snapshot between the check and the insert is undone by it: the next
+    /// read reloads the snapshot. A cost, never a stale answer: a snapshot
+    /// is used only at its exact version.)
+    fn reweigh_snapshot(&self, import: ImportId, version: Version, body: usize, starts: usize) {
         let Some(entries) = &self.entries else {
             return;
         };
         if let Some(Entry::Snapshot(held)) = entries.get(&Key::Snapshot(import))
-            && Arc::ptr_eq(&held.derived, slot)
+            && held.version == version
         {
             let listing = body_weight(body) + allocation(starts * std::mem::size_of::<usize>());
-            let weight = snapshot_weight(&held.citizens) + listing;
+            let weight = held.citizens_weight + listing;
             if weight != held.weight {
                 entries.insert(
                     Key::Snapshot(import),
