@@ -29,8 +29,24 @@ use super::stats::{Birthdays, Presents, TownAges, percentile_by, round2};
 pub struct Analytics {
     /// Per citizen position: relatives born in each month (index 0: January).
     presents: Vec<[u32; 12]>,
+    /// Per month: (position, presents) of each citizen with presents that
+    /// month, by position — what the answer lists, without a pass over
+    /// every citizen.
+    months: [Vec<(usize, u32)>; 12],
     /// Per town (code point order): its citizens' birth dates, ascending.
     towns: BTreeMap<String, Vec<BirthDate>>,
+}
+
+/// Sets `at`'s count in one month's entries (ordered by position); 0 removes it.
+fn set(entries: &mut Vec<(usize, u32)>, at: usize, count: u32) {
+    match (entries.binary_search_by_key(&at, |e| e.0), count) {
+        (Ok(i), 0) => {
+            entries.remove(i);
+        }
+        (Ok(i), _) => entries[i].1 = count,
+        (Err(_), 0) => {}
+        (Err(i), _) => entries.insert(i, (at, count)),
+    }
 }
 
 /// The position of `id` in an import ordered by citizen_id.
@@ -57,10 +73,18 @@ impl Analytics {
     /// The aggregates of `citizens`, which must be ordered by citizen_id.
     /// O(citizens · log citizens + links · log citizens).
     pub fn new<C: Borrow<Citizen>>(citizens: &[C]) -> Self {
-        let presents = citizens
+        let presents: Vec<[u32; 12]> = citizens
             .iter()
             .map(|c| presents_of(citizens, c.borrow()))
             .collect();
+        let mut months: [Vec<(usize, u32)>; 12] = Default::default();
+        for (at, row) in presents.iter().enumerate() {
+            for (month, &count) in row.iter().enumerate() {
+                if count > 0 {
+                    months[month].push((at, count));
+                }
+            }
+        }
         let mut towns: BTreeMap<String, Vec<BirthDate>> = BTreeMap::new();
         for citizen in citizens {
             let citizen = citizen.borrow();
@@ -75,7 +99,11 @@ impl Analytics {
             dates.sort_unstable();
             dates.shrink_to_fit();
         }
-        Self { presents, towns }
+        Self {
+            presents,
+            months,
+            towns,
+        }
     }
 
     /// Moves the aggregates over one PATCH: `after` is the import once
@@ -83,14 +111,15 @@ impl Analytics {
     /// relatives was mirrored onto the others (`relatives::after_patch`).
     /// O(relatives touched · their relatives · log citizens).
     ///
-    /// `None` (and `self` unchanged) when `now` is not in `after`: the
-    /// aggregates do not belong to that import.
+    /// The months whose answer changed, as bits (1 << 0: January); `None`
+    /// (and `self` unchanged) when `now` is not in `after`: the aggregates
+    /// do not belong to that import.
     pub fn apply<C: Borrow<Citizen>>(
         &mut self,
         after: &[C],
         before: &Citizen,
         now: &Citizen,
-    ) -> Option<()> {
+    ) -> Option<u16> {
         if after.len() != self.presents.len() {
             return None;
         }
@@ -105,14 +134,22 @@ impl Analytics {
                 .chain(&now.relatives)
                 .filter_map(|&id| position(after, id)),
         );
+        let mut changed = 0u16;
         for at in touched {
-            self.presents[at] = presents_of(after, after[at].borrow());
+            let row = presents_of(after, after[at].borrow());
+            let was = std::mem::replace(&mut self.presents[at], row);
+            for (month, entries) in self.months.iter_mut().enumerate() {
+                if row[month] != was[month] {
+                    set(entries, at, row[month]);
+                    changed |= 1 << month;
+                }
+            }
         }
         if (before.town.as_str(), before.birth_date) != (now.town.as_str(), now.birth_date) {
             self.remove_date(before.town.as_str(), before.birth_date);
             self.insert_date(now.town.as_str(), now.birth_date);
         }
-        Some(())
+        Some(changed)
     }
 
     fn remove_date(&mut self, town: &str, date: BirthDate) {
@@ -140,20 +177,20 @@ impl Analytics {
     }
 
     /// Presents per month of `citizens`, the import these aggregates belong
-    /// to. O(citizens), without a lookup.
+    /// to. O(the answer).
     pub fn birthdays<C: Borrow<Citizen>>(&self, citizens: &[C]) -> Birthdays {
-        let mut result = Birthdays::default();
-        for (citizen, row) in citizens.iter().zip(&self.presents) {
-            for (month, &presents) in row.iter().enumerate() {
-                if presents > 0 {
-                    result.0[month].push(Presents {
-                        citizen_id: citizen.borrow().citizen_id,
-                        presents,
-                    });
-                }
-            }
-        }
-        result
+        Birthdays(std::array::from_fn(|month| self.month(month, citizens)))
+    }
+
+    /// One month of [`Analytics::birthdays`] (0: January).
+    pub fn month<C: Borrow<Citizen>>(&self, month: usize, citizens: &[C]) -> Vec<Presents> {
+        self.months[month]
+            .iter()
+            .map(|&(at, presents)| Presents {
+                citizen_id: citizens[at].borrow().citizen_id,
+                presents,
+            })
+            .collect()
     }
 
     /// Age percentiles per town on `today`. O(towns).
@@ -174,13 +211,15 @@ impl Analytics {
             .collect()
     }
 
-    /// The heap these aggregates take for an import of `citizens` citizens
-    /// (an estimate fixed in advance: the towns' vectors get up to twice
-    /// their length when a PATCH grows them).
+    /// The heap these aggregates take for an import of `citizens` citizens,
+    /// with the rendered months a cache keeps beside them (an estimate fixed
+    /// in advance: the towns' vectors get up to twice their length when a
+    /// PATCH grows them; one month entry per citizen, 16 bytes, and its
+    /// rendering, 48).
     pub fn weight(citizens: usize) -> u64 {
         let rows = citizens * std::mem::size_of::<[u32; 12]>();
         let dates = citizens * std::mem::size_of::<BirthDate>();
-        (rows + 2 * dates) as u64
+        (rows + 2 * dates + 64 * citizens) as u64
     }
 }
 
@@ -324,7 +363,13 @@ mod tests {
                 let now = patched(&citizens, patch);
                 let before = Arc::clone(&citizens[patch.who % citizens.len()]);
                 let after = after_patch(&citizens, &now).expect("the citizen is there");
-                prop_assert!(analytics.apply(&after, &before, &now).is_some());
+                let changed = analytics.apply(&after, &before, &now).expect("applies");
+                let (was, is) = (birthdays(&citizens), birthdays(&after));
+                let months: u16 = (0..12)
+                    .filter(|&m| was.0[m] != is.0[m])
+                    .map(|m| 1 << m)
+                    .sum();
+                prop_assert_eq!(changed, months, "the months said to have changed");
                 citizens = after;
                 assert_same_answers(&analytics, &citizens, &days);
                 prop_assert_eq!(&analytics, &Analytics::new(&citizens));

@@ -111,6 +111,36 @@ struct Derived {
     analytics: Option<(Version, Analytics)>,
     /// Where each citizen is in the GET citizens body of one version.
     listing: Option<ListingIndex>,
+    /// The birthdays answer rendered month by month.
+    months: Option<RenderedMonths>,
+}
+
+/// The JSON of each month's list in the birthdays answer as last rendered,
+/// and the months PATCHes changed since, up to version `changed_to` (bits,
+/// 1 << 0: January).
+struct RenderedMonths {
+    months: [Vec<u8>; 12],
+    changed: u16,
+    changed_to: Version,
+}
+
+/// All twelve months.
+const EVERY_MONTH: u16 = (1 << 12) - 1;
+
+/// `{"data":{"1":[…],…,"12":[…]}}` from the months' lists.
+fn birthdays_body(months: &[Vec<u8>; 12]) -> Bytes {
+    let len: usize = months.iter().map(|m| m.len() + 6).sum();
+    let mut body = Vec::with_capacity(len + 12);
+    body.extend_from_slice(b"{\"data\":{");
+    for (month, list) in months.iter().enumerate() {
+        if month > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(format!("\"{}\":", month + 1).as_bytes());
+        body.extend_from_slice(list);
+    }
+    body.extend_from_slice(b"}}");
+    Bytes::from(body)
 }
 
 /// A GET citizens body rendered from the citizens at `version` (the same
@@ -163,6 +193,44 @@ impl Held {
     /// The citizens, ordered by citizen_id.
     pub fn citizens(&self) -> &[Arc<Citizen>] {
         &self.citizens
+    }
+
+    /// The birthdays answer, `{"data": …}`: from the aggregates, with only
+    /// the months PATCHes changed since the last one rendered again.
+    pub fn birthdays_body(&self) -> serde_json::Result<Bytes> {
+        let scratch = || super::to_data(&stats::birthdays(&self.citizens)).map(compact);
+        let Some(slot) = &self.derived else {
+            return scratch();
+        };
+        let mut slot = lock(slot);
+        let derived = &mut *slot;
+        match &derived.analytics {
+            Some((version, _)) if *version == self.version => {}
+            Some((version, _)) if *version > self.version => return scratch(),
+            _ => {
+                derived.analytics = Some((self.version, Analytics::new(&self.citizens)));
+                derived.months = None;
+            }
+        }
+        let Some((_, analytics)) = &derived.analytics else {
+            unreachable!("set above")
+        };
+        let (mut months, changed) = match derived.months.take() {
+            Some(held) if held.changed_to == self.version => (held.months, held.changed),
+            _ => (Default::default(), EVERY_MONTH),
+        };
+        for (month, list) in months.iter_mut().enumerate() {
+            if changed & (1 << month) != 0 {
+                *list = serde_json::to_vec(&analytics.month(month, &self.citizens))?;
+            }
+        }
+        let body = birthdays_body(&months);
+        derived.months = Some(RenderedMonths {
+            months,
+            changed: 0,
+            changed_to: self.version,
+        });
+        Ok(body)
     }
 
     /// Presents per month.
@@ -560,9 +628,21 @@ fn move_derived(held: &Snapshot, after: &[Arc<Citizen>], version: Version, updat
     let moved = match slot.analytics.as_mut() {
         Some((at, analytics)) if *at == held.version => analytics
             .apply(after, before, updated)
-            .map(|()| *at = version),
+            .inspect(|_| *at = version),
         _ => None,
     };
+    let months = slot
+        .months
+        .as_mut()
+        .filter(|m| m.changed_to == held.version)
+        .zip(moved);
+    match months {
+        Some((months, changed)) => {
+            months.changed |= changed;
+            months.changed_to = version;
+        }
+        None => slot.months = None,
+    }
     if moved.is_none() {
         slot.analytics = None;
     }
@@ -909,6 +989,49 @@ mod tests {
         assert_eq!(body, listing::render(v3.citizens()).unwrap().body);
     }
 
+    fn months_changed(held: &Held) -> Option<(u16, Version)> {
+        let slot = held.derived.as_ref().unwrap().lock().unwrap();
+        slot.months.as_ref().map(|m| (m.changed, m.changed_to))
+    }
+
+    #[test]
+    fn the_birthdays_answer_after_patches_renders_only_the_months_they_changed() {
+        let cache = ResponseCache::new(1 << 20, Arc::default());
+        let born_in = |id: u64, month: u8| {
+            let mut c = citizen(id, "Ж", &[]);
+            c.birth_date = crate::domain::BirthDate::from_ymd(1990, month, 5).unwrap();
+            Arc::new(c)
+        };
+        let three = Arc::new(vec![born_in(1, 1), born_in(2, 3), born_in(3, 5)]);
+        let want = |held: &Held| {
+            Bytes::from(super::super::to_data(&stats::birthdays(held.citizens())).unwrap())
+        };
+        let v1 = cache.keep_snapshot(id(7), 1, three);
+        assert_eq!(v1.birthdays_body().unwrap(), want(&v1));
+        assert_eq!(months_changed(&v1), Some((0, 1)));
+        // 1 (January) takes 2 (March): 1 buys in March, 2 in January.
+        let mut one = Citizen::clone(&v1.citizens()[0]);
+        one.relatives = vec![CitizenId::parse(2).unwrap()];
+        cache.apply_patch(id(7), 2, &one);
+        let v2 = cache.snapshot(id(7), 2).unwrap();
+        assert_eq!(months_changed(&v2), Some((0b101, 2)), "January and March");
+        // A rename changes no month.
+        let mut three = Citizen::clone(&v2.citizens()[2]);
+        three.name = crate::domain::Name::parse("Переименован".into()).unwrap();
+        cache.apply_patch(id(7), 3, &three);
+        let v3 = cache.snapshot(id(7), 3).unwrap();
+        assert_eq!(months_changed(&v3), Some((0b101, 3)));
+        assert_eq!(v3.birthdays_body().unwrap(), want(&v3));
+        assert_eq!(months_changed(&v3), Some((0, 3)));
+        // An older reader gets its own version's answer, from scratch.
+        assert_eq!(v1.birthdays_body().unwrap(), want(&v1));
+        assert_eq!(
+            months_changed(&v3),
+            Some((0, 3)),
+            "and leaves the newer one"
+        );
+    }
+
     #[test]
     fn aggregates_never_built_are_not_moved() {
         let cache = ResponseCache::new(1 << 20, Arc::default());
@@ -964,7 +1087,7 @@ mod tests {
             + allocation(1)
             + allocation("Иванов Иван Иванович".len())
             + allocation(16);
-        let aggregates = 48 + 2 * 4;
+        let aggregates = 48 + 2 * 4 + 64;
         let allocated = arc + strings + allocation(8) + aggregates;
         assert_eq!(snapshot_weight(&one), allocated * 12 / 8 + 96);
         assert_eq!(allocation(0), 0);
@@ -1033,7 +1156,7 @@ mod tests {
 
     #[test]
     fn bodies_and_snapshots_share_one_budget() {
-        let budget = 200 * 1024;
+        let budget = 256 * 1024;
         let cache = ResponseCache::new(budget, Arc::default());
         let many: CitizenList = Arc::new(
             (0..400)

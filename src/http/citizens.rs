@@ -5,11 +5,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::cache::View;
-use super::cache::compact;
 use super::error::AppError;
 use super::extract::{CitizenPath, ImportPath, SmallBody};
 use super::wire::{self, Object, PatchBody};
-use super::{AppState, cached_view, data, to_data};
+use super::{AppState, cached_view, data};
 use crate::domain::today_utc;
 
 #[utoipa::path(
@@ -124,7 +123,7 @@ pub async fn birthdays(
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
     cached_view(&state, &headers, import, View::Birthdays, |held, _| {
-        to_data(&held.birthdays()).map(compact)
+        held.birthdays_body()
     })
     .await
 }
