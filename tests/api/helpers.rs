@@ -542,6 +542,18 @@ impl TestApp {
         body["data"].clone()
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// GET percentiles that must succeed; returns `data`.
     pub async fn percentiles(&self, import: i64) -> Value {
         let (status, body) = self

@@ -156,15 +156,7 @@ async fn a_read_joining_a_running_version_check_waits_one_timeout_not_two() {
     let in_flight =
         "gifts_storage_operations_in_flight{backend=\"tarantool\",operation=\"import_version\"} 1";
     poll(Duration::from_secs(10), || async {
-        let text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics().await;
         if text.contains(in_flight) {
             Ok(())
         } else {

@@ -260,15 +260,7 @@ async fn concurrent_patches_go_to_tarantool_together_and_each_gets_its_answer() 
                     && !c["relatives"].as_array().unwrap().contains(&json!(999))),
             "refused PATCHes wrote nothing"
         );
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         let value = |name: &str| -> f64 {
             metrics
                 .lines()
