@@ -412,6 +412,13 @@ mod tests {
     }
 
     #[test]
+    fn the_weight_grows_with_the_import() {
+        // 12 counts, a date with room to grow, a month entry and its rendering.
+        assert_eq!(Analytics::weight(1000), 1000 * (48 + 2 * 4 + 64));
+        assert_eq!(Analytics::weight(0), 0);
+    }
+
+    #[test]
     fn a_town_left_empty_disappears_and_a_new_one_appears() {
         let citizens = import(&[(0, 1), (1, 2)], &[]);
         let mut analytics = Analytics::new(&citizens);

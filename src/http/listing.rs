@@ -67,14 +67,13 @@ pub fn splice(
     let mut body = Vec::with_capacity(previous.len() + 64 * changed.len());
     let mut starts = Vec::with_capacity(n + 1);
     body.extend_from_slice(PREFIX);
-    // Copies the unchanged citizens from..to, each with its separator.
+    // Copies the unchanged citizens from..to (none when equal), each with
+    // its separator.
     let copy = |body: &mut Vec<u8>, starts: &mut Vec<usize>, from: usize, to: usize| {
-        if from < to {
-            let (a, b) = (previous_starts[from], previous_starts[to]);
-            let at = body.len();
-            starts.extend(previous_starts[from..to].iter().map(|s| s - a + at));
-            body.extend_from_slice(&previous[a..b]);
-        }
+        let (a, b) = (previous_starts[from], previous_starts[to]);
+        let at = body.len();
+        starts.extend(previous_starts[from..to].iter().map(|s| s - a + at));
+        body.extend_from_slice(&previous[a..b]);
     };
     let mut next = 0;
     for &i in changed {
