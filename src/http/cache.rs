@@ -26,7 +26,12 @@
 //!   percentiles read of a held snapshot builds them; a PATCH that moves the
 //!   snapshot moves them by its change alone, so the next analytics answer
 //!   costs its rendering, not a pass over every citizen. They hold birth
-//!   dates, not ages, so midnight changes nothing in them.
+//!   dates, not ages, so midnight changes nothing in them. The birthdays
+//!   answer is kept month by month, and a read renders only the months
+//!   PATCHes changed since.
+//! - **Listing**: the last GET citizens body is kept with where each citizen
+//!   starts in it (`http::listing`); PATCHes record which citizens they
+//!   changed, and the next read splices only those in.
 //! - **One budget**: bodies and snapshots share `--cache-bytes`, each
 //!   weighed by the heap it really holds (allocation sizes, not JSON sizes),
 //!   with LRU-like eviction (`quick_cache`). Concurrent misses on one body
@@ -42,7 +47,7 @@ use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::domain::analytics::Analytics;
 use crate::domain::relatives::after_patch;
-use crate::domain::stats::{self, Birthdays, TownAges};
+use crate::domain::stats::{self, TownAges};
 use crate::domain::{Citizen, ImportId};
 use crate::http::listing;
 use crate::metrics::Metrics;
@@ -204,16 +209,9 @@ impl Held {
         };
         let mut slot = lock(slot);
         let derived = &mut *slot;
-        match &derived.analytics {
-            Some((version, _)) if *version == self.version => {}
-            Some((version, _)) if *version > self.version => return scratch(),
-            _ => {
-                derived.analytics = Some((self.version, Analytics::new(&self.citizens)));
-                derived.months = None;
-            }
-        }
-        let Some((_, analytics)) = &derived.analytics else {
-            unreachable!("set above")
+        let (true, Some((_, analytics))) = (self.analytics_ready(derived), &derived.analytics)
+        else {
+            return scratch();
         };
         let (mut months, changed) = match derived.months.take() {
             Some(held) if held.changed_to == self.version => (held.months, held.changed),
@@ -233,8 +231,10 @@ impl Held {
         Ok(body)
     }
 
-    /// Presents per month.
-    pub fn birthdays(&self) -> Birthdays {
+    /// Presents per month (what `birthdays_body` serialises; the tests
+    /// compare it with a recomputation).
+    #[cfg(test)]
+    pub fn birthdays(&self) -> stats::Birthdays {
         self.with_analytics(
             |a| a.birthdays(&self.citizens),
             || stats::birthdays(&self.citizens),
@@ -261,15 +261,26 @@ impl Held {
             return scratch();
         };
         let mut slot = lock(slot);
-        match &slot.analytics {
-            Some((version, analytics)) if *version == self.version => return read(analytics),
-            Some((version, _)) if *version > self.version => return scratch(),
-            _ => {}
+        match (self.analytics_ready(&mut slot), &slot.analytics) {
+            (true, Some((_, analytics))) => read(analytics),
+            _ => scratch(),
         }
-        let analytics = Analytics::new(&self.citizens);
-        let answer = read(&analytics);
-        slot.analytics = Some((self.version, analytics));
-        answer
+    }
+
+    /// Whether `derived` holds the aggregates of this version, built there
+    /// first if it holds none (or an older version's that no PATCH moved;
+    /// the months rendered from those go with them); false when `derived`
+    /// has moved past this snapshot.
+    fn analytics_ready(&self, derived: &mut Derived) -> bool {
+        match &derived.analytics {
+            Some((version, _)) if *version > self.version => return false,
+            Some((version, _)) if *version == self.version => {}
+            _ => {
+                derived.analytics = Some((self.version, Analytics::new(&self.citizens)));
+                derived.months = None;
+            }
+        }
+        true
     }
 }
 
@@ -894,7 +905,11 @@ mod tests {
         let cache = ResponseCache::new(1 << 20, Arc::default());
         let today = time::OffsetDateTime::now_utc().date();
         let v5 = cache.keep_snapshot(id(7), 5, two_citizens());
-        assert_eq!(v5.birthdays(), Birthdays::default(), "no relatives yet");
+        assert_eq!(
+            v5.birthdays(),
+            stats::Birthdays::default(),
+            "no relatives yet"
+        );
         let slot = |held: &Held| {
             let slot = held.derived.as_ref().unwrap().lock().unwrap();
             slot.analytics
@@ -915,7 +930,7 @@ mod tests {
             stats::town_percentiles(v6.citizens(), today)
         );
         // A reader still at version 5 gets version 5's answer.
-        assert_eq!(v5.birthdays(), Birthdays::default());
+        assert_eq!(v5.birthdays(), stats::Birthdays::default());
         assert_eq!(slot(&v6).map(|s| s.0), Some(6), "and leaves version 6's");
         // A snapshot that cannot move drops its aggregates with it.
         cache.apply_patch(id(7), 8, &citizen(1, "A", &[]));
