@@ -225,7 +225,7 @@ impl Analytics {
 
 #[cfg(test)]
 #[allow(clippy::float_cmp)] // whole-number ages, exact
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use proptest::prelude::*;
@@ -235,9 +235,9 @@ mod tests {
     use crate::domain::stats::{birthdays, town_percentiles};
     use crate::domain::{Apartment, Gender, Name, Place};
 
-    const TOWNS: [&str; 4] = ["Москва", "Керчь", "Abakan", "Zürich"];
+    pub(crate) const TOWNS: [&str; 4] = ["Москва", "Керчь", "Abakan", "Zürich"];
 
-    fn date(days: i32) -> BirthDate {
+    pub(crate) fn date(days: i32) -> BirthDate {
         // Days since 1950-01-01: spans leap days and every month.
         let base = Date::from_calendar_date(1950, time::Month::January, 1).unwrap();
         let d = base + time::Duration::days(i64::from(days));
@@ -260,7 +260,7 @@ mod tests {
 
     /// A symmetric import of `n` citizens (ids 1..=n) from pairs of
     /// positions; a pair with both ends equal is a citizen listing itself.
-    fn import(people: &[(usize, i32)], links: &[(usize, usize)]) -> Vec<Arc<Citizen>> {
+    pub(crate) fn import(people: &[(usize, i32)], links: &[(usize, usize)]) -> Vec<Arc<Citizen>> {
         let n = people.len();
         let mut lists = vec![std::collections::BTreeSet::new(); n];
         for &(a, b) in links {
@@ -285,14 +285,14 @@ mod tests {
     /// One PATCH: which citizen, and optionally a new town, birth date and
     /// relatives list (positions).
     #[derive(Debug, Clone)]
-    struct Patch {
-        who: usize,
+    pub(crate) struct Patch {
+        pub(crate) who: usize,
         town: Option<usize>,
         born: Option<i32>,
         relatives: Option<Vec<usize>>,
     }
 
-    fn patch_strategy() -> impl Strategy<Value = Patch> {
+    pub(crate) fn patch_strategy() -> impl Strategy<Value = Patch> {
         (
             any::<usize>(),
             prop::option::of(0..TOWNS.len()),
@@ -307,7 +307,7 @@ mod tests {
             })
     }
 
-    fn patched(citizens: &[Arc<Citizen>], patch: &Patch) -> Citizen {
+    pub(crate) fn patched(citizens: &[Arc<Citizen>], patch: &Patch) -> Citizen {
         let n = citizens.len();
         let mut c = Citizen::clone(&citizens[patch.who % n]);
         if let Some(town) = patch.town {

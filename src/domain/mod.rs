@@ -6,6 +6,7 @@ pub mod citizen;
 pub mod error;
 pub mod relatives;
 pub mod stats;
+pub mod summary;
 
 pub use citizen::{
     Apartment, BirthDate, Citizen, CitizenId, CitizenPatch, Gender, MAX_INTEGER, Name, Place,

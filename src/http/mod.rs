@@ -16,7 +16,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::config::ByteSize;
-use crate::domain::ImportId;
+use crate::domain::{ImportId, summary};
 use crate::storage::Storage;
 
 pub mod auth;
@@ -33,7 +33,7 @@ mod towns;
 #[doc(hidden)] // public for the hot-path benchmark only
 pub mod wire;
 
-use cache::{CitizenList, Encoding, Held, ResponseCache, View};
+use cache::{CitizenList, Encoding, Held, ResponseCache, View, compact};
 use error::{AppError, Failure, json_response};
 
 /// What every handler shares; cloning is cheap.
@@ -368,11 +368,14 @@ where
                 Held(Held),
                 Loaded(crate::storage::Snapshot),
             }
+            // Each may be newer than `version` if a write just landed; a
+            // newer answer is never stale.
             let source = match state.cache.snapshot(import, version) {
                 Some(held) => Source::Held(held),
-                // May be newer than `version` if a write just landed; a newer
-                // answer is never stale.
-                None => Source::Loaded(state.storage.citizens(import).await?),
+                None => match from_summary(state, import, view).await? {
+                    Some(body) => return Ok(body),
+                    None => Source::Loaded(state.storage.citizens(import).await?),
+                },
             };
             let cache = Arc::clone(&state.cache);
             // Wrapping a loaded import and weighing it for the cache walk every
@@ -416,6 +419,49 @@ where
         );
     }
     Ok(response)
+}
+
+/// An analytics answer from the summary the store keeps (`domain::summary`),
+/// when it keeps one: the read costs the answer, not the import.
+async fn from_summary(
+    state: &AppState,
+    import: ImportId,
+    view: View,
+) -> Result<Option<axum::body::Bytes>, AppError> {
+    let render: Box<dyn FnOnce() -> Result<axum::body::Bytes, AppError> + Send> = match view {
+        View::Citizens => return Ok(None),
+        View::Birthdays => {
+            let Some((_, birthdays)) = state.storage.presents(import).await? else {
+                return Ok(None);
+            };
+            Box::new(move || {
+                to_data(&birthdays)
+                    .map(compact)
+                    .map_err(|e| AppError::Internal(Box::new(e)))
+            })
+        }
+        View::Percentiles(day) => {
+            let Some((_, towns)) = state.storage.town_dates(import).await? else {
+                return Ok(None);
+            };
+            let today =
+                time::Date::from_julian_day(day).map_err(|e| AppError::Internal(Box::new(e)))?;
+            Box::new(move || {
+                let answer = summary::percentiles(&towns, today).ok_or_else(|| {
+                    AppError::Internal(
+                        format!("import {import}: a stored town's dates are corrupt").into(),
+                    )
+                })?;
+                to_data(&answer)
+                    .map(compact)
+                    .map_err(|e| AppError::Internal(Box::new(e)))
+            })
+        }
+    };
+    tokio::task::spawn_blocking(render)
+        .await
+        .map_err(|e| AppError::Internal(Box::new(e)))?
+        .map(Some)
 }
 
 /// The weak entity tag of one answer: `W/"7-3-citizens"`.

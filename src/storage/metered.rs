@@ -9,6 +9,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
+use crate::domain::stats::Birthdays;
+use crate::domain::summary::TownDates;
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
 use crate::metrics::{Metrics, OperationLabels, PendingLabels};
 use prometheus_client::metrics::gauge::Gauge;
@@ -110,6 +112,20 @@ impl<S: Storage> Storage for Metered<S> {
 
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
         self.time("citizens", self.inner.citizens(import)).await
+    }
+
+    async fn presents(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Birthdays)>, StorageError> {
+        self.time("presents", self.inner.presents(import)).await
+    }
+
+    async fn town_dates(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Vec<TownDates>)>, StorageError> {
+        self.time("town_dates", self.inner.town_dates(import)).await
     }
 
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {

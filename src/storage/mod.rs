@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::domain::stats::Birthdays;
+use crate::domain::summary::{Summary, TownDates};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, ValidationError};
 
 pub(crate) mod coalesce;
@@ -39,6 +41,21 @@ async fn checked_citizens<R: Send + 'static>(
             .await
             .map_err(StorageError::internal)?
     }
+}
+
+/// The citizens and their summary (`domain::summary`), computed off the
+/// async worker threads for a big import.
+async fn summary_of(citizens: Vec<Citizen>) -> Result<(Vec<Citizen>, Summary), StorageError> {
+    if citizens.len() < BLOCKING_CHECK {
+        let summary = Summary::of(&citizens);
+        return Ok((citizens, summary));
+    }
+    tokio::task::spawn_blocking(move || {
+        let summary = Summary::of(&citizens);
+        (citizens, summary)
+    })
+    .await
+    .map_err(StorageError::internal)
 }
 
 /// An import's citizens as of one version.
@@ -183,6 +200,30 @@ pub trait Storage: Send + Sync + 'static {
     /// All citizens of an import ordered by citizen_id, relatives ascending,
     /// with the import's version at that moment.
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError>;
+
+    /// GET birthdays of an import from the presents rows the store keeps
+    /// (`domain::summary`), with the import's version in the same read:
+    /// its cost is the answer's, not the import's. `None` when this store
+    /// keeps no summary; the caller then reads the citizens.
+    async fn presents(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Birthdays)>, StorageError> {
+        let _ = import;
+        Ok(None)
+    }
+
+    /// Each town's birth dates as the store keeps them (`domain::summary`),
+    /// ordered by town, with the import's version in the same read: a cost
+    /// bounded by towns × calendar days, not by the import. `None` when
+    /// this store keeps no summary; the caller then reads the citizens.
+    async fn town_dates(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Vec<TownDates>)>, StorageError> {
+        let _ = import;
+        Ok(None)
+    }
 
     /// The import's current version: it grows with every write to the import,
     /// so a cached answer computed at the same version is still exact.

@@ -53,14 +53,19 @@ use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OpenFlags, params};
 use tokio::sync::oneshot;
 
+use crate::domain::stats::Birthdays;
+use crate::domain::summary::{Summary, TownDates};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
 use crate::metrics::{KindLabels, Metrics};
-use crate::storage::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
+use crate::storage::{
+    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, summary_of,
+};
 use disk::{ensure_reserve, free_bytes, reserve_path};
 use prometheus_client::metrics::gauge::Gauge;
 use queries::{
     Begun, CITIZEN_COLUMNS, begin_import, delete_import, discard_all_pending, discard_pending,
-    import_version, insert_citizens, insert_import, patch_citizen, publish_import, read_row,
+    import_version, insert_citizens, insert_import, insert_presents, insert_towns, patch_citizen,
+    presents, publish_import, read_row, town_dates,
 };
 use schema::{MIGRATIONS, migrate};
 use workers::{ReadJob, WriteJob, WriterState, checkpointer_loop, reader_loop, writer_loop};
@@ -335,6 +340,7 @@ impl SqliteStorage {
             Begun::Stored(import) => return Ok(import),
             Begun::Pending(import) => import,
         };
+        let (citizens, summary) = summary_of(citizens).await?;
         let citizens = Arc::new(citizens);
         for start in (0..n).step_by(IMPORT_CHUNK) {
             let chunk = (Arc::clone(&citizens), start..(start + IMPORT_CHUNK).min(n));
@@ -344,6 +350,20 @@ impl SqliteStorage {
                 })
                 .await?;
         }
+        let Summary { presents, towns } = summary;
+        let presents = Arc::new(presents);
+        for start in (0..presents.len()).step_by(IMPORT_CHUNK) {
+            let end = (start + IMPORT_CHUNK).min(presents.len());
+            let chunk = (Arc::clone(&presents), start..end);
+            writer
+                .write(chunk, move |conn, (all, range)| {
+                    insert_presents(conn, import, &all[range.clone()])
+                })
+                .await?;
+        }
+        writer
+            .write(towns, move |conn, towns| insert_towns(conn, import, towns))
+            .await?;
         let published = writer
             .write(idempotency, move |conn, key| {
                 publish_import(conn, import, key.as_ref())
@@ -474,9 +494,11 @@ impl Storage for SqliteStorage {
         if citizens.len() > CHUNKED_FROM {
             return self.create_import_in_chunks(citizens, idempotency).await;
         }
-        self.write((citizens, idempotency), |conn, (citizens, key)| {
-            insert_import(conn, citizens, key.as_ref())
-        })
+        let (citizens, summary) = summary_of(citizens).await?;
+        self.write(
+            (citizens, summary, idempotency),
+            |conn, (citizens, summary, key)| insert_import(conn, citizens, summary, key.as_ref()),
+        )
         .await
     }
 
@@ -510,6 +532,22 @@ impl Storage for SqliteStorage {
             Ok(Snapshot { version, citizens })
         })
         .await
+    }
+
+    async fn presents(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Birthdays)>, StorageError> {
+        self.read(move |conn| presents(conn, import).map(Some))
+            .await
+    }
+
+    async fn town_dates(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Vec<TownDates>)>, StorageError> {
+        self.read(move |conn| town_dates(conn, import).map(Some))
+            .await
     }
 
     async fn list_imports(
@@ -657,16 +695,27 @@ mod tests {
             conn.execute_batch(MIGRATIONS[0]).unwrap();
             conn.execute_batch(
                 "INSERT INTO imports (created_at) VALUES (0);
-                 INSERT INTO citizens VALUES (1, 7, 'A', 'B', 'C', 1, 'N', '2000-01-31', 'male', x'');
+                 INSERT INTO citizens VALUES
+                     (1, 7, 'A', 'B', 'C', 1, 'N', '2000-01-31', 'male', x'0800000000000000'),
+                     (1, 8, 'A', 'B', 'C', 1, 'N', '1990-05-02', 'male', x'0700000000000000');
                  PRAGMA user_version = 1;",
             )
             .unwrap();
         }
         let storage = SqliteStorage::open(&path, 1).unwrap();
-        let snapshot = storage.citizens(ImportId::new(1).unwrap()).await.unwrap();
+        let import = ImportId::new(1).unwrap();
+        let snapshot = storage.citizens(import).await.unwrap();
         assert_eq!(snapshot.version, 1);
         assert_eq!(snapshot.citizens[0].citizen_id.get(), 7);
         assert_eq!(snapshot.citizens[0].birth_date.to_string(), "31.01.2000");
+        // The summary of the stored import was computed by the migration.
+        let (version, birthdays) = storage.presents(import).await.unwrap().unwrap();
+        assert_eq!(
+            (version, birthdays),
+            (1, crate::domain::stats::birthdays(&snapshot.citizens))
+        );
+        let (_, towns) = storage.town_dates(import).await.unwrap().unwrap();
+        assert_eq!(towns, Summary::of(&snapshot.citizens).towns);
         storage.close().await;
         let conn = Connection::open(&path).unwrap();
         let version: i64 = conn
@@ -693,9 +742,25 @@ mod tests {
                 name: Name::parse(format!("Житель {id}")).unwrap(),
                 birth_date: BirthDate::parse("26.12.1986", today).unwrap(),
                 gender: Gender::parse("male").unwrap(),
-                relatives: vec![],
+                // Pairs: 1 and 2, 3 and 4, …
+                relatives: [id + 1 - 2 * ((id + 1) % 2)]
+                    .into_iter()
+                    .filter(|&r| r <= n)
+                    .map(|r| CitizenId::parse(r).unwrap())
+                    .collect(),
             })
             .collect()
+    }
+
+    /// Rows of the summary tables, of any import.
+    fn summary_rows(path: &Path) -> (i64, i64) {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row(
+            "SELECT (SELECT count(*) FROM presents), (SELECT count(*) FROM town_dates)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
     }
 
     /// Holds the writer thread busy until the returned sender is dropped or used.
@@ -971,6 +1036,17 @@ mod tests {
         let snapshot = storage.citizens(import).await.unwrap();
         assert_eq!(snapshot.citizens.len() as u64, BIG);
         assert_eq!(snapshot.version, 1);
+        // Its presents rows were written in chunks too.
+        let (_, birthdays) = storage.presents(import).await.unwrap().unwrap();
+        assert_eq!(
+            birthdays.0[11].len() as u64,
+            BIG - 1,
+            "all but the last, who has no pair"
+        );
+        assert_eq!(
+            birthdays,
+            crate::domain::stats::birthdays(&snapshot.citizens)
+        );
         assert_eq!(storage.totals().await.unwrap(), (2, 2 + BIG));
         assert_eq!(
             imports_by_pending(&path),
@@ -999,19 +1075,24 @@ mod tests {
             imports_by_pending(&path).is_empty().then_some(())
         })
         .await;
+        assert_eq!(summary_rows(&path), (0, 0));
         storage.close().await;
 
         // A crash mid-way leaves a pending import: the next start deletes it.
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
             "INSERT INTO imports (created_at, citizens, pending) VALUES (0, 2, 1);
-             INSERT INTO citizens VALUES (last_insert_rowid(), 1, 'A', 'B', 'C', 1, 'N', '2000-01-31', 'male', x'');",
+             INSERT INTO citizens VALUES (last_insert_rowid(), 1, 'A', 'B', 'C', 1, 'N', '2000-01-31', 'male', x'');
+             INSERT INTO presents VALUES (last_insert_rowid(), 1, 1, 1);
+             INSERT INTO town_dates VALUES (last_insert_rowid(), 'A', x'');",
         )
         .unwrap();
         drop(conn);
         assert_eq!(imports_by_pending(&path).len(), 1);
+        assert_eq!(summary_rows(&path), (1, 1));
         let storage = SqliteStorage::open(&path, 1).unwrap();
         assert_eq!(imports_by_pending(&path), vec![]);
+        assert_eq!(summary_rows(&path), (0, 0));
         storage.close().await;
     }
 

@@ -5,7 +5,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::codec::{decode_relatives, encode_relatives};
 use super::{count, internal};
 use crate::domain::relatives::{Edit, mirror_edits};
-use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
+use crate::domain::stats::Birthdays;
+use crate::domain::summary::{self, PresentsRow, Summary, TownDates};
+use crate::domain::{
+    BirthDate, Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError,
+};
 use crate::storage::row::{StoredCitizen, StoredDate, iso_date};
 use crate::storage::{Idempotency, Patched, StorageError, Version};
 
@@ -68,6 +72,7 @@ fn new_import(conn: &Connection, citizens: usize, pending: bool) -> Result<Impor
 pub(super) fn insert_import(
     conn: &Connection,
     citizens: &[Citizen],
+    summary: &Summary,
     idempotency: Option<&Idempotency>,
 ) -> Result<ImportId, StorageError> {
     if let Some(import) = stored_key(conn, idempotency)? {
@@ -75,8 +80,214 @@ pub(super) fn insert_import(
     }
     let import = new_import(conn, citizens.len(), false)?;
     insert_citizens(conn, import, citizens)?;
+    insert_presents(conn, import, &summary.presents)?;
+    insert_towns(conn, import, &summary.towns)?;
     store_key(conn, import, idempotency)?;
     Ok(import)
+}
+
+/// Stores presents rows of an import (`domain::summary`).
+pub(super) fn insert_presents(
+    conn: &Connection,
+    import: ImportId,
+    rows: &[PresentsRow],
+) -> Result<(), StorageError> {
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO presents (import_id, month, citizen_id, presents) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(internal)?;
+    for &(month, citizen, presents) in rows {
+        insert
+            .execute(params![import, month, citizen.as_i64(), presents])
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// Stores the towns' dates of an import (`domain::summary`).
+pub(super) fn insert_towns(
+    conn: &Connection,
+    import: ImportId,
+    towns: &[TownDates],
+) -> Result<(), StorageError> {
+    let mut insert = conn
+        .prepare_cached("INSERT INTO town_dates (import_id, town, dates) VALUES (?1, ?2, ?3)")
+        .map_err(internal)?;
+    for town in towns {
+        insert
+            .execute(params![import, town.town, town.dates])
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// Moves the summary over one PATCH, in its transaction: `before` is the
+/// citizen as stored, `now` as it will be.
+fn patch_summary(
+    conn: &Connection,
+    import: ImportId,
+    before: &Citizen,
+    now: &Citizen,
+) -> Result<(), StorageError> {
+    // The birth months of the relatives that join or leave the list.
+    let mut months = std::collections::HashMap::new();
+    if before.relatives != now.relatives {
+        let mut month = conn
+            .prepare_cached(
+                "SELECT CAST(substr(birth_date, 6, 2) AS INTEGER) FROM citizens
+                 WHERE import_id = ?1 AND citizen_id = ?2",
+            )
+            .map_err(internal)?;
+        for (other, _) in mirror_edits(now.citizen_id, &before.relatives, &now.relatives) {
+            let found: Option<u8> = month
+                .query_row(params![import, other.as_i64()], |row| row.get(0))
+                .optional()
+                .map_err(internal)?;
+            months.insert(other, found);
+        }
+    }
+    let change = summary::presents_change(before, now, |id| months.get(&id).copied().flatten());
+    for (month, citizen, delta) in change {
+        conn.prepare_cached(
+            "INSERT INTO presents (import_id, month, citizen_id, presents) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO UPDATE SET presents = presents + excluded.presents",
+        )
+        .and_then(|mut stmt| stmt.execute(params![import, month, citizen.as_i64(), delta]))
+        .map_err(internal)?;
+        if delta < 0 {
+            conn.prepare_cached(
+                "DELETE FROM presents
+                 WHERE import_id = ?1 AND month = ?2 AND citizen_id = ?3 AND presents <= 0",
+            )
+            .and_then(|mut stmt| stmt.execute(params![import, month, citizen.as_i64()]))
+            .map_err(internal)?;
+        }
+    }
+    if (before.town.as_str(), before.birth_date) != (now.town.as_str(), now.birth_date) {
+        adjust_town(conn, import, before.town.as_str(), before.birth_date, -1)?;
+        adjust_town(conn, import, now.town.as_str(), now.birth_date, 1)?;
+    }
+    Ok(())
+}
+
+/// Adds `delta` citizens born on `date` to `town`'s stored dates.
+fn adjust_town(
+    conn: &Connection,
+    import: ImportId,
+    town: &str,
+    date: BirthDate,
+    delta: i32,
+) -> Result<(), StorageError> {
+    let stored: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT dates FROM town_dates WHERE import_id = ?1 AND town = ?2")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![import, town], |row| row.get(0))
+                .optional()
+        })
+        .map_err(internal)?;
+    let mut dates = stored.unwrap_or_default();
+    if !summary::adjust_dates(&mut dates, date, delta) {
+        return Err(StorageError::internal(format!(
+            "import {import}: the stored dates of town {town:?} are corrupt"
+        )));
+    }
+    if dates.is_empty() {
+        conn.prepare_cached("DELETE FROM town_dates WHERE import_id = ?1 AND town = ?2")
+            .and_then(|mut stmt| stmt.execute(params![import, town]))
+    } else {
+        conn.prepare_cached(
+            "INSERT INTO town_dates (import_id, town, dates) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO UPDATE SET dates = excluded.dates",
+        )
+        .and_then(|mut stmt| stmt.execute(params![import, town, dates]))
+    }
+    .map_err(internal)?;
+    Ok(())
+}
+
+/// GET birthdays from the stored presents rows, with the version, in one
+/// read transaction.
+pub(super) fn presents(
+    conn: &mut Connection,
+    import: ImportId,
+) -> Result<(Version, Birthdays), StorageError> {
+    let tx = conn.transaction().map_err(internal)?;
+    let version = import_version(&tx, import)?.ok_or(StorageError::ImportNotFound(import))?;
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT month, citizen_id, presents FROM presents WHERE import_id = ?1
+             ORDER BY month, citizen_id",
+        )
+        .map_err(internal)?;
+    let mut rows = stmt.query([import]).map_err(internal)?;
+    let mut read = Vec::new();
+    while let Some(row) = rows.next().map_err(internal)? {
+        let (month, citizen, presents): (u8, i64, u32) = (
+            row.get(0).map_err(internal)?,
+            row.get(1).map_err(internal)?,
+            row.get(2).map_err(internal)?,
+        );
+        let citizen = u64::try_from(citizen)
+            .ok()
+            .and_then(|id| CitizenId::parse(id).ok())
+            .ok_or_else(|| StorageError::internal("corrupt citizen id in presents"))?;
+        read.push((month, citizen, presents));
+    }
+    Ok((version, summary::birthdays(read)))
+}
+
+/// The stored towns' dates, ordered by town, with the version, in one read
+/// transaction.
+pub(super) fn town_dates(
+    conn: &mut Connection,
+    import: ImportId,
+) -> Result<(Version, Vec<TownDates>), StorageError> {
+    let tx = conn.transaction().map_err(internal)?;
+    let version = import_version(&tx, import)?.ok_or(StorageError::ImportNotFound(import))?;
+    let mut stmt = tx
+        .prepare_cached("SELECT town, dates FROM town_dates WHERE import_id = ?1 ORDER BY town")
+        .map_err(internal)?;
+    let towns = stmt
+        .query_map([import], |row| {
+            Ok(TownDates {
+                town: row.get(0)?,
+                dates: row.get(1)?,
+            })
+        })
+        .map_err(internal)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(internal)?;
+    Ok((version, towns))
+}
+
+/// Stores the summary of every stored import that has none (an upgrade
+/// from a schema before it). Pending imports are left: they are discarded.
+pub(super) fn backfill_summaries(conn: &Connection) -> Result<usize, StorageError> {
+    let imports: Vec<ImportId> = conn
+        .prepare(
+            "SELECT import_id FROM imports WHERE NOT pending AND import_id NOT IN
+                 (SELECT import_id FROM town_dates)",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(internal)?;
+    let sql =
+        format!("SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = ?1 ORDER BY citizen_id");
+    for &import in &imports {
+        let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
+        let mut rows = stmt.query([import]).map_err(internal)?;
+        let mut citizens = Vec::new();
+        while let Some(row) = rows.next().map_err(internal)? {
+            citizens.push(read_row(row)?);
+        }
+        let summary = Summary::of(&citizens);
+        insert_presents(conn, import, &summary.presents)?;
+        insert_towns(conn, import, &summary.towns)?;
+    }
+    Ok(imports.len())
 }
 
 /// The first write of an import written in chunks.
@@ -136,9 +347,26 @@ pub(super) fn discard_pending(
     if deleted > 0 {
         return Ok(false);
     }
-    conn.prepare_cached("DELETE FROM imports WHERE import_id = ?1 AND pending")
-        .and_then(|mut stmt| stmt.execute([import]))
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM presents WHERE import_id = ?1 AND (month, citizen_id) IN
+                 (SELECT month, citizen_id FROM presents WHERE import_id = ?1 LIMIT ?2)
+             AND (SELECT pending FROM imports WHERE import_id = ?1)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![import, count(limit)]))
         .map_err(internal)?;
+    if deleted > 0 {
+        return Ok(false);
+    }
+    for sql in [
+        "DELETE FROM town_dates WHERE import_id = ?1
+             AND (SELECT pending FROM imports WHERE import_id = ?1)",
+        "DELETE FROM imports WHERE import_id = ?1 AND pending",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut stmt| stmt.execute([import]))
+            .map_err(internal)?;
+    }
     Ok(true)
 }
 
@@ -155,6 +383,8 @@ pub(super) fn discard_all_pending(conn: &Connection) -> Result<usize, StorageErr
         conn.execute_batch(
             "BEGIN IMMEDIATE;
              DELETE FROM citizens WHERE import_id IN (SELECT import_id FROM imports WHERE pending);
+             DELETE FROM presents WHERE import_id IN (SELECT import_id FROM imports WHERE pending);
+             DELETE FROM town_dates WHERE import_id IN (SELECT import_id FROM imports WHERE pending);
              DELETE FROM imports WHERE pending;
              COMMIT;",
         )
@@ -206,12 +436,13 @@ pub(super) fn patch_citizen(
     if import_version(conn, import)?.is_none() {
         return Err(StorageError::ImportNotFound(import));
     }
-    let Some(mut citizen) = load_citizen(conn, import, id)? else {
+    let Some(before) = load_citizen(conn, import, id)? else {
         return Err(StorageError::CitizenNotFound {
             import,
             citizen: id,
         });
     };
+    let mut citizen = before.clone();
     if let Some(new) = &patch.relatives {
         // The contract of `Storage::patch_citizen`: every list is read
         // before anything is written, an unknown new relative wins over a
@@ -241,6 +472,7 @@ pub(super) fn patch_citizen(
         citizen.relatives.clone_from(new);
     }
     patch.apply_fields(&mut citizen);
+    patch_summary(conn, import, &before, &citizen)?;
     let version: i64 = conn
         .prepare_cached(
             "UPDATE imports SET version = version + 1 WHERE import_id = ?1 RETURNING version",
@@ -281,6 +513,8 @@ pub(super) fn delete_import(conn: &Connection, import: ImportId) -> Result<(), S
     }
     for sql in [
         "DELETE FROM citizens WHERE import_id = ?1",
+        "DELETE FROM presents WHERE import_id = ?1",
+        "DELETE FROM town_dates WHERE import_id = ?1",
         "DELETE FROM idempotency_keys WHERE import_id = ?1",
         "DELETE FROM imports WHERE import_id = ?1",
     ] {

@@ -43,7 +43,27 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE INDEX idempotency_keys_by_import ON idempotency_keys (import_id);",
     // 5: an import written in chunks is pending (invisible) until published.
     "ALTER TABLE imports ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;",
+    // 6: the analytics summary (`domain::summary`), kept by every write, so
+    // a read with nothing in memory costs its answer, not the import.
+    // `migrate` fills it for the imports already stored.
+    "CREATE TABLE presents (
+        import_id  INTEGER NOT NULL,
+        month      INTEGER NOT NULL,
+        citizen_id INTEGER NOT NULL,
+        presents   INTEGER NOT NULL,
+        PRIMARY KEY (import_id, month, citizen_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE town_dates (
+        import_id  INTEGER NOT NULL,
+        town       TEXT    NOT NULL,
+        dates      BLOB    NOT NULL,
+        PRIMARY KEY (import_id, town)
+    ) WITHOUT ROWID;",
 ];
+
+/// The migration that adds the summary tables: imports stored before it get
+/// theirs computed when it runs.
+const SUMMARY_MIGRATION: usize = 6;
 
 /// Brings the schema up to date; returns the version it had before.
 pub(super) fn migrate(conn: &mut Connection) -> Result<usize, StorageError> {
@@ -64,8 +84,11 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<usize, StorageError> {
         // Up to date: write nothing (a start on a full disk must get through).
         return Ok(version);
     }
-    for sql in &MIGRATIONS[version..] {
+    for (at, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(sql).map_err(internal)?;
+        if at + 1 == SUMMARY_MIGRATION {
+            super::queries::backfill_summaries(&tx)?;
+        }
     }
     tx.pragma_update(None, "user_version", count(MIGRATIONS.len()))
         .map_err(internal)?;

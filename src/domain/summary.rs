@@ -1,0 +1,491 @@
+//! The analytics as a store keeps them beside the citizens, so that a read
+//! with nothing of the import in memory costs the size of its answer, not a
+//! pass over every citizen.
+//!
+//! - **Presents rows**: `(month, citizen_id, presents)` for each citizen
+//!   with presents that month — exactly what GET birthdays lists.
+//! - **Town dates**: per town, its distinct birth dates ascending, each with
+//!   how many of the town's citizens were born that day, kept as one blob
+//!   per town ([`encode_dates`]: 8 bytes per date). Its size is bounded by
+//!   the calendar (one entry per day), not by the import. Dates, not ages:
+//!   the same entries answer on any day (see `domain::analytics`).
+//!
+//! An import stores [`Summary::of`] its citizens; a PATCH changes them in
+//! its own transaction by [`presents_change`] and [`adjust_dates`], and no
+//! other row. Every answer equals `stats::birthdays` and
+//! `stats::town_percentiles` from scratch, bit for bit (property-tested
+//! below, over random PATCH sequences and days either side of midnight).
+
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+
+use time::Date;
+
+use super::citizen::{BirthDate, Citizen, CitizenId};
+use super::stats::{Birthdays, Presents, TownAges, percentile_by, round2};
+
+/// One month's presents of one citizen: month (1–12), who, how many (≥ 1).
+pub type PresentsRow = (u8, CitizenId, u32);
+
+/// One town's birth dates, ascending, each with how many citizens have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TownDates {
+    /// The town.
+    pub town: String,
+    /// Its encoded dates ([`encode_dates`]).
+    pub dates: Vec<u8>,
+}
+
+/// What a store keeps of one import for the analytics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Ordered by month, then citizen_id.
+    pub presents: Vec<PresentsRow>,
+    /// Ordered by town (code point order, which is byte order of UTF-8).
+    pub towns: Vec<TownDates>,
+}
+
+/// Bytes per entry of an encoded town: the date as `yyyymmdd` and its
+/// count, both little-endian `u32`.
+const ENTRY: usize = 8;
+
+/// `yyyymmdd`: ordered as the dates are.
+#[allow(clippy::cast_sign_loss)] // validated dates are years 1–9999
+fn key(date: BirthDate) -> u32 {
+    let d = date.date();
+    d.year() as u32 * 10_000 + u32::from(d.month() as u8) * 100 + u32::from(d.day())
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // parts of a yyyymmdd key
+fn from_key(key: u32) -> Option<BirthDate> {
+    BirthDate::from_ymd(
+        (key / 10_000) as i32,
+        (key / 100 % 100) as u8,
+        (key % 100) as u8,
+    )
+}
+
+fn entry_at(blob: &[u8], i: usize) -> (u32, u32) {
+    let at = i * ENTRY;
+    let word = |from: usize| u32::from_le_bytes(blob[from..from + 4].try_into().expect("4 bytes"));
+    (word(at), word(at + 4))
+}
+
+/// Encodes dates with their counts, which must be ascending by date.
+pub fn encode_dates(dates: &[(BirthDate, u32)]) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(dates.len() * ENTRY);
+    for &(date, count) in dates {
+        blob.extend_from_slice(&key(date).to_le_bytes());
+        blob.extend_from_slice(&count.to_le_bytes());
+    }
+    blob
+}
+
+/// Decodes [`encode_dates`]; `None` when the blob is not one (cut short,
+/// not a date, out of order or a zero count).
+pub fn decode_dates(blob: &[u8]) -> Option<Vec<(BirthDate, u32)>> {
+    if !blob.len().is_multiple_of(ENTRY) {
+        return None;
+    }
+    let mut dates: Vec<(BirthDate, u32)> = Vec::with_capacity(blob.len() / ENTRY);
+    for i in 0..blob.len() / ENTRY {
+        let (key, count) = entry_at(blob, i);
+        let date = from_key(key)?;
+        if count == 0 || dates.last().is_some_and(|&(last, _)| last >= date) {
+            return None;
+        }
+        dates.push((date, count));
+    }
+    Some(dates)
+}
+
+/// Adds `delta` (±1) citizens born on `date` to an encoded town, in place:
+/// an entry whose count reaches 0 goes. O(entries) at most (one move of the
+/// bytes after it), O(log entries) to find it. False, and nothing changed,
+/// when the blob is not an encoded town or the count would go below 0.
+pub fn adjust_dates(blob: &mut Vec<u8>, date: BirthDate, delta: i32) -> bool {
+    if !blob.len().is_multiple_of(ENTRY) {
+        return false;
+    }
+    let wanted = key(date);
+    let len = blob.len() / ENTRY;
+    let (mut low, mut high) = (0, len);
+    while low < high {
+        let mid = usize::midpoint(low, high);
+        if entry_at(blob, mid).0 < wanted {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
+    }
+    let at = low * ENTRY;
+    let found = low < len && entry_at(blob, low).0 == wanted;
+    let count = if found {
+        i64::from(entry_at(blob, low).1)
+    } else {
+        0
+    } + i64::from(delta);
+    let Ok(count) = u32::try_from(count) else {
+        return false;
+    };
+    match (found, count) {
+        (true, 0) => {
+            blob.drain(at..at + ENTRY);
+        }
+        (true, _) => blob[at + 4..at + ENTRY].copy_from_slice(&count.to_le_bytes()),
+        (false, 0) => {}
+        (false, _) => {
+            let mut entry = [0u8; ENTRY];
+            entry[..4].copy_from_slice(&wanted.to_le_bytes());
+            entry[4..].copy_from_slice(&count.to_le_bytes());
+            blob.splice(at..at, entry);
+        }
+    }
+    true
+}
+
+impl Summary {
+    /// The summary of `citizens`, which must be ordered by citizen_id.
+    /// O(citizens · log citizens + links).
+    pub fn of<C: Borrow<Citizen>>(citizens: &[C]) -> Self {
+        let birthdays = super::stats::birthdays(citizens);
+        let mut presents: Vec<PresentsRow> = birthdays
+            .0
+            .iter()
+            .zip(1u8..)
+            .flat_map(|(entries, month)| {
+                entries
+                    .iter()
+                    .map(move |p| (month, p.citizen_id, p.presents))
+            })
+            .collect();
+        // Already so when the citizens are ordered by id.
+        presents.sort_unstable();
+        let mut towns: BTreeMap<&str, Vec<BirthDate>> = BTreeMap::new();
+        for citizen in citizens {
+            let citizen = citizen.borrow();
+            towns
+                .entry(citizen.town.as_str())
+                .or_default()
+                .push(citizen.birth_date);
+        }
+        let towns = towns
+            .into_iter()
+            .map(|(town, mut dates)| {
+                dates.sort_unstable();
+                let mut counted: Vec<(BirthDate, u32)> = Vec::new();
+                for date in dates {
+                    match counted.last_mut() {
+                        Some((last, count)) if *last == date => *count += 1,
+                        _ => counted.push((date, 1)),
+                    }
+                }
+                TownDates {
+                    town: town.to_owned(),
+                    dates: encode_dates(&counted),
+                }
+            })
+            .collect();
+        Self { presents, towns }
+    }
+}
+
+/// How a PATCH changes the presents rows: `(month, citizen_id, delta)`,
+/// ordered, none zero. `before` is the citizen as it was, `now` as it is
+/// after the PATCH; `month_of` answers the birth month of another citizen of
+/// the import (`None`: not in it, skipped as `stats::birthdays` does) and
+/// is asked only about citizens that joined or left `before`'s list.
+///
+/// Only two kinds of row change: the citizen's own (its list, or its own
+/// month when it lists itself), and that of each citizen it listed before
+/// or lists now, by this citizen's month then and now — the relation is
+/// symmetric, so they listed it exactly then.
+pub fn presents_change(
+    before: &Citizen,
+    now: &Citizen,
+    month_of: impl Fn(CitizenId) -> Option<u8>,
+) -> Vec<(u8, CitizenId, i64)> {
+    let me = now.citizen_id;
+    let (was, is) = (before.birth_date.month(), now.birth_date.month());
+    if before.relatives == now.relatives && was == is {
+        return Vec::new();
+    }
+    let mut change: BTreeMap<(u8, CitizenId), i64> = BTreeMap::new();
+    let mut add = |month: u8, citizen: CitizenId, delta: i64| {
+        *change.entry((month, citizen)).or_default() += delta;
+    };
+    let listed_before = |id: CitizenId| before.relatives.binary_search(&id).is_ok();
+    let listed_now = |id: CitizenId| now.relatives.binary_search(&id).is_ok();
+    for &relative in &before.relatives {
+        if relative == me {
+            add(was, me, -1);
+        } else {
+            add(was, relative, -1);
+            if !listed_now(relative)
+                && let Some(month) = month_of(relative)
+            {
+                add(month, me, -1);
+            }
+        }
+    }
+    for &relative in &now.relatives {
+        if relative == me {
+            add(is, me, 1);
+        } else {
+            add(is, relative, 1);
+            if !listed_before(relative)
+                && let Some(month) = month_of(relative)
+            {
+                add(month, me, 1);
+            }
+        }
+    }
+    change
+        .into_iter()
+        .filter(|&(_, delta)| delta != 0)
+        .map(|((month, citizen), delta)| (month, citizen, delta))
+        .collect()
+}
+
+/// GET birthdays from presents rows ordered by month, then citizen_id.
+pub fn birthdays(rows: impl IntoIterator<Item = PresentsRow>) -> Birthdays {
+    let mut answer = Birthdays::default();
+    for (month, citizen_id, presents) in rows {
+        if let Some(entries) = answer.0.get_mut(usize::from(month).wrapping_sub(1)) {
+            entries.push(Presents {
+                citizen_id,
+                presents,
+            });
+        }
+    }
+    answer
+}
+
+/// Age percentiles per town on `today` from the towns' dates (ordered by
+/// town). O(dates): each town's counts are summed once. `None` when a
+/// town's blob is not an encoded town.
+pub fn percentiles(towns: &[TownDates], today: Date) -> Option<Vec<TownAges>> {
+    towns
+        .iter()
+        .filter(|town| !town.dates.is_empty())
+        .map(|town| {
+            let dates = decode_dates(&town.dates)?;
+            // ends[i]: how many citizens are born on dates[..=i].
+            let ends: Vec<u64> = dates
+                .iter()
+                .scan(0u64, |sum, &(_, count)| {
+                    *sum += u64::from(count);
+                    Some(*sum)
+                })
+                .collect();
+            let n = usize::try_from(*ends.last()?).ok()?;
+            // The i-th age ascending is the i-th date from the latest back.
+            let age = |i: usize| {
+                let rank = (n - 1 - i) as u64;
+                let at = ends.partition_point(|&end| end <= rank);
+                dates[at].0.age_on(today)
+            };
+            Some(TownAges {
+                town: town.town.clone(),
+                p50: round2(percentile_by(n, age, 50.0)),
+                p75: round2(percentile_by(n, age, 75.0)),
+                p99: round2(percentile_by(n, age, 99.0)),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::float_cmp)] // whole-number ages, exact
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::analytics::tests::{Patch, TOWNS, date, import, patch_strategy, patched};
+    use crate::domain::relatives::after_patch;
+    use crate::domain::stats::town_percentiles;
+
+    /// A store's rows of one import, changed as the stores change them.
+    struct Kept {
+        presents: BTreeMap<(u8, CitizenId), u32>,
+        towns: BTreeMap<String, Vec<u8>>,
+    }
+
+    impl Kept {
+        fn of(citizens: &[Arc<Citizen>]) -> Self {
+            let summary = Summary::of(citizens);
+            Self {
+                presents: summary
+                    .presents
+                    .into_iter()
+                    .map(|(m, c, p)| ((m, c), p))
+                    .collect(),
+                towns: summary
+                    .towns
+                    .into_iter()
+                    .map(|t| (t.town, t.dates))
+                    .collect(),
+            }
+        }
+
+        fn apply(&mut self, citizens: &[Arc<Citizen>], before: &Citizen, now: &Citizen) {
+            let month_of = |id: CitizenId| {
+                assert!(
+                    before.relatives.contains(&id) != now.relatives.contains(&id),
+                    "asked about {id}, which neither joined nor left"
+                );
+                citizens
+                    .iter()
+                    .find(|c| c.citizen_id == id)
+                    .map(|c| c.birth_date.month())
+            };
+            for (month, citizen, delta) in presents_change(before, now, month_of) {
+                let count = self.presents.entry((month, citizen)).or_default();
+                *count = u32::try_from(i64::from(*count) + delta).expect("not below 0");
+                if *count == 0 {
+                    self.presents.remove(&(month, citizen));
+                }
+            }
+            if (before.town.as_str(), before.birth_date) != (now.town.as_str(), now.birth_date) {
+                let old = self.towns.get_mut(before.town.as_str()).expect("old town");
+                assert!(adjust_dates(old, before.birth_date, -1));
+                if old.is_empty() {
+                    self.towns.remove(before.town.as_str());
+                }
+                let new = self.towns.entry(now.town.as_str().to_owned()).or_default();
+                assert!(adjust_dates(new, now.birth_date, 1));
+            }
+        }
+
+        fn towns(&self) -> Vec<TownDates> {
+            self.towns
+                .iter()
+                .map(|(town, dates)| TownDates {
+                    town: town.clone(),
+                    dates: dates.clone(),
+                })
+                .collect()
+        }
+    }
+
+    fn assert_same_answers(kept: &Kept, citizens: &[Arc<Citizen>], days: &[Date]) {
+        let rows = kept.presents.iter().map(|(&(m, c), &p)| (m, c, p));
+        assert_eq!(birthdays(rows), crate::domain::stats::birthdays(citizens));
+        for &today in days {
+            let got = percentiles(&kept.towns(), today).expect("well-formed towns");
+            let want = town_percentiles(citizens, today);
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.town, w.town);
+                for (a, b) in [(g.p50, w.p50), (g.p75, w.p75), (g.p99, w.p99)] {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{} on {today}", g.town);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// Rows changed PATCH by PATCH answer what a full recomputation
+        /// answers, on days either side of midnight and of birthdays (29
+        /// February included), and equal the summary of the import as it is.
+        #[test]
+        fn kept_rows_answer_as_a_full_recomputation(
+            people in prop::collection::vec((0..TOWNS.len(), 0..27_000i32), 1..40),
+            links in prop::collection::vec((any::<usize>(), any::<usize>()), 0..60),
+            patches in prop::collection::vec(patch_strategy(), 1..25),
+            day in 0..30_000i32,
+        ) {
+            let mut citizens = import(&people, &links);
+            let mut kept = Kept::of(&citizens);
+            let today = date(day).date();
+            let days = [today, today.next_day().unwrap(), today.previous_day().unwrap()];
+            assert_same_answers(&kept, &citizens, &days);
+            for patch in &patches {
+                let patch: &Patch = patch;
+                let now = patched(&citizens, patch);
+                let before = Arc::clone(&citizens[patch.who % citizens.len()]);
+                kept.apply(&citizens, &before, &now);
+                citizens = after_patch(&citizens, &now).expect("the citizen is there");
+                assert_same_answers(&kept, &citizens, &days);
+                let fresh = Summary::of(&citizens);
+                prop_assert_eq!(kept.towns(), fresh.towns);
+                let rows: Vec<PresentsRow> =
+                    kept.presents.iter().map(|(&(m, c), &p)| (m, c, p)).collect();
+                prop_assert_eq!(rows, fresh.presents);
+            }
+        }
+
+        /// Encoding round-trips, and adjusting the blob is adjusting the list.
+        #[test]
+        fn adjusting_a_blob_adjusts_its_dates(
+            days in prop::collection::btree_map(0..27_000i32, 1..5u32, 0..30),
+            changes in prop::collection::vec((0..27_000i32, prop::bool::ANY), 0..30),
+        ) {
+            let mut list: BTreeMap<BirthDate, u32> =
+                days.iter().map(|(&d, &n)| (date(d), n)).collect();
+            let mut blob = encode_dates(&list.iter().map(|(&d, &n)| (d, n)).collect::<Vec<_>>());
+            for (day, add) in changes {
+                let d = date(day);
+                let count = list.get(&d).copied().unwrap_or(0);
+                let applied = adjust_dates(&mut blob, d, if add { 1 } else { -1 });
+                prop_assert_eq!(applied, add || count > 0);
+                match (add, count) {
+                    (true, _) => *list.entry(d).or_default() += 1,
+                    (false, 0) => {}
+                    (false, 1) => { list.remove(&d); }
+                    (false, _) => *list.get_mut(&d).unwrap() -= 1,
+                }
+                let want: Vec<(BirthDate, u32)> = list.iter().map(|(&d, &n)| (d, n)).collect();
+                prop_assert_eq!(decode_dates(&blob), Some(want));
+            }
+        }
+    }
+
+    #[test]
+    fn a_blob_that_is_not_an_encoded_town_is_refused() {
+        let d = |y, m, dd| BirthDate::from_ymd(y, m, dd).unwrap();
+        let good = encode_dates(&[(d(2000, 2, 29), 2), (d(2001, 1, 1), 1)]);
+        assert_eq!(
+            decode_dates(&good),
+            Some(vec![(d(2000, 2, 29), 2), (d(2001, 1, 1), 1)])
+        );
+        assert_eq!(decode_dates(&good[..7]), None, "cut short");
+        let swapped = [&good[8..], &good[..8]].concat();
+        assert_eq!(decode_dates(&swapped), None, "out of order");
+        let mut zero = good.clone();
+        zero[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_dates(&zero), None, "a zero count");
+        let mut not_a_date = good.clone();
+        not_a_date[..4].copy_from_slice(&20_010_229u32.to_le_bytes());
+        assert_eq!(decode_dates(&not_a_date), None, "29.02.2001");
+        let mut cut = good[..7].to_vec();
+        assert!(!adjust_dates(&mut cut, d(2000, 2, 29), 1));
+        assert_eq!(cut, good[..7]);
+        let towns = [TownDates {
+            town: "Керчь".into(),
+            dates: good[..7].to_vec(),
+        }];
+        assert_eq!(percentiles(&towns, d(2020, 1, 1).date()), None);
+    }
+
+    #[test]
+    fn a_town_with_one_date_shared_by_several_answers_their_age() {
+        let born = BirthDate::from_ymd(2000, 2, 29).unwrap();
+        let towns = [TownDates {
+            town: "Керчь".into(),
+            dates: encode_dates(&[(born, 3)]),
+        }];
+        let on = |y, m, d| {
+            percentiles(
+                &towns,
+                Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), d).unwrap(),
+            )
+            .unwrap()[0]
+                .p99
+        };
+        assert_eq!(on(2021, 2, 28), 20.0);
+        assert_eq!(on(2021, 3, 1), 21.0);
+    }
+}
