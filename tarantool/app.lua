@@ -63,6 +63,115 @@ local F = {
     name = 7, birth_date = 8, gender = 9, relatives = 10,
 }
 
+-- A citizen id as a table key. Ids above 2^53 arrive as 64-bit cdata, and
+-- tables key cdata by identity, not value: those are keyed by their text.
+local function id_key(id)
+    if type(id) == 'cdata' then
+        return tostring(id)
+    end
+    return id
+end
+
+-- The analytics summary (the app's domain::summary, which documents it):
+-- presents rows {import_id, month, citizen_id, presents} and each town's
+-- birth dates {import_id, town, dates}, dates being 8 bytes per distinct
+-- date: yyyymmdd and how many citizens of the town were born that day, both
+-- little-endian u32, ascending. Kept by every write, so an analytics read
+-- costs its answer, not a pass over the import.
+
+-- Month and yyyymmdd of a stored ISO date 'YYYY-MM-DD'.
+local function month_of(iso)
+    return tonumber(iso:sub(6, 7))
+end
+local function date_key(iso)
+    return tonumber(iso:sub(1, 4)) * 10000 + tonumber(iso:sub(6, 7)) * 100 + tonumber(iso:sub(9, 10))
+end
+
+local function u32(n)
+    return string.char(n % 256, math.floor(n / 256) % 256, math.floor(n / 65536) % 256, math.floor(n / 16777216) % 256)
+end
+local function u32_at(s, at)
+    local a, b, c, d = string.byte(s, at, at + 3)
+    return a + b * 256 + c * 65536 + d * 16777216
+end
+
+-- A town's dates from a map yyyymmdd -> count.
+local function encode_dates(counts)
+    local keys = {}
+    for k in pairs(counts) do
+        keys[#keys + 1] = k
+    end
+    table.sort(keys)
+    local parts = {}
+    for i, k in ipairs(keys) do
+        parts[i] = u32(k) .. u32(counts[k])
+    end
+    return table.concat(parts)
+end
+
+-- The dates with `delta` more citizens born on `key` (an entry at 0 goes),
+-- or nil when the blob is broken or the count would go below 0.
+local function adjust_dates(blob, key, delta)
+    if #blob % 8 ~= 0 then
+        return nil
+    end
+    local lo, hi = 0, #blob / 8
+    local n = hi
+    while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        if u32_at(blob, mid * 8 + 1) < key then
+            lo = mid + 1
+        else
+            hi = mid
+        end
+    end
+    local at = lo * 8
+    local found = lo < n and u32_at(blob, at + 1) == key
+    local count = (found and u32_at(blob, at + 5) or 0) + delta
+    if count < 0 then
+        return nil
+    end
+    local rest = blob:sub(at + (found and 9 or 1))
+    if count == 0 then
+        return blob:sub(1, at) .. rest
+    end
+    return blob:sub(1, at) .. u32(key) .. u32(count) .. rest
+end
+
+-- Per-citizen presents and per-town dates of a list of citizen tuples
+-- (or tables with the same fields) of one import, given every citizen's
+-- birth month by id_key: calls row(month, citizen_id, presents) for each
+-- presents row and fills towns[town][yyyymmdd] with counts.
+local function summarize(list, months, towns, row)
+    for _, c in ipairs(list) do
+        local counts = {}
+        for _, r in ipairs(c[F.relatives]) do
+            local m = months[id_key(r)]
+            if m ~= nil then
+                counts[m] = (counts[m] or 0) + 1
+            end
+        end
+        for m = 1, 12 do
+            if counts[m] ~= nil then
+                row(m, c[F.citizen_id], counts[m])
+            end
+        end
+        local town = towns[c[F.town]]
+        if town == nil then
+            town = {}
+            towns[c[F.town]] = town
+        end
+        local k = date_key(c[F.birth_date])
+        town[k] = (town[k] or 0) + 1
+    end
+end
+
+local function store_towns(import_id, towns)
+    for town, counts in pairs(towns) do
+        box.space.town_dates:insert({ import_id, town, encode_dates(counts) })
+    end
+end
+
 -- Schema migrations, applied in order; meta['schema_version'] records how many ran.
 local migrations = {
     -- 1: imports {import_id, version} with an id sequence; citizens keyed by (import_id, citizen_id).
@@ -136,6 +245,47 @@ local migrations = {
             parts = { { field = 3, type = 'unsigned' } }, unique = false, if_not_exists = true,
         })
     end,
+    -- 4: the analytics summary (see summarize), filled for the imports
+    -- already stored (in this migration's one transaction).
+    function()
+        local presents = box.schema.space.create('presents', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'month', type = 'unsigned' },
+                { name = 'citizen_id', type = 'unsigned' },
+                { name = 'presents', type = 'unsigned' },
+            },
+        })
+        presents:create_index('primary', {
+            parts = { { field = 1, type = 'unsigned' }, { field = 2, type = 'unsigned' }, { field = 3, type = 'unsigned' } },
+            if_not_exists = true,
+        })
+        local towns = box.schema.space.create('town_dates', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'town', type = 'string' },
+                { name = 'dates', type = 'string' },
+            },
+        })
+        towns:create_index('primary', {
+            parts = { { field = 1, type = 'unsigned' }, { field = 2, type = 'string' } },
+            if_not_exists = true,
+        })
+        for _, import in box.space.imports:pairs() do
+            local import_id = import[1]
+            local list = box.space.citizens:select({ import_id })
+            local months, by_town = {}, {}
+            for _, c in ipairs(list) do
+                months[id_key(c[F.citizen_id])] = month_of(c[F.birth_date])
+            end
+            summarize(list, months, by_town, function(m, id, n)
+                presents:insert({ import_id, m, id, n })
+            end)
+            store_towns(import_id, by_town)
+        end
+    end,
 }
 
 box.once('gifts_meta', function()
@@ -165,6 +315,8 @@ migrate()
 local imports = box.space.imports
 local citizens = box.space.citizens
 local keys = box.space.idempotency_keys
+local presents = box.space.presents
+local town_dates = box.space.town_dates
 local import_seq = box.sequence.import_id
 local fiber = require('fiber')
 
@@ -210,15 +362,6 @@ local function list_with(list, id)
         out[#out + 1] = id
     end
     return out
-end
-
--- A citizen id as a table key. Ids above 2^53 arrive as 64-bit cdata, and
--- tables key cdata by identity, not value: those are keyed by their text.
-local function id_key(id)
-    if type(id) == 'cdata' then
-        return tostring(id)
-    end
-    return id
 end
 
 local function as_set(list)
@@ -315,10 +458,16 @@ function gifts_create_import(rows, key, hash)
         end
         local import_id = import_seq:next()
         imports:insert({ import_id, 1, os.time(), box.NULL, #rows })
+        local months, towns = {}, {}
         for _, r in ipairs(rows) do
             r[F.import_id] = import_id
             citizens:insert(r)
+            months[id_key(r[F.citizen_id])] = month_of(r[F.birth_date])
         end
+        summarize(rows, months, towns, function(m, id, n)
+            presents:insert({ import_id, m, id, n })
+        end)
+        store_towns(import_id, towns)
         if key ~= nil and key ~= box.NULL then
             keys:insert({ key, hash, import_id })
         end
@@ -362,7 +511,8 @@ function gifts_import_chunk(import_id, rows)
     return 'ok', box.NULL
 end
 
--- Deletes an import's citizens in chunks, yielding between them, then the import.
+-- Deletes an import's citizens and presents rows in chunks, yielding
+-- between them, then its towns and the import.
 local function delete_import(import_id)
     while true do
         local batch = citizens:select({ import_id }, { limit = CHUNK })
@@ -375,7 +525,23 @@ local function delete_import(import_id)
             end
         end)
     end
-    imports:delete(import_id)
+    while true do
+        local batch = presents:select({ import_id }, { limit = CHUNK })
+        if #batch == 0 then
+            break
+        end
+        box.atomic(function()
+            for _, p in ipairs(batch) do
+                presents:delete({ import_id, p[2], p[3] })
+            end
+        end)
+    end
+    box.atomic(function()
+        for _, t in ipairs(town_dates:select({ import_id })) do
+            town_dates:delete({ import_id, t[2] })
+        end
+        imports:delete(import_id)
+    end)
 end
 
 -- Checks a loading import's relation (in chunks, yielding) and makes it
@@ -391,6 +557,7 @@ function gifts_import_commit(import_id, key, hash)
     local reason
     local after = nil
     local count = 0
+    local months = {}
     while reason == nil do
         local ids = {}
         local from = after and { import_id, after } or { import_id }
@@ -399,6 +566,7 @@ function gifts_import_commit(import_id, key, hash)
                 break
             end
             ids[#ids + 1] = c[F.citizen_id]
+            months[id_key(c[F.citizen_id])] = month_of(c[F.birth_date])
         end
         if #ids == 0 then
             break
@@ -415,6 +583,30 @@ function gifts_import_commit(import_id, key, hash)
         delete_import(import_id)
         return 'invalid', reason
     end
+    -- The summary, a chunk of citizens per transaction, while invisible.
+    local towns = {}
+    after = nil
+    while true do
+        local from = after and { import_id, after } or { import_id }
+        local list = citizens:select(from, { iterator = after and 'GT' or 'GE', limit = CHUNK })
+        local mine = {}
+        for _, c in ipairs(list) do
+            if c[F.import_id] ~= import_id then
+                break
+            end
+            mine[#mine + 1] = c
+        end
+        if #mine == 0 then
+            break
+        end
+        box.atomic(function()
+            summarize(mine, months, towns, function(m, id, n)
+                presents:insert({ import_id, m, id, n })
+            end)
+        end)
+        after = mine[#mine][F.citizen_id]
+        fiber.yield()
+    end
     -- No yield between this check and the transaction below: nobody can
     -- store the key in between.
     local state, existing = key_state(key, hash)
@@ -423,6 +615,7 @@ function gifts_import_commit(import_id, key, hash)
         return state, existing
     end
     box.atomic(function()
+        store_towns(import_id, towns)
         imports:update(import_id, { { '=', I.version, 1 }, { '=', I.state, box.NULL }, { '=', I.citizens, count } })
         if key ~= nil and key ~= box.NULL then
             keys:insert({ key, hash, import_id })
@@ -509,6 +702,75 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
         end
         ops[#ops + 1] = { '=', field, value }
     end
+    -- The summary's towns, checked (computed) before anything is written.
+    local was_town, was_born = citizen[F.town], citizen[F.birth_date]
+    local is_town, is_born = was_town, was_born
+    if changes ~= nil and changes ~= box.NULL then
+        is_town = changes.town or was_town
+        is_born = changes.birth_date or was_born
+    end
+    local town_writes = {}
+    if was_town ~= is_town or was_born ~= is_born then
+        local function current(town)
+            if town_writes[town] ~= nil then
+                return town_writes[town]
+            end
+            local row = town_dates:get({ import_id, town })
+            return row and row[3] or ''
+        end
+        for _, step in ipairs({ { was_town, date_key(was_born), -1 }, { is_town, date_key(is_born), 1 } }) do
+            local dates = adjust_dates(current(step[1]), step[2], step[3])
+            if dates == nil then
+                return 'invalid', box.NULL, box.NULL, box.NULL, 'the stored dates of town ' .. step[1] .. ' are corrupt'
+            end
+            town_writes[step[1]] = dates
+        end
+    end
+    -- How the presents rows change (the app's summary::presents_change):
+    -- the citizen's own row by the relatives that join or leave it (and its
+    -- own month if it lists itself), each relative's by this citizen's
+    -- month then and now. Netted before anything is written.
+    local old_list = citizen[F.relatives]
+    local new_list = old_list
+    if relatives ~= nil and relatives ~= box.NULL then
+        new_list = relatives
+    end
+    local was, is = month_of(was_born), month_of(is_born)
+    local change = {}
+    local function bump(m, id, d)
+        local k = m .. ':' .. tostring(id_key(id))
+        local e = change[k]
+        if e == nil then
+            change[k] = { m, id, d }
+        else
+            e[3] = e[3] + d
+        end
+    end
+    if relatives ~= nil and relatives ~= box.NULL or was ~= is then
+        local old, new = as_set(old_list), as_set(new_list)
+        for _, r in ipairs(old_list) do
+            if r == citizen_id then
+                bump(was, citizen_id, -1)
+            else
+                bump(was, r, -1)
+                local other = not new[id_key(r)] and citizens:get({ import_id, r })
+                if other then
+                    bump(month_of(other[F.birth_date]), citizen_id, -1)
+                end
+            end
+        end
+        for _, r in ipairs(new_list) do
+            if r == citizen_id then
+                bump(is, citizen_id, 1)
+            else
+                bump(is, r, 1)
+                local other = not old[id_key(r)] and citizens:get({ import_id, r })
+                if other then
+                    bump(month_of(other[F.birth_date]), citizen_id, 1)
+                end
+            end
+        end
+    end
     if relatives ~= nil and relatives ~= box.NULL then
         if not strictly_ascending(relatives) then
             return 'invalid', box.NULL, box.NULL, box.NULL, 'relatives not ascending and unique'
@@ -548,6 +810,25 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
     if #ops > 0 then
         updated = citizens:update({ import_id, citizen_id }, ops)
     end
+    for _, e in pairs(change) do
+        if e[3] ~= 0 then
+            local key = { import_id, e[1], e[2] }
+            local row = presents:get(key)
+            local n = (row and row[4] or 0) + e[3]
+            if n > 0 then
+                presents:replace({ import_id, e[1], e[2], n })
+            elseif row ~= nil then
+                presents:delete(key)
+            end
+        end
+    end
+    for town, dates in pairs(town_writes) do
+        if dates == '' then
+            town_dates:delete({ import_id, town })
+        else
+            town_dates:replace({ import_id, town, dates })
+        end
+    end
     local import = imports:update(import_id, { { '+', I.version, 1 } })
     return 'ok', updated, box.NULL, import[I.version], box.NULL
 end
@@ -580,6 +861,26 @@ function gifts_citizens(import_id)
         return box.NULL, box.NULL
     end
     return import[I.version], citizens:select({ import_id })
+end
+
+-- The import's version and its presents rows (ordered by month, then
+-- citizen_id), read without yielding; nil, nil when there is no such import.
+function gifts_presents(import_id)
+    local import = visible(import_id)
+    if import == nil then
+        return box.NULL, box.NULL
+    end
+    return import[I.version], presents:select({ import_id })
+end
+
+-- The import's version and each town's dates (ordered by town, byte order),
+-- read without yielding; nil, nil when there is no such import.
+function gifts_town_dates(import_id)
+    local import = visible(import_id)
+    if import == nil then
+        return box.NULL, box.NULL
+    end
+    return import[I.version], town_dates:select({ import_id })
 end
 
 -- The import's version (bumped by every patch), or nil; validates cached answers.
@@ -637,7 +938,7 @@ end
 for _, name in ipairs({
     'gifts_create_import', 'gifts_import_begin', 'gifts_import_chunk', 'gifts_import_commit',
     'gifts_patch_citizen', 'gifts_patch_batch', 'gifts_citizens', 'gifts_import_version', 'gifts_health', 'gifts_probe_write',
-    'gifts_list_imports', 'gifts_delete_import', 'gifts_totals',
+    'gifts_list_imports', 'gifts_delete_import', 'gifts_totals', 'gifts_presents', 'gifts_town_dates',
 }) do
     box.schema.func.create(name, { setuid = true, if_not_exists = true })
     box.schema.user.grant(user, 'execute', 'function', name, { if_not_exists = true })

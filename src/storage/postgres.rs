@@ -41,8 +41,12 @@ use tokio_postgres::{NoTls, Row};
 
 use super::deadline;
 use super::row::{StoredCitizen, StoredDate};
-use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
+use super::{
+    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, summary_of,
+};
 use crate::domain::relatives::{Edit, mirror_edits};
+use crate::domain::stats::Birthdays;
+use crate::domain::summary::{self, Summary, TownDates};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 
 /// How to reach PostgreSQL: the libpq URL, parsed, and a form of it safe
@@ -160,7 +164,30 @@ const MIGRATIONS: &[&str] = &[
          import_id bigint NOT NULL REFERENCES imports ON DELETE CASCADE
      );
      CREATE INDEX idempotency_keys_import ON idempotency_keys (import_id);",
+    // 2: the analytics summary (`domain::summary`), kept by every write, so
+    // a read with nothing in memory costs its answer, not the import.
+    // `migrate_once` fills it for the imports already stored.
+    "CREATE TABLE presents (
+         import_id bigint NOT NULL REFERENCES imports ON DELETE CASCADE,
+         month smallint NOT NULL,
+         citizen_id bigint NOT NULL,
+         presents integer NOT NULL,
+         PRIMARY KEY (import_id, month, citizen_id)
+     );
+     CREATE TABLE town_dates (
+         import_id bigint NOT NULL REFERENCES imports ON DELETE CASCADE,
+         town text NOT NULL,
+         dates bytea NOT NULL,
+         PRIMARY KEY (import_id, town)
+     );",
 ];
+
+/// The migration that adds the summary tables: imports stored before it get
+/// theirs computed when it runs.
+const SUMMARY_MIGRATION: usize = 2;
+
+/// Types of the presents rows' `COPY` columns.
+const PRESENTS_TYPES: [Type; 4] = [Type::INT8, Type::INT2, Type::INT8, Type::INT4];
 
 /// The advisory lock held while migrating (any number, the same for all).
 const MIGRATION_LOCK: i64 = 0x6769_6674_7331; // "gifts1"
@@ -397,8 +424,24 @@ impl PostgresStorage {
                 "the database's schema is version {from}, newer than this build of gifts knows ({to}): run a newer gifts"
             ))));
         }
-        for sql in &MIGRATIONS[from..] {
+        for (at, sql) in MIGRATIONS.iter().enumerate().skip(from) {
             tx.batch_execute(sql).await?;
+            if at + 1 == SUMMARY_MIGRATION {
+                let imports = tx.query("SELECT import_id FROM imports", &[]).await?;
+                let read = format!(
+                    "SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = $1 ORDER BY citizen_id"
+                );
+                for row in imports {
+                    let import = import_id(row.get(0))?;
+                    let citizens = tx
+                        .query(&read, &[&import.get()])
+                        .await?
+                        .iter()
+                        .map(read_citizen)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    insert_summary(&tx, import, &Summary::of(&citizens)).await?;
+                }
+            }
         }
         let version = i32::try_from(to).map_err(StorageError::internal)?;
         tx.execute("UPDATE gifts_meta SET schema_version = $1", &[&version])
@@ -474,6 +517,7 @@ impl PostgresStorage {
     async fn create_import_tx(
         &self,
         citizens: &[Citizen],
+        summary: &Summary,
         idempotency: Option<&Idempotency>,
         call: &Call,
     ) -> Result<ImportId, Fail> {
@@ -525,6 +569,7 @@ impl PostgresStorage {
                 .await?;
         }
         writer.finish().await?;
+        insert_summary(&tx, import, summary).await?;
         if let Some(Idempotency { key, body_hash }) = idempotency {
             tx.execute(
                 "INSERT INTO idempotency_keys (key, body_hash, import_id) VALUES ($1, $2, $3)",
@@ -567,7 +612,10 @@ impl PostgresStorage {
                 citizen: id,
             }));
         };
-        let mut citizen = read_citizen(&row)?;
+        let before = read_citizen(&row)?;
+        let mut citizen = before.clone();
+        // The birth months of the relatives that join or leave the list.
+        let mut months = std::collections::HashMap::new();
         if let Some(new) = &patch.relatives {
             let edits = mirror_edits(id, &citizen.relatives, new);
             if !edits.is_empty() {
@@ -589,15 +637,24 @@ impl PostgresStorage {
                              ELSE ARRAY(SELECT r FROM unnest(array_append(relatives, $4)) AS r ORDER BY r)
                          END
                          WHERE import_id = $1 AND citizen_id = ANY($2::bigint[] || $3::bigint[])
-                         RETURNING citizen_id",
+                         RETURNING citizen_id, extract(month FROM birth_date)::smallint",
                     )
                     .await?;
-                let present: Vec<i64> = tx
+                let mut present: Vec<i64> = Vec::new();
+                for row in tx
                     .query(&mirror, &[&import.get(), &added, &removed, &id.as_i64()])
                     .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+                {
+                    let other: i64 = row.get(0);
+                    let month = u8::try_from(row.get::<_, i16>(1)).ok();
+                    if let Some(other) = u64::try_from(other)
+                        .ok()
+                        .and_then(|o| CitizenId::parse(o).ok())
+                    {
+                        months.insert(other, month);
+                    }
+                    present.push(other);
+                }
                 let missing = |edit: &&(CitizenId, Edit)| !present.contains(&edit.0.as_i64());
                 // The contract: an unknown new relative (the lowest) wins over
                 // a missing old one; either way nothing is written.
@@ -619,6 +676,7 @@ impl PostgresStorage {
             citizen.relatives.clone_from(new);
         }
         patch.apply_fields(&mut citizen);
+        patch_summary(&tx, import, &before, &citizen, &months).await?;
         let update = tx
             .prepare_cached(
                 "WITH citizen AS (
@@ -636,6 +694,77 @@ impl PostgresStorage {
         call.committing.store(true, Ordering::Release);
         tx.commit().await?;
         Ok(Patched { citizen, version })
+    }
+
+    async fn presents_tx(
+        &self,
+        call: &Call,
+        import: ImportId,
+    ) -> Result<(Version, Birthdays), Fail> {
+        let client = self.conn(call).await?;
+        // One statement: one snapshot of the version and the rows. An import
+        // without presents is one row of NULLs.
+        let read = client
+            .prepare_cached(
+                "SELECT i.version, p.month, p.citizen_id, p.presents
+                 FROM imports i LEFT JOIN presents p USING (import_id)
+                 WHERE i.import_id = $1 ORDER BY p.month, p.citizen_id",
+            )
+            .await?;
+        let rows = client.query(&read, &[&import.get()]).await?;
+        drop(client);
+        let Some(first) = rows.first() else {
+            return Err(Fail::Store(StorageError::ImportNotFound(import)));
+        };
+        let version = version_of(first.try_get(0)?)?;
+        let mut read = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(month) = row.try_get::<_, Option<i16>>(1)? else {
+                continue;
+            };
+            let corrupt = || StorageError::internal("postgresql: a corrupt presents row");
+            let month = u8::try_from(month).map_err(|_| corrupt())?;
+            let citizen = u64::try_from(row.try_get::<_, i64>(2)?)
+                .ok()
+                .and_then(|id| CitizenId::parse(id).ok())
+                .ok_or_else(corrupt)?;
+            let presents = u32::try_from(row.try_get::<_, i32>(3)?).map_err(|_| corrupt())?;
+            read.push((month, citizen, presents));
+        }
+        Ok((version, summary::birthdays(read)))
+    }
+
+    async fn town_dates_tx(
+        &self,
+        call: &Call,
+        import: ImportId,
+    ) -> Result<(Version, Vec<TownDates>), Fail> {
+        let client = self.conn(call).await?;
+        let read = client
+            .prepare_cached(
+                "SELECT i.version, t.town, t.dates
+                 FROM imports i LEFT JOIN town_dates t USING (import_id)
+                 WHERE i.import_id = $1",
+            )
+            .await?;
+        let rows = client.query(&read, &[&import.get()]).await?;
+        drop(client);
+        let Some(first) = rows.first() else {
+            return Err(Fail::Store(StorageError::ImportNotFound(import)));
+        };
+        let version = version_of(first.try_get(0)?)?;
+        let mut towns = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(town) = row.try_get::<_, Option<String>>(1)? {
+                towns.push(TownDates {
+                    town,
+                    dates: row.try_get(2)?,
+                });
+            }
+        }
+        // Code point order, whatever the database's collation.
+        towns.sort_unstable_by(|a, b| a.town.cmp(&b.town));
+        Ok((version, towns))
     }
 
     async fn citizens_tx(&self, call: &Call, import: ImportId) -> Result<Snapshot, Fail> {
@@ -721,6 +850,119 @@ impl<'a> CitizenRow<'a> {
             &self.relatives,
         ]
     }
+}
+
+/// Stores the summary of a new import (`domain::summary`) in its transaction.
+async fn insert_summary(
+    tx: &deadpool_postgres::Transaction<'_>,
+    import: ImportId,
+    summary: &Summary,
+) -> Result<(), Fail> {
+    let sink = tx
+        .copy_in("COPY presents (import_id, month, citizen_id, presents) FROM STDIN BINARY")
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &PRESENTS_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for &(month, citizen, presents) in &summary.presents {
+        let presents = i32::try_from(presents).map_err(StorageError::internal)?;
+        writer
+            .as_mut()
+            .write(&[
+                &import.get(),
+                &i16::from(month),
+                &citizen.as_i64(),
+                &presents,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    let (towns, dates): (Vec<&str>, Vec<&[u8]>) = summary
+        .towns
+        .iter()
+        .map(|t| (t.town.as_str(), t.dates.as_slice()))
+        .unzip();
+    tx.execute(
+        "INSERT INTO town_dates (import_id, town, dates)
+         SELECT $1, * FROM unnest($2::text[], $3::bytea[])",
+        &[&import.get(), &towns, &dates],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves the summary over one PATCH, in its transaction: `before` is the
+/// citizen as stored, `now` as it will be; `months` has the birth months of
+/// the relatives that joined or left its list.
+async fn patch_summary(
+    tx: &deadpool_postgres::Transaction<'_>,
+    import: ImportId,
+    before: &Citizen,
+    now: &Citizen,
+    months: &std::collections::HashMap<CitizenId, Option<u8>>,
+) -> Result<(), Fail> {
+    let change = summary::presents_change(before, now, |id| months.get(&id).copied().flatten());
+    if !change.is_empty() {
+        let mut month = Vec::with_capacity(change.len());
+        let mut citizen = Vec::with_capacity(change.len());
+        let mut delta = Vec::with_capacity(change.len());
+        for &(m, c, d) in &change {
+            month.push(i16::from(m));
+            citizen.push(c.as_i64());
+            delta.push(i32::try_from(d).map_err(StorageError::internal)?);
+        }
+        let upsert = tx
+            .prepare_cached(
+                "INSERT INTO presents AS p (import_id, month, citizen_id, presents)
+                 SELECT $1, * FROM unnest($2::smallint[], $3::bigint[], $4::integer[])
+                 ON CONFLICT (import_id, month, citizen_id)
+                 DO UPDATE SET presents = p.presents + excluded.presents",
+            )
+            .await?;
+        tx.execute(&upsert, &[&import.get(), &month, &citizen, &delta])
+            .await?;
+        let emptied = tx
+            .prepare_cached(
+                "DELETE FROM presents WHERE import_id = $1 AND presents <= 0
+                 AND (month, citizen_id) IN (SELECT * FROM unnest($2::smallint[], $3::bigint[]))",
+            )
+            .await?;
+        tx.execute(&emptied, &[&import.get(), &month, &citizen])
+            .await?;
+    }
+    if (before.town.as_str(), before.birth_date) != (now.town.as_str(), now.birth_date) {
+        for (town, date, delta) in [
+            (before.town.as_str(), before.birth_date, -1),
+            (now.town.as_str(), now.birth_date, 1),
+        ] {
+            let read = tx
+                .prepare_cached("SELECT dates FROM town_dates WHERE import_id = $1 AND town = $2")
+                .await?;
+            let mut dates: Vec<u8> = match tx.query_opt(&read, &[&import.get(), &town]).await? {
+                Some(row) => row.try_get(0)?,
+                None => Vec::new(),
+            };
+            if !summary::adjust_dates(&mut dates, date, delta) {
+                return Err(Fail::Store(StorageError::internal(format!(
+                    "import {import}: the stored dates of town {town:?} are corrupt"
+                ))));
+            }
+            if dates.is_empty() {
+                let delete = tx
+                    .prepare_cached("DELETE FROM town_dates WHERE import_id = $1 AND town = $2")
+                    .await?;
+                tx.execute(&delete, &[&import.get(), &town]).await?;
+            } else {
+                let write = tx
+                    .prepare_cached(
+                        "INSERT INTO town_dates (import_id, town, dates) VALUES ($1, $2, $3)
+                         ON CONFLICT (import_id, town) DO UPDATE SET dates = excluded.dates",
+                    )
+                    .await?;
+                tx.execute(&write, &[&import.get(), &town, &dates]).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An import id from the database.
@@ -822,11 +1064,12 @@ impl Storage for PostgresStorage {
         citizens: Vec<Citizen>,
         idempotency: Option<Idempotency>,
     ) -> Result<ImportId, StorageError> {
+        let (citizens, summary) = summary_of(citizens).await?;
         let call = Call::default();
         self.call(
             Kind::Write,
             &call,
-            self.create_import_tx(&citizens, idempotency.as_ref(), &call),
+            self.create_import_tx(&citizens, &summary, idempotency.as_ref(), &call),
         )
         .await
     }
@@ -850,6 +1093,26 @@ impl Storage for PostgresStorage {
         let call = Call::default();
         self.call(Kind::Read, &call, self.citizens_tx(&call, import))
             .await
+    }
+
+    async fn presents(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Birthdays)>, StorageError> {
+        let call = Call::default();
+        self.call(Kind::Read, &call, self.presents_tx(&call, import))
+            .await
+            .map(Some)
+    }
+
+    async fn town_dates(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Vec<TownDates>)>, StorageError> {
+        let call = Call::default();
+        self.call(Kind::Read, &call, self.town_dates_tx(&call, import))
+            .await
+            .map(Some)
     }
 
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {

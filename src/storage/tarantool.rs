@@ -25,8 +25,33 @@ use super::coalesce::Coalescer;
 use super::iproto::{self, CallError, Client, codes};
 use super::row::{StoredCitizen, StoredDate, iso_date};
 use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
+use crate::domain::stats::Birthdays;
+use crate::domain::summary::{self, TownDates};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 use crate::metrics::Metrics;
+
+/// Bytes stored in a Tarantool string field (Lua 2.6 cannot write msgpack
+/// `bin`), which need not be UTF-8: `rmp_serde` hands those over as bytes.
+struct Blob(Vec<u8>);
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string of bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Blob, E> {
+                Ok(Blob(v.as_bytes().to_vec()))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(v.to_vec()))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
 
 /// How to reach Tarantool.
 #[derive(Clone, PartialEq, Eq)]
@@ -773,6 +798,51 @@ impl Storage for TarantoolStorage {
         };
         let citizens = super::checked_citizens(rows, Row::into_citizen).await?;
         Ok(Snapshot { version, citizens })
+    }
+
+    async fn presents(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Birthdays)>, StorageError> {
+        type Tuple = (u64, u8, u64, u32);
+        let (version, rows): (Option<Version>, Option<Vec<Tuple>>) = self
+            .connection
+            .call("gifts_presents", &(import,), Kind::Read)
+            .await?;
+        let (Some(version), Some(rows)) = (version, rows) else {
+            return Err(StorageError::ImportNotFound(import));
+        };
+        let rows = rows
+            .into_iter()
+            .map(|(_, month, citizen, presents)| {
+                CitizenId::parse(citizen)
+                    .map(|citizen| (month, citizen, presents))
+                    .map_err(|_| StorageError::internal("tarantool: a corrupt presents row"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((version, summary::birthdays(rows))))
+    }
+
+    async fn town_dates(
+        &self,
+        import: ImportId,
+    ) -> Result<Option<(Version, Vec<TownDates>)>, StorageError> {
+        type Tuple = (u64, String, Blob);
+        let (version, rows): (Option<Version>, Option<Vec<Tuple>>) = self
+            .connection
+            .call("gifts_town_dates", &(import,), Kind::Read)
+            .await?;
+        let (Some(version), Some(rows)) = (version, rows) else {
+            return Err(StorageError::ImportNotFound(import));
+        };
+        let towns = rows
+            .into_iter()
+            .map(|(_, town, dates)| TownDates {
+                town,
+                dates: dates.0,
+            })
+            .collect();
+        Ok(Some((version, towns)))
     }
 
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {

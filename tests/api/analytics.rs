@@ -113,21 +113,102 @@ async fn analytics_after_each_patch_equal_a_recomputation(backend: Backend) {
 async fn analytics_with_nothing_cached_come_from_the_stored_summary(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| c.cache_bytes = gifts::config::ByteSize(0)).await;
     random_patches_keep_every_answer_exact(&app).await;
-    let text = app.metrics().await;
-    let name = backend.name();
-    let count = |operation: &str| {
-        let series = format!(
-            "gifts_storage_operation_duration_seconds_count{{backend=\"{name}\",operation=\"{operation}\",outcome=\"ok\"}}"
-        );
-        text.lines()
-            .find(|l| l.starts_with(&series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
     // One GET citizens per step plus the first: no analytics read loaded them.
-    assert_eq!(count("citizens"), Some(41.0), "{text}");
-    assert_eq!(count("presents"), Some(40.0), "{text}");
-    assert_eq!(count("town_dates"), Some(40.0), "{text}");
+    assert_eq!(store_calls(&app, backend, "citizens").await, Some(41.0));
+    assert_eq!(store_calls(&app, backend, "presents").await, Some(40.0));
+    assert_eq!(store_calls(&app, backend, "town_dates").await, Some(40.0));
+}
+
+/// Today as (year, month, day).
+fn today_ymd() -> (i64, i64, i64) {
+    let now = today();
+    (
+        i64::from(now.year()),
+        i64::from(now.month() as u8),
+        i64::from(now.day()),
+    )
+}
+
+/// GET birthdays and percentiles equal a recomputation from GET citizens.
+async fn assert_answers_exact(app: &TestApp, import: i64) {
+    let listing = app.citizens(import).await;
+    assert_eq!(app.birthdays(import).await, birthdays_of(&listing));
+    assert_eq!(
+        app.percentiles(import).await,
+        percentiles_of(&listing, today_ymd())
+    );
+}
+
+/// How many `operation` calls to the store succeeded, from /metrics.
+async fn store_calls(app: &TestApp, backend: Backend, operation: &str) -> Option<f64> {
+    let text = app.metrics().await;
+    let series = format!(
+        "gifts_storage_operation_duration_seconds_count{{backend=\"{}\",operation=\"{operation}\",outcome=\"ok\"}}",
+        backend.name()
+    );
+    text.lines()
+        .find(|l| l.starts_with(&series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+}
+
+/// Imports stored by a build before the summary: the next build's schema
+/// migration computes theirs (here the summary is dropped and the schema
+/// version set back behind the service's back), and answers with nothing
+/// cached come from it.
+async fn an_import_stored_before_the_summary_gets_one_at_the_upgrade(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let first = app.import(generate_import(60, 90, 3)).await;
+    let second = app.import(generate_import(5, 4, 4)).await;
+    let store = app.stop().await;
+    let sql = match backend {
+        Backend::Postgres => {
+            "DROP TABLE presents, town_dates; UPDATE gifts_meta SET schema_version = 1;"
+        }
+        _ => "DROP TABLE presents; DROP TABLE town_dates; PRAGMA user_version = 5;",
+    };
+    store.edit_offline(
+        sql,
+        "box.space.presents:drop() box.space.town_dates:drop() box.space.meta:replace({ 'schema_version', 3 })",
+    );
+    let mut config = gifts::config::Config::with_storage(store.url().clone());
+    config.cache_bytes = gifts::config::ByteSize(0);
+    let app = TestApp::start(store, config).await;
+    for import in [first, second] {
+        assert_answers_exact(&app, import).await;
+    }
+    assert_eq!(store_calls(&app, backend, "town_dates").await, Some(2.0));
+    assert_eq!(store_calls(&app, backend, "citizens").await, Some(2.0));
+}
+
+/// A Tarantool import sent in chunks gets its summary when it is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarantool_import_stored_in_chunks_has_its_summary() {
+    if !crate::helpers::tarantool_available("chunks_summary") {
+        return;
+    }
+    let app = TestApp::spawn_with(Backend::Tarantool, |c| {
+        c.tarantool_import_chunk = 7;
+        c.cache_bytes = gifts::config::ByteSize(0);
+    })
+    .await;
+    let import = app.import(generate_import(80, 120, 5)).await;
+    assert_answers_exact(&app, import).await;
+    assert_eq!(
+        store_calls(&app, Backend::Tarantool, "presents").await,
+        Some(1.0)
+    );
+    // Deleting it leaves nothing of it.
+    let (status, _) = app
+        .send(reqwest::Method::DELETE, &format!("/imports/{import}"), None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    let store = app.stop().await;
+    store.edit_offline(
+        "",
+        "assert(box.space.presents:len() == 0, 'presents left') \
+         assert(box.space.town_dates:len() == 0, 'towns left')",
+    );
 }
 
 /// 40 random PATCHes; before each, every answer equals a recomputation
@@ -135,11 +216,7 @@ async fn analytics_with_nothing_cached_come_from_the_stored_summary(backend: Bac
 async fn random_patches_keep_every_answer_exact(app: &TestApp) {
     let import = app.import(generate_import(80, 120, 7)).await;
     let now = today();
-    let day = (
-        i64::from(now.year()),
-        i64::from(now.month() as u8),
-        i64::from(now.day()),
-    );
+    let day = today_ymd();
     let mut rng = Rng::new(11);
     let towns = ["Москва", "Керчь", "Abakan", "Ёлкино"];
     // The import as this test knows it, by citizen_id.
@@ -195,5 +272,6 @@ async fn random_patches_keep_every_answer_exact(app: &TestApp) {
 
 backend_tests!(
     analytics_after_each_patch_equal_a_recomputation,
-    analytics_with_nothing_cached_come_from_the_stored_summary
+    analytics_with_nothing_cached_come_from_the_stored_summary,
+    an_import_stored_before_the_summary_gets_one_at_the_upgrade
 );

@@ -60,9 +60,10 @@ async fn instances_starting_together_migrate_the_schema_once() {
         &postgres_bin().unwrap(),
         &store.flag(),
         "SELECT schema_version, (SELECT count(*) FROM pg_tables
-             WHERE tablename IN ('imports', 'citizens', 'idempotency_keys')) FROM gifts_meta",
+             WHERE tablename IN ('imports', 'citizens', 'idempotency_keys', 'presents', 'town_dates'))
+         FROM gifts_meta",
     );
-    assert_eq!(found.trim(), "1|3");
+    assert_eq!(found.trim(), "2|5");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +83,7 @@ async fn a_schema_newer_than_the_build_is_refused_at_start_naming_both_versions(
     let (code, log) = Binary::start(&["--storage", &store.flag()], &[], None).wait_exit();
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("schema is version 99"), "{log}");
-    assert!(log.contains("this build of gifts knows (1)"), "{log}");
+    assert!(log.contains("this build of gifts knows (2)"), "{log}");
     assert!(
         !log.contains(POSTGRES_PASSWORD),
         "no password in the log: {log}"
