@@ -421,8 +421,8 @@ where
     Ok(response)
 }
 
-/// An analytics answer from the summary the store keeps (`domain::summary`),
-/// when it keeps one: the read costs the answer, not the import.
+/// An analytics answer from the summary the store keeps (`domain::summary`):
+/// the read costs the answer, not the import. `None` for GET citizens.
 async fn from_summary(
     state: &AppState,
     import: ImportId,
@@ -431,9 +431,7 @@ async fn from_summary(
     let render: Box<dyn FnOnce() -> Result<axum::body::Bytes, AppError> + Send> = match view {
         View::Citizens => return Ok(None),
         View::Birthdays => {
-            let Some((_, birthdays)) = state.storage.presents(import).await? else {
-                return Ok(None);
-            };
+            let (_, birthdays) = state.storage.presents(import).await?;
             Box::new(move || {
                 to_data(&birthdays)
                     .map(compact)
@@ -441,9 +439,7 @@ async fn from_summary(
             })
         }
         View::Percentiles(day) => {
-            let Some((_, towns)) = state.storage.town_dates(import).await? else {
-                return Ok(None);
-            };
+            let (_, towns) = state.storage.town_dates(import).await?;
             let today =
                 time::Date::from_julian_day(day).map_err(|e| AppError::Internal(Box::new(e)))?;
             Box::new(move || {

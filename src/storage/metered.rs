@@ -114,17 +114,14 @@ impl<S: Storage> Storage for Metered<S> {
         self.time("citizens", self.inner.citizens(import)).await
     }
 
-    async fn presents(
-        &self,
-        import: ImportId,
-    ) -> Result<Option<(Version, Birthdays)>, StorageError> {
+    async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
         self.time("presents", self.inner.presents(import)).await
     }
 
     async fn town_dates(
         &self,
         import: ImportId,
-    ) -> Result<Option<(Version, Vec<TownDates>)>, StorageError> {
+    ) -> Result<(Version, Vec<TownDates>), StorageError> {
         self.time("town_dates", self.inner.town_dates(import)).await
     }
 

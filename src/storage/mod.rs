@@ -203,27 +203,14 @@ pub trait Storage: Send + Sync + 'static {
 
     /// GET birthdays of an import from the presents rows the store keeps
     /// (`domain::summary`), with the import's version in the same read:
-    /// its cost is the answer's, not the import's. `None` when this store
-    /// keeps no summary; the caller then reads the citizens.
-    async fn presents(
-        &self,
-        import: ImportId,
-    ) -> Result<Option<(Version, Birthdays)>, StorageError> {
-        let _ = import;
-        Ok(None)
-    }
+    /// its cost is the answer's, not the import's.
+    async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError>;
 
     /// Each town's birth dates as the store keeps them (`domain::summary`),
-    /// ordered by town, with the import's version in the same read: a cost
-    /// bounded by towns × calendar days, not by the import. `None` when
-    /// this store keeps no summary; the caller then reads the citizens.
-    async fn town_dates(
-        &self,
-        import: ImportId,
-    ) -> Result<Option<(Version, Vec<TownDates>)>, StorageError> {
-        let _ = import;
-        Ok(None)
-    }
+    /// ordered by town (code point order), with the import's version in the
+    /// same read: a cost bounded by towns × calendar days, not by the import.
+    async fn town_dates(&self, import: ImportId)
+    -> Result<(Version, Vec<TownDates>), StorageError>;
 
     /// The import's current version: it grows with every write to the import,
     /// so a cached answer computed at the same version is still exact.

@@ -800,10 +800,7 @@ impl Storage for TarantoolStorage {
         Ok(Snapshot { version, citizens })
     }
 
-    async fn presents(
-        &self,
-        import: ImportId,
-    ) -> Result<Option<(Version, Birthdays)>, StorageError> {
+    async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
         type Tuple = (u64, u8, u64, u32);
         let (version, rows): (Option<Version>, Option<Vec<Tuple>>) = self
             .connection
@@ -820,13 +817,13 @@ impl Storage for TarantoolStorage {
                     .map_err(|_| StorageError::internal("tarantool: a corrupt presents row"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((version, summary::birthdays(rows))))
+        Ok((version, summary::birthdays(rows)))
     }
 
     async fn town_dates(
         &self,
         import: ImportId,
-    ) -> Result<Option<(Version, Vec<TownDates>)>, StorageError> {
+    ) -> Result<(Version, Vec<TownDates>), StorageError> {
         type Tuple = (u64, String, Blob);
         let (version, rows): (Option<Version>, Option<Vec<Tuple>>) = self
             .connection
@@ -842,7 +839,7 @@ impl Storage for TarantoolStorage {
                 dates: dates.0,
             })
             .collect();
-        Ok(Some((version, towns)))
+        Ok((version, towns))
     }
 
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {

@@ -181,6 +181,44 @@ async fn an_import_stored_before_the_summary_gets_one_at_the_upgrade(backend: Ba
     assert_eq!(store_calls(&app, backend, "citizens").await, Some(2.0));
 }
 
+/// Checks behind the service's back that the store holds summary rows
+/// (`some`) or none at all; a failed check fails the offline edit.
+fn check_summary_rows(store: &crate::helpers::TestStore, some: bool) {
+    let (check, lua) = if some {
+        (
+            "n > 0",
+            "assert(box.space.presents:len() > 0 and box.space.town_dates:len() > 0, 'no summary')",
+        )
+    } else {
+        (
+            "n = 0",
+            "assert(box.space.presents:len() + box.space.town_dates:len() == 0, 'summary left')",
+        )
+    };
+    store.edit_offline(
+        &format!(
+            "CREATE TEMP TABLE summary_rows (n bigint CHECK ({check}));
+             INSERT INTO summary_rows SELECT (SELECT count(*) FROM presents) + (SELECT count(*) FROM town_dates);"
+        ),
+        lua,
+    );
+}
+
+/// Deleting an import deletes its summary with it.
+async fn deleting_an_import_leaves_none_of_its_summary(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(generate_import(30, 40, 2)).await;
+    let store = app.stop().await;
+    check_summary_rows(&store, true);
+    let config = gifts::config::Config::with_storage(store.url().clone());
+    let app = TestApp::start(store, config).await;
+    let (status, _) = app
+        .send(reqwest::Method::DELETE, &format!("/imports/{import}"), None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    check_summary_rows(&*app.stop().await, false);
+}
+
 /// A Tarantool import sent in chunks gets its summary when it is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tarantool_import_stored_in_chunks_has_its_summary() {
@@ -203,12 +241,7 @@ async fn a_tarantool_import_stored_in_chunks_has_its_summary() {
         .send(reqwest::Method::DELETE, &format!("/imports/{import}"), None)
         .await;
     assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
-    let store = app.stop().await;
-    store.edit_offline(
-        "",
-        "assert(box.space.presents:len() == 0, 'presents left') \
-         assert(box.space.town_dates:len() == 0, 'towns left')",
-    );
+    check_summary_rows(&*app.stop().await, false);
 }
 
 /// 40 random PATCHes; before each, every answer equals a recomputation
@@ -273,5 +306,6 @@ async fn random_patches_keep_every_answer_exact(app: &TestApp) {
 backend_tests!(
     analytics_after_each_patch_equal_a_recomputation,
     analytics_with_nothing_cached_come_from_the_stored_summary,
-    an_import_stored_before_the_summary_gets_one_at_the_upgrade
+    an_import_stored_before_the_summary_gets_one_at_the_upgrade,
+    deleting_an_import_leaves_none_of_its_summary
 );

@@ -534,20 +534,15 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn presents(
-        &self,
-        import: ImportId,
-    ) -> Result<Option<(Version, Birthdays)>, StorageError> {
-        self.read(move |conn| presents(conn, import).map(Some))
-            .await
+    async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
+        self.read(move |conn| presents(conn, import)).await
     }
 
     async fn town_dates(
         &self,
         import: ImportId,
-    ) -> Result<Option<(Version, Vec<TownDates>)>, StorageError> {
-        self.read(move |conn| town_dates(conn, import).map(Some))
-            .await
+    ) -> Result<(Version, Vec<TownDates>), StorageError> {
+        self.read(move |conn| town_dates(conn, import)).await
     }
 
     async fn list_imports(
@@ -709,12 +704,12 @@ mod tests {
         assert_eq!(snapshot.citizens[0].citizen_id.get(), 7);
         assert_eq!(snapshot.citizens[0].birth_date.to_string(), "31.01.2000");
         // The summary of the stored import was computed by the migration.
-        let (version, birthdays) = storage.presents(import).await.unwrap().unwrap();
+        let (version, birthdays) = storage.presents(import).await.unwrap();
         assert_eq!(
             (version, birthdays),
             (1, crate::domain::stats::birthdays(&snapshot.citizens))
         );
-        let (_, towns) = storage.town_dates(import).await.unwrap().unwrap();
+        let (_, towns) = storage.town_dates(import).await.unwrap();
         assert_eq!(towns, Summary::of(&snapshot.citizens).towns);
         storage.close().await;
         let conn = Connection::open(&path).unwrap();
@@ -1037,7 +1032,7 @@ mod tests {
         assert_eq!(snapshot.citizens.len() as u64, BIG);
         assert_eq!(snapshot.version, 1);
         // Its presents rows were written in chunks too.
-        let (_, birthdays) = storage.presents(import).await.unwrap().unwrap();
+        let (_, birthdays) = storage.presents(import).await.unwrap();
         assert_eq!(
             birthdays.0[11].len() as u64,
             BIG - 1,

@@ -123,45 +123,39 @@ pub(super) fn insert_towns(
 }
 
 /// Moves the summary over one PATCH, in its transaction: `before` is the
-/// citizen as stored, `now` as it will be.
+/// citizen as stored, `now` as it will be; `months` has the birth months of
+/// the relatives that joined or left its list. One statement per row that
+/// changes (a row that goes is deleted at once, the common case).
 fn patch_summary(
     conn: &Connection,
     import: ImportId,
     before: &Citizen,
     now: &Citizen,
+    months: &std::collections::HashMap<CitizenId, Option<u8>>,
 ) -> Result<(), StorageError> {
-    // The birth months of the relatives that join or leave the list.
-    let mut months = std::collections::HashMap::new();
-    if before.relatives != now.relatives {
-        let mut month = conn
-            .prepare_cached(
-                "SELECT CAST(substr(birth_date, 6, 2) AS INTEGER) FROM citizens
-                 WHERE import_id = ?1 AND citizen_id = ?2",
-            )
-            .map_err(internal)?;
-        for (other, _) in mirror_edits(now.citizen_id, &before.relatives, &now.relatives) {
-            let found: Option<u8> = month
-                .query_row(params![import, other.as_i64()], |row| row.get(0))
-                .optional()
-                .map_err(internal)?;
-            months.insert(other, found);
-        }
-    }
     let change = summary::presents_change(before, now, |id| months.get(&id).copied().flatten());
     for (month, citizen, delta) in change {
-        conn.prepare_cached(
-            "INSERT INTO presents (import_id, month, citizen_id, presents) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT DO UPDATE SET presents = presents + excluded.presents",
-        )
-        .and_then(|mut stmt| stmt.execute(params![import, month, citizen.as_i64(), delta]))
-        .map_err(internal)?;
-        if delta < 0 {
-            conn.prepare_cached(
-                "DELETE FROM presents
-                 WHERE import_id = ?1 AND month = ?2 AND citizen_id = ?3 AND presents <= 0",
-            )
-            .and_then(|mut stmt| stmt.execute(params![import, month, citizen.as_i64()]))
-            .map_err(internal)?;
+        let id = citizen.as_i64();
+        let key = params![import, month, id, delta];
+        let statement = |sql: &str| {
+            conn.prepare_cached(sql)
+                .and_then(|mut stmt| stmt.execute(key))
+                .map_err(internal)
+        };
+        if delta > 0 {
+            statement(
+                "INSERT INTO presents (import_id, month, citizen_id, presents) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO UPDATE SET presents = presents + excluded.presents",
+            )?;
+        } else if statement(
+            "DELETE FROM presents
+             WHERE import_id = ?1 AND month = ?2 AND citizen_id = ?3 AND presents + ?4 <= 0",
+        )? == 0
+        {
+            statement(
+                "UPDATE presents SET presents = presents + ?4
+                 WHERE import_id = ?1 AND month = ?2 AND citizen_id = ?3",
+            )?;
         }
     }
     if (before.town.as_str(), before.birth_date) != (now.town.as_str(), now.birth_date) {
@@ -443,13 +437,18 @@ pub(super) fn patch_citizen(
         });
     };
     let mut citizen = before.clone();
+    // The birth months of the relatives that join or leave the list, for
+    // the summary: read with their lists.
+    let mut months = std::collections::HashMap::new();
     if let Some(new) = &patch.relatives {
         // The contract of `Storage::patch_citizen`: every list is read
         // before anything is written, an unknown new relative wins over a
         // missing old one.
         let mut edits = Vec::new();
         for (other, edit) in mirror_edits(id, &citizen.relatives, new) {
-            edits.push((other, edit, load_relatives(conn, import, other)?));
+            let found = load_relatives(conn, import, other)?;
+            months.insert(other, found.as_ref().map(|&(_, month)| month));
+            edits.push((other, edit, found.map(|(list, _)| list)));
         }
         if let Some((other, ..)) = edits
             .iter()
@@ -472,7 +471,7 @@ pub(super) fn patch_citizen(
         citizen.relatives.clone_from(new);
     }
     patch.apply_fields(&mut citizen);
-    patch_summary(conn, import, &before, &citizen)?;
+    patch_summary(conn, import, &before, &citizen, &months)?;
     let version: i64 = conn
         .prepare_cached(
             "UPDATE imports SET version = version + 1 WHERE import_id = ?1 RETURNING version",
@@ -569,24 +568,32 @@ pub(super) fn load_citizen(
     row.transpose()
 }
 
+/// A citizen's relatives and birth month, if it is in the import.
 pub(super) fn load_relatives(
     conn: &Connection,
     import: ImportId,
     id: CitizenId,
-) -> Result<Option<Vec<CitizenId>>, StorageError> {
-    let blob: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT relatives FROM citizens WHERE import_id = ?1 AND citizen_id = ?2")
+) -> Result<Option<(Vec<CitizenId>, u8)>, StorageError> {
+    let found: Option<(Vec<u8>, u8)> = conn
+        .prepare_cached(
+            "SELECT relatives, CAST(substr(birth_date, 6, 2) AS INTEGER) FROM citizens
+             WHERE import_id = ?1 AND citizen_id = ?2",
+        )
         .and_then(|mut stmt| {
-            stmt.query_row(params![import, id.as_i64()], |row| row.get(0))
-                .optional()
+            stmt.query_row(params![import, id.as_i64()], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()
         })
         .map_err(internal)?;
-    let Some(blob) = blob else { return Ok(None) };
+    let Some((blob, month)) = found else {
+        return Ok(None);
+    };
     decode_relatives(&blob)?
         .into_iter()
         .map(|id| CitizenId::parse(id).map_err(|_| StorageError::internal("corrupt relative id")))
         .collect::<Result<_, _>>()
-        .map(Some)
+        .map(|list| Some((list, month)))
 }
 
 pub(super) fn store_relatives(
