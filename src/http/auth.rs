@@ -1,7 +1,8 @@
 //! Optional bearer tokens with scopes (`--tokens-file`).
 //!
 //! Without a tokens file the service serves the contract as it is, to
-//! anyone. With one, every route but the probes and the API description
+//! anyone. With one, every route but the probes, the API description and
+//! the analysts' page (which asks for a token and sends it with its calls)
 //! needs `Authorization: Bearer TOKEN` whose token has the route's scope:
 //! 401 (with `WWW-Authenticate: Bearer`) when the token is missing or
 //! unknown, 403 when its scope is missing.
@@ -75,14 +76,17 @@ impl fmt::Display for Scope {
 }
 
 /// The scope a route needs, or `None` for the open ones (probes, the
-/// API description). Unknown routes need a valid token of any scope, so
-/// a stranger learns nothing about which paths exist.
+/// API description, the analysts' page and its files, which hold no
+/// data). Unknown routes need a valid token of any scope, so a stranger
+/// learns nothing about which paths exist.
 pub fn required_scope(method: &Method, route: Option<&str>) -> Option<Option<Scope>> {
     let Some(route) = route else {
         return Some(None); // unmatched: a token, any scope
     };
-    if matches!(route, "/livez" | "/readyz" | "/health" | "/openapi.json")
-        || route == "/docs"
+    if matches!(
+        route,
+        "/livez" | "/readyz" | "/health" | "/openapi.json" | "/" | "/ui/{file}"
+    ) || route == "/docs"
         || route.starts_with("/docs/")
     {
         return None;
@@ -322,6 +326,8 @@ mod tests {
             (Method::GET, "/readyz", None),
             (Method::GET, "/openapi.json", None),
             (Method::GET, "/docs/", None),
+            (Method::GET, "/", None),
+            (Method::GET, "/ui/{file}", None),
         ];
         for (method, route, want) in cases {
             assert_eq!(

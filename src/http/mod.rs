@@ -30,6 +30,7 @@ mod imports;
 pub mod listing;
 pub mod openapi;
 mod towns;
+mod ui;
 #[doc(hidden)] // public for the hot-path benchmark only
 pub mod wire;
 
@@ -116,6 +117,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         // Swagger UI at /docs (assets in the binary), and the document it shows at /openapi.json.
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::document()))
         .route("/readyz", get(health::ready))
+        // The analysts' page (`ui/`, in the binary), on the public API.
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .fallback(|| async { AppError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes.as_usize()))

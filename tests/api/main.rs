@@ -20,6 +20,7 @@ mod lifecycle;
 mod memory;
 mod messages;
 mod metrics;
+mod page;
 mod patch;
 mod postgres;
 mod reads;

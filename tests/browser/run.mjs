@@ -4,13 +4,17 @@
 //   cd tests/browser && npm ci && node run.mjs
 //
 // Starts the binary (GIFTS_BIN, default ../../target/debug/gifts) on a free
-// loopback port with a temporary store, runs every test below against it,
-// saves screenshots in ../../target/browser/, and exits non-zero on any
-// failure. Each test prints one line.
+// loopback port with a temporary store — SQLite, or a Tarantool of the
+// test's own (tarantool/app.lua) for the tests marked so — runs every test
+// below against it, saves screenshots in ../../target/browser/, and exits
+// non-zero on any failure. Each test prints one line.
+//
+//   node run.mjs page            # only the tests whose name contains "page"
+//   node run.mjs --readme-screenshot   # also rewrites docs/analysts-page.png
 
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,6 +42,21 @@ function freePort() {
   });
 }
 
+/** Resolves once something accepts connections on the port (30 s at most). */
+async function waitListening(port) {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    const open = await new Promise((ok) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.once('connect', () => { socket.destroy(); ok(true); });
+      socket.once('error', () => ok(false));
+    });
+    if (open) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
 async function waitReady(base, child) {
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
@@ -53,27 +72,49 @@ async function waitReady(base, child) {
   throw new Error('gifts did not become ready');
 }
 
-/** The real service on a temporary store; `stop()` kills it and removes the store. */
-export async function startService(args = [], env = {}) {
+/**
+ * The real service on a temporary store (SQLite, or `backend: 'tarantool'`:
+ * a Tarantool of its own running tarantool/app.lua); `stop()` kills both and
+ * removes the store.
+ */
+export async function startService(args = [], env = {}, backend = 'sqlite') {
   const dir = mkdtempSync(join(tmpdir(), 'gifts-browser-'));
   const port = await freePort();
+  const children = [];
+  let storage = `sqlite:${join(dir, 'gifts.db')}`;
+  if (backend === 'tarantool') {
+    const tport = await freePort();
+    children.push(spawn('tarantool', [join(repo, 'tarantool/app.lua')], {
+      cwd: dir,
+      env: {
+        ...process.env, GIFTS_TARANTOOL_LISTEN: `127.0.0.1:${tport}`,
+        GIFTS_TARANTOOL_PASSWORD: 'browser', GIFTS_TARANTOOL_MEMORY: '256MiB',
+      },
+      stdio: ['ignore', 'ignore', 'ignore'],
+    }));
+    storage = `tarantool://gifts:browser@127.0.0.1:${tport}`;
+    await waitListening(tport);
+  }
   const child = spawn(binary, [
-    '--listen', `127.0.0.1:${port}`, '--storage', `sqlite:${join(dir, 'gifts.db')}`, ...args,
+    '--listen', `127.0.0.1:${port}`, '--storage', storage, ...args,
   ], { env: { ...process.env, RUST_LOG: 'warn', GIFTS_SHUTDOWN_DRAIN_SECS: '0', ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
+  children.push(child);
   const base = `http://127.0.0.1:${port}`;
   await waitReady(base, child);
   return {
     base,
+    backend,
     stop() {
-      child.kill('SIGKILL');
+      for (const c of children) c.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
     },
   };
 }
 
 const tests = [];
-export function test(name, body) {
-  tests.push({ name, body });
+/** A test; `options.backend` picks the store, `options.context` the browser context's settings. */
+export function test(name, body, options = {}) {
+  tests.push({ name, body, options });
 }
 
 function check(condition, message) {
@@ -153,17 +194,251 @@ test('with --tokens-file, Authorize on the docs page lets Try it out through', a
   }
 });
 
+// ---- the analysts' page ------------------------------------------------------
+
+const TOWNS = ['Москва', 'Санкт-Петербург', 'Керчь', 'Нижний Новгород', 'Ёлкино', 'Ростов-на-Дону', 'Abakan'];
+const NAMES = ['Иванов Иван Иванович', 'Романова Мария Леонидовна', 'Фёдоров Пётр Сергеевич', 'Кузнецова Ольга Алексеевна'];
+
+/** A seeded import of `n` citizens with `links` symmetric links. */
+function sampleImport(n, links, seed = 7) {
+  let state = seed >>> 0;
+  const next = (below) => { // mulberry32: 32-bit integer steps, exact in JS
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(state ^ (state >>> 15), state | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) % below;
+  };
+  const relatives = Array.from({ length: n }, () => new Set());
+  for (let made = 0; made < links;) {
+    const a = next(n);
+    const b = next(n);
+    if (a !== b && !relatives[a].has(b + 1)) {
+      relatives[a].add(b + 1);
+      relatives[b].add(a + 1);
+      made += 1;
+    }
+  }
+  const citizens = relatives.map((list, i) => ({
+    citizen_id: i + 1,
+    town: TOWNS[next(TOWNS.length)],
+    street: 'Льва Толстого',
+    building: `${1 + next(40)}к${1 + next(5)}`,
+    apartment: 1 + next(300),
+    name: NAMES[next(NAMES.length)],
+    birth_date: `${String(1 + next(28)).padStart(2, '0')}.${String(1 + next(12)).padStart(2, '0')}.${1940 + next(80)}`,
+    gender: next(2) ? 'male' : 'female',
+    relatives: [...list].sort((x, y) => x - y),
+  }));
+  return { citizens };
+}
+
+async function apiGet(service, path) {
+  const response = await fetch(`${service.base}${path}`);
+  check(response.ok, `GET ${path}: ${response.status}`);
+  return (await response.json()).data;
+}
+
+async function apiImport(service, body) {
+  const response = await fetch(`${service.base}/imports`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+  });
+  check(response.status === 201, `POST /imports: ${response.status}`);
+  return (await response.json()).data.import_id;
+}
+
+/** Per month (1–12), the presents the chart's bars show, read from the SVG. */
+async function chartTotals(page) {
+  await page.waitForSelector('#birthdays-chart .bar');
+  return page.$$eval('#birthdays-chart .bar', (bars) =>
+    Object.fromEntries(bars.map((b) => [b.dataset.month, Number(b.dataset.total)])));
+}
+
+function apiTotals(birthdays) {
+  return Object.fromEntries(Object.entries(birthdays).map(([m, list]) =>
+    [m, list.reduce((sum, e) => sum + e.presents, 0)]));
+}
+
+function same(a, b, what) {
+  const x = JSON.stringify(a);
+  const y = JSON.stringify(b);
+  check(x === y, `${what}: the page shows ${x}, the API says ${y}`);
+}
+
+/** The percentiles chart's rows as the API's answer (ordered by town). */
+async function chartTowns(page) {
+  const rows = await page.$$eval('#percentiles-chart .town', (towns) => towns.map((t) => ({
+    town: t.dataset.town, p50: Number(t.dataset.p50), p75: Number(t.dataset.p75), p99: Number(t.dataset.p99),
+  })));
+  return rows.sort((a, b) => (a.town < b.town ? -1 : a.town > b.town ? 1 : 0));
+}
+
+async function openImport(page, service, id) {
+  await page.goto(`${service.base}/#/imports/${id}`);
+  await page.waitForSelector('#citizens tbody tr');
+}
+
+for (const backend of ['sqlite', 'tarantool']) {
+  test(`${backend}: the page uploads a file with progress, lists the import and charts what the API answers`, async ({ page, service }) => {
+    const body = sampleImport(400, 300);
+    await page.goto(`${service.base}/`);
+    await page.waitForSelector('#imports-empty:not([hidden])');
+    await page.setInputFiles('#file', {
+      name: 'citizens.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(body)),
+    });
+    await page.waitForFunction(() => /stored as import \d+/.test(document.getElementById('upload-result').textContent));
+    const id = Number((await page.textContent('#upload-result')).match(/import (\d+)/)[1]);
+    check(await page.$eval('#upload-progress', (p) => p.value) === 100, 'the progress bar did not reach 100');
+    const row = page.locator(`#imports tbody tr[data-import-id="${id}"]`);
+    await row.waitFor();
+    check((await row.textContent()).includes('400'), `the list row says ${await row.textContent()}`);
+    await row.getByRole('link').click();
+    await page.waitForSelector('#citizens tbody tr');
+    same(await chartTotals(page), apiTotals(await apiGet(service, `/imports/${id}/citizens/birthdays`)), 'presents per month');
+    same(await chartTowns(page), await apiGet(service, `/imports/${id}/towns/stat/percentile/age`), 'percentiles per town');
+    if (backend === 'sqlite' && process.argv.includes('--readme-screenshot')) {
+      await page.setViewportSize({ width: 1100, height: 820 });
+      await page.locator('#birthdays-chart .bar').nth(1).hover();
+      await page.screenshot({ path: join(repo, 'docs/analysts-page.png') });
+      await page.setViewportSize({ width: 1280, height: 900 });
+    }
+    const count = await page.textContent('#citizens-count');
+    check(count.replace(/\s/g, '').startsWith('400из400') || count.replace(/\s/g, '').startsWith('400of400'), `count: ${count}`);
+    check(await page.locator('#citizens tbody tr').count() === 50, 'a page holds 50 rows');
+    // Filter and sort: the rows of one town, by name.
+    await page.fill('#citizens-filter', 'Керчь');
+    const citizens = await apiGet(service, `/imports/${id}/citizens`);
+    const kerch = citizens.filter((c) => c.town === 'Керчь').length;
+    await page.waitForFunction((n) => document.getElementById('citizens-count').textContent.replace(/\s/g, '').startsWith(`${n}`), kerch);
+    const towns = await page.$$eval('#citizens tbody tr td:nth-child(3)', (cells) => cells.map((c) => c.textContent));
+    check(towns.length > 0 && towns.every((t) => t === 'Керчь'), `filtered towns: ${towns.join(', ')}`);
+    await page.getByRole('button', { name: /^Name/ }).click();
+    const names = await page.$$eval('#citizens tbody tr td:nth-child(2)', (cells) => cells.map((c) => c.textContent));
+    const sorted = [...names].sort((a, b) => a.localeCompare(b, 'ru'));
+    same(names, sorted, 'names sorted');
+    await page.fill('#citizens-filter', '');
+    await page.screenshot({ path: join(shots, `page-${backend}.png`), fullPage: true });
+  }, { backend, context: { locale: 'en-GB' } });
+
+  test(`${backend}: the page's edit form PATCHes a citizen and the charts follow`, async ({ page, service }) => {
+    const id = await apiImport(service, sampleImport(60, 50, 11));
+    const citizens = await apiGet(service, `/imports/${id}/citizens`);
+    const who = citizens.find((c) => c.relatives.length >= 2 && !c.relatives.includes(c.citizen_id));
+    const month = Number(who.birth_date.slice(3, 5));
+    const other = month === 12 ? 1 : month + 1;
+    await openImport(page, service, id);
+    const before = await chartTotals(page);
+    await page.fill('#citizens-filter', who.name);
+    await page.getByRole('button', { name: `Edit citizen ${who.citizen_id}, ${who.name}` }).click();
+    await page.fill('#edit-form input[name=birth_date]', `15.${String(other).padStart(2, '0')}.1990`);
+    // A bad value first: the service's 400 is shown under the field it names.
+    await page.fill('#edit-form input[name=apartment]', '-5');
+    await page.click('#edit-form button[value=save]');
+    const error = page.locator('#edit-form .field-error[data-for="apartment"]');
+    await error.waitFor();
+    check((await error.textContent()).includes('apartment'), `field error: ${await error.textContent()}`);
+    await page.screenshot({ path: join(shots, `page-field-error-${backend}.png`) });
+    await page.fill('#edit-form input[name=apartment]', String(who.apartment));
+    await page.click('#edit-form button[value=save]');
+    await page.waitForFunction((c) => document.getElementById('status').textContent.includes(`Citizen ${c} saved`), who.citizen_id);
+    const after = await chartTotals(page);
+    same(after, apiTotals(await apiGet(service, `/imports/${id}/citizens/birthdays`)), 'presents per month after the PATCH');
+    const moved = who.relatives.length;
+    check(after[month] === before[month] - moved && after[other] === before[other] + moved,
+      `month ${month}: ${before[month]} → ${after[month]}, month ${other}: ${before[other]} → ${after[other]} (${moved} relatives)`);
+    same(await chartTowns(page), await apiGet(service, `/imports/${id}/towns/stat/percentile/age`), 'percentiles after the PATCH');
+  }, { backend });
+
+  test(`${backend}: a bad file shows the service's error by field and citizen, and nothing is stored`, async ({ page, service }) => {
+    const body = sampleImport(5, 2, 3);
+    body.citizens[2].birth_date = '31.02.2019';
+    await page.goto(`${service.base}/`);
+    await page.setInputFiles('#file', {
+      name: 'broken.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(body)),
+    });
+    const error = page.locator('#upload-errors .error-item');
+    await error.waitFor();
+    check(await error.getAttribute('data-field') === 'citizens[2].birth_date', `field: ${await error.getAttribute('data-field')}`);
+    check(await error.getAttribute('data-citizen') === '3', `citizen: ${await error.getAttribute('data-citizen')}`);
+    const text = await error.textContent();
+    check(text.includes('Citizen 3') && text.includes('citizens[2].birth_date') && text.includes('31.02.2019'), `shown: ${text}`);
+    check(!text.includes('{'), `a raw JSON dump: ${text}`);
+    const listed = await apiGet(service, '/imports');
+    check(listed.imports.length === 0, 'something was stored');
+    await page.screenshot({ path: join(shots, `page-bad-file-${backend}.png`) });
+  }, { backend });
+}
+
+test('sqlite: deleting an import asks first, and the answer is kept', async ({ page, service }) => {
+  const id = await apiImport(service, sampleImport(10, 5, 5));
+  await page.goto(`${service.base}/`);
+  const row = page.locator(`#imports tbody tr[data-import-id="${id}"]`);
+  await row.waitFor();
+  page.once('dialog', (dialog) => dialog.dismiss());
+  await row.getByRole('button', { name: `Delete import ${id}` }).click();
+  await apiGet(service, `/imports/${id}/citizens`); // still there
+  page.once('dialog', (dialog) => {
+    check(dialog.message().includes(`Delete import ${id}`), dialog.message());
+    dialog.accept();
+  });
+  await row.getByRole('button', { name: `Delete import ${id}` }).click();
+  await row.waitFor({ state: 'detached' });
+  const response = await fetch(`${service.base}/imports/${id}/citizens`);
+  check(response.status === 404, `after the delete: ${response.status}`);
+});
+
+test('sqlite: on a phone in dark mode, by keyboard alone', async ({ page, service }) => {
+  const id = await apiImport(service, sampleImport(120, 90, 9));
+  await openImport(page, service, id);
+  const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  check(background === 'rgb(18, 22, 29)', `dark background: ${background}`);
+  // Nothing wider than the screen: the document does not scroll sideways
+  // (the citizens table scrolls inside its own box).
+  const sideways = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  check(sideways <= 0, `the page scrolls sideways by ${sideways}px`);
+  // Tab to the first bar of the presents chart: its detail is read out.
+  for (let i = 0; i < 40; i += 1) {
+    await page.keyboard.press('Tab');
+    if (await page.evaluate(() => document.activeElement?.classList?.contains('bar'))) break;
+  }
+  check(await page.evaluate(() => document.activeElement?.dataset?.month) === '1', 'no bar took the focus');
+  const detail = await page.textContent('#birthdays-detail');
+  check(/январь|January/i.test(detail), `detail: ${detail}`);
+  await page.screenshot({ path: join(shots, 'page-phone-dark.png'), fullPage: true });
+}, { context: { viewport: { width: 390, height: 844 }, colorScheme: 'dark', isMobile: true, hasTouch: true } });
+
+test('sqlite: with --tokens-file the page asks for a token and then works', async ({ page }) => {
+  const { token, path } = tokensFile();
+  const service = await startService(['--tokens-file', path]);
+  try {
+    await page.goto(`${service.base}/`);
+    await page.waitForSelector('#token-form:not([hidden])');
+    await page.fill('#token', token);
+    await page.click('#token-form button');
+    await page.waitForSelector('#imports-empty:not([hidden])');
+    await page.setInputFiles('#file', {
+      name: 'citizens.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(sampleImport(8, 4))),
+    });
+    await page.waitForFunction(() => /stored as import \d+/.test(document.getElementById('upload-result').textContent));
+  } finally {
+    service.stop();
+  }
+});
+
 async function main() {
   mkdirSync(shots, { recursive: true });
-  const only = process.argv.slice(2);
+  const only = process.argv.slice(2).filter((a) => !a.startsWith('--'));
   const browser = await chromium.launch({ executablePath: chromiumPath, args: FLAGS, headless: true });
   let failed = 0;
+  let ran = 0;
   const started = Date.now();
   try {
-    for (const { name, body } of tests) {
+    for (const { name, body, options } of tests) {
       if (only.length && !only.some((o) => name.includes(o))) continue;
-      const service = await startService();
-      const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+      ran += 1;
+      const service = await startService([], {}, options.backend ?? 'sqlite');
+      const context = await browser.newContext({
+        viewport: { width: 1280, height: 900 }, locale: 'ru-RU', ...options.context,
+      });
       const page = await context.newPage();
       const t = Date.now();
       try {
@@ -171,7 +446,7 @@ async function main() {
         console.log(`ok   ${name} (${((Date.now() - t) / 1000).toFixed(1)} s)`);
       } catch (e) {
         failed += 1;
-        console.log(`FAIL ${name}: ${e.message}`);
+        console.log(`FAIL ${name}: ${e.stack ?? e.message}`);
         await page.screenshot({ path: join(shots, `failed-${failed}.png`) }).catch(() => {});
       } finally {
         await context.close();
@@ -181,7 +456,7 @@ async function main() {
   } finally {
     await browser.close();
   }
-  console.log(`${tests.length - failed} passed, ${failed} failed (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  console.log(`${ran - failed} passed, ${failed} failed (${((Date.now() - started) / 1000).toFixed(1)} s)`);
   process.exit(failed ? 1 : 0);
 }
 

@@ -1,0 +1,446 @@
+// The analysts' page: the public API of this service, in a browser.
+// Plain ES module, no build step; served from the binary at /ui/app.js.
+
+import { drawBirthdays, drawPercentiles } from './charts.js';
+
+const locale = navigator.language || 'en';
+const numbers = new Intl.NumberFormat(locale);
+const when = new Intl.DateTimeFormat(locale, { dateStyle: 'medium', timeStyle: 'short' });
+const PAGE = 50;
+const $ = (id) => document.getElementById(id);
+
+// ---- the API ---------------------------------------------------------------
+
+let token = sessionStorage.getItem('gifts-token') || '';
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.error?.message || `HTTP ${status}`);
+    this.status = status;
+    this.error = body?.error || null;
+  }
+}
+
+function headers(extra = {}) {
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
+}
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  const parsed = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    if (response.status === 401 || response.status === 403) askForToken();
+    throw new ApiError(response.status, parsed);
+  }
+  return parsed?.data;
+}
+
+function askForToken() {
+  $('token-form').hidden = false;
+}
+
+$('token-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  token = $('token').value.trim();
+  sessionStorage.setItem('gifts-token', token);
+  $('token').value = '';
+  route();
+});
+
+function say(text) {
+  $('status').textContent = text;
+}
+
+/** One line for a refused request: the field and the citizen it names. */
+function describe(error) {
+  if (!(error instanceof ApiError) || !error.error) return error.message;
+  const { field, citizen_id: citizen, message } = error.error;
+  return [citizen != null ? `citizen ${citizen}` : null, field ? `${field}` : null]
+    .filter(Boolean).join(', ') + (field || citizen != null ? ': ' : '') + message;
+}
+
+// ---- the imports -----------------------------------------------------------
+
+let cursor = null;
+
+function importRow(info) {
+  const tr = document.createElement('tr');
+  tr.dataset.importId = info.import_id;
+  const link = document.createElement('a');
+  link.href = `#/imports/${info.import_id}`;
+  link.textContent = `Import ${info.import_id}`;
+  const cells = [
+    link,
+    numbers.format(info.citizens),
+    when.format(new Date(info.created_at)),
+    numbers.format(info.version),
+  ];
+  cells.forEach((content, i) => {
+    const td = document.createElement('td');
+    if (i === 1 || i === 3) td.className = 'num';
+    td.append(content);
+    tr.append(td);
+  });
+  const remove = document.createElement('button');
+  remove.type = 'button';
+  remove.className = 'danger small';
+  remove.textContent = 'Delete…';
+  remove.setAttribute('aria-label', `Delete import ${info.import_id}`);
+  remove.addEventListener('click', () => deleteImport(info.import_id, info.citizens));
+  const td = document.createElement('td');
+  td.append(remove);
+  tr.append(td);
+  return tr;
+}
+
+async function loadImports(more = false) {
+  const query = more && cursor ? `?limit=50&cursor=${encodeURIComponent(cursor)}` : '?limit=50';
+  const page = await api('GET', `/imports${query}`);
+  const body = $('imports').tBodies[0];
+  if (!more) body.replaceChildren();
+  for (const info of page.imports) body.append(importRow(info));
+  cursor = page.next_cursor;
+  $('imports-more').hidden = !cursor;
+  $('imports-empty').hidden = body.rows.length > 0;
+}
+
+$('imports-more').addEventListener('click', () => loadImports(true).catch((e) => say(describe(e))));
+
+async function deleteImport(id, citizens) {
+  if (!confirm(`Delete import ${id} and its ${numbers.format(citizens)} citizens? This cannot be undone.`)) return;
+  try {
+    await api('DELETE', `/imports/${id}`);
+    say(`Import ${id} deleted.`);
+    if (location.hash !== '#/') location.hash = '#/';
+    else await loadImports();
+  } catch (e) {
+    say(`Import ${id} was not deleted: ${describe(e)}`);
+  }
+}
+
+// ---- upload ----------------------------------------------------------------
+
+function showUploadErrors(error) {
+  const box = $('upload-errors');
+  box.replaceChildren();
+  if (!error) {
+    box.hidden = true;
+    return;
+  }
+  const item = document.createElement('p');
+  item.className = 'error-item';
+  if (error instanceof ApiError && error.error) {
+    const { field, citizen_id: citizen, message, code } = error.error;
+    item.dataset.field = field ?? '';
+    item.dataset.citizen = citizen ?? '';
+    item.dataset.code = code ?? '';
+    if (citizen != null) {
+      const who = document.createElement('strong');
+      who.textContent = `Citizen ${citizen}`;
+      item.append(who, ' · ');
+    }
+    if (field) {
+      const what = document.createElement('code');
+      what.textContent = field;
+      item.append(what, ': ');
+    }
+    item.append(message);
+  } else {
+    item.textContent = error.message;
+  }
+  box.append(item);
+  box.hidden = false;
+}
+
+function upload(file) {
+  const progress = $('upload-progress');
+  $('upload-result').textContent = `Sending ${file.name}…`;
+  showUploadErrors(null);
+  progress.hidden = false;
+  progress.value = 0;
+  const xhr = new XMLHttpRequest();
+  xhr.open('POST', '/imports');
+  xhr.setRequestHeader('Content-Type', 'application/json');
+  if (token) xhr.setRequestHeader('Authorization', `Bearer ${token}`);
+  xhr.upload.addEventListener('progress', (event) => {
+    if (event.lengthComputable) progress.value = Math.round((100 * event.loaded) / event.total);
+  });
+  xhr.addEventListener('load', async () => {
+    progress.value = 100;
+    let body = null;
+    try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+    if (xhr.status === 201) {
+      const id = body.data.import_id;
+      $('upload-result').textContent = `${file.name}: stored as import ${id}.`;
+      await loadImports();
+    } else {
+      if (xhr.status === 401 || xhr.status === 403) askForToken();
+      $('upload-result').textContent = `${file.name} was not stored (HTTP ${xhr.status}).`;
+      showUploadErrors(new ApiError(xhr.status, body));
+    }
+    progress.hidden = true;
+  });
+  xhr.addEventListener('error', () => {
+    $('upload-result').textContent = `${file.name} was not sent: the service did not answer.`;
+    progress.hidden = true;
+  });
+  xhr.send(file);
+}
+
+$('file').addEventListener('change', () => {
+  const [file] = $('file').files;
+  if (file) upload(file);
+  $('file').value = '';
+});
+const drop = $('drop');
+drop.addEventListener('dragover', (event) => {
+  event.preventDefault();
+  drop.classList.add('over');
+});
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', (event) => {
+  event.preventDefault();
+  drop.classList.remove('over');
+  const [file] = event.dataTransfer.files;
+  if (file) upload(file);
+});
+
+// ---- one import ------------------------------------------------------------
+
+const view = {
+  id: null,
+  citizens: [],
+  byId: new Map(),
+  birthdays: null,
+  towns: [],
+  sort: { key: 'citizen_id', ascending: true },
+  page: 0,
+};
+
+const COLUMNS = [
+  ['citizen_id', 'Id', 'num'],
+  ['name', 'Name'],
+  ['town', 'Town'],
+  ['street', 'Street'],
+  ['building', 'Building'],
+  ['apartment', 'Apt.', 'num'],
+  ['birth_date', 'Born'],
+  ['gender', 'Gender'],
+  ['relatives', 'Relatives'],
+];
+
+/** DD.MM.YYYY as YYYYMMDD, to sort by. */
+const dateKey = (d) => Number(d.slice(6) + d.slice(3, 5) + d.slice(0, 2));
+
+function sortedFiltered() {
+  const wanted = $('citizens-filter').value.trim().toLocaleLowerCase(locale);
+  let rows = view.citizens;
+  if (wanted) {
+    rows = rows.filter((c) => c.name.toLocaleLowerCase(locale).includes(wanted)
+      || c.town.toLocaleLowerCase(locale).includes(wanted));
+  }
+  const { key, ascending } = view.sort;
+  const collator = new Intl.Collator(locale);
+  const value = key === 'birth_date' ? (c) => dateKey(c.birth_date)
+    : key === 'relatives' ? (c) => c.relatives.length : (c) => c[key];
+  const order = ascending ? 1 : -1;
+  return [...rows].sort((a, b) => {
+    const x = value(a);
+    const y = value(b);
+    const c = typeof x === 'string' ? collator.compare(x, y) : x - y;
+    return order * (c || a.citizen_id - b.citizen_id);
+  });
+}
+
+function drawHead() {
+  const tr = $('citizens').tHead.rows[0];
+  tr.replaceChildren();
+  for (const [key, title, cls] of COLUMNS) {
+    const th = document.createElement('th');
+    th.scope = 'col';
+    if (cls) th.className = cls;
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'sort';
+    button.textContent = title;
+    const active = view.sort.key === key;
+    th.setAttribute('aria-sort', active ? (view.sort.ascending ? 'ascending' : 'descending') : 'none');
+    if (active) button.textContent += view.sort.ascending ? ' ▲' : ' ▼';
+    button.addEventListener('click', () => {
+      view.sort = { key, ascending: active ? !view.sort.ascending : true };
+      view.page = 0;
+      drawHead();
+      drawTable();
+    });
+    th.append(button);
+    tr.append(th);
+  }
+  const th = document.createElement('th');
+  th.innerHTML = '<span class="visually-hidden">Edit</span>';
+  tr.append(th);
+}
+
+function drawTable() {
+  const rows = sortedFiltered();
+  const pages = Math.max(1, Math.ceil(rows.length / PAGE));
+  view.page = Math.min(view.page, pages - 1);
+  const shown = rows.slice(view.page * PAGE, (view.page + 1) * PAGE);
+  const body = $('citizens').tBodies[0];
+  body.replaceChildren(...shown.map((c) => {
+    const tr = document.createElement('tr');
+    tr.dataset.citizenId = c.citizen_id;
+    for (const [key, , cls] of COLUMNS) {
+      const td = document.createElement('td');
+      if (cls) td.className = cls;
+      const v = c[key];
+      td.textContent = key === 'relatives' ? v.join(', ')
+        : typeof v === 'number' ? numbers.format(v) : v;
+      tr.append(td);
+    }
+    const td = document.createElement('td');
+    const edit = document.createElement('button');
+    edit.type = 'button';
+    edit.className = 'small';
+    edit.textContent = 'Edit';
+    edit.setAttribute('aria-label', `Edit citizen ${c.citizen_id}, ${c.name}`);
+    edit.addEventListener('click', () => openEditor(c));
+    td.append(edit);
+    tr.append(td);
+    return tr;
+  }));
+  $('citizens-count').textContent = `${numbers.format(rows.length)} of ${numbers.format(view.citizens.length)} citizens`;
+  $('page-info').textContent = `Page ${numbers.format(view.page + 1)} of ${numbers.format(pages)}`;
+  $('page-prev').disabled = view.page === 0;
+  $('page-next').disabled = view.page >= pages - 1;
+}
+
+$('citizens-filter').addEventListener('input', () => { view.page = 0; drawTable(); });
+$('page-prev').addEventListener('click', () => { view.page -= 1; drawTable(); });
+$('page-next').addEventListener('click', () => { view.page += 1; drawTable(); });
+
+function drawCharts() {
+  drawBirthdays($('birthdays-chart'), view.birthdays, {
+    locale,
+    nameOf: (id) => view.byId.get(id)?.name ?? `#${id}`,
+    onFocus: (text) => { $('birthdays-detail').textContent = text; },
+  });
+  drawPercentiles($('percentiles-chart'), view.towns, {
+    locale, sort: $('towns-sort').value, filter: $('towns-filter').value,
+  });
+}
+
+$('towns-sort').addEventListener('change', drawCharts);
+// Charts are drawn at their container's width: again when it changes.
+let resizing = 0;
+window.addEventListener('resize', () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(() => { if (view.birthdays && !$('import-view').hidden) drawCharts(); }, 150);
+});
+$('towns-filter').addEventListener('input', drawCharts);
+
+async function loadImport(id) {
+  const [citizens, birthdays, towns] = await Promise.all([
+    api('GET', `/imports/${id}/citizens`),
+    api('GET', `/imports/${id}/citizens/birthdays`),
+    api('GET', `/imports/${id}/towns/stat/percentile/age`),
+  ]);
+  view.id = id;
+  view.citizens = citizens;
+  view.byId = new Map(citizens.map((c) => [c.citizen_id, c]));
+  view.birthdays = birthdays;
+  view.towns = towns;
+  $('import-title').textContent = `Import ${id}`;
+  const presents = Object.values(birthdays).flat().reduce((s, e) => s + e.presents, 0);
+  $('import-summary').textContent = `${numbers.format(citizens.length)} citizens in ${numbers.format(towns.length)} towns; ${numbers.format(presents)} presents a year.`;
+  drawCharts();
+  drawHead();
+  drawTable();
+}
+
+// ---- editing one citizen ---------------------------------------------------
+
+let editing = null;
+const form = $('edit-form');
+
+function openEditor(citizen) {
+  editing = citizen;
+  $('editor-title').textContent = `Citizen ${citizen.citizen_id}`;
+  for (const field of ['name', 'town', 'street', 'building', 'apartment', 'birth_date', 'gender']) {
+    form.elements[field].value = citizen[field];
+  }
+  form.elements.relatives.value = citizen.relatives.join(', ');
+  for (const p of form.querySelectorAll('.field-error')) p.textContent = '';
+  $('editor').showModal();
+  form.elements.name.focus();
+}
+
+$('edit-cancel').addEventListener('click', () => $('editor').close());
+
+/** The fields that differ from the citizen, as the PATCH body; numbers as numbers. */
+function changes(citizen) {
+  const body = {};
+  for (const field of ['name', 'town', 'street', 'building', 'birth_date', 'gender']) {
+    const value = form.elements[field].value;
+    if (value !== citizen[field]) body[field] = value;
+  }
+  const apartment = form.elements.apartment.value.trim();
+  if (apartment !== String(citizen.apartment)) {
+    body.apartment = /^\d+$/.test(apartment) ? Number(apartment) : apartment;
+  }
+  const relatives = form.elements.relatives.value.split(/[\s,;]+/).filter(Boolean)
+    .map((v) => (/^\d+$/.test(v) ? Number(v) : v));
+  const unique = [...new Set(relatives)].sort((a, b) => a - b);
+  if (unique.join(',') !== citizen.relatives.join(',')) body.relatives = unique;
+  return body;
+}
+
+form.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  for (const p of form.querySelectorAll('.field-error')) p.textContent = '';
+  const body = changes(editing);
+  if (Object.keys(body).length === 0) {
+    $('editor').close();
+    return;
+  }
+  try {
+    await api('PATCH', `/imports/${view.id}/citizens/${editing.citizen_id}`, body);
+    $('editor').close();
+    await loadImport(view.id);
+    say(`Citizen ${editing.citizen_id} saved; the charts show the change.`);
+  } catch (e) {
+    const field = e instanceof ApiError ? e.error?.field ?? '' : '';
+    const target = form.querySelector(`.field-error[data-for="${field}"]`)
+      ?? form.querySelector('.field-error[data-for=""]');
+    target.textContent = describe(e);
+    form.elements[field]?.focus();
+  }
+});
+
+$('delete-import').addEventListener('click', () => deleteImport(view.id, view.citizens.length));
+
+// ---- routing ---------------------------------------------------------------
+
+async function route() {
+  const match = /^#\/imports\/(\d+)$/.exec(location.hash);
+  $('imports-view').hidden = Boolean(match);
+  $('import-view').hidden = !match;
+  try {
+    if (match) {
+      say('Loading…');
+      await loadImport(Number(match[1]));
+      say('');
+    } else {
+      await loadImports();
+    }
+  } catch (e) {
+    say(e.status === 404 ? 'No such import (it may have been deleted).' : describe(e));
+  }
+}
+
+window.addEventListener('hashchange', route);
+route();

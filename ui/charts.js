@@ -1,0 +1,137 @@
+// The two charts, drawn as SVG by this small module (no library).
+// Each mark carries its numbers in data-* attributes, so a test (or a
+// curious analyst with the inspector) can read what is drawn.
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+function el(name, attrs = {}, text) {
+  const node = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** A round upper bound for an axis: 1, 2 or 5 times a power of ten. */
+function niceMax(value) {
+  if (value <= 0) return 1;
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 5, 10]) {
+    if (step * power >= value) return step * power;
+  }
+  return 10 * power;
+}
+
+/**
+ * Presents per month: one bar per month with the month's total. `months`
+ * is the API's answer ({"1": [{citizen_id, presents}], …}); `nameOf(id)`
+ * names a citizen; `onFocus(text)` gets the detail of the bar in focus.
+ */
+export function drawBirthdays(container, months, { locale, nameOf, onFocus }) {
+  const numbers = new Intl.NumberFormat(locale);
+  const monthName = new Intl.DateTimeFormat(locale, { month: 'short', timeZone: 'UTC' });
+  const longMonth = new Intl.DateTimeFormat(locale, { month: 'long', timeZone: 'UTC' });
+  const totals = [];
+  for (let m = 1; m <= 12; m += 1) {
+    const entries = months[String(m)] ?? [];
+    totals.push({
+      month: m,
+      total: entries.reduce((sum, e) => sum + e.presents, 0),
+      top: [...entries].sort((a, b) => b.presents - a.presents || a.citizen_id - b.citizen_id).slice(0, 5),
+    });
+  }
+  // Drawn at the container's own width, so text keeps its size.
+  const width = Math.max(300, container.clientWidth || 640);
+  const height = 260;
+  const left = 44;
+  const bottom = 28;
+  const top = 18;
+  const max = niceMax(Math.max(...totals.map((t) => t.total)));
+  const band = (width - left - 8) / 12;
+  const scale = (v) => (height - bottom - top) * (v / max);
+  const svg = el('svg', {
+    viewBox: `0 0 ${width} ${height}`, class: 'svg-chart', role: 'group',
+    'aria-label': 'Presents per month',
+  });
+  for (const tick of [0, 0.5, 1]) {
+    const y = height - bottom - scale(max * tick);
+    svg.append(el('line', { x1: left, x2: width - 8, y1: y, y2: y, class: 'gridline' }));
+    svg.append(el('text', { x: left - 6, y: y + 4, class: 'axis', 'text-anchor': 'end' }, numbers.format(max * tick)));
+  }
+  for (const { month, total, top: best } of totals) {
+    const date = new Date(Date.UTC(2000, month - 1, 1));
+    const x = left + (month - 1) * band + band * 0.15;
+    const h = scale(total);
+    const who = best.map((e) => `${nameOf(e.citizen_id)} (${e.citizen_id}): ${numbers.format(e.presents)}`);
+    const label = `${longMonth.format(date)}: ${numbers.format(total)} presents`;
+    const detail = who.length ? `${label}. Buying most: ${who.join('; ')}` : `${label}.`;
+    const bar = el('g', {
+      class: 'bar', tabindex: 0, role: 'img', 'aria-label': detail,
+      'data-month': month, 'data-total': total,
+    });
+    bar.append(el('title', {}, detail));
+    bar.append(el('rect', { x, y: height - bottom - h, width: band * 0.7, height: Math.max(h, 0), rx: 2 }));
+    bar.append(el('text', { x: x + band * 0.35, y: height - bottom - h - 4, class: 'value', 'text-anchor': 'middle' }, numbers.format(total)));
+    bar.append(el('text', { x: x + band * 0.35, y: height - 8, class: 'axis', 'text-anchor': 'middle' }, monthName.format(date)));
+    const show = () => onFocus(detail);
+    bar.addEventListener('mouseenter', show);
+    bar.addEventListener('focus', show);
+    svg.append(bar);
+  }
+  container.replaceChildren(svg);
+}
+
+/**
+ * Age percentiles per town: one row per town with p50, p75 and p99 marked
+ * on one age axis. `towns` is the API's answer, `sort` one of p50, p99,
+ * town; `filter` a case-insensitive part of a town's name.
+ */
+export function drawPercentiles(container, towns, { locale, sort, filter }) {
+  const numbers = new Intl.NumberFormat(locale, { maximumFractionDigits: 2 });
+  const collator = new Intl.Collator(locale);
+  const wanted = filter.trim().toLocaleLowerCase(locale);
+  const rows = towns.filter((t) => !wanted || t.town.toLocaleLowerCase(locale).includes(wanted));
+  if (sort === 'town') rows.sort((a, b) => collator.compare(a.town, b.town));
+  else rows.sort((a, b) => b[sort] - a[sort] || collator.compare(a.town, b.town));
+  if (rows.length === 0) {
+    const p = document.createElement('p');
+    p.className = 'muted';
+    p.textContent = towns.length ? 'No town matches.' : 'No citizens.';
+    container.replaceChildren(p);
+    return;
+  }
+  const width = Math.max(300, container.clientWidth || 640);
+  const row = 24;
+  const labelWidth = Math.min(170, width * 0.36);
+  const right = 16;
+  const top = 26;
+  const height = top + rows.length * row + 8;
+  const max = niceMax(Math.max(...towns.map((t) => t.p99)));
+  const x = (age) => labelWidth + (width - labelWidth - right) * (age / max);
+  const svg = el('svg', {
+    viewBox: `0 0 ${width} ${height}`, class: 'svg-chart', role: 'group',
+    'aria-label': 'Age percentiles per town',
+  });
+  for (let i = 0; i <= 4; i += 1) {
+    const age = (max * i) / 4;
+    svg.append(el('line', { x1: x(age), x2: x(age), y1: top - 6, y2: height - 4, class: 'gridline' }));
+    svg.append(el('text', { x: x(age), y: 14, class: 'axis', 'text-anchor': 'middle' }, numbers.format(age)));
+  }
+  rows.forEach((t, i) => {
+    const y = top + i * row + row / 2;
+    const label = `${t.town}: p50 ${numbers.format(t.p50)}, p75 ${numbers.format(t.p75)}, p99 ${numbers.format(t.p99)} years`;
+    const g = el('g', {
+      class: 'town', tabindex: 0, role: 'img', 'aria-label': label,
+      'data-town': t.town, 'data-p50': t.p50, 'data-p75': t.p75, 'data-p99': t.p99,
+    });
+    g.append(el('title', {}, label));
+    const fits = Math.floor(labelWidth / 7.2);
+    const name = t.town.length > fits ? `${t.town.slice(0, fits - 1)}…` : t.town;
+    g.append(el('text', { x: labelWidth - 8, y: y + 4, class: 'label', 'text-anchor': 'end' }, name));
+    g.append(el('line', { x1: x(t.p50), x2: x(t.p99), y1: y, y2: y, class: 'span' }));
+    g.append(el('circle', { cx: x(t.p50), cy: y, r: 5, class: 'p50' }));
+    g.append(el('rect', { x: x(t.p75) - 4, y: y - 4, width: 8, height: 8, class: 'p75' }));
+    g.append(el('path', { d: `M ${x(t.p99)} ${y - 6} l 6 6 l -6 6 l -6 -6 z`, class: 'p99' }));
+    svg.append(g);
+  });
+  container.replaceChildren(svg);
+}
