@@ -330,8 +330,17 @@ pub(crate) mod tests {
 
     fn assert_same_answers(analytics: &Analytics, citizens: &[Arc<Citizen>], days: &[Date]) {
         assert_eq!(analytics.birthdays(citizens), birthdays(citizens));
+        assert_same_percentiles(|today| analytics.percentiles(today), citizens, days);
+    }
+
+    /// `percentiles` on each of `days` equals a recomputation, bit for bit.
+    pub(crate) fn assert_same_percentiles(
+        percentiles: impl Fn(Date) -> Vec<TownAges>,
+        citizens: &[Arc<Citizen>],
+        days: &[Date],
+    ) {
         for &today in days {
-            let got = analytics.percentiles(today);
+            let got = percentiles(today);
             let want = town_percentiles(citizens, today);
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(&want) {

@@ -303,9 +303,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::analytics::tests::{Patch, TOWNS, date, import, patch_strategy, patched};
+    use crate::domain::analytics::tests::{
+        Patch, TOWNS, assert_same_percentiles, date, import, patch_strategy, patched,
+    };
     use crate::domain::relatives::after_patch;
-    use crate::domain::stats::town_percentiles;
 
     /// A store's rows of one import, changed as the stores change them.
     struct Kept {
@@ -373,17 +374,12 @@ mod tests {
     fn assert_same_answers(kept: &Kept, citizens: &[Arc<Citizen>], days: &[Date]) {
         let rows = kept.presents.iter().map(|(&(m, c), &p)| (m, c, p));
         assert_eq!(birthdays(rows), crate::domain::stats::birthdays(citizens));
-        for &today in days {
-            let got = percentiles(&kept.towns(), today).expect("well-formed towns");
-            let want = town_percentiles(citizens, today);
-            assert_eq!(got.len(), want.len());
-            for (g, w) in got.iter().zip(&want) {
-                assert_eq!(g.town, w.town);
-                for (a, b) in [(g.p50, w.p50), (g.p75, w.p75), (g.p99, w.p99)] {
-                    assert_eq!(a.to_bits(), b.to_bits(), "{} on {today}", g.town);
-                }
-            }
-        }
+        let towns = kept.towns();
+        assert_same_percentiles(
+            |today| percentiles(&towns, today).expect("well-formed towns"),
+            citizens,
+            days,
+        );
     }
 
     proptest! {

@@ -698,27 +698,39 @@ impl PostgresStorage {
         Ok(Patched { citizen, version })
     }
 
-    async fn presents_tx(
+    /// The rows of `sql`, which selects the import's version first and
+    /// LEFT JOINs one of its tables on `import_id = $1`: one statement, one
+    /// snapshot of both (an import with no rows there is one row of NULLs).
+    async fn versioned_rows(
         &self,
         call: &Call,
         import: ImportId,
-    ) -> Result<(Version, Birthdays), Fail> {
+        sql: &str,
+    ) -> Result<(Version, Vec<Row>), Fail> {
         let client = self.conn(call).await?;
-        // One statement: one snapshot of the version and the rows. An import
-        // without presents is one row of NULLs.
-        let read = client
-            .prepare_cached(
-                "SELECT i.version, p.month, p.citizen_id, p.presents
-                 FROM imports i LEFT JOIN presents p USING (import_id)
-                 WHERE i.import_id = $1 ORDER BY p.month, p.citizen_id",
-            )
-            .await?;
+        let read = client.prepare_cached(sql).await?;
         let rows = client.query(&read, &[&import.get()]).await?;
         drop(client);
         let Some(first) = rows.first() else {
             return Err(Fail::Store(StorageError::ImportNotFound(import)));
         };
-        let version = version_of(first.try_get(0)?)?;
+        Ok((version_of(first.try_get(0)?)?, rows))
+    }
+
+    async fn presents_tx(
+        &self,
+        call: &Call,
+        import: ImportId,
+    ) -> Result<(Version, Birthdays), Fail> {
+        let (version, rows) = self
+            .versioned_rows(
+                call,
+                import,
+                "SELECT i.version, p.month, p.citizen_id, p.presents
+                 FROM imports i LEFT JOIN presents p USING (import_id)
+                 WHERE i.import_id = $1 ORDER BY p.month, p.citizen_id",
+            )
+            .await?;
         let mut read = Vec::with_capacity(rows.len());
         for row in &rows {
             let Some(month) = row.try_get::<_, Option<i16>>(1)? else {
@@ -741,20 +753,15 @@ impl PostgresStorage {
         call: &Call,
         import: ImportId,
     ) -> Result<(Version, Vec<TownDates>), Fail> {
-        let client = self.conn(call).await?;
-        let read = client
-            .prepare_cached(
+        let (version, rows) = self
+            .versioned_rows(
+                call,
+                import,
                 "SELECT i.version, t.town, t.dates
                  FROM imports i LEFT JOIN town_dates t USING (import_id)
                  WHERE i.import_id = $1",
             )
             .await?;
-        let rows = client.query(&read, &[&import.get()]).await?;
-        drop(client);
-        let Some(first) = rows.first() else {
-            return Err(Fail::Store(StorageError::ImportNotFound(import)));
-        };
-        let version = version_of(first.try_get(0)?)?;
         let mut towns = Vec::with_capacity(rows.len());
         for row in &rows {
             if let Some(town) = row.try_get::<_, Option<String>>(1)? {
