@@ -56,12 +56,20 @@ function say(text) {
   $('status').textContent = text;
 }
 
-/** One line for a refused request: the field and the citizen it names. */
+/** The service's message without the "field (citizen N): " it starts with, shown apart. */
+function reason({ field, citizen_id: citizen, message }) {
+  for (const prefix of [`${field} (citizen ${citizen}): `, `${field}: `]) {
+    if (field && message.startsWith(prefix)) return message.slice(prefix.length);
+  }
+  return message;
+}
+
+/** One line for a refused request: the citizen and the field it names, then why. */
 function describe(error) {
   if (!(error instanceof ApiError) || !error.error) return error.message;
-  const { field, citizen_id: citizen, message } = error.error;
-  return [citizen != null ? `citizen ${citizen}` : null, field ? `${field}` : null]
-    .filter(Boolean).join(', ') + (field || citizen != null ? ': ' : '') + message;
+  const { field, citizen_id: citizen } = error.error;
+  const where = [citizen != null ? `citizen ${citizen}` : null, field || null].filter(Boolean);
+  return (where.length ? `${where.join(', ')}: ` : '') + reason(error.error);
 }
 
 // ---- the imports -----------------------------------------------------------
@@ -135,7 +143,7 @@ function showUploadErrors(error) {
   const item = document.createElement('p');
   item.className = 'error-item';
   if (error instanceof ApiError && error.error) {
-    const { field, citizen_id: citizen, message, code } = error.error;
+    const { field, citizen_id: citizen, code } = error.error;
     item.dataset.field = field ?? '';
     item.dataset.citizen = citizen ?? '';
     item.dataset.code = code ?? '';
@@ -149,7 +157,7 @@ function showUploadErrors(error) {
       what.textContent = field;
       item.append(what, ': ');
     }
-    item.append(message);
+    item.append(reason(error.error));
   } else {
     item.textContent = error.message;
   }
@@ -416,7 +424,7 @@ form.addEventListener('submit', async (event) => {
     const field = e instanceof ApiError ? e.error?.field ?? '' : '';
     const target = form.querySelector(`.field-error[data-for="${field}"]`)
       ?? form.querySelector('.field-error[data-for=""]');
-    target.textContent = describe(e);
+    target.textContent = e instanceof ApiError && e.error?.field ? reason(e.error) : describe(e);
     form.elements[field]?.focus();
   }
 });

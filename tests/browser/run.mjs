@@ -335,7 +335,8 @@ for (const backend of ['sqlite', 'tarantool']) {
     await page.click('#edit-form button[value=save]');
     const error = page.locator('#edit-form .field-error[data-for="apartment"]');
     await error.waitFor();
-    check((await error.textContent()).includes('apartment'), `field error: ${await error.textContent()}`);
+    const said = await error.textContent();
+    check(said.includes('-5') && !said.includes('citizen'), `under the apartment field: ${said}`);
     await page.screenshot({ path: join(shots, `page-field-error-${backend}.png`) });
     await page.fill('#edit-form input[name=apartment]', String(who.apartment));
     await page.click('#edit-form button[value=save]');
@@ -361,7 +362,7 @@ for (const backend of ['sqlite', 'tarantool']) {
     check(await error.getAttribute('data-citizen') === '3', `citizen: ${await error.getAttribute('data-citizen')}`);
     const text = await error.textContent();
     check(text.includes('Citizen 3') && text.includes('citizens[2].birth_date') && text.includes('31.02.2019'), `shown: ${text}`);
-    check(!text.includes('{'), `a raw JSON dump: ${text}`);
+    check(!text.includes('{') && text.split('citizens[2].birth_date').length === 2, `a raw dump, or the field twice: ${text}`);
     const listed = await apiGet(service, '/imports');
     check(listed.imports.length === 0, 'something was stored');
     await page.screenshot({ path: join(shots, `page-bad-file-${backend}.png`) });
