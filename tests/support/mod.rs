@@ -318,16 +318,60 @@ impl PostgresServer {
     }
 
     /// SIGKILL to the server and all its backends, like a machine losing
-    /// power to the database (the data on disk stays).
+    /// power to the database (the data on disk stays). Returns once they
+    /// are all gone: an orphaned backend must not answer a query after this.
     pub fn kill(&mut self) {
+        let backends = self.backends();
         self.signal(rustix::process::Signal::KILL);
         if let Some(mut child) = self.child.take() {
             child.wait().ok();
         }
+        let started = std::time::Instant::now();
+        while backends
+            .iter()
+            .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "postgres backends outlived their server"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
-    /// A signal to the server's whole process group (`STOP`, `CONT`, ...).
+    /// The server's child processes (each backend is a session leader of
+    /// its own, so a signal to the server's process group misses them).
+    fn backends(&self) -> Vec<u32> {
+        let Some(server) = self.child.as_ref().map(Child::id) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        // "pid (comm) state ppid …": the name may hold spaces.
+                        let after = &stat[stat.rfind(')')? + 1..];
+                        after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                    })
+                    == Some(server)
+            })
+            .collect()
+    }
+
+    /// A signal to the server's process group and to each of its backends
+    /// (`STOP`, `CONT`, `KILL`, ...).
     pub fn signal(&self, signal: rustix::process::Signal) {
+        // The backends first: once the server is gone they are no longer its children.
+        for backend in self.backends() {
+            if let Some(pid) = rustix::process::Pid::from_raw(backend.cast_signed()) {
+                rustix::process::kill_process(pid, signal).ok();
+            }
+        }
         if let Some(pid) = self
             .child
             .as_ref()
