@@ -21,10 +21,12 @@ RUN mkdir -p src benches \
     && touch src/lib.rs \
     && cargo build --release --locked --bin gifts \
     && rm -rf src
-# Only what the binary is built from: editing tarantool/ or the docs does not
-# rebuild it. The commit (for --version and the logs) comes as a build
-# argument, since the build context has no .git.
+# Only what the binary is built from (the sources, and the analysts' page it
+# embeds): editing tarantool/ or the docs does not rebuild it. The commit
+# (for --version and the logs) comes as a build argument, since the build
+# context has no .git.
 COPY src ./src
+COPY ui ./ui
 ARG GIFTS_COMMIT=unknown
 RUN touch src/lib.rs src/main.rs && cargo build --release --locked --bin gifts
 
