@@ -77,7 +77,8 @@ struct Args {
     /// Seconds of each throughput run (0 skips throughput).
     #[arg(long, default_value_t = 3)]
     duration_secs: u64,
-    /// Backends to run: sqlite, tarantool, postgres (default: each that is installed).
+    /// Backends to run: sqlite, tarantool, postgres, postgres-fenced (postgres with reads
+    /// fenced, as over a cluster; not in the default), default: each that is installed.
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
     /// Measure only how long a big import (of --citizens) stalls a concurrent PATCH stream.
@@ -297,15 +298,22 @@ async fn start_server(
             tarantool = Some(KillOnDrop(child));
             format!("tarantool://gifts:bench@127.0.0.1:{port}")
         }
-        "postgres" => {
+        "postgres" | "postgres-fenced" => {
             let bin = postgres_bin().context("PostgreSQL is not installed")?;
             // Defaults but for room for the biggest imports' WAL.
             let server = PostgresServer::start_new(&bin, &["max_wal_size=4GB"]);
-            let url = server.url();
+            let mut url = server.url();
+            if backend == "postgres-fenced" {
+                // The one server named twice: the service fences every read as
+                // it does over a cluster's hosts (docs/high-availability.md).
+                let (head, tail) = url.split_once('@').context("a URL with a host")?;
+                let host = &tail[..tail.find('/').context("a URL with a database")?];
+                url = format!("{head}@{host},{tail}");
+            }
             postgres = Some(server);
             url
         }
-        other => bail!("unknown backend {other:?} (sqlite, tarantool, postgres)"),
+        other => bail!("unknown backend {other:?} (sqlite, tarantool, postgres, postgres-fenced)"),
     };
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");

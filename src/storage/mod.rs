@@ -16,6 +16,7 @@ pub(crate) mod deadline;
 pub mod iproto;
 pub(crate) mod metered;
 pub mod postgres;
+pub mod primary;
 mod row;
 pub mod sqlite;
 pub mod tarantool;

@@ -25,21 +25,26 @@
 //!   standby → 503 `Unavailable` (the transaction was rolled back: nothing
 //!   applied); a write whose `COMMIT` got no answer → 504 `OutcomeUnknown`.
 //!   Every request's waits together are bounded by `--postgres-timeout-secs`
-//!   (also the server-side `statement_timeout`). The pool reconnects by
-//!   itself; a lost primary is found again through the URL's hosts.
+//!   (also the server-side `statement_timeout`, which cannot cut a `COMMIT`
+//!   short: the service's own bound on the request ends first). The pool
+//!   reconnects by itself; a lost or stalled primary is found again through
+//!   the URL's hosts, and with several hosts every read is fenced against a
+//!   superseded primary ([`super::primary`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use deadpool::managed::{Object, Pool as DeadPool, PoolError as DeadPoolError};
+use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row};
 
 use super::deadline;
+use super::primary::{self, ConnectError, HostManager, Hosts};
 use super::row::{StoredCitizen, StoredDate};
 use super::{
     Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, summary_of,
@@ -224,9 +229,13 @@ const COPY_TYPES: [Type; 10] = [
     Type::INT8_ARRAY,
 ];
 
+type Pool = DeadPool<HostManager>;
+type PoolError = DeadPoolError<ConnectError>;
+
 /// The PostgreSQL store.
 pub struct PostgresStorage {
     pool: Pool,
+    hosts: Arc<Hosts>,
     timeout: Duration,
     shown: String,
     /// True once the schema is known to be up to date.
@@ -249,7 +258,6 @@ enum Kind {
 }
 
 /// One request's dealings with PostgreSQL.
-#[derive(Default)]
 struct Call {
     /// Set by a write just before it sends `COMMIT`: from then on a failure
     /// leaves the outcome unknown.
@@ -257,17 +265,46 @@ struct Call {
     /// Set when the request gave up waiting: its connections may still
     /// have answers on the way, so they are closed rather than reused.
     abandoned: AtomicBool,
+    /// Set when its answer is a read (no commit of its own): with several
+    /// hosts, it is released only after a fence ([`Hosts::confirm`]).
+    fenced: AtomicBool,
+    /// The host of its last connection (`usize::MAX`: none yet).
+    host: AtomicUsize,
+}
+
+impl Default for Call {
+    fn default() -> Self {
+        Self {
+            committing: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            host: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+impl Call {
+    /// A call whose answer is a read.
+    fn read() -> Self {
+        let call = Self::default();
+        call.fenced.store(true, Ordering::Release);
+        call
+    }
+
+    fn host(&self) -> Option<usize> {
+        Some(self.host.load(Ordering::Acquire)).filter(|&h| h != usize::MAX)
+    }
 }
 
 /// A pooled connection of a [`Call`]: back to the pool when dropped,
 /// unless the call was abandoned.
 struct Conn<'a> {
-    object: Option<deadpool_postgres::Object>,
+    object: Option<Object<HostManager>>,
     call: &'a Call,
 }
 
 impl std::ops::Deref for Conn<'_> {
-    type Target = deadpool_postgres::Object;
+    type Target = Object<HostManager>;
 
     fn deref(&self) -> &Self::Target {
         self.object.as_ref().expect("held until dropped")
@@ -285,7 +322,7 @@ impl Drop for Conn<'_> {
         if self.call.abandoned.load(Ordering::Acquire)
             && let Some(object) = self.object.take()
         {
-            drop(deadpool_postgres::Object::take(object));
+            drop(Object::take(object));
         }
     }
 }
@@ -334,25 +371,32 @@ impl PostgresStorage {
             "-c statement_timeout={millis} -c idle_in_transaction_session_timeout={}",
             millis * 2
         ));
-        config.connect_timeout(timeout.min(Duration::from_secs(5)));
+        config.connect_timeout(primary::ATTEMPT);
+        // A host that vanished (its machine lost, the network cut) is noticed
+        // by the kernel: probes after 5 s idle, unacknowledged data given up
+        // after 8 s. A stalled server's kernel still answers both; the bounds
+        // of `primary` cover that.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(1));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(8));
         config.application_name("gifts");
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
+        let hosts = Hosts::new(&config);
+        // Each host's attempt is bounded by `primary::ATTEMPT`; making one
+        // connection may try every host.
+        let create = primary::ATTEMPT * u32::try_from(config.get_hosts().len()).unwrap_or(1);
+        let pool = Pool::builder(HostManager(Arc::clone(&hosts)))
             .max_size(pool_size.max(1))
             .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout.min(Duration::from_secs(5))))
+            .create_timeout(Some(create.min(timeout)))
             .recycle_timeout(Some(Duration::from_secs(5)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(StorageError::internal)?;
         let storage = Self {
             pool,
+            hosts,
             timeout,
             shown: address.shown.clone(),
             migrated: AtomicBool::new(false),
@@ -377,8 +421,10 @@ impl PostgresStorage {
 
     /// A connection from the pool for `call`.
     async fn conn<'a>(&self, call: &'a Call) -> Result<Conn<'a>, Fail> {
+        let object = self.pool.get().await?;
+        call.host.store(object.host, Ordering::Release);
         Ok(Conn {
-            object: Some(self.pool.get().await?),
+            object: Some(object),
             call,
         })
     }
@@ -470,6 +516,13 @@ impl PostgresStorage {
             // Its connections may still get answers: closed, not reused.
             call.abandoned.store(true, Ordering::Release);
             drop(op);
+            if let Some(host) = call.host()
+                && self.hosts.fencing()
+            {
+                // Slow, or stalled? A fence tells, and forsakes a stalled host.
+                let hosts = Arc::clone(&self.hosts);
+                tokio::spawn(async move { hosts.confirm(host).await });
+            }
             let why = format!("postgresql: no answer within {budget:?}");
             return Err(
                 if kind == Kind::Write && call.committing.load(Ordering::Acquire) {
@@ -481,6 +534,7 @@ impl PostgresStorage {
         };
         let error = match result {
             Ok(value) => {
+                self.fence(call).await?;
                 if self.refused.swap(false, Ordering::AcqRel) {
                     tracing::info!(store = %self.shown, "postgresql accepts the service again");
                 }
@@ -491,7 +545,15 @@ impl PostgresStorage {
             }
             Err(Fail::Store(e)) => e,
             Err(Fail::Pool(e)) => pool_error(e, kind, call.committing.load(Ordering::Acquire)),
-            Err(Fail::Pg(e)) => pg_error(&e, kind, call.committing.load(Ordering::Acquire)),
+            Err(Fail::Pg(e)) => {
+                if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+                    && let Some(host) = call.host()
+                {
+                    // A standby now: its connections are of no use.
+                    self.hosts.forsake(host);
+                }
+                pg_error(&e, kind, call.committing.load(Ordering::Acquire))
+            }
         };
         if matches!(error, StorageError::Misconfigured(_))
             && !self.newer_schema.load(Ordering::Acquire)
@@ -503,6 +565,26 @@ impl PostgresStorage {
             tracing::error!(store = %self.shown, error = %error, "postgresql has no room: writes get 507 until it does");
         }
         Err(error)
+    }
+
+    /// With several hosts, waits until the host that served `call`'s read
+    /// is proven to be the primary still (see [`super::primary`]).
+    async fn fence(&self, call: &Call) -> Result<(), StorageError> {
+        if !self.hosts.fencing() || !call.fenced.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(host) = call.host() else {
+            return Ok(());
+        };
+        let left = deadline::remaining(self.timeout);
+        match tokio::time::timeout(left, self.hosts.confirm(host)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(StorageError::Unavailable(format!("postgresql: {why}"))),
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "postgresql: {} did not confirm it is still the primary within {left:?}",
+                self.hosts.name(host)
+            ))),
+        }
     }
 
     /// The schema, then `op`.
@@ -539,6 +621,8 @@ impl PostgresStorage {
                 )
                 .await?;
             if let Some(held) = held {
+                // Nothing written: the answer is a read, fenced like one.
+                call.fenced.store(true, Ordering::Release);
                 let import = import_id(held.get(1))?;
                 let hash: Vec<u8> = held.get(0);
                 return if hash == body_hash[..] {
@@ -1021,7 +1105,10 @@ fn read_citizen(row: &Row) -> Result<Citizen, StorageError> {
 /// What a pool failure means for the client.
 fn pool_error(error: PoolError, kind: Kind, committing: bool) -> StorageError {
     match error {
-        PoolError::Backend(e) => pg_error(&e, kind, committing),
+        PoolError::Backend(ConnectError::Pg(e)) => pg_error(&e, kind, committing),
+        PoolError::Backend(ConnectError::NoAnswer(why)) => {
+            StorageError::Unavailable(format!("postgresql: {why}"))
+        }
         PoolError::Timeout(_) => {
             StorageError::Unavailable("postgresql: no connection free or made in time".into())
         }
@@ -1108,13 +1195,13 @@ impl Storage for PostgresStorage {
     }
 
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
-        let call = Call::default();
+        let call = Call::read();
         self.call(Kind::Read, &call, self.citizens_tx(&call, import))
             .await
     }
 
     async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
-        let call = Call::default();
+        let call = Call::read();
         self.call(Kind::Read, &call, self.presents_tx(&call, import))
             .await
     }
@@ -1123,13 +1210,13 @@ impl Storage for PostgresStorage {
         &self,
         import: ImportId,
     ) -> Result<(Version, Vec<TownDates>), StorageError> {
-        let call = Call::default();
+        let call = Call::read();
         self.call(Kind::Read, &call, self.town_dates_tx(&call, import))
             .await
     }
 
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
-        let call = Call::default();
+        let call = Call::read();
         self.call(
             Kind::Read,
             &call,
@@ -1151,7 +1238,7 @@ impl Storage for PostgresStorage {
         limit: usize,
         before: Option<ImportId>,
     ) -> Result<Vec<ImportInfo>, StorageError> {
-        let call = Call::default();
+        let call = Call::read();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let before = before.map_or(i64::MAX, ImportId::get);
         self.call(Kind::Read, &call, async {
