@@ -54,8 +54,8 @@ impl Backend {
 
 pub use crate::support::{KillOnDrop, free_port};
 use crate::support::{
-    PostgresServer, app_lua, peak_rss_kib, poll, postgres_bin, tarantool_command,
-    tarantool_installed,
+    PostgresServer, app_lua, find_postgres_bin, peak_rss_kib, poll, postgres_bin,
+    tarantool_command, tarantool_installed,
 };
 
 /// True when Tarantool tests can run; with `CI=true` a missing `tarantool` fails the test.
@@ -75,17 +75,17 @@ pub fn tarantool_available(test: &str) -> bool {
 
 /// True when PostgreSQL tests can run; with `CI=true` a missing PostgreSQL fails the test.
 pub fn postgres_available(test: &str) -> bool {
-    let found = postgres_bin().is_some();
-    if !found {
+    let found = find_postgres_bin();
+    if let Err(why) = &found {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but PostgreSQL's `initdb` and `postgres` are missing (apt-get install -y postgresql)"
+            "CI=true but PostgreSQL is missing (apt-get install -y postgresql): {why}"
         );
         skipped(&format!(
-            "postgres::{test}: no PostgreSQL (`initdb`, `postgres`) on PATH or in /usr/lib/postgresql (apt-get install -y postgresql)"
+            "postgres::{test}: no PostgreSQL (apt-get install -y postgresql): {why}"
         ));
     }
-    found
+    found.is_ok()
 }
 
 /// True when the failover test can run: Patroni, etcd and PostgreSQL
@@ -95,15 +95,20 @@ pub fn ha_available(test: &str) -> bool {
         std::env::var_os("PATH")
             .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
     };
-    let found =
-        on_path("patroni") && on_path("etcd") && on_path("curl") && postgres_bin().is_some();
+    // Patroni itself comes from PyPI: deploy/ha/cluster.sh installs it (pinned)
+    // into a virtual environment of Debian's python3.
+    let venv = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    let found = venv && on_path("etcd") && on_path("curl") && postgres_bin().is_some();
     if !found {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but Patroni, etcd, curl or PostgreSQL is missing (apt-get install -y patroni etcd-server curl postgresql)"
+            "CI=true but etcd, curl, PostgreSQL or python3-venv is missing (apt-get install -y etcd-server curl postgresql python3-venv)"
         );
         skipped(&format!(
-            "failover::{test}: needs patroni, etcd, curl and PostgreSQL (apt-get install -y patroni etcd-server curl postgresql)"
+            "failover::{test}: needs etcd, curl, PostgreSQL and python3-venv (apt-get install -y etcd-server curl postgresql python3-venv)"
         ));
     }
     found
@@ -514,6 +519,29 @@ impl TestApp {
     pub async fn patch(&self, import: i64, citizen: u64, body: &Value) -> (StatusCode, Value) {
         self.patch_raw(import, citizen, serde_json::to_vec(body).unwrap())
             .await
+    }
+
+    /// PATCH a citizen as a careful client does: a 503 (not applied, safe
+    /// to retry) is retried until another answer, within two minutes. For
+    /// tests of what concurrent PATCHes leave behind, where a 503 under a
+    /// busy machine's load (a PATCH queued past its budget behind the others
+    /// on the import's lock) is the contract's answer, not a failure.
+    pub async fn patch_applied(
+        &self,
+        import: i64,
+        citizen: u64,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let answer = poll(Duration::from_secs(120), || async {
+            let (status, body) = self.patch(import, citizen, body).await;
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                Err((status, body))
+            } else {
+                Ok((status, body))
+            }
+        })
+        .await;
+        answer.unwrap_or_else(|last| last)
     }
 
     /// PATCH a citizen with raw bytes.

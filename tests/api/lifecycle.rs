@@ -138,7 +138,7 @@ async fn patches_racing_a_delete_complete_before_it_or_get_404(backend: Backend)
         .map(|k| {
             let app = std::sync::Arc::clone(&app);
             tokio::spawn(async move {
-                app.patch(import, k % 200, &json!({"name": format!("P{k}")}))
+                app.patch_applied(import, k % 200, &json!({"name": format!("P{k}")}))
                     .await
                     .0
             })

@@ -435,7 +435,7 @@ async fn random_patch_sequences_match_a_model_of_the_relation(backend: Backend) 
 }
 
 async fn concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
     let n = 12u64;
     let import = app
         .import((0..n).map(|id| citizen(id, &[])).collect())
@@ -445,16 +445,12 @@ async fn concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric(bac
     for _ in 0..200 {
         let me = rng.below(n);
         let new: BTreeSet<u64> = (0..rng.below(5)).map(|_| rng.below(n)).collect();
-        let client = app.client.clone();
-        let url = app.url(&format!("/imports/{import}/citizens/{me}"));
+        let app = std::sync::Arc::clone(&app);
         tasks.push(tokio::spawn(async move {
-            let response = client
-                .patch(url)
-                .body(json!({ "relatives": new }).to_string())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
+            let (status, body) = app
+                .patch_applied(import, me, &json!({ "relatives": new }))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
         }));
     }
     for task in tasks {

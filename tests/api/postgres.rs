@@ -2,6 +2,7 @@
 //! instances, the user and password it is given, statements over their
 //! time, and a `COMMIT` whose answer never comes.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,9 @@ use serde_json::{Value, json};
 use crate::helpers::{
     Backend, Binary, KillOnDrop, TestApp, TestStore, get_json, postgres_available, spec_example,
 };
-use crate::support::{POSTGRES_PASSWORD, poll, postgres_bin, psql_query};
+use crate::support::{
+    POSTGRES_PASSWORD, find_postgres_bin, find_postgres_bin_in, poll, postgres_bin, psql_query,
+};
 
 /// The store's database URL with another password or port.
 fn url(store: &TestStore, password: &str, port: Option<u16>) -> String {
@@ -319,4 +322,209 @@ async fn a_commit_that_gets_no_answer_is_504_and_the_retry_with_its_key_finds_th
     );
     assert_eq!(app.citizens(first + 1).await, spec_example());
     assert_eq!(app.import(vec![]).await, first + 2, "stored once");
+}
+
+/// A TCP proxy in front of PostgreSQL that can stall as a frozen server
+/// does: its kernel still accepts connections, but once `stalled` nothing
+/// more is passed either way (what was sent waits, unanswered).
+struct StallingProxy {
+    port: u16,
+    stalled: Arc<AtomicBool>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StallingProxy {
+    async fn start(upstream: String, stalled: bool) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(stalled));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (shared, count) = (Arc::clone(&stalled), Arc::clone(&accepted));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Self::pass(client_read, server_write, Arc::clone(&shared)));
+                tokio::spawn(Self::pass(server_read, client_write, Arc::clone(&shared)));
+            }
+        });
+        Self {
+            port,
+            stalled,
+            accepted,
+        }
+    }
+
+    async fn pass(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        stalled: Arc<AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if stalled.load(Ordering::SeqCst) {
+                // Frozen: hold the connection open, pass nothing, ever.
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The URL of `store` with these hosts' ports, in this order.
+fn url_with_ports(store: &TestStore, ports: &[u16]) -> String {
+    let flag = store.flag();
+    let (head, tail) = flag.rsplit_once(':').expect("a port");
+    let (user, host) = head.rsplit_once('@').expect("a host");
+    let path = &tail[tail.find('/').expect("a database")..];
+    let hosts: Vec<String> = ports.iter().map(|p| format!("{host}:{p}")).collect();
+    format!("{user}@{}{path}", hosts.join(","))
+}
+
+/// The port of the store's PostgreSQL.
+fn store_port(store: &TestStore) -> u16 {
+    let StorageUrl::Postgres(address) = store.url() else {
+        unreachable!()
+    };
+    match address.config().get_ports() {
+        [port] => *port,
+        ports => panic!("one port: {ports:?}"),
+    }
+}
+
+/// A host that accepts TCP and never answers (a stalled server), first in
+/// the URL: each new connection gives it one bounded attempt at most, and
+/// once passed over it is tried last — the service works through the next
+/// host instead of waiting on the first until the pool gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_host_first_in_the_url_is_passed_over_and_then_tried_last() {
+    if !postgres_available("stalled_host_first") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Postgres));
+    let hole = StallingProxy::start(format!("127.0.0.1:{}", store_port(&store)), true).await;
+    let config = Config::with_storage(
+        url_with_ports(&store, &[hole.port, store_port(&store)])
+            .parse()
+            .unwrap(),
+    );
+    let app = TestApp::launch(Arc::clone(&store), config).await;
+    let id = app.import(spec_example()).await;
+    assert_eq!(app.citizens(id).await, spec_example());
+    let tried = hole.accepted.load(Ordering::SeqCst);
+    assert!(tried >= 1, "the first host was tried first");
+    // Many requests at once: the pool opens more connections, none of
+    // them to the stalled host.
+    let reads: Vec<_> = (0..16)
+        .map(|_| {
+            let read = app
+                .client
+                .get(app.url(&format!("/imports/{id}/citizens")))
+                .send();
+            tokio::spawn(read)
+        })
+        .collect();
+    for read in reads {
+        assert_eq!(read.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        hole.accepted.load(Ordering::SeqCst),
+        tried,
+        "a stalled host is tried last"
+    );
+}
+
+/// The host in use stalls mid-way (every pooled connection to it hangs):
+/// the fence of a read fails within its bound, the host is left (its
+/// connections never handed out again), and requests go through the other
+/// host; what was answered meanwhile is 503, never a hang past the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stalls_in_use_is_left_for_the_next_one() {
+    if !postgres_available("stalls_in_use") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Postgres));
+    let port = store_port(&store);
+    let first = StallingProxy::start(format!("127.0.0.1:{port}"), false).await;
+    let second = StallingProxy::start(format!("127.0.0.1:{port}"), false).await;
+    let mut config = Config::with_storage(
+        url_with_ports(&store, &[first.port, second.port])
+            .parse()
+            .unwrap(),
+    );
+    config.postgres_timeout_secs = 5;
+    let app = TestApp::launch(Arc::clone(&store), config).await;
+    let id = app.import(spec_example()).await;
+    assert_eq!(app.citizens(id).await, spec_example());
+    assert_eq!(
+        second.accepted.load(Ordering::SeqCst),
+        0,
+        "the first host serves"
+    );
+
+    first.stalled.store(true, Ordering::SeqCst);
+    let statuses = poll(Duration::from_secs(60), || async {
+        let response = app
+            .client
+            .get(app.url(&format!("/imports/{id}/citizens")))
+            .send()
+            .await
+            .unwrap();
+        match response.status() {
+            StatusCode::OK => Ok(()),
+            StatusCode::SERVICE_UNAVAILABLE => Err(503),
+            other => panic!("only 503 while the host is left, then 200: {other}"),
+        }
+    })
+    .await;
+    assert_eq!(statuses, Ok(()), "reads come back through the second host");
+    assert!(second.accepted.load(Ordering::SeqCst) >= 1);
+    // Writes too, and what they wrote is read back.
+    let next = app.import(spec_example()).await;
+    assert_eq!(next, id + 1);
+    assert_eq!(app.citizens(next).await, spec_example());
+}
+
+/// A `PATH` directory early on that links some of PostgreSQL's programs
+/// (`initdb`, `postgres`, `pg_ctl`) but not `psql`, as one machine image
+/// does: the tests follow the links to the directory that has them all.
+#[test]
+fn postgres_programs_are_found_through_a_directory_of_symlinks() {
+    if !postgres_available("programs_through_symlinks") {
+        return;
+    }
+    let real = find_postgres_bin().unwrap();
+    let links = tempfile::tempdir().unwrap();
+    for tool in ["initdb", "postgres", "pg_ctl"] {
+        std::os::unix::fs::symlink(real.join(tool), links.path().join(tool)).unwrap();
+    }
+    let path = std::env::join_paths([links.path(), Path::new("/usr/bin")]).unwrap();
+    let found = find_postgres_bin_in(&path).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(found).unwrap(),
+        std::fs::canonicalize(&real).unwrap()
+    );
+    // A directory with some of them and nothing to follow is passed over
+    // (for Debian's), or named with what it lacks when nothing has them all.
+    let partial = tempfile::tempdir().unwrap();
+    std::fs::write(partial.path().join("initdb"), "").unwrap();
+    match find_postgres_bin_in(partial.path().as_os_str()) {
+        Ok(found) => assert_ne!(found, partial.path(), "a directory with initdb alone"),
+        Err(why) => assert!(
+            why.contains(&format!(
+                "{} lacks postgres, pg_ctl, psql",
+                partial.path().display()
+            )),
+            "{why}"
+        ),
+    }
 }

@@ -245,7 +245,9 @@ async fn overlapping_patches_through_two_instances_keep_relatives_symmetric(back
         let me = 1 + k % n;
         let new: Vec<u64> = (1..=n).filter(|other| (other + k) % 3 == 0).collect();
         tasks.push(tokio::spawn(async move {
-            let (status, body) = app.patch(import, me, &json!({ "relatives": new })).await;
+            let (status, body) = app
+                .patch_applied(import, me, &json!({ "relatives": new }))
+                .await;
             assert_eq!(status, StatusCode::OK, "{body}");
         }));
     }

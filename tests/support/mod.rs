@@ -92,28 +92,69 @@ where
     }
 }
 
-/// The directory of PostgreSQL's server programs (`initdb`, `postgres`,
-/// `psql`): from `PATH`, else the newest of Debian's
-/// `/usr/lib/postgresql/N/bin` (the `postgresql` package puts them there,
-/// not on `PATH`).
+/// The PostgreSQL programs the tests and benchmarks run, all from one
+/// directory (one version).
+pub const POSTGRES_TOOLS: [&str; 4] = ["initdb", "postgres", "pg_ctl", "psql"];
+
+/// The directory of PostgreSQL's programs ([`POSTGRES_TOOLS`]), or `None`
+/// (see [`find_postgres_bin`] for why).
 pub fn postgres_bin() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
-    });
-    on_path.or_else(|| {
-        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|entry| {
-                let entry = entry.ok()?;
-                let version = entry.file_name().to_str()?.parse().ok()?;
-                let bin = entry.path().join("bin");
-                bin.join("initdb").is_file().then_some((version, bin))
-            })
+    find_postgres_bin().ok()
+}
+
+/// The directory of PostgreSQL's programs: the first that holds every one
+/// of [`POSTGRES_TOOLS`], among the directories of each `initdb` on `PATH`
+/// with symlinks followed (a machine may link some of the programs into
+/// `/usr/local/bin`, and not `psql`), then Debian's `/usr/lib/postgresql/N/bin`,
+/// newest first (the `postgresql` package puts them there, not on `PATH`).
+/// The error names every directory looked at and what it lacked.
+pub fn find_postgres_bin() -> Result<PathBuf, String> {
+    find_postgres_bin_in(&std::env::var_os("PATH").unwrap_or_default())
+}
+
+/// [`find_postgres_bin`] with `path` for `PATH`.
+pub fn find_postgres_bin_in(path: &std::ffi::OsStr) -> Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for dir in std::env::split_paths(path) {
+        let initdb = dir.join("initdb");
+        if initdb.is_file() {
+            let real = std::fs::canonicalize(&initdb).unwrap_or(initdb);
+            if let Some(parent) = real.parent() {
+                candidates.push(parent.to_path_buf());
+            }
+            candidates.push(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .collect();
+    versions.sort();
+    candidates.extend(versions.into_iter().rev().map(|(_, bin)| bin));
+    let mut looked = Vec::new();
+    for dir in candidates {
+        let missing: Vec<&str> = POSTGRES_TOOLS
+            .into_iter()
+            .filter(|tool| !dir.join(tool).is_file())
             .collect();
-        versions.sort();
-        versions.pop().map(|(_, bin)| bin)
-    })
+        if missing.is_empty() {
+            return Ok(dir);
+        }
+        looked.push(format!("{} lacks {}", dir.display(), missing.join(", ")));
+    }
+    if looked.is_empty() {
+        looked.push("no initdb on PATH, nothing in /usr/lib/postgresql".into());
+    }
+    Err(format!(
+        "no directory holds all of {}: {}",
+        POSTGRES_TOOLS.join(", "),
+        looked.join("; ")
+    ))
 }
 
 /// The password of the test clusters' superuser `gifts`.
