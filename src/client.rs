@@ -24,10 +24,11 @@ const GZIP_FROM: usize = 64 * 1024;
 /// Bytes per body frame, and so per progress-bar step.
 const CHUNK: usize = 256 * 1024;
 
-/// Uploads `file` (`-` for standard input) to `{base}/imports`; prints the
-/// result and returns the process exit code: 0 when stored, 1 otherwise.
-pub async fn import(file: &Path, base: &str, timeout: Duration) -> i32 {
-    match run(file, base, timeout).await {
+/// Uploads `file` (`-` for standard input) to `{base}/imports`, with
+/// `token` as a bearer token if given; prints the result and returns the
+/// process exit code: 0 when stored, 1 otherwise.
+pub async fn import(file: &Path, base: &str, timeout: Duration, token: Option<&str>) -> i32 {
+    match run(file, base, timeout, token).await {
         Ok(line) => {
             println!("{line}");
             0
@@ -39,7 +40,12 @@ pub async fn import(file: &Path, base: &str, timeout: Duration) -> i32 {
     }
 }
 
-async fn run(file: &Path, base: &str, timeout: Duration) -> anyhow::Result<String> {
+async fn run(
+    file: &Path,
+    base: &str,
+    timeout: Duration,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
     let body = read_input(file)?;
     let count = count_citizens(&body);
     let base = base.trim_end_matches('/');
@@ -51,13 +57,13 @@ async fn run(file: &Path, base: &str, timeout: Duration) -> anyhow::Result<Strin
     let work = async {
         if body.len() >= GZIP_FROM {
             let compressed = gzip(&body)?;
-            let response = send(&url, compressed, true).await?;
+            let response = send(&url, compressed, true, token).await?;
             // A service that does not take gzip says 415: send it plain.
             if response.0 != StatusCode::UNSUPPORTED_MEDIA_TYPE {
                 return Ok(response);
             }
         }
-        send(&url, Bytes::from(body), false).await
+        send(&url, Bytes::from(body), false, token).await
     };
     let (status, answer) = tokio::time::timeout(timeout, work)
         .await
@@ -105,6 +111,15 @@ fn describe_error(status: StatusCode, json: &serde_json::Value) -> String {
     }
     if let Some(citizen) = error["citizen_id"].as_u64() {
         let _ = write!(text, "\n  citizen: {citizen}");
+    }
+    match status {
+        StatusCode::UNAUTHORIZED => text.push_str(
+            "\n  the service needs an access token: pass --token TOKEN or set GIFTS_TOKEN (one with the `write` scope)",
+        ),
+        StatusCode::FORBIDDEN => {
+            text.push_str("\n  the token lacks the `write` scope (see `gifts token new --help`)");
+        }
+        _ => {}
     }
     text
 }
@@ -162,7 +177,12 @@ fn thousands(n: u64) -> String {
     out
 }
 
-async fn send(url: &str, body: Bytes, gzipped: bool) -> anyhow::Result<(StatusCode, Bytes)> {
+async fn send(
+    url: &str,
+    body: Bytes,
+    gzipped: bool,
+    token: Option<&str>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let bar = ProgressBar::new(body.len() as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -177,6 +197,9 @@ async fn send(url: &str, body: Bytes, gzipped: bool) -> anyhow::Result<(StatusCo
         .header("content-length", body.len());
     if gzipped {
         request = request.header("content-encoding", "gzip");
+    }
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
     }
     let request = request.body(Upload {
         data: body,

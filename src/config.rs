@@ -76,6 +76,10 @@ pub enum Command {
         /// Seconds to wait for the whole upload and the answer.
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_secs: u64,
+        /// Access token, sent as `Authorization: Bearer TOKEN`: a service run with
+        /// --tokens-file needs one with the `write` scope (`gifts token new`).
+        #[arg(long, env = "GIFTS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 

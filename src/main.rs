@@ -24,12 +24,14 @@ async fn main() -> anyhow::Result<()> {
             file,
             url,
             timeout_secs,
+            token,
         }) => {
             let base = match url {
                 Some(url) => url,
                 None => format!("http://{}", healthcheck::target(&config.listen)?),
             };
-            let code = client::import(&file, &base, Duration::from_secs(timeout_secs)).await;
+            let timeout = Duration::from_secs(timeout_secs);
+            let code = client::import(&file, &base, timeout, token.as_deref()).await;
             std::process::exit(code)
         }
         Some(Command::Token {

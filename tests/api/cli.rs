@@ -11,10 +11,16 @@ use crate::helpers::{
 };
 
 fn gifts(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    gifts_with_env(args, stdin, &[])
+}
+
+fn gifts_with_env(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gifts"))
         .args(args)
         .env_remove("GIFTS_URL")
         .env_remove("GIFTS_LISTEN")
+        .env_remove("GIFTS_TOKEN")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -128,4 +134,74 @@ async fn gifts_healthcheck_takes_listen_after_the_subcommand() {
         None,
     );
     assert!(!output.status.success());
+}
+
+/// A service with `--tokens-file` answers 401 to an import without a
+/// token: the client says how to give one; `--token` and `GIFTS_TOKEN`
+/// send it; a token without the `write` scope is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gifts_import_sends_a_token_from_the_flag_or_the_environment() {
+    use gifts::http::auth::{Scope, new_token};
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, write_line) = new_token("uploader", &[Scope::Write]).unwrap();
+    let (reader, read_line) = new_token("analyst", &[Scope::Read]).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{write_line}\n{read_line}\n")).unwrap();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.tokens_file = Some(tokens.clone())).await;
+    let file = dir.path().join("import.json");
+    std::fs::write(&file, json!({ "citizens": spec_example() }).to_string()).unwrap();
+    let path = file.display().to_string();
+    let base = app.base.clone();
+    let run = move |extra: Vec<String>, env: Vec<(String, String)>| {
+        let (path, base) = (path.clone(), base.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["import".to_owned(), path, "--url".to_owned(), base];
+            args.extend(extra);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            gifts_with_env(&args, None, &env)
+        })
+    };
+
+    let output = run(vec![], vec![]).await.unwrap();
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(
+        stderr.contains("--token TOKEN or set GIFTS_TOKEN"),
+        "{stderr}"
+    );
+
+    let output = run(vec!["--token".into(), reader.clone()], vec![])
+        .await
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("403"), "{stderr}");
+    assert!(stderr.contains("lacks the `write` scope"), "{stderr}");
+
+    let output = run(vec!["--token".into(), writer.clone()], vec![])
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).starts_with("import 1: 3 citizens stored in "));
+
+    let output = run(vec![], vec![("GIFTS_TOKEN".into(), writer.clone())])
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).starts_with("import 2: 3 citizens stored in "));
+    let listed = app
+        .client
+        .get(app.url("/imports/2/citizens"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
+    assert_eq!(listed["data"], json!(spec_example()));
 }
