@@ -25,17 +25,42 @@ pub fn target(listen: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// Succeeds when `GET http://{addr}/readyz` answers 200 within `timeout`.
+/// The error is one line: what failed, where, and what to check.
 pub async fn check(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let uri = format!("http://{addr}/readyz").parse()?;
-    let response = tokio::time::timeout(timeout, client.get(uri))
-        .await
-        .with_context(|| format!("no answer from {addr} within {timeout:?}"))?
-        .with_context(|| format!("cannot reach {addr}"))?;
+    let Ok(answer) = tokio::time::timeout(timeout, client.get(uri)).await else {
+        bail!(
+            "no answer from http://{addr}/readyz within {timeout:?}: is the service there busy or stuck? (--timeout-secs waits longer)"
+        );
+    };
+    let response = answer.map_err(|e| {
+        // hyper's chain (client error, connect error, the OS's) says one
+        // thing: the last link.
+        let cause = std::error::Error::source(&e)
+            .map_or_else(|| e.to_string(), |s| root_cause(s).to_string());
+        anyhow::anyhow!(
+            "cannot reach the service at {addr}: {cause}; is it running, and is --listen (GIFTS_LISTEN) its address?"
+        )
+    })?;
     if !response.status().is_success() {
-        bail!("{addr}/readyz answered {}", response.status());
+        bail!(
+            "http://{addr}/readyz answered {}: the service is up but not ready (draining, or its store is not writable; its log says which)",
+            response.status()
+        );
     }
     Ok(())
+}
+
+/// The innermost error of a chain.
+fn root_cause<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    let mut error = error;
+    while let Some(source) = error.source() {
+        error = source;
+    }
+    error
 }
 
 #[cfg(test)]

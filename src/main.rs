@@ -18,7 +18,12 @@ async fn main() -> anyhow::Result<()> {
     match command {
         Some(Command::Healthcheck { timeout_secs }) => {
             let addr = healthcheck::target(&config.listen)?;
-            healthcheck::check(addr, Duration::from_secs(timeout_secs)).await
+            // One line on failure, as `import` prints (no cause chain, no backtrace).
+            if let Err(e) = healthcheck::check(addr, Duration::from_secs(timeout_secs)).await {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Some(Command::Import {
             file,

@@ -81,7 +81,7 @@ pub enum AppError {
     InsufficientStorage(String),
     /// 503: the store does not answer; the request was not applied, retry later.
     #[error(
-        "storage unavailable: the request was not applied; retry later (GET /health tells when the store is back)"
+        "storage unavailable: the service's database did not answer, so the request was not applied; retry later"
     )]
     Unavailable(String),
     /// 503: the store refuses this service (wrong password, missing grants):

@@ -128,12 +128,22 @@ async fn gifts_healthcheck_takes_listen_after_the_subcommand() {
             .await
             .unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
+    // Nothing listening: one line, what, where and what to check; no cause
+    // chain and no backtrace, even when asked for one.
     let dead = format!("127.0.0.1:{}", free_port());
-    let output = gifts(
+    let output = gifts_with_env(
         &["healthcheck", "--listen", &dead, "--timeout-secs", "2"],
         None,
+        &[("RUST_BACKTRACE", "1")],
     );
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert_eq!(
+        stderr,
+        format!(
+            "error: cannot reach the service at {dead}: Connection refused (os error 111); is it running, and is --listen (GIFTS_LISTEN) its address?\n"
+        )
+    );
 }
 
 /// A service with `--tokens-file` answers 401 to an import without a
