@@ -170,7 +170,8 @@ pub struct Config {
     #[arg(long, env = "GIFTS_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: AddressList,
 
-    /// Seconds a Tarantool call may take before the request fails with 503.
+    /// Seconds a Tarantool call may take; then 503 (not applied) or, for a write sent
+    /// and unanswered, 504 (it may have been applied).
     #[arg(long, env = "GIFTS_TARANTOOL_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tarantool_timeout_secs: u64,
 

@@ -1,6 +1,7 @@
 //! gifts — a REST service that stores citizen imports for a gift shop and
 //! answers how many presents each citizen buys per month and the age
-//! percentiles per town. The contract is `docs/api.md`; decisions are in `README.md`.
+//! percentiles per town. The contract is `docs/api.md`; decisions are in
+//! `docs/decisions.md` (the README indexes the rest).
 //!
 //! # Layout
 //! - [`config`]: one `Config` from defaults, `GIFTS_*` environment and flags.

@@ -986,7 +986,7 @@ mod tests {
 
     #[test]
     fn imports_are_chunked_from_32_769_citizens_in_chunks_of_8_192() {
-        // As the README says: up to 32,768 citizens one write (faster for
+        // As docs/storage.md says: up to 32,768 citizens one write (faster for
         // them), past that 8,192 per write (about 25 ms each).
         assert_eq!((CHUNKED_FROM, IMPORT_CHUNK), (32_768, 8_192));
     }
