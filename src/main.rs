@@ -57,7 +57,29 @@ async fn main() -> anyhow::Result<()> {
                         config.listen
                     )
                 })?;
-            startup::run(config, listener, startup::shutdown_signal()).await
+            if let Err(e) = startup::run(config, listener, startup::shutdown_signal()).await {
+                // One line, each cause once (a storage error often repeats its own).
+                eprintln!("error: {}", one_line(&e));
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
+}
+
+/// An error and its causes as one line, `what: why: why`, skipping a cause
+/// whose text the line already holds.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

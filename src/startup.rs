@@ -90,7 +90,8 @@ fn open_tokens(config: &Config) -> anyhow::Result<Option<Arc<Tokens>>> {
     let Some(path) = &config.tokens_file else {
         return Ok(None);
     };
-    let tokens = Tokens::load(path).context("--tokens-file / GIFTS_TOKENS_FILE")?;
+    let tokens = Tokens::load(path)
+        .map_err(|e| anyhow::anyhow!("{e:#} (--tokens-file / GIFTS_TOKENS_FILE)"))?;
     if tokens.is_empty() {
         tracing::warn!(path = %path.display(), "the tokens file lists no token: every protected request gets 401");
     }
@@ -197,6 +198,8 @@ pub async fn run(
         storage = %config.storage,
         "starting gifts"
     );
+    // Files first: a start that will fail does not touch the store.
+    let tokens = open_tokens(&config)?;
     let metrics = Arc::new(Metrics::default());
     let storage = open_storage(&config, &metrics).await?;
     let state = AppState {
@@ -213,7 +216,7 @@ pub async fn run(
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         )),
         draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        tokens: open_tokens(&config)?,
+        tokens,
         trusted_proxies: Arc::new(config.trusted_proxies.0.clone()),
     };
     // SIGHUP reloads the tokens; without tokens it must still not stop the service.

@@ -124,6 +124,15 @@ fn an_unusable_data_path_names_the_absolute_path_and_the_user() {
     assert!(log.contains(&absolute), "{log}");
     assert!(log.contains("(uid "), "names the user: {log}");
     assert!(log.contains("cannot create the data directory"), "{log}");
+    assert!(
+        !log.contains("Caused by"),
+        "one line, each cause once: {log}"
+    );
+    assert_eq!(
+        log.matches("cannot create the data directory").count(),
+        1,
+        "each cause once: {log}"
+    );
 }
 
 #[tokio::test]
@@ -381,4 +390,73 @@ async fn systemd_is_told_when_the_service_is_ready_and_when_it_stops() {
     app.sigterm();
     assert_eq!(receive(), b"STOPPING=1");
     assert_eq!(app.wait_exit().0, Some(0));
+}
+
+/// A tokens file that cannot be read stops the start before the store is
+/// touched (no data directory is made), in one line that leads with it.
+#[test]
+fn a_missing_tokens_file_is_named_first_and_the_store_is_not_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = format!("sqlite:{}", data.join("gifts.db").display());
+    let log = refused(
+        &["--tokens-file", "/no/such/tokens", "--storage", &store],
+        &[],
+        None,
+    );
+    assert!(
+        log.contains("error: cannot read the tokens file /no/such/tokens: No such file"),
+        "{log}"
+    );
+    assert!(!log.contains("Caused by"), "one line: {log}");
+    assert!(!data.exists(), "the store was touched:\n{log}");
+}
+
+/// A data directory that exists but is not writable is named as such, with
+/// the user, in one line (SQLite alone says "unable to open database
+/// file"). As root (CI), the binary runs as `nobody`, from a copy it can read.
+#[test]
+fn a_data_directory_that_is_not_writable_is_named_with_the_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = rustix::process::geteuid().is_root();
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("gifts");
+    std::fs::copy(env!("CARGO_BIN_EXE_gifts"), &bin).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // Readable by all, writable by its owner only: not by `nobody`, nor by
+    // anyone once the owner's write bit goes.
+    let mode = if root { 0o755 } else { 0o555 };
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    let store = format!("sqlite:{}", data.path().join("gifts.db").display());
+    let mut command = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        std::process::Command::new(&bin)
+    };
+    let out = command
+        .args(["--listen", "127.0.0.1:0", "--storage", &store])
+        .current_dir(bin_dir.path())
+        .output()
+        .expect("run gifts");
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the data directory {} is not writable by this user",
+            data.path().display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(uid "), "names the user: {stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "one error line: {stderr}"
+    );
+    assert!(!stderr.contains("Caused by"), "one line: {stderr}");
 }

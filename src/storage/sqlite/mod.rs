@@ -174,6 +174,21 @@ impl SqliteStorage {
             })?;
         }
         let created = !path.exists();
+        // SQLite says only "unable to open database file": say which is not
+        // writable (the database's directory holds its -wal and -shm files).
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        for (what, target) in [("the data directory", dir), ("the database file", path)] {
+            if target.exists() && rustix::fs::access(target, rustix::fs::Access::WRITE_OK).is_err()
+            {
+                return Err(StorageError::internal(format!(
+                    "{what} {} is not writable by this user",
+                    target.display()
+                )));
+            }
+        }
         let mut writer = Connection::open(path)
             .map_err(|e| StorageError::internal(format!("cannot open {}: {e}", path.display())))?;
         writer
