@@ -221,6 +221,18 @@ async fn send(
     Ok((status, answer))
 }
 
+/// What the bar shows once the whole body is sent.
+const WAITING: &str = "stored by the service…";
+
+/// Turns the upload bar into a spinner with the time it has waited.
+fn waiting(bar: &ProgressBar) {
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+    );
+    bar.set_message(WAITING);
+    bar.enable_steady_tick(Duration::from_millis(120));
+}
+
 /// A request body sent in chunks, advancing a progress bar.
 struct Upload {
     data: Bytes,
@@ -236,12 +248,16 @@ impl hyper::body::Body for Upload {
         _: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.data.is_empty() {
-            self.bar.set_message("waiting");
             return Poll::Ready(None);
         }
         let n = self.data.len().min(CHUNK);
         let chunk = self.data.split_to(n);
         self.bar.inc(n as u64);
+        if self.data.is_empty() {
+            // All sent; hyper asks for no more frames. What remains is the
+            // service's work: say so, rather than a full bar standing still.
+            waiting(&self.bar);
+        }
         Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
 
@@ -257,6 +273,28 @@ impl hyper::body::Body for Upload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn once_the_body_is_sent_the_bar_says_the_service_is_storing_it() {
+        use hyper::body::Body;
+        let bar = ProgressBar::hidden();
+        let mut upload = Upload {
+            data: Bytes::from(vec![b' '; CHUNK + 10]),
+            bar: bar.clone(),
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = TaskContext::from_waker(waker);
+        let mut frames = 0;
+        while let Poll::Ready(Some(Ok(_))) = Pin::new(&mut upload).poll_frame(&mut cx) {
+            frames += 1;
+            if !upload.is_end_stream() {
+                assert_ne!(bar.message(), WAITING, "still sending");
+            }
+        }
+        assert_eq!(frames, 2);
+        assert_eq!(bar.message(), WAITING);
+        assert_eq!(bar.position(), (CHUNK + 10) as u64);
+    }
 
     #[test]
     fn counts_and_numbers_read_well() {

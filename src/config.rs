@@ -100,7 +100,8 @@ pub enum TokenAction {
 /// Everything the service can be told at start; checked before anything runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address to listen on: HOST:PORT, or a bare PORT for all interfaces.
+    /// The service's address: where it listens (HOST:PORT, or a bare PORT for all
+    /// interfaces), and where healthcheck and import reach it (a wildcard host on loopback).
     #[arg(
         long,
         env = "GIFTS_LISTEN",

@@ -115,7 +115,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
         Ok(_) => (String::new(), first_error),
     };
     let message = error.to_string();
-    let mut path = if path == "." { String::new() } else { path };
+    let mut path = known_path(&path).to_owned();
     if matches!(
         error.classify(),
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof
@@ -146,6 +146,21 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
         citizen_id,
         Reason::Malformed(message),
     ))
+}
+
+/// The part of an error path that is known: serde_path_to_error writes an
+/// unknown segment (a body cut off before its key) as `?`, and `.` for the
+/// top level; both say nothing to a client.
+fn known_path(path: &str) -> &str {
+    if path == "." || path == "?" || path.starts_with("?.") || path.starts_with("?[") {
+        return "";
+    }
+    let end = [".?", "[?]"]
+        .iter()
+        .filter_map(|unknown| path.find(unknown))
+        .min()
+        .unwrap_or(path.len());
+    &path[..end]
 }
 
 /// The citizen_id of `citizens[i]` named by an error path, if it can be read.

@@ -48,6 +48,12 @@ async fn common_mistakes_get_messages_that_say_what_is_wrong(backend: Backend) {
             "citizens: the request body is not valid JSON: EOF while parsing a list at line 1 column 14",
         ),
         (
+            "cut off inside a key: the path says only what is known",
+            app.post_import_raw(b"{\"citizens\": [{\"citizen_id\": 1, \"na".to_vec())
+                .await,
+            "citizens[0]: the request body is not valid JSON: EOF while parsing a string at line 1 column 35",
+        ),
+        (
             "PATCH {}",
             app.patch(import, 3, &json!({})).await,
             "citizen 3: the body must change at least one field: name, gender, birth_date, relatives, town, street, building or apartment",
