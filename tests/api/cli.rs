@@ -215,3 +215,26 @@ async fn gifts_import_sends_a_token_from_the_flag_or_the_environment() {
     let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
     assert_eq!(listed["data"], json!(spec_example()));
 }
+
+/// The client commands' help calls --listen the service's address, not one
+/// they listen on.
+#[test]
+fn client_commands_describe_listen_as_the_services_address() {
+    for command in [
+        &["import", "--help"][..],
+        &["token", "new", "--help"],
+        &["healthcheck", "--help"],
+    ] {
+        let output = gifts(command, None);
+        let help = text(&output.stdout);
+        assert!(output.status.success(), "{command:?}: {help}");
+        assert!(
+            !help.contains("Address to listen on"),
+            "{command:?}: {help}"
+        );
+        assert!(
+            help.contains("The service's address"),
+            "{command:?}: {help}"
+        );
+    }
+}

@@ -188,6 +188,13 @@ async fn an_unreachable_tarantool_at_start_is_reported_then_followed_when_it_com
             .contains("retry later"),
         "{body}"
     );
+    assert!(
+        !body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/health"),
+        "/health's own answer does not point at /health: {body}"
+    );
     store.start_server();
     app.wait_healthy().await;
     app.wait_for_log("connected to tarantool").await;
