@@ -231,7 +231,7 @@ async fn count_request(
         .get::<MatchedPath>()
         .map_or("(unmatched)", MatchedPath::as_str)
         .to_owned();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let response = next.run(request).await;
     metrics
         .request_seconds
@@ -249,6 +249,25 @@ async fn count_request(
         })
         .inc();
     response
+}
+
+/// A metrics label for `method`: the standard methods by name, any other as
+/// `OTHER`. The client chooses the method, so its label values must be a
+/// closed set (each distinct value is a new series, kept forever).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
 }
 
 /// Answers 413 to a request whose `Content-Length` is over the limit before

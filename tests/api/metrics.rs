@@ -118,3 +118,31 @@ backend_tests!(
     the_metrics_count_requests_storage_cache_and_totals,
     reads_after_patches_come_from_the_moved_snapshot_and_show_every_patch
 );
+
+/// Methods are the client's choice: every unknown one counts as `OTHER`, so
+/// junk requests (answered 405, or 401 with tokens) add no series.
+#[tokio::test]
+async fn unknown_methods_share_one_label_and_add_no_series() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let before = scrape(&app).await.lines().count();
+    for n in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("JUNK{n}").as_bytes()).unwrap();
+        let response = app
+            .client
+            .request(method, app.url("/imports"))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error());
+    }
+    let after = scrape(&app).await;
+    assert!(!after.contains("JUNK"), "{after}");
+    let other = after
+        .lines()
+        .filter(|l| l.starts_with("gifts_http_requests_total{method=\"OTHER\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum::<u64>();
+    assert_eq!(other, 50, "{after}");
+    // A few series more (OTHER's counter and histogram, /metrics itself), not fifty.
+    assert!(after.lines().count() < before + 40, "{after}");
+}
