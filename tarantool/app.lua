@@ -2,8 +2,9 @@
 --
 -- Run as `tarantool tarantool/app.lua` from any directory (Tarantool 2.6+).
 -- Environment:
---   GIFTS_TARANTOOL_LISTEN     port or HOST:PORT to listen on (default 3301)
---   GIFTS_TARANTOOL_DIR        data directory (default: the current directory)
+--   GIFTS_TARANTOOL_LISTEN     port or HOST:PORT to listen on (default 127.0.0.1:3301:
+--                              loopback only; a bare port listens on every interface)
+--   GIFTS_TARANTOOL_DIR        data directory (default: the current directory, with a warning)
 --   GIFTS_TARANTOOL_USER       user the app logs in as (default gifts)
 --   GIFTS_TARANTOOL_PASSWORD   its password (default gifts)
 --   GIFTS_TARANTOOL_WAL_MODE   'fsync' (default: an acknowledged write is on disk),
@@ -43,6 +44,10 @@ local function bytes(name, default)
 end
 
 local data_dir = env('GIFTS_TARANTOOL_DIR', '.')
+if os.getenv('GIFTS_TARANTOOL_DIR') == nil or os.getenv('GIFTS_TARANTOOL_DIR') == '' then
+    log.warn('gifts: GIFTS_TARANTOOL_DIR is not set: the snapshots and WAL go into the current directory, %s',
+        require('fio').cwd())
+end
 os.execute("mkdir -p '" .. data_dir:gsub("'", "'\\''") .. "'")
 
 -- No `listen` yet: clients are let in only at the end, once the schema, the
@@ -962,6 +967,19 @@ if granted('guest', 'session', 'universe', nil) or granted('guest', 'usage', 'un
     box.schema.user.revoke('guest', 'session,usage', 'universe', nil, { if_exists = true })
 end
 
-local listen = env('GIFTS_TARANTOOL_LISTEN', '3301')
+local listen = env('GIFTS_TARANTOOL_LISTEN', '127.0.0.1:3301')
+-- Loopback: 127.x.x.x, localhost or [::1] before the port. A bare port
+-- listens on every interface.
+local host = listen:match('^(.*):%d+$')
+local loopback = host ~= nil
+    and (host:match('^127%.') ~= nil or host == 'localhost' or host == '[::1]' or host == '::1')
+if not loopback and password == 'gifts' then
+    log.warn(string.rep('!', 72))
+    log.warn('gifts: listening on %s, beyond this machine, with the DEFAULT PASSWORD "gifts":', listen)
+    log.warn('gifts: anyone who reaches the port can read and change every import.')
+    log.warn('gifts: set GIFTS_TARANTOOL_PASSWORD (and the app\'s --storage URL to match).')
+    log.warn(string.rep('!', 72))
+end
 box.cfg({ listen = listen })
-log.info('gifts: ready on %s, schema version %d', listen, gifts_health())
+log.info('gifts: ready on %s, schema version %d, data in %s', listen, gifts_health(),
+    require('fio').abspath(data_dir))

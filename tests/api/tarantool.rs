@@ -607,3 +607,48 @@ async fn a_damaged_tarantool_connection_gives_503s_then_recovers() {
         assert_eq!(status, StatusCode::OK, "after {fault:?}: {body}");
     }
 }
+
+/// `tarantool/app.lua` beyond loopback with the default password warns
+/// loudly; on loopback it does not; either way it names its data directory.
+#[tokio::test]
+async fn app_lua_warns_of_the_default_password_beyond_loopback_and_names_its_data() {
+    if !tarantool_available("default_password_warning") {
+        return;
+    }
+    for (host, warned) in [("0.0.0.0", true), ("127.0.0.1", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let log = dir.path().join("tarantool.log");
+        let port = crate::helpers::free_port();
+        let child = std::process::Command::new("tarantool")
+            .arg(app_lua())
+            .env("GIFTS_TARANTOOL_LISTEN", format!("{host}:{port}"))
+            .env("GIFTS_TARANTOOL_DIR", &data)
+            .env("GIFTS_TARANTOOL_MEMORY", "64MiB")
+            .env_remove("GIFTS_TARANTOOL_PASSWORD")
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let _guard = crate::support::KillOnDrop(child);
+        let ready = format!("ready on {host}:{port}");
+        let text = poll(Duration::from_secs(60), || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default()
+                + &std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+            if text.contains(&ready) {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        })
+        .await
+        .unwrap_or_else(|text| panic!("no {ready:?} in:\n{text}"));
+        assert_eq!(text.contains("DEFAULT PASSWORD"), warned, "{host}: {text}");
+        assert!(
+            text.contains(&format!("data in {}", data.display())),
+            "{text}"
+        );
+    }
+}
