@@ -198,6 +198,47 @@ pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> R
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// Makes every error answer the service's JSON error: an answer of 400 or
+/// above whose body is not JSON (a framework's rejection in text, Swagger
+/// UI's empty 404) becomes `{"error": {"code", "message"}}` with the same
+/// status and headers; a short text body becomes the message.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty());
+    let reason = status.canonical_reason().unwrap_or("error");
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed".to_owned(),
+        _ => reason.to_lowercase().replace([' ', '-'], "_"),
+    };
+    let message = text.map_or_else(|| reason.to_lowercase(), |t| t.to_lowercase());
+    let body = json!({"error": {"code": code, "message": message}}).to_string();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,6 +176,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(PropagateRequestIdLayer::new(header.clone()))
         .layer(SetRequestIdLayer::new(header, NewRequestId))
         .layer(middleware::from_fn(check_request_id))
+        // Outermost: whatever answers an error, the body is the service's JSON error.
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 

@@ -142,3 +142,36 @@ backend_tests!(
     a_body_announced_over_the_limit_is_refused_before_it_is_sent,
     content_length_with_transfer_encoding_ends_the_connection_after_one_answer,
 );
+
+/// Answers made by the framework rather than a handler (a path that is not
+/// UTF-8, Swagger UI's unknown files) are the service's JSON error too.
+#[tokio::test]
+async fn framework_errors_are_json_errors_too() {
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite).await;
+    for (path, status, code) in [
+        ("/ui/%ff", 400, "bad_request"),
+        ("/docs/no-such-file.js", 404, "not_found"),
+        ("/no/such/route", 404, "not_found"),
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{path}"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+    }
+    // The page files and Swagger UI itself are untouched.
+    let page = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+}
