@@ -30,7 +30,15 @@ use crate::storage::StorageError;
 /// is full and only reads are served). Logged at DEBUG when healthy:
 /// container health checks call it every few seconds.
 pub async fn check(State(state): State<AppState>) -> Result<Response, AppError> {
-    if let Err(e) = state.storage.health().await {
+    // A probe answers within PROBE whatever the store does: a stalled store
+    // is as unhealthy as a dead one, and a prober must not hang on it.
+    let health = match tokio::time::timeout(PROBE, state.storage.health()).await {
+        Ok(health) => health,
+        Err(_) => Err(StorageError::Unavailable(format!(
+            "the store did not answer the health check within {PROBE:?}"
+        ))),
+    };
+    if let Err(e) = health {
         let full = matches!(e, StorageError::Full(_));
         let mut response = AppError::from(e).into_response();
         if full {
@@ -42,6 +50,9 @@ pub async fn check(State(state): State<AppState>) -> Result<Response, AppError> 
     response.extensions_mut().insert(Quiet);
     Ok(response)
 }
+
+/// How long `/health` and `/readyz` wait for the store.
+const PROBE: Duration = Duration::from_secs(1);
 
 #[utoipa::path(
     get,

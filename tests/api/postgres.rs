@@ -528,3 +528,44 @@ fn postgres_programs_are_found_through_a_directory_of_symlinks() {
         ),
     }
 }
+
+/// The probes answer within their bound whatever the store does: with the
+/// database stalled, `/health` and `/readyz` say 503 in about a second,
+/// long before a request's storage budget (10 s) runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_quickly_while_the_database_stalls() {
+    if !postgres_available("probes_while_stalled") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Postgres));
+    let proxy = StallingProxy::start(format!("127.0.0.1:{}", store_port(&store)), false).await;
+    let config = Config::with_storage(url_with_ports(&store, &[proxy.port]).parse().unwrap());
+    let app = TestApp::launch(Arc::clone(&store), config).await;
+    let (status, _) = app.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    proxy.stalled.store(true, Ordering::SeqCst);
+    let prober = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for probe in ["/health", "/readyz"] {
+        let response = prober
+            .get(app.url(probe))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{probe} did not answer within 5 s: {e}"));
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{probe}"
+        );
+        let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("did not answer"),
+            "{probe}: {body}"
+        );
+    }
+}
