@@ -176,6 +176,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(PropagateRequestIdLayer::new(header.clone()))
         .layer(SetRequestIdLayer::new(header, NewRequestId))
         .layer(middleware::from_fn(check_request_id))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.draining),
+            close_when_draining,
+        ))
         // Outermost: whatever answers an error, the body is the service's JSON error.
         .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
@@ -250,6 +254,25 @@ async fn count_request(
             status: response.status().as_u16(),
         })
         .inc();
+    response
+}
+
+/// While draining after SIGTERM, every answer says `Connection: close`: a
+/// client opens a new connection for its next request (still served until
+/// the drain ends), so no keep-alive connection is left idle when the
+/// listener closes, where a request sent at that moment would go unanswered.
+async fn close_when_draining(
+    axum::extract::State(draining): axum::extract::State<Arc<std::sync::atomic::AtomicBool>>,
+    request: Request<axum::body::Body>,
+    next: middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if draining.load(std::sync::atomic::Ordering::Acquire) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
     response
 }
 

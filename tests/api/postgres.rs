@@ -102,16 +102,28 @@ async fn a_wrong_postgres_password_is_one_clear_error_and_health_says_which() {
     let wrong = url(&store, "wrong-secret", None);
     let mut app = Binary::start(&["--storage", &wrong], &[], None);
     app.wait_for_log("postgresql refuses the service").await;
-    for _ in 0..3 {
+    // Every answer is 503; it names the cause unless the check outlasted
+    // the probe's one-second bound on a busy machine (then a later one does).
+    let mut named = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while named < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/health never named the cause"
+        );
         let (status, body) = get_json(&app.base, "/health").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["error"]["code"], "storage_unavailable");
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.contains("misconfigured"), "{message}");
-        assert!(
-            message.contains("password authentication failed"),
-            "{message}"
-        );
+        if message.contains("misconfigured") {
+            assert!(
+                message.contains("password authentication failed"),
+                "{message}"
+            );
+            named += 1;
+        } else {
+            assert!(message.contains("did not answer"), "{message}");
+        }
     }
     let log = app.log();
     assert_eq!(
