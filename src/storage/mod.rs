@@ -15,6 +15,7 @@ pub(crate) mod coalesce;
 pub(crate) mod deadline;
 pub mod iproto;
 pub(crate) mod metered;
+pub mod pg_text;
 pub mod postgres;
 pub mod primary;
 mod row;

@@ -31,6 +31,7 @@
 //!   the URL's hosts, and with several hosts every read is fenced against a
 //!   superseded primary ([`super::primary`]).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,6 +45,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::deadline;
+use super::pg_text;
 use super::primary::{self, ConnectError, HostManager, Hosts};
 use super::row::{StoredCitizen, StoredDate};
 use super::{
@@ -187,6 +189,17 @@ const MIGRATIONS: &[&str] = &[
          dates bytea NOT NULL,
          PRIMARY KEY (import_id, town)
      );",
+    // 3: strings are stored escaped (storage/pg_text.rs: NUL, which `text`
+    // cannot hold, and the escape U+10FFFF itself); escape any U+10FFFF
+    // stored before, so that it reads back as it was sent.
+    r"UPDATE citizens SET
+         town = replace(town, U&'\+10FFFF', U&'\+10FFFFe'),
+         street = replace(street, U&'\+10FFFF', U&'\+10FFFFe'),
+         building = replace(building, U&'\+10FFFF', U&'\+10FFFFe'),
+         name = replace(name, U&'\+10FFFF', U&'\+10FFFFe')
+     WHERE strpos(town || street || building || name, U&'\+10FFFF') > 0;
+     UPDATE town_dates SET town = replace(town, U&'\+10FFFF', U&'\+10FFFFe')
+     WHERE strpos(town, U&'\+10FFFF') > 0;",
 ];
 
 /// The migration that adds the summary tables: imports stored before it get
@@ -850,7 +863,9 @@ impl PostgresStorage {
         for row in &rows {
             if let Some(town) = row.try_get::<_, Option<String>>(1)? {
                 towns.push(TownDates {
-                    town,
+                    town: pg_text::decode(town).ok_or_else(|| {
+                        StorageError::internal("postgresql: a corrupt escaped town")
+                    })?,
                     dates: row.try_get(2)?,
                 });
             }
@@ -903,11 +918,11 @@ impl PostgresStorage {
 struct CitizenRow<'a> {
     import: i64,
     id: i64,
-    town: &'a str,
-    street: &'a str,
-    building: &'a str,
+    town: Cow<'a, str>,
+    street: Cow<'a, str>,
+    building: Cow<'a, str>,
     apartment: i64,
-    name: &'a str,
+    name: Cow<'a, str>,
     birth_date: time::Date,
     gender: &'a str,
     relatives: Vec<i64>,
@@ -918,11 +933,11 @@ impl<'a> CitizenRow<'a> {
         Self {
             import: import.get(),
             id: c.citizen_id.as_i64(),
-            town: c.town.as_str(),
-            street: c.street.as_str(),
-            building: c.building.as_str(),
+            town: pg_text::encode(c.town.as_str()),
+            street: pg_text::encode(c.street.as_str()),
+            building: pg_text::encode(c.building.as_str()),
             apartment: c.apartment.as_i64(),
-            name: c.name.as_str(),
+            name: pg_text::encode(c.name.as_str()),
             birth_date: c.birth_date.date(),
             gender: c.gender.as_str(),
             relatives: c.relatives.iter().map(|r| r.as_i64()).collect(),
@@ -969,10 +984,10 @@ async fn insert_summary(
             .await?;
     }
     writer.finish().await?;
-    let (towns, dates): (Vec<&str>, Vec<&[u8]>) = summary
+    let (towns, dates): (Vec<Cow<'_, str>>, Vec<&[u8]>) = summary
         .towns
         .iter()
-        .map(|t| (t.town.as_str(), t.dates.as_slice()))
+        .map(|t| (pg_text::encode(&t.town), t.dates.as_slice()))
         .unzip();
     tx.execute(
         "INSERT INTO town_dates (import_id, town, dates)
@@ -1039,6 +1054,7 @@ async fn patch_summary(
             let read = tx
                 .prepare_cached("SELECT dates FROM town_dates WHERE import_id = $1 AND town = $2")
                 .await?;
+            let town = pg_text::encode(town);
             let mut dates: Vec<u8> = match tx.query_opt(&read, &[&import.get(), &town]).await? {
                 Some(row) => row.try_get(0)?,
                 None => Vec::new(),
@@ -1084,7 +1100,13 @@ fn read_citizen(row: &Row) -> Result<Citizen, StorageError> {
         u64::try_from(row.try_get::<_, i64>(i).map_err(StorageError::internal)?)
             .map_err(StorageError::internal)
     };
-    let text = |i: usize| row.try_get::<_, String>(i).map_err(StorageError::internal);
+    let text = |i: usize| {
+        let stored = row
+            .try_get::<_, String>(i)
+            .map_err(StorageError::internal)?;
+        pg_text::decode(stored)
+            .ok_or_else(|| StorageError::internal("postgresql: a corrupt escaped string"))
+    };
     let relatives: Vec<i64> = row.try_get(8).map_err(StorageError::internal)?;
     Citizen::try_from(StoredCitizen {
         citizen_id: unsigned(0)?,

@@ -221,6 +221,61 @@ async fn invalid_imports_are_rejected_naming_field_and_citizen_and_store_nothing
     assert_eq!(app.citizens(first).await, spec_example());
 }
 
+/// NUL (which PostgreSQL's `text` cannot hold) and U+10FFFF (its store's
+/// escape) in every string field come back exactly, through an import, a
+/// PATCH and the towns' percentiles, on every backend alike.
+async fn nul_and_the_escape_character_round_trip_in_every_string(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let odd = ["\u{0}", "a\u{0}b", "\u{10FFFF}", "\u{10FFFF}e\u{0}0", "x"];
+    let citizens: Vec<Value> = odd
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            citizen_with(
+                i as u64 + 1,
+                &[],
+                json!({
+                    "town": format!("Город{s}"),
+                    "street": format!("Улица{s}"),
+                    "building": format!("{s}7"),
+                    "name": (*s).to_owned(),
+                }),
+            )
+        })
+        .collect();
+    let import = app.import(citizens.clone()).await;
+    assert_eq!(app.citizens(import).await, expected_listing(&citizens));
+    let (status, patched) = app
+        .patch(
+            import,
+            5,
+            &json!({"name": "\u{0}\u{10FFFF}", "town": "Город\u{0}"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["data"]["name"], "\u{0}\u{10FFFF}");
+    let listed = app.citizens(import).await;
+    assert_eq!(listed[4]["town"], "Город\u{0}");
+    let (status, towns) = app
+        .get(&format!("/imports/{import}/towns/stat/percentile/age"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{towns}");
+    let names: Vec<&str> = towns["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["town"].as_str().unwrap())
+        .collect();
+    // Code point order: Город, Город\0 (twice now), Город\0b... as sent.
+    let mut expected: Vec<String> = listed
+        .iter()
+        .map(|c| c["town"].as_str().unwrap().to_owned())
+        .collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(names, expected);
+}
+
 backend_tests!(
     spec_example_is_stored_and_listed_as_sent,
     empty_import_is_valid,
@@ -229,4 +284,5 @@ backend_tests!(
     edge_values_inside_the_rules_are_accepted,
     body_is_json_whatever_the_content_type,
     invalid_imports_are_rejected_naming_field_and_citizen_and_store_nothing,
+    nul_and_the_escape_character_round_trip_in_every_string,
 );

@@ -66,7 +66,7 @@ async fn instances_starting_together_migrate_the_schema_once() {
              WHERE tablename IN ('imports', 'citizens', 'idempotency_keys', 'presents', 'town_dates'))
          FROM gifts_meta",
     );
-    assert_eq!(found.trim(), "2|5");
+    assert_eq!(found.trim(), "3|5");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +86,7 @@ async fn a_schema_newer_than_the_build_is_refused_at_start_naming_both_versions(
     let (code, log) = Binary::start(&["--storage", &store.flag()], &[], None).wait_exit();
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("schema is version 99"), "{log}");
-    assert!(log.contains("this build of gifts knows (2)"), "{log}");
+    assert!(log.contains("this build of gifts knows (3)"), "{log}");
     assert!(
         !log.contains(POSTGRES_PASSWORD),
         "no password in the log: {log}"
@@ -580,4 +580,44 @@ async fn probes_answer_quickly_while_the_database_stalls() {
             "{probe}: {body}"
         );
     }
+}
+
+/// Migration 3: a U+10FFFF stored raw by an older build (before strings
+/// were escaped) is escaped at the upgrade, so it reads back as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escape_character_stored_before_the_upgrade_reads_back_as_sent() {
+    if !postgres_available("escape_before_upgrade") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let citizens = vec![
+        crate::helpers::citizen_with(
+            1,
+            &[],
+            json!({"name": "a\u{10FFFF}b", "town": "Т\u{10FFFF}"}),
+        ),
+        crate::helpers::citizen_with(2, &[], json!({"name": "plain"})),
+    ];
+    let import = app.import(citizens.clone()).await;
+    let store = app.stop().await;
+    // As an older build stored them: raw, schema version 2.
+    store.edit_offline(
+        r"UPDATE citizens SET name = replace(name, U&'\+10FFFFe', U&'\+10FFFF'),
+                              town = replace(town, U&'\+10FFFFe', U&'\+10FFFF');
+          UPDATE town_dates SET town = replace(town, U&'\+10FFFFe', U&'\+10FFFF');
+          UPDATE gifts_meta SET schema_version = 2;",
+        "",
+    );
+    let mut config = Config::with_storage(store.url().clone());
+    config.cache_bytes = gifts::config::ByteSize(0);
+    let app = TestApp::start(store, config).await;
+    assert_eq!(
+        app.citizens(import).await,
+        crate::helpers::expected_listing(&citizens)
+    );
+    let (status, towns) = app
+        .get(&format!("/imports/{import}/towns/stat/percentile/age"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{towns}");
+    assert_eq!(towns["data"][1]["town"], "Т\u{10FFFF}", "{towns}");
 }
