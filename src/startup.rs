@@ -63,6 +63,7 @@ pub async fn open_storage(
                 address,
                 config.tarantool_timeout(),
                 usize::try_from(config.tarantool_import_chunk).unwrap_or(usize::MAX),
+                config.max_body_bytes.0,
                 Arc::clone(metrics),
             ),
             "tarantool",

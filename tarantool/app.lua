@@ -11,6 +11,10 @@
 --                              'write' (survives a crash of tarantool, not of the host)
 --   GIFTS_TARANTOOL_MEMORY     memtx memory quota: bytes, or with a unit such as 512MiB or 2GiB
 --                              (default 1GiB)
+--   GIFTS_TARANTOOL_MAX_TUPLE  largest tuple (memtx_max_tuple_size; default 256MiB). A
+--                              citizen is one tuple, relatives included, and never bigger
+--                              than the request body that carried it: the app refuses to
+--                              start when its body limit is above this.
 --
 -- The app is stateless over this database: field formats are validated in
 -- Rust, and the analytics are computed in Rust. What lives here is what must
@@ -57,6 +61,8 @@ box.cfg({
     work_dir = data_dir,
     wal_mode = env('GIFTS_TARANTOOL_WAL_MODE', 'fsync'),
     memtx_memory = bytes('GIFTS_TARANTOOL_MEMORY', '1GiB'),
+    -- A citizen related to everyone in a big import is one big tuple.
+    memtx_max_tuple_size = bytes('GIFTS_TARANTOOL_MAX_TUPLE', '256MiB'),
     -- Big imports are one request; let them through.
     net_msg_max = 4096,
     readahead = 1024 * 1024,
@@ -78,11 +84,12 @@ local function id_key(id)
 end
 
 -- The analytics summary (the app's domain::summary, which documents it):
--- presents rows {import_id, month, citizen_id, presents} and each town's
--- birth dates {import_id, town, dates}, dates being 8 bytes per distinct
--- date: yyyymmdd and how many citizens of the town were born that day, both
--- little-endian u32, ascending. Kept by every write, so an analytics read
--- costs its answer, not a pass over the import.
+-- presents rows {import_id, month, citizen_id, presents} and town births
+-- {import_id, town, yyyymmdd, citizens}, one row per distinct birth date of
+-- a town (rows, not one tuple per town: a town may have any number of
+-- dates). The app computes an import's rows and sends them with it; a PATCH
+-- changes them here, in its transaction. So an analytics read costs its
+-- answer, not a pass over the import.
 
 -- Month and yyyymmdd of a stored ISO date 'YYYY-MM-DD'.
 local function month_of(iso)
@@ -114,35 +121,7 @@ local function encode_dates(counts)
     return table.concat(parts)
 end
 
--- The dates with `delta` more citizens born on `key` (an entry at 0 goes),
--- or nil when the blob is broken or the count would go below 0.
-local function adjust_dates(blob, key, delta)
-    if #blob % 8 ~= 0 then
-        return nil
-    end
-    local lo, hi = 0, #blob / 8
-    local n = hi
-    while lo < hi do
-        local mid = math.floor((lo + hi) / 2)
-        if u32_at(blob, mid * 8 + 1) < key then
-            lo = mid + 1
-        else
-            hi = mid
-        end
-    end
-    local at = lo * 8
-    local found = lo < n and u32_at(blob, at + 1) == key
-    local count = (found and u32_at(blob, at + 5) or 0) + delta
-    if count < 0 then
-        return nil
-    end
-    local rest = blob:sub(at + (found and 9 or 1))
-    if count == 0 then
-        return blob:sub(1, at) .. rest
-    end
-    return blob:sub(1, at) .. u32(key) .. u32(count) .. rest
-end
-
+-- Used by migration 4 only (stores older than the app's summary rows).
 -- Per-citizen presents and per-town dates of a list of citizen tuples
 -- (or tables with the same fields) of one import, given every citizen's
 -- birth month by id_key: calls row(month, citizen_id, presents) for each
@@ -171,6 +150,7 @@ local function summarize(list, months, towns, row)
     end
 end
 
+-- Migration 4 only: one tuple per town, as schema 4 kept them.
 local function store_towns(import_id, towns)
     for town, counts in pairs(towns) do
         box.space.town_dates:insert({ import_id, town, encode_dates(counts) })
@@ -291,6 +271,31 @@ local migrations = {
             store_towns(import_id, by_town)
         end
     end,
+    -- 5: town dates as rows {import_id, town, yyyymmdd, citizens}, one per
+    -- distinct date, instead of one tuple per town, which hit
+    -- memtx_max_tuple_size past ~131,000 distinct dates in one town.
+    function()
+        local births = box.schema.space.create('town_births', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'town', type = 'string' },
+                { name = 'date', type = 'unsigned' },
+                { name = 'citizens', type = 'unsigned' },
+            },
+        })
+        births:create_index('primary', {
+            parts = { { field = 1, type = 'unsigned' }, { field = 2, type = 'string' }, { field = 3, type = 'unsigned' } },
+            if_not_exists = true,
+        })
+        for _, t in box.space.town_dates:pairs() do
+            local blob = t[3]
+            for at = 1, #blob - 7, 8 do
+                births:insert({ t[1], t[2], u32_at(blob, at), u32_at(blob, at + 4) })
+            end
+        end
+        box.space.town_dates:drop()
+    end,
 }
 
 box.once('gifts_meta', function()
@@ -321,7 +326,7 @@ local imports = box.space.imports
 local citizens = box.space.citizens
 local keys = box.space.idempotency_keys
 local presents = box.space.presents
-local town_dates = box.space.town_dates
+local town_births = box.space.town_births
 local import_seq = box.sequence.import_id
 local fiber = require('fiber')
 
@@ -330,6 +335,21 @@ local I = { import_id = 1, version = 2, created_at = 3, state = 4, citizens = 5 
 
 -- Rows per transaction when a big import is stored or cleaned up in chunks.
 local CHUNK = 10000
+
+-- A long check yields (lets other requests run) after this much work, a
+-- unit being one relative looked up: about 10 ms. Only where no
+-- transaction is open (a yield inside one would abort it).
+local PACE = 10000
+local function pacer()
+    local done = 0
+    return function()
+        done = done + 1
+        if done >= PACE then
+            done = 0
+            fiber.yield()
+        end
+    end
+end
 
 -- An import clients may see: stored whole (not still arriving in chunks).
 local function visible(import_id)
@@ -369,14 +389,6 @@ local function list_with(list, id)
     return out
 end
 
-local function as_set(list)
-    local set = {}
-    for _, v in ipairs(list) do
-        set[id_key(v)] = true
-    end
-    return set
-end
-
 local function strictly_ascending(list)
     for i = 2, #list do
         if not (list[i - 1] < list[i]) then
@@ -409,8 +421,9 @@ end
 -- direct call with the app's credentials cannot break them: every relatives
 -- list ascending and unique, every relative a citizen of the import (or the
 -- citizen itself), every link listed on both sides. relatives_of(id) gives a
--- citizen's list, or nil if there is no such citizen. Returns nil or a reason.
-local function relation_error(ids, relatives_of)
+-- citizen's list, or nil if there is no such citizen; pace() is called per
+-- relative looked up. Returns nil or a reason.
+local function relation_error(ids, relatives_of, pace)
     -- Each list read once: a citizen related to 20,000 others is asked
     -- for by each of them (decoding its tuple every time was quadratic).
     local read = relatives_of
@@ -438,6 +451,7 @@ local function relation_error(ids, relatives_of)
                 if not contains(other, id) then
                     return string.format('citizen %s lists %s, who does not list it', tostring(id), tostring(r))
                 end
+                pace()
             end
         end
     end
@@ -457,14 +471,43 @@ local function key_state(key, hash)
     return stored[2] == hash and 'same' or 'key_reused', stored[3]
 end
 
--- Stores a validated, symmetric import in one transaction. rows: citizen
--- tuples whose first field (import_id) is a placeholder 0:
+-- The summary rows the app computed for citizens (see the summary above),
+-- stored for an import: presents {month, citizen_id, presents} and births
+-- {town, yyyymmdd, citizens}. Cheap checks only: a presents row names one of
+-- `by_id`'s citizens (when given); the rows' types are the spaces' formats.
+local function summary_error(presents_rows, by_id)
+    for _, p in ipairs(presents_rows) do
+        if p[1] < 1 or p[1] > 12 or p[3] < 1 then
+            return string.format('presents row of citizen %s: month %s, presents %s', tostring(p[2]), tostring(p[1]), tostring(p[3]))
+        end
+        if by_id ~= nil and by_id[id_key(p[2])] == nil then
+            return string.format('presents row of citizen %s, who is not in the rows sent with it', tostring(p[2]))
+        end
+    end
+    return nil
+end
+
+local function store_summary(import_id, presents_rows, births)
+    for _, p in ipairs(presents_rows) do
+        presents:insert({ import_id, p[1], p[2], p[3] })
+    end
+    for _, b in ipairs(births) do
+        town_births:insert({ import_id, b[1], b[2], b[3] })
+    end
+end
+
+-- Stores a validated, symmetric import in one transaction, with the summary
+-- rows the app computed for it. rows: citizen tuples whose first field
+-- (import_id) is a placeholder 0:
 -- {0, citizen_id, town, street, building, apartment, name, birth_date, gender, relatives};
 -- filling it in place saves building a second table per citizen.
--- key, hash: an idempotency key and the body's hash, or nil.
+-- presents_rows, births: as store_summary takes them. key, hash: an
+-- idempotency key and the body's hash, or nil. The relation check yields
+-- on a big import (no transaction is open yet); the app sends an import
+-- here only when its writes are small, and bigger ones in chunks.
 -- Returns status, import id: 'ok' (stored now), 'same' (the key's import),
 -- 'key_reused' (the key's import, another body), or 'invalid', reason.
-function gifts_create_import(rows, key, hash)
+function gifts_create_import(rows, presents_rows, births, key, hash)
     local by_id = {}
     local ids = {}
     for i, r in ipairs(rows) do
@@ -475,9 +518,17 @@ function gifts_create_import(rows, key, hash)
         by_id[id_key(id)] = r[F.relatives]
         ids[i] = id
     end
-    local reason = relation_error(ids, function(id) return by_id[id_key(id)] end)
+    local reason = relation_error(ids, function(id) return by_id[id_key(id)] end, pacer())
+        or summary_error(presents_rows, by_id)
     if reason ~= nil then
         return 'invalid', reason
+    end
+    local born = 0
+    for _, b in ipairs(births) do
+        born = born + b[3]
+    end
+    if born ~= #rows then
+        return 'invalid', string.format('town births count %d citizens, the import has %d', born, #rows)
     end
     return box.atomic(function()
         local state, existing = key_state(key, hash)
@@ -486,16 +537,11 @@ function gifts_create_import(rows, key, hash)
         end
         local import_id = import_seq:next()
         imports:insert({ import_id, 1, os.time(), box.NULL, #rows })
-        local months, towns = {}, {}
         for _, r in ipairs(rows) do
             r[F.import_id] = import_id
             citizens:insert(r)
-            months[id_key(r[F.citizen_id])] = month_of(r[F.birth_date])
         end
-        summarize(rows, months, towns, function(m, id, n)
-            presents:insert({ import_id, m, id, n })
-        end)
-        store_towns(import_id, towns)
+        store_summary(import_id, presents_rows, births)
         if key ~= nil and key ~= box.NULL then
             keys:insert({ key, hash, import_id })
         end
@@ -522,60 +568,64 @@ function gifts_import_begin(key, hash)
     end)
 end
 
--- Adds rows (as for gifts_create_import) to a loading import. Returns 'ok',
--- or 'invalid', reason (an import that is not loading). A citizen sent twice
--- fails on the primary key and rolls the chunk back.
-function gifts_import_chunk(import_id, rows)
+-- Adds rows (as for gifts_create_import), the presents rows of those
+-- citizens, and town births rows (of any citizens of the import), to a
+-- loading import, in one transaction. Returns 'ok', or 'invalid', reason
+-- (an import that is not loading, a presents row of another citizen). A
+-- citizen or a town's date sent twice fails on the primary key and rolls
+-- the chunk back.
+function gifts_import_chunk(import_id, rows, presents_rows, births)
     local import = imports:get(import_id)
     if import == nil or import[I.state] ~= 'loading' then
         return 'invalid', string.format('import %d is not loading', import_id)
+    end
+    local by_id = {}
+    for _, r in ipairs(rows) do
+        by_id[id_key(r[F.citizen_id])] = true
+    end
+    local reason = summary_error(presents_rows, by_id)
+    if reason ~= nil then
+        return 'invalid', reason
     end
     box.atomic(function()
         for _, r in ipairs(rows) do
             r[F.import_id] = import_id
             citizens:insert(r)
         end
+        store_summary(import_id, presents_rows, births)
     end)
     return 'ok', box.NULL
 end
 
--- Deletes an import's citizens and presents rows in chunks, yielding
--- between them, then its towns and the import.
+-- Deletes an import's rows from each space in chunks, yielding between
+-- them, then the import.
 local function delete_import(import_id)
-    while true do
-        local batch = citizens:select({ import_id }, { limit = CHUNK })
-        if #batch == 0 then
-            break
-        end
-        box.atomic(function()
-            for _, c in ipairs(batch) do
-                citizens:delete({ import_id, c[F.citizen_id] })
+    for _, space in ipairs({ citizens, presents, town_births }) do
+        local parts = space.index.primary.parts
+        while true do
+            local batch = space:select({ import_id }, { limit = CHUNK })
+            if #batch == 0 then
+                break
             end
-        end)
-    end
-    while true do
-        local batch = presents:select({ import_id }, { limit = CHUNK })
-        if #batch == 0 then
-            break
+            box.atomic(function()
+                for _, t in ipairs(batch) do
+                    local key = {}
+                    for i = 1, #parts do
+                        key[i] = t[parts[i].fieldno]
+                    end
+                    space:delete(key)
+                end
+            end)
         end
-        box.atomic(function()
-            for _, p in ipairs(batch) do
-                presents:delete({ import_id, p[2], p[3] })
-            end
-        end)
     end
-    box.atomic(function()
-        for _, t in ipairs(town_dates:select({ import_id })) do
-            town_dates:delete({ import_id, t[2] })
-        end
-        imports:delete(import_id)
-    end)
+    imports:delete(import_id)
 end
 
--- Checks a loading import's relation (in chunks, yielding) and makes it
--- visible with its idempotency key. Returns 'ok', import id; 'same' or
--- 'key_reused', the key's import (another request stored the key first:
--- this one is dropped); or 'invalid', reason (the import is dropped).
+-- Checks a loading import (its relation, and that its town births count
+-- its citizens) in chunks that yield, and makes it visible with its
+-- idempotency key. Returns 'ok', import id; 'same' or 'key_reused', the
+-- key's import (another request stored the key first: this one is
+-- dropped); or 'invalid', reason (the import is dropped).
 function gifts_import_commit(import_id, key, hash)
     local import = imports:get(import_id)
     if import == nil or import[I.state] ~= 'loading' then
@@ -585,7 +635,7 @@ function gifts_import_commit(import_id, key, hash)
     local reason
     local after = nil
     local count = 0
-    local months = {}
+    local pace = pacer()
     while reason == nil do
         local ids = {}
         local from = after and { import_id, after } or { import_id }
@@ -594,7 +644,6 @@ function gifts_import_commit(import_id, key, hash)
                 break
             end
             ids[#ids + 1] = c[F.citizen_id]
-            months[id_key(c[F.citizen_id])] = month_of(c[F.birth_date])
         end
         if #ids == 0 then
             break
@@ -602,38 +651,38 @@ function gifts_import_commit(import_id, key, hash)
         reason = relation_error(ids, function(id)
             local c = citizens:get({ import_id, id })
             return c and c[F.relatives]
-        end)
+        end, pace)
         after = ids[#ids]
         count = count + #ids
         fiber.yield()
     end
+    if reason == nil then
+        local born = 0
+        local from, iterator = { import_id }, 'GE'
+        while true do
+            local batch = town_births:select(from, { iterator = iterator, limit = CHUNK })
+            local n = 0
+            for _, b in ipairs(batch) do
+                if b[1] ~= import_id then
+                    break
+                end
+                born = born + b[4]
+                n = n + 1
+                from = { import_id, b[2], b[3] }
+            end
+            if n < CHUNK then
+                break
+            end
+            iterator = 'GT'
+            fiber.yield()
+        end
+        if born ~= count then
+            reason = string.format('town births count %d citizens, the import has %d', born, count)
+        end
+    end
     if reason ~= nil then
         delete_import(import_id)
         return 'invalid', reason
-    end
-    -- The summary, a chunk of citizens per transaction, while invisible.
-    local towns = {}
-    after = nil
-    while true do
-        local from = after and { import_id, after } or { import_id }
-        local list = citizens:select(from, { iterator = after and 'GT' or 'GE', limit = CHUNK })
-        local mine = {}
-        for _, c in ipairs(list) do
-            if c[F.import_id] ~= import_id then
-                break
-            end
-            mine[#mine + 1] = c
-        end
-        if #mine == 0 then
-            break
-        end
-        box.atomic(function()
-            summarize(mine, months, towns, function(m, id, n)
-                presents:insert({ import_id, m, id, n })
-            end)
-        end)
-        after = mine[#mine][F.citizen_id]
-        fiber.yield()
     end
     -- No yield between this check and the transaction below: nobody can
     -- store the key in between.
@@ -643,7 +692,6 @@ function gifts_import_commit(import_id, key, hash)
         return state, existing
     end
     box.atomic(function()
-        store_towns(import_id, towns)
         imports:update(import_id, { { '=', I.version, 1 }, { '=', I.state, box.NULL }, { '=', I.citizens, count } })
         if key ~= nil and key ~= box.NULL then
             keys:insert({ key, hash, import_id })
@@ -730,39 +778,76 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
         end
         ops[#ops + 1] = { '=', field, value }
     end
-    -- The summary's towns, checked (computed) before anything is written.
+    -- The town births rows that move: one citizen fewer on the old
+    -- (town, date), one more on the new. Checked before anything is written.
     local was_town, was_born = citizen[F.town], citizen[F.birth_date]
     local is_town, is_born = was_town, was_born
     if changes ~= nil and changes ~= box.NULL then
         is_town = changes.town or was_town
         is_born = changes.birth_date or was_born
     end
-    local town_writes = {}
-    if was_town ~= is_town or was_born ~= is_born then
-        local function current(town)
-            if town_writes[town] ~= nil then
-                return town_writes[town]
-            end
-            local row = town_dates:get({ import_id, town })
-            return row and row[3] or ''
+    local births_moved = was_town ~= is_town or was_born ~= is_born
+    if births_moved and town_births:get({ import_id, was_town, date_key(was_born) }) == nil then
+        return 'invalid', box.NULL, box.NULL, box.NULL, 'the stored dates of town ' .. was_town .. ' are corrupt'
+    end
+    -- Which relatives leave, join or stay: one merge of the two ascending
+    -- lists (no per-id sets: a citizen may have 100,000 relatives).
+    local old_list = citizen[F.relatives]
+    local new_list = old_list
+    if relatives ~= nil and relatives ~= box.NULL then
+        if not strictly_ascending(relatives) then
+            return 'invalid', box.NULL, box.NULL, box.NULL, 'relatives not ascending and unique'
         end
-        for _, step in ipairs({ { was_town, date_key(was_born), -1 }, { is_town, date_key(is_born), 1 } }) do
-            local dates = adjust_dates(current(step[1]), step[2], step[3])
-            if dates == nil then
-                return 'invalid', box.NULL, box.NULL, box.NULL, 'the stored dates of town ' .. step[1] .. ' are corrupt'
+        new_list = relatives
+    end
+    local gone, joined, kept = {}, {}, {}
+    if new_list ~= old_list then
+        local i, j = 1, 1
+        while i <= #old_list or j <= #new_list do
+            local o, n = old_list[i], new_list[j]
+            if n == nil or (o ~= nil and o < n) then
+                gone[#gone + 1] = o
+                i = i + 1
+            elseif o == nil or n < o then
+                joined[#joined + 1] = n
+                j = j + 1
+            else
+                kept[#kept + 1] = o
+                i, j = i + 1, j + 1
             end
-            town_writes[step[1]] = dates
+        end
+    else
+        kept = old_list
+    end
+    -- The contract of the app's Storage::patch_citizen (src/storage/mod.rs),
+    -- as SQLite's patch_citizen and domain::relatives::after_patch keep it:
+    -- a dropped relative loses this citizen, an added one gains it, the
+    -- citizen's own id is never mirrored. Everything is checked before
+    -- anything is written; an unknown added relative (the lowest) wins
+    -- over a dropped one that is missing, which means a broken relation.
+    local others = {}
+    for _, r in ipairs(joined) do
+        if r ~= citizen_id then
+            local other = citizens:get({ import_id, r })
+            if other == nil then
+                return 'unknown_relative', box.NULL, r, box.NULL, box.NULL
+            end
+            others[#others + 1] = other
+        end
+    end
+    for _, r in ipairs(gone) do
+        if r ~= citizen_id then
+            local other = citizens:get({ import_id, r })
+            if other == nil then
+                return 'missing_relative', box.NULL, r, box.NULL, box.NULL
+            end
+            others[#others + 1] = other
         end
     end
     -- How the presents rows change (the app's summary::presents_change):
     -- the citizen's own row by the relatives that join or leave it (and its
     -- own month if it lists itself), each relative's by this citizen's
     -- month then and now. Netted before anything is written.
-    local old_list = citizen[F.relatives]
-    local new_list = old_list
-    if relatives ~= nil and relatives ~= box.NULL then
-        new_list = relatives
-    end
     local was, is = month_of(was_born), month_of(is_born)
     local change = {}
     local function bump(m, id, d)
@@ -774,64 +859,31 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
             e[3] = e[3] + d
         end
     end
-    if relatives ~= nil and relatives ~= box.NULL or was ~= is then
-        local old, new = as_set(old_list), as_set(new_list)
-        for _, r in ipairs(old_list) do
-            if r == citizen_id then
-                bump(was, citizen_id, -1)
-            else
-                bump(was, r, -1)
-                local other = not new[id_key(r)] and citizens:get({ import_id, r })
-                if other then
-                    bump(month_of(other[F.birth_date]), citizen_id, -1)
-                end
-            end
-        end
-        for _, r in ipairs(new_list) do
-            if r == citizen_id then
-                bump(is, citizen_id, 1)
-            else
-                bump(is, r, 1)
-                local other = not old[id_key(r)] and citizens:get({ import_id, r })
-                if other then
-                    bump(month_of(other[F.birth_date]), citizen_id, 1)
-                end
-            end
+    for _, r in ipairs(gone) do
+        bump(was, r, -1)
+    end
+    for _, r in ipairs(joined) do
+        bump(is, r, 1)
+    end
+    if was ~= is then
+        for _, r in ipairs(kept) do
+            bump(was, r, -1)
+            bump(is, r, 1)
         end
     end
-    if relatives ~= nil and relatives ~= box.NULL then
-        if not strictly_ascending(relatives) then
-            return 'invalid', box.NULL, box.NULL, box.NULL, 'relatives not ascending and unique'
+    for _, other in ipairs(others) do
+        local joins = not contains(gone, other[F.citizen_id])
+        bump(month_of(other[F.birth_date]), citizen_id, joins and 1 or -1)
+    end
+    for _, other in ipairs(others) do
+        local r = other[F.citizen_id]
+        if contains(gone, r) then
+            citizens:update({ import_id, r }, { { '=', F.relatives, list_without(other[F.relatives], citizen_id) } })
+        else
+            citizens:update({ import_id, r }, { { '=', F.relatives, list_with(other[F.relatives], citizen_id) } })
         end
-        -- The contract of the app's Storage::patch_citizen (src/storage/mod.rs),
-        -- as SQLite's patch_citizen and domain::relatives::after_patch keep it:
-        -- a dropped relative loses this citizen, an added one gains it, the
-        -- citizen's own id is never mirrored. Everything is checked before
-        -- anything is written; an unknown added relative (the lowest) wins
-        -- over a dropped one that is missing, which means a broken relation.
-        local old, new = as_set(citizen[F.relatives]), as_set(relatives)
-        for _, r in ipairs(relatives) do
-            if not old[id_key(r)] and r ~= citizen_id and citizens:get({ import_id, r }) == nil then
-                return 'unknown_relative', box.NULL, r, box.NULL, box.NULL
-            end
-        end
-        for _, r in ipairs(citizen[F.relatives]) do
-            if not new[id_key(r)] and r ~= citizen_id and citizens:get({ import_id, r }) == nil then
-                return 'missing_relative', box.NULL, r, box.NULL, box.NULL
-            end
-        end
-        for _, r in ipairs(citizen[F.relatives]) do
-            if not new[id_key(r)] and r ~= citizen_id then
-                local other = citizens:get({ import_id, r })
-                citizens:update({ import_id, r }, { { '=', F.relatives, list_without(other[F.relatives], citizen_id) } })
-            end
-        end
-        for _, r in ipairs(relatives) do
-            if not old[id_key(r)] and r ~= citizen_id then
-                local other = citizens:get({ import_id, r })
-                citizens:update({ import_id, r }, { { '=', F.relatives, list_with(other[F.relatives], citizen_id) } })
-            end
-        end
+    end
+    if new_list ~= old_list then
         ops[#ops + 1] = { '=', F.relatives, relatives }
     end
     local updated = citizen
@@ -850,11 +902,16 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
             end
         end
     end
-    for town, dates in pairs(town_writes) do
-        if dates == '' then
-            town_dates:delete({ import_id, town })
-        else
-            town_dates:replace({ import_id, town, dates })
+    if births_moved then
+        for _, step in ipairs({ { was_town, date_key(was_born), -1 }, { is_town, date_key(is_born), 1 } }) do
+            local key = { import_id, step[1], step[2] }
+            local row = town_births:get(key)
+            local n = (row and row[4] or 0) + step[3]
+            if n > 0 then
+                town_births:replace({ import_id, step[1], step[2], n })
+            else
+                town_births:delete(key)
+            end
         end
     end
     local import = imports:update(import_id, { { '+', I.version, 1 } })
@@ -870,12 +927,21 @@ end
 -- previous call was out). patches: a list of {import_id, citizen_id,
 -- changes, relatives}, applied in order. Returns the list of their answers,
 -- each as gifts_patch_citizen's; a refused one writes nothing and leaves
--- the others be.
+-- the others be. One that fails (raises: a fault, not a refusal) is taken
+-- back to its savepoint and answers 'error', reason; the others stand.
 function gifts_patch_batch(patches)
     return box.atomic(function()
         local answers = {}
         for i, p in ipairs(patches) do
-            answers[i] = { patch_citizen(p[1], p[2], p[3], p[4]) }
+            local savepoint = box.savepoint()
+            local answer = { pcall(patch_citizen, p[1], p[2], p[3], p[4]) }
+            if answer[1] then
+                answers[i] = { answer[2], answer[3], answer[4], answer[5], answer[6] }
+            else
+                box.rollback_to_savepoint(savepoint)
+                log.error('gifts: patch of citizen %s of import %s failed: %s', tostring(p[2]), tostring(p[1]), tostring(answer[2]))
+                answers[i] = { 'error', box.NULL, box.NULL, box.NULL, tostring(answer[2]) }
+            end
         end
         return answers
     end)
@@ -901,14 +967,15 @@ function gifts_presents(import_id)
     return import[I.version], presents:select({ import_id })
 end
 
--- The import's version and each town's dates (ordered by town, byte order),
--- read without yielding; nil, nil when there is no such import.
+-- The import's version and its town births rows {import_id, town,
+-- yyyymmdd, citizens} (ordered by town, byte order, then date), read
+-- without yielding; nil, nil when there is no such import.
 function gifts_town_dates(import_id)
     local import = visible(import_id)
     if import == nil then
         return box.NULL, box.NULL
     end
-    return import[I.version], town_dates:select({ import_id })
+    return import[I.version], town_births:select({ import_id })
 end
 
 -- The import's version (bumped by every patch), or nil; validates cached answers.
@@ -921,9 +988,11 @@ function gifts_import_version(import_id)
 end
 
 -- Answers when the database and our schema are there.
+-- Answers the schema version and the largest tuple memtx takes (the app
+-- checks its body limit against it).
 function gifts_health()
     local row = box.space.meta:get('schema_version')
-    return row and row[2] or 0
+    return row and row[2] or 0, box.cfg.memtx_max_tuple_size
 end
 
 -- After a write failed for lack of disk space (or memory): a real write of

@@ -65,6 +65,16 @@ fn from_key(key: u32) -> Option<BirthDate> {
     )
 }
 
+/// A date as stores key a town's dates: `yyyymmdd`, ordered as the dates are.
+pub fn date_key(date: BirthDate) -> u32 {
+    key(date)
+}
+
+/// The date of a [`date_key`]; `None` for a number that is no date.
+pub fn date_of_key(key: u32) -> Option<BirthDate> {
+    from_key(key)
+}
+
 fn entry_at(blob: &[u8], i: usize) -> (u32, u32) {
     let at = i * ENTRY;
     let word = |from: usize| u32::from_le_bytes(blob[from..from + 4].try_into().expect("4 bytes"));

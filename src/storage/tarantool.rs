@@ -26,32 +26,9 @@ use super::iproto::{self, CallError, Client, codes};
 use super::row::{StoredCitizen, StoredDate, iso_date};
 use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
 use crate::domain::stats::Birthdays;
-use crate::domain::summary::{self, TownDates};
+use crate::domain::summary::{self, PresentsRow, Summary, TownDates};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 use crate::metrics::Metrics;
-
-/// Bytes stored in a Tarantool string field (Lua 2.6 cannot write msgpack
-/// `bin`), which need not be UTF-8: `rmp_serde` hands those over as bytes.
-struct Blob(Vec<u8>);
-
-impl<'de> Deserialize<'de> for Blob {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Blob;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string of bytes")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Blob, E> {
-                Ok(Blob(v.as_bytes().to_vec()))
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
-                Ok(Blob(v.to_vec()))
-            }
-        }
-        deserializer.deserialize_bytes(Visitor)
-    }
-}
 
 /// How to reach Tarantool.
 #[derive(Clone, PartialEq, Eq)]
@@ -131,10 +108,85 @@ pub struct TarantoolStorage {
     /// PATCHes on their way to [`send_patches`].
     patches: mpsc::Sender<PatchJob>,
     versions: Coalescer<ImportId, Result<Version, StorageError>>,
-    /// Imports up to this many citizens are stored by one call (one
-    /// transaction); bigger ones in chunks of this size, invisible until the
-    /// last, so no single WAL write holds other clients up for long.
+    /// Imports up to this many citizens (and [`CALL_WORK`]) are stored by
+    /// one call (one transaction); bigger ones in chunks of at most this
+    /// many, invisible until the last, so no single WAL write holds other
+    /// clients up for long.
     import_chunk: usize,
+}
+
+/// The schema version of `tarantool/app.lua` this build speaks to.
+const SCHEMA_VERSION: u64 = 5;
+
+/// Work per Tarantool call that stores part of an import, a citizen, each
+/// of its relatives and each summary row counting one. Tarantool runs one
+/// transaction at a time, so this bounds how long an import holds other
+/// clients up (docs/decisions.md, "Reliability", has the figures).
+const CALL_WORK: usize = 100_000;
+
+/// A citizen's share of [`CALL_WORK`].
+fn work(citizen: &Citizen) -> usize {
+    1 + citizen.relatives.len()
+}
+
+/// Runs of citizens, each of at most `most` citizens and [`CALL_WORK`]
+/// (a citizen heavier than that on its own).
+fn runs(citizens: &[Citizen], most: usize) -> Vec<&[Citizen]> {
+    let mut out = Vec::new();
+    let (mut start, mut load) = (0, 0);
+    for (i, citizen) in citizens.iter().enumerate() {
+        let w = work(citizen);
+        if i > start && (i - start == most || load + w > CALL_WORK) {
+            out.push(&citizens[start..i]);
+            start = i;
+            load = 0;
+        }
+        load += w;
+    }
+    if start < citizens.len() {
+        out.push(&citizens[start..]);
+    }
+    out
+}
+
+/// An import's summary as `tarantool/app.lua` takes it: presents rows
+/// ordered by citizen (so a run of citizens finds its own), and town
+/// births rows `(town, yyyymmdd, citizens)`.
+struct SummaryRows {
+    presents: Vec<PresentsRow>,
+    births: Vec<BirthsRow>,
+}
+
+/// A town births row: town, `yyyymmdd`, how many of its citizens were born then.
+type BirthsRow = (String, u32, u32);
+
+impl SummaryRows {
+    fn of(summary: Summary) -> Result<Self, StorageError> {
+        let mut presents = summary.presents;
+        presents.sort_unstable_by_key(|&(month, citizen, _)| (citizen, month));
+        let mut births = Vec::new();
+        for town in summary.towns {
+            let dates = summary::decode_dates(&town.dates)
+                .ok_or_else(|| StorageError::internal("a summary that does not decode"))?;
+            births.extend(
+                dates
+                    .into_iter()
+                    .map(|(date, n)| (town.town.clone(), summary::date_key(date), n)),
+            );
+        }
+        Ok(Self { presents, births })
+    }
+
+    /// The presents rows of `run`'s citizens.
+    fn presents_of(&self, run: &[Citizen]) -> Vec<PresentsRow> {
+        let mut out = Vec::new();
+        for citizen in run {
+            let id = citizen.citizen_id;
+            let from = self.presents.partition_point(|row| row.1 < id);
+            out.extend(self.presents[from..].iter().take_while(|row| row.1 == id));
+        }
+        out
+    }
 }
 
 /// The client and its settings, shared with spawned version checks.
@@ -144,6 +196,9 @@ struct Connection {
     closed: AtomicBool,
     /// False from a write that failed for lack of disk or memory until one succeeds.
     writable: AtomicBool,
+    /// The largest request body the service takes: a citizen tuple is never
+    /// bigger, so Tarantool's largest tuple must not be smaller.
+    largest_body: u64,
 }
 
 /// PATCHes waiting for the one in flight at most; more get 503.
@@ -360,6 +415,7 @@ impl TarantoolStorage {
         address: &TarantoolAddress,
         timeout: Duration,
         import_chunk: usize,
+        largest_body: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
         let client = Client::new(iproto::Config {
@@ -373,6 +429,7 @@ impl TarantoolStorage {
             timeout,
             closed: AtomicBool::new(false),
             writable: AtomicBool::new(true),
+            largest_body,
         });
         tokio::spawn(watch(Arc::clone(&connection), format!("{address:?}")));
         let (patches, queue) = mpsc::channel(PATCH_QUEUE);
@@ -393,10 +450,12 @@ impl TarantoolStorage {
         }
     }
 
-    /// Stores a big import in chunks: begin, chunks, commit.
+    /// Stores a big import in chunks: begin, runs of citizens with their
+    /// presents rows, the town births rows, commit.
     async fn create_in_chunks(
         &self,
         citizens: &[Citizen],
+        summary: &SummaryRows,
         key: Option<&str>,
         hash: Option<&[u8]>,
     ) -> Result<ImportId, StorageError> {
@@ -412,10 +471,28 @@ impl TarantoolStorage {
             Begun::New(import) => import,
             Begun::Existing(import) => return Ok(import),
         };
-        for chunk in citizens.chunks(self.import_chunk) {
-            let rows: Vec<NewCitizen<'_>> = chunk.iter().map(NewCitizen::of).collect();
+        let no_births: &[BirthsRow] = &[];
+        let mut chunks: Vec<(Vec<NewCitizen<'_>>, Vec<PresentsRow>, &[BirthsRow])> =
+            runs(citizens, self.import_chunk)
+                .into_iter()
+                .map(|run| {
+                    let rows = run.iter().map(NewCitizen::of).collect();
+                    (rows, summary.presents_of(run), no_births)
+                })
+                .collect();
+        chunks.extend(
+            summary
+                .births
+                .chunks(CALL_WORK)
+                .map(|births| (Vec::new(), Vec::new(), births)),
+        );
+        for (rows, presents, births) in chunks {
             let (status, reason): (String, Option<String>) = c
-                .call("gifts_import_chunk", &(import, rows), Kind::Write)
+                .call(
+                    "gifts_import_chunk",
+                    &(import, rows, presents, births),
+                    Kind::Write,
+                )
                 .await?;
             if status != "ok" {
                 return Err(StorageError::internal(format!(
@@ -516,14 +593,30 @@ impl Connection {
         }
     }
 
-    /// One `gifts_health` call (the schema version), and while the last
-    /// write failed for lack of space, a real write.
+    /// One `gifts_health` call (the schema version and the largest tuple),
+    /// and while the last write failed for lack of space, a real write.
     async fn health(&self) -> Result<u64, StorageError> {
-        let (version,): (u64,) = self.call("gifts_health", &NO_ARGS, Kind::Read).await?;
+        let (version, largest_tuple): (u64, Option<u64>) =
+            self.call("gifts_health", &NO_ARGS, Kind::Read).await?;
         if version == 0 {
             return Err(StorageError::Unavailable(
                 "tarantool schema is missing".into(),
             ));
+        }
+        if version != SCHEMA_VERSION {
+            return Err(StorageError::Misconfigured(format!(
+                "tarantool has schema version {version} and this build speaks version \
+                 {SCHEMA_VERSION}: run the tarantool/app.lua of this release"
+            )));
+        }
+        let largest_tuple = largest_tuple.unwrap_or(0);
+        if largest_tuple < self.largest_body {
+            return Err(StorageError::Misconfigured(format!(
+                "tarantool takes tuples up to {largest_tuple} bytes (GIFTS_TARANTOOL_MAX_TUPLE), \
+                 less than the body limit of {} bytes (--max-body-bytes): a citizen that fits \
+                 the body would not fit the database",
+                self.largest_body
+            )));
         }
         if !self.writable.load(Ordering::Acquire) {
             let _: (bool,) = self
@@ -676,15 +769,26 @@ impl Storage for TarantoolStorage {
     ) -> Result<ImportId, StorageError> {
         let key = idempotency.as_ref().map(|i| i.key.as_str());
         let hash = idempotency.as_ref().map(|i| &i.body_hash[..]);
-        if citizens.len() > self.import_chunk {
-            return self.create_in_chunks(&citizens, key, hash).await;
+        let (citizens, summary) = super::summary_of(citizens).await?;
+        let summary = SummaryRows::of(summary)?;
+        let work = citizens.iter().map(work).sum::<usize>()
+            + summary.presents.len()
+            + summary.births.len();
+        if citizens.len() > self.import_chunk || work > CALL_WORK {
+            return self.create_in_chunks(&citizens, &summary, key, hash).await;
         }
         let rows: Vec<NewCitizen<'_>> = citizens.iter().map(NewCitizen::of).collect();
         let (status, value): (String, IdOrReason) = self
             .connection
             .call(
                 "gifts_create_import",
-                &(rows, key, hash.map(hex::encode)),
+                &(
+                    rows,
+                    &summary.presents,
+                    &summary.births,
+                    key,
+                    hash.map(hex::encode),
+                ),
                 Kind::Write,
             )
             .await?;
@@ -824,7 +928,7 @@ impl Storage for TarantoolStorage {
         &self,
         import: ImportId,
     ) -> Result<(Version, Vec<TownDates>), StorageError> {
-        type Tuple = (u64, String, Blob);
+        type Tuple = (u64, String, u32, u32);
         let (version, rows): (Option<Version>, Option<Vec<Tuple>>) = self
             .connection
             .call("gifts_town_dates", &(import,), Kind::Read)
@@ -832,13 +936,25 @@ impl Storage for TarantoolStorage {
         let (Some(version), Some(rows)) = (version, rows) else {
             return Err(StorageError::ImportNotFound(import));
         };
-        let towns = rows
-            .into_iter()
-            .map(|(_, town, dates)| TownDates {
-                town,
-                dates: dates.0,
-            })
-            .collect();
+        // Rows come ordered by town, then date: each town's run is its dates.
+        let corrupt = || StorageError::internal("tarantool: a corrupt town births row");
+        let mut towns: Vec<TownDates> = Vec::new();
+        let mut dates = Vec::new();
+        let mut rows = rows.into_iter().peekable();
+        while let Some((_, town, key, count)) = rows.next() {
+            let date = summary::date_of_key(key).ok_or_else(corrupt)?;
+            if count == 0 || dates.last().is_some_and(|&(last, _)| last >= date) {
+                return Err(corrupt());
+            }
+            dates.push((date, count));
+            if rows.peek().is_none_or(|next| next.1 != town) {
+                towns.push(TownDates {
+                    town,
+                    dates: summary::encode_dates(&dates),
+                });
+                dates.clear();
+            }
+        }
         Ok((version, towns))
     }
 

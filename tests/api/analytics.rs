@@ -169,7 +169,7 @@ async fn an_import_stored_before_the_summary_gets_one_at_the_upgrade(backend: Ba
     };
     store.edit_offline(
         sql,
-        "box.space.presents:drop() box.space.town_dates:drop() box.space.meta:replace({ 'schema_version', 3 })",
+        "box.space.presents:drop() box.space.town_births:drop() box.space.meta:replace({ 'schema_version', 3 })",
     );
     let mut config = gifts::config::Config::with_storage(store.url().clone());
     config.cache_bytes = gifts::config::ByteSize(0);
@@ -187,12 +187,12 @@ fn check_summary_rows(store: &crate::helpers::TestStore, some: bool) {
     let (check, lua) = if some {
         (
             "n > 0",
-            "assert(box.space.presents:len() > 0 and box.space.town_dates:len() > 0, 'no summary')",
+            "assert(box.space.presents:len() > 0 and box.space.town_births:len() > 0, 'no summary')",
         )
     } else {
         (
             "n = 0",
-            "assert(box.space.presents:len() + box.space.town_dates:len() == 0, 'summary left')",
+            "assert(box.space.presents:len() + box.space.town_births:len() == 0, 'summary left')",
         )
     };
     store.edit_offline(

@@ -30,6 +30,8 @@ pub fn client_as(store: &TestStore, user: &str, password: &str) -> Client {
 }
 
 const NO_ARGS: [u8; 0] = [];
+/// No summary rows (presents, town births).
+const NO_ROWS: [u8; 0] = [];
 const WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,8 +42,10 @@ async fn the_app_user_may_only_call_our_functions_and_guests_nothing() {
     // Starting an app waits until app.lua has created the schema and the user.
     let app = TestApp::spawn(Backend::Tarantool).await;
     let gifts = client_as(&app.store, "gifts", "test-password");
-    let (version,): (u64,) = gifts.call("gifts_health", &NO_ARGS, WAIT).await.unwrap();
+    let (version, largest_tuple): (u64, u64) =
+        gifts.call("gifts_health", &NO_ARGS, WAIT).await.unwrap();
     assert!(version > 0);
+    assert_eq!(largest_tuple, 256 << 20, "app.lua's default");
     for function in [
         "box.space.citizens:truncate",
         "box.space.imports:select",
@@ -122,7 +126,11 @@ async fn the_stored_procedures_refuse_data_that_breaks_the_relation() {
         ("citizen twice", vec![row(1, &[]), row(1, &[])]),
     ] {
         let (status, reason): (String, serde_json::Value) = gifts
-            .call("gifts_create_import", &(rows, none, none), WAIT)
+            .call(
+                "gifts_create_import",
+                &(rows, NO_ROWS, NO_ROWS, none, none),
+                WAIT,
+            )
             .await
             .unwrap();
         assert_eq!(status, "invalid", "{why}: {reason}");
@@ -213,6 +221,59 @@ async fn a_batch_of_patches_answers_each_and_a_refused_one_leaves_the_others() {
         json!([1]),
         "the refused one wrote nothing"
     );
+}
+
+/// A PATCH that fails inside Tarantool (raises: a fault, not a refusal) is
+/// taken back alone: the PATCHes before and after it in the same batch
+/// stand (a failure used to roll the whole batch back, failing other
+/// clients' PATCHes with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_that_fails_in_a_batch_is_taken_back_alone() {
+    if !tarantool_available("patch_batch_failure") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let import = app.import(spec_example()).await;
+    let gifts = client_as(&app.store, "gifts", "test-password");
+    let field = |k: &str, v: &str| std::collections::BTreeMap::from([(k.to_owned(), v.to_owned())]);
+    let none: Option<Vec<u64>> = None;
+    let (answers,): (Vec<PatchAnswer>,) = gifts
+        .call(
+            "gifts_patch_batch",
+            &((
+                (import, 1, field("name", "А"), none.clone()),
+                // Mirrors 2 onto 3, then fails on the text apartment.
+                (import, 2, field("apartment", "x"), Some(vec![1u64, 3])),
+                (import, 3, field("name", "В"), none.clone()),
+            ),),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let statuses: Vec<(&str, Option<u64>)> = answers
+        .iter()
+        .map(|(status, _, _, version, _)| (status.as_str(), *version))
+        .collect();
+    assert_eq!(
+        statuses,
+        [("ok", Some(2)), ("error", None), ("ok", Some(3))],
+        "{answers:?}"
+    );
+    assert!(
+        answers[1].4.as_deref().unwrap_or("").contains("field 6"),
+        "the reason names the fault: {:?}",
+        answers[1].4
+    );
+    let listing = app.citizens(import).await;
+    assert_eq!(listing[0]["name"], "А");
+    assert_eq!(listing[1]["relatives"], json!([1]), "2 is as it was");
+    assert_eq!(listing[1]["apartment"], 7);
+    assert_eq!(
+        listing[2]["relatives"],
+        json!([]),
+        "the mirroring onto 3 was taken back"
+    );
+    assert_eq!(listing[2]["name"], "В");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,7 +482,7 @@ async fn an_import_cut_short_by_a_crash_is_never_seen_and_is_cleaned_at_start() 
     let (status, _): (String, Option<String>) = gifts
         .call(
             "gifts_import_chunk",
-            &(import, vec![row(1, &[]), row(2, &[])]),
+            &(import, vec![row(1, &[]), row(2, &[])], NO_ROWS, NO_ROWS),
             WAIT,
         )
         .await
@@ -440,7 +501,11 @@ async fn an_import_cut_short_by_a_crash_is_never_seen_and_is_cleaned_at_start() 
     assert_eq!(status, StatusCode::NOT_FOUND);
     let gifts = client_as(&app.store, "gifts", "test-password");
     let (status, reason): (String, Option<String>) = gifts
-        .call("gifts_import_chunk", &(import, vec![row(3, &[])]), WAIT)
+        .call(
+            "gifts_import_chunk",
+            &(import, vec![row(3, &[])], NO_ROWS, NO_ROWS),
+            WAIT,
+        )
         .await
         .unwrap();
     assert_eq!(status, "invalid", "the leftover import is gone: {reason:?}");
