@@ -6,7 +6,7 @@ use axum::response::Response;
 
 use super::cache::View;
 use super::error::AppError;
-use super::extract::{CitizenPath, ImportPath, SmallBody};
+use super::extract::{CitizenPath, ImportPath, RequestBody};
 use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data};
 use crate::domain::today_utc;
@@ -50,6 +50,10 @@ pub async fn list(
     .await
 }
 
+/// PATCH bodies of this many bytes or more are parsed off the async
+/// worker threads (a few milliseconds of work and up).
+const INLINE_PATCH: usize = 64 * 1024;
+
 #[utoipa::path(
     patch,
     path = "/imports/{import_id}/citizens/{citizen_id}",
@@ -80,13 +84,27 @@ pub async fn list(
 pub async fn update(
     State(state): State<AppState>,
     CitizenPath(import, citizen): CitizenPath,
-    SmallBody(body): SmallBody,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, AppError> {
-    let Object(patch) = wire::parse::<Object<PatchBody>>(&body).map_err(|mut e| {
-        e.citizen_id = Some(citizen);
-        e
-    })?;
-    let patch = patch.into_patch(citizen, today_utc())?;
+    let body_len = body.len();
+    let today = today_utc();
+    let parse = move || {
+        let Object(patch) = wire::parse::<Object<PatchBody>>(&body).map_err(|mut e| {
+            e.citizen_id = Some(citizen);
+            e
+        })?;
+        Ok::<_, AppError>(patch.into_patch(citizen, today)?)
+    };
+    // A PATCH may carry a relatives list as long as an import allows (a
+    // citizen related to 100,000 others): a big one is parsed and checked
+    // off the async worker threads.
+    let patch = if body_len < INLINE_PATCH {
+        parse()?
+    } else {
+        tokio::task::spawn_blocking(parse)
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))??
+    };
     let patched = state.storage.patch_citizen(import, citizen, patch).await?;
     // Before answering, so a read right after this PATCH finds the snapshot moved.
     state.cache.after_patch(import, &patched).await;

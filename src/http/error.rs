@@ -39,12 +39,6 @@ pub enum AppError {
         bytes = .0.get()
     )]
     PayloadTooLarge(ByteSize),
-    /// 413: a PATCH body larger than its own, fixed limit.
-    #[error(
-        "a PATCH body may be at most {0} ({bytes} bytes): one citizen's changes fit in far less",
-        bytes = .0.get()
-    )]
-    SmallBodyTooLarge(ByteSize),
     /// 415: a `Content-Encoding` other than gzip.
     #[error("unsupported Content-Encoding {0:?}: send the body plain or gzip-compressed")]
     UnsupportedEncoding(String),
@@ -128,9 +122,7 @@ impl IntoResponse for AppError {
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             AppError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            AppError::PayloadTooLarge(_) | AppError::SmallBodyTooLarge(_) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-            }
+            AppError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             AppError::UnsupportedEncoding(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_content_encoding",

@@ -4,7 +4,7 @@ use std::io::Read;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
+use axum::http::header::CONTENT_ENCODING;
 use axum::http::request::Parts;
 
 use super::AppState;
@@ -18,28 +18,6 @@ use crate::domain::{CitizenId, ImportId};
 /// router's middleware, before any of the body was read).
 pub struct RequestBody(pub Bytes);
 
-/// A PATCH body: like [`RequestBody`], but at most [`SMALL_BODY_BYTES`]
-/// (one citizen's changes fit in far less), so parsing it on an async
-/// worker thread stays cheap whatever `--max-body-bytes` allows.
-pub struct SmallBody(pub Bytes);
-
-/// The limit of a [`SmallBody`] (or `--max-body-bytes`, if smaller).
-pub const SMALL_BODY_BYTES: u64 = 1 << 20;
-
-/// A PATCH body announced over its limit but not over this is read and
-/// dropped before the 413: a client still sending it then gets the answer,
-/// where closing on unread data would reset the connection under it. Larger
-/// ones are refused without reading (the connection then closes).
-const DRAIN_BYTES: u64 = 8 << 20;
-
-/// Reads and drops a body, at most [`DRAIN_BYTES`] of it; errors end it.
-async fn drain(body: axum::body::Body) {
-    use http_body_util::BodyExt;
-    let mut body =
-        http_body_util::Limited::new(body, usize::try_from(DRAIN_BYTES).unwrap_or(usize::MAX));
-    while let Some(Ok(_)) = body.frame().await {}
-}
-
 /// Bodies of this many compressed bytes or more are decompressed off the
 /// async worker threads.
 const INLINE_GUNZIP: usize = 64 * 1024;
@@ -52,36 +30,6 @@ impl FromRequest<AppState> for RequestBody {
         read_body(req, limit.get(), || AppError::PayloadTooLarge(limit))
             .await
             .map(RequestBody)
-    }
-}
-
-impl FromRequest<AppState> for SmallBody {
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, AppError> {
-        if state.max_body_bytes.get() <= SMALL_BODY_BYTES {
-            let limit = state.max_body_bytes;
-            return read_body(req, limit.get(), || AppError::PayloadTooLarge(limit))
-                .await
-                .map(SmallBody);
-        }
-        let limit = SMALL_BODY_BYTES;
-        let announced = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(announced) = announced.filter(|n| *n > limit) {
-            // A client waiting for `100 Continue` has sent nothing: no drain.
-            let waiting = req.headers().contains_key(axum::http::header::EXPECT);
-            if announced <= DRAIN_BYTES && !waiting {
-                drain(req.into_body()).await;
-            }
-            return Err(AppError::SmallBodyTooLarge(ByteSize(limit)));
-        }
-        read_body(req, limit, || AppError::SmallBodyTooLarge(ByteSize(limit)))
-            .await
-            .map(SmallBody)
     }
 }
 
