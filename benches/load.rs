@@ -11,6 +11,7 @@
 //! ```sh
 //! cargo bench --bench load -- --citizens 10000 --links 1000
 //! cargo bench --bench load -- --mixed    # the open-model mixed load, rate by rate
+//! cargo bench --bench load -- --shapes   # the big valid shapes, store by store
 //! ```
 //!
 //! Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
@@ -38,12 +39,16 @@ mod support;
 #[path = "load/mixed.rs"]
 mod mixed;
 
+#[path = "load/shapes.rs"]
+mod shapes;
+
 use support::{
     KillOnDrop, PostgresServer, app_lua, free_port, peak_rss_kib, poll, postgres_bin,
     tarantool_command, tarantool_installed,
 };
 
 /// Benchmark settings.
+#[allow(clippy::struct_excessive_bools)] // command-line switches, one per mode
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "load",
@@ -87,6 +92,10 @@ struct Args {
     /// Run only the open-model mixed load (see `load/mixed.rs`) at each of --rates.
     #[arg(long)]
     mixed: bool,
+    /// Run only the big valid shapes (see `load/shapes.rs`): a hub of 20,000, 140,000
+    /// distinct dates in a town, 119,999 relatives near 2^63, NUL in every string.
+    #[arg(long)]
+    shapes: bool,
     /// Arrival rates (requests per second) the mixed load steps through.
     #[arg(
         long,
@@ -207,6 +216,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         std::fs::write(
             &args.out,
             serde_json::to_vec_pretty(&json!({"machine": machine(), "stall": stalls}))?,
+        )?;
+        eprintln!("report written to {}", args.out.display());
+        return Ok(());
+    }
+    if args.shapes {
+        let mut reports = Vec::new();
+        for backend in &backends {
+            reports.extend(shapes::run(&args, backend).await?);
+        }
+        shapes::print(&reports);
+        std::fs::write(
+            &args.out,
+            serde_json::to_vec_pretty(&json!({"machine": machine(), "shapes": reports}))?,
         )?;
         eprintln!("report written to {}", args.out.display());
         return Ok(());

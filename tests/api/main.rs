@@ -27,5 +27,6 @@ mod reads;
 mod retries;
 mod robustness;
 mod servers;
+mod shapes;
 mod startup;
 mod tarantool;

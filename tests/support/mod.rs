@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each includer uses its own part
 
+pub mod shapes;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
