@@ -145,9 +145,9 @@ pub struct Config {
     #[arg(long, env = "GIFTS_CACHE_BYTES", default_value = "256MiB")]
     pub cache_bytes: ByteSize,
 
-    /// Citizens per Tarantool transaction when storing an import: bigger imports are
-    /// stored in chunks of this many, invisible until the last, so no single write holds
-    /// other clients up for long.
+    /// Most citizens per Tarantool transaction when storing an import: bigger imports (and
+    /// heavy ones: many relatives or summary rows) are stored in chunks, invisible until
+    /// the last, so no single write holds other clients up for long.
     #[arg(long, env = "GIFTS_TARANTOOL_IMPORT_CHUNK", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
     pub tarantool_import_chunk: u64,
 

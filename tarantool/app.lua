@@ -339,7 +339,7 @@ local CHUNK = 10000
 -- A long check yields (lets other requests run) after this much work, a
 -- unit being one relative looked up: about 10 ms. Only where no
 -- transaction is open (a yield inside one would abort it).
-local PACE = 10000
+local PACE = 5000
 local function pacer()
     local done = 0
     return function()
@@ -978,6 +978,52 @@ function gifts_town_dates(import_id)
     return import[I.version], town_births:select({ import_id })
 end
 
+-- The spaces a paged read may read: keyed by import first.
+local PAGED = { citizens = citizens, presents = presents, town_births = town_births }
+local msgpack = require('msgpack')
+local digest = require('digest')
+
+-- One page of an import's rows of `space_name` ('citizens', 'presents' or
+-- 'town_births') in primary key order: at most `limit` rows after `cursor`
+-- (nil: from the first). Returns the import's version, the rows, and the
+-- cursor of the next page (nil after the last one); nil, nil, nil when
+-- there is no such import. Every write of an import bumps its version, so
+-- a reader that sees one version on every page has read one state; a big
+-- import read a page per call never holds the database for long.
+function gifts_page(space_name, import_id, cursor, limit)
+    local space = PAGED[space_name]
+    if space == nil then
+        error('gifts_page: no such space ' .. tostring(space_name))
+    end
+    local import = visible(import_id)
+    if import == nil then
+        return box.NULL, box.NULL, box.NULL
+    end
+    limit = math.max(1, math.min(limit, 100000))
+    local from, iterator = { import_id }, 'GE'
+    if cursor ~= nil and cursor ~= box.NULL then
+        from, iterator = msgpack.decode(digest.base64_decode(cursor)), 'GT'
+        if from[1] ~= import_id then
+            error('gifts_page: a cursor of another import')
+        end
+    end
+    local rows = space:select(from, { iterator = iterator, limit = limit })
+    local n = #rows
+    while n > 0 and rows[n][1] ~= import_id do
+        rows[n] = nil
+        n = n - 1
+    end
+    local next = box.NULL
+    if n == limit then
+        local key = {}
+        for i, part in ipairs(space.index.primary.parts) do
+            key[i] = rows[n][part.fieldno]
+        end
+        next = digest.base64_encode(msgpack.encode(key))
+    end
+    return import[I.version], rows, next
+end
+
 -- The import's version (bumped by every patch), or nil; validates cached answers.
 function gifts_import_version(import_id)
     local import = visible(import_id)
@@ -1013,12 +1059,35 @@ function gifts_probe_write()
     return true
 end
 
--- Imports a crash left half-stored (still loading) are deleted, in chunks.
+-- Imports a crash (or a full disk) left half-stored are deleted, in
+-- chunks. A delete that fails (the disk still full) must not stop the
+-- start, which serves reads: it is tried again every 10 s, in a fiber.
+local leftovers = {}
 for _, import in imports:pairs() do
     if import[I.state] ~= nil then
-        log.info('gifts: deleting import %d, left half-stored by a crash', import[I.import_id])
-        delete_import(import[I.import_id])
+        leftovers[#leftovers + 1] = import[I.import_id]
     end
+end
+local function delete_leftovers()
+    while #leftovers > 0 do
+        local import_id = leftovers[#leftovers]
+        log.info('gifts: deleting import %d, left half-stored by a crash', import_id)
+        local ok, err = pcall(delete_import, import_id)
+        if ok then
+            leftovers[#leftovers] = nil
+        else
+            log.warn('gifts: could not delete import %d yet (%s); trying again in 10 s', import_id, tostring(err))
+            return false
+        end
+    end
+    return true
+end
+if not delete_leftovers() then
+    fiber.create(function()
+        repeat
+            fiber.sleep(10)
+        until delete_leftovers()
+    end)
 end
 
 -- The app's user may call these functions and nothing else; they run with
@@ -1036,6 +1105,7 @@ for _, name in ipairs({
     'gifts_create_import', 'gifts_import_begin', 'gifts_import_chunk', 'gifts_import_commit',
     'gifts_patch_citizen', 'gifts_patch_batch', 'gifts_citizens', 'gifts_import_version', 'gifts_health', 'gifts_probe_write',
     'gifts_list_imports', 'gifts_delete_import', 'gifts_totals', 'gifts_presents', 'gifts_town_dates',
+    'gifts_page',
 }) do
     box.schema.func.create(name, { setuid = true, if_not_exists = true })
     box.schema.user.grant(user, 'execute', 'function', name, { if_not_exists = true })

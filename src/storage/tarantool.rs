@@ -108,34 +108,46 @@ pub struct TarantoolStorage {
     /// PATCHes on their way to [`send_patches`].
     patches: mpsc::Sender<PatchJob>,
     versions: Coalescer<ImportId, Result<Version, StorageError>>,
-    /// Imports up to this many citizens (and [`CALL_WORK`]) are stored by
+    /// Imports up to this many citizens (and [`ONE_CALL_WORK`]) are stored by
     /// one call (one transaction); bigger ones in chunks of at most this
     /// many, invisible until the last, so no single WAL write holds other
     /// clients up for long.
     import_chunk: usize,
 }
 
+/// Rows per `gifts_page` call: about 10 ms of Tarantool for citizens.
+const PAGE: usize = 10_000;
+
+/// Page-by-page reads of one import that writes may spoil before one call
+/// reads it whole.
+const PAGED_ATTEMPTS: usize = 3;
+
 /// The schema version of `tarantool/app.lua` this build speaks to.
 const SCHEMA_VERSION: u64 = 5;
 
-/// Work per Tarantool call that stores part of an import, a citizen, each
-/// of its relatives and each summary row counting one. Tarantool runs one
-/// transaction at a time, so this bounds how long an import holds other
-/// clients up (docs/decisions.md, "Reliability", has the figures).
-const CALL_WORK: usize = 100_000;
+/// Work per Tarantool call that stores a chunk of a big import: a stored
+/// row (a citizen, a presents row, a town births row) counts [`ROW`], each
+/// relative in a citizen's list one. Tarantool runs one transaction at a
+/// time, so this bounds how long an import holds other clients up: 5,000
+/// rows are about 10-20 ms of it (docs/storage.md has the measurements).
+const CALL_WORK: usize = 50_000;
 
-/// A citizen's share of [`CALL_WORK`].
-fn work(citizen: &Citizen) -> usize {
-    1 + citizen.relatives.len()
-}
+/// The most work an import stored by one call may take: the size the
+/// service is tuned for (10,000 citizens, 1,000 links, about 22,000 rows)
+/// holds Tarantool about 50 ms that way, and is stored twice as fast as in
+/// chunks.
+const ONE_CALL_WORK: usize = 250_000;
+
+/// A stored row's share of [`CALL_WORK`].
+const ROW: usize = 10;
 
 /// Runs of citizens, each of at most `most` citizens and [`CALL_WORK`]
 /// (a citizen heavier than that on its own).
-fn runs(citizens: &[Citizen], most: usize) -> Vec<&[Citizen]> {
+fn runs<'a>(citizens: &'a [Citizen], summary: &SummaryRows, most: usize) -> Vec<&'a [Citizen]> {
     let mut out = Vec::new();
     let (mut start, mut load) = (0, 0);
     for (i, citizen) in citizens.iter().enumerate() {
-        let w = work(citizen);
+        let w = summary.work(citizen);
         if i > start && (i - start == most || load + w > CALL_WORK) {
             out.push(&citizens[start..i]);
             start = i;
@@ -160,6 +172,10 @@ struct SummaryRows {
 /// A town births row: town, `yyyymmdd`, how many of its citizens were born then.
 type BirthsRow = (String, u32, u32);
 
+/// What one `gifts_import_chunk` call stores: citizens, their presents
+/// rows, town births rows.
+type Chunk<'a> = (Vec<NewCitizen<'a>>, Vec<PresentsRow>, &'a [BirthsRow]);
+
 impl SummaryRows {
     fn of(summary: Summary) -> Result<Self, StorageError> {
         let mut presents = summary.presents;
@@ -177,15 +193,25 @@ impl SummaryRows {
         Ok(Self { presents, births })
     }
 
+    /// A citizen's presents rows.
+    fn presents_of_one(&self, citizen: &Citizen) -> &[PresentsRow] {
+        let id = citizen.citizen_id;
+        let from = self.presents.partition_point(|row| row.1 < id);
+        let to = from + self.presents[from..].partition_point(|row| row.1 == id);
+        &self.presents[from..to]
+    }
+
     /// The presents rows of `run`'s citizens.
     fn presents_of(&self, run: &[Citizen]) -> Vec<PresentsRow> {
-        let mut out = Vec::new();
-        for citizen in run {
-            let id = citizen.citizen_id;
-            let from = self.presents.partition_point(|row| row.1 < id);
-            out.extend(self.presents[from..].iter().take_while(|row| row.1 == id));
-        }
-        out
+        run.iter()
+            .flat_map(|c| self.presents_of_one(c).iter().copied())
+            .collect()
+    }
+
+    /// A citizen's share of [`CALL_WORK`]: its row, its presents rows and
+    /// its relatives.
+    fn work(&self, citizen: &Citizen) -> usize {
+        ROW * (1 + self.presents_of_one(citizen).len()) + citizen.relatives.len()
     }
 }
 
@@ -452,10 +478,10 @@ impl TarantoolStorage {
 
     /// Stores a big import in chunks: begin, runs of citizens with their
     /// presents rows, the town births rows, commit.
-    async fn create_in_chunks(
+    async fn create_in_chunks<'a>(
         &self,
-        citizens: &[Citizen],
-        summary: &SummaryRows,
+        citizens: &'a [Citizen],
+        summary: &'a SummaryRows,
         key: Option<&str>,
         hash: Option<&[u8]>,
     ) -> Result<ImportId, StorageError> {
@@ -471,22 +497,27 @@ impl TarantoolStorage {
             Begun::New(import) => import,
             Begun::Existing(import) => return Ok(import),
         };
-        let no_births: &[BirthsRow] = &[];
-        let mut chunks: Vec<(Vec<NewCitizen<'_>>, Vec<PresentsRow>, &[BirthsRow])> =
-            runs(citizens, self.import_chunk)
-                .into_iter()
-                .map(|run| {
-                    let rows = run.iter().map(NewCitizen::of).collect();
-                    (rows, summary.presents_of(run), no_births)
-                })
-                .collect();
+        let mut chunks: Vec<Chunk<'a>> = Vec::new();
+        let mut room = 0;
+        for run in runs(citizens, summary, self.import_chunk) {
+            let rows = run.iter().map(NewCitizen::of).collect();
+            let load: usize = run.iter().map(|c| summary.work(c)).sum();
+            room = CALL_WORK.saturating_sub(load) / ROW;
+            chunks.push((rows, summary.presents_of(run), &[]));
+        }
+        // The town births rows: what room the last run leaves, then calls of their own.
+        let (with_last, rest) = summary.births.split_at(room.min(summary.births.len()));
+        if let Some(last) = chunks.last_mut() {
+            last.2 = with_last;
+        }
         chunks.extend(
-            summary
-                .births
-                .chunks(CALL_WORK)
+            rest.chunks(CALL_WORK / ROW)
                 .map(|births| (Vec::new(), Vec::new(), births)),
         );
-        for (rows, presents, births) in chunks {
+        // Two chunks in flight: Tarantool runs the second's transaction
+        // while the first's is written to its WAL (and other clients'
+        // requests between them), and one fsync may cover both.
+        let send = |(rows, presents, births): Chunk<'a>| async move {
             let (status, reason): (String, Option<String>) = c
                 .call(
                     "gifts_import_chunk",
@@ -494,10 +525,23 @@ impl TarantoolStorage {
                     Kind::Write,
                 )
                 .await?;
-            if status != "ok" {
-                return Err(StorageError::internal(format!(
+            if status == "ok" {
+                Ok(())
+            } else {
+                Err(StorageError::internal(format!(
                     "gifts_import_chunk refused import {import}: {status} {reason:?}"
-                )));
+                )))
+            }
+        };
+        let mut chunks = chunks.into_iter();
+        while let Some(first) = chunks.next() {
+            match chunks.next() {
+                Some(second) => {
+                    let (a, b) = tokio::join!(send(first), send(second));
+                    a?;
+                    b?;
+                }
+                None => send(first).await?,
             }
         }
         let (status, value): (String, IdOrReason) = c
@@ -624,6 +668,52 @@ impl Connection {
                 .await?;
         }
         Ok(version)
+    }
+
+    /// An import's rows of `space` (`gifts_page`'s spaces), all of one
+    /// version, read [`PAGE`] rows per call so that no call holds Tarantool
+    /// for long. When writes change the import between pages on every one
+    /// of [`PAGED_ATTEMPTS`], one call to `whole` reads it all at once.
+    async fn read_rows<T>(
+        &self,
+        space: &str,
+        import: ImportId,
+        whole: &str,
+    ) -> Result<(Version, Vec<T>), StorageError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        'attempt: for _ in 0..PAGED_ATTEMPTS {
+            let mut rows: Vec<T> = Vec::new();
+            let mut cursor: Option<String> = None;
+            let mut first: Option<Version> = None;
+            loop {
+                let (version, page, next): (Option<Version>, Option<Vec<T>>, Option<String>) = self
+                    .call(
+                        "gifts_page",
+                        &(space, import, cursor.as_deref(), PAGE),
+                        Kind::Read,
+                    )
+                    .await?;
+                let (Some(version), Some(page)) = (version, page) else {
+                    return Err(StorageError::ImportNotFound(import));
+                };
+                if *first.get_or_insert(version) != version {
+                    continue 'attempt;
+                }
+                rows.extend(page);
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok((version, rows)),
+                }
+            }
+        }
+        let (version, rows): (Option<Version>, Option<Vec<T>>) =
+            self.call(whole, &(import,), Kind::Read).await?;
+        match (version, rows) {
+            (Some(version), Some(rows)) => Ok((version, rows)),
+            _ => Err(StorageError::ImportNotFound(import)),
+        }
     }
 
     /// One `gifts_import_version` call.
@@ -771,10 +861,9 @@ impl Storage for TarantoolStorage {
         let hash = idempotency.as_ref().map(|i| &i.body_hash[..]);
         let (citizens, summary) = super::summary_of(citizens).await?;
         let summary = SummaryRows::of(summary)?;
-        let work = citizens.iter().map(work).sum::<usize>()
-            + summary.presents.len()
-            + summary.births.len();
-        if citizens.len() > self.import_chunk || work > CALL_WORK {
+        let work =
+            citizens.iter().map(|c| summary.work(c)).sum::<usize>() + ROW * summary.births.len();
+        if citizens.len() > self.import_chunk || work > ONE_CALL_WORK {
             return self.create_in_chunks(&citizens, &summary, key, hash).await;
         }
         let rows: Vec<NewCitizen<'_>> = citizens.iter().map(NewCitizen::of).collect();
@@ -893,26 +982,20 @@ impl Storage for TarantoolStorage {
     }
 
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
-        let (version, rows): (Option<Version>, Option<Vec<Row>>) = self
+        let (version, rows) = self
             .connection
-            .call("gifts_citizens", &(import,), Kind::Read)
+            .read_rows::<Row>("citizens", import, "gifts_citizens")
             .await?;
-        let (Some(version), Some(rows)) = (version, rows) else {
-            return Err(StorageError::ImportNotFound(import));
-        };
         let citizens = super::checked_citizens(rows, Row::into_citizen).await?;
         Ok(Snapshot { version, citizens })
     }
 
     async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
         type Tuple = (u64, u8, u64, u32);
-        let (version, rows): (Option<Version>, Option<Vec<Tuple>>) = self
+        let (version, rows) = self
             .connection
-            .call("gifts_presents", &(import,), Kind::Read)
+            .read_rows::<Tuple>("presents", import, "gifts_presents")
             .await?;
-        let (Some(version), Some(rows)) = (version, rows) else {
-            return Err(StorageError::ImportNotFound(import));
-        };
         let rows = rows
             .into_iter()
             .map(|(_, month, citizen, presents)| {
@@ -929,13 +1012,10 @@ impl Storage for TarantoolStorage {
         import: ImportId,
     ) -> Result<(Version, Vec<TownDates>), StorageError> {
         type Tuple = (u64, String, u32, u32);
-        let (version, rows): (Option<Version>, Option<Vec<Tuple>>) = self
+        let (version, rows) = self
             .connection
-            .call("gifts_town_dates", &(import,), Kind::Read)
+            .read_rows::<Tuple>("town_births", import, "gifts_town_dates")
             .await?;
-        let (Some(version), Some(rows)) = (version, rows) else {
-            return Err(StorageError::ImportNotFound(import));
-        };
         // Rows come ordered by town, then date: each town's run is its dates.
         let corrupt = || StorageError::internal("tarantool: a corrupt town births row");
         let mut towns: Vec<TownDates> = Vec::new();

@@ -223,6 +223,65 @@ async fn a_batch_of_patches_answers_each_and_a_refused_one_leaves_the_others() {
     );
 }
 
+/// `gifts_page` reads an import a page at a time: the pages chain by their
+/// cursors to the whole import in key order, each carries the version (a
+/// PATCH between two pages shows, so the app reads again), and it reads
+/// only its three spaces and only the cursor's import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_is_read_a_page_at_a_time_with_its_version() {
+    if !tarantool_available("paged_reads") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let import = app.import(spec_example()).await;
+    let other = app.import(spec_example()).await;
+    let gifts = client_as(&app.store, "gifts", "test-password");
+    type Page = (Option<u64>, Option<Vec<serde_json::Value>>, Option<String>);
+    let page = |cursor: Option<String>, limit: u64| {
+        let gifts = &gifts;
+        async move {
+            gifts
+                .call::<_, Page>("gifts_page", &("citizens", import, cursor, limit), WAIT)
+                .await
+                .unwrap()
+        }
+    };
+    let (version, rows, cursor) = page(None, 2).await;
+    assert_eq!(version, Some(1));
+    let ids: Vec<u64> = rows
+        .unwrap()
+        .iter()
+        .map(|r| r[1].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    let cursor = cursor.expect("a next page");
+    let (status, _) = app.patch(import, 3, &json!({"name": "Новое"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (version, rows, next) = page(Some(cursor.clone()), 2).await;
+    assert_eq!(version, Some(2), "the PATCH between the pages shows");
+    let rows = rows.unwrap();
+    assert_eq!(rows.len(), 1, "only its import's rows: {rows:?}");
+    assert_eq!(rows[0][1], 3);
+    assert_eq!(next, None, "the last page");
+    // Another import's cursor, and a space of its own choosing, are refused.
+    let refused = gifts
+        .call::<_, Page>("gifts_page", &("citizens", other, Some(cursor), 2u64), WAIT)
+        .await;
+    assert!(
+        matches!(refused, Err(CallError::Server { .. })),
+        "{refused:?}"
+    );
+    let refused = gifts
+        .call::<_, Page>("gifts_page", &("_user", import, None::<String>, 2u64), WAIT)
+        .await;
+    assert!(
+        matches!(refused, Err(CallError::Server { .. })),
+        "{refused:?}"
+    );
+    // Read through the app, the import is whole.
+    assert_eq!(app.citizens(import).await.len(), 3);
+}
+
 /// A PATCH that fails inside Tarantool (raises: a fault, not a refusal) is
 /// taken back alone: the PATCHes before and after it in the same batch
 /// stand (a failure used to roll the whole batch back, failing other
