@@ -594,29 +594,13 @@ impl TestApp {
 
 /// A valid citizen with the given id and relatives; tests override fields.
 pub fn citizen(id: u64, relatives: &[u64]) -> Value {
-    json!({
-        "citizen_id": id,
-        "town": "Москва",
-        "street": "Льва Толстого",
-        "building": "16к7стр5",
-        "apartment": 7,
-        "name": format!("Житель {id}"),
-        "birth_date": "26.12.1986",
-        "gender": "male",
-        "relatives": relatives,
-    })
+    crate::support::shapes::citizen(id, relatives, Value::Null)
 }
 
 /// `citizen` with some fields replaced.
 pub fn citizen_with(id: u64, relatives: &[u64], fields: Value) -> Value {
-    let mut c = citizen(id, relatives);
-    let Value::Object(fields) = fields else {
-        panic!("fields must be an object")
-    };
-    for (k, v) in fields {
-        c[k] = v;
-    }
-    c
+    assert!(fields.is_object(), "fields must be an object");
+    crate::support::shapes::citizen(id, relatives, fields)
 }
 
 /// The contract's example import (docs/example-import.json): 1↔2 in Москва, 3 alone in Керчь.

@@ -15,8 +15,9 @@ pub struct Shape {
     pub patches: Vec<(u64, Value)>,
 }
 
-/// A valid citizen, with `fields` replacing the defaults.
-fn citizen(id: u64, relatives: &[u64], fields: Value) -> Value {
+/// A valid citizen (the tests' `helpers::citizen`), with `fields` (an
+/// object, or null for none) replacing the defaults.
+pub fn citizen(id: u64, relatives: &[u64], fields: Value) -> Value {
     let mut c = json!({
         "citizen_id": id,
         "town": "Москва",
