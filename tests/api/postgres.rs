@@ -339,16 +339,21 @@ async fn a_commit_that_gets_no_answer_is_504_and_the_retry_with_its_key_finds_th
 /// A TCP proxy in front of PostgreSQL that can stall as a frozen server
 /// does: its kernel still accepts connections, but once `stalled` nothing
 /// more is passed either way (what was sent waits, unanswered).
+///
+/// It listens on 127.0.0.2, not 127.0.0.1: other tests free ports on
+/// 127.0.0.1 (a server they stop) and keep connecting to them, and the
+/// kernel may hand such a port to this listener; their connections would
+/// then be counted here as the app's.
 struct StallingProxy {
-    port: u16,
+    addr: std::net::SocketAddr,
     stalled: Arc<AtomicBool>,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StallingProxy {
     async fn start(upstream: String, stalled: bool) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let stalled = Arc::new(AtomicBool::new(stalled));
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (shared, count) = (Arc::clone(&stalled), Arc::clone(&accepted));
@@ -363,7 +368,7 @@ impl StallingProxy {
             }
         });
         Self {
-            port,
+            addr,
             stalled,
             accepted,
         }
@@ -392,13 +397,13 @@ impl StallingProxy {
     }
 }
 
-/// The URL of `store` with these hosts' ports, in this order.
-fn url_with_ports(store: &TestStore, ports: &[u16]) -> String {
+/// The URL of `store` with these hosts, in this order.
+fn url_with_hosts(store: &TestStore, hosts: &[std::net::SocketAddr]) -> String {
     let flag = store.flag();
     let (head, tail) = flag.rsplit_once(':').expect("a port");
-    let (user, host) = head.rsplit_once('@').expect("a host");
+    let user = head.rsplit_once('@').expect("a host").0;
     let path = &tail[tail.find('/').expect("a database")..];
-    let hosts: Vec<String> = ports.iter().map(|p| format!("{host}:{p}")).collect();
+    let hosts: Vec<String> = hosts.iter().map(ToString::to_string).collect();
     format!("{user}@{}{path}", hosts.join(","))
 }
 
@@ -425,9 +430,12 @@ async fn a_stalled_host_first_in_the_url_is_passed_over_and_then_tried_last() {
     let store = Arc::new(TestStore::new(Backend::Postgres));
     let hole = StallingProxy::start(format!("127.0.0.1:{}", store_port(&store)), true).await;
     let config = Config::with_storage(
-        url_with_ports(&store, &[hole.port, store_port(&store)])
-            .parse()
-            .unwrap(),
+        url_with_hosts(
+            &store,
+            &[hole.addr, ([127, 0, 0, 1], store_port(&store)).into()],
+        )
+        .parse()
+        .unwrap(),
     );
     let app = TestApp::launch(Arc::clone(&store), config).await;
     let id = app.import(spec_example()).await;
@@ -469,7 +477,7 @@ async fn a_host_that_stalls_in_use_is_left_for_the_next_one() {
     let first = StallingProxy::start(format!("127.0.0.1:{port}"), false).await;
     let second = StallingProxy::start(format!("127.0.0.1:{port}"), false).await;
     let mut config = Config::with_storage(
-        url_with_ports(&store, &[first.port, second.port])
+        url_with_hosts(&store, &[first.addr, second.addr])
             .parse()
             .unwrap(),
     );
@@ -551,7 +559,7 @@ async fn probes_answer_quickly_while_the_database_stalls() {
     }
     let store = Arc::new(TestStore::new(Backend::Postgres));
     let proxy = StallingProxy::start(format!("127.0.0.1:{}", store_port(&store)), false).await;
-    let config = Config::with_storage(url_with_ports(&store, &[proxy.port]).parse().unwrap());
+    let config = Config::with_storage(url_with_hosts(&store, &[proxy.addr]).parse().unwrap());
     let app = TestApp::launch(Arc::clone(&store), config).await;
     let (status, _) = app.get("/health").await;
     assert_eq!(status, StatusCode::OK);
