@@ -61,6 +61,9 @@ pub type CitizenList = Arc<Vec<Arc<Citizen>>>;
 /// (tens of microseconds); bigger ones on a blocking thread.
 const INLINE_SNAPSHOT_UPDATE: usize = 20_000;
 
+/// Answers up to this long are rendered whole even with the cache off.
+pub const STREAM_FROM: u64 = 1024 * 1024;
+
 /// Which answer of an import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum View {
@@ -198,6 +201,11 @@ impl Held {
     /// The citizens, ordered by citizen_id.
     pub fn citizens(&self) -> &[Arc<Citizen>] {
         &self.citizens
+    }
+
+    /// The list of citizens itself, to render from after `self` is gone.
+    pub fn list(&self) -> CitizenList {
+        Arc::clone(&self.citizens)
     }
 
     /// The birthdays answer, `{"data": …}`: from the aggregates, with only
@@ -388,6 +396,16 @@ impl ResponseCache {
             }),
             metrics,
         }
+    }
+
+    /// Whether an answer of about `len` bytes is streamed rather than
+    /// rendered whole and kept: when it would take over a quarter of the
+    /// budget (it would push out much of the rest for one import), or, with
+    /// the cache off, when it is over [`STREAM_FROM`]. A streamed answer
+    /// costs a chunk of memory, not its size.
+    pub fn streams(&self, len: usize) -> bool {
+        let capacity = self.entries.as_ref().map_or(0, Entries::capacity);
+        len as u64 > (capacity / 4).max(STREAM_FROM)
     }
 
     /// Bytes held, by the weights.

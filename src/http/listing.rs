@@ -87,6 +87,116 @@ pub fn splice(
     Ok(finish(body, starts, n))
 }
 
+/// About how many bytes the listing of `citizens` takes: a lower bound
+/// (escapes are not counted), cheap enough to decide whether to stream.
+pub fn estimated_len(citizens: &[Arc<Citizen>]) -> usize {
+    citizens
+        .iter()
+        .map(|c| {
+            // The keys, punctuation, id, apartment, date and gender.
+            let fixed = 130;
+            let strings = [c.town.as_str(), c.street.as_str(), c.building.as_str()]
+                .iter()
+                .map(|s| s.len())
+                .sum::<usize>()
+                + c.name.as_str().len();
+            fixed + strings + 2 * c.relatives.len()
+        })
+        .sum::<usize>()
+        + PREFIX.len()
+        + SUFFIX.len()
+}
+
+/// How much of a streamed listing is rendered at a time.
+pub const CHUNK: usize = 64 * 1024;
+
+/// The listing of `citizens`, byte for byte [`render`]'s body, rendered
+/// [`CHUNK`] bytes at a time as it is sent (and gzip-compressed as it goes,
+/// if asked): memory O(chunk), whatever the import's size. Each citizen is
+/// let go once rendered if the list is not shared (loaded for this answer).
+pub struct Chunks {
+    citizens: std::vec::IntoIter<Arc<Citizen>>,
+    started: bool,
+    done: bool,
+    gzip: Option<flate2::write::GzEncoder<Vec<u8>>>,
+}
+
+impl Chunks {
+    /// The chunks of the listing of `citizens`, gzip-compressed if `gzip`.
+    pub fn new(citizens: Arc<Vec<Arc<Citizen>>>, gzip: bool) -> Self {
+        // Unshared (loaded for this answer): consumed as it is rendered.
+        // Shared (a cached snapshot): the pointers copied, the citizens not.
+        let citizens = Arc::try_unwrap(citizens).unwrap_or_else(|shared| (*shared).clone());
+        Self {
+            citizens: citizens.into_iter(),
+            started: false,
+            done: false,
+            gzip: gzip
+                .then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast())),
+        }
+    }
+
+    /// The next chunk of the listing, uncompressed; `None` once done.
+    fn plain(&mut self) -> Option<serde_json::Result<Vec<u8>>> {
+        if self.done {
+            return None;
+        }
+        let mut out = Vec::with_capacity(CHUNK + 1024);
+        while out.len() < CHUNK {
+            let Some(citizen) = self.citizens.next() else {
+                if !self.started {
+                    out.extend_from_slice(PREFIX);
+                }
+                out.extend_from_slice(SUFFIX);
+                self.done = true;
+                break;
+            };
+            if self.started {
+                out.push(b',');
+            } else {
+                out.extend_from_slice(PREFIX);
+                self.started = true;
+            }
+            if let Err(e) = write(&mut out, &*citizen) {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(out))
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = serde_json::Result<axum::body::Bytes>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::Write;
+        loop {
+            let chunk = match self.plain() {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => return Some(Err(e)),
+                None => return None,
+            };
+            let Some(gzip) = &mut self.gzip else {
+                return Some(Ok(chunk.into()));
+            };
+            // Writing to a Vec cannot fail; the compressor may keep what it
+            // was given until it has enough for a block.
+            let _ = gzip.write_all(&chunk);
+            if self.done {
+                let _ = gzip.try_finish();
+            }
+            let out = std::mem::take(gzip.get_mut());
+            if !out.is_empty() {
+                return Some(Ok(out.into()));
+            }
+            if self.done {
+                return None;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -131,6 +241,56 @@ mod tests {
                 assert_eq!(own, serde_json::to_vec(&**c).unwrap());
             }
         }
+    }
+
+    /// Every chunk of a streamed listing, joined (and unzipped).
+    fn streamed(citizens: Vec<Arc<Citizen>>, gzip: bool) -> (Vec<u8>, usize) {
+        use std::io::Read;
+        let chunks: Vec<_> = Chunks::new(Arc::new(citizens), gzip)
+            .map(Result::unwrap)
+            .collect();
+        assert!(chunks.iter().all(|c| !c.is_empty()), "no empty chunk");
+        let joined = chunks.concat();
+        if !gzip {
+            return (joined, chunks.len());
+        }
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&joined[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        (plain, chunks.len())
+    }
+
+    #[test]
+    fn a_streamed_listing_is_the_rendered_one_in_chunks_plain_or_gzipped() {
+        // 0 and 1 citizens, and sizes around a chunk's edge: one citizen
+        // here is about 230 bytes, so ~285 fill a chunk.
+        for n in [0, 1, 2, 284, 285, 286, 287, 600, 2_000] {
+            let citizens: Vec<_> = (1..=n).map(|i| citizen(i, "Иван", &[i])).collect();
+            let whole = render(&citizens).unwrap().body;
+            for gzip in [false, true] {
+                let (body, chunks) = streamed(citizens.clone(), gzip);
+                assert_eq!(body, whole, "{n} citizens, gzip {gzip}");
+                if !gzip {
+                    assert!(chunks <= whole.len() / CHUNK + 1, "{n}: {chunks} chunks");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_estimate_is_a_lower_bound_near_the_length() {
+        let citizens: Vec<_> = (1..=1_000)
+            .map(|i| citizen(i, "Иван", &[i, i + 1]))
+            .collect();
+        let (estimate, real) = (
+            estimated_len(&citizens),
+            render(&citizens).unwrap().body.len(),
+        );
+        assert!(
+            estimate <= real && estimate * 10 >= real * 8,
+            "{estimate} vs {real}"
+        );
     }
 
     proptest! {

@@ -404,7 +404,7 @@ where
         revalidation_headers(&mut response, &tag);
         return Ok(response);
     }
-    let body = state
+    let rendered = state
         .cache
         .get_or_render(import, view, version, Encoding::Identity, async {
             let _permit = state
@@ -422,10 +422,17 @@ where
                 Some(held) => Source::Held(held),
                 None => match from_summary(state, import, view).await? {
                     Some(body) => return Ok(body),
-                    None => Source::Loaded(state.storage.citizens(import).await?),
+                    None => Source::Loaded(
+                        state
+                            .storage
+                            .citizens(import)
+                            .await
+                            .map_err(AppError::from)?,
+                    ),
                 },
             };
             let cache = Arc::clone(&state.cache);
+            let accept = headers.clone();
             // Wrapping a loaded import and weighing it for the cache walk every
             // citizen: done with the render, off the async worker threads.
             let body = tokio::task::spawn_blocking(move || {
@@ -437,14 +444,26 @@ where
                         cache.keep_snapshot(import, loaded.version, citizens)
                     }
                 };
-                render(&held, &cache)
+                if view == View::Citizens && cache.streams(listing::estimated_len(held.citizens()))
+                {
+                    let gzip = accepts_gzip(&accept);
+                    return Err(Miss::Stream(
+                        Box::new(listing::Chunks::new(held.list(), gzip)),
+                        gzip,
+                    ));
+                }
+                render(&held, &cache).map_err(|e| Miss::Failed(AppError::Internal(Box::new(e))))
             })
             .await
-            .map_err(|e| AppError::Internal(Box::new(e)))?
-            .map_err(|e| AppError::Internal(Box::new(e)))?;
-            Ok::<_, AppError>(body)
+            .map_err(|e| AppError::Internal(Box::new(e)))??;
+            Ok::<_, Miss>(body)
         })
-        .await?;
+        .await;
+    let body = match rendered {
+        Ok(body) => body,
+        Err(Miss::Failed(e)) => return Err(e),
+        Err(Miss::Stream(chunks, gzip)) => return Ok(streamed(*chunks, gzip, &tag)),
+    };
     let gzip = body.len() >= COMPRESS_FROM && accepts_gzip(headers);
     let body = if gzip {
         state
@@ -467,6 +486,34 @@ where
         );
     }
     Ok(response)
+}
+
+/// Why `cached_view` has no body to cache: a failure, or an answer too big
+/// to be worth caching, streamed instead (with whether it is gzipped).
+enum Miss {
+    Failed(AppError),
+    Stream(Box<listing::Chunks>, bool),
+}
+
+impl From<AppError> for Miss {
+    fn from(e: AppError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// A GET citizens answer sent as it is rendered, a chunk at a time
+/// (`listing::Chunks`), in chunked transfer encoding.
+fn streamed(chunks: listing::Chunks, gzip: bool, tag: &str) -> Response {
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+    let mut response = json_response(StatusCode::OK, body);
+    revalidation_headers(&mut response, tag);
+    if gzip {
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_ENCODING,
+            HeaderValue::from_static("gzip"),
+        );
+    }
+    response
 }
 
 /// An analytics answer from the summary the store keeps (`domain::summary`):

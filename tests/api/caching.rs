@@ -109,7 +109,51 @@ async fn answers_are_gzipped_when_asked_and_equal_the_plain_ones(backend: Backen
     }
 }
 
+/// A GET citizens answer too big to be worth caching (over a quarter of
+/// `--cache-bytes`, or over 1 MiB with the cache off) is streamed as it is
+/// rendered (chunked, no `Content-Length`): byte for byte the answer
+/// rendered whole, plain or gzipped; ETag and 304 as for any other.
+async fn big_answers_are_streamed_byte_for_byte_as_rendered_whole(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // About 1.9 MB of citizens: under a quarter of the default budget.
+    let import = app.import(generate_import(8_000, 2_000, 11)).await;
+    let path = format!("/imports/{import}/citizens");
+    let whole = get(&app, &path, &[]).await;
+    assert!(whole.content_length().is_some(), "rendered whole");
+    let whole = whole.bytes().await.unwrap();
+    assert!(whole.len() > 1024 * 1024, "{} bytes", whole.len());
+
+    let store = app.stop().await;
+    let mut config = gifts::config::Config::with_storage(store.url().clone());
+    config.cache_bytes = gifts::config::ByteSize(0);
+    let app = TestApp::start(store, config).await;
+    for _ in 0..2 {
+        let streamed = get(&app, &path, &[]).await;
+        assert_eq!(streamed.status(), StatusCode::OK);
+        assert_eq!(streamed.content_length(), None, "streamed");
+        assert_eq!(header(&streamed, "content-type"), "application/json");
+        let tag = header(&streamed, "etag");
+        assert_eq!(tag, format!("W/\"{import}-1-citizens\""));
+        assert_eq!(streamed.bytes().await.unwrap(), whole);
+
+        let zipped = get(&app, &path, &[("accept-encoding", "gzip")]).await;
+        assert_eq!(zipped.content_length(), None, "streamed");
+        assert_eq!(header(&zipped, "content-encoding"), "gzip");
+        let bytes = zipped.bytes().await.unwrap();
+        assert!(bytes.len() < whole.len() / 2, "{} bytes", bytes.len());
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, whole);
+
+        let revalidated = get(&app, &path, &[("if-none-match", &tag)]).await;
+        assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+    }
+}
+
 backend_tests!(
     every_read_carries_an_etag_and_a_current_one_gets_304,
     answers_are_gzipped_when_asked_and_equal_the_plain_ones,
+    big_answers_are_streamed_byte_for_byte_as_rendered_whole,
 );
