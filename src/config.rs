@@ -140,8 +140,10 @@ pub struct Config {
     #[arg(long, env = "GIFTS_SQLITE_READERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub sqlite_readers: u64,
 
-    /// Memory for the read cache: rendered answers and the imports' citizens (with their
-    /// aggregates) they are rendered from, in one budget; 0 disables it.
+    /// Memory for everything cached, in one budget: SQLite's page caches (a quarter, when the
+    /// store is SQLite), then rendered answers and the imports' citizens (with their
+    /// aggregates) they are rendered from; 0 disables the read cache (SQLite keeps 2 MiB
+    /// plus 1 MiB per reader).
     #[arg(long, env = "GIFTS_CACHE_BYTES", default_value = "256MiB")]
     pub cache_bytes: ByteSize,
 

@@ -23,6 +23,19 @@ use crate::storage::postgres::PostgresStorage;
 use crate::storage::sqlite::{self, SqliteStorage};
 use crate::storage::tarantool::TarantoolStorage;
 
+/// The read cache's part of the memory budget (`--cache-bytes`): all of it,
+/// less SQLite's page caches when the store is SQLite (`PageCaches::of`).
+pub fn response_cache_bytes(config: &Config) -> u64 {
+    let budget = config.cache_bytes.get();
+    match &config.storage {
+        StorageUrl::Sqlite(_) => {
+            let readers = usize::try_from(config.sqlite_readers).unwrap_or(64);
+            budget.saturating_sub(sqlite::PageCaches::of(budget, readers).total(readers))
+        }
+        _ => budget,
+    }
+}
+
 /// Opens the store named by the configuration. A relative SQLite path is
 /// resolved against the working directory once, here, and logged absolute.
 pub async fn open_storage(
@@ -34,6 +47,7 @@ pub async fn open_storage(
             let path = std::path::absolute(path)
                 .with_context(|| format!("resolving {}", path.display()))?;
             let readers = usize::try_from(config.sqlite_readers).unwrap_or(64);
+            let budget = config.cache_bytes.get();
             let opened = path.clone();
             let sqlite_metrics = Arc::clone(metrics);
             let storage = tokio::task::spawn_blocking(move || {
@@ -41,6 +55,7 @@ pub async fn open_storage(
                     &opened,
                     readers,
                     (sqlite::WRITE_QUEUE, sqlite::READ_QUEUE),
+                    sqlite::PageCaches::of(budget, readers),
                     &sqlite_metrics,
                 )
             })
@@ -207,7 +222,7 @@ pub async fn run(
         storage: Arc::clone(&storage),
         max_body_bytes: config.max_body_bytes,
         cache: Arc::new(ResponseCache::new(
-            config.cache_bytes.get(),
+            response_cache_bytes(&config),
             Arc::clone(&metrics),
         )),
         metrics,
@@ -325,5 +340,25 @@ pub async fn shutdown_signal() -> Shutdown {
     tokio::select! {
         () = ctrl_c => Shutdown::Now,
         () = terminate => Shutdown::Drain,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ByteSize;
+
+    #[test]
+    fn sqlites_page_caches_come_out_of_the_one_budget() {
+        let mut config = Config::with_storage("sqlite:x.db".parse().unwrap());
+        config.cache_bytes = ByteSize(256 << 20);
+        config.sqlite_readers = 4;
+        assert_eq!(response_cache_bytes(&config), 192 << 20);
+        config.cache_bytes = ByteSize(0);
+        assert_eq!(response_cache_bytes(&config), 0, "the read cache off");
+        let mut config =
+            Config::with_storage("tarantool://gifts:secret@127.0.0.1:3301".parse().unwrap());
+        config.cache_bytes = ByteSize(32 << 20);
+        assert_eq!(response_cache_bytes(&config), 32 << 20, "all of it");
     }
 }

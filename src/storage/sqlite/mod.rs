@@ -122,6 +122,41 @@ impl rusqlite::types::FromSql for ImportId {
     }
 }
 
+/// SQLite's page caches, per connection, in bytes: the part of the memory
+/// budget (`--cache-bytes`) this store takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCaches {
+    /// The writer's: imports and PATCHes.
+    pub writer: u64,
+    /// Each reader's.
+    pub reader: u64,
+}
+
+impl PageCaches {
+    /// The page caches' share of a memory budget of `budget` bytes: an
+    /// eighth for the writer, an eighth shared by the `readers`; never under
+    /// 2 MiB for the writer and 1 MiB for a reader (SQLite's default is
+    /// 2 MB), so even a budget of 0 leaves SQLite room to work.
+    pub fn of(budget: u64, readers: usize) -> Self {
+        let readers = readers.max(1) as u64;
+        Self {
+            writer: (budget / 8).max(2 << 20),
+            reader: (budget / 8 / readers).max(1 << 20),
+        }
+    }
+
+    /// All of them together.
+    pub fn total(&self, readers: usize) -> u64 {
+        self.writer + self.reader * readers.max(1) as u64
+    }
+
+    /// The pragma that sets a connection's page cache to `bytes`.
+    fn pragma(bytes: u64) -> String {
+        // A negative cache_size is in KiB.
+        format!("PRAGMA cache_size = -{};", bytes / 1024)
+    }
+}
+
 /// A length as SQLite's integer (lengths of memory never reach 2^63).
 fn count(len: usize) -> i64 {
     i64::try_from(len).unwrap_or(i64::MAX)
@@ -135,23 +170,30 @@ impl SqliteStorage {
     /// Opens (creating if needed) the database at `path`, migrates the schema
     /// and starts the writer and `readers` reader threads.
     pub fn open(path: &Path, readers: usize) -> Result<Self, StorageError> {
-        Self::open_with(path, readers, (WRITE_QUEUE, READ_QUEUE), &Arc::default())
+        Self::open_with(
+            path,
+            readers,
+            (WRITE_QUEUE, READ_QUEUE),
+            PageCaches::of(256 << 20, readers),
+            &Arc::default(),
+        )
     }
 
-    /// [`SqliteStorage::open`] with other (write, read) queue bounds, and the
-    /// metrics to record batch sizes and queue depths in.
+    /// [`SqliteStorage::open`] with other (write, read) queue bounds and page
+    /// caches, and the metrics to record batch sizes and queue depths in.
     pub fn open_with(
         path: &Path,
         readers: usize,
         queues: (usize, usize),
+        caches: PageCaches,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, StorageError> {
-        match Self::open_once(path, readers, queues, metrics) {
+        match Self::open_once(path, readers, queues, caches, metrics) {
             Err(e) if reserve_path(path).exists() => {
                 // Perhaps the disk is full: give SQLite the reserved room and try again.
                 tracing::warn!(error = %e, "opening the database failed; retrying with the disk-space reserve freed");
                 std::fs::remove_file(reserve_path(path)).map_err(StorageError::internal)?;
-                let storage = Self::open_once(path, readers, queues, metrics)?;
+                let storage = Self::open_once(path, readers, queues, caches, metrics)?;
                 storage.writable.store(false, Ordering::Release);
                 Ok(storage)
             }
@@ -163,6 +205,7 @@ impl SqliteStorage {
         path: &Path,
         readers: usize,
         (write_queue, read_queue): (usize, usize),
+        caches: PageCaches,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, StorageError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -192,13 +235,14 @@ impl SqliteStorage {
         let mut writer = Connection::open(path)
             .map_err(|e| StorageError::internal(format!("cannot open {}: {e}", path.display())))?;
         writer
-            .execute_batch(
+            .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
                  PRAGMA busy_timeout = 5000;
-                 PRAGMA cache_size = -65536;",
-            )
+                 {}",
+                PageCaches::pragma(caches.writer)
+            ))
             .map_err(|e| {
                 StorageError::internal(format!("cannot write to {}: {e}", path.display()))
             })?;
@@ -275,8 +319,11 @@ impl SqliteStorage {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(internal)?;
-            conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -16384;")
-                .map_err(internal)?;
+            conn.execute_batch(&format!(
+                "PRAGMA busy_timeout = 5000; {}",
+                PageCaches::pragma(caches.reader)
+            ))
+            .map_err(internal)?;
             let jobs = Arc::clone(&read_rx);
             let depth = read_depth.clone();
             threads.push(
@@ -682,6 +729,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_page_caches_take_a_quarter_of_the_budget_with_a_floor() {
+        const MIB: u64 = 1 << 20;
+        let default = PageCaches::of(256 * MIB, 4);
+        assert_eq!((default.writer, default.reader), (32 * MIB, 8 * MIB));
+        assert_eq!(default.total(4), 64 * MIB);
+        let small = PageCaches::of(32 * MIB, 4);
+        assert_eq!((small.writer, small.reader), (4 * MIB, MIB));
+        let none = PageCaches::of(0, 4);
+        assert_eq!((none.writer, none.reader), (2 * MIB, MIB));
+        assert_eq!(PageCaches::pragma(8 * MIB), "PRAGMA cache_size = -8192;");
+    }
+
+    #[test]
     fn a_full_disk_is_told_apart_from_other_sqlite_failures() {
         let failure = |code| {
             rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some("why".into()))
@@ -800,7 +860,14 @@ mod tests {
     async fn a_full_write_queue_refuses_at_once_and_jobs_of_gone_callers_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(
-            SqliteStorage::open_with(&dir.path().join("q.db"), 1, (2, 8), &Arc::default()).unwrap(),
+            SqliteStorage::open_with(
+                &dir.path().join("q.db"),
+                1,
+                (2, 8),
+                PageCaches::of(0, 1),
+                &Arc::default(),
+            )
+            .unwrap(),
         );
         let import = storage.create_import(spec_citizens(), None).await.unwrap();
         let release = block_writer(&storage).await;
