@@ -12,6 +12,7 @@
 //! cargo bench --bench load -- --citizens 10000 --links 1000
 //! cargo bench --bench load -- --mixed    # the open-model mixed load, rate by rate
 //! cargo bench --bench load -- --shapes   # the big valid shapes, store by store
+//! cargo bench --bench load -- --memory   # peak RSS reading 30 imports and a 1M GET
 //! ```
 //!
 //! Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
@@ -36,6 +37,8 @@ use serde_json::json;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "load/memory.rs"]
+mod memory;
 #[path = "load/mixed.rs"]
 mod mixed;
 
@@ -96,6 +99,10 @@ struct Args {
     /// distinct dates in a town, 119,999 relatives near 2^63, NUL in every string.
     #[arg(long)]
     shapes: bool,
+    /// Run only the memory phases (see `load/memory.rs`): the server's peak RSS reading 30
+    /// imports of 10,000 and GET citizens of 1,000,000, at --cache-bytes 32MiB.
+    #[arg(long)]
+    memory: bool,
     /// Arrival rates (requests per second) the mixed load steps through.
     #[arg(
         long,
@@ -112,6 +119,9 @@ struct Args {
     /// An extra flag for the server (repeatable), e.g. --server-arg=--tarantool-import-chunk=2000000.
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
+    /// An environment variable for the server (repeatable), e.g. --server-env=MIMALLOC_PURGE_DELAY=0.
+    #[arg(long)]
+    server_env: Vec<String>,
     /// The gifts binary to run (default: the one cargo built for this bench),
     /// e.g. a copy of an earlier build, to compare two builds on one machine.
     #[arg(long)]
@@ -229,6 +239,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         std::fs::write(
             &args.out,
             serde_json::to_vec_pretty(&json!({"machine": machine(), "shapes": reports}))?,
+        )?;
+        eprintln!("report written to {}", args.out.display());
+        return Ok(());
+    }
+    if args.memory {
+        let mut phases = Vec::new();
+        for backend in &backends {
+            phases.extend(memory::run(&args, backend).await?);
+        }
+        memory::print(&phases);
+        std::fs::write(
+            &args.out,
+            serde_json::to_vec_pretty(&json!({"machine": machine(), "memory": phases}))?,
         )?;
         eprintln!("report written to {}", args.out.display());
         return Ok(());
@@ -353,6 +376,7 @@ async fn start_server(
         .args(["--tarantool-timeout-secs", "600"])
         .args(["--postgres-timeout-secs", "600"])
         .args(&args.server_arg)
+        .envs(args.server_env.iter().filter_map(|kv| kv.split_once('=')))
         .env("RUST_LOG", "info")
         .stdout(log_file(dir.path(), "server.log")?)
         .stderr(log_file(dir.path(), "server.err")?)

@@ -439,8 +439,7 @@ where
                 let held = match source {
                     Source::Held(held) => held,
                     Source::Loaded(loaded) => {
-                        let citizens: CitizenList =
-                            Arc::new(loaded.citizens.into_iter().map(Arc::new).collect());
+                        let citizens: CitizenList = Arc::new(loaded.citizens);
                         cache.keep_snapshot(import, loaded.version, citizens)
                     }
                 };

@@ -33,9 +33,13 @@ const BLOCKING_CHECK: usize = 2_000;
 async fn checked_citizens<R: Send + 'static>(
     rows: Vec<R>,
     read: fn(R) -> Result<Citizen, StorageError>,
-) -> Result<Vec<Citizen>, StorageError> {
+) -> Result<Vec<std::sync::Arc<Citizen>>, StorageError> {
     let small = rows.len() < BLOCKING_CHECK;
-    let check = move || rows.into_iter().map(read).collect::<Result<Vec<_>, _>>();
+    let check = move || {
+        rows.into_iter()
+            .map(|row| read(row).map(std::sync::Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+    };
     if small {
         check()
     } else {
@@ -65,8 +69,10 @@ async fn summary_of(citizens: Vec<Citizen>) -> Result<(Vec<Citizen>, Summary), S
 pub struct Snapshot {
     /// The version the citizens belong to.
     pub version: Version,
-    /// Ordered by citizen_id, relatives ascending.
-    pub citizens: Vec<Citizen>,
+    /// Ordered by citizen_id, relatives ascending; each in the `Arc` the read
+    /// cache holds it in, allocated once (a million-citizen import moved into
+    /// `Arc`s after loading would hold both lists at once).
+    pub citizens: Vec<std::sync::Arc<Citizen>>,
 }
 
 /// An `Idempotency-Key` and the body it was sent with: a retry of a stored

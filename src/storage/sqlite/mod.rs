@@ -589,7 +589,7 @@ impl Storage for SqliteStorage {
             let mut rows = stmt.query([import]).map_err(internal)?;
             let mut citizens = Vec::new();
             while let Some(row) = rows.next().map_err(internal)? {
-                citizens.push(read_row(row)?);
+                citizens.push(Arc::new(read_row(row)?));
             }
             Ok(Snapshot { version, citizens })
         })
