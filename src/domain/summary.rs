@@ -154,10 +154,31 @@ pub fn adjust_dates(blob: &mut Vec<u8>, date: BirthDate, delta: i32) -> bool {
     true
 }
 
+/// A town's distinct birth dates, ascending, each with how many of its
+/// citizens were born that day: what [`TownDates`] encodes.
+pub type CountedDates = Vec<(BirthDate, u32)>;
+
 impl Summary {
     /// The summary of `citizens`, which must be ordered by citizen_id.
     /// O(citizens · log citizens + links).
     pub fn of<C: Borrow<Citizen>>(citizens: &[C]) -> Self {
+        let (presents, towns) = Self::parts(citizens);
+        let towns = towns
+            .into_iter()
+            .map(|(town, counted)| TownDates {
+                town,
+                dates: encode_dates(&counted),
+            })
+            .collect();
+        Self { presents, towns }
+    }
+
+    /// [`Summary::of`] before the dates are encoded: the presents rows, and
+    /// the towns in order with their counted dates (for a store that keeps
+    /// them as rows).
+    pub fn parts<C: Borrow<Citizen>>(
+        citizens: &[C],
+    ) -> (Vec<PresentsRow>, Vec<(String, CountedDates)>) {
         let birthdays = super::stats::birthdays(citizens);
         let mut presents: Vec<PresentsRow> = birthdays
             .0
@@ -183,20 +204,17 @@ impl Summary {
             .into_iter()
             .map(|(town, mut dates)| {
                 dates.sort_unstable();
-                let mut counted: Vec<(BirthDate, u32)> = Vec::new();
+                let mut counted: CountedDates = Vec::new();
                 for date in dates {
                     match counted.last_mut() {
                         Some((last, count)) if *last == date => *count += 1,
                         _ => counted.push((date, 1)),
                     }
                 }
-                TownDates {
-                    town: town.to_owned(),
-                    dates: encode_dates(&counted),
-                }
+                (town.to_owned(), counted)
             })
             .collect();
-        Self { presents, towns }
+        (presents, towns)
     }
 }
 

@@ -177,20 +177,33 @@ type BirthsRow = (String, u32, u32);
 type Chunk<'a> = (Vec<NewCitizen<'a>>, Vec<PresentsRow>, &'a [BirthsRow]);
 
 impl SummaryRows {
-    fn of(summary: Summary) -> Result<Self, StorageError> {
-        let mut presents = summary.presents;
+    /// The rows of `citizens`' summary ([`Summary::parts`]).
+    fn of(citizens: &[Citizen]) -> Self {
+        let (mut presents, towns) = Summary::parts(citizens);
         presents.sort_unstable_by_key(|&(month, citizen, _)| (citizen, month));
         let mut births = Vec::new();
-        for town in summary.towns {
-            let dates = summary::decode_dates(&town.dates)
-                .ok_or_else(|| StorageError::internal("a summary that does not decode"))?;
+        for (town, dates) in towns {
             births.extend(
                 dates
                     .into_iter()
-                    .map(|(date, n)| (town.town.clone(), summary::date_key(date), n)),
+                    .map(|(date, n)| (town.clone(), summary::date_key(date), n)),
             );
         }
-        Ok(Self { presents, births })
+        Self { presents, births }
+    }
+
+    /// [`SummaryRows::of`], off the async worker threads for a big import.
+    async fn of_import(citizens: Vec<Citizen>) -> Result<(Vec<Citizen>, Self), StorageError> {
+        if citizens.len() < super::BLOCKING_CHECK {
+            let rows = Self::of(&citizens);
+            return Ok((citizens, rows));
+        }
+        tokio::task::spawn_blocking(move || {
+            let rows = Self::of(&citizens);
+            (citizens, rows)
+        })
+        .await
+        .map_err(StorageError::internal)
     }
 
     /// A citizen's presents rows.
@@ -859,8 +872,7 @@ impl Storage for TarantoolStorage {
     ) -> Result<ImportId, StorageError> {
         let key = idempotency.as_ref().map(|i| i.key.as_str());
         let hash = idempotency.as_ref().map(|i| &i.body_hash[..]);
-        let (citizens, summary) = super::summary_of(citizens).await?;
-        let summary = SummaryRows::of(summary)?;
+        let (citizens, summary) = SummaryRows::of_import(citizens).await?;
         let work =
             citizens.iter().map(|c| summary.work(c)).sum::<usize>() + ROW * summary.births.len();
         if citizens.len() > self.import_chunk || work > ONE_CALL_WORK {
