@@ -34,12 +34,17 @@ async fn checked_citizens<R: Send + 'static>(
     rows: Vec<R>,
     read: fn(R) -> Result<Citizen, StorageError>,
 ) -> Result<Vec<std::sync::Arc<Citizen>>, StorageError> {
+    checked(rows, move |row| read(row).map(std::sync::Arc::new)).await
+}
+
+/// `rows` each turned into a value by `read`: for many, off the async
+/// worker threads.
+async fn checked<R: Send + 'static, U: Send + 'static>(
+    rows: Vec<R>,
+    read: impl Fn(R) -> Result<U, StorageError> + Send + 'static,
+) -> Result<Vec<U>, StorageError> {
     let small = rows.len() < BLOCKING_CHECK;
-    let check = move || {
-        rows.into_iter()
-            .map(|row| read(row).map(std::sync::Arc::new))
-            .collect::<Result<Vec<_>, _>>()
-    };
+    let check = move || rows.into_iter().map(read).collect::<Result<Vec<_>, _>>();
     if small {
         check()
     } else {

@@ -687,17 +687,22 @@ impl Connection {
     /// version, read [`PAGE`] rows per call so that no call holds Tarantool
     /// for long. When writes change the import between pages on every one
     /// of [`PAGED_ATTEMPTS`], one call to `whole` reads it all at once.
-    async fn read_rows<T>(
+    ///
+    /// Each page is turned into values by `convert` as it comes, so a big
+    /// import is never held as raw rows and values at once.
+    async fn read_rows<T, U>(
         &self,
         space: &str,
         import: ImportId,
         whole: &str,
-    ) -> Result<(Version, Vec<T>), StorageError>
+        convert: fn(T) -> Result<U, StorageError>,
+    ) -> Result<(Version, Vec<U>), StorageError>
     where
         T: DeserializeOwned + Send + 'static,
+        U: Send + 'static,
     {
         'attempt: for _ in 0..PAGED_ATTEMPTS {
-            let mut rows: Vec<T> = Vec::new();
+            let mut rows: Vec<U> = Vec::new();
             let mut cursor: Option<String> = None;
             let mut first: Option<Version> = None;
             loop {
@@ -714,7 +719,7 @@ impl Connection {
                 if *first.get_or_insert(version) != version {
                     continue 'attempt;
                 }
-                rows.extend(page);
+                rows.extend(super::checked(page, convert).await?);
                 match next {
                     Some(next) => cursor = Some(next),
                     None => return Ok((version, rows)),
@@ -724,7 +729,7 @@ impl Connection {
         let (version, rows): (Option<Version>, Option<Vec<T>>) =
             self.call(whole, &(import,), Kind::Read).await?;
         match (version, rows) {
-            (Some(version), Some(rows)) => Ok((version, rows)),
+            (Some(version), Some(rows)) => Ok((version, super::checked(rows, convert).await?)),
             _ => Err(StorageError::ImportNotFound(import)),
         }
     }
@@ -994,11 +999,12 @@ impl Storage for TarantoolStorage {
     }
 
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
-        let (version, rows) = self
+        let (version, citizens) = self
             .connection
-            .read_rows::<Row>("citizens", import, "gifts_citizens")
+            .read_rows::<Row, _>("citizens", import, "gifts_citizens", |row| {
+                row.into_citizen().map(Arc::new)
+            })
             .await?;
-        let citizens = super::checked_citizens(rows, Row::into_citizen).await?;
         Ok(Snapshot { version, citizens })
     }
 
@@ -1006,7 +1012,7 @@ impl Storage for TarantoolStorage {
         type Tuple = (u64, u8, u64, u32);
         let (version, rows) = self
             .connection
-            .read_rows::<Tuple>("presents", import, "gifts_presents")
+            .read_rows::<Tuple, _>("presents", import, "gifts_presents", Ok)
             .await?;
         let rows = rows
             .into_iter()
@@ -1026,7 +1032,7 @@ impl Storage for TarantoolStorage {
         type Tuple = (u64, String, u32, u32);
         let (version, rows) = self
             .connection
-            .read_rows::<Tuple>("town_births", import, "gifts_town_dates")
+            .read_rows::<Tuple, _>("town_births", import, "gifts_town_dates", Ok)
             .await?;
         // Rows come ordered by town, then date: each town's run is its dates.
         let corrupt = || StorageError::internal("tarantool: a corrupt town births row");
