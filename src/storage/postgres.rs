@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool::managed::{Object, Pool as DeadPool, PoolError as DeadPoolError};
+use futures_util::TryStreamExt;
 use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -211,6 +212,9 @@ const PRESENTS_TYPES: [Type; 4] = [Type::INT8, Type::INT2, Type::INT8, Type::INT
 
 /// The advisory lock held while migrating (any number, the same for all).
 const MIGRATION_LOCK: i64 = 0x6769_6674_7331; // "gifts1"
+
+/// Rows of an import read before they are checked into citizens together.
+const ROWS_PER_CHECK: usize = 10_000;
 
 /// The columns of a citizen, in [`read_citizen`]'s order.
 const CITIZEN_COLUMNS: &str =
@@ -886,16 +890,34 @@ impl PostgresStorage {
                 prefixed("c.")
             ))
             .await?;
-        let mut rows = client.query(&read, &[&import.get()]).await?;
-        drop(client);
-        let Some(first) = rows.first() else {
+        // Rows are checked into citizens a batch at a time as they arrive,
+        // so a big import is never held as rows and citizens at once.
+        let rows = client
+            .query_raw(&read, std::iter::once(import.get()))
+            .await?;
+        let mut rows = std::pin::pin!(rows);
+        let Some(first) = rows.try_next().await? else {
             return Err(Fail::Store(StorageError::ImportNotFound(import)));
         };
         let version = version_of(first.try_get(CITIZEN_FIELDS)?)?;
+        let mut citizens = Vec::new();
         if first.try_get::<_, Option<i64>>(0)?.is_none() {
-            rows.clear();
+            return Ok(Snapshot { version, citizens });
         }
-        let citizens = super::checked_citizens(rows, |row| read_citizen(&row)).await?;
+        let mut batch = vec![first];
+        loop {
+            let row = rows.try_next().await?;
+            let end = row.is_none();
+            batch.extend(row);
+            if end || batch.len() == ROWS_PER_CHECK {
+                let rows = std::mem::take(&mut batch);
+                citizens.extend(super::checked_citizens(rows, |row| read_citizen(&row)).await?);
+            }
+            if end {
+                break;
+            }
+        }
+        drop(client);
         Ok(Snapshot { version, citizens })
     }
 
