@@ -43,30 +43,35 @@ async fn checked<R: Send + 'static, U: Send + 'static>(
     rows: Vec<R>,
     read: impl Fn(R) -> Result<U, StorageError> + Send + 'static,
 ) -> Result<Vec<U>, StorageError> {
-    let small = rows.len() < BLOCKING_CHECK;
-    let check = move || rows.into_iter().map(read).collect::<Result<Vec<_>, _>>();
-    if small {
-        check()
-    } else {
-        tokio::task::spawn_blocking(check)
-            .await
-            .map_err(StorageError::internal)?
-    }
+    let len = rows.len();
+    by_size(len, move || {
+        rows.into_iter().map(read).collect::<Result<Vec<_>, _>>()
+    })
+    .await?
 }
 
 /// The citizens and their summary (`domain::summary`), computed off the
 /// async worker threads for a big import.
 async fn summary_of(citizens: Vec<Citizen>) -> Result<(Vec<Citizen>, Summary), StorageError> {
-    if citizens.len() < BLOCKING_CHECK {
-        let summary = Summary::of(&citizens);
-        return Ok((citizens, summary));
-    }
-    tokio::task::spawn_blocking(move || {
+    by_size(citizens.len(), move || {
         let summary = Summary::of(&citizens);
         (citizens, summary)
     })
     .await
-    .map_err(StorageError::internal)
+}
+
+/// `work` on `len` rows or citizens: here when they are few, on a blocking
+/// thread when they are [`BLOCKING_CHECK`] or more.
+async fn by_size<T: Send + 'static>(
+    len: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StorageError> {
+    if len < BLOCKING_CHECK {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(StorageError::internal)
 }
 
 /// An import's citizens as of one version.

@@ -194,16 +194,11 @@ impl SummaryRows {
 
     /// [`SummaryRows::of`], off the async worker threads for a big import.
     async fn of_import(citizens: Vec<Citizen>) -> Result<(Vec<Citizen>, Self), StorageError> {
-        if citizens.len() < super::BLOCKING_CHECK {
-            let rows = Self::of(&citizens);
-            return Ok((citizens, rows));
-        }
-        tokio::task::spawn_blocking(move || {
+        super::by_size(citizens.len(), move || {
             let rows = Self::of(&citizens);
             (citizens, rows)
         })
         .await
-        .map_err(StorageError::internal)
     }
 
     /// A citizen's presents rows.
