@@ -223,11 +223,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             );
             stalls.push(s);
         }
-        std::fs::write(
-            &args.out,
-            serde_json::to_vec_pretty(&json!({"machine": machine(), "stall": stalls}))?,
-        )?;
-        eprintln!("report written to {}", args.out.display());
+        write_report(&args.out, &json!({"machine": machine(), "stall": stalls}))?;
         return Ok(());
     }
     if args.shapes {
@@ -236,11 +232,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             reports.extend(shapes::run(&args, backend).await?);
         }
         shapes::print(&reports);
-        std::fs::write(
-            &args.out,
-            serde_json::to_vec_pretty(&json!({"machine": machine(), "shapes": reports}))?,
-        )?;
-        eprintln!("report written to {}", args.out.display());
+        write_report(&args.out, &json!({"machine": machine(), "shapes": reports}))?;
         return Ok(());
     }
     if args.memory {
@@ -249,11 +241,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             phases.extend(memory::run(&args, backend).await?);
         }
         memory::print(&phases);
-        std::fs::write(
-            &args.out,
-            serde_json::to_vec_pretty(&json!({"machine": machine(), "memory": phases}))?,
-        )?;
-        eprintln!("report written to {}", args.out.display());
+        write_report(&args.out, &json!({"machine": machine(), "memory": phases}))?;
         return Ok(());
     }
     if args.mixed {
@@ -262,12 +250,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             reports.push(mixed::run(&args, backend, body.clone()).await?);
         }
         mixed::print(&args, &reports);
-        std::fs::write(
+        write_report(
             &args.out,
-            serde_json::to_vec_pretty(&json!({"machine": machine(), "citizens": args.citizens,
-                "links": args.links, "mixed": reports}))?,
+            &json!({"machine": machine(), "citizens": args.citizens,
+                "links": args.links, "mixed": reports}),
         )?;
-        eprintln!("report written to {}", args.out.display());
         return Ok(());
     }
     let mut reports = Vec::new();
@@ -283,8 +270,14 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "import_body_bytes": body.len(),
         "backends": reports,
     });
-    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)?;
-    eprintln!("report written to {}", args.out.display());
+    write_report(&args.out, &report)?;
+    Ok(())
+}
+
+/// Writes the JSON report and says where.
+fn write_report(out: &Path, report: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::write(out, serde_json::to_vec_pretty(report)?)?;
+    eprintln!("report written to {}", out.display());
     Ok(())
 }
 
