@@ -101,9 +101,7 @@ pub async fn update(
     let patch = if body_len < INLINE_PATCH {
         parse()?
     } else {
-        tokio::task::spawn_blocking(parse)
-            .await
-            .map_err(|e| AppError::Internal(Box::new(e)))??
+        tokio::task::spawn_blocking(parse).await??
     };
     let patched = state.storage.patch_citizen(import, citizen, patch).await?;
     // Before answering, so a read right after this PATCH finds the snapshot moved.

@@ -87,6 +87,30 @@ pub enum AppError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl AppError {
+    /// A fault of the service (500), the cause logged only.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+/// A blocking task that panicked or was cancelled: a fault of the service.
+impl From<tokio::task::JoinError> for AppError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        Self::internal(error)
+    }
+}
+
+/// The render permits closed: a fault of the service. (No `From` for
+/// `serde_json::Error`: a client's JSON is a 400, so a conversion that
+/// made every JSON error a 500 would be a trap; rendering our own answers
+/// says `AppError::internal`.)
+impl From<tokio::sync::AcquireError> for AppError {
+    fn from(error: tokio::sync::AcquireError) -> Self {
+        Self::internal(error)
+    }
+}
+
 impl From<StorageError> for AppError {
     fn from(error: StorageError) -> Self {
         match error {
@@ -100,7 +124,7 @@ impl From<StorageError> for AppError {
             StorageError::Overloaded(why) => AppError::Overloaded(why),
             StorageError::OutcomeUnknown(why) => AppError::OutcomeUnknown(why),
             StorageError::KeyReused { key, import } => AppError::KeyReused { key, import },
-            e @ StorageError::Internal(_) => AppError::Internal(Box::new(e)),
+            e @ StorageError::Internal(_) => AppError::internal(e),
         }
     }
 }

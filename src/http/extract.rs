@@ -73,9 +73,7 @@ async fn read_body(
     let gunzipped = if bytes.len() < INLINE_GUNZIP {
         gunzip(&bytes, limit)
     } else {
-        tokio::task::spawn_blocking(move || gunzip(&bytes, limit))
-            .await
-            .map_err(|e| AppError::Internal(Box::new(e)))?
+        tokio::task::spawn_blocking(move || gunzip(&bytes, limit)).await?
     };
     match gunzipped {
         Err(AppError::PayloadTooLarge(_)) => Err(too_large()),

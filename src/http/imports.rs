@@ -246,8 +246,7 @@ pub async fn create(
         });
         Ok::<_, AppError>((citizens, idempotency))
     })
-    .await
-    .map_err(|e| AppError::Internal(Box::new(e)))??;
+    .await??;
     let span = tracing::Span::current();
     span.record("citizens", citizens.len());
     let import_id = state.storage.create_import(citizens, idempotency).await?;

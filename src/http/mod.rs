@@ -369,7 +369,7 @@ fn to_data<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
 
 /// `{"data": value}` with the given status.
 fn data<T: Serialize>(status: StatusCode, value: &T) -> Result<Response, AppError> {
-    let body = to_data(value).map_err(|e| AppError::Internal(Box::new(e)))?;
+    let body = to_data(value).map_err(AppError::internal)?;
     Ok(json_response(status, body))
 }
 
@@ -411,7 +411,7 @@ where
                 .render_permits
                 .acquire()
                 .await
-                .map_err(|e| AppError::Internal(Box::new(e)))?;
+                .map_err(AppError::from)?;
             enum Source {
                 Held(Held),
                 Loaded(crate::storage::Snapshot),
@@ -451,10 +451,10 @@ where
                         gzip,
                     ));
                 }
-                render(&held, &cache).map_err(|e| Miss::Failed(AppError::Internal(Box::new(e))))
+                render(&held, &cache).map_err(|e| Miss::Failed(AppError::internal(e)))
             })
             .await
-            .map_err(|e| AppError::Internal(Box::new(e)))??;
+            .map_err(AppError::from)??;
             Ok::<_, Miss>(body)
         })
         .await;
@@ -470,7 +470,7 @@ where
             .get_or_render(import, view, version, Encoding::Gzip, async {
                 tokio::task::spawn_blocking(move || gzip_body(&body))
                     .await
-                    .map_err(|e| AppError::Internal(Box::new(e)))
+                    .map_err(AppError::from)
             })
             .await?
     } else {
@@ -526,32 +526,22 @@ async fn from_summary(
         View::Citizens => return Ok(None),
         View::Birthdays => {
             let (_, birthdays) = state.storage.presents(import).await?;
-            Box::new(move || {
-                to_data(&birthdays)
-                    .map(compact)
-                    .map_err(|e| AppError::Internal(Box::new(e)))
-            })
+            Box::new(move || to_data(&birthdays).map(compact).map_err(AppError::internal))
         }
         View::Percentiles(day) => {
             let (_, towns) = state.storage.town_dates(import).await?;
-            let today =
-                time::Date::from_julian_day(day).map_err(|e| AppError::Internal(Box::new(e)))?;
+            let today = time::Date::from_julian_day(day).map_err(AppError::internal)?;
             Box::new(move || {
                 let answer = summary::percentiles(&towns, today).ok_or_else(|| {
                     AppError::Internal(
                         format!("import {import}: a stored town's dates are corrupt").into(),
                     )
                 })?;
-                to_data(&answer)
-                    .map(compact)
-                    .map_err(|e| AppError::Internal(Box::new(e)))
+                to_data(&answer).map(compact).map_err(AppError::internal)
             })
         }
     };
-    tokio::task::spawn_blocking(render)
-        .await
-        .map_err(|e| AppError::Internal(Box::new(e)))?
-        .map(Some)
+    tokio::task::spawn_blocking(render).await?.map(Some)
 }
 
 /// The weak entity tag of one answer: `W/"7-3-citizens"`.
