@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gifts::domain::analytics::Analytics;
-use gifts::domain::relatives::after_patch;
+use gifts::domain::patch::after_patch;
 use gifts::domain::{stats, today_utc};
 use gifts::http::listing;
 use gifts::http::wire::{self, ImportBody, Object};

@@ -787,9 +787,6 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
         is_born = changes.birth_date or was_born
     end
     local births_moved = was_town ~= is_town or was_born ~= is_born
-    if births_moved and town_births:get({ import_id, was_town, date_key(was_born) }) == nil then
-        return 'invalid', box.NULL, box.NULL, box.NULL, 'the stored dates of town ' .. was_town .. ' are corrupt'
-    end
     -- Which relatives leave, join or stay: one merge of the two ascending
     -- lists (no per-id sets: a citizen may have 100,000 relatives).
     local old_list = citizen[F.relatives]
@@ -819,8 +816,8 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
     else
         kept = old_list
     end
-    -- The contract of the app's Storage::patch_citizen (src/storage/mod.rs),
-    -- as SQLite's patch_citizen and domain::relatives::after_patch keep it:
+    -- The decisions of the app's domain::patch::plan, which SQLite and
+    -- PostgreSQL apply (the storage contract suite holds this to it):
     -- a dropped relative loses this citizen, an added one gains it, the
     -- citizen's own id is never mirrored. Everything is checked before
     -- anything is written; an unknown added relative (the lowest) wins
@@ -844,7 +841,11 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
             others[#others + 1] = other
         end
     end
-    -- How the presents rows change (the app's summary::presents_change):
+    -- A broken store after the refusals, in the app's order (domain::patch).
+    if births_moved and town_births:get({ import_id, was_town, date_key(was_born) }) == nil then
+        return 'invalid', box.NULL, box.NULL, box.NULL, 'the stored dates of town ' .. was_town .. ' are corrupt'
+    end
+    -- How the presents rows change (the app's domain::patch::plan):
     -- the citizen's own row by the relatives that join or leave it (and its
     -- own month if it lists itself), each relative's by this citizen's
     -- month then and now. Netted before anything is written.

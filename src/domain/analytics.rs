@@ -108,7 +108,7 @@ impl Analytics {
 
     /// Moves the aggregates over one PATCH: `after` is the import once
     /// `before` (the citizen as it was) became `now` and the change of its
-    /// relatives was mirrored onto the others (`relatives::after_patch`).
+    /// relatives was mirrored onto the others (`patch::after_patch`).
     /// O(relatives touched · their relatives · log citizens).
     ///
     /// The months whose answer changed, as bits (1 << 0: January); `None`
@@ -231,7 +231,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::relatives::after_patch;
+    use crate::domain::patch::after_patch;
     use crate::domain::stats::{birthdays, town_percentiles};
     use crate::domain::{Apartment, Gender, Name, Place};
 

@@ -4,7 +4,6 @@
 //! one citizen's list is mirrored onto the others (`mirror_edits`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::citizen::{Citizen, CitizenId};
 use super::error::{Reason, ValidationError};
@@ -113,30 +112,6 @@ pub fn mirror_edits(me: CitizenId, old: &[CitizenId], new: &[CitizenId]) -> Vec<
     edits
 }
 
-/// An import held in memory (ordered by citizen_id) after `updated` was
-/// stored by a PATCH: `updated` replaces its old self, and the citizens its
-/// relatives change touched get the mirrored edit. Shares every untouched
-/// citizen with `citizens`. `None` when a citizen is missing, which means the
-/// snapshot does not belong to the state the PATCH was applied to. The
-/// in-memory side of the mirroring contract stated on
-/// `storage::Storage::patch_citizen`.
-pub fn after_patch(citizens: &[Arc<Citizen>], updated: &Citizen) -> Option<Vec<Arc<Citizen>>> {
-    let find = |list: &[Arc<Citizen>], id: CitizenId| {
-        list.binary_search_by_key(&id, |c| c.citizen_id).ok()
-    };
-    let mut next = citizens.to_vec();
-    let me = find(&next, updated.citizen_id)?;
-    let edits = mirror_edits(updated.citizen_id, &next[me].relatives, &updated.relatives);
-    for (other, edit) in edits {
-        let at = find(&next, other)?;
-        let mut changed = Citizen::clone(&next[at]);
-        edit.apply(&mut changed.relatives);
-        next[at] = Arc::new(changed);
-    }
-    next[me] = Arc::new(updated.clone());
-    Some(next)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -213,43 +188,6 @@ mod tests {
         assert_eq!(
             mirror_edits(id(9), &ids(&[1, 9]), &ids(&[9])),
             vec![(id(1), Edit::Remove(id(9)))]
-        );
-    }
-
-    #[test]
-    fn after_patch_mirrors_the_new_list_and_shares_untouched_citizens() {
-        use crate::domain::{Apartment, BirthDate, Gender, Name, Place};
-        let person = |id: u64, relatives: &[u64]| {
-            Arc::new(Citizen {
-                citizen_id: CitizenId::parse(id).unwrap(),
-                town: Place::parse("T".into()).unwrap(),
-                street: Place::parse("S".into()).unwrap(),
-                building: Place::parse("B".into()).unwrap(),
-                apartment: Apartment::parse(1).unwrap(),
-                name: Name::parse("N".into()).unwrap(),
-                birth_date: BirthDate::from_ymd(2000, 1, 1).unwrap(),
-                gender: Gender::Male,
-                relatives: ids(relatives),
-            })
-        };
-        // [1↔2, 3 alone, 4 alone]; 3 takes [1].
-        let before = vec![
-            person(1, &[2]),
-            person(2, &[1]),
-            person(3, &[]),
-            person(4, &[]),
-        ];
-        let after = after_patch(&before, &person(3, &[1])).unwrap();
-        let lists: Vec<Vec<CitizenId>> = after.iter().map(|c| c.relatives.clone()).collect();
-        assert_eq!(lists, vec![ids(&[2, 3]), ids(&[1]), ids(&[1]), ids(&[])]);
-        assert!(Arc::ptr_eq(&before[1], &after[1]) && Arc::ptr_eq(&before[3], &after[3]));
-        assert!(
-            after_patch(&before, &person(9, &[])).is_none(),
-            "unknown citizen"
-        );
-        assert!(
-            after_patch(&before, &person(3, &[9])).is_none(),
-            "unknown relative"
         );
     }
 

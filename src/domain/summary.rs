@@ -11,8 +11,8 @@
 //!   the same entries answer on any day (see `domain::analytics`).
 //!
 //! An import stores [`Summary::of`] its citizens; a PATCH changes them in
-//! its own transaction by [`presents_change`] and [`adjust_dates`], and no
-//! other row. Every answer equals `stats::birthdays` and
+//! its own transaction by the rows of its plan (`domain::patch`), with
+//! [`adjust_dates`] for a town's blob, and no other row. Every answer equals `stats::birthdays` and
 //! `stats::town_percentiles` from scratch, bit for bit (property-tested
 //! below, over random PATCH sequences and days either side of midnight).
 
@@ -218,63 +218,6 @@ impl Summary {
     }
 }
 
-/// How a PATCH changes the presents rows: `(month, citizen_id, delta)`,
-/// ordered, none zero. `before` is the citizen as it was, `now` as it is
-/// after the PATCH; `month_of` answers the birth month of another citizen of
-/// the import (`None`: not in it, skipped as `stats::birthdays` does) and
-/// is asked only about citizens that joined or left `before`'s list.
-///
-/// Only two kinds of row change: the citizen's own (its list, or its own
-/// month when it lists itself), and that of each citizen it listed before
-/// or lists now, by this citizen's month then and now — the relation is
-/// symmetric, so they listed it exactly then.
-pub fn presents_change(
-    before: &Citizen,
-    now: &Citizen,
-    month_of: impl Fn(CitizenId) -> Option<u8>,
-) -> Vec<(u8, CitizenId, i64)> {
-    let me = now.citizen_id;
-    let (was, is) = (before.birth_date.month(), now.birth_date.month());
-    if before.relatives == now.relatives && was == is {
-        return Vec::new();
-    }
-    let mut change: BTreeMap<(u8, CitizenId), i64> = BTreeMap::new();
-    let mut add = |month: u8, citizen: CitizenId, delta: i64| {
-        *change.entry((month, citizen)).or_default() += delta;
-    };
-    let listed_before = |id: CitizenId| before.relatives.binary_search(&id).is_ok();
-    let listed_now = |id: CitizenId| now.relatives.binary_search(&id).is_ok();
-    for &relative in &before.relatives {
-        if relative == me {
-            add(was, me, -1);
-        } else {
-            add(was, relative, -1);
-            if !listed_now(relative)
-                && let Some(month) = month_of(relative)
-            {
-                add(month, me, -1);
-            }
-        }
-    }
-    for &relative in &now.relatives {
-        if relative == me {
-            add(is, me, 1);
-        } else {
-            add(is, relative, 1);
-            if !listed_before(relative)
-                && let Some(month) = month_of(relative)
-            {
-                add(month, me, 1);
-            }
-        }
-    }
-    change
-        .into_iter()
-        .filter(|&(_, delta)| delta != 0)
-        .map(|((month, citizen), delta)| (month, citizen, delta))
-        .collect()
-}
-
 /// GET birthdays from presents rows ordered by month, then citizen_id.
 pub fn birthdays(rows: impl IntoIterator<Item = PresentsRow>) -> Birthdays {
     let mut answer = Birthdays::default();
@@ -334,7 +277,7 @@ mod tests {
     use crate::domain::analytics::tests::{
         Patch, TOWNS, assert_same_percentiles, date, import, patch_strategy, patched,
     };
-    use crate::domain::relatives::after_patch;
+    use crate::domain::patch::after_patch;
 
     /// A store's rows of one import, changed as the stores change them.
     struct Kept {
@@ -359,32 +302,33 @@ mod tests {
             }
         }
 
+        /// Applies the plan's rows as the stores do (`domain::patch`).
         fn apply(&mut self, citizens: &[Arc<Citizen>], before: &Citizen, now: &Citizen) {
             let month_of = |id: CitizenId| {
-                assert!(
-                    before.relatives.contains(&id) != now.relatives.contains(&id),
-                    "asked about {id}, which neither joined nor left"
-                );
                 citizens
                     .iter()
                     .find(|c| c.citizen_id == id)
                     .map(|c| c.birth_date.month())
             };
-            for (month, citizen, delta) in presents_change(before, now, month_of) {
+            let plan = crate::domain::patch::plan(before, &crate::domain::patch::to(now), month_of)
+                .expect("a symmetric import");
+            for (month, citizen, delta) in plan.presents {
                 let count = self.presents.entry((month, citizen)).or_default();
                 *count = u32::try_from(i64::from(*count) + delta).expect("not below 0");
                 if *count == 0 {
                     self.presents.remove(&(month, citizen));
                 }
             }
-            if (before.town.as_str(), before.birth_date) != (now.town.as_str(), now.birth_date) {
-                let old = self.towns.get_mut(before.town.as_str()).expect("old town");
-                assert!(adjust_dates(old, before.birth_date, -1));
+            if let Some(moved) = plan.births {
+                let (town, date) = moved.from;
+                let old = self.towns.get_mut(town.as_str()).expect("old town");
+                assert!(adjust_dates(old, date, -1));
                 if old.is_empty() {
-                    self.towns.remove(before.town.as_str());
+                    self.towns.remove(town.as_str());
                 }
-                let new = self.towns.entry(now.town.as_str().to_owned()).or_default();
-                assert!(adjust_dates(new, now.birth_date, 1));
+                let (town, date) = moved.to;
+                let new = self.towns.entry(town.as_str().to_owned()).or_default();
+                assert!(adjust_dates(new, date, 1));
             }
         }
 

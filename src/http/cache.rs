@@ -20,7 +20,7 @@
 //!   moves the snapshot forward in memory ([`ResponseCache::after_patch`])
 //!   only when the write produced exactly the snapshot's version plus one —
 //!   then no other write came in between; any other gap drops it. The move
-//!   mirrors relatives exactly as the stores do (`domain::relatives::after_patch`,
+//!   mirrors relatives exactly as the stores do (`domain::patch::after_patch`,
 //!   tested against both).
 //! - **Aggregates** (`domain::analytics`): the first birthdays or
 //!   percentiles read of a held snapshot builds them; a PATCH that moves the
@@ -46,7 +46,7 @@ use quick_cache::sync::Cache;
 use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::domain::analytics::Analytics;
-use crate::domain::relatives::after_patch;
+use crate::domain::patch::after_patch;
 use crate::domain::stats::{self, TownAges};
 use crate::domain::{Citizen, ImportId};
 use crate::http::listing;

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::domain::patch::Refusal;
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::{Summary, TownDates};
-use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, ValidationError};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
 
 pub(crate) mod coalesce;
 pub(crate) mod deadline;
@@ -191,23 +192,15 @@ pub trait Storage: Send + Sync + 'static {
     /// the other citizens, and returns the updated citizen with the import's
     /// version after this write (the version before it plus one).
     ///
-    /// The mirroring contract, the same in all four implementations
-    /// (SQLite's `patch_citizen` in Rust, Tarantool's `gifts_patch_citizen`
-    /// in `tarantool/app.lua`, PostgreSQL's `patch_tx`, and the in-memory
-    /// snapshot's `domain::relatives::after_patch`), all driven by the edits of
-    /// `domain::relatives::mirror_edits`:
-    ///
-    /// - a relative dropped from the list loses this citizen, an added one
-    ///   gains it, one kept is not touched;
-    /// - a citizen may list itself: its own list holds its id once and the
-    ///   id is never mirrored;
-    /// - errors, first match wins, and on any of them nothing is written:
-    ///   no such import → `ImportNotFound`; no such citizen →
-    ///   `CitizenNotFound`; an added relative not in the import →
-    ///   `Invalid` (`unknown_relative`, the lowest such id); a dropped
-    ///   relative not in the import → `Internal` (the stored relation is
-    ///   broken; never skipped silently). The in-memory snapshot answers
-    ///   `None` for either of the last two, and is dropped.
+    /// What it writes, or why it writes nothing, is decided by
+    /// `domain::patch::plan`, which states the rules and the order of
+    /// refusals: no such import → `ImportNotFound`; no such citizen →
+    /// `CitizenNotFound`; then the plan's refusals, answered by `refused`
+    /// (an unknown added relative → `Invalid`, a missing dropped one →
+    /// `Internal`). On any of them nothing is written. SQLite and PostgreSQL
+    /// read what the plan needs and apply its rows; Tarantool's Lua makes
+    /// the same decisions in its transaction (`tarantool/app.lua`), held to
+    /// the plan by the storage contract suite (`tests/api/contract.rs`).
     async fn patch_citizen(
         &self,
         import: ImportId,
@@ -258,9 +251,23 @@ pub trait Storage: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// What a PATCH its plan refused answers (`domain::patch`): an unknown
+/// added relative is the client's mistake, a missing dropped one a broken
+/// store.
+pub(crate) fn refused(import: ImportId, citizen: CitizenId, refusal: Refusal) -> StorageError {
+    match refusal {
+        Refusal::UnknownRelative(other) => StorageError::Invalid(ValidationError::new(
+            "relatives",
+            Some(citizen),
+            Reason::UnknownRelative(other),
+        )),
+        Refusal::MissingRelative(other) => missing_relative(import, citizen, other),
+    }
+}
+
 /// A PATCH found the stored relation broken: `citizen` lists `relative`,
 /// which is not in the import.
-pub(crate) fn missing_relative(
+fn missing_relative(
     import: ImportId,
     citizen: CitizenId,
     relative: impl std::fmt::Display,

@@ -32,6 +32,7 @@
 //!   superseded primary ([`super::primary`]).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -50,12 +51,13 @@ use super::pg_text;
 use super::primary::{self, ConnectError, HostManager, Hosts};
 use super::row::{StoredCitizen, StoredDate};
 use super::{
-    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, summary_of,
+    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, refused, summary_of,
 };
-use crate::domain::relatives::{Edit, mirror_edits};
+use crate::domain::patch::{self, Move, Plan};
+use crate::domain::relatives::Edit;
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::{self, Summary, TownDates};
-use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
 
 /// How to reach PostgreSQL: the libpq URL, parsed, and a form of it safe
 /// to log (the password replaced by `***`).
@@ -716,70 +718,53 @@ impl PostgresStorage {
             }));
         };
         let before = read_citizen(&row)?;
-        let mut citizen = before.clone();
-        // The birth months of the relatives that join or leave the list.
-        let mut months = std::collections::HashMap::new();
-        if let Some(new) = &patch.relatives {
-            let edits = mirror_edits(id, &citizen.relatives, new);
-            if !edits.is_empty() {
-                let mut added = Vec::new();
-                let mut removed = Vec::new();
-                for (other, edit) in &edits {
-                    match edit {
-                        Edit::Add(_) => added.push(other.as_i64()),
-                        Edit::Remove(_) => removed.push(other.as_i64()),
-                    }
-                }
-                // Every other side in one statement; the ones it did not
-                // find mean the PATCH is refused, and the transaction (with
-                // this statement) is rolled back.
-                let mirror = tx
-                    .prepare_cached(
-                        "UPDATE citizens SET relatives = CASE
-                             WHEN citizen_id = ANY($3) THEN array_remove(relatives, $4)
-                             ELSE ARRAY(SELECT r FROM unnest(array_append(relatives, $4)) AS r ORDER BY r)
-                         END
-                         WHERE import_id = $1 AND citizen_id = ANY($2::bigint[] || $3::bigint[])
-                         RETURNING citizen_id, extract(month FROM birth_date)::smallint",
-                    )
-                    .await?;
-                let mut present: Vec<i64> = Vec::new();
-                for row in tx
-                    .query(&mirror, &[&import.get(), &added, &removed, &id.as_i64()])
-                    .await?
-                {
-                    let other: i64 = row.get(0);
-                    let month = u8::try_from(row.get::<_, i16>(1)).ok();
-                    if let Some(other) = u64::try_from(other)
-                        .ok()
-                        .and_then(|o| CitizenId::parse(o).ok())
-                    {
-                        months.insert(other, month);
-                    }
-                    present.push(other);
-                }
-                let missing = |edit: &&(CitizenId, Edit)| !present.contains(&edit.0.as_i64());
-                // The contract: an unknown new relative (the lowest) wins over
-                // a missing old one; either way nothing is written.
-                if let Some((other, _)) = edits
-                    .iter()
-                    .filter(missing)
-                    .find(|e| matches!(e.1, Edit::Add(_)))
-                {
-                    return Err(Fail::Store(StorageError::Invalid(ValidationError::new(
-                        "relatives",
-                        Some(id),
-                        Reason::UnknownRelative(*other),
-                    ))));
-                }
-                if let Some((other, _)) = edits.iter().find(missing) {
-                    return Err(Fail::Store(super::missing_relative(import, id, other)));
+        let touched = patch::touched(&before, patch);
+        // The birth months of the citizens the plan touches, as found.
+        let mut months = HashMap::new();
+        if !touched.is_empty() {
+            let mut added = Vec::new();
+            let mut removed = Vec::new();
+            for (other, edit) in &touched {
+                match edit {
+                    Edit::Add(_) => added.push(other.as_i64()),
+                    Edit::Remove(_) => removed.push(other.as_i64()),
                 }
             }
-            citizen.relatives.clone_from(new);
+            // Every edit the plan will hold (it mirrors exactly `touched`)
+            // in one statement, which also tells who was found; if the plan
+            // refuses, the transaction (with this statement) is rolled back.
+            // DISTINCT: an Add to a list that already holds the id keeps
+            // it once, as `Edit::apply` does.
+            let mirror = tx
+                .prepare_cached(
+                    "UPDATE citizens SET relatives = CASE
+                         WHEN citizen_id = ANY($3) THEN array_remove(relatives, $4)
+                         ELSE ARRAY(SELECT DISTINCT r FROM unnest(array_append(relatives, $4)) AS r ORDER BY r)
+                     END
+                     WHERE import_id = $1 AND citizen_id = ANY($2::bigint[] || $3::bigint[])
+                     RETURNING citizen_id, extract(month FROM birth_date)::smallint",
+                )
+                .await?;
+            for row in tx
+                .query(&mirror, &[&import.get(), &added, &removed, &id.as_i64()])
+                .await?
+            {
+                let other = u64::try_from(row.get::<_, i64>(0))
+                    .ok()
+                    .and_then(|o| CitizenId::parse(o).ok());
+                let month = u8::try_from(row.get::<_, i16>(1)).ok();
+                let (Some(other), Some(month)) = (other, month) else {
+                    return Err(Fail::Store(StorageError::internal(format!(
+                        "import {import}: a corrupt relative of citizen {id}"
+                    ))));
+                };
+                months.insert(other, month);
+            }
         }
-        patch.apply_fields(&mut citizen);
-        patch_summary(&tx, import, &before, &citizen, &months).await?;
+        let plan = patch::plan(&before, patch, |other| months.get(&other).copied())
+            .map_err(|refusal| Fail::Store(refused(import, id, refusal)))?;
+        patch_summary(&tx, import, &plan).await?;
+        let citizen = plan.citizen;
         let update = tx
             .prepare_cached(
                 "WITH citizen AS (
@@ -1020,22 +1005,18 @@ async fn insert_summary(
     Ok(())
 }
 
-/// Moves the summary over one PATCH, in its transaction: `before` is the
-/// citizen as stored, `now` as it will be; `months` has the birth months of
-/// the relatives that joined or left its list.
+/// Applies a plan's presents rows and town dates, in its transaction.
 async fn patch_summary(
     tx: &deadpool_postgres::Transaction<'_>,
     import: ImportId,
-    before: &Citizen,
-    now: &Citizen,
-    months: &std::collections::HashMap<CitizenId, Option<u8>>,
+    plan: &Plan,
 ) -> Result<(), Fail> {
-    let change = summary::presents_change(before, now, |id| months.get(&id).copied().flatten());
+    let change = &plan.presents;
     if !change.is_empty() {
         let mut month = Vec::with_capacity(change.len());
         let mut citizen = Vec::with_capacity(change.len());
         let mut delta = Vec::with_capacity(change.len());
-        for &(m, c, d) in &change {
+        for &(m, c, d) in change {
             month.push(i16::from(m));
             citizen.push(c.as_i64());
             delta.push(i32::try_from(d).map_err(StorageError::internal)?);
@@ -1068,11 +1049,8 @@ async fn patch_summary(
         tx.execute(&change_rows, &[&import.get(), &month, &citizen, &delta])
             .await?;
     }
-    if (before.town.as_str(), before.birth_date) != (now.town.as_str(), now.birth_date) {
-        for (town, date, delta) in [
-            (before.town.as_str(), before.birth_date, -1),
-            (now.town.as_str(), now.birth_date, 1),
-        ] {
+    if let Some(Move { from, to }) = &plan.births {
+        for (town, date, delta) in [(from.0.as_str(), from.1, -1), (to.0.as_str(), to.1, 1)] {
             let read = tx
                 .prepare_cached("SELECT dates FROM town_dates WHERE import_id = $1 AND town = $2")
                 .await?;

@@ -25,9 +25,10 @@ use super::coalesce::Coalescer;
 use super::iproto::{self, CallError, Client, codes};
 use super::row::{StoredCitizen, StoredDate, iso_date};
 use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
+use crate::domain::patch::Refusal;
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::{self, PresentsRow, Summary, TownDates};
-use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
 use crate::metrics::Metrics;
 
 /// How to reach Tarantool.
@@ -974,18 +975,19 @@ impl Storage for TarantoolStorage {
             }),
             ("import_not_found", ..) => Err(StorageError::ImportNotFound(import)),
             ("citizen_not_found", ..) => Err(StorageError::CitizenNotFound { import, citizen }),
-            ("unknown_relative", _, Some(other), _) => {
-                Err(StorageError::Invalid(ValidationError::new(
-                    "relatives",
-                    Some(citizen),
-                    Reason::UnknownRelative(
-                        CitizenId::parse(other)
-                            .map_err(|e| StorageError::internal(e.to_string()))?,
-                    ),
-                )))
-            }
-            ("missing_relative", _, Some(other), _) => {
-                Err(super::missing_relative(import, citizen, other))
+            // Lua's refusals, answered as the plan's are (`domain::patch`).
+            (refusal @ ("unknown_relative" | "missing_relative"), _, Some(other), _) => {
+                let other =
+                    CitizenId::parse(other).map_err(|e| StorageError::internal(e.to_string()))?;
+                Err(super::refused(
+                    import,
+                    citizen,
+                    if refusal == "unknown_relative" {
+                        Refusal::UnknownRelative(other)
+                    } else {
+                        Refusal::MissingRelative(other)
+                    },
+                ))
             }
             (other, ..) => Err(StorageError::internal(format!(
                 "gifts_patch_citizen answered {other:?} {reason:?}"

@@ -1,17 +1,17 @@
 //! The SQL of each operation, run on a connection by the threads.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::codec::{decode_relatives, encode_relatives};
 use super::{count, internal};
-use crate::domain::relatives::{Edit, mirror_edits};
+use crate::domain::patch::{self, Move, Plan};
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::{self, PresentsRow, Summary, TownDates};
-use crate::domain::{
-    BirthDate, Citizen, CitizenId, CitizenPatch, ImportId, Reason, ValidationError,
-};
+use crate::domain::{BirthDate, Citizen, CitizenId, CitizenPatch, ImportId};
 use crate::storage::row::{StoredCitizen, StoredDate, iso_date};
-use crate::storage::{Idempotency, Patched, StorageError, Version};
+use crate::storage::{Idempotency, Patched, StorageError, Version, refused};
 
 /// The columns a citizen is read from, in [`Column`]'s order.
 pub(super) const CITIZEN_COLUMNS: &str =
@@ -122,19 +122,11 @@ pub(super) fn insert_towns(
     Ok(())
 }
 
-/// Moves the summary over one PATCH, in its transaction: `before` is the
-/// citizen as stored, `now` as it will be; `months` has the birth months of
-/// the relatives that joined or left its list. One statement per row that
-/// changes (a row that goes is deleted at once, the common case).
-fn patch_summary(
-    conn: &Connection,
-    import: ImportId,
-    before: &Citizen,
-    now: &Citizen,
-    months: &std::collections::HashMap<CitizenId, Option<u8>>,
-) -> Result<(), StorageError> {
-    let change = summary::presents_change(before, now, |id| months.get(&id).copied().flatten());
-    for (month, citizen, delta) in change {
+/// Applies a plan's presents rows and town dates, in its transaction.
+/// One statement per row that changes (a row that goes is deleted at once,
+/// the common case).
+fn patch_summary(conn: &Connection, import: ImportId, plan: &Plan) -> Result<(), StorageError> {
+    for &(month, citizen, delta) in &plan.presents {
         let id = citizen.as_i64();
         let key = params![import, month, id, delta];
         let statement = |sql: &str| {
@@ -158,9 +150,9 @@ fn patch_summary(
             )?;
         }
     }
-    if (before.town.as_str(), before.birth_date) != (now.town.as_str(), now.birth_date) {
-        adjust_town(conn, import, before.town.as_str(), before.birth_date, -1)?;
-        adjust_town(conn, import, now.town.as_str(), now.birth_date, 1)?;
+    if let Some(Move { from, to }) = &plan.births {
+        adjust_town(conn, import, from.0.as_str(), from.1, -1)?;
+        adjust_town(conn, import, to.0.as_str(), to.1, 1)?;
     }
     Ok(())
 }
@@ -436,48 +428,32 @@ pub(super) fn patch_citizen(
             citizen: id,
         });
     };
-    let mut citizen = before.clone();
-    // The birth months of the relatives that join or leave the list, for
-    // the summary: read with their lists.
-    let mut months = std::collections::HashMap::new();
-    if let Some(new) = &patch.relatives {
-        // The contract of `Storage::patch_citizen`: every list is read
-        // before anything is written, an unknown new relative wins over a
-        // missing old one.
-        let mut edits = Vec::new();
-        for (other, edit) in mirror_edits(id, &citizen.relatives, new) {
-            let found = load_relatives(conn, import, other)?;
-            months.insert(other, found.as_ref().map(|&(_, month)| month));
-            edits.push((other, edit, found.map(|(list, _)| list)));
+    // Every list the plan touches is read before anything is written.
+    let mut lists = HashMap::new();
+    for (other, _) in patch::touched(&before, patch) {
+        if let Some(found) = load_relatives(conn, import, other)? {
+            lists.insert(other, found);
         }
-        if let Some((other, ..)) = edits
-            .iter()
-            .find(|(_, edit, list)| matches!(edit, Edit::Add(_)) && list.is_none())
-        {
-            return Err(StorageError::Invalid(ValidationError::new(
-                "relatives",
-                Some(id),
-                Reason::UnknownRelative(*other),
-            )));
-        }
-        if let Some((other, ..)) = edits.iter().find(|(.., list)| list.is_none()) {
-            return Err(crate::storage::missing_relative(import, id, *other));
-        }
-        for (other, edit, list) in edits {
-            let mut list = list.unwrap_or_default();
-            edit.apply(&mut list);
-            store_relatives(conn, import, other, &list)?;
-        }
-        citizen.relatives.clone_from(new);
     }
-    patch.apply_fields(&mut citizen);
-    patch_summary(conn, import, &before, &citizen, &months)?;
+    let plan = patch::plan(&before, patch, |other| {
+        lists.get(&other).map(|&(_, month)| month)
+    })
+    .map_err(|refusal| refused(import, id, refusal))?;
+    for &(other, edit) in &plan.mirror {
+        let (mut list, _) = lists
+            .remove(&other)
+            .expect("the plan touches what was read");
+        edit.apply(&mut list);
+        store_relatives(conn, import, other, &list)?;
+    }
+    patch_summary(conn, import, &plan)?;
     let version: i64 = conn
         .prepare_cached(
             "UPDATE imports SET version = version + 1 WHERE import_id = ?1 RETURNING version",
         )
         .and_then(|mut stmt| stmt.query_row([import], |row| row.get(0)))
         .map_err(internal)?;
+    let citizen = plan.citizen;
     let mut blob = Vec::new();
     encode_relatives(&citizen.relatives, &mut blob);
     conn.prepare_cached(
