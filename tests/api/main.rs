@@ -11,6 +11,7 @@ mod analytics;
 
 mod caching;
 mod cli;
+mod contract;
 mod deploy;
 mod diskfull;
 mod durability;
