@@ -99,62 +99,9 @@ local function date_key(iso)
     return tonumber(iso:sub(1, 4)) * 10000 + tonumber(iso:sub(6, 7)) * 100 + tonumber(iso:sub(9, 10))
 end
 
-local function u32(n)
-    return string.char(n % 256, math.floor(n / 256) % 256, math.floor(n / 65536) % 256, math.floor(n / 16777216) % 256)
-end
 local function u32_at(s, at)
     local a, b, c, d = string.byte(s, at, at + 3)
     return a + b * 256 + c * 65536 + d * 16777216
-end
-
--- A town's dates from a map yyyymmdd -> count.
-local function encode_dates(counts)
-    local keys = {}
-    for k in pairs(counts) do
-        keys[#keys + 1] = k
-    end
-    table.sort(keys)
-    local parts = {}
-    for i, k in ipairs(keys) do
-        parts[i] = u32(k) .. u32(counts[k])
-    end
-    return table.concat(parts)
-end
-
--- Used by migration 4 only (stores older than the app's summary rows).
--- Per-citizen presents and per-town dates of a list of citizen tuples
--- (or tables with the same fields) of one import, given every citizen's
--- birth month by id_key: calls row(month, citizen_id, presents) for each
--- presents row and fills towns[town][yyyymmdd] with counts.
-local function summarize(list, months, towns, row)
-    for _, c in ipairs(list) do
-        local counts = {}
-        for _, r in ipairs(c[F.relatives]) do
-            local m = months[id_key(r)]
-            if m ~= nil then
-                counts[m] = (counts[m] or 0) + 1
-            end
-        end
-        for m = 1, 12 do
-            if counts[m] ~= nil then
-                row(m, c[F.citizen_id], counts[m])
-            end
-        end
-        local town = towns[c[F.town]]
-        if town == nil then
-            town = {}
-            towns[c[F.town]] = town
-        end
-        local k = date_key(c[F.birth_date])
-        town[k] = (town[k] or 0) + 1
-    end
-end
-
--- Migration 4 only: one tuple per town, as schema 4 kept them.
-local function store_towns(import_id, towns)
-    for town, counts in pairs(towns) do
-        box.space.town_dates:insert({ import_id, town, encode_dates(counts) })
-    end
 end
 
 -- Schema migrations, applied in order; meta['schema_version'] records how many ran.
@@ -230,8 +177,11 @@ local migrations = {
             parts = { { field = 3, type = 'unsigned' } }, unique = false, if_not_exists = true,
         })
     end,
-    -- 4: the analytics summary (see summarize), filled for the imports
-    -- already stored (in this migration's one transaction).
+    -- 4: the analytics summary. The imports already stored are listed as
+    -- 'summary_pending' in meta: the app computes their rows (the summary
+    -- is computed in one place, the app's domain::summary) and sends them
+    -- with gifts_backfill_rows; until then their analytics and PATCHes
+    -- answer "unavailable" (see summary_pending).
     function()
         local presents = box.schema.space.create('presents', {
             if_not_exists = true,
@@ -258,17 +208,12 @@ local migrations = {
             parts = { { field = 1, type = 'unsigned' }, { field = 2, type = 'string' } },
             if_not_exists = true,
         })
+        local pending = {}
         for _, import in box.space.imports:pairs() do
-            local import_id = import[1]
-            local list = box.space.citizens:select({ import_id })
-            local months, by_town = {}, {}
-            for _, c in ipairs(list) do
-                months[id_key(c[F.citizen_id])] = month_of(c[F.birth_date])
-            end
-            summarize(list, months, by_town, function(m, id, n)
-                presents:insert({ import_id, m, id, n })
-            end)
-            store_towns(import_id, by_town)
+            pending[#pending + 1] = import[1]
+        end
+        if #pending > 0 then
+            box.space.meta:replace({ 'summary_pending', pending })
         end
     end,
     -- 5: town dates as rows {import_id, town, yyyymmdd, citizens}, one per
@@ -358,6 +303,30 @@ local function visible(import_id)
         return nil
     end
     return import
+end
+
+-- Imports stored before the summary whose rows the app has not sent yet
+-- (migration 4 lists them): their analytics and PATCHes answer
+-- "unavailable" (503, retried) until gifts_backfill_rows takes them off the
+-- list. One meta:get when the list is gone, as it is but after an upgrade.
+local function summary_pending(import_id)
+    local row = box.space.meta:get('summary_pending')
+    if row == nil then
+        return false
+    end
+    for _, id in ipairs(row[2]) do
+        if id == import_id then
+            return true
+        end
+    end
+    return false
+end
+
+-- Raised by a read of an import in summary_pending: the app answers 503.
+local function refuse_pending(import_id)
+    if summary_pending(import_id) then
+        error(string.format('gifts_unavailable: the summary of import %d is being filled after an upgrade', import_id))
+    end
 end
 
 -- Sorted-array helpers for relatives lists (ascending unique ids).
@@ -766,6 +735,9 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
     if visible(import_id) == nil then
         return 'import_not_found', box.NULL, box.NULL, box.NULL, box.NULL
     end
+    if summary_pending(import_id) then
+        return 'unavailable', box.NULL, box.NULL, box.NULL, 'the summary of the import is being filled after an upgrade'
+    end
     local citizen = citizens:get({ import_id, citizen_id })
     if citizen == nil then
         return 'citizen_not_found', box.NULL, box.NULL, box.NULL, box.NULL
@@ -965,6 +937,7 @@ function gifts_presents(import_id)
     if import == nil then
         return box.NULL, box.NULL
     end
+    refuse_pending(import_id)
     return import[I.version], presents:select({ import_id })
 end
 
@@ -976,6 +949,7 @@ function gifts_town_dates(import_id)
     if import == nil then
         return box.NULL, box.NULL
     end
+    refuse_pending(import_id)
     return import[I.version], town_births:select({ import_id })
 end
 
@@ -999,6 +973,9 @@ function gifts_page(space_name, import_id, cursor, limit)
     local import = visible(import_id)
     if import == nil then
         return box.NULL, box.NULL, box.NULL
+    end
+    if space ~= citizens then
+        refuse_pending(import_id)
     end
     limit = math.max(1, math.min(limit, 100000))
     local from, iterator = { import_id }, 'GE'
@@ -1037,9 +1014,57 @@ end
 -- Answers when the database and our schema are there.
 -- Answers the schema version and the largest tuple memtx takes (the app
 -- checks its body limit against it).
+-- The third answer: how many imports wait for their summary (see
+-- summary_pending); the app fills them while it is more than 0.
 function gifts_health()
     local row = box.space.meta:get('schema_version')
-    return row and row[2] or 0, box.cfg.memtx_max_tuple_size
+    local pending = box.space.meta:get('summary_pending')
+    return row and row[2] or 0, box.cfg.memtx_max_tuple_size, pending and #pending[2] or 0
+end
+
+-- The imports waiting for their summary rows (see summary_pending).
+function gifts_backfill_list()
+    local pending = box.space.meta:get('summary_pending')
+    return pending and pending[2] or {}
+end
+
+-- Stores summary rows the app computed for an import stored before the
+-- summary, as gifts_import_chunk takes them; `last`: the import's rows are
+-- all there, and it leaves the list. Nothing is written for an import not
+-- (or no longer) on the list: another instance of the app filled it, and
+-- PATCHes may have changed its rows since. A deleted import just leaves it.
+function gifts_backfill_rows(import_id, presents_rows, births, last)
+    local reason = summary_error(presents_rows, nil)
+    if reason ~= nil then
+        return 'invalid', reason
+    end
+    box.atomic(function()
+        if not summary_pending(import_id) then
+            return
+        end
+        if visible(import_id) ~= nil then
+            for _, p in ipairs(presents_rows) do
+                presents:replace({ import_id, p[1], p[2], p[3] })
+            end
+            for _, b in ipairs(births) do
+                town_births:replace({ import_id, b[1], b[2], b[3] })
+            end
+        end
+        if last or visible(import_id) == nil then
+            local left = {}
+            for _, id in ipairs(box.space.meta:get('summary_pending')[2]) do
+                if id ~= import_id then
+                    left[#left + 1] = id
+                end
+            end
+            if #left == 0 then
+                box.space.meta:delete('summary_pending')
+            else
+                box.space.meta:replace({ 'summary_pending', left })
+            end
+        end
+    end)
+    return 'ok', box.NULL
 end
 
 -- After a write failed for lack of disk space (or memory): a real write of
@@ -1106,7 +1131,7 @@ for _, name in ipairs({
     'gifts_create_import', 'gifts_import_begin', 'gifts_import_chunk', 'gifts_import_commit',
     'gifts_patch_citizen', 'gifts_patch_batch', 'gifts_citizens', 'gifts_import_version', 'gifts_health', 'gifts_probe_write',
     'gifts_list_imports', 'gifts_delete_import', 'gifts_totals', 'gifts_presents', 'gifts_town_dates',
-    'gifts_page',
+    'gifts_page', 'gifts_backfill_list', 'gifts_backfill_rows',
 }) do
     box.schema.func.create(name, { setuid = true, if_not_exists = true })
     box.schema.user.grant(user, 'execute', 'function', name, { if_not_exists = true })

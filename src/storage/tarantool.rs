@@ -234,7 +234,13 @@ struct Connection {
     /// The largest request body the service takes: a citizen tuple is never
     /// bigger, so Tarantool's largest tuple must not be smaller.
     largest_body: u64,
+    /// True while this instance fills the summary of imports stored before
+    /// it ([`Connection::backfill`]).
+    backfilling: AtomicBool,
 }
+
+/// What `health` says while imports stored before the summary get theirs.
+const FILLING: &str = "filling the analytics summary";
 
 /// PATCHes waiting for the one in flight at most; more get 503.
 const PATCH_QUEUE: usize = 4096;
@@ -465,6 +471,7 @@ impl TarantoolStorage {
             closed: AtomicBool::new(false),
             writable: AtomicBool::new(true),
             largest_body,
+            backfilling: AtomicBool::new(false),
         });
         tokio::spawn(watch(Arc::clone(&connection), format!("{address:?}")));
         let (patches, queue) = mpsc::channel(PATCH_QUEUE);
@@ -648,8 +655,12 @@ impl Connection {
 
     /// One `gifts_health` call (the schema version and the largest tuple),
     /// and while the last write failed for lack of space, a real write.
-    async fn health(&self) -> Result<u64, StorageError> {
-        let (version, largest_tuple): (u64, Option<u64>) =
+    ///
+    /// While imports stored before the summary wait for theirs (an upgrade
+    /// from schema 3), it starts [`Connection::backfill`] once and answers
+    /// `Unavailable`: their analytics and PATCHes would answer 503.
+    async fn health(self: &Arc<Self>) -> Result<u64, StorageError> {
+        let (version, largest_tuple, pending): (u64, Option<u64>, Option<u64>) =
             self.call("gifts_health", &NO_ARGS, Kind::Read).await?;
         if version == 0 {
             return Err(StorageError::Unavailable(
@@ -676,7 +687,81 @@ impl Connection {
                 .call("gifts_probe_write", &NO_ARGS, Kind::Write)
                 .await?;
         }
+        if let Some(pending @ 1..) = pending {
+            if !self.backfilling.swap(true, Ordering::AcqRel) {
+                let connection = Arc::clone(self);
+                tokio::spawn(async move {
+                    match connection.backfill().await {
+                        Ok(filled) => tracing::info!(
+                            imports = filled,
+                            "tarantool: filled the summary of the imports stored before it"
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "tarantool: filling the summary of the imports stored before it failed; trying again at the next health check")
+                        }
+                    }
+                    connection.backfilling.store(false, Ordering::Release);
+                });
+            }
+            return Err(StorageError::Unavailable(format!(
+                "tarantool: {FILLING} of {pending} imports stored before it"
+            )));
+        }
         Ok(version)
+    }
+
+    /// Computes the summary of every import Tarantool lists as stored
+    /// before the summary (`gifts_backfill_list`), here, as for a new import,
+    /// and sends its rows in calls of [`CALL_WORK`]; the last one takes the
+    /// import off the list. The number of imports filled.
+    async fn backfill(&self) -> Result<usize, StorageError> {
+        let mut filled = 0;
+        loop {
+            let (pending,): (Vec<u64>,) = self
+                .call("gifts_backfill_list", &NO_ARGS, Kind::Read)
+                .await?;
+            if pending.is_empty() {
+                return Ok(filled);
+            }
+            for id in pending {
+                let import = ImportId::try_from(id).map_err(StorageError::internal)?;
+                let citizens = match self
+                    .read_rows::<Row, _>("citizens", import, "gifts_citizens", Row::into_citizen)
+                    .await
+                {
+                    Ok((_, citizens)) => citizens,
+                    // Deleted or never finished: an empty last call takes it off.
+                    Err(StorageError::ImportNotFound(_)) => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                let (_, rows) = SummaryRows::of_import(citizens).await?;
+                let per_call = CALL_WORK / ROW;
+                let presents: Vec<&[PresentsRow]> = rows.presents.chunks(per_call).collect();
+                let births: Vec<&[BirthsRow]> = rows.births.chunks(per_call).collect();
+                let calls = presents.len().max(births.len()).max(1);
+                for at in 0..calls {
+                    let last = at + 1 == calls;
+                    let (status, reason): (String, Option<String>) = self
+                        .call(
+                            "gifts_backfill_rows",
+                            &(
+                                import,
+                                presents.get(at).copied().unwrap_or_default(),
+                                births.get(at).copied().unwrap_or_default(),
+                                last,
+                            ),
+                            Kind::Write,
+                        )
+                        .await?;
+                    if status != "ok" {
+                        return Err(StorageError::internal(format!(
+                            "gifts_backfill_rows refused import {import}: {status} {reason:?}"
+                        )));
+                    }
+                }
+                filled += 1;
+            }
+        }
     }
 
     /// An import's rows of `space` (`gifts_page`'s spaces), all of one
@@ -776,6 +861,10 @@ fn classify(function: &str, error: CallError, kind: Kind) -> StorageError {
             codes::MEMORY_ISSUE => {
                 StorageError::Full(format!("tarantool's memory quota is exhausted: {message}"))
             }
+            // app.lua's refusal of a read it cannot answer yet (summary_pending).
+            _ if message.contains("gifts_unavailable:") => {
+                StorageError::Unavailable(format!("tarantool: {message}"))
+            }
             _ => StorageError::internal(format!("tarantool {function} failed ({code}): {message}")),
         },
         CallError::Decode(why) => {
@@ -819,6 +908,7 @@ async fn watch(connection: Arc<Connection>, address: String) {
         Outage,
         Refused(String),
         Full,
+        Filling,
     }
     let mut seen = Seen::Nothing;
     let mut refusals = 0;
@@ -845,6 +935,13 @@ async fn watch(connection: Arc<Connection>, address: String) {
                 if seen != Seen::Full {
                     tracing::error!(storage = %address, error = %why, "tarantool cannot store: writes get 507 until it can; reads go on");
                     seen = Seen::Full;
+                }
+            }
+            Err(StorageError::Unavailable(why)) if why.contains(FILLING) => {
+                refusals = 0;
+                if seen != Seen::Filling {
+                    tracing::warn!(storage = %address, "{why} (an upgrade): their analytics and PATCHes get 503 until it is done");
+                    seen = Seen::Filling;
                 }
             }
             Err(e) => {
@@ -974,6 +1071,10 @@ impl Storage for TarantoolStorage {
                 version,
             }),
             ("import_not_found", ..) => Err(StorageError::ImportNotFound(import)),
+            ("unavailable", ..) => Err(StorageError::Unavailable(format!(
+                "tarantool: {}",
+                reason.as_deref().unwrap_or("unavailable")
+            ))),
             ("citizen_not_found", ..) => Err(StorageError::CitizenNotFound { import, citizen }),
             // Lua's refusals, answered as the plan's are (`domain::patch`).
             (refusal @ ("unknown_relative" | "missing_relative"), _, Some(other), _) => {
