@@ -4,7 +4,9 @@
 //! `docs/decisions.md` (the README indexes the rest).
 //!
 //! # Layout
-//! - [`config`]: one `Config` from defaults, `GIFTS_*` environment and flags.
+//! - [`config`]: one `Config` from defaults, `GIFTS_*` environment and flags
+//!   ([`units`]: the sizes they are written in).
+//! - [`access`]: bearer tokens and their scopes (`--tokens-file`).
 //! - [`startup`]: builds the storage and the router and serves until shutdown.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`healthcheck`]: the `gifts healthcheck` client of `/health`.
@@ -18,6 +20,7 @@
 //! - [`http`]: the router, one module per resource, the JSON extractor and
 //!   [`http::error::AppError`], the one place that maps errors to responses.
 
+pub mod access;
 pub mod client;
 pub mod config;
 pub mod domain;
@@ -29,3 +32,4 @@ pub mod sample;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod units;

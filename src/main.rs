@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Token {
             action: TokenAction::New { name, scopes },
         }) => {
-            let (token, line) = gifts::http::auth::new_token(&name, &scopes)?;
+            let (token, line) = gifts::access::new_token(&name, &scopes)?;
             println!("token for {name} (shown only now; give it to its user):\n{token}\n");
             println!("line for the tokens file (--tokens-file; then SIGHUP or restart):\n{line}");
             Ok(())

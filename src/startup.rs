@@ -12,8 +12,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use crate::access::Tokens;
 use crate::config::{Config, StorageUrl};
-use crate::http::auth::Tokens;
 use crate::http::cache::ResponseCache;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -346,7 +346,7 @@ pub async fn shutdown_signal() -> Shutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ByteSize;
+    use crate::units::ByteSize;
 
     #[test]
     fn sqlites_page_caches_come_out_of_the_one_budget() {

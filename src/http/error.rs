@@ -9,9 +9,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::config::ByteSize;
 use crate::domain::ValidationError;
 use crate::storage::StorageError;
+use crate::units::ByteSize;
 
 /// Every way a request can fail.
 #[derive(Debug, thiserror::Error)]

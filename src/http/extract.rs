@@ -9,8 +9,8 @@ use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::AppError;
-use crate::config::ByteSize;
 use crate::domain::{CitizenId, ImportId};
+use crate::units::ByteSize;
 
 /// The request body, read whatever the Content-Type says, gzip-decompressed
 /// when `Content-Encoding: gzip` says so, within the configured size limit

@@ -15,9 +15,9 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
-use crate::config::ByteSize;
 use crate::domain::{ImportId, summary};
 use crate::storage::Storage;
+use crate::units::ByteSize;
 
 pub mod auth;
 pub(crate) mod cache;

@@ -696,9 +696,10 @@ impl Connection {
                             imports = filled,
                             "tarantool: filled the summary of the imports stored before it"
                         ),
-                        Err(e) => {
-                            tracing::error!(error = %e, "tarantool: filling the summary of the imports stored before it failed; trying again at the next health check")
-                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "tarantool: filling the summary of the imports stored before it failed; trying again at the next health check"
+                        ),
                     }
                     connection.backfilling.store(false, Ordering::Release);
                 });

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use gifts::http::auth::{Scope, new_token};
+use gifts::access::{Scope, new_token};
 
 use crate::backend_tests;
 use crate::helpers::{Backend, Binary, TestApp, spec_example};

@@ -151,7 +151,7 @@ async fn gifts_healthcheck_takes_listen_after_the_subcommand() {
 /// send it; a token without the `write` scope is told so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gifts_import_sends_a_token_from_the_flag_or_the_environment() {
-    use gifts::http::auth::{Scope, new_token};
+    use gifts::access::{Scope, new_token};
     let dir = tempfile::tempdir().unwrap();
     let (writer, write_line) = new_token("uploader", &[Scope::Write]).unwrap();
     let (reader, read_line) = new_token("analyst", &[Scope::Read]).unwrap();
