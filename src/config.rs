@@ -210,6 +210,30 @@ impl Config {
         Duration::from_secs(self.postgres_timeout_secs)
     }
 
+    /// The store to open, with the settings of its backend (the flags of
+    /// the other backends do not apply).
+    pub fn store(&self) -> crate::storage::Settings {
+        use crate::storage::Settings;
+        match &self.storage {
+            StorageUrl::Sqlite(path) => Settings::Sqlite {
+                path: path.clone(),
+                readers: usize::try_from(self.sqlite_readers).unwrap_or(64),
+                budget: self.cache_bytes.get(),
+            },
+            StorageUrl::Tarantool(address) => Settings::Tarantool {
+                address: address.clone(),
+                timeout: self.tarantool_timeout(),
+                import_chunk: usize::try_from(self.tarantool_import_chunk).unwrap_or(usize::MAX),
+                largest_body: self.max_body_bytes.get(),
+            },
+            StorageUrl::Postgres(address) => Settings::Postgres {
+                address: address.clone(),
+                timeout: self.postgres_timeout(),
+                pool_size: usize::try_from(self.postgres_pool_size).unwrap_or(16),
+            },
+        }
+    }
+
     /// The defaults declared on the flags, with `storage`, for tests and
     /// embedding. The environment is not read (unlike a real start), and
     /// nothing here can exit the process.

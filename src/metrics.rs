@@ -3,13 +3,17 @@
 //! One [`Metrics`] per running service, handed to the parts that record —
 //! no process-wide registry, so app instances in one process (the tests)
 //! keep their own counts. Every name starts with `gifts_`.
+//!
+//! What is common to every store is here; a backend registers its own
+//! metrics when it is opened ([`Metrics::register`]), so an instance
+//! exports only its backend's (no `gifts_tarantool_connected 0` on SQLite).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// Latency buckets in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -39,7 +43,7 @@ pub struct RouteLabels {
 /// Labels of a storage operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
-    /// `sqlite` or `tarantool`.
+    /// `sqlite`, `tarantool` or `postgres`.
     pub backend: &'static str,
     /// The `Storage` method, e.g. `create_import`.
     pub operation: &'static str,
@@ -50,7 +54,7 @@ pub struct OperationLabels {
 /// Labels of the storage operations waiting for an answer.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PendingLabels {
-    /// `sqlite` or `tarantool`.
+    /// `sqlite`, `tarantool` or `postgres`.
     pub backend: &'static str,
     /// The `Storage` method.
     pub operation: &'static str,
@@ -74,7 +78,7 @@ pub struct BuildLabels {
 
 /// Everything the service counts.
 pub struct Metrics {
-    registry: Registry,
+    registry: std::sync::Mutex<Registry>,
     /// Requests answered.
     pub requests: Family<RequestLabels, Counter>,
     /// Request latency.
@@ -84,12 +88,6 @@ pub struct Metrics {
     /// Storage operations started and not yet answered (a stalled store
     /// shows here before any latency does).
     pub storage_in_flight: Family<PendingLabels, Gauge>,
-    /// Writes committed together by the SQLite writer.
-    pub sqlite_batch_size: Histogram,
-    /// PATCHes sent to Tarantool together in one call (one transaction).
-    pub tarantool_patch_batch_size: Histogram,
-    /// Jobs waiting in the SQLite queues (`write`, `read`).
-    pub sqlite_queue_depth: Family<KindLabels, Gauge>,
     /// Cache hits (`body`, `snapshot`).
     pub cache_hits: Family<KindLabels, Counter>,
     /// Cache misses (`body`, `snapshot`).
@@ -98,10 +96,6 @@ pub struct Metrics {
     pub cache_evictions: Counter,
     /// Bytes the cache holds (by its weights).
     pub cache_bytes: Gauge,
-    /// 1 while the Tarantool connection is up.
-    pub tarantool_connected: Gauge,
-    /// Tarantool connections made again after one was lost.
-    pub tarantool_reconnects: Counter,
     /// Imports stored (read when scraped).
     pub imports: Gauge,
     /// Citizens stored (read when scraped).
@@ -142,25 +136,6 @@ impl Default for Metrics {
             "Storage operations waiting for an answer, by backend and operation",
             storage_in_flight.clone(),
         );
-        let sqlite_batch_size =
-            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
-        registry.register(
-            "sqlite_write_batch_size",
-            "Writes committed together by one SQLite transaction (group commit)",
-            sqlite_batch_size.clone(),
-        );
-        let tarantool_patch_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
-        registry.register(
-            "tarantool_patch_batch_size",
-            "PATCHes sent to Tarantool in one call: one transaction, one WAL write",
-            tarantool_patch_batch_size.clone(),
-        );
-        let sqlite_queue_depth = Family::<KindLabels, Gauge>::default();
-        registry.register(
-            "sqlite_queue_depth",
-            "Jobs waiting for the SQLite writer or readers",
-            sqlite_queue_depth.clone(),
-        );
         let cache_hits = Family::<KindLabels, Counter>::default();
         registry.register("cache_hits", "Read cache hits, by kind", cache_hits.clone());
         let cache_misses = Family::<KindLabels, Counter>::default();
@@ -181,18 +156,6 @@ impl Default for Metrics {
             "Bytes the read cache holds (its weights)",
             cache_bytes.clone(),
         );
-        let tarantool_connected = Gauge::default();
-        registry.register(
-            "tarantool_connected",
-            "1 while the connection to Tarantool is up",
-            tarantool_connected.clone(),
-        );
-        let tarantool_reconnects = Counter::default();
-        registry.register(
-            "tarantool_reconnects",
-            "Connections to Tarantool made again after one was lost",
-            tarantool_reconnects.clone(),
-        );
         let imports = Gauge::default();
         registry.register("imports", "Imports stored", imports.clone());
         let citizens = Gauge::default();
@@ -210,20 +173,15 @@ impl Default for Metrics {
             .set(1);
         registry.register("build_info", "The running build: version and commit", build);
         Self {
-            registry,
+            registry: std::sync::Mutex::new(registry),
             requests,
             request_seconds,
             storage_seconds,
             storage_in_flight,
-            sqlite_batch_size,
-            tarantool_patch_batch_size,
-            sqlite_queue_depth,
             cache_hits,
             cache_misses,
             cache_evictions,
             cache_bytes,
-            tarantool_connected,
-            tarantool_reconnects,
             imports,
             citizens,
         }
@@ -234,9 +192,22 @@ impl Metrics {
     /// The OpenMetrics text of everything registered.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+
+    /// Registers a backend's own metric as `gifts_<name>` (the metric is a
+    /// handle: the backend keeps a clone and records into it).
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .register(name, help, metric);
     }
 
     /// Counts a hit or a miss of the cache part `kind`.

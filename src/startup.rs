@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -13,92 +12,16 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::access::Tokens;
-use crate::config::{Config, StorageUrl};
+use crate::config::Config;
 use crate::http::cache::ResponseCache;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::storage::Storage;
-use crate::storage::metered::Metered;
-use crate::storage::postgres::PostgresStorage;
-use crate::storage::sqlite::{self, SqliteStorage};
-use crate::storage::tarantool::TarantoolStorage;
 
 /// The read cache's part of the memory budget (`--cache-bytes`): all of it,
 /// less SQLite's page caches when the store is SQLite (`PageCaches::of`).
 pub fn response_cache_bytes(config: &Config) -> u64 {
     let budget = config.cache_bytes.get();
-    match &config.storage {
-        StorageUrl::Sqlite(_) => {
-            let readers = usize::try_from(config.sqlite_readers).unwrap_or(64);
-            budget.saturating_sub(sqlite::PageCaches::of(budget, readers).total(readers))
-        }
-        _ => budget,
-    }
-}
-
-/// Opens the store named by the configuration. A relative SQLite path is
-/// resolved against the working directory once, here, and logged absolute.
-pub async fn open_storage(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<Arc<dyn Storage>> {
-    match &config.storage {
-        StorageUrl::Sqlite(path) => {
-            let path = std::path::absolute(path)
-                .with_context(|| format!("resolving {}", path.display()))?;
-            let readers = usize::try_from(config.sqlite_readers).unwrap_or(64);
-            let budget = config.cache_bytes.get();
-            let opened = path.clone();
-            let sqlite_metrics = Arc::clone(metrics);
-            let storage = tokio::task::spawn_blocking(move || {
-                SqliteStorage::open_with(
-                    &opened,
-                    readers,
-                    (sqlite::WRITE_QUEUE, sqlite::READ_QUEUE),
-                    sqlite::PageCaches::of(budget, readers),
-                    &sqlite_metrics,
-                )
-            })
-            .await?
-            .with_context(|| {
-                format!(
-                    "cannot open the SQLite store {} (--storage / GIFTS_STORAGE) as {}",
-                    path.display(),
-                    process_user()
-                )
-            })?;
-            Ok(Arc::new(Metered::new(
-                storage,
-                "sqlite",
-                Arc::clone(metrics),
-            )))
-        }
-        StorageUrl::Tarantool(address) => Ok(Arc::new(Metered::new(
-            TarantoolStorage::connect(
-                address,
-                config.tarantool_timeout(),
-                usize::try_from(config.tarantool_import_chunk).unwrap_or(usize::MAX),
-                config.max_body_bytes.0,
-                Arc::clone(metrics),
-            ),
-            "tarantool",
-            Arc::clone(metrics),
-        ))),
-        StorageUrl::Postgres(address) => {
-            let storage = PostgresStorage::connect(
-                address,
-                config.postgres_timeout(),
-                usize::try_from(config.postgres_pool_size).unwrap_or(16),
-            )
-            .await
-            .with_context(|| format!("cannot use the PostgreSQL store {address:?}"))?;
-            Ok(Arc::new(Metered::new(
-                storage,
-                "postgres",
-                Arc::clone(metrics),
-            )))
-        }
-    }
+    budget.saturating_sub(config.store().own_cache_bytes(budget))
 }
 
 /// The tokens file, if access is restricted; a file that does not parse stops the start.
@@ -168,28 +91,6 @@ fn notify_systemd(state: &str) {
     }
 }
 
-/// "user NAME (uid N)" for the user this process runs as, so a permission
-/// problem names who lacks the permission.
-fn process_user() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
-        return "the current user".into();
-    };
-    let name = std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
-            })
-        });
-    match name {
-        Some(name) => format!("user {name} (uid {uid})"),
-        None => format!("uid {uid}"),
-    }
-}
-
 /// How to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shutdown {
@@ -217,7 +118,7 @@ pub async fn run(
     // Files first: a start that will fail does not touch the store.
     let tokens = open_tokens(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let storage = open_storage(&config, &metrics).await?;
+    let storage = crate::storage::open(&config.store(), &metrics).await?;
     let state = AppState {
         storage: Arc::clone(&storage),
         max_body_bytes: config.max_body_bytes,

@@ -16,6 +16,7 @@ pub(crate) mod coalesce;
 pub(crate) mod deadline;
 pub mod iproto;
 pub(crate) mod metered;
+mod open;
 pub mod pg_text;
 pub mod postgres;
 pub mod primary;
@@ -24,6 +25,7 @@ pub mod sqlite;
 pub mod tarantool;
 
 pub use crate::domain::Version;
+pub use open::{Settings, open};
 
 /// Imports of at least this many citizens read back from a server store
 /// are checked again on a blocking thread, not an async worker.

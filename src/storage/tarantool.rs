@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -475,11 +478,13 @@ impl TarantoolStorage {
         });
         tokio::spawn(watch(Arc::clone(&connection), format!("{address:?}")));
         let (patches, queue) = mpsc::channel(PATCH_QUEUE);
-        tokio::spawn(send_patches(
-            Arc::clone(&connection),
-            queue,
-            metrics.tarantool_patch_batch_size.clone(),
-        ));
+        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+        metrics.register(
+            "tarantool_patch_batch_size",
+            "PATCHes sent to Tarantool in one call: one transaction, one WAL write",
+            batch_size.clone(),
+        );
+        tokio::spawn(send_patches(Arc::clone(&connection), queue, batch_size));
         tokio::spawn(count_connections(
             connection.client.status_changes(),
             metrics,
@@ -879,13 +884,26 @@ async fn count_connections(
     mut status: tokio::sync::watch::Receiver<iproto::Status>,
     metrics: Arc<Metrics>,
 ) {
+    let up = Gauge::<i64>::default();
+    metrics.register(
+        "tarantool_connected",
+        "1 while the connection to Tarantool is up",
+        up.clone(),
+    );
+    let reconnects = Counter::<u64>::default();
+    metrics.register(
+        "tarantool_reconnects",
+        "Connections to Tarantool made again after one was lost",
+        reconnects.clone(),
+    );
+    drop(metrics);
     let mut connected_before = false;
     loop {
         let connected = *status.borrow_and_update() == iproto::Status::Connected;
-        metrics.tarantool_connected.set(i64::from(connected));
+        up.set(i64::from(connected));
         if connected {
             if connected_before {
-                metrics.tarantool_reconnects.inc();
+                reconnects.inc();
             }
             connected_before = true;
         }

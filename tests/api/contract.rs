@@ -361,7 +361,7 @@ fn contract(backend: Backend) {
     let config = Config::with_storage(store.url().clone());
     let metrics = Arc::new(Metrics::default());
     let storage = runtime
-        .block_on(gifts::startup::open_storage(&config, &metrics))
+        .block_on(gifts::storage::open(&config.store(), &metrics))
         .expect("the store opens");
     // A server store answers once its server has started.
     runtime

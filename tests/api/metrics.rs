@@ -72,6 +72,13 @@ async fn the_metrics_count_requests_storage_cache_and_totals(backend: Backend) {
     assert_eq!(sample(&text, "gifts_imports "), Some(1.0), "{text}");
     assert_eq!(sample(&text, "gifts_citizens "), Some(3.0), "{text}");
     assert!(text.contains("gifts_build_info{version=\""), "{text}");
+    // Each backend exports its own metrics and no other's.
+    for other in [Backend::Sqlite, Backend::Tarantool, Backend::Postgres] {
+        if other != backend {
+            let prefix = format!("gifts_{}_", other.name());
+            assert!(!text.contains(&prefix), "{prefix} on {name}:\n{text}");
+        }
+    }
     if backend == Backend::Sqlite {
         expect("gifts_sqlite_write_batch_size_count", 1.0);
         assert!(

@@ -50,6 +50,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{Connection, ErrorCode, OpenFlags, params};
 use tokio::sync::oneshot;
 
@@ -61,7 +64,6 @@ use crate::storage::{
     Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, summary_of,
 };
 use disk::{ensure_reserve, free_bytes, reserve_path};
-use prometheus_client::metrics::gauge::Gauge;
 use queries::{
     Begun, CITIZEN_COLUMNS, begin_import, delete_import, discard_all_pending, discard_pending,
     import_version, insert_citizens, insert_import, insert_presents, insert_towns, patch_citizen,
@@ -279,12 +281,19 @@ impl SqliteStorage {
         ensure_reserve(path);
         let writable = Arc::new(AtomicBool::new(true));
         let (write_tx, write_rx) = mpsc::sync_channel(write_queue);
-        let depth = |kind| {
-            metrics
-                .sqlite_queue_depth
-                .get_or_create(&KindLabels { kind })
-                .clone()
-        };
+        let queue_depth = Family::<KindLabels, Gauge>::default();
+        metrics.register(
+            "sqlite_queue_depth",
+            "Jobs waiting for the SQLite writer or readers",
+            queue_depth.clone(),
+        );
+        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
+        metrics.register(
+            "sqlite_write_batch_size",
+            "Writes committed together by one SQLite transaction (group commit)",
+            batch_size.clone(),
+        );
+        let depth = |kind| queue_depth.get_or_create(&KindLabels { kind }).clone();
         let (write_depth, read_depth) = (depth("write"), depth("read"));
         let checkpointer = Connection::open(path).map_err(internal)?;
         checkpointer
@@ -297,7 +306,7 @@ impl SqliteStorage {
             writable: Arc::clone(&writable),
             path: path.to_owned(),
             depth: write_depth.clone(),
-            batch_size: metrics.sqlite_batch_size.clone(),
+            batch_size,
         };
         let mut threads = vec![
             std::thread::Builder::new()
