@@ -1,0 +1,367 @@
+//! The write transactions: an import (citizens and summary by binary `COPY`)
+//! and a PATCH (the plan of `domain::patch` applied).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::pg_text;
+use super::reads::{CITIZEN_COLUMNS, import_id, read_citizen, version_of};
+use super::{Call, Fail, PostgresStorage};
+use crate::domain::patch::{self, Move, Plan};
+use crate::domain::relatives::Edit;
+use crate::domain::summary::{self, Summary};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
+use crate::storage::{Idempotency, Patched, StorageError, refused};
+
+/// Types of the presents rows' `COPY` columns.
+pub(super) const PRESENTS_TYPES: [Type; 4] = [Type::INT8, Type::INT2, Type::INT8, Type::INT4];
+
+/// Types of the `COPY` columns: `import_id` and then [`CITIZEN_COLUMNS`].
+pub(super) const COPY_TYPES: [Type; 10] = [
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::DATE,
+    Type::TEXT,
+    Type::INT8_ARRAY,
+];
+
+impl PostgresStorage {
+    pub(super) async fn create_import_tx(
+        &self,
+        citizens: &[Citizen],
+        summary: &Summary,
+        idempotency: Option<&Idempotency>,
+        call: &Call,
+    ) -> Result<ImportId, Fail> {
+        let mut client = self.conn(call).await?;
+        let tx = client.transaction().await?;
+        if let Some(Idempotency { key, body_hash }) = idempotency {
+            // Requests with one key, one after another.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[key],
+            )
+            .await?;
+            let held = tx
+                .query_opt(
+                    "SELECT body_hash, import_id FROM idempotency_keys WHERE key = $1",
+                    &[key],
+                )
+                .await?;
+            if let Some(held) = held {
+                // Nothing written: the answer is a read, fenced like one.
+                call.fenced.store(true, Ordering::Release);
+                let import = import_id(held.get(1))?;
+                let hash: Vec<u8> = held.get(0);
+                return if hash == body_hash[..] {
+                    Ok(import)
+                } else {
+                    Err(Fail::Store(StorageError::KeyReused {
+                        key: key.clone(),
+                        import,
+                    }))
+                };
+            }
+        }
+        let count = i64::try_from(citizens.len()).map_err(StorageError::internal)?;
+        let insert = tx
+            .prepare_cached("INSERT INTO imports (citizens) VALUES ($1) RETURNING import_id")
+            .await?;
+        let row = tx.query_one(&insert, &[&count]).await?;
+        let import = import_id(row.get(0))?;
+        let sink = tx
+            .copy_in(&format!(
+                "COPY citizens (import_id, {CITIZEN_COLUMNS}) FROM STDIN BINARY"
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+        let mut writer = std::pin::pin!(writer);
+        for c in citizens {
+            writer
+                .as_mut()
+                .write(&CitizenRow::new(import, c).params())
+                .await?;
+        }
+        writer.finish().await?;
+        insert_summary(&tx, import, summary).await?;
+        if let Some(Idempotency { key, body_hash }) = idempotency {
+            tx.execute(
+                "INSERT INTO idempotency_keys (key, body_hash, import_id) VALUES ($1, $2, $3)",
+                &[key, &&body_hash[..], &import.get()],
+            )
+            .await?;
+        }
+        call.committing.store(true, Ordering::Release);
+        tx.commit().await?;
+        Ok(import)
+    }
+
+    pub(super) async fn patch_tx(
+        &self,
+        import: ImportId,
+        id: CitizenId,
+        patch: &CitizenPatch,
+        call: &Call,
+    ) -> Result<Patched, Fail> {
+        let mut client = self.conn(call).await?;
+        let tx = client.transaction().await?;
+        // The import's lock first: PATCHes of one import run one after
+        // another. The citizen is read after it is held, by a statement of
+        // its own (one statement with the lock would see the citizen as of
+        // before the wait).
+        let lock = tx
+            .prepare_cached("SELECT 1 FROM imports WHERE import_id = $1 FOR UPDATE")
+            .await?;
+        if tx.query_opt(&lock, &[&import.get()]).await?.is_none() {
+            return Err(Fail::Store(StorageError::ImportNotFound(import)));
+        }
+        let read = tx
+            .prepare_cached(&format!(
+                "SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = $1 AND citizen_id = $2"
+            ))
+            .await?;
+        let Some(row) = tx.query_opt(&read, &[&import.get(), &id.as_i64()]).await? else {
+            return Err(Fail::Store(StorageError::CitizenNotFound {
+                import,
+                citizen: id,
+            }));
+        };
+        let before = read_citizen(&row)?;
+        let touched = patch::touched(&before, patch);
+        // The birth months of the citizens the plan touches, as found.
+        let mut months = HashMap::new();
+        if !touched.is_empty() {
+            let mut added = Vec::new();
+            let mut removed = Vec::new();
+            for (other, edit) in &touched {
+                match edit {
+                    Edit::Add(_) => added.push(other.as_i64()),
+                    Edit::Remove(_) => removed.push(other.as_i64()),
+                }
+            }
+            // Every edit the plan will hold (it mirrors exactly `touched`)
+            // in one statement, which also tells who was found; if the plan
+            // refuses, the transaction (with this statement) is rolled back.
+            // DISTINCT: an Add to a list that already holds the id keeps
+            // it once, as `Edit::apply` does.
+            let mirror = tx
+                .prepare_cached(
+                    "UPDATE citizens SET relatives = CASE
+                         WHEN citizen_id = ANY($3) THEN array_remove(relatives, $4)
+                         ELSE ARRAY(SELECT DISTINCT r FROM unnest(array_append(relatives, $4)) AS r ORDER BY r)
+                     END
+                     WHERE import_id = $1 AND citizen_id = ANY($2::bigint[] || $3::bigint[])
+                     RETURNING citizen_id, extract(month FROM birth_date)::smallint",
+                )
+                .await?;
+            for row in tx
+                .query(&mirror, &[&import.get(), &added, &removed, &id.as_i64()])
+                .await?
+            {
+                let other = u64::try_from(row.get::<_, i64>(0))
+                    .ok()
+                    .and_then(|o| CitizenId::parse(o).ok());
+                let month = u8::try_from(row.get::<_, i16>(1)).ok();
+                let (Some(other), Some(month)) = (other, month) else {
+                    return Err(Fail::Store(StorageError::internal(format!(
+                        "import {import}: a corrupt relative of citizen {id}"
+                    ))));
+                };
+                months.insert(other, month);
+            }
+        }
+        let plan = patch::plan(&before, patch, |other| months.get(&other).copied())
+            .map_err(|refusal| Fail::Store(refused(import, id, refusal)))?;
+        patch_summary(&tx, import, &plan).await?;
+        let citizen = plan.citizen;
+        let update = tx
+            .prepare_cached(
+                "WITH citizen AS (
+                     UPDATE citizens SET town = $3, street = $4, building = $5, apartment = $6,
+                                         name = $7, birth_date = $8, gender = $9, relatives = $10
+                     WHERE import_id = $1 AND citizen_id = $2
+                 )
+                 UPDATE imports SET version = version + 1 WHERE import_id = $1 RETURNING version",
+            )
+            .await?;
+        let version = tx
+            .query_one(&update, &CitizenRow::new(import, &citizen).params())
+            .await?;
+        let version = version_of(version.get(0))?;
+        call.committing.store(true, Ordering::Release);
+        tx.commit().await?;
+        Ok(Patched { citizen, version })
+    }
+}
+
+/// A citizen as statement parameters: `import_id`, then [`CITIZEN_COLUMNS`]
+/// (the `COPY` row, and `$1`..`$10` of the PATCH's update).
+pub(super) struct CitizenRow<'a> {
+    import: i64,
+    id: i64,
+    town: Cow<'a, str>,
+    street: Cow<'a, str>,
+    building: Cow<'a, str>,
+    apartment: i64,
+    name: Cow<'a, str>,
+    birth_date: time::Date,
+    gender: &'a str,
+    relatives: Vec<i64>,
+}
+
+impl<'a> CitizenRow<'a> {
+    pub(super) fn new(import: ImportId, c: &'a Citizen) -> Self {
+        Self {
+            import: import.get(),
+            id: c.citizen_id.as_i64(),
+            town: pg_text::encode(c.town.as_str()),
+            street: pg_text::encode(c.street.as_str()),
+            building: pg_text::encode(c.building.as_str()),
+            apartment: c.apartment.as_i64(),
+            name: pg_text::encode(c.name.as_str()),
+            birth_date: c.birth_date.date(),
+            gender: c.gender.as_str(),
+            relatives: c.relatives.iter().map(|r| r.as_i64()).collect(),
+        }
+    }
+
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.import,
+            &self.id,
+            &self.town,
+            &self.street,
+            &self.building,
+            &self.apartment,
+            &self.name,
+            &self.birth_date,
+            &self.gender,
+            &self.relatives,
+        ]
+    }
+}
+
+/// Stores the summary of a new import (`domain::summary`) in its transaction.
+pub(super) async fn insert_summary(
+    tx: &deadpool_postgres::Transaction<'_>,
+    import: ImportId,
+    summary: &Summary,
+) -> Result<(), Fail> {
+    let sink = tx
+        .copy_in("COPY presents (import_id, month, citizen_id, presents) FROM STDIN BINARY")
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &PRESENTS_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for &(month, citizen, presents) in &summary.presents {
+        let presents = i32::try_from(presents).map_err(StorageError::internal)?;
+        writer
+            .as_mut()
+            .write(&[
+                &import.get(),
+                &i16::from(month),
+                &citizen.as_i64(),
+                &presents,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    let (towns, dates): (Vec<Cow<'_, str>>, Vec<&[u8]>) = summary
+        .towns
+        .iter()
+        .map(|t| (pg_text::encode(&t.town), t.dates.as_slice()))
+        .unzip();
+    tx.execute(
+        "INSERT INTO town_dates (import_id, town, dates)
+         SELECT $1, * FROM unnest($2::text[], $3::bytea[])",
+        &[&import.get(), &towns, &dates],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies a plan's presents rows and town dates, in its transaction.
+pub(super) async fn patch_summary(
+    tx: &deadpool_postgres::Transaction<'_>,
+    import: ImportId,
+    plan: &Plan,
+) -> Result<(), Fail> {
+    let change = &plan.presents;
+    if !change.is_empty() {
+        let mut month = Vec::with_capacity(change.len());
+        let mut citizen = Vec::with_capacity(change.len());
+        let mut delta = Vec::with_capacity(change.len());
+        for &(m, c, d) in change {
+            month.push(i16::from(m));
+            citizen.push(c.as_i64());
+            delta.push(i32::try_from(d).map_err(StorageError::internal)?);
+        }
+        // One statement: the rows that go are deleted, the others grow or
+        // shrink (a row deleted here cannot be updated by the same statement,
+        // so those keys are left out of the insert).
+        let change_rows = tx
+            .prepare_cached(
+                "WITH d (month, citizen_id, delta) AS (
+                     SELECT * FROM unnest($2::smallint[], $3::bigint[], $4::integer[])
+                 ),
+                 gone AS (
+                     DELETE FROM presents p USING d
+                     WHERE p.import_id = $1 AND p.month = d.month AND p.citizen_id = d.citizen_id
+                       AND p.presents + d.delta <= 0
+                     RETURNING p.month, p.citizen_id
+                 )
+                 INSERT INTO presents AS p (import_id, month, citizen_id, presents)
+                 SELECT $1, d.month, d.citizen_id, d.delta FROM d
+                 WHERE d.delta > 0
+                    OR (NOT EXISTS (SELECT 1 FROM gone g
+                                    WHERE g.month = d.month AND g.citizen_id = d.citizen_id)
+                        AND EXISTS (SELECT 1 FROM presents q WHERE q.import_id = $1
+                                    AND q.month = d.month AND q.citizen_id = d.citizen_id))
+                 ON CONFLICT (import_id, month, citizen_id)
+                 DO UPDATE SET presents = p.presents + excluded.presents",
+            )
+            .await?;
+        tx.execute(&change_rows, &[&import.get(), &month, &citizen, &delta])
+            .await?;
+    }
+    if let Some(Move { from, to }) = &plan.births {
+        for (town, date, delta) in [(from.0.as_str(), from.1, -1), (to.0.as_str(), to.1, 1)] {
+            let read = tx
+                .prepare_cached("SELECT dates FROM town_dates WHERE import_id = $1 AND town = $2")
+                .await?;
+            let town = pg_text::encode(town);
+            let mut dates: Vec<u8> = match tx.query_opt(&read, &[&import.get(), &town]).await? {
+                Some(row) => row.try_get(0)?,
+                None => Vec::new(),
+            };
+            if !summary::adjust_dates(&mut dates, date, delta) {
+                return Err(Fail::Store(StorageError::internal(format!(
+                    "import {import}: the stored dates of town {town:?} are corrupt"
+                ))));
+            }
+            if dates.is_empty() {
+                let delete = tx
+                    .prepare_cached("DELETE FROM town_dates WHERE import_id = $1 AND town = $2")
+                    .await?;
+                tx.execute(&delete, &[&import.get(), &town]).await?;
+            } else {
+                let write = tx
+                    .prepare_cached(
+                        "INSERT INTO town_dates (import_id, town, dates) VALUES ($1, $2, $3)
+                         ON CONFLICT (import_id, town) DO UPDATE SET dates = excluded.dates",
+                    )
+                    .await?;
+                tx.execute(&write, &[&import.get(), &town, &dates]).await?;
+            }
+        }
+    }
+    Ok(())
+}
