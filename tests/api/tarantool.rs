@@ -42,9 +42,10 @@ async fn the_app_user_may_only_call_our_functions_and_guests_nothing() {
     // Starting an app waits until app.lua has created the schema and the user.
     let app = TestApp::spawn(Backend::Tarantool).await;
     let gifts = client_as(&app.store, "gifts", "test-password");
-    let (version, largest_tuple): (u64, u64) =
+    let (version, largest_tuple, pending): (u64, u64, u64) =
         gifts.call("gifts_health", &NO_ARGS, WAIT).await.unwrap();
     assert!(version > 0);
+    assert_eq!(pending, 0, "no import waits for its summary");
     assert_eq!(largest_tuple, 256 << 20, "app.lua's default");
     for function in [
         "box.space.citizens:truncate",

@@ -1,0 +1,233 @@
+//! Storing an import: one call, or a big or heavy one in chunks (begin,
+//! runs of citizens with their summary rows, commit), each call bounded by
+//! the work it makes Tarantool do.
+
+use super::TarantoolStorage;
+use super::connection::Kind;
+use super::tuples::{IdOrReason, NewCitizen};
+use crate::domain::summary::{self, PresentsRow, Summary};
+use crate::domain::{Citizen, ImportId};
+use crate::storage::StorageError;
+
+/// Work per Tarantool call that stores a chunk of a big import: a stored
+/// row (a citizen, a presents row, a town births row) counts [`ROW`], each
+/// relative in a citizen's list one. Tarantool runs one transaction at a
+/// time, so this bounds how long an import holds other clients up: 5,000
+/// rows are about 10-20 ms of it (docs/storage.md has the measurements).
+pub(super) const CALL_WORK: usize = 50_000;
+
+/// The most work an import stored by one call may take: the size the
+/// service is tuned for (10,000 citizens, 1,000 links, about 22,000 rows)
+/// holds Tarantool about 50 ms that way, and is stored twice as fast as in
+/// chunks.
+pub(super) const ONE_CALL_WORK: usize = 250_000;
+
+/// A stored row's share of [`CALL_WORK`].
+pub(super) const ROW: usize = 10;
+
+/// Runs of citizens, each of at most `most` citizens and [`CALL_WORK`]
+/// (a citizen heavier than that on its own).
+pub(super) fn runs<'a>(
+    citizens: &'a [Citizen],
+    summary: &SummaryRows,
+    most: usize,
+) -> Vec<&'a [Citizen]> {
+    let mut out = Vec::new();
+    let (mut start, mut load) = (0, 0);
+    for (i, citizen) in citizens.iter().enumerate() {
+        let w = summary.work(citizen);
+        if i > start && (i - start == most || load + w > CALL_WORK) {
+            out.push(&citizens[start..i]);
+            start = i;
+            load = 0;
+        }
+        load += w;
+    }
+    if start < citizens.len() {
+        out.push(&citizens[start..]);
+    }
+    out
+}
+
+/// An import's summary as `tarantool/app.lua` takes it: presents rows
+/// ordered by citizen (so a run of citizens finds its own), and town
+/// births rows `(town, yyyymmdd, citizens)`.
+pub(super) struct SummaryRows {
+    pub(super) presents: Vec<PresentsRow>,
+    pub(super) births: Vec<BirthsRow>,
+}
+
+/// A town births row: town, `yyyymmdd`, how many of its citizens were born then.
+pub(super) type BirthsRow = (String, u32, u32);
+
+/// What one `gifts_import_chunk` call stores: citizens, their presents
+/// rows, town births rows.
+pub(super) type Chunk<'a> = (Vec<NewCitizen<'a>>, Vec<PresentsRow>, &'a [BirthsRow]);
+
+impl SummaryRows {
+    /// The rows of `citizens`' summary ([`Summary::parts`]).
+    pub(super) fn of(citizens: &[Citizen]) -> Self {
+        let (mut presents, towns) = Summary::parts(citizens);
+        presents.sort_unstable_by_key(|&(month, citizen, _)| (citizen, month));
+        let mut births = Vec::new();
+        for (town, dates) in towns {
+            births.extend(
+                dates
+                    .into_iter()
+                    .map(|(date, n)| (town.clone(), summary::date_key(date), n)),
+            );
+        }
+        Self { presents, births }
+    }
+
+    /// [`SummaryRows::of`], off the async worker threads for a big import.
+    pub(super) async fn of_import(
+        citizens: Vec<Citizen>,
+    ) -> Result<(Vec<Citizen>, Self), StorageError> {
+        crate::storage::by_size(citizens.len(), move || {
+            let rows = Self::of(&citizens);
+            (citizens, rows)
+        })
+        .await
+    }
+
+    /// A citizen's presents rows.
+    pub(super) fn presents_of_one(&self, citizen: &Citizen) -> &[PresentsRow] {
+        let id = citizen.citizen_id;
+        let from = self.presents.partition_point(|row| row.1 < id);
+        let to = from + self.presents[from..].partition_point(|row| row.1 == id);
+        &self.presents[from..to]
+    }
+
+    /// The presents rows of `run`'s citizens.
+    pub(super) fn presents_of(&self, run: &[Citizen]) -> Vec<PresentsRow> {
+        run.iter()
+            .flat_map(|c| self.presents_of_one(c).iter().copied())
+            .collect()
+    }
+
+    /// A citizen's share of [`CALL_WORK`]: its row, its presents rows and
+    /// its relatives.
+    pub(super) fn work(&self, citizen: &Citizen) -> usize {
+        ROW * (1 + self.presents_of_one(citizen).len()) + citizen.relatives.len()
+    }
+}
+
+impl TarantoolStorage {
+    /// Stores a big import in chunks: begin, runs of citizens with their
+    /// presents rows, the town births rows, commit.
+    pub(super) async fn create_in_chunks<'a>(
+        &self,
+        citizens: &'a [Citizen],
+        summary: &'a SummaryRows,
+        key: Option<&str>,
+        hash: Option<&[u8]>,
+    ) -> Result<ImportId, StorageError> {
+        let c = &self.connection;
+        let (status, value): (String, IdOrReason) = c
+            .call(
+                "gifts_import_begin",
+                &(key, hash.map(hex::encode)),
+                Kind::Write,
+            )
+            .await?;
+        let import = match import_answer("gifts_import_begin", &status, value, key)? {
+            Begun::New(import) => import,
+            Begun::Existing(import) => return Ok(import),
+        };
+        let mut chunks: Vec<Chunk<'a>> = Vec::new();
+        let mut room = 0;
+        for run in runs(citizens, summary, self.import_chunk) {
+            let rows = run.iter().map(NewCitizen::of).collect();
+            let load: usize = run.iter().map(|c| summary.work(c)).sum();
+            room = CALL_WORK.saturating_sub(load) / ROW;
+            chunks.push((rows, summary.presents_of(run), &[]));
+        }
+        // The town births rows: what room the last run leaves, then calls of their own.
+        let (with_last, rest) = summary.births.split_at(room.min(summary.births.len()));
+        if let Some(last) = chunks.last_mut() {
+            last.2 = with_last;
+        }
+        chunks.extend(
+            rest.chunks(CALL_WORK / ROW)
+                .map(|births| (Vec::new(), Vec::new(), births)),
+        );
+        // Two chunks in flight: Tarantool runs the second's transaction
+        // while the first's is written to its WAL (and other clients'
+        // requests between them), and one fsync may cover both.
+        let send = |(rows, presents, births): Chunk<'a>| async move {
+            let (status, reason): (String, Option<String>) = c
+                .call(
+                    "gifts_import_chunk",
+                    &(import, rows, presents, births),
+                    Kind::Write,
+                )
+                .await?;
+            if status == "ok" {
+                Ok(())
+            } else {
+                Err(StorageError::internal(format!(
+                    "gifts_import_chunk refused import {import}: {status} {reason:?}"
+                )))
+            }
+        };
+        let mut chunks = chunks.into_iter();
+        while let Some(first) = chunks.next() {
+            match chunks.next() {
+                Some(second) => {
+                    let (a, b) = tokio::join!(send(first), send(second));
+                    a?;
+                    b?;
+                }
+                None => send(first).await?,
+            }
+        }
+        let (status, value): (String, IdOrReason) = c
+            .call(
+                "gifts_import_commit",
+                &(import, key, hash.map(hex::encode)),
+                Kind::Write,
+            )
+            .await?;
+        match import_answer("gifts_import_commit", &status, value, key)? {
+            Begun::New(import) | Begun::Existing(import) => Ok(import),
+        }
+    }
+}
+
+/// What an import procedure answered: a new import, or the idempotency key's.
+pub(super) enum Begun {
+    New(ImportId),
+    Existing(ImportId),
+}
+
+pub(super) fn import_answer(
+    function: &str,
+    status: &str,
+    value: IdOrReason,
+    key: Option<&str>,
+) -> Result<Begun, StorageError> {
+    let id = |v: IdOrReason| match v {
+        IdOrReason::Id(id) => ImportId::try_from(id).map_err(StorageError::internal),
+        _ => Err(StorageError::internal(format!(
+            "{function} answered {status} without an id"
+        ))),
+    };
+    match status {
+        "ok" => id(value).map(Begun::New),
+        "same" => id(value).map(Begun::Existing),
+        "key_reused" => Err(StorageError::KeyReused {
+            key: key.unwrap_or_default().to_owned(),
+            import: id(value)?,
+        }),
+        other => {
+            let reason = match value {
+                IdOrReason::Reason(r) => r,
+                _ => String::new(),
+            };
+            Err(StorageError::internal(format!(
+                "{function} refused the import: {other} {reason}"
+            )))
+        }
+    }
+}

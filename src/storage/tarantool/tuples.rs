@@ -1,0 +1,164 @@
+//! The tuples on the wire: a citizen as `app.lua` stores it, both ways,
+//! and the shapes of the procedures' answers.
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Citizen, CitizenId};
+use crate::storage::StorageError;
+use crate::storage::row::{StoredCitizen, StoredDate, iso_date};
+
+/// A citizen as `gifts_create_import` takes it: the stored tuple (in
+/// [`Row`]'s order), with a placeholder for the import id that the
+/// procedure fills in.
+#[derive(Serialize)]
+pub(super) struct NewCitizen<'a>(
+    pub(super) u8,
+    pub(super) CitizenId,
+    pub(super) &'a str,
+    pub(super) &'a str,
+    pub(super) &'a str,
+    pub(super) u64,
+    pub(super) &'a str,
+    pub(super) String,
+    pub(super) &'a str,
+    pub(super) &'a [CitizenId],
+);
+
+impl<'a> NewCitizen<'a> {
+    pub(super) fn of(c: &'a Citizen) -> Self {
+        NewCitizen(
+            0,
+            c.citizen_id,
+            c.town.as_str(),
+            c.street.as_str(),
+            c.building.as_str(),
+            c.apartment.get(),
+            c.name.as_str(),
+            iso_date(c.birth_date),
+            c.gender.as_str(),
+            &c.relatives,
+        )
+    }
+}
+
+/// A stored citizen tuple: `{import_id, citizen_id, town, street, building,
+/// apartment, name, birth_date, gender, relatives}`, as `tarantool/app.lua`'s
+/// `F` table numbers them (a test holds the two together).
+#[derive(Deserialize)]
+pub(super) struct Row(
+    pub(super) IgnoredAny,
+    pub(super) u64,
+    pub(super) String,
+    pub(super) String,
+    pub(super) String,
+    pub(super) u64,
+    pub(super) String,
+    pub(super) String,
+    pub(super) String,
+    pub(super) Vec<u64>,
+);
+
+impl Row {
+    pub(super) fn into_citizen(self) -> Result<Citizen, StorageError> {
+        let Row(
+            _,
+            citizen_id,
+            town,
+            street,
+            building,
+            apartment,
+            name,
+            birth_date,
+            gender,
+            relatives,
+        ) = self;
+        Citizen::try_from(StoredCitizen {
+            citizen_id,
+            town,
+            street,
+            building,
+            apartment,
+            name,
+            birth_date: StoredDate::Iso(birth_date),
+            gender,
+            relatives,
+        })
+    }
+}
+
+/// A new field value in a patch: text or number.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(super) enum FieldValue {
+    Text(String),
+    Number(u64),
+}
+
+/// The second value of an import procedure's answer: an id or a reason.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum IdOrReason {
+    Id(u64),
+    Reason(String),
+    None(()),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::{Apartment, BirthDate, Gender, Name, Place};
+
+    /// The tuple's fields in [`Row`]'s and [`NewCitizen`]'s order.
+    const TUPLE_FIELDS: [&str; 10] = [
+        "import_id",
+        "citizen_id",
+        "town",
+        "street",
+        "building",
+        "apartment",
+        "name",
+        "birth_date",
+        "gender",
+        "relatives",
+    ];
+
+    #[test]
+    pub(super) fn the_tuple_fields_are_numbered_as_app_lua_numbers_them() {
+        let script = include_str!("../../../tarantool/app.lua");
+        let start = script
+            .find("local F = {")
+            .expect("app.lua defines the field numbers F");
+        let table = &script[start + "local F = {".len()..];
+        let table = &table[..table.find('}').expect("F ends")];
+        let numbered: BTreeMap<&str, usize> = table
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(name, n)| (name.trim(), n.trim().parse().expect("a field number")))
+            .collect();
+        assert_eq!(numbered.len(), TUPLE_FIELDS.len(), "{numbered:?}");
+        for (i, field) in TUPLE_FIELDS.iter().enumerate() {
+            assert_eq!(numbered.get(field), Some(&(i + 1)), "{field}");
+        }
+    }
+
+    #[test]
+    pub(super) fn a_tuple_written_for_an_import_reads_back_as_the_same_citizen() {
+        let citizen = Citizen {
+            citizen_id: CitizenId::parse(u64::MAX >> 1).unwrap(),
+            town: Place::parse("Керчь".into()).unwrap(),
+            street: Place::parse("Иосифа Бродского".into()).unwrap(),
+            building: Place::parse("2".into()).unwrap(),
+            apartment: Apartment::parse(11).unwrap(),
+            name: Name::parse("Романова Мария Леонидовна".into()).unwrap(),
+            birth_date: BirthDate::from_ymd(1986, 11, 23).unwrap(),
+            gender: Gender::parse("female").unwrap(),
+            relatives: vec![CitizenId::parse(1).unwrap()],
+        };
+        let tuple = rmp_serde::to_vec(&NewCitizen::of(&citizen)).unwrap();
+        let row: Row = rmp_serde::from_slice(&tuple).unwrap();
+        assert_eq!(row.into_citizen().unwrap(), citizen);
+    }
+}
