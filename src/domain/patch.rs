@@ -222,11 +222,12 @@ fn presents_change(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     use proptest::prelude::*;
 
     use super::*;
+    use crate::domain::analytics::tests::{TOWNS, date, import};
     use crate::domain::summary::Summary;
     use crate::domain::{Apartment, Gender, Name};
 
@@ -428,32 +429,6 @@ mod tests {
         );
     }
 
-    /// Positions of a small import: each citizen's month and town, and links.
-    fn small_import(
-        people: &[(u8, bool)],
-        links: &[(usize, usize)],
-    ) -> BTreeMap<CitizenId, Citizen> {
-        let n = people.len();
-        let mut lists = vec![BTreeSet::new(); n];
-        for &(a, b) in links {
-            let (a, b) = (a % n, b % n);
-            lists[a].insert(b as u64 + 1);
-            lists[b].insert(a as u64 + 1);
-        }
-        people
-            .iter()
-            .zip(lists)
-            .enumerate()
-            .map(|(i, (&(month, north), list))| {
-                let mut c = person(i as u64 + 1, month, &list.into_iter().collect::<Vec<_>>());
-                if north {
-                    c.town = place("Норильск");
-                }
-                (c.citizen_id, c)
-            })
-            .collect()
-    }
-
     proptest! {
         /// Plans applied one after another keep the import what the
         /// relation as a set of pairs says, and the summary kept by the
@@ -461,23 +436,26 @@ mod tests {
         /// refused plan names the lowest unknown id.
         #[test]
         fn plans_applied_in_sequence_equal_the_model_and_the_summary_from_scratch(
-            people in prop::collection::vec((1u8..=12, any::<bool>()), 1..8),
+            people in prop::collection::vec((0..TOWNS.len(), 0..27_000i32), 1..8),
             links in prop::collection::vec((any::<usize>(), any::<usize>()), 0..12),
             patches in prop::collection::vec(
                 (any::<usize>(), prop::option::of(prop::collection::btree_set(1u64..12, 0..5)),
-                 prop::option::of(1u8..=12), prop::option::of(any::<bool>())),
+                 prop::option::of(0..27_000i32), prop::option::of(0..TOWNS.len())),
                 1..20,
             ),
         ) {
-            let mut import = small_import(&people, &links);
+            let mut import: BTreeMap<CitizenId, Citizen> = import(&people, &links)
+                .into_iter()
+                .map(|c| (c.citizen_id, Citizen::clone(&c)))
+                .collect();
             let n = import.len() as u64;
             let mut kept = Summary::parts(&import.values().cloned().collect::<Vec<_>>());
-            for (who, list, month, north) in patches {
+            for (who, list, born, town) in patches {
                 let me = id(who as u64 % n + 1);
                 let patch = CitizenPatch {
                     relatives: list.map(|l| ids(&l.into_iter().collect::<Vec<_>>())),
-                    birth_date: month.map(born),
-                    town: north.map(|north| place(if north { "Норильск" } else { "Керчь" })),
+                    birth_date: born.map(date),
+                    town: town.map(|t| place(TOWNS[t])),
                     ..CitizenPatch::default()
                 };
                 let before = import[&me].clone();
