@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::access::Tokens;
 use crate::config::Config;
 use crate::http::cache::ResponseCache;
+use crate::http::reads::Reads;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 
@@ -120,18 +121,18 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let storage = crate::storage::open(&config.store(), &metrics).await?;
     let state = AppState {
-        storage: Arc::clone(&storage),
-        max_body_bytes: config.max_body_bytes,
-        cache: Arc::new(ResponseCache::new(
-            response_cache_bytes(&config),
-            Arc::clone(&metrics),
-        )),
-        metrics,
-        // As many cold renders as cores: they are CPU-bound, and each may hold
-        // a whole import in memory.
-        render_permits: Arc::new(tokio::sync::Semaphore::new(
+        reads: Arc::new(Reads::new(
+            Arc::clone(&storage),
+            Arc::new(ResponseCache::new(
+                response_cache_bytes(&config),
+                Arc::clone(&metrics),
+            )),
+            // As many cold renders as cores: they are CPU-bound, and each may
+            // hold a whole import in memory.
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         )),
+        max_body_bytes: config.max_body_bytes,
+        metrics,
         draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         tokens,
         trusted_proxies: Arc::new(config.trusted_proxies.0.clone()),

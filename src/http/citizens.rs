@@ -23,14 +23,11 @@ use crate::domain::today_utc;
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
     responses(
-        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
-        (status = 403, description = "With --tokens-file: the token lacks the read scope", body = crate::http::openapi::ErrorAnswer),
+        crate::http::openapi::Refusals,
         (status = 200, description = "All citizens, by citizen_id, relatives ascending", body = crate::http::openapi::CitizensAnswer,
             headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
-        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
-        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
 )]
@@ -66,15 +63,12 @@ const INLINE_PATCH: usize = 64 * 1024;
     ),
     request_body(content = crate::http::openapi::CitizenPatchSchema, description = "The fields to change"),
     responses(
-        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
-        (status = 403, description = "With --tokens-file: the token lacks the write scope", body = crate::http::openapi::ErrorAnswer),
+        crate::http::openapi::Refusals,
         (status = 200, description = "The whole citizen as it is now", body = crate::http::openapi::CitizenAnswer),
         (status = 400, description = "The body breaks a rule: the error names the field", body = crate::http::openapi::ErrorAnswer),
         (status = 404, description = "No such import or citizen", body = crate::http::openapi::ErrorAnswer),
-        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
         (status = 413, description = "The body is over the size limit", body = crate::http::openapi::ErrorAnswer),
         (status = 415, description = "A Content-Encoding other than gzip", body = crate::http::openapi::ErrorAnswer),
-        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "Not changed: retry later", body = crate::http::openapi::ErrorAnswer),
         (status = 504, description = "Sent to the store, not confirmed: it may have been changed", body = crate::http::openapi::ErrorAnswer),
         (status = 507, description = "The store has no room: nothing changed", body = crate::http::openapi::ErrorAnswer),
@@ -103,9 +97,7 @@ pub async fn update(
     } else {
         tokio::task::spawn_blocking(parse).await??
     };
-    let patched = state.storage.patch_citizen(import, citizen, patch).await?;
-    // Before answering, so a read right after this PATCH finds the snapshot moved.
-    state.cache.after_patch(import, &patched).await;
+    let patched = state.reads.patch_citizen(import, citizen, patch).await?;
     data(StatusCode::OK, &patched.citizen)
 }
 
@@ -121,14 +113,11 @@ pub async fn update(
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
     responses(
-        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
-        (status = 403, description = "With --tokens-file: the token lacks the read scope", body = crate::http::openapi::ErrorAnswer),
+        crate::http::openapi::Refusals,
         (status = 200, description = "Presents per month", body = crate::http::openapi::BirthdaysAnswer,
             headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
-        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
-        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
 )]

@@ -21,8 +21,8 @@ use crate::storage::StorageError;
     tag = "operations",
     responses(
         (status = 200, description = "The store answers and takes writes", body = crate::http::openapi::StatusAnswer),
-        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable, refuses the service, or its disk is full", body = crate::http::openapi::ErrorAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
     )
 )]
 /// 200 when the store answers and takes writes, 503 otherwise (the body
@@ -32,7 +32,7 @@ use crate::storage::StorageError;
 pub async fn check(State(state): State<AppState>) -> Result<Response, AppError> {
     // A probe answers within PROBE whatever the store does: a stalled store
     // is as unhealthy as a dead one, and a prober must not hang on it.
-    let health = match tokio::time::timeout(PROBE, state.storage.health()).await {
+    let health = match tokio::time::timeout(PROBE, state.reads.health()).await {
         Ok(health) => health,
         Err(_) => Err(StorageError::Unavailable(format!(
             "the store did not answer the health check within {PROBE:?}"
@@ -75,8 +75,8 @@ pub async fn live() -> Result<Response, AppError> {
     tag = "operations",
     responses(
         (status = 200, description = "Send traffic here", body = crate::http::openapi::StatusAnswer),
-        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "Draining after SIGTERM, or the store is unhealthy", body = crate::http::openapi::ErrorAnswer),
+        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
     )
 )]
 /// 200 when the service should get traffic: the store answers and takes
@@ -107,9 +107,8 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> 
     security(("bearer" = ["admin"]), ()),
     tag = "operations",
     responses(
+        crate::http::openapi::Refusals,
         (status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String),
-        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
-        (status = 403, description = "With --tokens-file: the token lacks the admin scope", body = crate::http::openapi::ErrorAnswer),
     )
 )]
 /// The Prometheus metrics (OpenMetrics text); the import and citizen totals
@@ -117,7 +116,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     // A stalled store must not stall the scrape: the totals keep their
     // last values when the store does not answer within half a second.
-    match tokio::time::timeout(Duration::from_millis(500), state.storage.totals()).await {
+    match tokio::time::timeout(Duration::from_millis(500), state.reads.totals()).await {
         Ok(Ok((imports, citizens))) => {
             state.metrics.imports.set(gauge(imports));
             state.metrics.citizens.set(gauge(citizens));
@@ -125,7 +124,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => tracing::debug!(error = %e, "totals for the metrics"),
         Err(_) => tracing::debug!("totals for the metrics: no answer within 500 ms"),
     }
-    state.metrics.cache_bytes.set(gauge(state.cache.bytes()));
+    state
+        .metrics
+        .cache_bytes
+        .set(gauge(state.reads.cache_bytes()));
     let mut response = (
         StatusCode::OK,
         [(

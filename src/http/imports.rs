@@ -89,12 +89,9 @@ fn rfc3339(unix_seconds: i64) -> String {
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
     ),
     responses(
-        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
-        (status = 403, description = "With --tokens-file: the token lacks the read scope", body = crate::http::openapi::ErrorAnswer),
+        crate::http::openapi::Refusals,
         (status = 200, description = "A page of imports, newest first", body = crate::http::openapi::ImportsAnswer),
         (status = 400, description = "A bad limit or cursor", body = crate::http::openapi::ErrorAnswer),
-        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
-        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
 )]
@@ -128,7 +125,7 @@ pub async fn list(
         })?),
     };
     // One more than asked tells whether there is a next page.
-    let mut found = state.storage.list_imports(limit + 1, before).await?;
+    let mut found = state.reads.list_imports(limit + 1, before).await?;
     let more = found.len() > limit;
     found.truncate(limit);
     let next_cursor = more
@@ -160,12 +157,9 @@ pub async fn list(
     tag = "imports",
     params(("import_id" = u64, Path, minimum = 1, description = "The import")),
     responses(
-        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
-        (status = 403, description = "With --tokens-file: the token lacks the delete scope", body = crate::http::openapi::ErrorAnswer),
+        crate::http::openapi::Refusals,
         (status = 204, description = "Deleted, with all its citizens"),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
-        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
-        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "Not deleted: retry later", body = crate::http::openapi::ErrorAnswer),
         (status = 504, description = "Sent to the store, not confirmed: it may have been deleted", body = crate::http::openapi::ErrorAnswer),
         (status = 507, description = "The store has no room", body = crate::http::openapi::ErrorAnswer),
@@ -176,8 +170,7 @@ pub async fn delete(
     State(state): State<AppState>,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    state.storage.delete_import(import).await?;
-    state.cache.forget(import);
+    state.reads.delete_import(import).await?;
     tracing::Span::current().record("import_id", import.get());
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -210,15 +203,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     request_body(content = crate::http::openapi::ImportRequestSchema, description = "The import; may be gzip-compressed (Content-Encoding: gzip)"),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1–255 printable ASCII characters: a retry with the same key and body gets the same import")),
     responses(
-        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
-        (status = 403, description = "With --tokens-file: the token lacks the write scope", body = crate::http::openapi::ErrorAnswer),
+        crate::http::openapi::Refusals,
         (status = 201, description = "Stored", body = crate::http::openapi::ImportCreated),
         (status = 400, description = "The body breaks a rule: the error names the field and the citizen", body = crate::http::openapi::ErrorAnswer),
-        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
         (status = 413, description = "The body is over the size limit", body = crate::http::openapi::ErrorAnswer),
         (status = 415, description = "A Content-Encoding other than gzip", body = crate::http::openapi::ErrorAnswer),
         (status = 422, description = "The Idempotency-Key was used with another body", body = crate::http::openapi::ErrorAnswer),
-        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "Not stored: retry later", body = crate::http::openapi::ErrorAnswer),
         (status = 504, description = "Sent to the store, not confirmed: it may have been stored", body = crate::http::openapi::ErrorAnswer),
         (status = 507, description = "The store has no room: nothing stored", body = crate::http::openapi::ErrorAnswer),
@@ -249,7 +239,7 @@ pub async fn create(
     .await??;
     let span = tracing::Span::current();
     span.record("citizens", citizens.len());
-    let import_id = state.storage.create_import(citizens, idempotency).await?;
+    let import_id = state.reads.create_import(citizens, idempotency).await?;
     span.record("import_id", import_id.get());
     data(StatusCode::CREATED, &Created { import_id })
 }

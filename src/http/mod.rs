@@ -15,8 +15,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
-use crate::domain::{ImportId, summary};
-use crate::storage::Storage;
+use crate::domain::ImportId;
 use crate::units::ByteSize;
 
 pub mod auth;
@@ -29,25 +28,23 @@ mod imports;
 #[doc(hidden)] // public for the hot-path benchmark only
 pub mod listing;
 pub mod openapi;
+pub mod reads;
 mod towns;
 mod ui;
 #[doc(hidden)] // public for the hot-path benchmark only
 pub mod wire;
 
-use cache::{CitizenList, Encoding, Held, ResponseCache, View, compact};
+use cache::{Held, ResponseCache, View};
 use error::{AppError, Failure, json_response};
+use reads::Answer;
 
 /// What every handler shares; cloning is cheap.
 #[derive(Clone)]
 pub struct AppState {
-    /// The store.
-    pub storage: Arc<dyn Storage>,
+    /// The store behind the read cache: every read and write goes through it.
+    pub reads: Arc<reads::Reads>,
     /// Largest accepted request body (decompressed).
     pub max_body_bytes: ByteSize,
-    /// Bodies of the read endpoints, validated by import version.
-    pub cache: Arc<ResponseCache>,
-    /// Permits to load and render an answer that is not cached.
-    pub render_permits: Arc<tokio::sync::Semaphore>,
     /// True after SIGTERM, while the service drains: `/readyz` answers 503.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// What the service counts.
@@ -373,16 +370,9 @@ fn data<T: Serialize>(status: StatusCode, value: &T) -> Result<Response, AppErro
     Ok(json_response(status, body))
 }
 
-/// Bodies at least this long are sent gzip-compressed to clients that accept it.
-const COMPRESS_FROM: usize = 1024;
-
 /// Answers a read endpoint: 304 when the client's `If-None-Match` names the
-/// current answer; else the body, from the cache when the import has not
-/// changed since it was rendered, else rendered off the async threads from
-/// the import's citizens — held in memory at this version, or loaded from
-/// storage (at most `state.render_permits` render at once, which bounds the memory
-/// of cold reads of big imports). A client that accepts gzip gets the
-/// compressed body, also cached, so a hot GET does not recompress.
+/// current answer; else the body by the read policy of [`reads::Reads`]
+/// (gzipped for a client that accepts it, or streamed when too big to cache).
 ///
 /// The `ETag` is weak and names the import, its version and the view (and
 /// the day, for percentiles): the same at every instance, and new after
@@ -397,86 +387,24 @@ async fn cached_view<F>(
 where
     F: FnOnce(&Held, &ResponseCache) -> serde_json::Result<axum::body::Bytes> + Send + 'static,
 {
-    let version = state.storage.import_version(import).await?;
+    let version = state.reads.import_version(import).await?;
     let tag = entity_tag(import, version, view);
     if if_none_match(headers, &tag) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         revalidation_headers(&mut response, &tag);
         return Ok(response);
     }
-    let rendered = state
-        .cache
-        .get_or_render(import, view, version, Encoding::Identity, async {
-            let _permit = state
-                .render_permits
-                .acquire()
-                .await
-                .map_err(AppError::from)?;
-            enum Source {
-                Held(Held),
-                Loaded(crate::storage::Snapshot),
-            }
-            // Each may be newer than `version` if a write just landed; a
-            // newer answer is never stale.
-            let source = match state.cache.snapshot(import, version) {
-                Some(held) => Source::Held(held),
-                None => match from_summary(state, import, view).await? {
-                    Some(body) => return Ok(body),
-                    None => Source::Loaded(
-                        state
-                            .storage
-                            .citizens(import)
-                            .await
-                            .map_err(AppError::from)?,
-                    ),
-                },
-            };
-            let cache = Arc::clone(&state.cache);
-            let accept = headers.clone();
-            // Wrapping a loaded import and weighing it for the cache walk every
-            // citizen: done with the render, off the async worker threads.
-            let body = tokio::task::spawn_blocking(move || {
-                let held = match source {
-                    Source::Held(held) => held,
-                    Source::Loaded(loaded) => {
-                        let citizens: CitizenList = Arc::new(loaded.citizens);
-                        cache.keep_snapshot(import, loaded.version, citizens)
-                    }
-                };
-                if view == View::Citizens && cache.streams(listing::estimated_len(held.citizens()))
-                {
-                    let gzip = accepts_gzip(&accept);
-                    return Err(Miss::Stream(
-                        Box::new(listing::Chunks::new(held.list(), gzip)),
-                        gzip,
-                    ));
-                }
-                render(&held, &cache).map_err(|e| Miss::Failed(AppError::internal(e)))
-            })
-            .await
-            .map_err(AppError::from)??;
-            Ok::<_, Miss>(body)
-        })
-        .await;
-    let body = match rendered {
-        Ok(body) => body,
-        Err(Miss::Failed(e)) => return Err(e),
-        Err(Miss::Stream(chunks, gzip)) => return Ok(streamed(*chunks, gzip, &tag)),
+    let answer = state
+        .reads
+        .answer(import, view, version, accepts_gzip(headers), render)
+        .await?;
+    let (mut response, gzip) = match answer {
+        Answer::Body(body, gzip) => (json_response(StatusCode::OK, body), gzip),
+        Answer::Stream(chunks, gzip) => {
+            let body = axum::body::Body::from_stream(futures_util::stream::iter(*chunks));
+            (json_response(StatusCode::OK, body), gzip)
+        }
     };
-    let gzip = body.len() >= COMPRESS_FROM && accepts_gzip(headers);
-    let body = if gzip {
-        state
-            .cache
-            .get_or_render(import, view, version, Encoding::Gzip, async {
-                tokio::task::spawn_blocking(move || gzip_body(&body))
-                    .await
-                    .map_err(AppError::from)
-            })
-            .await?
-    } else {
-        body
-    };
-    let mut response = json_response(StatusCode::OK, body);
     revalidation_headers(&mut response, &tag);
     if gzip {
         response.headers_mut().insert(
@@ -485,63 +413,6 @@ where
         );
     }
     Ok(response)
-}
-
-/// Why `cached_view` has no body to cache: a failure, or an answer too big
-/// to be worth caching, streamed instead (with whether it is gzipped).
-enum Miss {
-    Failed(AppError),
-    Stream(Box<listing::Chunks>, bool),
-}
-
-impl From<AppError> for Miss {
-    fn from(e: AppError) -> Self {
-        Self::Failed(e)
-    }
-}
-
-/// A GET citizens answer sent as it is rendered, a chunk at a time
-/// (`listing::Chunks`), in chunked transfer encoding.
-fn streamed(chunks: listing::Chunks, gzip: bool, tag: &str) -> Response {
-    let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
-    let mut response = json_response(StatusCode::OK, body);
-    revalidation_headers(&mut response, tag);
-    if gzip {
-        response.headers_mut().insert(
-            axum::http::header::CONTENT_ENCODING,
-            HeaderValue::from_static("gzip"),
-        );
-    }
-    response
-}
-
-/// An analytics answer from the summary the store keeps (`domain::summary`):
-/// the read costs the answer, not the import. `None` for GET citizens.
-async fn from_summary(
-    state: &AppState,
-    import: ImportId,
-    view: View,
-) -> Result<Option<axum::body::Bytes>, AppError> {
-    let render: Box<dyn FnOnce() -> Result<axum::body::Bytes, AppError> + Send> = match view {
-        View::Citizens => return Ok(None),
-        View::Birthdays => {
-            let (_, birthdays) = state.storage.presents(import).await?;
-            Box::new(move || to_data(&birthdays).map(compact).map_err(AppError::internal))
-        }
-        View::Percentiles(day) => {
-            let (_, towns) = state.storage.town_dates(import).await?;
-            let today = time::Date::from_julian_day(day).map_err(AppError::internal)?;
-            Box::new(move || {
-                let answer = summary::percentiles(&towns, today).ok_or_else(|| {
-                    AppError::Internal(
-                        format!("import {import}: a stored town's dates are corrupt").into(),
-                    )
-                })?;
-                to_data(&answer).map(compact).map_err(AppError::internal)
-            })
-        }
-    };
-    tokio::task::spawn_blocking(render).await?.map(Some)
 }
 
 /// The weak entity tag of one answer: `W/"7-3-citizens"`.

@@ -223,6 +223,31 @@ pub struct Status {
     status: String,
 }
 
+/// The failures every route behind the tokens can answer, whatever it
+/// does: one list, not a block repeated per operation. Each operation adds
+/// its own (400, 404, 503, …), which say what they mean there.
+#[derive(utoipa::IntoResponses)]
+pub enum Refusals {
+    /// 401.
+    #[response(
+        status = 401,
+        description = "With --tokens-file: no token, or an unknown one (answered with WWW-Authenticate: Bearer)"
+    )]
+    Unauthorized(ErrorAnswer),
+    /// 403.
+    #[response(
+        status = 403,
+        description = "With --tokens-file: the token lacks the scope this operation needs (see its security)"
+    )]
+    Forbidden(ErrorAnswer),
+    /// 408.
+    #[response(status = 408, description = "The request took too long")]
+    Timeout(ErrorAnswer),
+    /// 500.
+    #[response(status = 500, description = "A fault of the service")]
+    Fault(ErrorAnswer),
+}
+
 /// Every failure: `{"error": {...}}`.
 #[derive(ToSchema)]
 pub struct ErrorAnswer {

@@ -22,14 +22,11 @@ use crate::domain::today_utc;
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
     responses(
-        (status = 401, description = "With --tokens-file: no token, or an unknown one", body = crate::http::openapi::ErrorAnswer),
-        (status = 403, description = "With --tokens-file: the token lacks the read scope", body = crate::http::openapi::ErrorAnswer),
+        crate::http::openapi::Refusals,
         (status = 200, description = "p50, p75 and p99 of ages per town, by town", body = crate::http::openapi::PercentilesAnswer,
             headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
-        (status = 408, description = "The request took too long", body = crate::http::openapi::ErrorAnswer),
-        (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
 )]

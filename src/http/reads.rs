@@ -1,0 +1,241 @@
+//! The reads layer: the one way from the edge to the store.
+//!
+//! It owns the read cache's protocol. Every write goes through it, and a
+//! write moves or forgets what the cache holds of its import before it
+//! answers: no handler can forget to. And it owns the read policy: a
+//! cached body; else rendered from the import's citizens held in memory at
+//! this version; else, for the analytics, from the summary the store keeps
+//! (`domain::summary`); else from the citizens loaded from the store — at
+//! most `render_permits` at once, which bounds the memory of cold reads of
+//! big imports. The HTTP edge keeps the headers (ETag, 304, encoding).
+//!
+//! It lives under `http` because the cache still renders JSON bodies (the
+//! listing's splice, `cache.rs`); splitting rendering out of the cache would
+//! let it stand between `http` and `storage` on its own.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use tokio::sync::Semaphore;
+
+use super::cache::{CitizenList, Encoding, Held, ResponseCache, View, compact};
+use super::error::AppError;
+use super::{gzip_body, listing, to_data};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, summary};
+use crate::storage::{Idempotency, ImportInfo, Patched, Storage, StorageError, Version};
+
+/// Bodies at least this long are sent gzip-compressed to clients that accept it.
+const COMPRESS_FROM: usize = 1024;
+
+/// The store behind the read cache.
+pub struct Reads {
+    storage: Arc<dyn Storage>,
+    cache: Arc<ResponseCache>,
+    render_permits: Semaphore,
+}
+
+/// A read endpoint's answer.
+pub enum Answer {
+    /// The whole body, gzipped or not.
+    Body(Bytes, bool),
+    /// An answer too big to be worth caching, rendered as it is sent (with
+    /// whether it is gzipped).
+    Stream(Box<listing::Chunks>, bool),
+}
+
+impl Reads {
+    /// The layer over `storage`, with `cache`; `render_permits` cold renders
+    /// at once.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        cache: Arc<ResponseCache>,
+        render_permits: usize,
+    ) -> Self {
+        Self {
+            storage,
+            cache,
+            render_permits: Semaphore::new(render_permits),
+        }
+    }
+
+    /// Stores an import (nothing cached can be of it yet).
+    pub async fn create_import(
+        &self,
+        citizens: Vec<Citizen>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<ImportId, StorageError> {
+        self.storage.create_import(citizens, idempotency).await
+    }
+
+    /// Applies a PATCH, then moves the import's copy held in memory to the
+    /// new version (before answering: a read right after finds it moved).
+    pub async fn patch_citizen(
+        &self,
+        import: ImportId,
+        citizen: CitizenId,
+        patch: CitizenPatch,
+    ) -> Result<Patched, StorageError> {
+        let patched = self.storage.patch_citizen(import, citizen, patch).await?;
+        self.cache.after_patch(import, &patched).await;
+        Ok(patched)
+    }
+
+    /// Deletes an import, then forgets everything cached of it.
+    pub async fn delete_import(&self, import: ImportId) -> Result<(), StorageError> {
+        self.storage.delete_import(import).await?;
+        self.cache.forget(import);
+        Ok(())
+    }
+
+    /// The import list (never cached).
+    pub async fn list_imports(
+        &self,
+        limit: usize,
+        before: Option<ImportId>,
+    ) -> Result<Vec<ImportInfo>, StorageError> {
+        self.storage.list_imports(limit, before).await
+    }
+
+    /// The store's health.
+    pub async fn health(&self) -> Result<(), StorageError> {
+        self.storage.health().await
+    }
+
+    /// How many imports and citizens are stored.
+    pub async fn totals(&self) -> Result<(u64, u64), StorageError> {
+        self.storage.totals().await
+    }
+
+    /// Bytes the read cache holds.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.bytes()
+    }
+
+    /// The import's current version: what a cached answer is checked against.
+    pub async fn import_version(&self, import: ImportId) -> Result<Version, StorageError> {
+        self.storage.import_version(import).await
+    }
+
+    /// The answer of `view` at `version` (or newer, if a write just landed: a
+    /// newer answer is never stale), by the read policy above; gzipped when
+    /// the client accepts it and it is long enough. `render` makes the body
+    /// from the citizens held in memory.
+    pub async fn answer<F>(
+        &self,
+        import: ImportId,
+        view: View,
+        version: Version,
+        accepts_gzip: bool,
+        render: F,
+    ) -> Result<Answer, AppError>
+    where
+        F: FnOnce(&Held, &ResponseCache) -> serde_json::Result<Bytes> + Send + 'static,
+    {
+        let rendered = self
+            .cache
+            .get_or_render(import, view, version, Encoding::Identity, async {
+                let _permit = self
+                    .render_permits
+                    .acquire()
+                    .await
+                    .map_err(AppError::from)?;
+                enum Source {
+                    Held(Held),
+                    Loaded(crate::storage::Snapshot),
+                }
+                let source = match self.cache.snapshot(import, version) {
+                    Some(held) => Source::Held(held),
+                    None => match self.summary_answer(import, view).await? {
+                        Some(body) => return Ok(body),
+                        None => Source::Loaded(
+                            self.storage
+                                .citizens(import)
+                                .await
+                                .map_err(AppError::from)?,
+                        ),
+                    },
+                };
+                let cache = Arc::clone(&self.cache);
+                // Wrapping a loaded import and weighing it for the cache walk every
+                // citizen: done with the render, off the async worker threads.
+                let body = tokio::task::spawn_blocking(move || {
+                    let held = match source {
+                        Source::Held(held) => held,
+                        Source::Loaded(loaded) => {
+                            let citizens: CitizenList = Arc::new(loaded.citizens);
+                            cache.keep_snapshot(import, loaded.version, citizens)
+                        }
+                    };
+                    if view == View::Citizens
+                        && cache.streams(listing::estimated_len(held.citizens()))
+                    {
+                        return Err(Miss::Stream(
+                            Box::new(listing::Chunks::new(held.list(), accepts_gzip)),
+                            accepts_gzip,
+                        ));
+                    }
+                    render(&held, &cache).map_err(|e| Miss::Failed(AppError::internal(e)))
+                })
+                .await
+                .map_err(AppError::from)??;
+                Ok::<_, Miss>(body)
+            })
+            .await;
+        let body = match rendered {
+            Ok(body) => body,
+            Err(Miss::Failed(e)) => return Err(e),
+            Err(Miss::Stream(chunks, gzip)) => return Ok(Answer::Stream(chunks, gzip)),
+        };
+        let gzip = body.len() >= COMPRESS_FROM && accepts_gzip;
+        if !gzip {
+            return Ok(Answer::Body(body, false));
+        }
+        let body = self
+            .cache
+            .get_or_render(import, view, version, Encoding::Gzip, async {
+                tokio::task::spawn_blocking(move || gzip_body(&body))
+                    .await
+                    .map_err(AppError::from)
+            })
+            .await?;
+        Ok(Answer::Body(body, true))
+    }
+
+    /// An analytics answer from the summary the store keeps (`domain::summary`):
+    /// the read costs the answer, not the import. `None` for GET citizens.
+    async fn summary_answer(&self, import: ImportId, view: View) -> Result<Option<Bytes>, AppError> {
+        let render: Box<dyn FnOnce() -> Result<Bytes, AppError> + Send> = match view {
+            View::Citizens => return Ok(None),
+            View::Birthdays => {
+                let (_, birthdays) = self.storage.presents(import).await?;
+                Box::new(move || to_data(&birthdays).map(compact).map_err(AppError::internal))
+            }
+            View::Percentiles(day) => {
+                let (_, towns) = self.storage.town_dates(import).await?;
+                let today = time::Date::from_julian_day(day).map_err(AppError::internal)?;
+                Box::new(move || {
+                    let answer = summary::percentiles(&towns, today).ok_or_else(|| {
+                        AppError::Internal(
+                            format!("import {import}: a stored town's dates are corrupt").into(),
+                        )
+                    })?;
+                    to_data(&answer).map(compact).map_err(AppError::internal)
+                })
+            }
+        };
+        tokio::task::spawn_blocking(render).await?.map(Some)
+    }
+}
+
+/// Why a render has no body to cache: a failure, or an answer too big to
+/// be worth caching, streamed instead (with whether it is gzipped).
+enum Miss {
+    Failed(AppError),
+    Stream(Box<listing::Chunks>, bool),
+}
+
+impl From<AppError> for Miss {
+    fn from(e: AppError) -> Self {
+        Self::Failed(e)
+    }
+}
