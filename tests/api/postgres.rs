@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gifts::config::{Config, StorageUrl};
@@ -13,7 +12,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, Binary, KillOnDrop, TestApp, TestStore, get_json, postgres_available, spec_example,
+    Backend, Binary, Fault, FaultProxy, KillOnDrop, TestApp, TestStore, get_json,
+    postgres_available, spec_example,
 };
 use crate::support::{
     POSTGRES_PASSWORD, find_postgres_bin, find_postgres_bin_in, poll, postgres_bin, psql_query,
@@ -213,76 +213,6 @@ async fn a_statement_over_its_time_is_cancelled_with_503_and_nothing_applied() {
     assert_eq!(listed[1]["name"], "Дождался");
 }
 
-/// A TCP proxy in front of PostgreSQL that, once armed, passes a
-/// connection's `COMMIT` on to the server and then none of the server's
-/// answers back: the write is applied and the service never hears so.
-struct CommitSwallower {
-    port: u16,
-    armed: Arc<AtomicBool>,
-}
-
-impl CommitSwallower {
-    async fn start(upstream: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let armed = Arc::new(AtomicBool::new(false));
-        let shared = Arc::clone(&armed);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
-                    tokio::spawn(Self::pipe(client, server, Arc::clone(&shared)));
-                }
-            }
-        });
-        Self { port, armed }
-    }
-
-    async fn pipe(
-        client: tokio::net::TcpStream,
-        server: tokio::net::TcpStream,
-        armed: Arc<AtomicBool>,
-    ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // The simple-protocol query message tokio-postgres sends to commit.
-        const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
-        let (mut client_read, mut client_write) = client.into_split();
-        let (mut server_read, mut server_write) = server.into_split();
-        let muted = Arc::new(AtomicBool::new(false));
-        let mute = Arc::clone(&muted);
-        let requests = tokio::spawn(async move {
-            let mut chunk = vec![0u8; 64 * 1024];
-            loop {
-                let n = match client_read.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if armed.load(Ordering::SeqCst)
-                    && chunk[..n].windows(COMMIT.len()).any(|w| w == COMMIT)
-                {
-                    mute.store(true, Ordering::SeqCst);
-                }
-                if server_write.write_all(&chunk[..n]).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = match server_read.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if muted.load(Ordering::SeqCst) {
-                continue;
-            }
-            if client_write.write_all(&chunk[..n]).await.is_err() {
-                break;
-            }
-        }
-        requests.abort();
-    }
-}
-
 /// A `COMMIT` sent and never answered: the import may be stored, so the
 /// answer is 504 `storage_timeout`, not 503; it was in fact stored, and the
 /// retry with the same idempotency key gets that import, not a second one.
@@ -299,12 +229,14 @@ async fn a_commit_that_gets_no_answer_is_504_and_the_retry_with_its_key_finds_th
         [port] => *port,
         ports => panic!("one port: {ports:?}"),
     };
-    let proxy = CommitSwallower::start(format!("127.0.0.1:{port}")).await;
-    let mut config = Config::with_storage(
-        url(&store, POSTGRES_PASSWORD, Some(proxy.port))
-            .parse()
-            .unwrap(),
-    );
+    // The simple-protocol query message tokio-postgres sends to commit.
+    let proxy = FaultProxy::with_trigger(
+        format!("127.0.0.1:{port}"),
+        Fault::None,
+        b"Q\0\0\0\x0bCOMMIT\0",
+    )
+    .await;
+    let mut config = Config::with_storage(url_with_hosts(&store, &[proxy.addr]).parse().unwrap());
     config.postgres_timeout_secs = 1;
     let app = TestApp::launch(Arc::clone(&store), config).await;
     let first = app.import(vec![]).await;
@@ -317,9 +249,9 @@ async fn a_commit_that_gets_no_answer_is_504_and_the_retry_with_its_key_finds_th
             .send()
     };
 
-    proxy.armed.store(true, Ordering::SeqCst);
+    proxy.set(Fault::Swallow);
     let response = post().await.unwrap();
-    proxy.armed.store(false, Ordering::SeqCst);
+    proxy.set(Fault::None);
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     let error: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(error["error"]["code"], "storage_timeout", "{error}");
@@ -334,67 +266,6 @@ async fn a_commit_that_gets_no_answer_is_504_and_the_retry_with_its_key_finds_th
     );
     assert_eq!(app.citizens(first + 1).await, spec_example());
     assert_eq!(app.import(vec![]).await, first + 2, "stored once");
-}
-
-/// A TCP proxy in front of PostgreSQL that can stall as a frozen server
-/// does: its kernel still accepts connections, but once `stalled` nothing
-/// more is passed either way (what was sent waits, unanswered).
-///
-/// It listens on 127.0.0.2, not 127.0.0.1: other tests free ports on
-/// 127.0.0.1 (a server they stop) and keep connecting to them, and the
-/// kernel may hand such a port to this listener; their connections would
-/// then be counted here as the app's.
-struct StallingProxy {
-    addr: std::net::SocketAddr,
-    stalled: Arc<AtomicBool>,
-    accepted: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl StallingProxy {
-    async fn start(upstream: String, stalled: bool) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stalled = Arc::new(AtomicBool::new(stalled));
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (shared, count) = (Arc::clone(&stalled), Arc::clone(&accepted));
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                tokio::spawn(Self::pass(client_read, server_write, Arc::clone(&shared)));
-                tokio::spawn(Self::pass(server_read, client_write, Arc::clone(&shared)));
-            }
-        });
-        Self {
-            addr,
-            stalled,
-            accepted,
-        }
-    }
-
-    async fn pass(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        stalled: Arc<AtomicBool>,
-    ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = match from.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if stalled.load(Ordering::SeqCst) {
-                // Frozen: hold the connection open, pass nothing, ever.
-                std::future::pending::<()>().await;
-            }
-            if to.write_all(&chunk[..n]).await.is_err() {
-                return;
-            }
-        }
-    }
 }
 
 /// The URL of `store` with these hosts, in this order.
@@ -428,7 +299,7 @@ async fn a_stalled_host_first_in_the_url_is_passed_over_and_then_tried_last() {
         return;
     }
     let store = Arc::new(TestStore::new(Backend::Postgres));
-    let hole = StallingProxy::start(format!("127.0.0.1:{}", store_port(&store)), true).await;
+    let hole = FaultProxy::start(format!("127.0.0.1:{}", store_port(&store)), Fault::Stall).await;
     let config = Config::with_storage(
         url_with_hosts(
             &store,
@@ -440,7 +311,7 @@ async fn a_stalled_host_first_in_the_url_is_passed_over_and_then_tried_last() {
     let app = TestApp::launch(Arc::clone(&store), config).await;
     let id = app.import(spec_example()).await;
     assert_eq!(app.citizens(id).await, spec_example());
-    let tried = hole.accepted.load(Ordering::SeqCst);
+    let tried = hole.accepted();
     assert!(tried >= 1, "the first host was tried first");
     // Many requests at once: the pool opens more connections, none of
     // them to the stalled host.
@@ -456,11 +327,7 @@ async fn a_stalled_host_first_in_the_url_is_passed_over_and_then_tried_last() {
     for read in reads {
         assert_eq!(read.await.unwrap().unwrap().status(), StatusCode::OK);
     }
-    assert_eq!(
-        hole.accepted.load(Ordering::SeqCst),
-        tried,
-        "a stalled host is tried last"
-    );
+    assert_eq!(hole.accepted(), tried, "a stalled host is tried last");
 }
 
 /// The host in use stalls mid-way (every pooled connection to it hangs):
@@ -474,8 +341,8 @@ async fn a_host_that_stalls_in_use_is_left_for_the_next_one() {
     }
     let store = Arc::new(TestStore::new(Backend::Postgres));
     let port = store_port(&store);
-    let first = StallingProxy::start(format!("127.0.0.1:{port}"), false).await;
-    let second = StallingProxy::start(format!("127.0.0.1:{port}"), false).await;
+    let first = FaultProxy::start(format!("127.0.0.1:{port}"), Fault::None).await;
+    let second = FaultProxy::start(format!("127.0.0.1:{port}"), Fault::None).await;
     let mut config = Config::with_storage(
         url_with_hosts(&store, &[first.addr, second.addr])
             .parse()
@@ -485,13 +352,9 @@ async fn a_host_that_stalls_in_use_is_left_for_the_next_one() {
     let app = TestApp::launch(Arc::clone(&store), config).await;
     let id = app.import(spec_example()).await;
     assert_eq!(app.citizens(id).await, spec_example());
-    assert_eq!(
-        second.accepted.load(Ordering::SeqCst),
-        0,
-        "the first host serves"
-    );
+    assert_eq!(second.accepted(), 0, "the first host serves");
 
-    first.stalled.store(true, Ordering::SeqCst);
+    first.set(Fault::Stall);
     let statuses = poll(Duration::from_secs(60), || async {
         let response = app
             .client
@@ -507,7 +370,7 @@ async fn a_host_that_stalls_in_use_is_left_for_the_next_one() {
     })
     .await;
     assert_eq!(statuses, Ok(()), "reads come back through the second host");
-    assert!(second.accepted.load(Ordering::SeqCst) >= 1);
+    assert!(second.accepted() >= 1);
     // Writes too, and what they wrote is read back.
     let next = app.import(spec_example()).await;
     assert_eq!(next, id + 1);
@@ -558,12 +421,12 @@ async fn probes_answer_quickly_while_the_database_stalls() {
         return;
     }
     let store = Arc::new(TestStore::new(Backend::Postgres));
-    let proxy = StallingProxy::start(format!("127.0.0.1:{}", store_port(&store)), false).await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", store_port(&store)), Fault::None).await;
     let config = Config::with_storage(url_with_hosts(&store, &[proxy.addr]).parse().unwrap());
     let app = TestApp::launch(Arc::clone(&store), config).await;
     let (status, _) = app.get("/health").await;
     assert_eq!(status, StatusCode::OK);
-    proxy.stalled.store(true, Ordering::SeqCst);
+    proxy.set(Fault::Stall);
     let prober = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -11,7 +11,8 @@ use serde_json::json;
 use gifts::storage::iproto::{self, CallError, Client};
 
 use crate::helpers::{
-    Backend, Binary, KillOnDrop, TestApp, TestStore, free_port, spec_example, tarantool_available,
+    Backend, Binary, Fault, FaultProxy, KillOnDrop, TestApp, TestStore, free_port, spec_example,
+    tarantool_available,
 };
 use crate::servers::wait_for;
 use crate::support::{app_lua, poll, tarantool_command};
@@ -579,86 +580,6 @@ async fn an_import_cut_short_by_a_crash_is_never_seen_and_is_cleaned_at_start() 
     assert!(app.import(vec![]).await > import, "its id is not reused");
 }
 
-/// What [`FaultyProxy`] does to the bytes Tarantool sends.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Fault {
-    /// Passes them on.
-    None = 0,
-    /// Replaces them with bytes that are no IPROTO packet.
-    Garbage = 1,
-    /// Passes half of the next read on, then closes the connection.
-    Cut = 2,
-    /// Passes nothing on, for good, and keeps the connection open.
-    Stall = 3,
-}
-
-/// A TCP proxy in front of Tarantool that damages its answers on demand.
-struct FaultyProxy {
-    port: u16,
-    fault: Arc<std::sync::atomic::AtomicU8>,
-}
-
-impl FaultyProxy {
-    async fn start(upstream: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let fault = Arc::new(std::sync::atomic::AtomicU8::new(Fault::None as u8));
-        let shared = Arc::clone(&fault);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
-                    tokio::spawn(Self::pipe(client, server, Arc::clone(&shared)));
-                }
-            }
-        });
-        Self { port, fault }
-    }
-
-    fn set(&self, fault: Fault) {
-        self.fault
-            .store(fault as u8, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    async fn pipe(
-        client: tokio::net::TcpStream,
-        server: tokio::net::TcpStream,
-        fault: Arc<std::sync::atomic::AtomicU8>,
-    ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut client_read, mut client_write) = client.into_split();
-        let (mut server_read, mut server_write) = server.into_split();
-        let requests = tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-        });
-        let mut stalled = false;
-        let mut chunk = vec![0u8; 16 * 1024];
-        loop {
-            let n = match server_read.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let fault = fault.load(std::sync::atomic::Ordering::SeqCst);
-            let written = match fault {
-                _ if stalled => Ok(()),
-                f if f == Fault::Garbage as u8 => client_write.write_all(&vec![b'!'; n]).await,
-                f if f == Fault::Cut as u8 => {
-                    let _ = client_write.write_all(&chunk[..n / 2]).await;
-                    break;
-                }
-                f if f == Fault::Stall as u8 => {
-                    stalled = true;
-                    Ok(())
-                }
-                _ => client_write.write_all(&chunk[..n]).await,
-            };
-            if written.is_err() {
-                break;
-            }
-        }
-        requests.abort();
-    }
-}
-
 /// Whatever Tarantool's connection does — garbage, answers cut short, a
 /// peer that goes silent — requests end within their time with 503 or
 /// 504 (never 500, never a hang), and once the connection is sound again
@@ -672,13 +593,13 @@ async fn a_damaged_tarantool_connection_gives_503s_then_recovers() {
     let gifts::config::StorageUrl::Tarantool(address) = store.url().clone() else {
         unreachable!("a tarantool store")
     };
-    let proxy = FaultyProxy::start(address.host_port.clone()).await;
+    let proxy = FaultProxy::start(address.host_port.clone(), Fault::None).await;
     let mut config = Config::with_storage(store.url().clone());
     config.storage = format!(
-        "tarantool://{}:{}@127.0.0.1:{}",
+        "tarantool://{}:{}@{}",
         address.user,
         address.password.expose(),
-        proxy.port
+        proxy.addr
     )
     .parse()
     .unwrap();
