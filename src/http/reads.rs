@@ -203,7 +203,11 @@ impl Reads {
 
     /// An analytics answer from the summary the store keeps (`domain::summary`):
     /// the read costs the answer, not the import. `None` for GET citizens.
-    async fn summary_answer(&self, import: ImportId, view: View) -> Result<Option<Bytes>, AppError> {
+    async fn summary_answer(
+        &self,
+        import: ImportId,
+        view: View,
+    ) -> Result<Option<Bytes>, AppError> {
         let render: Box<dyn FnOnce() -> Result<Bytes, AppError> + Send> = match view {
             View::Citizens => return Ok(None),
             View::Birthdays => {

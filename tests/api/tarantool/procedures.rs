@@ -1,0 +1,319 @@
+//! The stored procedures of `tarantool/app.lua` called directly, as the
+//! app's user and as a guest: what they grant, refuse, page and batch.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use gifts::storage::iproto::CallError;
+
+use super::client_as;
+use crate::helpers::{Backend, TestApp, spec_example, tarantool_available};
+
+pub(super) const NO_ARGS: [u8; 0] = [];
+/// No summary rows (presents, town births).
+pub(super) const NO_ROWS: [u8; 0] = [];
+pub(super) const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_user_may_only_call_our_functions_and_guests_nothing() {
+    if !tarantool_available("permissions") {
+        return;
+    }
+    // Starting an app waits until app.lua has created the schema and the user.
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let gifts = client_as(&app.store, "gifts", "test-password");
+    let (version, largest_tuple, pending): (u64, u64, u64) =
+        gifts.call("gifts_health", &NO_ARGS, WAIT).await.unwrap();
+    assert!(version > 0);
+    assert_eq!(pending, 0, "no import waits for its summary");
+    assert_eq!(largest_tuple, 256 << 20, "app.lua's default");
+    for function in [
+        "box.space.citizens:truncate",
+        "box.space.imports:select",
+        "dofile",
+    ] {
+        let denied = gifts.call::<_, (bool,)>(function, &NO_ARGS, WAIT).await;
+        assert!(
+            matches!(denied, Err(CallError::Server { code: 42, .. })),
+            "{function}: {denied:?}"
+        );
+    }
+
+    // Guests get no session at all: not even the defaults' box.schema.user.info
+    // or reads of system views.
+    let guest = client_as(&app.store, "guest", "");
+    for function in [
+        "gifts_health",
+        "box.schema.user.info",
+        "box.space._vspace:select",
+    ] {
+        let denied = guest
+            .call::<_, (serde_json::Value,)>(function, &NO_ARGS, WAIT)
+            .await;
+        assert!(
+            matches!(denied, Err(CallError::Server { code: 42, .. })),
+            "guest {function}: {denied:?}"
+        );
+    }
+}
+
+/// A citizen tuple as gifts_create_import takes it.
+pub(super) fn row(
+    id: u64,
+    relatives: &[u64],
+) -> (
+    u8,
+    u64,
+    &'static str,
+    &'static str,
+    &'static str,
+    u64,
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<u64>,
+) {
+    (
+        0,
+        id,
+        "Москва",
+        "Улица",
+        "1",
+        1,
+        "Имя",
+        "2000-01-01",
+        "male",
+        relatives.to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_procedures_refuse_data_that_breaks_the_relation() {
+    if !tarantool_available("procedures_check_invariants") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let import = app.import(spec_example()).await;
+    let gifts = client_as(&app.store, "gifts", "test-password");
+    let none: Option<&str> = None;
+    for (why, rows) in [
+        ("one-sided", vec![row(1, &[2]), row(2, &[])]),
+        ("unknown relative", vec![row(1, &[9])]),
+        (
+            "not ascending",
+            vec![row(1, &[3, 2]), row(2, &[1]), row(3, &[1])],
+        ),
+        ("listed twice", vec![row(1, &[2, 2]), row(2, &[1])]),
+        ("citizen twice", vec![row(1, &[]), row(1, &[])]),
+    ] {
+        let (status, reason): (String, serde_json::Value) = gifts
+            .call(
+                "gifts_create_import",
+                &(rows, NO_ROWS, NO_ROWS, none, none),
+                WAIT,
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, "invalid", "{why}: {reason}");
+    }
+    let (status, _, _, _, reason): (
+        String,
+        Option<serde_json::Value>,
+        Option<u64>,
+        Option<u64>,
+        Option<String>,
+    ) = gifts
+        .call(
+            "gifts_patch_citizen",
+            &(
+                import,
+                3,
+                std::collections::BTreeMap::<String, String>::new(),
+                vec![2u64, 1],
+            ),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, "invalid", "{reason:?}");
+    assert_eq!(
+        app.import(vec![]).await,
+        import + 1,
+        "no refused import was stored"
+    );
+    assert_eq!(
+        app.citizens(import).await,
+        spec_example(),
+        "nothing changed"
+    );
+}
+
+pub(super) type PatchAnswer = (
+    String,
+    Option<serde_json::Value>,
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_patches_answers_each_and_a_refused_one_leaves_the_others() {
+    if !tarantool_available("patch_batch") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let import = app.import(spec_example()).await;
+    let gifts = client_as(&app.store, "gifts", "test-password");
+    let name = |n: &str| std::collections::BTreeMap::from([("name".to_owned(), n.to_owned())]);
+    let no_change = std::collections::BTreeMap::<String, String>::new();
+    let none: Option<Vec<u64>> = None;
+    let (answers,): (Vec<PatchAnswer>,) = gifts
+        .call(
+            "gifts_patch_batch",
+            &((
+                (import, 3, no_change.clone(), Some(vec![1u64])),
+                (import, 2, name("Б"), Some(vec![1u64, 9])), // 9 is not in the import
+                (import, 9, name("В"), none.clone()),        // nor is citizen 9
+                (import, 2, name("Г"), none.clone()),
+            ),),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let statuses: Vec<(&str, Option<u64>, Option<u64>)> = answers
+        .iter()
+        .map(|(status, _, relative, version, _)| (status.as_str(), *relative, *version))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("ok", None, Some(2)),
+            ("unknown_relative", Some(9), None),
+            ("citizen_not_found", None, None),
+            ("ok", None, Some(3)),
+        ],
+        "each in order, versions one by one"
+    );
+    let listing = app.citizens(import).await;
+    assert_eq!(listing[0]["relatives"], json!([2, 3]), "3's PATCH mirrored");
+    assert_eq!(listing[1]["name"], "Г");
+    assert_eq!(
+        listing[1]["relatives"],
+        json!([1]),
+        "the refused one wrote nothing"
+    );
+}
+
+/// `gifts_page` reads an import a page at a time: the pages chain by their
+/// cursors to the whole import in key order, each carries the version (a
+/// PATCH between two pages shows, so the app reads again), and it reads
+/// only its three spaces and only the cursor's import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_is_read_a_page_at_a_time_with_its_version() {
+    if !tarantool_available("paged_reads") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let import = app.import(spec_example()).await;
+    let other = app.import(spec_example()).await;
+    let gifts = client_as(&app.store, "gifts", "test-password");
+    type Page = (Option<u64>, Option<Vec<serde_json::Value>>, Option<String>);
+    let page = |cursor: Option<String>, limit: u64| {
+        let gifts = &gifts;
+        async move {
+            gifts
+                .call::<_, Page>("gifts_page", &("citizens", import, cursor, limit), WAIT)
+                .await
+                .unwrap()
+        }
+    };
+    let (version, rows, cursor) = page(None, 2).await;
+    assert_eq!(version, Some(1));
+    let ids: Vec<u64> = rows
+        .unwrap()
+        .iter()
+        .map(|r| r[1].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    let cursor = cursor.expect("a next page");
+    let (status, _) = app.patch(import, 3, &json!({"name": "Новое"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (version, rows, next) = page(Some(cursor.clone()), 2).await;
+    assert_eq!(version, Some(2), "the PATCH between the pages shows");
+    let rows = rows.unwrap();
+    assert_eq!(rows.len(), 1, "only its import's rows: {rows:?}");
+    assert_eq!(rows[0][1], 3);
+    assert_eq!(next, None, "the last page");
+    // Another import's cursor, and a space of its own choosing, are refused.
+    let refused = gifts
+        .call::<_, Page>("gifts_page", &("citizens", other, Some(cursor), 2u64), WAIT)
+        .await;
+    assert!(
+        matches!(refused, Err(CallError::Server { .. })),
+        "{refused:?}"
+    );
+    let refused = gifts
+        .call::<_, Page>("gifts_page", &("_user", import, None::<String>, 2u64), WAIT)
+        .await;
+    assert!(
+        matches!(refused, Err(CallError::Server { .. })),
+        "{refused:?}"
+    );
+    // Read through the app, the import is whole.
+    assert_eq!(app.citizens(import).await.len(), 3);
+}
+
+/// A PATCH that fails inside Tarantool (raises: a fault, not a refusal) is
+/// taken back alone: the PATCHes before and after it in the same batch
+/// stand (a failure used to roll the whole batch back, failing other
+/// clients' PATCHes with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_that_fails_in_a_batch_is_taken_back_alone() {
+    if !tarantool_available("patch_batch_failure") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Tarantool).await;
+    let import = app.import(spec_example()).await;
+    let gifts = client_as(&app.store, "gifts", "test-password");
+    let field = |k: &str, v: &str| std::collections::BTreeMap::from([(k.to_owned(), v.to_owned())]);
+    let none: Option<Vec<u64>> = None;
+    let (answers,): (Vec<PatchAnswer>,) = gifts
+        .call(
+            "gifts_patch_batch",
+            &((
+                (import, 1, field("name", "А"), none.clone()),
+                // Mirrors 2 onto 3, then fails on the text apartment.
+                (import, 2, field("apartment", "x"), Some(vec![1u64, 3])),
+                (import, 3, field("name", "В"), none.clone()),
+            ),),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let statuses: Vec<(&str, Option<u64>)> = answers
+        .iter()
+        .map(|(status, _, _, version, _)| (status.as_str(), *version))
+        .collect();
+    assert_eq!(
+        statuses,
+        [("ok", Some(2)), ("error", None), ("ok", Some(3))],
+        "{answers:?}"
+    );
+    assert!(
+        answers[1].4.as_deref().unwrap_or("").contains("field 6"),
+        "the reason names the fault: {:?}",
+        answers[1].4
+    );
+    let listing = app.citizens(import).await;
+    assert_eq!(listing[0]["name"], "А");
+    assert_eq!(listing[1]["relatives"], json!([1]), "2 is as it was");
+    assert_eq!(listing[1]["apartment"], 7);
+    assert_eq!(
+        listing[2]["relatives"],
+        json!([]),
+        "the mirroring onto 3 was taken back"
+    );
+    assert_eq!(listing[2]["name"], "В");
+}
