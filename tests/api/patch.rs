@@ -225,6 +225,39 @@ async fn a_relative_missing_from_the_store_is_refused_not_skipped(backend: Backe
     assert_eq!(listed[1]["relatives"], json!([1]), "3 gained 1");
 }
 
+/// With the town summary broken behind the service's back, the refusals
+/// still come first, in the one order of `domain::patch::plan`: an unknown
+/// relative is a 400 on every backend (Tarantool's Lua checked the town
+/// summary first and answered 500), and only a PATCH that gets past them
+/// finds the broken store (500). Nothing is changed either way.
+async fn refusals_come_before_a_broken_town_summary(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let import = app.import(spec_example()).await;
+    let before = app.citizens(import).await;
+    let store = app.stop().await;
+    store.edit_offline(
+        &format!("DELETE FROM town_dates WHERE import_id = {import};"),
+        &format!(
+            "local keys = {{}}
+             for _, t in box.space.town_births:pairs({{ {import} }}) do
+                 keys[#keys + 1] = {{ t[1], t[2], t[3] }}
+             end
+             for _, k in ipairs(keys) do box.space.town_births:delete(k) end"
+        ),
+    );
+    let mut config = gifts::config::Config::with_storage(store.url().clone());
+    config.cache_bytes = gifts::config::ByteSize(0);
+    let app = TestApp::start(store, config).await;
+
+    let moved = json!({"town": "Керчь", "relatives": [2, 7]});
+    let (status, body) = app.patch(import, 1, &moved).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_relative", "{body}");
+    let (status, body) = app.patch(import, 1, &json!({"town": "Керчь"})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(app.citizens(import).await, before, "nothing changed");
+}
+
 /// One case per rule: description, body, field named, error code.
 fn invalid_patch_cases() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
     let j = |v: Value| serde_json::to_vec(&v).unwrap();
@@ -478,4 +511,5 @@ backend_tests!(
     random_patch_sequences_match_a_model_of_the_relation,
     concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric,
     a_relative_missing_from_the_store_is_refused_not_skipped,
+    refusals_come_before_a_broken_town_summary,
 );
