@@ -17,21 +17,16 @@
 //!
 //! Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
 use serde_json::json;
 
 #[path = "../tests/support/mod.rs"]
@@ -45,10 +40,23 @@ mod mixed;
 #[path = "load/shapes.rs"]
 mod shapes;
 
-use support::{
-    KillOnDrop, PostgresServer, app_lua, free_port, peak_rss_kib, poll, postgres_bin,
-    tarantool_command, tarantool_installed,
+#[path = "load/measure.rs"]
+mod measure;
+#[path = "load/report.rs"]
+mod report;
+#[path = "load/server.rs"]
+mod server;
+#[path = "load/stall.rs"]
+mod stall;
+
+use measure::{
+    HttpClient, expect, load, patch_relatives, send, send_with, stats, store_import, timed,
+    timed_with_setup,
 };
+use report::{BackendReport, machine, print_tables, write_report};
+use server::{peak_rss_mib, start_server};
+use stall::run_stall;
+use support::{postgres_bin, tarantool_installed};
 
 /// Benchmark settings.
 #[allow(clippy::struct_excessive_bools)] // command-line switches, one per mode
@@ -131,51 +139,12 @@ struct Args {
     out: PathBuf,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-#[derive(Debug, Serialize)]
-struct Latency {
-    endpoint: String,
-    runs: usize,
-    min_ms: f64,
-    median_ms: f64,
-    p99_ms: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct Throughput {
-    endpoint: String,
-    clients: usize,
-    seconds: f64,
-    requests: u64,
-    errors: u64,
-    per_second: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct BackendReport {
-    backend: String,
-    latency: Vec<Latency>,
-    throughput: Vec<Throughput>,
-    server_peak_rss_mib: f64,
-    tarantool_peak_rss_mib: Option<f64>,
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(bench(args))
-}
-
-/// Peak resident set (VmHWM) of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    peak_rss_kib(pid).map(|kib| kib as f64 / 1024.0)
-}
-
-fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
-    Ok(std::fs::File::create(dir.join(name))?)
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -272,174 +241,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     });
     write_report(&args.out, &report)?;
     Ok(())
-}
-
-/// Writes the JSON report and says where.
-fn write_report(out: &Path, report: &serde_json::Value) -> anyhow::Result<()> {
-    std::fs::write(out, serde_json::to_vec_pretty(report)?)?;
-    eprintln!("report written to {}", out.display());
-    Ok(())
-}
-
-fn machine() -> serde_json::Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown", str::trim);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    json!({
-        "cpus": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        "cpu_model": model,
-        "kernel": kernel.trim(),
-    })
-}
-
-/// A running server (and its database server), stopped when dropped.
-struct Running {
-    base: String,
-    server: KillOnDrop,
-    tarantool: Option<KillOnDrop>,
-    _postgres: Option<PostgresServer>,
-    _dir: tempfile::TempDir,
-}
-
-/// Starts Tarantool (for that backend) and the real `gifts` binary, and
-/// waits until it is healthy. `body_len` sizes the limits for the import.
-async fn start_server(
-    args: &Args,
-    backend: &str,
-    body_len: usize,
-    client: &HttpClient,
-) -> anyhow::Result<Running> {
-    let dir = tempfile::tempdir()?;
-    let mut tarantool = None;
-    let mut postgres = None;
-    let storage = match backend {
-        "sqlite" => format!("sqlite:{}", dir.path().join("gifts.db").display()),
-        "tarantool" => {
-            let port = free_port();
-            let memory = body_len as u64 * 8 * args.post_runs.max(1) as u64 + (1 << 30);
-            let child = tarantool_command(
-                &app_lua(),
-                port,
-                &dir.path().join("tarantool"),
-                "bench",
-                memory,
-            )
-            .current_dir(dir.path())
-            .stdout(log_file(dir.path(), "tarantool.log")?)
-            .stderr(log_file(dir.path(), "tarantool.err")?)
-            .spawn()
-            .context("starting tarantool")?;
-            tarantool = Some(KillOnDrop(child));
-            format!("tarantool://gifts:bench@127.0.0.1:{port}")
-        }
-        "postgres" | "postgres-fenced" => {
-            let bin = postgres_bin().context("PostgreSQL is not installed")?;
-            // Defaults but for room for the biggest imports' WAL.
-            let server = PostgresServer::start_new(&bin, &["max_wal_size=4GB"]);
-            let mut url = server.url();
-            if backend == "postgres-fenced" {
-                // The one server named twice: the service fences every read as
-                // it does over a cluster's hosts (docs/high-availability.md).
-                let (head, tail) = url.split_once('@').context("a URL with a host")?;
-                let host = &tail[..tail.find('/').context("a URL with a database")?];
-                url = format!("{head}@{host},{tail}");
-            }
-            postgres = Some(server);
-            url
-        }
-        other => bail!("unknown backend {other:?} (sqlite, tarantool, postgres, postgres-fenced)"),
-    };
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let max_body = (body_len * 2).max(64 << 20);
-    let server = KillOnDrop(
-        Command::new(
-            args.server_bin
-                .as_deref()
-                .unwrap_or(Path::new(env!("CARGO_BIN_EXE_gifts"))),
-        )
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--storage", &storage])
-        .args(["--max-body-bytes", &max_body.to_string()])
-        .args(["--request-timeout-secs", "600"])
-        .args(["--tarantool-timeout-secs", "600"])
-        .args(["--postgres-timeout-secs", "600"])
-        .args(&args.server_arg)
-        .envs(args.server_env.iter().filter_map(|kv| kv.split_once('=')))
-        .env("RUST_LOG", "info")
-        .stdout(log_file(dir.path(), "server.log")?)
-        .stderr(log_file(dir.path(), "server.err")?)
-        .spawn()
-        .context("starting the server")?,
-    );
-    wait_healthy(client, &base).await?;
-    eprintln!("[{backend}] server up at {base}");
-    Ok(Running {
-        base,
-        server,
-        tarantool,
-        _postgres: postgres,
-        _dir: dir,
-    })
-}
-
-/// The stall phase: while one big import is stored, a single client PATCHes
-/// another (small) import without pause; the longest PATCH is how long the
-/// import held other writers up.
-async fn run_stall(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<Stall> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let running = start_server(args, backend, body.len(), &client).await?;
-    let base = &running.base;
-    let small = Bytes::from(gifts::sample::import_body(1_000, 100, 9));
-    let (status, answer) = send(&client, Method::POST, &format!("{base}/imports"), small).await?;
-    expect(status, StatusCode::CREATED, &answer)?;
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let patches = {
-        let (client, base, done) = (client.clone(), base.clone(), Arc::clone(&done));
-        tokio::spawn(async move {
-            let mut longest = Duration::ZERO;
-            let mut count = 0u64;
-            while !done.load(Ordering::Relaxed) {
-                let url = format!("{base}/imports/1/citizens/{}", count % 1_000);
-                let body = Bytes::from(json!({ "name": format!("Стойкий {count}") }).to_string());
-                let started = Instant::now();
-                let (status, answer) = send(&client, Method::PATCH, &url, body).await?;
-                expect(status, StatusCode::OK, &answer)?;
-                longest = longest.max(started.elapsed());
-                count += 1;
-            }
-            Ok::<_, anyhow::Error>((longest, count))
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await; // let the PATCH stream settle
-    let started = Instant::now();
-    let (status, answer) = send(&client, Method::POST, &format!("{base}/imports"), body).await?;
-    let import = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    expect(status, StatusCode::CREATED, &answer)?;
-    let (longest, patches) = patches.await??;
-    Ok(Stall {
-        backend: backend.to_owned(),
-        citizens: args.citizens,
-        import_ms: import.as_secs_f64() * 1000.0,
-        longest_patch_ms: longest.as_secs_f64() * 1000.0,
-        patches,
-        server_args: args.server_arg.join(" "),
-    })
-}
-
-#[derive(Debug, Serialize)]
-struct Stall {
-    backend: String,
-    citizens: u64,
-    import_ms: f64,
-    longest_patch_ms: f64,
-    patches: u64,
-    server_args: String,
 }
 
 async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<BackendReport> {
@@ -590,272 +391,4 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
         server_peak_rss_mib,
         tarantool_peak_rss_mib,
     })
-}
-
-/// A PATCH that replaces a citizen's relatives with two others: it changes up
-/// to five citizens' lists (the citizen, the two dropped, the two added).
-fn patch_relatives(base: &str, import: i64, n: u64, k: u64) -> (String, Bytes) {
-    let mut rng = gifts::sample::Rng::new(k.wrapping_mul(0x9e37_79b9) + 1);
-    let id = rng.below(n);
-    let relatives: std::collections::BTreeSet<u64> = (0..2).map(|_| rng.below(n)).collect();
-    (
-        format!("{base}/imports/{import}/citizens/{id}"),
-        Bytes::from(json!({ "relatives": relatives }).to_string()),
-    )
-}
-
-/// POSTs an import (201 expected); its id.
-async fn store_import(client: &HttpClient, base: &str, body: Bytes) -> anyhow::Result<i64> {
-    let (status, answer) = send(client, Method::POST, &format!("{base}/imports"), body).await?;
-    expect(status, StatusCode::CREATED, &answer)?;
-    let value: serde_json::Value = serde_json::from_slice(&answer)?;
-    value["data"]["import_id"].as_i64().context("import_id")
-}
-
-async fn wait_healthy(client: &HttpClient, base: &str) -> anyhow::Result<()> {
-    let url = format!("{base}/health");
-    poll(Duration::from_secs(60), || async {
-        match send(client, Method::GET, &url, Bytes::new()).await {
-            Ok((StatusCode::OK, _)) => Ok(()),
-            Ok((status, _)) => Err(status.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-    .map_err(|last| anyhow::anyhow!("the server did not become healthy within 60 s: {last}"))
-}
-
-async fn send(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    body: Bytes,
-) -> anyhow::Result<(StatusCode, Bytes)> {
-    send_with(client, method, url, body, false).await
-}
-
-/// `send`, asking for a gzip-compressed answer when `gzip`.
-async fn send_with(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    body: Bytes,
-    gzip: bool,
-) -> anyhow::Result<(StatusCode, Bytes)> {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json");
-    if gzip {
-        request = request.header("accept-encoding", "gzip");
-    }
-    let request = request.body(Full::new(body))?;
-    let response = client.request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
-}
-
-fn expect(status: StatusCode, want: StatusCode, body: &[u8]) -> anyhow::Result<()> {
-    if status != want {
-        bail!(
-            "expected {want}, got {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-        );
-    }
-    Ok(())
-}
-
-/// Runs `request` up to `runs` times (stopping early after `budget`), timing each.
-async fn timed<F, Fut>(runs: usize, budget: Duration, request: F) -> anyhow::Result<Vec<Duration>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    timed_with_setup(runs, budget, || async { Ok(()) }, request).await
-}
-
-/// Like `timed`, with an untimed `setup` before each timed request.
-async fn timed_with_setup<S, SF, F, Fut>(
-    runs: usize,
-    budget: Duration,
-    mut setup: S,
-    mut request: F,
-) -> anyhow::Result<Vec<Duration>>
-where
-    S: FnMut() -> SF,
-    SF: std::future::Future<Output = anyhow::Result<()>>,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let started = Instant::now();
-    let mut samples = Vec::with_capacity(runs);
-    while samples.len() < runs && started.elapsed() < budget {
-        setup().await?;
-        let t = Instant::now();
-        request().await?;
-        samples.push(t.elapsed());
-    }
-    Ok(samples)
-}
-
-/// `clients` concurrent loops sending `make(client, k)` for `window`.
-async fn load<M>(
-    label: &str,
-    clients: usize,
-    window: Duration,
-    client: &HttpClient,
-    gzip: bool,
-    make: M,
-) -> Throughput
-where
-    M: Fn(usize, u64) -> (Method, String, Bytes) + Send + Sync + 'static,
-{
-    let make = Arc::new(make);
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + window;
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (make, done, errors, client) = (
-                Arc::clone(&make),
-                Arc::clone(&done),
-                Arc::clone(&errors),
-                client.clone(),
-            );
-            tokio::spawn(async move {
-                let mut k = 0;
-                while Instant::now() < deadline {
-                    let (method, url, body) = make(c, k);
-                    k += 1;
-                    let ok = matches!(
-                        send_with(&client, method, &url, body, gzip).await,
-                        Ok((StatusCode::OK, _))
-                    );
-                    if ok { &done } else { &errors }.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.ok();
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let requests = done.load(Ordering::Relaxed);
-    Throughput {
-        endpoint: label.to_owned(),
-        clients,
-        seconds,
-        requests,
-        errors: errors.load(Ordering::Relaxed),
-        per_second: requests as f64 / seconds,
-    }
-}
-
-fn stats(endpoint: &str, mut samples: Vec<Duration>) -> Latency {
-    samples.sort_unstable();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let at = |q: f64| {
-        // Nearest rank.
-        // A rank between 1 and the sample count: the cast cannot wrap.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-        ms(samples[rank - 1])
-    };
-    Latency {
-        endpoint: endpoint.to_owned(),
-        runs: samples.len(),
-        min_ms: samples.first().copied().map_or(f64::NAN, ms),
-        median_ms: if samples.is_empty() {
-            f64::NAN
-        } else {
-            at(0.5)
-        },
-        p99_ms: if samples.is_empty() {
-            f64::NAN
-        } else {
-            at(0.99)
-        },
-    }
-}
-
-fn print_tables(args: &Args, reports: &[BackendReport]) {
-    println!(
-        "\nimport: {} citizens, {} links, seed {}; latency with 1 client, throughput with {} clients for {} s",
-        args.citizens, args.links, args.seed, args.clients, args.duration_secs
-    );
-    for report in reports {
-        println!("\n## {}", report.backend);
-        println!("| endpoint | runs | min ms | median ms | p99 ms |");
-        println!("|---|---:|---:|---:|---:|");
-        for l in &report.latency {
-            println!(
-                "| {} | {} | {:.2} | {:.2} | {:.2} |",
-                l.endpoint, l.runs, l.min_ms, l.median_ms, l.p99_ms
-            );
-        }
-        if !report.throughput.is_empty() {
-            println!("\n| endpoint | clients | requests/s | errors |");
-            println!("|---|---:|---:|---:|");
-            for t in &report.throughput {
-                println!(
-                    "| {} | {} | {:.0} | {} |",
-                    t.endpoint, t.clients, t.per_second, t.errors
-                );
-            }
-        }
-        print!("\nserver peak RSS: {:.0} MiB", report.server_peak_rss_mib);
-        if let Some(rss) = report.tarantool_peak_rss_mib {
-            print!("; tarantool peak RSS: {rss:.0} MiB");
-        }
-        println!();
-    }
-    print_ratios(reports);
-}
-
-/// Each other backend against the embedded store of the same run: median
-/// latency and throughput as multiples (above 1: the other is slower).
-fn print_ratios(reports: &[BackendReport]) {
-    let Some(base) = reports.iter().find(|r| r.backend == "sqlite") else {
-        return;
-    };
-    for other in reports.iter().filter(|r| r.backend != "sqlite") {
-        println!(
-            "\n## {} against sqlite (× slower: median latency ratio; sqlite/{} throughput)",
-            other.backend, other.backend
-        );
-        println!("| endpoint | latency × | throughput × |");
-        println!("|---|---:|---:|");
-        for l in &other.latency {
-            let latency = base
-                .latency
-                .iter()
-                .find(|b| b.endpoint == l.endpoint)
-                .map_or(f64::NAN, |b| l.median_ms / b.median_ms);
-            let throughput = other
-                .throughput
-                .iter()
-                .find(|t| t.endpoint == l.endpoint)
-                .and_then(|t| {
-                    base.throughput
-                        .iter()
-                        .find(|b| b.endpoint == t.endpoint)
-                        .map(|b| b.per_second / t.per_second)
-                });
-            match throughput {
-                Some(t) => println!("| {} | {latency:.2} | {t:.2} |", l.endpoint),
-                None => println!("| {} | {latency:.2} | |", l.endpoint),
-            }
-        }
-        for t in other
-            .throughput
-            .iter()
-            .filter(|t| !other.latency.iter().any(|l| l.endpoint == t.endpoint))
-        {
-            if let Some(b) = base.throughput.iter().find(|b| b.endpoint == t.endpoint) {
-                println!("| {} | | {:.2} |", t.endpoint, b.per_second / t.per_second);
-            }
-        }
-    }
 }
