@@ -10,7 +10,7 @@
 //! big imports. The HTTP edge keeps the headers (ETag, 304, encoding).
 //!
 //! It lives under `http` because the cache still renders JSON bodies (the
-//! listing's splice, `cache.rs`); splitting rendering out of the cache would
+//! listing's splice, `cache/derived.rs`); splitting rendering out of the cache would
 //! let it stand between `http` and `storage` on its own.
 
 use std::sync::Arc;

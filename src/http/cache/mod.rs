@@ -37,21 +37,27 @@
 //!   with LRU-like eviction (`quick_cache`). Concurrent misses on one body
 //!   render once (single flight).
 
+mod budget;
+mod derived;
+
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
+use quick_cache::OptionsBuilder;
 use quick_cache::sync::Cache;
-use quick_cache::{OptionsBuilder, Weighter};
 
-use crate::domain::analytics::Analytics;
 use crate::domain::patch::after_patch;
-use crate::domain::stats::{self, TownAges};
 use crate::domain::{Citizen, ImportId};
 use crate::http::listing;
 use crate::metrics::Metrics;
 use crate::storage::{Patched, Version};
+
+pub use budget::allocation;
+use budget::{Entries, Evictions, HeapBytes, body_weight, snapshot_weight};
+pub use derived::Held;
+use derived::{ListingIndex, SharedDerived, lock, move_derived};
 
 /// An import's citizens in memory, ordered by citizen_id; untouched citizens
 /// are shared between versions.
@@ -107,264 +113,6 @@ struct Snapshot {
     citizens_weight: u64,
     weight: u64,
 }
-
-/// What is derived from an import's citizens beside the rendered bodies:
-/// one slot shared by the snapshots of consecutive versions, moved forward
-/// in place by each PATCH.
-type SharedDerived = Arc<Mutex<Derived>>;
-
-#[derive(Default)]
-struct Derived {
-    /// The aggregates and the version they are of.
-    analytics: Option<(Version, Analytics)>,
-    /// Where each citizen is in the GET citizens body of one version.
-    listing: Option<ListingIndex>,
-    /// The birthdays answer rendered month by month.
-    months: Option<RenderedMonths>,
-}
-
-/// The JSON of each month's list in the birthdays answer as last rendered,
-/// and the months PATCHes changed since, up to version `changed_to` (bits,
-/// 1 << 0: January).
-struct RenderedMonths {
-    months: [Vec<u8>; 12],
-    changed: u16,
-    changed_to: Version,
-}
-
-/// All twelve months.
-const EVERY_MONTH: u16 = (1 << 12) - 1;
-
-/// `{"data":{"1":[…],…,"12":[…]}}` from the months' lists.
-fn birthdays_body(months: &[Vec<u8>; 12]) -> Bytes {
-    let len: usize = months.iter().map(|m| m.len() + 6).sum();
-    let mut body = Vec::with_capacity(len + 12);
-    body.extend_from_slice(b"{\"data\":{");
-    for (month, list) in months.iter().enumerate() {
-        if month > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(format!("\"{}\":", month + 1).as_bytes());
-        body.extend_from_slice(list);
-    }
-    body.extend_from_slice(b"}}");
-    Bytes::from(body)
-}
-
-/// A GET citizens body rendered from the citizens at `version` (the same
-/// bytes as the body cached for that version: counted in the snapshot's
-/// weight too), where each citizen starts in it, and the positions of the
-/// citizens PATCHes changed since, up to `changed_to`.
-struct ListingIndex {
-    version: Version,
-    body: Bytes,
-    starts: Arc<Vec<usize>>,
-    changed: BTreeSet<usize>,
-    changed_to: Version,
-}
-
-/// Splicing more changed citizens than 64 and a quarter of the import is
-/// not worth tracking: the listing is rendered whole.
-fn worth_splicing(changed: usize, citizens: usize) -> bool {
-    changed <= 64 + citizens / 4
-}
-
-fn lock(slot: &SharedDerived) -> std::sync::MutexGuard<'_, Derived> {
-    // A panic under the lock leaves at worst aggregates that answer wrong:
-    // start over from the citizens.
-    slot.lock().unwrap_or_else(|poisoned| {
-        let mut derived = poisoned.into_inner();
-        *derived = Derived::default();
-        derived
-    })
-}
-
-/// An import's citizens at one version, to render answers from: held by the
-/// cache (with the slot for its aggregates) or loaded for one answer.
-#[derive(Clone)]
-pub struct Held {
-    version: Version,
-    citizens: CitizenList,
-    derived: Option<SharedDerived>,
-}
-
-impl Held {
-    /// Citizens loaded for one answer only: analytics are computed from scratch.
-    pub fn loaded(version: Version, citizens: CitizenList) -> Self {
-        Self {
-            version,
-            citizens,
-            derived: None,
-        }
-    }
-
-    /// The citizens, ordered by citizen_id.
-    pub fn citizens(&self) -> &[Arc<Citizen>] {
-        &self.citizens
-    }
-
-    /// The list of citizens itself, to render from after `self` is gone.
-    pub fn list(&self) -> CitizenList {
-        Arc::clone(&self.citizens)
-    }
-
-    /// The birthdays answer, `{"data": …}`: from the aggregates, with only
-    /// the months PATCHes changed since the last one rendered again.
-    pub fn birthdays_body(&self) -> serde_json::Result<Bytes> {
-        let scratch = || super::to_data(&stats::birthdays(&self.citizens)).map(compact);
-        let Some(slot) = &self.derived else {
-            return scratch();
-        };
-        let mut slot = lock(slot);
-        let derived = &mut *slot;
-        let (true, Some((_, analytics))) = (self.analytics_ready(derived), &derived.analytics)
-        else {
-            return scratch();
-        };
-        let (mut months, changed) = match derived.months.take() {
-            Some(held) if held.changed_to == self.version => (held.months, held.changed),
-            _ => (Default::default(), EVERY_MONTH),
-        };
-        for (month, list) in months.iter_mut().enumerate() {
-            if changed & (1 << month) != 0 {
-                *list = serde_json::to_vec(&analytics.month(month, &self.citizens))?;
-            }
-        }
-        let body = birthdays_body(&months);
-        derived.months = Some(RenderedMonths {
-            months,
-            changed: 0,
-            changed_to: self.version,
-        });
-        Ok(body)
-    }
-
-    /// Presents per month (what `birthdays_body` serialises; the tests
-    /// compare it with a recomputation).
-    #[cfg(test)]
-    pub fn birthdays(&self) -> stats::Birthdays {
-        self.with_analytics(
-            |a| a.birthdays(&self.citizens),
-            || stats::birthdays(&self.citizens),
-        )
-    }
-
-    /// Age percentiles per town on `today`.
-    pub fn percentiles(&self, today: time::Date) -> Vec<TownAges> {
-        self.with_analytics(
-            |a| a.percentiles(today),
-            || stats::town_percentiles(&self.citizens, today),
-        )
-    }
-
-    /// `read` of the aggregates of this version, built first if the slot
-    /// holds none (or an older version's that no PATCH moved); `scratch`
-    /// when this snapshot is not held, or is older than the aggregates.
-    fn with_analytics<R>(
-        &self,
-        read: impl FnOnce(&Analytics) -> R,
-        scratch: impl FnOnce() -> R,
-    ) -> R {
-        let Some(slot) = &self.derived else {
-            return scratch();
-        };
-        let mut slot = lock(slot);
-        match (self.analytics_ready(&mut slot), &slot.analytics) {
-            (true, Some((_, analytics))) => read(analytics),
-            _ => scratch(),
-        }
-    }
-
-    /// Whether `derived` holds the aggregates of this version, built there
-    /// first if it holds none (or an older version's that no PATCH moved;
-    /// the months rendered from those go with them); false when `derived`
-    /// has moved past this snapshot.
-    fn analytics_ready(&self, derived: &mut Derived) -> bool {
-        match &derived.analytics {
-            Some((version, _)) if *version > self.version => return false,
-            Some((version, _)) if *version == self.version => {}
-            _ => {
-                derived.analytics = Some((self.version, Analytics::new(&self.citizens)));
-                derived.months = None;
-            }
-        }
-        true
-    }
-}
-
-#[derive(Clone)]
-struct HeapBytes;
-
-impl Weighter<Key, Entry> for HeapBytes {
-    fn weight(&self, _key: &Key, entry: &Entry) -> u64 {
-        // Never zero: an empty value still takes a slot.
-        match entry {
-            Entry::Body(_, weight) => *weight,
-            Entry::Snapshot(s) => s.weight,
-        }
-        .max(1)
-    }
-}
-
-/// The memory an allocation of `n` bytes takes: the allocator (mimalloc)
-/// rounds sizes up to 128 KiB to size classes an eighth of a power of two
-/// apart (at least 8 bytes); bigger blocks take whole 4 KiB pages as they
-/// are touched.
-pub fn allocation(n: usize) -> u64 {
-    if n == 0 {
-        return 0;
-    }
-    let step = if n > 128 * 1024 {
-        4096
-    } else {
-        (n.next_power_of_two() / 8).max(8)
-    };
-    n.div_ceil(step) as u64 * step as u64
-}
-
-/// Heap held by a body of `len` bytes, plus the cache's own bookkeeping.
-fn body_weight(len: usize) -> u64 {
-    allocation(len) + 96
-}
-
-/// Resident memory per byte of a snapshot's allocations, in eighths. A
-/// snapshot is tens of thousands of small allocations made while other
-/// requests allocate and free around them; cached, they pin allocator pages
-/// whose other blocks are free. Measured with the peak-RSS test
-/// (`tests/api/memory.rs`): holding snapshots costs about 1.5× the sum of
-/// their allocations.
-const SNAPSHOT_RESIDENT_EIGHTHS: u64 = 12;
-
-/// Memory held by a snapshot: per citizen its `Arc` allocation, its strings
-/// and relatives list, and its pointer in the list; plus the list itself;
-/// times the allocator's overhead for small blocks kept long.
-fn snapshot_weight(citizens: &[Arc<Citizen>]) -> u64 {
-    // An Arc allocation: the two reference counts, then the value.
-    let arc = allocation(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Citizen>());
-    let buffers: u64 = citizens
-        .iter()
-        .map(|c| c.heap_buffers().into_iter().map(allocation).sum::<u64>())
-        .sum();
-    let allocated =
-        arc * citizens.len() as u64 + buffers + allocation(std::mem::size_of_val(citizens));
-    // The aggregates, once an analytics answer builds them.
-    let allocated = allocated + Analytics::weight(citizens.len());
-    allocated * SNAPSHOT_RESIDENT_EIGHTHS / 8 + 96
-}
-
-/// Counts evictions for the metrics.
-#[derive(Clone)]
-struct Evictions(prometheus_client::metrics::counter::Counter);
-
-impl quick_cache::Lifecycle<Key, Entry> for Evictions {
-    type RequestState = ();
-
-    fn on_evict(&self, _state: &mut (), _key: Key, _entry: Entry) {
-        self.0.inc();
-    }
-}
-
-type Entries = Cache<Key, Entry, HeapBytes, quick_cache::DefaultHashBuilder, Evictions>;
 
 /// Rendered bodies and the citizens they come from, within one byte budget.
 pub struct ResponseCache {
@@ -638,61 +386,6 @@ impl ResponseCache {
     }
 }
 
-/// Moves what is derived from `held` to `version`, the import `after` once
-/// `updated` was written: the aggregates by the change, and the positions
-/// of the citizens it changed added to the listing's. Drops what is not of
-/// `held`'s version (never built, or built from a snapshot this one replaced).
-fn move_derived(held: &Snapshot, after: &[Arc<Citizen>], version: Version, updated: &Citizen) {
-    let mut slot = lock(&held.derived);
-    let position = |id| {
-        held.citizens
-            .binary_search_by_key(&id, |c: &Arc<Citizen>| c.citizen_id)
-            .ok()
-    };
-    let Some(me) = position(updated.citizen_id) else {
-        *slot = Derived::default();
-        return;
-    };
-    let before = &held.citizens[me];
-    let moved = match slot.analytics.as_mut() {
-        Some((at, analytics)) if *at == held.version => analytics
-            .apply(after, before, updated)
-            .inspect(|_| *at = version),
-        _ => None,
-    };
-    let months = slot
-        .months
-        .as_mut()
-        .filter(|m| m.changed_to == held.version)
-        .zip(moved);
-    match months {
-        Some((months, changed)) => {
-            months.changed |= changed;
-            months.changed_to = version;
-        }
-        None => slot.months = None,
-    }
-    if moved.is_none() {
-        slot.analytics = None;
-    }
-    let listing = slot
-        .listing
-        .as_mut()
-        .filter(|l| l.changed_to == held.version);
-    let moved = listing.and_then(|listing| {
-        // The citizen, and every relative it had or has: their lists changed.
-        let touched = before.relatives.iter().chain(&updated.relatives);
-        for at in std::iter::once(Some(me)).chain(touched.map(|&id| position(id))) {
-            listing.changed.insert(at?);
-        }
-        listing.changed_to = version;
-        worth_splicing(listing.changed.len(), after.len()).then_some(())
-    });
-    if moved.is_none() {
-        slot.listing = None;
-    }
-}
-
 /// A rendered body as the bytes to keep: a serialiser's buffer may hold up
 /// to twice its length, so a wasteful one is copied to an exact allocation.
 pub fn compact(body: Vec<u8>) -> Bytes {
@@ -709,6 +402,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::domain::analytics::Analytics;
+    use crate::domain::stats;
     use crate::domain::{Apartment, BirthDate, CitizenId, Gender, Name, Place};
 
     fn id(n: i64) -> ImportId {
