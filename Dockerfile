@@ -14,21 +14,23 @@ WORKDIR /src
 # edits do not rebuild them (bundled SQLite alone takes over a minute). The
 # bench files exist only because Cargo.toml names them.
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir -p src benches \
+COPY crates/iproto/Cargo.toml crates/iproto/
+RUN mkdir -p src benches crates/iproto/src \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > benches/hot_paths.rs \
     && echo 'fn main() {}' > benches/load.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs crates/iproto/src/lib.rs \
     && cargo build --release --locked --bin gifts \
-    && rm -rf src
-# Only what the binary is built from (the sources, and the analysts' page it
-# embeds): editing tarantool/ or the docs does not rebuild it. The commit
+    && rm -rf src crates/iproto/src
+# Only what the binary is built from (the sources, the IPROTO client's crate,
+# and the analysts' page it embeds): editing tarantool/ or the docs does not rebuild it. The commit
 # (for --version and the logs) comes as a build argument, since the build
 # context has no .git.
 COPY src ./src
+COPY crates ./crates
 COPY ui ./ui
 ARG GIFTS_COMMIT=unknown
-RUN touch src/lib.rs src/main.rs && cargo build --release --locked --bin gifts
+RUN touch src/lib.rs src/main.rs crates/iproto/src/lib.rs && cargo build --release --locked --bin gifts
 
 FROM ${RUNTIME_IMAGE}
 # One fixed, ordinary (non-system) id for the user and its group, so files in

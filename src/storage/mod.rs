@@ -14,7 +14,7 @@ use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, Reason, Validati
 
 pub(crate) mod coalesce;
 pub(crate) mod deadline;
-pub mod iproto;
+pub use gifts_iproto as iproto;
 pub(crate) mod metered;
 mod open;
 pub mod postgres;
