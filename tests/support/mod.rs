@@ -13,8 +13,43 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound, read and released).
+/// A free loopback port for a server a test starts: bound, read and
+/// released.
+///
+/// It is taken below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default), never from
+/// `bind(0)`: a port from that range can be handed, between its release
+/// and the server's bind, to another test's `bind(0)` or to the source
+/// port of an outgoing connection, and the server then fails with "Address
+/// already in use" (seen in CI: a Tarantool of its own that never started).
+/// Each call in a process takes the next port of a walk from a random
+/// start, so two tests of one run never get the same one.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&low| low > FIRST + 1_000 && low <= 65_535)
+        .unwrap_or(32_768);
+    let span = below - FIRST;
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let start = u32::try_from(random % u64::from(span)).expect("below the span") + 1;
+        let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(FIRST + offset).expect("a port");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    // Every port below the ephemeral range is taken: fall back to bind(0).
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
