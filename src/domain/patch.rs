@@ -20,8 +20,9 @@
 //! the lowest such id); then a dropped relative that is not in the import
 //! ([`Refusal::MissingRelative`]: the stored relation is broken).
 //!
-//! SQLite and PostgreSQL apply a plan's rows and decide nothing; so does the
-//! in-memory snapshot ([`after_patch`]).
+//! SQLite and PostgreSQL apply a plan's rows and decide nothing; the
+//! in-memory snapshot ([`after_patch`]) applies its mirror, decided by the
+//! same code.
 //! Tarantool 2.6 has no interactive transactions over IPROTO, so its Lua
 //! makes the same decisions inside its own transaction; the storage contract
 //! suite (`tests/api/contract.rs`) holds it to this module.
@@ -69,22 +70,28 @@ pub struct Plan {
 /// The other citizens `patch` reaches, ascending, each with the edit its
 /// list gets: the ones a store must look up before calling [`plan`].
 pub fn touched(before: &Citizen, patch: &CitizenPatch) -> Vec<(CitizenId, Edit)> {
-    match &patch.relatives {
+    edits(before, patch.relatives.as_deref())
+}
+
+fn edits(before: &Citizen, new: Option<&[CitizenId]>) -> Vec<(CitizenId, Edit)> {
+    match new {
         Some(new) => mirror_edits(before.citizen_id, &before.relatives, new),
         None => Vec::new(),
     }
 }
 
-/// The PATCH of `before` (the citizen as stored) by `patch` (whose
-/// relatives, if any, are ascending and unique). `month_of` answers the birth
-/// month of a citizen of the import, `None` when it is not in it; it is
-/// asked about each id of [`touched`] once, and about nothing else.
-pub fn plan(
+/// The touched citizens with their edits, and their birth months in that order.
+type Mirror = (Vec<(CitizenId, Edit)>, Vec<Option<u8>>);
+
+/// The mirror of a new list `new` (if any) onto the others, with each
+/// touched citizen's birth month, or the refusal, in the contract's order:
+/// the part of [`plan`] the in-memory copy needs too.
+fn mirror(
     before: &Citizen,
-    patch: &CitizenPatch,
+    new: Option<&[CitizenId]>,
     month_of: impl Fn(CitizenId) -> Option<u8>,
-) -> Result<Plan, Refusal> {
-    let mirror = touched(before, patch);
+) -> Result<Mirror, Refusal> {
+    let mirror = edits(before, new);
     let months: Vec<Option<u8>> = mirror.iter().map(|&(id, _)| month_of(id)).collect();
     let absent = |added: bool| {
         mirror
@@ -99,6 +106,19 @@ pub fn plan(
     if let Some(id) = absent(false) {
         return Err(Refusal::MissingRelative(id));
     }
+    Ok((mirror, months))
+}
+
+/// The PATCH of `before` (the citizen as stored) by `patch` (whose
+/// relatives, if any, are ascending and unique). `month_of` answers the birth
+/// month of a citizen of the import, `None` when it is not in it; it is
+/// asked about each id of [`touched`] once, and about nothing else.
+pub fn plan(
+    before: &Citizen,
+    patch: &CitizenPatch,
+    month_of: impl Fn(CitizenId) -> Option<u8>,
+) -> Result<Plan, Refusal> {
+    let (mirror, months) = mirror(before, patch.relatives.as_deref(), month_of)?;
     let mut citizen = before.clone();
     if let Some(new) = &patch.relatives {
         citizen.relatives.clone_from(new);
@@ -124,8 +144,7 @@ pub fn plan(
 }
 
 /// The PATCH that makes `before` into `now` (every field set, the
-/// relatives list included): how a store's answer is replayed on a copy
-/// held in memory.
+/// relatives list included): a stored answer replayed as a PATCH.
 pub fn to(now: &Citizen) -> CitizenPatch {
     CitizenPatch {
         town: Some(now.town.clone()),
@@ -140,24 +159,26 @@ pub fn to(now: &Citizen) -> CitizenPatch {
 }
 
 /// An import held in memory (ordered by citizen_id) after a store
-/// answered a PATCH with `updated`: the same plan, replayed from the copy of
-/// the citizen held here ([`to`]) and applied to the copy. Shares every
-/// untouched citizen with `citizens`. `None` when the citizen is missing or
-/// the plan is refused, which means the copy does not belong to the state
-/// the PATCH was applied to (it is dropped).
+/// answered a PATCH with `updated`: the plan's mirror of `updated`'s list,
+/// decided by the same code as [`plan`] (which refusal, which edits), applied
+/// to the copy, and `updated` in place of its old self. Only what the copy
+/// needs: no summary rows are worked out. Shares every untouched citizen
+/// with `citizens`. `None` when the citizen is missing or the mirror is
+/// refused, which means the copy does not belong to the state the PATCH
+/// was applied to (it is dropped).
 pub fn after_patch(citizens: &[Arc<Citizen>], updated: &Citizen) -> Option<Vec<Arc<Citizen>>> {
     let find = |id: CitizenId| citizens.binary_search_by_key(&id, |c| c.citizen_id).ok();
     let me = find(updated.citizen_id)?;
     let month_of = |id| find(id).map(|at| citizens[at].birth_date.month());
-    let plan = plan(&citizens[me], &to(updated), month_of).ok()?;
+    let (edits, _) = mirror(&citizens[me], Some(&updated.relatives), month_of).ok()?;
     let mut next = citizens.to_vec();
-    for (other, edit) in plan.mirror {
+    for (other, edit) in edits {
         let at = find(other)?;
         let mut changed = Citizen::clone(&next[at]);
         edit.apply(&mut changed.relatives);
         next[at] = Arc::new(changed);
     }
-    next[me] = Arc::new(plan.citizen);
+    next[me] = Arc::new(updated.clone());
     Some(next)
 }
 
@@ -228,16 +249,9 @@ mod tests {
 
     use super::*;
     use crate::domain::analytics::tests::{TOWNS, date, import};
+    use crate::domain::relatives::tests::{id, ids};
     use crate::domain::summary::Summary;
     use crate::domain::{Apartment, Gender, Name};
-
-    fn id(n: u64) -> CitizenId {
-        CitizenId::parse(n).unwrap()
-    }
-
-    fn ids(ns: &[u64]) -> Vec<CitizenId> {
-        ns.iter().copied().map(id).collect()
-    }
 
     fn place(s: &str) -> Place {
         Place::parse(s.into()).unwrap()

@@ -113,18 +113,18 @@ pub fn mirror_edits(me: CitizenId, old: &[CitizenId], new: &[CitizenId]) -> Vec<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use proptest::prelude::*;
 
     use super::*;
 
-    fn id(n: u64) -> CitizenId {
+    pub(crate) fn id(n: u64) -> CitizenId {
         CitizenId::parse(n).unwrap()
     }
 
-    fn ids(ns: &[u64]) -> Vec<CitizenId> {
+    pub(crate) fn ids(ns: &[u64]) -> Vec<CitizenId> {
         ns.iter().copied().map(id).collect()
     }
 
