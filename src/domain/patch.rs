@@ -313,6 +313,20 @@ mod tests {
     }
 
     #[test]
+    fn the_rows_a_store_reads_are_the_ones_the_plan_mirrors() {
+        let before = person(3, 3, &[1, 2]);
+        let patch = relatives(&[2, 4]);
+        let plan = plan(&before, &patch, months_to_9).unwrap();
+        assert_eq!(touched(&before, &patch), plan.mirror);
+        assert_eq!(plan.mirror.len(), 2);
+        let name_only = CitizenPatch {
+            name: Some(Name::parse("Другое".into()).unwrap()),
+            ..CitizenPatch::default()
+        };
+        assert_eq!(touched(&before, &name_only), vec![]);
+    }
+
+    #[test]
     fn a_new_list_is_mirrored_and_counted_on_both_sides() {
         // 3 (born in March) lists 1 and 2; it drops 1 and takes 4.
         let plan = plan(&person(3, 3, &[1, 2]), &relatives(&[2, 4]), months_to_9).unwrap();
