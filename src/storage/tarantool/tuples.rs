@@ -126,12 +126,12 @@ mod tests {
     ];
 
     #[test]
-    pub(super) fn the_tuple_fields_are_numbered_as_app_lua_numbers_them() {
-        let script = include_str!("../../../tarantool/app.lua");
+    pub(super) fn the_tuple_fields_are_numbered_as_the_lua_schema_numbers_them() {
+        let script = include_str!("../../../tarantool/gifts/schema.lua");
         let start = script
-            .find("local F = {")
-            .expect("app.lua defines the field numbers F");
-        let table = &script[start + "local F = {".len()..];
+            .find("M.F = {")
+            .expect("schema.lua defines the field numbers F");
+        let table = &script[start + "M.F = {".len()..];
         let table = &table[..table.find('}').expect("F ends")];
         let numbered: BTreeMap<&str, usize> = table
             .split(',')

@@ -1,0 +1,200 @@
+-- gifts: the spaces, their field numbers, and the migrations that make them.
+
+local log = require('log')
+
+local M = {}
+
+-- Field numbers of a citizen tuple (1-based, as Lua sees them).
+M.F = {
+    import_id = 1, citizen_id = 2, town = 3, street = 4, building = 5, apartment = 6,
+    name = 7, birth_date = 8, gender = 9, relatives = 10,
+}
+
+-- Field numbers of an import tuple.
+M.I = { import_id = 1, version = 2, created_at = 3, state = 4, citizens = 5 }
+
+-- The analytics summary (the app's domain::summary, which documents it):
+-- presents rows {import_id, month, citizen_id, presents} and town births
+-- {import_id, town, yyyymmdd, citizens}, one row per distinct birth date of
+-- a town (rows, not one tuple per town: a town may have any number of
+-- dates). The app computes an import's rows and sends them with it; a PATCH
+-- changes them here, in its transaction. So an analytics read costs its
+-- answer, not a pass over the import.
+
+-- Month and yyyymmdd of a stored ISO date 'YYYY-MM-DD'.
+function M.month_of(iso)
+    return tonumber(iso:sub(6, 7))
+end
+function M.date_key(iso)
+    return tonumber(iso:sub(1, 4)) * 10000 + tonumber(iso:sub(6, 7)) * 100 + tonumber(iso:sub(9, 10))
+end
+
+local function u32_at(s, at)
+    local a, b, c, d = string.byte(s, at, at + 3)
+    return a + b * 256 + c * 65536 + d * 16777216
+end
+
+-- Schema migrations, applied in order; meta['schema_version'] records how many ran.
+local migrations = {
+    -- 1: imports {import_id, version} with an id sequence; citizens keyed by (import_id, citizen_id).
+    function()
+        box.schema.sequence.create('import_id', { min = 1, start = 1, if_not_exists = true })
+        local imports = box.schema.space.create('imports', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'version', type = 'unsigned' },
+            },
+        })
+        imports:create_index('primary', {
+            parts = { { field = 1, type = 'unsigned' } },
+            if_not_exists = true,
+        })
+        local citizens = box.schema.space.create('citizens', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'citizen_id', type = 'unsigned' },
+                { name = 'town', type = 'string' },
+                { name = 'street', type = 'string' },
+                { name = 'building', type = 'string' },
+                { name = 'apartment', type = 'unsigned' },
+                { name = 'name', type = 'string' },
+                { name = 'birth_date', type = 'string' },
+                { name = 'gender', type = 'string' },
+                { name = 'relatives', type = 'array' },
+            },
+        })
+        citizens:create_index('primary', {
+            parts = { { field = 1, type = 'unsigned' }, { field = 2, type = 'unsigned' } },
+            if_not_exists = true,
+        })
+    end,
+    -- 2: imports gain created_at (unix seconds) and state (nil: visible;
+    -- 'loading' while a big import arrives in chunks); idempotency keys.
+    function()
+        box.space.imports:format({
+            { name = 'import_id', type = 'unsigned' },
+            { name = 'version', type = 'unsigned' },
+            { name = 'created_at', type = 'number', is_nullable = true },
+            { name = 'state', type = 'string', is_nullable = true },
+        })
+        local keys = box.schema.space.create('idempotency_keys', {
+            if_not_exists = true,
+            format = {
+                { name = 'key', type = 'string' },
+                { name = 'body_hash', type = 'string' },
+                { name = 'import_id', type = 'unsigned' },
+            },
+        })
+        keys:create_index('primary', { parts = { { field = 1, type = 'string' } }, if_not_exists = true })
+    end,
+    -- 3: imports gain their number of citizens (for the import list without
+    -- counting); idempotency keys are found by import (for deleting one).
+    function()
+        box.space.imports:format({
+            { name = 'import_id', type = 'unsigned' },
+            { name = 'version', type = 'unsigned' },
+            { name = 'created_at', type = 'number', is_nullable = true },
+            { name = 'state', type = 'string', is_nullable = true },
+            { name = 'citizens', type = 'unsigned', is_nullable = true },
+        })
+        for _, import in box.space.imports:pairs() do
+            local n = box.space.citizens.index.primary:count({ import[1] })
+            box.space.imports:update(import[1], { { '=', 5, n } })
+        end
+        box.space.idempotency_keys:create_index('import', {
+            parts = { { field = 3, type = 'unsigned' } }, unique = false, if_not_exists = true,
+        })
+    end,
+    -- 4: the analytics summary. The imports already stored are listed as
+    -- 'summary_pending' in meta: the app computes their rows (the summary
+    -- is computed in one place, the app's domain::summary) and sends them
+    -- with gifts_backfill_rows; until then their analytics and PATCHes
+    -- answer "unavailable" (see summary_pending in imports.lua).
+    function()
+        local presents = box.schema.space.create('presents', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'month', type = 'unsigned' },
+                { name = 'citizen_id', type = 'unsigned' },
+                { name = 'presents', type = 'unsigned' },
+            },
+        })
+        presents:create_index('primary', {
+            parts = { { field = 1, type = 'unsigned' }, { field = 2, type = 'unsigned' }, { field = 3, type = 'unsigned' } },
+            if_not_exists = true,
+        })
+        local towns = box.schema.space.create('town_dates', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'town', type = 'string' },
+                { name = 'dates', type = 'string' },
+            },
+        })
+        towns:create_index('primary', {
+            parts = { { field = 1, type = 'unsigned' }, { field = 2, type = 'string' } },
+            if_not_exists = true,
+        })
+        local pending = {}
+        for _, import in box.space.imports:pairs() do
+            pending[#pending + 1] = import[1]
+        end
+        if #pending > 0 then
+            box.space.meta:replace({ 'summary_pending', pending })
+        end
+    end,
+    -- 5: town dates as rows {import_id, town, yyyymmdd, citizens}, one per
+    -- distinct date, instead of one tuple per town, which hit
+    -- memtx_max_tuple_size past ~131,000 distinct dates in one town.
+    function()
+        local births = box.schema.space.create('town_births', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'town', type = 'string' },
+                { name = 'date', type = 'unsigned' },
+                { name = 'citizens', type = 'unsigned' },
+            },
+        })
+        births:create_index('primary', {
+            parts = { { field = 1, type = 'unsigned' }, { field = 2, type = 'string' }, { field = 3, type = 'unsigned' } },
+            if_not_exists = true,
+        })
+        for _, t in box.space.town_dates:pairs() do
+            local blob = t[3]
+            for at = 1, #blob - 7, 8 do
+                births:insert({ t[1], t[2], u32_at(blob, at), u32_at(blob, at + 4) })
+            end
+        end
+        box.space.town_dates:drop()
+    end,
+}
+
+-- Applies the migrations this database has not run yet, each in its own
+-- transaction with the version it reaches.
+function M.migrate()
+    box.once('gifts_meta', function()
+        box.schema.space.create('meta', {
+            if_not_exists = true,
+            format = { { name = 'key', type = 'string' }, { name = 'value', type = 'any' } },
+        })
+        box.space.meta:create_index('primary', { parts = { { field = 1, type = 'string' } }, if_not_exists = true })
+    end)
+    local row = box.space.meta:get('schema_version')
+    local version = row and row[2] or 0
+    if version > #migrations then
+        error(string.format('schema version %d is newer than this app.lua knows (%d)', version, #migrations))
+    end
+    for i = version + 1, #migrations do
+        box.atomic(function()
+            migrations[i]()
+            box.space.meta:replace({ 'schema_version', i })
+        end)
+        log.info('gifts: applied schema migration %d', i)
+    end
+end
+
+return M

@@ -1,0 +1,28 @@
+-- gifts: the settings app.lua reads from the environment.
+
+local M = {}
+
+function M.env(name, default)
+    local value = os.getenv(name)
+    if value == nil or value == '' then
+        return default
+    end
+    return value
+end
+
+-- '1073741824', '1GiB', '512MiB', '512 KiB', '2GB' -> bytes; anything else stops the start.
+function M.bytes(name, default)
+    local text = M.env(name, default)
+    local number, unit = tostring(text):match('^%s*(%d+)%s*(%a*)%s*$')
+    local factors = {
+        [''] = 1, b = 1, k = 1024, kib = 1024, m = 1024 ^ 2, mib = 1024 ^ 2, g = 1024 ^ 3, gib = 1024 ^ 3,
+        kb = 1e3, mb = 1e6, gb = 1e9,
+    }
+    local factor = number and factors[unit:lower()]
+    if factor == nil then
+        error(string.format('%s=%q: expected a number of bytes, optionally with a unit (512MiB, 1GiB)', name, text))
+    end
+    return tonumber(number) * factor
+end
+
+return M
