@@ -15,8 +15,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gifts::domain::analytics::Analytics;
 use gifts::domain::patch::after_patch;
 use gifts::domain::{stats, today_utc};
-use gifts::http::listing;
 use gifts::http::wire::{self, ImportBody, Object};
+use gifts::reads::listing;
 
 fn hot_paths(c: &mut Criterion) {
     let body = gifts::sample::import_body(10_000, 1_000, 1);

@@ -17,8 +17,12 @@
 //!   backends (SQLite embedded; Tarantool and PostgreSQL servers).
 //! - [`sample`]: seeded generator of realistic imports (benchmark and tests).
 //! - [`metrics`]: the Prometheus metrics of one running service.
-//! - [`http`]: the router, one module per resource, the JSON extractor and
-//!   [`http::error::AppError`], the one place that maps errors to responses.
+//! - [`reads`]: the one way from the edge to the store: the read cache, its
+//!   protocol (writes move or forget what it holds) and the read policy;
+//!   the answers' bodies.
+//! - [`http`]: the edge: the router, one module per resource, the JSON
+//!   extractor and [`http::error::AppError`], the one place that maps errors
+//!   to responses.
 
 pub mod access;
 pub mod client;
@@ -27,6 +31,7 @@ pub mod domain;
 pub mod healthcheck;
 pub mod http;
 pub mod metrics;
+pub mod reads;
 #[doc(hidden)] // public for the tests and benchmarks only
 pub mod sample;
 pub mod startup;

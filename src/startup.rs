@@ -13,10 +13,10 @@ use tokio::net::TcpListener;
 
 use crate::access::Tokens;
 use crate::config::Config;
-use crate::http::cache::ResponseCache;
-use crate::http::reads::Reads;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::reads::Reads;
+use crate::reads::cache::ResponseCache;
 
 /// The read cache's part of the memory budget (`--cache-bytes`): all of it,
 /// less SQLite's page caches when the store is SQLite (`PageCaches::of`).

@@ -4,12 +4,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
-use super::cache::View;
 use super::error::AppError;
 use super::extract::{CitizenPath, ImportPath, RequestBody};
 use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data};
 use crate::domain::today_utc;
+use crate::reads::cache::View;
 
 #[utoipa::path(
     get,
@@ -37,14 +37,7 @@ pub async fn list(
     headers: HeaderMap,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    cached_view(
-        &state,
-        &headers,
-        import,
-        View::Citizens,
-        move |held, cache| cache.listing(import, held),
-    )
-    .await
+    cached_view(&state, &headers, import, View::Citizens).await
 }
 
 /// PATCH bodies of this many bytes or more are parsed off the async
@@ -127,8 +120,5 @@ pub async fn birthdays(
     headers: HeaderMap,
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
-    cached_view(&state, &headers, import, View::Birthdays, |held, _| {
-        held.birthdays_body()
-    })
-    .await
+    cached_view(&state, &headers, import, View::Birthdays).await
 }

@@ -129,6 +129,15 @@ impl From<StorageError> for AppError {
     }
 }
 
+impl From<crate::reads::ReadError> for AppError {
+    fn from(error: crate::reads::ReadError) -> Self {
+        match error {
+            crate::reads::ReadError::Store(e) => e.into(),
+            crate::reads::ReadError::Internal(e) => AppError::Internal(e),
+        }
+    }
+}
+
 /// A server-side failure behind a response, for the request's one log line.
 #[derive(Debug, Clone)]
 pub struct Failure {

@@ -19,30 +19,28 @@ use crate::domain::ImportId;
 use crate::units::ByteSize;
 
 pub mod auth;
-pub(crate) mod cache;
 mod citizens;
 pub mod error;
 pub(crate) mod extract;
 mod health;
 mod imports;
 #[doc(hidden)] // public for the hot-path benchmark only
-pub mod listing;
 pub mod openapi;
-pub mod reads;
 mod towns;
 mod ui;
 #[doc(hidden)] // public for the hot-path benchmark only
 pub mod wire;
 
-use cache::{Held, ResponseCache, View};
+use crate::reads::Answer;
+use crate::reads::body::to_data;
+use crate::reads::cache::View;
 use error::{AppError, Failure, json_response};
-use reads::Answer;
 
 /// What every handler shares; cloning is cheap.
 #[derive(Clone)]
 pub struct AppState {
     /// The store behind the read cache: every read and write goes through it.
-    pub reads: Arc<reads::Reads>,
+    pub reads: Arc<crate::reads::Reads>,
     /// Largest accepted request body (decompressed).
     pub max_body_bytes: ByteSize,
     /// True after SIGTERM, while the service drains: `/readyz` answers 503.
@@ -354,16 +352,6 @@ impl MakeRequestId for NewRequestId {
     }
 }
 
-#[derive(Serialize)]
-struct Data<T> {
-    data: T,
-}
-
-/// `{"data": value}` serialised.
-fn to_data<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
-    serde_json::to_vec(&Data { data: value })
-}
-
 /// `{"data": value}` with the given status.
 fn data<T: Serialize>(status: StatusCode, value: &T) -> Result<Response, AppError> {
     let body = to_data(value).map_err(AppError::internal)?;
@@ -371,22 +359,18 @@ fn data<T: Serialize>(status: StatusCode, value: &T) -> Result<Response, AppErro
 }
 
 /// Answers a read endpoint: 304 when the client's `If-None-Match` names the
-/// current answer; else the body by the read policy of [`reads::Reads`]
+/// current answer; else the body by the read policy of [`crate::reads::Reads`]
 /// (gzipped for a client that accepts it, or streamed when too big to cache).
 ///
 /// The `ETag` is weak and names the import, its version and the view (and
 /// the day, for percentiles): the same at every instance, and new after
 /// every write. Answers say `Cache-Control: no-cache`: clients revalidate.
-async fn cached_view<F>(
+async fn cached_view(
     state: &AppState,
     headers: &HeaderMap,
     import: ImportId,
     view: View,
-    render: F,
-) -> Result<Response, AppError>
-where
-    F: FnOnce(&Held, &ResponseCache) -> serde_json::Result<axum::body::Bytes> + Send + 'static,
-{
+) -> Result<Response, AppError> {
     let version = state.reads.import_version(import).await?;
     let tag = entity_tag(import, version, view);
     if if_none_match(headers, &tag) {
@@ -396,7 +380,7 @@ where
     }
     let answer = state
         .reads
-        .answer(import, view, version, accepts_gzip(headers), render)
+        .answer(import, view, version, accepts_gzip(headers))
         .await?;
     let (mut response, gzip) = match answer {
         Answer::Body(body, gzip) => (json_response(StatusCode::OK, body), gzip),
@@ -470,17 +454,6 @@ fn revalidation_headers(response: &mut Response, tag: &str) {
         axum::http::header::VARY,
         HeaderValue::from_static("accept-encoding"),
     );
-}
-
-fn gzip_body(body: &[u8]) -> axum::body::Bytes {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 6),
-        flate2::Compression::fast(),
-    );
-    // Writing to a Vec cannot fail.
-    let _ = encoder.write_all(body);
-    cache::compact(encoder.finish().unwrap_or_default())
 }
 
 #[cfg(test)]

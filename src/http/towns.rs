@@ -4,11 +4,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::cache::{View, compact};
 use super::error::AppError;
 use super::extract::ImportPath;
-use super::{AppState, cached_view, to_data};
+use super::{AppState, cached_view};
 use crate::domain::today_utc;
+use crate::reads::cache::View;
 
 #[utoipa::path(
     get,
@@ -42,7 +42,6 @@ pub async fn percentiles(
         &headers,
         import,
         View::Percentiles(today.to_julian_day()),
-        move |held, _| to_data(&held.percentiles(today)).map(compact),
     )
     .await
 }

@@ -30,7 +30,7 @@
 //!   answer is kept month by month, and a read renders only the months
 //!   PATCHes changed since.
 //! - **Listing**: the last GET citizens body is kept with where each citizen
-//!   starts in it (`http::listing`); PATCHes record which citizens they
+//!   starts in it (`reads::listing`); PATCHes record which citizens they
 //!   changed, and the next read splices only those in.
 //! - **One budget**: bodies and snapshots share `--cache-bytes`, each
 //!   weighed by the heap it really holds (allocation sizes, not JSON sizes),
@@ -50,8 +50,9 @@ use quick_cache::sync::Cache;
 
 use crate::domain::patch::after_patch;
 use crate::domain::{Citizen, ImportId};
-use crate::http::listing;
 use crate::metrics::Metrics;
+use crate::reads::body::compact;
+use crate::reads::listing;
 use crate::storage::{Patched, Version};
 
 pub use budget::allocation;
@@ -383,16 +384,6 @@ impl ResponseCache {
             Entry::Body(body, _) => Ok(body),
             Entry::Snapshot(_) => unreachable!("body keys hold bodies"),
         }
-    }
-}
-
-/// A rendered body as the bytes to keep: a serialiser's buffer may hold up
-/// to twice its length, so a wasteful one is copied to an exact allocation.
-pub fn compact(body: Vec<u8>) -> Bytes {
-    if body.capacity() > body.len() + body.len() / 8 {
-        Bytes::copy_from_slice(&body)
-    } else {
-        Bytes::from(body)
     }
 }
 
@@ -732,7 +723,7 @@ mod tests {
         };
         let three = Arc::new(vec![born_in(1, 1), born_in(2, 3), born_in(3, 5)]);
         let want = |held: &Held| {
-            Bytes::from(super::super::to_data(&stats::birthdays(held.citizens())).unwrap())
+            Bytes::from(crate::reads::body::to_data(&stats::birthdays(held.citizens())).unwrap())
         };
         let v1 = cache.keep_snapshot(id(7), 1, three);
         assert_eq!(v1.birthdays_body().unwrap(), want(&v1));
@@ -904,30 +895,5 @@ mod tests {
             "{held} snapshots of {weight} bytes"
         );
         assert!(held >= 1);
-    }
-
-    #[test]
-    fn a_body_is_copied_only_when_its_buffer_wastes_over_an_eighth() {
-        let with = |len: usize, capacity: usize| {
-            let mut buffer = Vec::with_capacity(capacity);
-            buffer.resize(len, b'x');
-            assert_eq!(buffer.capacity(), capacity);
-            let before = buffer.as_ptr();
-            let body = compact(buffer);
-            assert_eq!(body.len(), len);
-            body.as_ptr() != before
-        };
-        assert!(!with(800, 800), "an exact buffer is kept");
-        assert!(!with(800, 900), "an eighth more is kept");
-        assert!(with(800, 901), "more is copied");
-        assert!(with(1000, 4096));
-    }
-
-    #[test]
-    fn compact_bodies_hold_no_spare_capacity() {
-        let mut wasteful = Vec::with_capacity(4096);
-        wasteful.extend_from_slice(&[b'x'; 1000]);
-        let body = compact(wasteful);
-        assert_eq!(body.len(), 1000);
     }
 }

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 
-use super::{CitizenList, Snapshot, compact};
+use super::{CitizenList, Snapshot};
 use crate::domain::Citizen;
 use crate::domain::analytics::Analytics;
 use crate::domain::stats::{self, TownAges};
+use crate::reads::body::compact;
 use crate::storage::Version;
 
 /// What is derived from an import's citizens beside the rendered bodies:
@@ -115,7 +116,8 @@ impl Held {
     /// The birthdays answer, `{"data": …}`: from the aggregates, with only
     /// the months PATCHes changed since the last one rendered again.
     pub fn birthdays_body(&self) -> serde_json::Result<Bytes> {
-        let scratch = || crate::http::to_data(&stats::birthdays(&self.citizens)).map(compact);
+        let scratch =
+            || crate::reads::body::to_data(&stats::birthdays(&self.citizens)).map(compact);
         let Some(slot) = &self.derived else {
             return scratch();
         };

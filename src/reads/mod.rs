@@ -7,22 +7,33 @@
 //! this version; else, for the analytics, from the summary the store keeps
 //! (`domain::summary`); else from the citizens loaded from the store — at
 //! most `render_permits` at once, which bounds the memory of cold reads of
-//! big imports. The HTTP edge keeps the headers (ETag, 304, encoding).
+//! big imports. The HTTP edge keeps the status, the headers (ETag, 304,
+//! the encoding's name) and the mapping of errors to answers.
 //!
-//! It lives under `http` because the cache still renders JSON bodies (the
-//! listing's splice, `cache/derived.rs`); splitting rendering out of the cache would
-//! let it stand between `http` and `storage` on its own.
+//! - [`cache`]: the cache itself: bodies and import copies in one byte
+//!   budget (`budget.rs`), the snapshot version rule (`mod.rs`), the
+//!   aggregates and listing index kept with a copy (`derived.rs`).
+//! - [`listing`]: GET citizens rendered whole, spliced after a PATCH, or
+//!   streamed.
+//! - [`body`]: `{"data": …}`, compacted and gzipped bodies.
+//!
+//! The bodies are rendered here, not at the edge, because the cache keeps
+//! them and splices them after a PATCH (the listing, the birthdays' months).
 
+use std::error::Error;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use tokio::sync::Semaphore;
 
-use super::cache::{CitizenList, Encoding, Held, ResponseCache, View, compact};
-use super::error::AppError;
-use super::{gzip_body, listing, to_data};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, summary};
 use crate::storage::{Idempotency, ImportInfo, Patched, Storage, StorageError, Version};
+use body::{compact, to_data};
+use cache::{CitizenList, Encoding, Held, ResponseCache, View};
+
+pub mod body;
+pub mod cache;
+pub mod listing;
 
 /// Bodies at least this long are sent gzip-compressed to clients that accept it.
 const COMPRESS_FROM: usize = 1024;
@@ -32,6 +43,37 @@ pub struct Reads {
     storage: Arc<dyn Storage>,
     cache: Arc<ResponseCache>,
     render_permits: Semaphore,
+}
+
+/// Why a read has no answer: the store's (a refusal, or a failure the edge
+/// maps to its status), or a fault of this service (a render that failed, a
+/// task that panicked).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// What the store answered.
+    #[error(transparent)]
+    Store(#[from] StorageError),
+    /// A fault of the service; the cause is for the log only.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn Error + Send + Sync>),
+}
+
+impl ReadError {
+    fn internal(error: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl From<tokio::task::JoinError> for ReadError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<tokio::sync::AcquireError> for ReadError {
+    fn from(error: tokio::sync::AcquireError) -> Self {
+        Self::internal(error)
+    }
 }
 
 /// A read endpoint's answer.
@@ -118,19 +160,14 @@ impl Reads {
 
     /// The answer of `view` at `version` (or newer, if a write just landed: a
     /// newer answer is never stale), by the read policy above; gzipped when
-    /// the client accepts it and it is long enough. `render` makes the body
-    /// from the citizens held in memory.
-    pub async fn answer<F>(
+    /// the client accepts it and it is long enough.
+    pub async fn answer(
         &self,
         import: ImportId,
         view: View,
         version: Version,
         accepts_gzip: bool,
-        render: F,
-    ) -> Result<Answer, AppError>
-    where
-        F: FnOnce(&Held, &ResponseCache) -> serde_json::Result<Bytes> + Send + 'static,
-    {
+    ) -> Result<Answer, ReadError> {
         let rendered = self
             .cache
             .get_or_render(import, view, version, Encoding::Identity, async {
@@ -138,7 +175,7 @@ impl Reads {
                     .render_permits
                     .acquire()
                     .await
-                    .map_err(AppError::from)?;
+                    .map_err(ReadError::from)?;
                 enum Source {
                     Held(Held),
                     Loaded(crate::storage::Snapshot),
@@ -151,7 +188,7 @@ impl Reads {
                             self.storage
                                 .citizens(import)
                                 .await
-                                .map_err(AppError::from)?,
+                                .map_err(ReadError::from)?,
                         ),
                     },
                 };
@@ -174,10 +211,10 @@ impl Reads {
                             accepts_gzip,
                         ));
                     }
-                    render(&held, &cache).map_err(|e| Miss::Failed(AppError::internal(e)))
+                    render(&cache, import, view, &held).map_err(Miss::Failed)
                 })
                 .await
-                .map_err(AppError::from)??;
+                .map_err(ReadError::from)??;
                 Ok::<_, Miss>(body)
             })
             .await;
@@ -193,9 +230,9 @@ impl Reads {
         let body = self
             .cache
             .get_or_render(import, view, version, Encoding::Gzip, async {
-                tokio::task::spawn_blocking(move || gzip_body(&body))
+                tokio::task::spawn_blocking(move || body::gzip(&body))
                     .await
-                    .map_err(AppError::from)
+                    .map_err(ReadError::from)
             })
             .await?;
         Ok(Answer::Body(body, true))
@@ -207,23 +244,27 @@ impl Reads {
         &self,
         import: ImportId,
         view: View,
-    ) -> Result<Option<Bytes>, AppError> {
-        let render: Box<dyn FnOnce() -> Result<Bytes, AppError> + Send> = match view {
+    ) -> Result<Option<Bytes>, ReadError> {
+        let render: Box<dyn FnOnce() -> Result<Bytes, ReadError> + Send> = match view {
             View::Citizens => return Ok(None),
             View::Birthdays => {
                 let (_, birthdays) = self.storage.presents(import).await?;
-                Box::new(move || to_data(&birthdays).map(compact).map_err(AppError::internal))
+                Box::new(move || {
+                    to_data(&birthdays)
+                        .map(compact)
+                        .map_err(ReadError::internal)
+                })
             }
             View::Percentiles(day) => {
                 let (_, towns) = self.storage.town_dates(import).await?;
-                let today = time::Date::from_julian_day(day).map_err(AppError::internal)?;
+                let today = time::Date::from_julian_day(day).map_err(ReadError::internal)?;
                 Box::new(move || {
                     let answer = summary::percentiles(&towns, today).ok_or_else(|| {
-                        AppError::Internal(
-                            format!("import {import}: a stored town's dates are corrupt").into(),
-                        )
+                        ReadError::internal(format!(
+                            "import {import}: a stored town's dates are corrupt"
+                        ))
                     })?;
-                    to_data(&answer).map(compact).map_err(AppError::internal)
+                    to_data(&answer).map(compact).map_err(ReadError::internal)
                 })
             }
         };
@@ -234,12 +275,32 @@ impl Reads {
 /// Why a render has no body to cache: a failure, or an answer too big to
 /// be worth caching, streamed instead (with whether it is gzipped).
 enum Miss {
-    Failed(AppError),
+    Failed(ReadError),
     Stream(Box<listing::Chunks>, bool),
 }
 
-impl From<AppError> for Miss {
-    fn from(e: AppError) -> Self {
+impl From<ReadError> for Miss {
+    fn from(e: ReadError) -> Self {
         Self::Failed(e)
     }
+}
+
+/// The body of `view` from the import's copy held in memory: the listing
+/// (spliced from the last one after PATCHes), the birthdays (from the
+/// months kept), or the percentiles of the view's day.
+fn render(
+    cache: &ResponseCache,
+    import: ImportId,
+    view: View,
+    held: &Held,
+) -> Result<Bytes, ReadError> {
+    match view {
+        View::Citizens => cache.listing(import, held),
+        View::Birthdays => held.birthdays_body(),
+        View::Percentiles(day) => {
+            let today = time::Date::from_julian_day(day).map_err(ReadError::internal)?;
+            to_data(&held.percentiles(today)).map(compact)
+        }
+    }
+    .map_err(ReadError::internal)
 }
