@@ -3,13 +3,17 @@
 //! parse + validate, birthdays, percentiles, and serialising the citizens;
 //! then the incremental aggregates: building them, moving them over one
 //! PATCH of relatives, and answering from them; the citizens listing
-//! rendered whole and spliced after that PATCH.
+//! rendered whole and spliced after that PATCH; and the analytics kept in
+//! the stored summary's shape beside `domain::analytics` (`one_model.rs`).
 //!
 //! ```sh
 //! cargo bench --bench hot_paths
 //! ```
 
 use std::hint::black_box;
+
+#[path = "hot_paths/one_model.rs"]
+mod one_model;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gifts::domain::analytics::Analytics;
@@ -98,6 +102,10 @@ fn hot_paths(c: &mut Criterion) {
             .expect("renders")
         });
     });
+    group.finish();
+
+    let mut group = c.benchmark_group("one_model_10k");
+    one_model::compare(&mut group, &sorted, today);
     group.finish();
 }
 
