@@ -132,7 +132,7 @@ pub async fn open(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result
             timeout,
             pool_size,
         } => {
-            let storage = PostgresStorage::connect(address, *timeout, *pool_size)
+            let storage = PostgresStorage::connect(address, *timeout, *pool_size, metrics)
                 .await
                 .with_context(|| format!("cannot use the PostgreSQL store {address:?}"))?;
             metered(storage, name, metrics)

@@ -258,6 +258,80 @@ async fn refusals_come_before_a_broken_town_summary(backend: Backend) {
     assert_eq!(app.citizens(import).await, before, "nothing changed");
 }
 
+/// Rounds of 64 concurrent PATCHes of one import of `app` until one commit
+/// carried several (`metric`: the backend's batch-size histogram). Each
+/// gets its own answer: every fourth names a relative not in the import
+/// (400, nothing written); with `failing`, every fourth other gives a name
+/// the server fails on (500, its savepoint undone, nothing written); the
+/// rest are applied. After each round the relation is symmetric and no
+/// refused or failed PATCH left a trace.
+pub(crate) async fn patches_share_a_commit(
+    app: std::sync::Arc<TestApp>,
+    metric: &str,
+    failing: Option<&'static str>,
+) {
+    let n = 40u64;
+    let import = app
+        .import((1..=n).map(|id| citizen(id, &[])).collect())
+        .await;
+    // The first PATCH of a round goes alone; the rest queue behind it.
+    for round in 0..5u64 {
+        let tasks: Vec<_> = (0..64u64)
+            .map(|i| {
+                let app = std::sync::Arc::clone(&app);
+                tokio::spawn(async move {
+                    let me = i % n + 1;
+                    let fails = failing.filter(|_| i % 4 == 1);
+                    let name =
+                        fails.map_or_else(|| format!("Раунд {round} номер {i}"), str::to_owned);
+                    let relative = if i % 4 == 3 { 999 } else { (i + 7) % n + 1 };
+                    let body = json!({"name": name, "relatives": [relative]});
+                    let (status, answer) = app.patch(import, me, &body).await;
+                    if i % 4 == 3 {
+                        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+                        assert_eq!(answer["error"]["code"], "unknown_relative");
+                    } else if fails.is_some() {
+                        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+                    } else {
+                        assert_eq!(status, StatusCode::OK, "{answer}");
+                        assert_eq!(answer["data"]["name"], name.as_str());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let listing = app.citizens(import).await;
+        crate::helpers::assert_relatives_symmetric(&listing, "after a round");
+        assert!(
+            listing.iter().all(|c| {
+                let relatives = c["relatives"].as_array().unwrap();
+                relatives.len() <= 2
+                    && !relatives.contains(&json!(999))
+                    && failing.is_none_or(|name| c["name"] != name)
+            }),
+            "refused and failed PATCHes wrote nothing: {listing:?}"
+        );
+        let metrics = app.metrics().await;
+        let value = |name: String| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {metrics}"))
+        };
+        let (sum, count) = (
+            value(format!("{metric}_sum")),
+            value(format!("{metric}_count")),
+        );
+        assert!(count >= 1.0);
+        if sum > count {
+            return; // some commit carried more than one PATCH
+        }
+    }
+    panic!("five rounds of 64 concurrent PATCHes never shared a commit");
+}
+
 /// One case per rule: description, body, field named, error code.
 fn invalid_patch_cases() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
     let j = |v: Value| serde_json::to_vec(&v).unwrap();

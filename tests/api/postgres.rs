@@ -492,3 +492,39 @@ async fn an_escape_character_stored_before_the_upgrade_reads_back_as_sent() {
     assert_eq!(status, StatusCode::OK, "{towns}");
     assert_eq!(towns["data"][1]["town"], "Т\u{10FFFF}", "{towns}");
 }
+
+/// PATCHes queued together commit in one transaction (one WAL flush); each
+/// gets its own answer and a refused one writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_commit_together_and_each_gets_its_answer() {
+    if !postgres_available("patches_together") {
+        return;
+    }
+    let app = Arc::new(TestApp::spawn(Backend::Postgres).await);
+    crate::patch::patches_share_a_commit(app, "gifts_postgres_patch_batch_size", None).await;
+}
+
+/// A PATCH the server fails on in a shared commit (here a trigger raises
+/// for one name) is taken back to its savepoint and answers 500 alone; the
+/// others in the commit stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_the_server_fails_in_a_shared_commit_is_taken_back_alone() {
+    if !postgres_available("failed_patch_alone") {
+        return;
+    }
+    let store = TestApp::spawn(Backend::Postgres).await.stop().await;
+    store.edit_offline(
+        "CREATE FUNCTION gifts_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.name = 'Сбой' THEN RAISE EXCEPTION 'a fault for the test'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER gifts_test_fault BEFORE UPDATE ON citizens
+             FOR EACH ROW EXECUTE FUNCTION gifts_test_fault();",
+        "",
+    );
+    let config = Config::with_storage(store.url().clone());
+    let app = Arc::new(TestApp::start(store, config).await);
+    crate::patch::patches_share_a_commit(app, "gifts_postgres_patch_batch_size", Some("Сбой"))
+        .await;
+}

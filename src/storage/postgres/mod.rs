@@ -13,12 +13,13 @@
 //!   identity sequence: increasing, never reused), the citizens by binary
 //!   `COPY`, the idempotency key. Two requests with one key are serialised
 //!   by a transaction-scoped advisory lock on the key.
-//! - **PATCH** is one transaction that first locks the import's row (`FOR
-//!   UPDATE`): PATCHes of one import run one after another — no deadlock
-//!   and no serialization failure whatever they touch — and PATCHes of
-//!   different imports do not wait for each other. The mirroring follows
-//!   the contract of [`Storage::patch_citizen`], in two statements whatever
-//!   the number of relatives changed.
+//! - **PATCH** locks the import's row (`FOR UPDATE`) first: PATCHes of one
+//!   import run one after another — no deadlock and no serialization
+//!   failure whatever they touch. The PATCHes that queue while a commit is
+//!   out share the next transaction, a savepoint each ([`patches`]: group
+//!   commit). The mirroring follows the contract of
+//!   [`Storage::patch_citizen`], in two statements whatever the number of
+//!   relatives changed.
 //! - **Reads** see one consistent state: one statement, or a `REPEATABLE
 //!   READ` read-only transaction for an import's version and citizens.
 //! - **Failures**: no connection, a lost one, a server shutting down or a
@@ -33,6 +34,7 @@
 
 mod address;
 mod errors;
+mod patches;
 pub mod pg_text;
 pub mod primary;
 mod reads;
@@ -57,6 +59,7 @@ use super::{
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::TownDates;
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
+use crate::metrics::Metrics;
 use primary::{ConnectError, HostManager, Hosts};
 
 pub use address::PostgresAddress;
@@ -66,8 +69,23 @@ use reads::{import_id, version_of};
 type Pool = DeadPool<HostManager>;
 type PoolError = DeadPoolError<ConnectError>;
 
-/// The PostgreSQL store.
+/// The PostgreSQL store: the [`Store`], shared with its PATCH committer
+/// ([`patches`]), and the committer's queue.
 pub struct PostgresStorage {
+    store: Arc<Store>,
+    patches: tokio::sync::mpsc::Sender<patches::PatchJob>,
+}
+
+impl std::ops::Deref for PostgresStorage {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// The pool and what the service knows of the server.
+pub struct Store {
     pool: Pool,
     hosts: Arc<Hosts>,
     timeout: Duration,
@@ -196,6 +214,7 @@ impl PostgresStorage {
         address: &PostgresAddress,
         timeout: Duration,
         pool_size: usize,
+        metrics: &Metrics,
     ) -> Result<Self, StorageError> {
         let mut config = address.config.clone();
         let millis = timeout.as_millis();
@@ -228,7 +247,7 @@ impl PostgresStorage {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(StorageError::internal)?;
-        let storage = Self {
+        let storage = Store {
             pool,
             hosts,
             timeout,
@@ -250,9 +269,24 @@ impl PostgresStorage {
                 "postgresql is not reachable yet: requests get 503 until it is"
             ),
         }
-        Ok(storage)
+        let store = Arc::new(storage);
+        let (patches, queue) = tokio::sync::mpsc::channel(patches::PATCH_QUEUE);
+        let batch_size = patches::batch_size_histogram();
+        metrics.register(
+            "postgres_patch_batch_size",
+            "PATCHes committed in one PostgreSQL transaction: one COMMIT, one WAL flush",
+            batch_size.clone(),
+        );
+        tokio::spawn(patches::commit_patches(
+            Arc::clone(&store),
+            queue,
+            batch_size,
+        ));
+        Ok(Self { store, patches })
     }
+}
 
+impl Store {
     /// A connection from the pool for `call`.
     async fn conn<'a>(&self, call: &'a Call) -> Result<Conn<'a>, Fail> {
         let object = self.pool.get().await?;
@@ -271,10 +305,22 @@ impl PostgresStorage {
         call: &Call,
         op: impl Future<Output = Result<T, Fail>>,
     ) -> Result<T, StorageError> {
+        self.run_within(kind, call, deadline::remaining(self.timeout), op)
+            .await
+    }
+
+    /// [`Store::run`] within `budget`, for work done for several requests
+    /// (a batch of PATCHes, which gets its most hurried request's time).
+    async fn run_within<T>(
+        &self,
+        kind: Kind,
+        call: &Call,
+        budget: std::time::Duration,
+        op: impl Future<Output = Result<T, Fail>>,
+    ) -> Result<T, StorageError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Unavailable("the store is closed".into()));
         }
-        let budget = deadline::remaining(self.timeout);
         let mut op = Box::pin(op);
         let Ok(result) = tokio::time::timeout(budget, &mut op).await else {
             // Its connections may still get answers: closed, not reused.
@@ -393,19 +439,38 @@ impl Storage for PostgresStorage {
         .await
     }
 
+    /// Queued for the committer ([`patches`]), which commits it with the
+    /// PATCHes queued beside it.
     async fn patch_citizen(
         &self,
         import: ImportId,
         citizen: CitizenId,
         patch: CitizenPatch,
     ) -> Result<Patched, StorageError> {
-        let call = Call::default();
-        self.call(
-            Kind::Write,
-            &call,
-            self.patch_tx(import, citizen, &patch, &call),
-        )
-        .await
+        self.migrate().await?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Unavailable("the store is closed".into()));
+        }
+        let deadline = tokio::time::Instant::now() + deadline::remaining(self.timeout);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = patches::PatchJob {
+            import,
+            citizen,
+            patch,
+            deadline,
+            reply,
+        };
+        if self.patches.try_send(job).is_err() {
+            return Err(StorageError::Overloaded(format!(
+                "postgresql: {} PATCHes already wait for a commit",
+                patches::PATCH_QUEUE
+            )));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StorageError::internal(
+                "postgresql: the PATCH committer stopped",
+            ))
+        })
     }
 
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {

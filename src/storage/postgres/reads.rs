@@ -5,7 +5,7 @@ use futures_util::TryStreamExt;
 use tokio_postgres::Row;
 
 use super::pg_text;
-use super::{Call, Fail, PostgresStorage};
+use super::{Call, Fail, Store};
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::{self, TownDates};
 use crate::domain::{Citizen, CitizenId, ImportId};
@@ -31,7 +31,7 @@ pub(super) fn prefixed(alias: &str) -> String {
         .join(", ")
 }
 
-impl PostgresStorage {
+impl Store {
     /// The rows of `sql`, which selects the import's version first and
     /// LEFT JOINs one of its tables on `import_id = $1`: one statement, one
     /// snapshot of both (an import with no rows there is one row of NULLs).

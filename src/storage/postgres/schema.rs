@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use super::reads::{CITIZEN_COLUMNS, import_id, read_citizen};
 use super::writes::insert_summary;
-use super::{Call, Fail, Kind, PostgresStorage};
+use super::{Call, Fail, Kind, Store};
 use crate::domain::summary::Summary;
 use crate::storage::StorageError;
 
@@ -75,7 +75,7 @@ pub(super) const SUMMARY_MIGRATION: usize = 2;
 /// The advisory lock held while migrating (any number, the same for all).
 pub(super) const MIGRATION_LOCK: i64 = 0x6769_6674_7331; // "gifts1"
 
-impl PostgresStorage {
+impl Store {
     /// Brings the schema up to date, once; later calls return at once.
     pub(super) async fn migrate(&self) -> Result<(), StorageError> {
         if self.migrated.load(Ordering::Acquire) {

@@ -10,7 +10,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::pg_text;
 use super::reads::{CITIZEN_COLUMNS, import_id, read_citizen, version_of};
-use super::{Call, Fail, PostgresStorage};
+use super::{Call, Fail, Store};
 use crate::domain::patch::{self, Move, Plan};
 use crate::domain::relatives::Edit;
 use crate::domain::summary::{self, Summary};
@@ -34,7 +34,7 @@ pub(super) const COPY_TYPES: [Type; 10] = [
     Type::INT8_ARRAY,
 ];
 
-impl PostgresStorage {
+impl Store {
     pub(super) async fn create_import_tx(
         &self,
         citizens: &[Citizen],
@@ -114,6 +114,21 @@ impl PostgresStorage {
     ) -> Result<Patched, Fail> {
         let mut client = self.conn(call).await?;
         let tx = client.transaction().await?;
+        let patched = Self::patch_in(&tx, import, id, patch).await?;
+        call.committing.store(true, Ordering::Release);
+        tx.commit().await?;
+        Ok(patched)
+    }
+
+    /// One PATCH in the transaction `tx` (its own, or a savepoint of a
+    /// batch's), which it leaves open: what it wrote stands only if `tx`
+    /// commits, and a refusal is answered before anything is kept.
+    pub(super) async fn patch_in(
+        tx: &deadpool_postgres::Transaction<'_>,
+        import: ImportId,
+        id: CitizenId,
+        patch: &CitizenPatch,
+    ) -> Result<Patched, Fail> {
         // The import's lock first: PATCHes of one import run one after
         // another. The citizen is read after it is held, by a statement of
         // its own (one statement with the lock would see the citizen as of
@@ -181,7 +196,7 @@ impl PostgresStorage {
         }
         let plan = patch::plan(&before, patch, |other| months.get(&other).copied())
             .map_err(|refusal| Fail::Store(refused(import, id, refusal)))?;
-        patch_summary(&tx, import, &plan).await?;
+        patch_summary(tx, import, &plan).await?;
         let citizen = plan.citizen;
         let update = tx
             .prepare_cached(
@@ -197,8 +212,6 @@ impl PostgresStorage {
             .query_one(&update, &CitizenRow::new(import, &citizen).params())
             .await?;
         let version = version_of(version.get(0))?;
-        call.committing.store(true, Ordering::Release);
-        tx.commit().await?;
         Ok(Patched { citizen, version })
     }
 }

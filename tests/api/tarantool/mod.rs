@@ -41,62 +41,7 @@ async fn concurrent_patches_go_to_tarantool_together_and_each_gets_its_answer() 
         return;
     }
     let app = Arc::new(TestApp::spawn(Backend::Tarantool).await);
-    let n = 40u64;
-    let import = app
-        .import((1..=n).map(|id| crate::helpers::citizen(id, &[])).collect())
-        .await;
-    // Rounds of 64 at once until one call carried several (the first of a
-    // round goes alone; the rest queue behind it).
-    for round in 0..5u64 {
-        let tasks: Vec<_> = (0..64u64)
-            .map(|i| {
-                let app = Arc::clone(&app);
-                tokio::spawn(async move {
-                    let me = i % n + 1;
-                    let name = format!("Раунд {round} номер {i}");
-                    // Every fourth names a relative not in the import.
-                    let relative = if i % 4 == 3 { 999 } else { (i + 7) % n + 1 };
-                    let body = json!({"name": name, "relatives": [relative]});
-                    let (status, answer) = app.patch(import, me, &body).await;
-                    if i % 4 == 3 {
-                        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-                        assert_eq!(answer["error"]["code"], "unknown_relative");
-                    } else {
-                        assert_eq!(status, StatusCode::OK, "{answer}");
-                        assert_eq!(answer["data"]["name"], name.as_str());
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let listing = app.citizens(import).await;
-        crate::helpers::assert_relatives_symmetric(&listing, "after a round");
-        assert!(
-            listing
-                .iter()
-                .all(|c| c["relatives"].as_array().unwrap().len() <= 2
-                    && !c["relatives"].as_array().unwrap().contains(&json!(999))),
-            "refused PATCHes wrote nothing"
-        );
-        let metrics = app.metrics().await;
-        let value = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} in {metrics}"))
-        };
-        let (sum, count) = (
-            value("gifts_tarantool_patch_batch_size_sum"),
-            value("gifts_tarantool_patch_batch_size_count"),
-        );
-        assert!(count >= 1.0);
-        if sum > count {
-            return; // some call carried more than one PATCH
-        }
-    }
-    panic!("five rounds of 64 concurrent PATCHes never shared a call");
+    crate::patch::patches_share_a_commit(app, "gifts_tarantool_patch_batch_size", None).await;
 }
 
 /// A Tarantool that opens its port before the app's user may call anything

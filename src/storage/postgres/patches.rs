@@ -1,0 +1,175 @@
+//! Group commit: the PATCHes that queued while the previous commit was out
+//! go in one transaction, with one `COMMIT` and one WAL flush.
+//!
+//! A PATCH holds its import's row lock until its commit, so PATCHes of one
+//! import used to commit one flush at a time; here they share it, as
+//! SQLite's writer commits its queue and Tarantool's `gifts_patch_batch`
+//! does. The transaction first locks every import of the batch in
+//! ascending order (another instance's batch locks in the same order: no
+//! deadlock), then applies each PATCH after a savepoint:
+//!
+//! - a refused PATCH (unknown relative, no such import or citizen, a broken
+//!   relation) and one the server fails on its own (a statement of its that
+//!   runs out of time) is rolled back to its savepoint and answered alone;
+//!   the others stand;
+//! - a failure of the transaction itself (the connection lost, a standby,
+//!   no disk, the batch's time run out) answers every PATCH in it alike:
+//!   not applied (503) before `COMMIT` was sent, unknown (504) after.
+//!
+//! Each answer carries its own version: the import's version counts every
+//! PATCH in the batch. A PATCH whose request has no time left is not sent
+//! (503: not applied); a batch gets the time of its most hurried request.
+//! A PATCH alone goes by itself, with no savepoint, as before.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{Call, Fail, Kind, Store};
+use crate::domain::{CitizenId, CitizenPatch, ImportId};
+use crate::storage::{Patched, StorageError};
+
+/// PATCHes waiting for the commit in flight at most; more get 503.
+pub(super) const PATCH_QUEUE: usize = 4096;
+
+/// The most PATCHes in one transaction.
+pub(super) const PATCH_BATCH: usize = 64;
+
+/// One PATCH queued for [`commit_patches`].
+pub(super) struct PatchJob {
+    pub(super) import: ImportId,
+    pub(super) citizen: CitizenId,
+    pub(super) patch: CitizenPatch,
+    /// When the request's budget for its store runs out.
+    pub(super) deadline: Instant,
+    pub(super) reply: oneshot::Sender<Result<Patched, StorageError>>,
+}
+
+/// The PATCH histogram's buckets: batch sizes up to [`PATCH_BATCH`].
+pub(super) fn batch_size_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+}
+
+/// Commits the queued PATCHes, one transaction at a time, each with every
+/// PATCH that queued while the previous one was out (up to
+/// [`PATCH_BATCH`]). Runs until the store's queue closes.
+pub(super) async fn commit_patches(
+    store: Arc<Store>,
+    mut queue: mpsc::Receiver<PatchJob>,
+    batch_size: Histogram,
+) {
+    let mut jobs = Vec::with_capacity(PATCH_BATCH);
+    while queue.recv_many(&mut jobs, PATCH_BATCH).await > 0 {
+        let now = Instant::now();
+        let (live, gone): (Vec<PatchJob>, Vec<PatchJob>) = jobs
+            .drain(..)
+            .partition(|job| job.deadline > now && !job.reply.is_closed());
+        for job in gone {
+            let _ = job.reply.send(Err(StorageError::Unavailable(
+                "the request ran out of time before its PATCH was sent".into(),
+            )));
+        }
+        let Some(deadline) = live.iter().map(|job| job.deadline).min() else {
+            continue;
+        };
+        #[allow(clippy::cast_precision_loss)] // at most PATCH_BATCH
+        batch_size.observe(live.len() as f64);
+        let budget = deadline - now;
+        let call = Call::default();
+        if let [job] = live.as_slice() {
+            let answer = store
+                .run_within(
+                    Kind::Write,
+                    &call,
+                    budget,
+                    store.patch_tx(job.import, job.citizen, &job.patch, &call),
+                )
+                .await;
+            let job = live.into_iter().next().expect("one job");
+            let _ = job.reply.send(answer);
+            continue;
+        }
+        match store
+            .run_within(
+                Kind::Write,
+                &call,
+                budget,
+                store.patch_batch_tx(&live, &call),
+            )
+            .await
+        {
+            Ok(answers) => {
+                for (job, answer) in live.into_iter().zip(answers) {
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(error) => {
+                for job in live {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Whether a server's error in one PATCH of a batch is that PATCH's alone
+/// (its savepoint undoes it and the others go on), rather than the
+/// transaction's or the server's: a standby (25006), no room (53), a server
+/// shutting down (57P), a lost connection (08), a refused user or database
+/// (28, 3D, 42501), a system fault (58, XX) fail them all.
+fn fails_the_patch_alone(error: &tokio_postgres::Error) -> bool {
+    let Some(db) = error.as_db_error() else {
+        return false;
+    };
+    let code = db.code().code();
+    let whole = ["08", "28", "3D", "53", "57P", "58", "XX", "25006", "42501"];
+    !whole.iter().any(|prefix| code.starts_with(prefix))
+}
+
+impl Store {
+    /// Several PATCHes in one transaction, each after a savepoint (see the
+    /// module's documentation); the answers in `jobs`' order.
+    async fn patch_batch_tx(
+        &self,
+        jobs: &[PatchJob],
+        call: &Call,
+    ) -> Result<Vec<Result<Patched, StorageError>>, Fail> {
+        let mut client = self.conn(call).await?;
+        let mut tx = client.transaction().await?;
+        let mut imports: Vec<i64> = jobs.iter().map(|job| job.import.get()).collect();
+        imports.sort_unstable();
+        imports.dedup();
+        let lock = tx
+            .prepare_cached(
+                "SELECT import_id FROM imports WHERE import_id = ANY($1)
+                 ORDER BY import_id FOR UPDATE",
+            )
+            .await?;
+        tx.query(&lock, &[&imports]).await?;
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let savepoint = tx.savepoint("patch").await?;
+            match Self::patch_in(&savepoint, job.import, job.citizen, &job.patch).await {
+                Ok(patched) => {
+                    savepoint.commit().await?;
+                    answers.push(Ok(patched));
+                }
+                Err(Fail::Store(refusal)) => {
+                    savepoint.rollback().await?;
+                    answers.push(Err(refusal));
+                }
+                Err(Fail::Pg(e)) if fails_the_patch_alone(&e) => {
+                    savepoint.rollback().await?;
+                    answers.push(Err(super::errors::pg_error(&e, Kind::Write, false)));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        call.committing.store(true, Ordering::Release);
+        tx.commit().await?;
+        Ok(answers)
+    }
+}
