@@ -21,6 +21,7 @@
 //! (503: not applied); a batch gets the time of its most hurried request.
 //! A PATCH alone goes by itself, with no savepoint, as before.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -138,7 +139,7 @@ impl Store {
         call: &Call,
     ) -> Result<Vec<Result<Patched, StorageError>>, Fail> {
         let mut client = self.conn(call).await?;
-        let mut tx = client.transaction().await?;
+        let tx = client.transaction().await?;
         let mut imports: Vec<i64> = jobs.iter().map(|job| job.import.get()).collect();
         imports.sort_unstable();
         imports.dedup();
@@ -148,21 +149,31 @@ impl Store {
                  ORDER BY import_id FOR UPDATE",
             )
             .await?;
-        tx.query(&lock, &[&imports]).await?;
+        let found: HashSet<i64> = tx
+            .query(&lock, &[&imports])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
         let mut answers = Vec::with_capacity(jobs.len());
+        // One savepoint, set again before each PATCH (one round trip with
+        // the release of the previous one).
+        let mut savepoint = "SAVEPOINT patch";
         for job in jobs {
-            let savepoint = tx.savepoint("patch").await?;
-            match Self::patch_in(&savepoint, job.import, job.citizen, &job.patch).await {
-                Ok(patched) => {
-                    savepoint.commit().await?;
-                    answers.push(Ok(patched));
-                }
+            if !found.contains(&job.import.get()) {
+                answers.push(Err(StorageError::ImportNotFound(job.import)));
+                continue;
+            }
+            tx.batch_execute(savepoint).await?;
+            savepoint = "RELEASE SAVEPOINT patch; SAVEPOINT patch";
+            match Self::patch_locked(&tx, job.import, job.citizen, &job.patch).await {
+                Ok(patched) => answers.push(Ok(patched)),
                 Err(Fail::Store(refusal)) => {
-                    savepoint.rollback().await?;
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT patch").await?;
                     answers.push(Err(refusal));
                 }
                 Err(Fail::Pg(e)) if fails_the_patch_alone(&e) => {
-                    savepoint.rollback().await?;
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT patch").await?;
                     answers.push(Err(super::errors::pg_error(&e, Kind::Write, false)));
                 }
                 Err(other) => return Err(other),

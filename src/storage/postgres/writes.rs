@@ -114,21 +114,6 @@ impl Store {
     ) -> Result<Patched, Fail> {
         let mut client = self.conn(call).await?;
         let tx = client.transaction().await?;
-        let patched = Self::patch_in(&tx, import, id, patch).await?;
-        call.committing.store(true, Ordering::Release);
-        tx.commit().await?;
-        Ok(patched)
-    }
-
-    /// One PATCH in the transaction `tx` (its own, or a savepoint of a
-    /// batch's), which it leaves open: what it wrote stands only if `tx`
-    /// commits, and a refusal is answered before anything is kept.
-    pub(super) async fn patch_in(
-        tx: &deadpool_postgres::Transaction<'_>,
-        import: ImportId,
-        id: CitizenId,
-        patch: &CitizenPatch,
-    ) -> Result<Patched, Fail> {
         // The import's lock first: PATCHes of one import run one after
         // another. The citizen is read after it is held, by a statement of
         // its own (one statement with the lock would see the citizen as of
@@ -139,6 +124,21 @@ impl Store {
         if tx.query_opt(&lock, &[&import.get()]).await?.is_none() {
             return Err(Fail::Store(StorageError::ImportNotFound(import)));
         }
+        let patched = Self::patch_locked(&tx, import, id, patch).await?;
+        call.committing.store(true, Ordering::Release);
+        tx.commit().await?;
+        Ok(patched)
+    }
+
+    /// One PATCH of an import whose row `tx` holds locked, in `tx`, which
+    /// it leaves open: what it wrote stands only if `tx` commits, and a
+    /// refusal is answered before anything is kept.
+    pub(super) async fn patch_locked(
+        tx: &deadpool_postgres::Transaction<'_>,
+        import: ImportId,
+        id: CitizenId,
+        patch: &CitizenPatch,
+    ) -> Result<Patched, Fail> {
         let read = tx
             .prepare_cached(&format!(
                 "SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = $1 AND citizen_id = $2"
