@@ -13,6 +13,8 @@
 //! cargo bench --bench load -- --mixed    # the open-model mixed load, rate by rate
 //! cargo bench --bench load -- --shapes   # the big valid shapes, store by store
 //! cargo bench --bench load -- --memory   # peak RSS reading 30 imports and a 1M GET
+//! # side by side with another implementation of the contract, already running:
+//! cargo bench --bench load -- --backend sqlite --server-url other=http://127.0.0.1:8080 --rounds 5
 //! ```
 //!
 //! Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
@@ -40,6 +43,8 @@ mod mixed;
 #[path = "load/shapes.rs"]
 mod shapes;
 
+#[path = "load/floor.rs"]
+mod floor;
 #[path = "load/measure.rs"]
 mod measure;
 #[path = "load/report.rs"]
@@ -53,7 +58,9 @@ use measure::{
     HttpClient, expect, load, patch_relatives, send, send_with, stats, store_import, timed,
     timed_with_setup,
 };
-use report::{BackendReport, machine, print_tables, write_report};
+use report::{
+    BackendReport, load_average, machine, medians, print_rounds, print_tables, write_report,
+};
 use server::{peak_rss_mib, start_server};
 use stall::run_stall;
 use support::{postgres_bin, tarantool_installed};
@@ -94,9 +101,20 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     duration_secs: u64,
     /// Backends to run: sqlite, tarantool, postgres, postgres-fenced (postgres with reads
-    /// fenced, as over a cluster; not in the default), default: each that is installed.
+    /// fenced, as over a cluster; not in the default), default: each that is installed
+    /// (none when --server-url is given).
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
+    /// An implementation of the same contract that is already running, as NAME=URL
+    /// (repeatable), e.g. other=http://127.0.0.1:8080: measured like a backend, between
+    /// them. The benchmark stores its imports there; the server's RSS is not measured.
+    #[arg(long)]
+    server_url: Vec<String>,
+    /// Rounds of the default run: every target once per round, in the same order, so
+    /// the targets see the same machine; the tables give each figure's median over the
+    /// rounds, and each round's load average.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Measure only how long a big import (of --citizens) stalls a concurrent PATCH stream.
     #[arg(long)]
     stall: bool,
@@ -148,7 +166,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
-    let backends = if args.backend.is_empty() {
+    let backends = if args.backend.is_empty() && !args.server_url.is_empty() {
+        Vec::new()
+    } else if args.backend.is_empty() {
         let mut all = vec!["sqlite".to_owned()];
         if tarantool_installed() {
             all.push("tarantool".to_owned());
@@ -226,27 +246,77 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         )?;
         return Ok(());
     }
-    let mut reports = Vec::new();
-    for backend in &backends {
-        reports.push(run_backend(&args, backend, body.clone()).await?);
+    let mut targets: Vec<Target> = backends.into_iter().map(Target::Own).collect();
+    for named in &args.server_url {
+        let (name, url) = named.split_once('=').unwrap_or((named, named));
+        targets.push(Target::Url {
+            name: name.to_owned(),
+            url: url.trim_end_matches('/').to_owned(),
+        });
     }
-    print_tables(&args, &reports);
+    let floor = floor::measure()?;
+    eprintln!(
+        "floor: fdatasync {:.3} ms + loopback {:.3} ms = {:.3} ms",
+        floor.fsync_ms, floor.loopback_ms, floor.floor_ms
+    );
+    let mut reports = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        for target in &targets {
+            let load_before = load_average();
+            let mut report = run_backend(&args, target, body.clone()).await?;
+            report.round = round;
+            report.load_average = [load_before, load_average()];
+            reports.push(report);
+        }
+    }
+    let summaries = medians(&reports);
+    print_tables(&args, &summaries, &floor);
+    if args.rounds > 1 {
+        print_rounds(&reports);
+    }
     let report = json!({
         "machine": machine(),
         "citizens": args.citizens,
         "links": args.links,
         "seed": args.seed,
         "import_body_bytes": body.len(),
+        "floor": floor,
+        "rounds": args.rounds.max(1),
+        "medians": summaries,
         "backends": reports,
     });
     write_report(&args.out, &report)?;
     Ok(())
 }
 
-async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<BackendReport> {
+/// What the default run measures: a backend on a server of its own, or an
+/// implementation someone else started.
+enum Target {
+    Own(String),
+    Url { name: String, url: String },
+}
+
+async fn run_backend(args: &Args, target: &Target, body: Bytes) -> anyhow::Result<BackendReport> {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let running = start_server(args, backend, body.len(), &client).await?;
-    let base = running.base.clone();
+    let (backend, running, base) = match target {
+        Target::Own(backend) => {
+            let running = start_server(args, backend, body.len(), &client).await?;
+            let base = running.base.clone();
+            (backend.as_str(), Some(running), base)
+        }
+        Target::Url { name, url } => {
+            // Any answer will do: the contract has no health endpoint. A
+            // server started just before gets 30 s to listen.
+            let probe = format!("{url}/imports/1/citizens");
+            support::poll(Duration::from_secs(30), || async {
+                send(&client, Method::GET, &probe, Bytes::new()).await
+            })
+            .await
+            .with_context(|| format!("no answer from {name} at {url} within 30 s"))?;
+            eprintln!("[{name}] measuring the server at {url}");
+            (name.as_str(), None, url.clone())
+        }
+    };
     let mut latency = Vec::new();
     let budget = Duration::from_secs(args.max_seconds);
 
@@ -378,14 +448,16 @@ async fn run_backend(args: &Args, backend: &str, body: Bytes) -> anyhow::Result<
         );
     }
 
-    let server_peak_rss_mib = peak_rss_mib(running.server.0.id()).unwrap_or(f64::NAN);
+    let server_peak_rss_mib = running.as_ref().and_then(|r| peak_rss_mib(r.server.0.id()));
     let tarantool_peak_rss_mib = running
-        .tarantool
         .as_ref()
+        .and_then(|r| r.tarantool.as_ref())
         .and_then(|t| peak_rss_mib(t.0.id()));
     drop(running);
     Ok(BackendReport {
         backend: backend.to_owned(),
+        round: 1,
+        load_average: [f64::NAN; 2],
         latency,
         throughput,
         server_peak_rss_mib,

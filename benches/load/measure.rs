@@ -15,7 +15,7 @@ use serde_json::json;
 
 pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Latency {
     pub(crate) endpoint: String,
     pub(crate) runs: usize,
@@ -24,7 +24,7 @@ pub(crate) struct Latency {
     pub(crate) p99_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Throughput {
     pub(crate) endpoint: String,
     pub(crate) clients: usize,
@@ -32,6 +32,9 @@ pub(crate) struct Throughput {
     pub(crate) requests: u64,
     pub(crate) errors: u64,
     pub(crate) per_second: f64,
+    /// Latency of the answered requests under this load.
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 /// A PATCH that replaces a citizen's relatives with two others: it changes up
@@ -163,23 +166,31 @@ where
             );
             tokio::spawn(async move {
                 let mut k = 0;
+                let mut samples = Vec::new();
                 while Instant::now() < deadline {
                     let (method, url, body) = make(c, k);
                     k += 1;
+                    let t = Instant::now();
                     let ok = matches!(
                         send_with(&client, method, &url, body, gzip).await,
                         Ok((StatusCode::OK, _))
                     );
+                    if ok {
+                        samples.push(t.elapsed());
+                    }
                     if ok { &done } else { &errors }.fetch_add(1, Ordering::Relaxed);
                 }
+                samples
             })
         })
         .collect();
+    let mut samples = Vec::new();
     for task in tasks {
-        task.await.ok();
+        samples.extend(task.await.unwrap_or_default());
     }
     let seconds = started.elapsed().as_secs_f64();
     let requests = done.load(Ordering::Relaxed);
+    let latency = stats(label, samples);
     Throughput {
         endpoint: label.to_owned(),
         clients,
@@ -187,6 +198,8 @@ where
         requests,
         errors: errors.load(Ordering::Relaxed),
         per_second: requests as f64 / seconds,
+        p50_ms: latency.median_ms,
+        p99_ms: latency.p99_ms,
     }
 }
 
