@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::backend_tests;
 use gifts::sample::Rng;
 
-use crate::helpers::{Backend, TestApp, citizen, spec_example, today, wire_date};
+use crate::helpers::{Backend, TestApp, citizen, citizen_with, spec_example, today, wire_date};
 
 /// `citizen_id → relatives` of an import.
 async fn relatives(app: &TestApp, import: i64) -> BTreeMap<u64, Vec<u64>> {
@@ -574,7 +574,73 @@ async fn concurrent_patches_on_overlapping_citizens_keep_relatives_symmetric(bac
     }
 }
 
+/// Rounds of concurrent PATCHes of one import that move citizens between
+/// towns, change their birth dates and relatives, several on the same
+/// citizens: a store that commits them together must apply each over the
+/// ones before it. After each round, read with the cache off (answers from
+/// the store's summary), the import answers exactly as a fresh import of
+/// the citizens it lists now.
+async fn concurrent_moves_leave_the_summary_of_a_fresh_import(backend: Backend) {
+    const TOWNS: [&str; 3] = ["Керчь", "Москва", "Тверь"];
+    let app = std::sync::Arc::new(
+        TestApp::spawn_with(backend, |c| c.cache_bytes = gifts::config::ByteSize(0)).await,
+    );
+    let n = 16u64;
+    let born = |rng: &mut Rng| {
+        format!(
+            "{:02}.{:02}.{}",
+            rng.below(28) + 1,
+            rng.below(12) + 1,
+            1950 + rng.below(50)
+        )
+    };
+    let mut rng = Rng::new(31);
+    let people: Vec<Value> = (1..=n)
+        .map(|id| {
+            let fields = json!({"town": TOWNS[(id % 3) as usize], "birth_date": born(&mut rng)});
+            citizen_with(id, &[], fields)
+        })
+        .collect();
+    let import = app.import(people).await;
+    for round in 0..4 {
+        let mut tasks = Vec::new();
+        for _ in 0..48 {
+            let me = rng.below(n) + 1;
+            let town = TOWNS[usize::try_from(rng.below(3)).unwrap()];
+            let relatives: BTreeSet<u64> = (0..rng.below(4)).map(|_| rng.below(n) + 1).collect();
+            let body = match rng.below(4) {
+                0 => json!({ "town": town }),
+                1 => json!({ "birth_date": born(&mut rng) }),
+                2 => json!({ "relatives": relatives }),
+                _ => json!({ "town": town, "birth_date": born(&mut rng), "relatives": relatives }),
+            };
+            let app = std::sync::Arc::clone(&app);
+            tasks.push(tokio::spawn(async move {
+                let (status, answer) = app.patch(import, me, &body).await;
+                assert_eq!(status, StatusCode::OK, "{body} → {answer}");
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let listing = app.citizens(import).await;
+        crate::helpers::assert_relatives_symmetric(&listing, "after a round");
+        let fresh = app.import(listing).await;
+        assert_eq!(
+            app.birthdays(import).await,
+            app.birthdays(fresh).await,
+            "round {round}: birthdays from the PATCHed summary"
+        );
+        assert_eq!(
+            app.percentiles(import).await,
+            app.percentiles(fresh).await,
+            "round {round}: percentiles from the PATCHed summary"
+        );
+    }
+}
+
 backend_tests!(
+    concurrent_moves_leave_the_summary_of_a_fresh_import,
     spec_example_marriage_and_divorce_are_mirrored,
     every_field_can_be_changed_and_the_whole_citizen_comes_back,
     replacing_relatives_drops_and_adds_on_both_sides,

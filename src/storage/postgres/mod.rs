@@ -36,6 +36,7 @@ mod address;
 mod errors;
 mod patches;
 pub mod pg_text;
+mod planned;
 pub mod primary;
 mod reads;
 mod schema;

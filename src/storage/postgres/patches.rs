@@ -19,7 +19,9 @@
 //! Each answer carries its own version: the import's version counts every
 //! PATCH in the batch. A PATCH whose request has no time left is not sent
 //! (503: not applied); a batch gets the time of its most hurried request.
-//! A PATCH alone goes by itself, with no savepoint, as before.
+//! This is the fallback of `planned.rs`, which plans a batch in Rust and
+//! writes it in one pipeline; a PATCH alone falls back to a transaction of
+//! its own, with no savepoint.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::planned::Outcome;
 use super::{Call, Fail, Kind, Store};
 use crate::domain::{CitizenId, CitizenPatch, ImportId};
 use crate::storage::{Patched, StorageError};
@@ -80,26 +83,8 @@ pub(super) async fn commit_patches(
         batch_size.observe(live.len() as f64);
         let budget = deadline - now;
         let call = Call::default();
-        if let [job] = live.as_slice() {
-            let answer = store
-                .run_within(
-                    Kind::Write,
-                    &call,
-                    budget,
-                    store.patch_tx(job.import, job.citizen, &job.patch, &call),
-                )
-                .await;
-            let job = live.into_iter().next().expect("one job");
-            let _ = job.reply.send(answer);
-            continue;
-        }
         match store
-            .run_within(
-                Kind::Write,
-                &call,
-                budget,
-                store.patch_batch_tx(&live, &call),
-            )
+            .run_within(Kind::Write, &call, budget, store.patch_jobs(&live, &call))
             .await
         {
             Ok(answers) => {
@@ -121,7 +106,7 @@ pub(super) async fn commit_patches(
 /// transaction's or the server's: a standby (25006), no room (53), a server
 /// shutting down (57P), a lost connection (08), a refused user or database
 /// (28, 3D, 42501), a system fault (58, XX) fail them all.
-fn fails_the_patch_alone(error: &tokio_postgres::Error) -> bool {
+pub(super) fn fails_the_patch_alone(error: &tokio_postgres::Error) -> bool {
     let Some(db) = error.as_db_error() else {
         return false;
     };
@@ -131,6 +116,26 @@ fn fails_the_patch_alone(error: &tokio_postgres::Error) -> bool {
 }
 
 impl Store {
+    /// The jobs' answers: planned at once and written in one pipeline
+    /// (`planned.rs`); if that path cannot answer them one by one, taken
+    /// back and run again here, each PATCH after a savepoint (one alone,
+    /// in a transaction of its own).
+    async fn patch_jobs(
+        &self,
+        jobs: &[PatchJob],
+        call: &Call,
+    ) -> Result<Vec<Result<Patched, StorageError>>, Fail> {
+        match self.patch_planned_tx(jobs, call).await? {
+            Outcome::Answered(answers) => Ok(answers),
+            Outcome::OneByOne => match jobs {
+                [job] => Ok(vec![Ok(self
+                    .patch_tx(job.import, job.citizen, &job.patch, call)
+                    .await?)]),
+                _ => self.patch_batch_tx(jobs, call).await,
+            },
+        }
+    }
+
     /// Several PATCHes in one transaction, each after a savepoint (see the
     /// module's documentation); the answers in `jobs`' order.
     async fn patch_batch_tx(

@@ -34,6 +34,49 @@ pub(super) const COPY_TYPES: [Type; 10] = [
     Type::INT8_ARRAY,
 ];
 
+/// A plan's mirror edits, `(import, added, removed, citizen)`: the citizen
+/// goes into the lists of `added` and out of those of `removed`, in one
+/// statement that also tells who was found (`RETURNING` their birth month).
+/// DISTINCT: an Add to a list that already holds the id keeps it once, as
+/// `Edit::apply` does.
+pub(super) const MIRROR: &str = "UPDATE citizens SET relatives = CASE
+         WHEN citizen_id = ANY($3) THEN array_remove(relatives, $4)
+         ELSE ARRAY(SELECT DISTINCT r FROM unnest(array_append(relatives, $4)) AS r ORDER BY r)
+     END
+     WHERE import_id = $1 AND citizen_id = ANY($2::bigint[] || $3::bigint[])
+     RETURNING citizen_id, extract(month FROM birth_date)::smallint";
+
+/// A plan's presents rows, `(import, months, citizens, deltas)`, in one
+/// statement: the rows that go are deleted, the others grow or shrink (a row
+/// deleted here cannot be updated by the same statement, so those keys are
+/// left out of the insert).
+pub(super) const PRESENTS: &str = "WITH d (month, citizen_id, delta) AS (
+         SELECT * FROM unnest($2::smallint[], $3::bigint[], $4::integer[])
+     ),
+     gone AS (
+         DELETE FROM presents p USING d
+         WHERE p.import_id = $1 AND p.month = d.month AND p.citizen_id = d.citizen_id
+           AND p.presents + d.delta <= 0
+         RETURNING p.month, p.citizen_id
+     )
+     INSERT INTO presents AS p (import_id, month, citizen_id, presents)
+     SELECT $1, d.month, d.citizen_id, d.delta FROM d
+     WHERE d.delta > 0
+        OR (NOT EXISTS (SELECT 1 FROM gone g
+                        WHERE g.month = d.month AND g.citizen_id = d.citizen_id)
+            AND EXISTS (SELECT 1 FROM presents q WHERE q.import_id = $1
+                        AND q.month = d.month AND q.citizen_id = d.citizen_id))
+     ON CONFLICT (import_id, month, citizen_id)
+     DO UPDATE SET presents = p.presents + excluded.presents";
+
+/// A town's dates, `(import, town, dates)`, written whole.
+pub(super) const SET_TOWN: &str =
+    "INSERT INTO town_dates (import_id, town, dates) VALUES ($1, $2, $3)
+     ON CONFLICT (import_id, town) DO UPDATE SET dates = excluded.dates";
+
+/// A town's dates, `(import, town)`, gone with its last citizen.
+pub(super) const DROP_TOWN: &str = "DELETE FROM town_dates WHERE import_id = $1 AND town = $2";
+
 impl Store {
     pub(super) async fn create_import_tx(
         &self,
@@ -166,18 +209,7 @@ impl Store {
             // Every edit the plan will hold (it mirrors exactly `touched`)
             // in one statement, which also tells who was found; if the plan
             // refuses, the transaction (with this statement) is rolled back.
-            // DISTINCT: an Add to a list that already holds the id keeps
-            // it once, as `Edit::apply` does.
-            let mirror = tx
-                .prepare_cached(
-                    "UPDATE citizens SET relatives = CASE
-                         WHEN citizen_id = ANY($3) THEN array_remove(relatives, $4)
-                         ELSE ARRAY(SELECT DISTINCT r FROM unnest(array_append(relatives, $4)) AS r ORDER BY r)
-                     END
-                     WHERE import_id = $1 AND citizen_id = ANY($2::bigint[] || $3::bigint[])
-                     RETURNING citizen_id, extract(month FROM birth_date)::smallint",
-                )
-                .await?;
+            let mirror = tx.prepare_cached(MIRROR).await?;
             for row in tx
                 .query(&mirror, &[&import.get(), &added, &removed, &id.as_i64()])
                 .await?
@@ -317,31 +349,7 @@ pub(super) async fn patch_summary(
             citizen.push(c.as_i64());
             delta.push(i32::try_from(d).map_err(StorageError::internal)?);
         }
-        // One statement: the rows that go are deleted, the others grow or
-        // shrink (a row deleted here cannot be updated by the same statement,
-        // so those keys are left out of the insert).
-        let change_rows = tx
-            .prepare_cached(
-                "WITH d (month, citizen_id, delta) AS (
-                     SELECT * FROM unnest($2::smallint[], $3::bigint[], $4::integer[])
-                 ),
-                 gone AS (
-                     DELETE FROM presents p USING d
-                     WHERE p.import_id = $1 AND p.month = d.month AND p.citizen_id = d.citizen_id
-                       AND p.presents + d.delta <= 0
-                     RETURNING p.month, p.citizen_id
-                 )
-                 INSERT INTO presents AS p (import_id, month, citizen_id, presents)
-                 SELECT $1, d.month, d.citizen_id, d.delta FROM d
-                 WHERE d.delta > 0
-                    OR (NOT EXISTS (SELECT 1 FROM gone g
-                                    WHERE g.month = d.month AND g.citizen_id = d.citizen_id)
-                        AND EXISTS (SELECT 1 FROM presents q WHERE q.import_id = $1
-                                    AND q.month = d.month AND q.citizen_id = d.citizen_id))
-                 ON CONFLICT (import_id, month, citizen_id)
-                 DO UPDATE SET presents = p.presents + excluded.presents",
-            )
-            .await?;
+        let change_rows = tx.prepare_cached(PRESENTS).await?;
         tx.execute(&change_rows, &[&import.get(), &month, &citizen, &delta])
             .await?;
     }
@@ -361,17 +369,10 @@ pub(super) async fn patch_summary(
                 ))));
             }
             if dates.is_empty() {
-                let delete = tx
-                    .prepare_cached("DELETE FROM town_dates WHERE import_id = $1 AND town = $2")
-                    .await?;
+                let delete = tx.prepare_cached(DROP_TOWN).await?;
                 tx.execute(&delete, &[&import.get(), &town]).await?;
             } else {
-                let write = tx
-                    .prepare_cached(
-                        "INSERT INTO town_dates (import_id, town, dates) VALUES ($1, $2, $3)
-                         ON CONFLICT (import_id, town) DO UPDATE SET dates = excluded.dates",
-                    )
-                    .await?;
+                let write = tx.prepare_cached(SET_TOWN).await?;
                 tx.execute(&write, &[&import.get(), &town, &dates]).await?;
             }
         }

@@ -1,0 +1,460 @@
+//! A batch of PATCHes planned in Rust at once and applied in one pipelined
+//! write: four round trips for the whole batch (`BEGIN`; the locks and every
+//! read; every write; `COMMIT`) rather than three to five per PATCH.
+//!
+//! After the import locks, one pipeline reads every PATCHed citizen, the
+//! birth months of every citizen a relatives PATCH may reach (the stored
+//! lists and the new ones), and the town dates of every town a birth may
+//! leave or join. The PATCHes are then planned one after another over a
+//! copy of those rows in memory, each seeing the ones before it (a mirror
+//! edit or a move of an earlier PATCH), exactly as `domain::patch::plan`
+//! would see them one transaction at a time. A refusal writes nothing, so
+//! it needs no savepoint. The writes go in one pipeline: each plan's mirror
+//! and presents rows, the final dates of each town, the final row of each
+//! PATCHed citizen, and each import's version counted up by its PATCHes.
+//!
+//! Anything this path cannot answer PATCH by PATCH (a statement of the
+//! server's failing, say a trigger; a town's dates found corrupt; a row the
+//! reads did not foresee) takes the whole transaction back and hands the
+//! batch to the savepoint path (`patches.rs`), which answers each PATCH
+//! alone; nothing was committed, so nothing is applied twice.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use tokio_postgres::types::ToSql;
+
+use super::patches::{PatchJob, fails_the_patch_alone};
+use super::pg_text;
+use super::reads::{CITIZEN_COLUMNS, read_citizen, version_of};
+use super::writes::{self, CitizenRow};
+use super::{Call, Fail, Store};
+use crate::domain::patch::{self, Plan};
+use crate::domain::relatives::Edit;
+use crate::domain::summary;
+use crate::domain::{Citizen, CitizenId, ImportId};
+use crate::storage::{Patched, StorageError, refused};
+
+/// What the batch came to.
+pub(super) enum Outcome {
+    /// Committed: each PATCH's answer, in the jobs' order.
+    Answered(Vec<Result<Patched, StorageError>>),
+    /// Taken back, nothing applied: to be answered PATCH by PATCH.
+    OneByOne,
+}
+
+/// A citizen of an import.
+type Key = (i64, CitizenId);
+
+/// A write statement's future, whatever it returns.
+type Write<'a> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>>;
+
+impl Store {
+    /// The jobs planned at once and written in one pipeline (see the module).
+    pub(super) async fn patch_planned_tx(
+        &self,
+        jobs: &[PatchJob],
+        call: &Call,
+    ) -> Result<Outcome, Fail> {
+        let mut client = self.conn(call).await?;
+        let tx = client.transaction().await?;
+
+        let mut imports: Vec<i64> = jobs.iter().map(|job| job.import.get()).collect();
+        imports.sort_unstable();
+        imports.dedup();
+        let (mut citizen_imports, mut citizen_ids) = (Vec::new(), Vec::new());
+        let (mut reach_imports, mut reach_ids) = (Vec::new(), Vec::new());
+        let (mut new_imports, mut new_ids) = (Vec::new(), Vec::new());
+        let (mut town_imports, mut towns): (Vec<i64>, Vec<Cow<'_, str>>) = (Vec::new(), Vec::new());
+        let (mut moving_imports, mut moving_ids) = (Vec::new(), Vec::new());
+        for job in jobs {
+            let (import, id) = (job.import.get(), job.citizen.as_i64());
+            citizen_imports.push(import);
+            citizen_ids.push(id);
+            if let Some(relatives) = &job.patch.relatives {
+                reach_imports.push(import);
+                reach_ids.push(id);
+                for other in relatives {
+                    new_imports.push(import);
+                    new_ids.push(other.as_i64());
+                }
+            }
+            if job.patch.town.is_some() || job.patch.birth_date.is_some() {
+                moving_imports.push(import);
+                moving_ids.push(id);
+            }
+            if let Some(town) = &job.patch.town {
+                town_imports.push(import);
+                towns.push(pg_text::encode(town.as_str()));
+            }
+        }
+
+        let lock = tx
+            .prepare_cached(
+                "SELECT import_id FROM imports WHERE import_id = ANY($1)
+                 ORDER BY import_id FOR UPDATE",
+            )
+            .await?;
+        let read = tx
+            .prepare_cached(&format!(
+                "SELECT {CITIZEN_COLUMNS}, import_id FROM citizens
+                 WHERE (import_id, citizen_id) IN
+                       (SELECT * FROM unnest($1::bigint[], $2::bigint[]))"
+            ))
+            .await?;
+        let months = tx
+            .prepare_cached(
+                "SELECT import_id, citizen_id, extract(month FROM birth_date)::smallint
+                 FROM citizens WHERE (import_id, citizen_id) IN (
+                     SELECT p.import_id, unnest(p.relatives) FROM citizens p
+                     WHERE (p.import_id, p.citizen_id) IN
+                           (SELECT * FROM unnest($1::bigint[], $2::bigint[]))
+                     UNION SELECT * FROM unnest($3::bigint[], $4::bigint[]))",
+            )
+            .await?;
+        let dates = tx
+            .prepare_cached(
+                "SELECT import_id, town, dates FROM town_dates WHERE (import_id, town) IN (
+                     SELECT c.import_id, c.town FROM citizens c
+                     WHERE (c.import_id, c.citizen_id) IN
+                           (SELECT * FROM unnest($1::bigint[], $2::bigint[]))
+                     UNION SELECT * FROM unnest($3::bigint[], $4::text[]))",
+            )
+            .await?;
+        // One pipeline: the server runs them in this order, each reading
+        // after the locks are held.
+        let no_months = reach_ids.is_empty();
+        let no_dates = moving_ids.is_empty();
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&imports];
+        let read_params: [&(dyn ToSql + Sync); 2] = [&citizen_imports, &citizen_ids];
+        let (locked, rows, month_rows, date_rows) = tokio::try_join!(
+            biased;
+            tx.query(&lock, &lock_params),
+            tx.query(&read, &read_params),
+            async {
+                if no_months {
+                    return Ok(Vec::new());
+                }
+                tx.query(
+                    &months,
+                    &[&reach_imports, &reach_ids, &new_imports, &new_ids],
+                )
+                .await
+            },
+            async {
+                if no_dates {
+                    return Ok(Vec::new());
+                }
+                tx.query(&dates, &[&moving_imports, &moving_ids, &town_imports, &towns])
+                    .await
+            },
+        )?;
+
+        let locked: HashSet<i64> = locked.iter().map(|row| row.get(0)).collect();
+        // The rows as the batch moves them, and what the reads were asked.
+        let mut held: HashMap<Key, Citizen> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let citizen = read_citizen(row)?;
+            held.insert((row.try_get(9)?, citizen.citizen_id), citizen);
+        }
+        let mut asked_months: HashSet<Key> = HashSet::new();
+        let mut asked_towns: HashSet<(i64, String)> = HashSet::new();
+        for job in jobs {
+            let import = job.import.get();
+            if let Some(citizen) = held.get(&(import, job.citizen)) {
+                if job.patch.relatives.is_some() {
+                    asked_months.extend(citizen.relatives.iter().map(|&r| (import, r)));
+                }
+                if job.patch.town.is_some() || job.patch.birth_date.is_some() {
+                    asked_towns
+                        .insert((import, pg_text::encode(citizen.town.as_str()).into_owned()));
+                }
+            }
+            for &other in job.patch.relatives.iter().flatten() {
+                asked_months.insert((import, other));
+            }
+        }
+        asked_towns.extend(
+            town_imports
+                .iter()
+                .copied()
+                .zip(towns.iter().map(|t| t.clone().into_owned())),
+        );
+        let mut found_months: HashMap<Key, u8> = HashMap::with_capacity(month_rows.len());
+        for row in &month_rows {
+            let id = u64::try_from(row.try_get::<_, i64>(1)?)
+                .ok()
+                .and_then(|id| CitizenId::parse(id).ok());
+            let month = u8::try_from(row.try_get::<_, i16>(2)?).ok();
+            let (Some(id), Some(month)) = (id, month) else {
+                return Ok(Outcome::OneByOne);
+            };
+            found_months.insert((row.try_get(0)?, id), month);
+        }
+        let mut blobs: HashMap<(i64, String), Vec<u8>> = HashMap::new();
+        for row in &date_rows {
+            let town: String = row.try_get(1)?;
+            blobs.insert((row.try_get(0)?, town), row.try_get(2)?);
+        }
+
+        // Plan each PATCH over the rows as the ones before it left them.
+        let mut answers: Vec<Result<Patched, StorageError>> = Vec::with_capacity(jobs.len());
+        let mut plans: Vec<(usize, ImportId, Plan)> = Vec::with_capacity(jobs.len());
+        let mut changed_towns: Vec<(i64, String)> = Vec::new();
+        for (at, job) in jobs.iter().enumerate() {
+            let (import, id) = (job.import.get(), job.citizen);
+            if !locked.contains(&import) {
+                answers.push(Err(StorageError::ImportNotFound(job.import)));
+                continue;
+            }
+            let Some(before) = held.get(&(import, id)) else {
+                answers.push(Err(StorageError::CitizenNotFound {
+                    import: job.import,
+                    citizen: id,
+                }));
+                continue;
+            };
+            let unforeseen = Cell::new(false);
+            let planned = patch::plan(before, &job.patch, |other| {
+                if let Some(c) = held.get(&(import, other)) {
+                    return Some(c.birth_date.month());
+                }
+                if !asked_months.contains(&(import, other)) {
+                    unforeseen.set(true);
+                }
+                found_months.get(&(import, other)).copied()
+            });
+            if unforeseen.get() {
+                return Ok(Outcome::OneByOne);
+            }
+            let plan = match planned {
+                Ok(plan) => plan,
+                Err(refusal) => {
+                    answers.push(Err(refused(job.import, id, refusal)));
+                    continue;
+                }
+            };
+            if let Some(births) = &plan.births {
+                for ((town, date), delta) in [(&births.from, -1), (&births.to, 1)] {
+                    let key = (import, pg_text::encode(town.as_str()).into_owned());
+                    if !asked_towns.contains(&key) {
+                        return Ok(Outcome::OneByOne);
+                    }
+                    if !changed_towns.contains(&key) {
+                        changed_towns.push(key.clone());
+                    }
+                    let blob = blobs.entry(key).or_default();
+                    if !summary::adjust_dates(blob, *date, delta) {
+                        // Answered alone (500) by the savepoint path.
+                        return Ok(Outcome::OneByOne);
+                    }
+                }
+            }
+            for &(other, edit) in &plan.mirror {
+                if let Some(c) = held.get_mut(&(import, other)) {
+                    edit.apply(&mut c.relatives);
+                }
+            }
+            held.insert((import, id), plan.citizen.clone());
+            answers.push(Ok(Patched {
+                citizen: plan.citizen.clone(),
+                version: 0, // counted below, once written
+            }));
+            plans.push((at, job.import, plan));
+        }
+        if plans.is_empty() {
+            // Refusals only: nothing to write or commit.
+            return Ok(Outcome::Answered(answers));
+        }
+
+        let statements = Statements::prepare(&tx).await?;
+        // The parameters of every write, built before the pipeline borrows them.
+        let mirrors: Vec<(i64, Vec<i64>, Vec<i64>, i64)> = plans
+            .iter()
+            .filter(|(_, _, plan)| !plan.mirror.is_empty())
+            .map(|(_, import, plan)| {
+                let (mut added, mut removed) = (Vec::new(), Vec::new());
+                for (other, edit) in &plan.mirror {
+                    match edit {
+                        Edit::Add(_) => added.push(other.as_i64()),
+                        Edit::Remove(_) => removed.push(other.as_i64()),
+                    }
+                }
+                (
+                    import.get(),
+                    added,
+                    removed,
+                    plan.citizen.citizen_id.as_i64(),
+                )
+            })
+            .collect();
+        let mut presents = Vec::new();
+        for (_, import, plan) in &plans {
+            if plan.presents.is_empty() {
+                continue;
+            }
+            let (mut month, mut citizen, mut delta) = (Vec::new(), Vec::new(), Vec::new());
+            for &(m, c, d) in &plan.presents {
+                month.push(i16::from(m));
+                citizen.push(c.as_i64());
+                delta.push(i32::try_from(d).map_err(StorageError::internal)?);
+            }
+            presents.push((import.get(), month, citizen, delta));
+        }
+        let town_writes: Vec<(i64, &String, &Vec<u8>)> = changed_towns
+            .iter()
+            .map(|key| (key.0, &key.1, &blobs[key]))
+            .collect();
+        // Each PATCHed citizen once, as the last of its PATCHes left it, and
+        // each citizen a mirror edit reached that the batch also PATCHes.
+        let mut finals: Vec<(ImportId, CitizenId)> = Vec::new();
+        for (_, import, plan) in &plans {
+            let key = (*import, plan.citizen.citizen_id);
+            if !finals.contains(&key) {
+                finals.push(key);
+            }
+        }
+        let rows: Vec<CitizenRow<'_>> = finals
+            .iter()
+            .map(|&(import, id)| CitizenRow::new(import, &held[&(import.get(), id)]))
+            .collect();
+        // Each import's count of PATCHes, and its version once they are written.
+        let mut counts: Vec<(i64, i64, OnceLock<i64>)> = Vec::new();
+        for (_, import, _) in &plans {
+            match counts.iter_mut().find(|(i, _, _)| *i == import.get()) {
+                Some((_, n, _)) => *n += 1,
+                None => counts.push((import.get(), 1, OnceLock::new())),
+            }
+        }
+
+        let mut writes: Vec<Write<'_>> = Vec::new();
+        for (import, added, removed, id) in &mirrors {
+            let params: [&(dyn ToSql + Sync); 4] = [import, added, removed, id];
+            writes.push(Box::pin(execute(&tx, &statements.mirror, params)));
+        }
+        for (import, month, citizen, delta) in &presents {
+            let params: [&(dyn ToSql + Sync); 4] = [import, month, citizen, delta];
+            writes.push(Box::pin(execute(&tx, &statements.presents, params)));
+        }
+        for (import, town, blob) in &town_writes {
+            writes.push(if blob.is_empty() {
+                let params: [&(dyn ToSql + Sync); 2] = [import, town];
+                Box::pin(execute(&tx, &statements.drop_town, params))
+            } else {
+                let params: [&(dyn ToSql + Sync); 3] = [import, town, blob];
+                Box::pin(execute(&tx, &statements.set_town, params))
+            });
+        }
+        for row in &rows {
+            writes.push(Box::pin(execute(&tx, &statements.citizen, row.params())));
+        }
+        for (import, n, version) in &counts {
+            let (tx, statement) = (&tx, &statements.version);
+            writes.push(Box::pin(async move {
+                let row = tx.query_one(statement, &[import, n]).await?;
+                let _ = version.set(row.try_get(0)?);
+                Ok(())
+            }));
+        }
+        match in_order(writes).await {
+            Ok(()) => {}
+            Err(e) if fails_the_patch_alone(&e) => return Ok(Outcome::OneByOne),
+            Err(e) => return Err(Fail::Pg(e)),
+        }
+        // Each PATCH's version: its import's before the batch, counted up to it.
+        let mut next: HashMap<i64, i64> = HashMap::with_capacity(counts.len());
+        for (import, n, version) in &counts {
+            let last = version.get().copied().ok_or_else(|| {
+                StorageError::internal("postgresql: no version for a written import")
+            })?;
+            next.insert(*import, last - n);
+        }
+        for (at, import, _) in &plans {
+            let Some(version) = next.get_mut(&import.get()) else {
+                continue;
+            };
+            *version += 1;
+            if let Some(Ok(patched)) = answers.get_mut(*at) {
+                patched.version = version_of(*version)?;
+            }
+        }
+        call.committing.store(true, Ordering::Release);
+        tx.commit().await?;
+        Ok(Outcome::Answered(answers))
+    }
+}
+
+/// Runs the writes as one pipeline: each is first polled (and so sent) in
+/// the list's order, which is the order the server runs them in; the first
+/// error in that order, if any.
+async fn in_order(mut writes: Vec<Write<'_>>) -> Result<(), tokio_postgres::Error> {
+    let mut done = vec![false; writes.len()];
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (write, done) in writes.iter_mut().zip(done.iter_mut()) {
+            if *done {
+                continue;
+            }
+            match write.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => *done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => pending = true,
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    })
+    .await
+}
+
+async fn execute<const N: usize>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    statement: &tokio_postgres::Statement,
+    params: [&(dyn ToSql + Sync); N],
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(statement, &params).await?;
+    Ok(())
+}
+
+/// The write statements, prepared once per connection.
+struct Statements {
+    mirror: tokio_postgres::Statement,
+    presents: tokio_postgres::Statement,
+    set_town: tokio_postgres::Statement,
+    drop_town: tokio_postgres::Statement,
+    citizen: tokio_postgres::Statement,
+    version: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(tx: &deadpool_postgres::Transaction<'_>) -> Result<Self, Fail> {
+        Ok(Self {
+            mirror: tx.prepare_cached(writes::MIRROR).await?,
+            presents: tx.prepare_cached(writes::PRESENTS).await?,
+            set_town: tx.prepare_cached(writes::SET_TOWN).await?,
+            drop_town: tx.prepare_cached(writes::DROP_TOWN).await?,
+            citizen: tx
+                .prepare_cached(
+                    "UPDATE citizens SET town = $3, street = $4, building = $5, apartment = $6,
+                                         name = $7, birth_date = $8, gender = $9, relatives = $10
+                     WHERE import_id = $1 AND citizen_id = $2",
+                )
+                .await?,
+            version: tx
+                .prepare_cached(
+                    "UPDATE imports SET version = version + $2 WHERE import_id = $1
+                     RETURNING version",
+                )
+                .await?,
+        })
+    }
+}
