@@ -39,6 +39,11 @@ use crate::storage::{Patched, StorageError};
 /// PATCHes waiting for the commit in flight at most; more get 503.
 pub(super) const PATCH_QUEUE: usize = 4096;
 
+/// Locks the imports of a batch (`$1`), in ascending order so that two
+/// instances' batches cannot deadlock; the ids found.
+pub(super) const LOCK_IMPORTS: &str =
+    "SELECT import_id FROM imports WHERE import_id = ANY($1) ORDER BY import_id FOR UPDATE";
+
 /// The most PATCHes in one transaction.
 pub(super) const PATCH_BATCH: usize = 64;
 
@@ -148,12 +153,7 @@ impl Store {
         let mut imports: Vec<i64> = jobs.iter().map(|job| job.import.get()).collect();
         imports.sort_unstable();
         imports.dedup();
-        let lock = tx
-            .prepare_cached(
-                "SELECT import_id FROM imports WHERE import_id = ANY($1)
-                 ORDER BY import_id FOR UPDATE",
-            )
-            .await?;
+        let lock = tx.prepare_cached(LOCK_IMPORTS).await?;
         let found: HashSet<i64> = tx
             .query(&lock, &[&imports])
             .await?

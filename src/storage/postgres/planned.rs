@@ -30,7 +30,7 @@ use std::task::Poll;
 
 use tokio_postgres::types::ToSql;
 
-use super::patches::{PatchJob, fails_the_patch_alone};
+use super::patches::{LOCK_IMPORTS, PatchJob, fails_the_patch_alone};
 use super::pg_text;
 use super::reads::{CITIZEN_COLUMNS, read_citizen, version_of};
 use super::writes::{self, CitizenRow};
@@ -95,12 +95,7 @@ impl Store {
             }
         }
 
-        let lock = tx
-            .prepare_cached(
-                "SELECT import_id FROM imports WHERE import_id = ANY($1)
-                 ORDER BY import_id FOR UPDATE",
-            )
-            .await?;
+        let lock = tx.prepare_cached(LOCK_IMPORTS).await?;
         let read = tx
             .prepare_cached(&format!(
                 "SELECT {CITIZEN_COLUMNS}, import_id FROM citizens
