@@ -170,6 +170,16 @@ impl std::ops::DerefMut for Conn<'_> {
     }
 }
 
+impl Conn<'_> {
+    /// Closes the connection rather than putting it back in the pool (it is
+    /// in a state no other request may find it in).
+    fn discard(&mut self) {
+        if let Some(object) = self.object.take() {
+            drop(Object::take(object));
+        }
+    }
+}
+
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if self.call.abandoned.load(Ordering::Acquire)

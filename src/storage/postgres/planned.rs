@@ -1,17 +1,22 @@
 //! A batch of PATCHes planned in Rust at once and applied in one pipelined
-//! write: four round trips for the whole batch (`BEGIN`; the locks and every
-//! read; every write; `COMMIT`) rather than three to five per PATCH.
+//! write: two round trips for the whole batch (`BEGIN`, the locks and every
+//! read; then every write and `COMMIT`) rather than three to five per PATCH.
 //!
-//! After the import locks, one pipeline reads every PATCHed citizen, the
+//! After `BEGIN` and the import locks, one pipeline reads every PATCHed citizen, the
 //! birth months of every citizen a relatives PATCH may reach (the stored
 //! lists and the new ones), and the town dates of every town a birth may
 //! leave or join. The PATCHes are then planned one after another over a
 //! copy of those rows in memory, each seeing the ones before it (a mirror
 //! edit or a move of an earlier PATCH), exactly as `domain::patch::plan`
 //! would see them one transaction at a time. A refusal writes nothing, so
-//! it needs no savepoint. The writes go in one pipeline: each plan's mirror
-//! and presents rows, the final dates of each town, the final row of each
-//! PATCHed citizen, and each import's version counted up by its PATCHes.
+//! it needs no savepoint. The writes go in one pipeline, a statement per
+//! kind rather than per PATCH: the batch's mirror edits, net (a pair's last
+//! edit wins; edits of different pairs commute), its presents changes summed
+//! per row, the final dates of each town, the final row of every PATCHed
+//! citizen, each import's version counted up by its PATCHes, and `COMMIT`.
+//! A statement that fails aborts the transaction, so the `COMMIT` behind it
+//! rolls back; once that pipeline is sent, a lost answer leaves the outcome
+//! unknown (504), as a lost answer to `COMMIT` always did.
 //!
 //! Anything this path cannot answer PATCH by PATCH (a statement of the
 //! server's failing, say a trigger; a town's dates found corrupt; a row the
@@ -21,11 +26,11 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use tokio_postgres::types::ToSql;
@@ -33,8 +38,8 @@ use tokio_postgres::types::ToSql;
 use super::patches::{LOCK_IMPORTS, PatchJob, fails_the_patch_alone};
 use super::pg_text;
 use super::reads::{CITIZEN_COLUMNS, read_citizen, version_of};
-use super::writes::{self, CitizenRow};
-use super::{Call, Fail, Store};
+use super::writes::{self, CitizenColumns};
+use super::{Call, Conn, Fail, Store};
 use crate::domain::patch::{self, Plan};
 use crate::domain::relatives::Edit;
 use crate::domain::summary;
@@ -52,6 +57,9 @@ pub(super) enum Outcome {
 /// A citizen of an import.
 type Key = (i64, CitizenId);
 
+/// An import's net presents changes: `(import, months, citizens, deltas)`.
+type PresentsRows = (i64, Vec<i16>, Vec<i64>, Vec<i32>);
+
 /// A write statement's future, whatever it returns.
 type Write<'a> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>>;
 
@@ -62,8 +70,11 @@ impl Store {
         jobs: &[PatchJob],
         call: &Call,
     ) -> Result<Outcome, Fail> {
-        let mut client = self.conn(call).await?;
-        let tx = client.transaction().await?;
+        let open = Open {
+            conn: self.conn(call).await?,
+            open: AtomicBool::new(true),
+        };
+        let tx: &deadpool_postgres::ClientWrapper = &open.conn;
 
         let mut imports: Vec<i64> = jobs.iter().map(|job| job.import.get()).collect();
         imports.sort_unstable();
@@ -95,6 +106,7 @@ impl Store {
             }
         }
 
+        // Prepared once per connection, outside the transaction.
         let lock = tx.prepare_cached(LOCK_IMPORTS).await?;
         let read = tx
             .prepare_cached(&format!(
@@ -122,14 +134,15 @@ impl Store {
                      UNION SELECT * FROM unnest($3::bigint[], $4::text[]))",
             )
             .await?;
-        // One pipeline: the server runs them in this order, each reading
-        // after the locks are held.
+        // One pipeline, with the transaction's start: the server runs them
+        // in this order, each reading after the locks are held.
         let no_months = reach_ids.is_empty();
         let no_dates = moving_ids.is_empty();
         let lock_params: [&(dyn ToSql + Sync); 1] = [&imports];
         let read_params: [&(dyn ToSql + Sync); 2] = [&citizen_imports, &citizen_ids];
-        let (locked, rows, month_rows, date_rows) = tokio::try_join!(
+        let ((), locked, rows, month_rows, date_rows) = tokio::try_join!(
             biased;
+            tx.batch_execute("BEGIN"),
             tx.query(&lock, &lock_params),
             tx.query(&read, &read_params),
             async {
@@ -188,7 +201,7 @@ impl Store {
                 .and_then(|id| CitizenId::parse(id).ok());
             let month = u8::try_from(row.try_get::<_, i16>(2)?).ok();
             let (Some(id), Some(month)) = (id, month) else {
-                return Ok(Outcome::OneByOne);
+                return open.roll_back().await;
             };
             found_months.insert((row.try_get(0)?, id), month);
         }
@@ -226,7 +239,7 @@ impl Store {
                 found_months.get(&(import, other)).copied()
             });
             if unforeseen.get() {
-                return Ok(Outcome::OneByOne);
+                return open.roll_back().await;
             }
             let plan = match planned {
                 Ok(plan) => plan,
@@ -239,7 +252,7 @@ impl Store {
                 for ((town, date), delta) in [(&births.from, -1), (&births.to, 1)] {
                     let key = (import, pg_text::encode(town.as_str()).into_owned());
                     if !asked_towns.contains(&key) {
-                        return Ok(Outcome::OneByOne);
+                        return open.roll_back().await;
                     }
                     if !changed_towns.contains(&key) {
                         changed_towns.push(key.clone());
@@ -247,7 +260,7 @@ impl Store {
                     let blob = blobs.entry(key).or_default();
                     if !summary::adjust_dates(blob, *date, delta) {
                         // Answered alone (500) by the savepoint path.
-                        return Ok(Outcome::OneByOne);
+                        return open.roll_back().await;
                     }
                 }
             }
@@ -265,49 +278,60 @@ impl Store {
         }
         if plans.is_empty() {
             // Refusals only: nothing to write or commit.
+            open.roll_back().await?;
             return Ok(Outcome::Answered(answers));
         }
 
-        let statements = Statements::prepare(&tx).await?;
-        // The parameters of every write, built before the pipeline borrows them.
-        let mirrors: Vec<(i64, Vec<i64>, Vec<i64>, i64)> = plans
-            .iter()
-            .filter(|(_, _, plan)| !plan.mirror.is_empty())
-            .map(|(_, import, plan)| {
-                let (mut added, mut removed) = (Vec::new(), Vec::new());
-                for (other, edit) in &plan.mirror {
-                    match edit {
-                        Edit::Add(_) => added.push(other.as_i64()),
-                        Edit::Remove(_) => removed.push(other.as_i64()),
-                    }
-                }
-                (
-                    import.get(),
-                    added,
-                    removed,
-                    plan.citizen.citizen_id.as_i64(),
-                )
-            })
-            .collect();
-        let mut presents = Vec::new();
+        let statements = Statements::prepare(tx).await?;
+        // The parameters of every write, built before the pipeline borrows
+        // them. Mirror edits net: a pair's last edit wins (edits of
+        // different pairs commute), so one statement applies them all.
+        let mut net: BTreeMap<(i64, CitizenId, CitizenId), bool> = BTreeMap::new();
         for (_, import, plan) in &plans {
-            if plan.presents.is_empty() {
+            for &(other, edit) in &plan.mirror {
+                let (id, adds) = match edit {
+                    Edit::Add(id) => (id, true),
+                    Edit::Remove(id) => (id, false),
+                };
+                net.insert((import.get(), other, id), adds);
+            }
+        }
+        let mut mirrors = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((import, other, id), adds) in net {
+            mirrors.0.push(import);
+            mirrors.1.push(other.as_i64());
+            mirrors.2.push(id.as_i64());
+            mirrors.3.push(adds);
+        }
+        // Presents rows net, per import: counts add up.
+        let mut sums: BTreeMap<(i64, u8, CitizenId), i64> = BTreeMap::new();
+        for (_, import, plan) in &plans {
+            for &(month, citizen, delta) in &plan.presents {
+                *sums.entry((import.get(), month, citizen)).or_default() += delta;
+            }
+        }
+        let mut presents: Vec<PresentsRows> = Vec::new();
+        for ((import, month, citizen), delta) in sums {
+            if delta == 0 {
                 continue;
             }
-            let (mut month, mut citizen, mut delta) = (Vec::new(), Vec::new(), Vec::new());
-            for &(m, c, d) in &plan.presents {
-                month.push(i16::from(m));
-                citizen.push(c.as_i64());
-                delta.push(i32::try_from(d).map_err(StorageError::internal)?);
+            if presents.last().is_none_or(|p| p.0 != import) {
+                presents.push((import, Vec::new(), Vec::new(), Vec::new()));
             }
-            presents.push((import.get(), month, citizen, delta));
+            let Some(rows) = presents.last_mut() else {
+                continue;
+            };
+            rows.1.push(i16::from(month));
+            rows.2.push(citizen.as_i64());
+            rows.3
+                .push(i32::try_from(delta).map_err(StorageError::internal)?);
         }
         let town_writes: Vec<(i64, &String, &Vec<u8>)> = changed_towns
             .iter()
             .map(|key| (key.0, &key.1, &blobs[key]))
             .collect();
-        // Each PATCHed citizen once, as the last of its PATCHes left it, and
-        // each citizen a mirror edit reached that the batch also PATCHes.
+        // Each PATCHed citizen once, as the last of its PATCHes left it
+        // (mirror edits of the batch included).
         let mut finals: Vec<(ImportId, CitizenId)> = Vec::new();
         for (_, import, plan) in &plans {
             let key = (*import, plan.citizen.citizen_id);
@@ -315,10 +339,10 @@ impl Store {
                 finals.push(key);
             }
         }
-        let rows: Vec<CitizenRow<'_>> = finals
-            .iter()
-            .map(|&(import, id)| CitizenRow::new(import, &held[&(import.get(), id)]))
-            .collect();
+        let mut rows = CitizenColumns::default();
+        for &(import, id) in &finals {
+            rows.push(import, &held[&(import.get(), id)]);
+        }
         // Each import's count of PATCHes, and its version once they are written.
         let mut counts: Vec<(i64, i64, OnceLock<i64>)> = Vec::new();
         for (_, import, _) in &plans {
@@ -328,38 +352,51 @@ impl Store {
             }
         }
 
+        // One pipeline, with the commit: the mirrors before the final rows
+        // (which overwrite any list they edited).
         let mut writes: Vec<Write<'_>> = Vec::new();
-        for (import, added, removed, id) in &mirrors {
-            let params: [&(dyn ToSql + Sync); 4] = [import, added, removed, id];
-            writes.push(Box::pin(execute(&tx, &statements.mirror, params)));
+        if !mirrors.0.is_empty() {
+            let params: [&(dyn ToSql + Sync); 4] = [&mirrors.0, &mirrors.1, &mirrors.2, &mirrors.3];
+            writes.push(Box::pin(execute(tx, &statements.mirrors, params)));
         }
         for (import, month, citizen, delta) in &presents {
             let params: [&(dyn ToSql + Sync); 4] = [import, month, citizen, delta];
-            writes.push(Box::pin(execute(&tx, &statements.presents, params)));
+            writes.push(Box::pin(execute(tx, &statements.presents, params)));
         }
         for (import, town, blob) in &town_writes {
             writes.push(if blob.is_empty() {
                 let params: [&(dyn ToSql + Sync); 2] = [import, town];
-                Box::pin(execute(&tx, &statements.drop_town, params))
+                Box::pin(execute(tx, &statements.drop_town, params))
             } else {
                 let params: [&(dyn ToSql + Sync); 3] = [import, town, blob];
-                Box::pin(execute(&tx, &statements.set_town, params))
+                Box::pin(execute(tx, &statements.set_town, params))
             });
         }
-        for row in &rows {
-            writes.push(Box::pin(execute(&tx, &statements.citizen, row.params())));
+        if !rows.is_empty() {
+            writes.push(Box::pin(execute(tx, &statements.citizens, rows.params())));
         }
         for (import, n, version) in &counts {
-            let (tx, statement) = (&tx, &statements.version);
+            let statement = &statements.version;
             writes.push(Box::pin(async move {
                 let row = tx.query_one(statement, &[import, n]).await?;
                 let _ = version.set(row.try_get(0)?);
                 Ok(())
             }));
         }
-        match in_order(writes).await {
+        // A statement that fails aborts the transaction, and the COMMIT
+        // behind it then rolls it back; from here a lost answer leaves the
+        // outcome unknown.
+        writes.push(Box::pin(tx.batch_execute("COMMIT")));
+        call.committing.store(true, Ordering::Release);
+        let written = in_order(writes).await;
+        // Every statement answered, the COMMIT too: the transaction is over.
+        open.open.store(false, Ordering::Release);
+        match written {
             Ok(()) => {}
-            Err(e) if fails_the_patch_alone(&e) => return Ok(Outcome::OneByOne),
+            Err(e) if fails_the_patch_alone(&e) => {
+                call.committing.store(false, Ordering::Release);
+                return Ok(Outcome::OneByOne);
+            }
             Err(e) => return Err(Fail::Pg(e)),
         }
         // Each PATCH's version: its import's before the batch, counted up to it.
@@ -379,40 +416,67 @@ impl Store {
                 patched.version = version_of(*version)?;
             }
         }
-        call.committing.store(true, Ordering::Release);
-        tx.commit().await?;
         Ok(Outcome::Answered(answers))
     }
 }
 
 /// Runs the writes as one pipeline: each is first polled (and so sent) in
-/// the list's order, which is the order the server runs them in; the first
-/// error in that order, if any.
+/// the list's order, which is the order the server runs them in. Waits for
+/// every answer (the last one ends the transaction); the first error in the
+/// list's order, if any.
 async fn in_order(mut writes: Vec<Write<'_>>) -> Result<(), tokio_postgres::Error> {
-    let mut done = vec![false; writes.len()];
+    let mut done: Vec<Option<Result<(), tokio_postgres::Error>>> =
+        writes.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut pending = false;
         for (write, done) in writes.iter_mut().zip(done.iter_mut()) {
-            if *done {
+            if done.is_some() {
                 continue;
             }
             match write.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) => *done = true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(result) => *done = Some(result),
                 Poll::Pending => pending = true,
             }
         }
         if pending {
             Poll::Pending
         } else {
-            Poll::Ready(Ok(()))
+            Poll::Ready(())
         }
     })
-    .await
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+/// A connection with a transaction begun by hand (so that `BEGIN` shares
+/// the reads' pipeline): a transaction still open when this is dropped (an
+/// error, or the call's time ran out) closes the connection rather than
+/// putting it back in the pool mid-transaction.
+struct Open<'a> {
+    conn: Conn<'a>,
+    open: AtomicBool,
+}
+
+impl Open<'_> {
+    /// Takes the transaction back (nothing was written): the batch is to be
+    /// answered PATCH by PATCH.
+    async fn roll_back(&self) -> Result<Outcome, Fail> {
+        self.conn.batch_execute("ROLLBACK").await?;
+        self.open.store(false, Ordering::Release);
+        Ok(Outcome::OneByOne)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if self.open.load(Ordering::Acquire) {
+            self.conn.discard();
+        }
+    }
 }
 
 async fn execute<const N: usize>(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::ClientWrapper,
     statement: &tokio_postgres::Statement,
     params: [&(dyn ToSql + Sync); N],
 ) -> Result<(), tokio_postgres::Error> {
@@ -422,28 +486,22 @@ async fn execute<const N: usize>(
 
 /// The write statements, prepared once per connection.
 struct Statements {
-    mirror: tokio_postgres::Statement,
+    mirrors: tokio_postgres::Statement,
     presents: tokio_postgres::Statement,
     set_town: tokio_postgres::Statement,
     drop_town: tokio_postgres::Statement,
-    citizen: tokio_postgres::Statement,
+    citizens: tokio_postgres::Statement,
     version: tokio_postgres::Statement,
 }
 
 impl Statements {
-    async fn prepare(tx: &deadpool_postgres::Transaction<'_>) -> Result<Self, Fail> {
+    async fn prepare(tx: &deadpool_postgres::ClientWrapper) -> Result<Self, Fail> {
         Ok(Self {
-            mirror: tx.prepare_cached(writes::MIRROR).await?,
+            mirrors: tx.prepare_cached(writes::MIRRORS).await?,
             presents: tx.prepare_cached(writes::PRESENTS).await?,
             set_town: tx.prepare_cached(writes::SET_TOWN).await?,
             drop_town: tx.prepare_cached(writes::DROP_TOWN).await?,
-            citizen: tx
-                .prepare_cached(
-                    "UPDATE citizens SET town = $3, street = $4, building = $5, apartment = $6,
-                                         name = $7, birth_date = $8, gender = $9, relatives = $10
-                     WHERE import_id = $1 AND citizen_id = $2",
-                )
-                .await?,
+            citizens: tx.prepare_cached(writes::UPDATE_CITIZENS).await?,
             version: tx
                 .prepare_cached(
                     "UPDATE imports SET version = version + $2 WHERE import_id = $1

@@ -46,6 +46,34 @@ pub(super) const MIRROR: &str = "UPDATE citizens SET relatives = CASE
      WHERE import_id = $1 AND citizen_id = ANY($2::bigint[] || $3::bigint[])
      RETURNING citizen_id, extract(month FROM birth_date)::smallint";
 
+/// A batch's mirror edits, net, as four parallel arrays `(import, citizen,
+/// other, adds)`: `other` goes into (`adds`) or out of the list of
+/// `citizen`, every citizen's edits in one assignment. Each pair appears
+/// once (its last edit: edits of different pairs commute). DISTINCT: an Add
+/// to a list that already holds the id keeps it once, as `Edit::apply` does.
+pub(super) const MIRRORS: &str = "UPDATE citizens c SET relatives = ARRAY(
+         SELECT DISTINCT r FROM unnest(c.relatives || e.added) AS r
+         WHERE r <> ALL (e.removed) ORDER BY r)
+     FROM (SELECT u.import_id, u.citizen_id,
+                  coalesce(array_agg(u.other) FILTER (WHERE u.adds), '{}') AS added,
+                  coalesce(array_agg(u.other) FILTER (WHERE NOT u.adds), '{}') AS removed
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[])
+                AS u (import_id, citizen_id, other, adds)
+           GROUP BY u.import_id, u.citizen_id) e
+     WHERE c.import_id = e.import_id AND c.citizen_id = e.citizen_id";
+
+/// Citizens' rows written whole, one array per column ([`CitizenColumns`]),
+/// in one statement. A list travels as its `bigint[]` text form.
+pub(super) const UPDATE_CITIZENS: &str = "UPDATE citizens c SET
+         town = u.town, street = u.street, building = u.building,
+         apartment = u.apartment, name = u.name, birth_date = u.birth_date,
+         gender = u.gender, relatives = u.relatives::bigint[]
+     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                 $6::bigint[], $7::text[], $8::date[], $9::text[], $10::text[])
+          AS u (import_id, citizen_id, town, street, building, apartment, name,
+                birth_date, gender, relatives)
+     WHERE c.import_id = u.import_id AND c.citizen_id = u.citizen_id";
+
 /// A plan's presents rows, `(import, months, citizens, deltas)`, in one
 /// statement: the rows that go are deleted, the others grow or shrink (a row
 /// deleted here cannot be updated by the same statement, so those keys are
@@ -277,6 +305,65 @@ impl<'a> CitizenRow<'a> {
             gender: c.gender.as_str(),
             relatives: c.relatives.iter().map(|r| r.as_i64()).collect(),
         }
+    }
+
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.import,
+            &self.id,
+            &self.town,
+            &self.street,
+            &self.building,
+            &self.apartment,
+            &self.name,
+            &self.birth_date,
+            &self.gender,
+            &self.relatives,
+        ]
+    }
+}
+
+/// Citizens' rows as the parameters of [`UPDATE_CITIZENS`]: a column each.
+#[derive(Default)]
+pub(super) struct CitizenColumns<'a> {
+    import: Vec<i64>,
+    id: Vec<i64>,
+    town: Vec<Cow<'a, str>>,
+    street: Vec<Cow<'a, str>>,
+    building: Vec<Cow<'a, str>>,
+    apartment: Vec<i64>,
+    name: Vec<Cow<'a, str>>,
+    birth_date: Vec<time::Date>,
+    gender: Vec<&'a str>,
+    relatives: Vec<String>,
+}
+
+impl<'a> CitizenColumns<'a> {
+    pub(super) fn push(&mut self, import: ImportId, c: &'a Citizen) {
+        use std::fmt::Write;
+        self.import.push(import.get());
+        self.id.push(c.citizen_id.as_i64());
+        self.town.push(pg_text::encode(c.town.as_str()));
+        self.street.push(pg_text::encode(c.street.as_str()));
+        self.building.push(pg_text::encode(c.building.as_str()));
+        self.apartment.push(c.apartment.as_i64());
+        self.name.push(pg_text::encode(c.name.as_str()));
+        self.birth_date.push(c.birth_date.date());
+        self.gender.push(c.gender.as_str());
+        let mut list = String::with_capacity(2 + c.relatives.len() * 8);
+        list.push('{');
+        for (at, r) in c.relatives.iter().enumerate() {
+            if at > 0 {
+                list.push(',');
+            }
+            let _ = write!(list, "{}", r.as_i64());
+        }
+        list.push('}');
+        self.relatives.push(list);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.id.is_empty()
     }
 
     pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 10] {
