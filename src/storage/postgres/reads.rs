@@ -56,28 +56,48 @@ impl Store {
         call: &Call,
         import: ImportId,
     ) -> Result<(Version, Birthdays), Fail> {
+        // One row: the version and the import's presents rows as three
+        // arrays, far cheaper to send and decode than a row each (a cold
+        // GET birthdays at 10,000 citizens reads about 2,000 of them).
         let (version, rows) = self
             .versioned_rows(
                 call,
                 import,
-                "SELECT i.version, p.month, p.citizen_id, p.presents
-                 FROM imports i LEFT JOIN presents p USING (import_id)
-                 WHERE i.import_id = $1 ORDER BY p.month, p.citizen_id",
+                "SELECT i.version, p.months, p.citizens, p.presents
+                 FROM imports i LEFT JOIN LATERAL (
+                     SELECT array_agg(s.month) AS months,
+                            array_agg(s.citizen_id) AS citizens,
+                            array_agg(s.presents) AS presents
+                     FROM (SELECT month, citizen_id, presents FROM presents
+                           WHERE import_id = i.import_id
+                           ORDER BY month, citizen_id) s
+                 ) p ON true
+                 WHERE i.import_id = $1",
             )
             .await?;
-        let mut read = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let Some(month) = row.try_get::<_, Option<i16>>(1)? else {
-                continue;
-            };
-            let corrupt = || StorageError::internal("postgresql: a corrupt presents row");
+        let corrupt = || StorageError::internal("postgresql: a corrupt presents row");
+        let Some(row) = rows.first() else {
+            return Err(Fail::Store(corrupt()));
+        };
+        let months: Vec<i16> = row.try_get::<_, Option<_>>(1)?.unwrap_or_default();
+        let citizens: Vec<i64> = row.try_get::<_, Option<_>>(2)?.unwrap_or_default();
+        let presents: Vec<i32> = row.try_get::<_, Option<_>>(3)?.unwrap_or_default();
+        if months.len() != citizens.len() || months.len() != presents.len() {
+            return Err(Fail::Store(corrupt()));
+        }
+        let mut read = Vec::with_capacity(months.len());
+        for ((month, citizen), presents) in months.into_iter().zip(citizens).zip(presents) {
             let month = u8::try_from(month).map_err(|_| corrupt())?;
-            let citizen = u64::try_from(row.try_get::<_, i64>(2)?)
+            let citizen = u64::try_from(citizen)
                 .ok()
                 .and_then(|id| CitizenId::parse(id).ok())
                 .ok_or_else(corrupt)?;
-            let presents = u32::try_from(row.try_get::<_, i32>(3)?).map_err(|_| corrupt())?;
+            let presents = u32::try_from(presents).map_err(|_| corrupt())?;
             read.push((month, citizen, presents));
+        }
+        // An aggregate keeps its input's order in practice, not by promise.
+        if !read.is_sorted_by_key(|&(month, citizen, _)| (month, citizen)) {
+            read.sort_unstable_by_key(|&(month, citizen, _)| (month, citizen));
         }
         Ok((version, summary::birthdays(read)))
     }
