@@ -38,7 +38,7 @@ use tokio_postgres::types::ToSql;
 use super::patches::{LOCK_IMPORTS, PatchJob, fails_the_patch_alone};
 use super::pg_text;
 use super::reads::{CITIZEN_COLUMNS, read_citizen, version_of};
-use super::writes::{self, CitizenColumns};
+use super::writes::{self, CitizenColumns, CitizenRow};
 use super::{Call, Conn, Fail, Store};
 use crate::domain::patch::{self, Plan};
 use crate::domain::relatives::Edit;
@@ -341,7 +341,7 @@ impl Store {
         }
         let mut rows = CitizenColumns::default();
         for &(import, id) in &finals {
-            rows.push(import, &held[&(import.get(), id)]);
+            rows.push(CitizenRow::new(import, &held[&(import.get(), id)]));
         }
         // Each import's count of PATCHes, and its version once they are written.
         let mut counts: Vec<(i64, i64, OnceLock<i64>)> = Vec::new();

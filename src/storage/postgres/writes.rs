@@ -276,19 +276,53 @@ impl Store {
     }
 }
 
-/// A citizen as statement parameters: `import_id`, then [`CITIZEN_COLUMNS`]
-/// (the `COPY` row, and `$1`..`$10` of the PATCH's update).
-pub(super) struct CitizenRow<'a> {
-    import: i64,
-    id: i64,
-    town: Cow<'a, str>,
-    street: Cow<'a, str>,
-    building: Cow<'a, str>,
-    apartment: i64,
-    name: Cow<'a, str>,
-    birth_date: time::Date,
-    gender: &'a str,
-    relatives: Vec<i64>,
+/// A citizen's columns as the write statements take them: one row
+/// ([`CitizenRow`]) or an array per column ([`CitizenColumns`]).
+#[derive(Default)]
+pub(super) struct Columns<N, S, D, G, R> {
+    import: N,
+    id: N,
+    town: S,
+    street: S,
+    building: S,
+    apartment: N,
+    name: S,
+    birth_date: D,
+    gender: G,
+    relatives: R,
+}
+
+/// A citizen's row as stored (strings escaped by `pg_text`).
+pub(super) type CitizenRow<'a> = Columns<i64, Cow<'a, str>, time::Date, &'a str, Vec<i64>>;
+
+/// Citizens' rows as the parameters of [`UPDATE_CITIZENS`]: an array per
+/// column, a list as its `bigint[]` text form.
+pub(super) type CitizenColumns<'a> =
+    Columns<Vec<i64>, Vec<Cow<'a, str>>, Vec<time::Date>, Vec<&'a str>, Vec<String>>;
+
+impl<N, S, D, G, R> Columns<N, S, D, G, R>
+where
+    N: ToSql + Sync,
+    S: ToSql + Sync,
+    D: ToSql + Sync,
+    G: ToSql + Sync,
+    R: ToSql + Sync,
+{
+    /// The statement parameters, in [`CITIZEN_COLUMNS`] order after the import.
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.import,
+            &self.id,
+            &self.town,
+            &self.street,
+            &self.building,
+            &self.apartment,
+            &self.name,
+            &self.birth_date,
+            &self.gender,
+            &self.relatives,
+        ]
+    }
 }
 
 impl<'a> CitizenRow<'a> {
@@ -306,79 +340,35 @@ impl<'a> CitizenRow<'a> {
             relatives: c.relatives.iter().map(|r| r.as_i64()).collect(),
         }
     }
-
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 10] {
-        [
-            &self.import,
-            &self.id,
-            &self.town,
-            &self.street,
-            &self.building,
-            &self.apartment,
-            &self.name,
-            &self.birth_date,
-            &self.gender,
-            &self.relatives,
-        ]
-    }
-}
-
-/// Citizens' rows as the parameters of [`UPDATE_CITIZENS`]: a column each.
-#[derive(Default)]
-pub(super) struct CitizenColumns<'a> {
-    import: Vec<i64>,
-    id: Vec<i64>,
-    town: Vec<Cow<'a, str>>,
-    street: Vec<Cow<'a, str>>,
-    building: Vec<Cow<'a, str>>,
-    apartment: Vec<i64>,
-    name: Vec<Cow<'a, str>>,
-    birth_date: Vec<time::Date>,
-    gender: Vec<&'a str>,
-    relatives: Vec<String>,
 }
 
 impl<'a> CitizenColumns<'a> {
-    pub(super) fn push(&mut self, import: ImportId, c: &'a Citizen) {
+    /// Adds a row.
+    pub(super) fn push(&mut self, row: CitizenRow<'a>) {
         use std::fmt::Write;
-        self.import.push(import.get());
-        self.id.push(c.citizen_id.as_i64());
-        self.town.push(pg_text::encode(c.town.as_str()));
-        self.street.push(pg_text::encode(c.street.as_str()));
-        self.building.push(pg_text::encode(c.building.as_str()));
-        self.apartment.push(c.apartment.as_i64());
-        self.name.push(pg_text::encode(c.name.as_str()));
-        self.birth_date.push(c.birth_date.date());
-        self.gender.push(c.gender.as_str());
-        let mut list = String::with_capacity(2 + c.relatives.len() * 8);
+        let mut list = String::with_capacity(2 + row.relatives.len() * 8);
         list.push('{');
-        for (at, r) in c.relatives.iter().enumerate() {
+        for (at, r) in row.relatives.iter().enumerate() {
             if at > 0 {
                 list.push(',');
             }
-            let _ = write!(list, "{}", r.as_i64());
+            let _ = write!(list, "{r}");
         }
         list.push('}');
         self.relatives.push(list);
+        self.import.push(row.import);
+        self.id.push(row.id);
+        self.town.push(row.town);
+        self.street.push(row.street);
+        self.building.push(row.building);
+        self.apartment.push(row.apartment);
+        self.name.push(row.name);
+        self.birth_date.push(row.birth_date);
+        self.gender.push(row.gender);
     }
 
     pub(super) fn is_empty(&self) -> bool {
         self.id.is_empty()
-    }
-
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 10] {
-        [
-            &self.import,
-            &self.id,
-            &self.town,
-            &self.street,
-            &self.building,
-            &self.apartment,
-            &self.name,
-            &self.birth_date,
-            &self.gender,
-            &self.relatives,
-        ]
     }
 }
 
