@@ -143,6 +143,16 @@ pub fn plan(
     })
 }
 
+/// Whether `patch` changes its citizen's own row and nothing else: it
+/// carries no town, birth date or relatives, the only fields another row or
+/// the summary depends on. Its [`plan`] is then the citizen with the fields
+/// replaced ([`CitizenPatch::apply_fields`]), with no mirror, no presents
+/// change and no move, whatever is stored; it cannot be refused. A store
+/// may apply it without reading first.
+pub fn own_row_only(patch: &CitizenPatch) -> bool {
+    patch.town.is_none() && patch.birth_date.is_none() && patch.relatives.is_none()
+}
+
 /// The PATCH that makes `before` into `now` (every field set, the
 /// relatives list included): a stored answer replayed as a PATCH.
 pub fn to(now: &Citizen) -> CitizenPatch {
@@ -458,6 +468,49 @@ mod tests {
     }
 
     proptest! {
+        /// A PATCH that [`own_row_only`] lets through plans to the fields
+        /// replaced and nothing else, on any citizen; any other PATCH field
+        /// makes it not own-row only.
+        #[test]
+        fn an_own_row_patch_plans_to_its_fields_alone(
+            people in prop::collection::vec((0..TOWNS.len(), 0..27_000i32), 1..8),
+            links in prop::collection::vec((any::<usize>(), any::<usize>()), 0..12),
+            who in any::<usize>(),
+            name in prop::option::of("[a-z]{1,8}"),
+            street in prop::option::of(0..TOWNS.len()),
+            apartment in prop::option::of(1u64..1000),
+            female in prop::option::of(any::<bool>()),
+            other in 0..3usize,
+        ) {
+            let import = import(&people, &links);
+            let before = Citizen::clone(&import[who % import.len()]);
+            let month_of = |id: CitizenId| {
+                import.iter().find(|c| c.citizen_id == id).map(|c| c.birth_date.month())
+            };
+            let patch = CitizenPatch {
+                name: name.map(|n| Name::parse(n).unwrap()),
+                street: street.map(|t| place(TOWNS[t])),
+                building: street.map(|t| place(TOWNS[t])),
+                apartment: apartment.map(|a| Apartment::parse(a).unwrap()),
+                gender: female.map(|f| if f { Gender::Female } else { Gender::Male }),
+                ..CitizenPatch::default()
+            };
+            prop_assert!(own_row_only(&patch));
+            let planned = plan(&before, &patch, month_of).expect("never refused");
+            let mut expected = before.clone();
+            patch.apply_fields(&mut expected);
+            prop_assert_eq!(&planned.citizen, &expected);
+            prop_assert!(planned.mirror.is_empty());
+            prop_assert!(planned.presents.is_empty());
+            prop_assert!(planned.births.is_none());
+            let reaching = match other {
+                0 => CitizenPatch { town: Some(before.town.clone()), ..patch },
+                1 => CitizenPatch { birth_date: Some(before.birth_date), ..patch },
+                _ => CitizenPatch { relatives: Some(before.relatives.clone()), ..patch },
+            };
+            prop_assert!(!own_row_only(&reaching));
+        }
+
         /// Plans applied one after another keep the import what the
         /// relation as a set of pairs says, and the summary kept by the
         /// plans' rows equal to the summary computed from scratch; a

@@ -34,6 +34,7 @@
 
 mod address;
 mod errors;
+mod own_rows;
 mod patches;
 pub mod pg_text;
 mod planned;

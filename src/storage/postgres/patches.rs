@@ -31,6 +31,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::own_rows::own_rows;
 use super::planned::Outcome;
 use super::{Call, Fail, Kind, Store};
 use crate::domain::{CitizenId, CitizenPatch, ImportId};
@@ -130,7 +131,12 @@ impl Store {
         jobs: &[PatchJob],
         call: &Call,
     ) -> Result<Vec<Result<Patched, StorageError>>, Fail> {
-        match self.patch_planned_tx(jobs, call).await? {
+        let outcome = if own_rows(jobs) {
+            self.patch_own_rows_tx(jobs, call).await?
+        } else {
+            self.patch_planned_tx(jobs, call).await?
+        };
+        match outcome {
             Outcome::Answered(answers) => Ok(answers),
             Outcome::OneByOne => match jobs {
                 [job] => Ok(vec![Ok(self

@@ -452,9 +452,9 @@ async fn in_order(mut writes: Vec<Write<'_>>) -> Result<(), tokio_postgres::Erro
 /// the reads' pipeline): a transaction still open when this is dropped (an
 /// error, or the call's time ran out) closes the connection rather than
 /// putting it back in the pool mid-transaction.
-struct Open<'a> {
-    conn: Conn<'a>,
-    open: AtomicBool,
+pub(super) struct Open<'a> {
+    pub(super) conn: Conn<'a>,
+    pub(super) open: AtomicBool,
 }
 
 impl Open<'_> {
