@@ -146,6 +146,7 @@ test('the docs page lists every operation and "Try it out" on GET /health gets 2
 /** A token with every scope, from `gifts token new`, and its tokens file. */
 function tokensFile() {
   const dir = mkdtempSync(join(tmpdir(), 'gifts-tokens-'));
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
   const out = execFileSync(binary, ['token', 'new', '--name', 'browser', '--scopes', 'read,write,delete,admin']).toString();
   const lines = out.split('\n').map((l) => l.trim()).filter(Boolean);
   const token = lines.find((l) => l.startsWith('gifts_'));
