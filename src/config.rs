@@ -154,6 +154,12 @@ pub struct Config {
     #[arg(long, env = "GIFTS_TARANTOOL_IMPORT_CHUNK", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
     pub tarantool_import_chunk: u64,
 
+    /// Most rows per Tarantool `SELECT` when reading an import's citizens, presents or town
+    /// births (about a millisecond of Tarantool at the default); a bigger import is read in
+    /// several, all of one version.
+    #[arg(long, env = "GIFTS_TARANTOOL_READ_PAGE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub tarantool_read_page: u32,
+
     /// Seconds to keep serving after SIGTERM with /readyz answering 503, so a load balancer
     /// stops sending requests before the service stops accepting them (Ctrl-C: no wait).
     #[arg(long, env = "GIFTS_SHUTDOWN_DRAIN_SECS", default_value_t = 5)]
@@ -224,6 +230,7 @@ impl Config {
                 address: address.clone(),
                 timeout: self.tarantool_timeout(),
                 import_chunk: usize::try_from(self.tarantool_import_chunk).unwrap_or(usize::MAX),
+                read_page: self.tarantool_read_page,
                 largest_body: self.max_body_bytes.get(),
             },
             StorageUrl::Postgres(address) => Settings::Postgres {

@@ -29,7 +29,7 @@
 --   gifts/relation.lua  relatives lists and the relation's invariants
 --   gifts/imports.lua   storing, listing and deleting imports
 --   gifts/patch.lua     a PATCH, and a batch of them in one transaction
---   gifts/reads.lua     an import's rows, whole or a page at a time
+--   gifts/reads.lua     an import's rows whole, and its version for the app's direct reads
 --   gifts/health.lua    health, the summary after an upgrade, the write probe
 --   gifts/access.lua    the app's user and its grants; nothing for guests
 
@@ -69,7 +69,8 @@ require('gifts.schema').migrate()
 -- The stored procedures, each a global function the app calls by name.
 local imports = require('gifts.imports')
 local procedures = {}
-for _, module in ipairs({ imports.procedures, require('gifts.patch'), require('gifts.reads'), require('gifts.health') }) do
+local reads = require('gifts.reads')
+for _, module in ipairs({ imports.procedures, require('gifts.patch'), reads.procedures, require('gifts.health') }) do
     for name, procedure in pairs(module) do
         assert(procedures[name] == nil, name .. ' is defined twice')
         procedures[name] = procedure
@@ -85,7 +86,7 @@ table.sort(names)
 imports.delete_leftovers()
 
 local password = env('GIFTS_TARANTOOL_PASSWORD', 'gifts')
-require('gifts.access').grant(env('GIFTS_TARANTOOL_USER', 'gifts'), password, names)
+require('gifts.access').grant(env('GIFTS_TARANTOOL_USER', 'gifts'), password, names, reads.spaces)
 
 local listen = env('GIFTS_TARANTOOL_LISTEN', '127.0.0.1:3301')
 -- Loopback: 127.x.x.x, localhost or [::1] before the port. A bare port

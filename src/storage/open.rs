@@ -35,6 +35,8 @@ pub enum Settings {
         timeout: Duration,
         /// Most citizens per transaction when storing an import.
         import_chunk: usize,
+        /// Most rows per `SELECT` when reading an import's rows.
+        read_page: u32,
         /// The largest request body, which its largest tuple must take.
         largest_body: u64,
     },
@@ -115,12 +117,14 @@ pub async fn open(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result
             address,
             timeout,
             import_chunk,
+            read_page,
             largest_body,
         } => metered(
             TarantoolStorage::connect(
                 address,
                 *timeout,
                 *import_chunk,
+                *read_page,
                 *largest_body,
                 Arc::clone(metrics),
             ),

@@ -1,5 +1,5 @@
 -- gifts: who may call what. The app's user may call the stored procedures
--- and nothing else; guests get nothing.
+-- and read the rows of a few spaces, and nothing else; guests get nothing.
 
 local M = {}
 
@@ -14,12 +14,12 @@ local function granted(grantee, privilege, object_type, object_name)
 end
 
 -- Makes `user` (with `password`) able to call the functions `names` and
--- nothing else; they run with their definer's rights (setuid) to reach the
--- spaces. Guests get nothing: not even a session (Tarantool grants them
+-- read (never write) the spaces `spaces`, and nothing else; the functions
+-- run with their definer's rights (setuid) to reach the spaces. Guests get nothing: not even a session (Tarantool grants them
 -- one, and the 'public' role with box.schema.user.info and reads of system
 -- views). Nothing here writes when it is already so: a restart on a full
 -- disk must get through to serving reads.
-function M.grant(user, password, names)
+function M.grant(user, password, names, spaces)
     box.schema.user.create(user, { password = password, if_not_exists = true })
     local auth = box.space._user.index.name:get(user)[5]
     if auth == nil or auth['chap-sha1'] ~= box.schema.user.password(password) then
@@ -28,6 +28,9 @@ function M.grant(user, password, names)
     for _, name in ipairs(names) do
         box.schema.func.create(name, { setuid = true, if_not_exists = true })
         box.schema.user.grant(user, 'execute', 'function', name, { if_not_exists = true })
+    end
+    for _, name in ipairs(spaces) do
+        box.schema.user.grant(user, 'read', 'space', name, { if_not_exists = true })
     end
     if granted('guest', 'execute', 'role', 'public') then
         box.schema.user.revoke('guest', 'public')

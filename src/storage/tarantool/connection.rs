@@ -12,15 +12,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::import::{BirthsRow, CALL_WORK, ROW, SummaryRows};
-use super::tuples::Row;
+use super::tuples::{Keyed, Row};
 use crate::domain::ImportId;
 use crate::domain::summary::PresentsRow;
 use crate::metrics::Metrics;
 use crate::storage::iproto::{self, CallError, Client, codes};
 use crate::storage::{StorageError, Version};
-
-/// Rows per `gifts_page` call: about 10 ms of Tarantool for citizens.
-pub(super) const PAGE: usize = 10_000;
 
 /// Page-by-page reads of one import that writes may spoil before one call
 /// reads it whole.
@@ -39,6 +36,8 @@ pub(super) struct Connection {
     /// The largest request body the service takes: a citizen tuple is never
     /// bigger, so Tarantool's largest tuple must not be smaller.
     pub(super) largest_body: u64,
+    /// Most rows per `SELECT` of an import's rows (`--tarantool-read-page`).
+    pub(super) read_page: u32,
     /// True while this instance fills the summary of imports stored before
     /// it ([`Connection::backfill`]).
     pub(super) backfilling: AtomicBool,
@@ -217,10 +216,12 @@ impl Connection {
         }
     }
 
-    /// An import's rows of `space` (`gifts_page`'s spaces), all of one
-    /// version, read [`PAGE`] rows per call so that no call holds Tarantool
-    /// for long. When writes change the import between pages on every one
-    /// of [`PAGED_ATTEMPTS`], one call to `whole` reads it all at once.
+    /// An import's rows of `space` (one of `gifts_read_version`'s spaces),
+    /// all of one version: `SELECT`s of `read_page` rows each (Tarantool's C
+    /// code, no Lua, so no call holds Tarantool for long), between two
+    /// `gifts_read_version` calls that must agree (every write of an import
+    /// bumps its version). When writes change the import on every one of
+    /// [`PAGED_ATTEMPTS`], one call to `whole` reads it all at once.
     ///
     /// Each page is turned into values by `convert` as it comes, so a big
     /// import is never held as raw rows and values at once.
@@ -232,32 +233,42 @@ impl Connection {
         convert: fn(T) -> Result<U, StorageError>,
     ) -> Result<(Version, Vec<U>), StorageError>
     where
-        T: DeserializeOwned + Send + 'static,
+        T: Keyed + DeserializeOwned + Send + 'static,
         U: Send + 'static,
     {
-        'attempt: for _ in 0..PAGED_ATTEMPTS {
+        let id = import.get().unsigned_abs();
+        for _ in 0..PAGED_ATTEMPTS {
+            let (version, space_id) = self.read_version(space, import).await?;
             let mut rows: Vec<U> = Vec::new();
-            let mut cursor: Option<String> = None;
-            let mut first: Option<Version> = None;
+            let mut after: Option<T::Key> = None;
             loop {
-                let (version, page, next): (Option<Version>, Option<Vec<T>>, Option<String>) = self
-                    .call(
-                        "gifts_page",
-                        &(space, import, cursor.as_deref(), PAGE),
-                        Kind::Read,
-                    )
-                    .await?;
-                let (Some(version), Some(page)) = (version, page) else {
-                    return Err(StorageError::ImportNotFound(import));
+                let budget = crate::storage::deadline::remaining(self.timeout);
+                let selected: Result<Vec<T>, _> = match &after {
+                    None => {
+                        self.client
+                            .select(space_id, &(id,), false, self.read_page, budget)
+                            .await
+                    }
+                    Some(key) => {
+                        self.client
+                            .select(space_id, key, true, self.read_page, budget)
+                            .await
+                    }
                 };
-                if *first.get_or_insert(version) != version {
-                    continue 'attempt;
-                }
+                let mut page = selected.map_err(|e| classify(space, e, Kind::Read))?;
+                let full = u32::try_from(page.len()) == Ok(self.read_page);
+                // A page after a key runs on into the next import's rows.
+                let ours = page.iter().take_while(|row| row.import() == id).count();
+                let ended = !full || ours < page.len();
+                page.truncate(ours);
+                after = page.last().map(Keyed::key);
                 rows.extend(crate::storage::checked(page, convert).await?);
-                match next {
-                    Some(next) => cursor = Some(next),
-                    None => return Ok((version, rows)),
+                if ended || after.is_none() {
+                    break;
                 }
+            }
+            if self.read_version(space, import).await?.0 == version {
+                return Ok((version, rows));
             }
         }
         let (version, rows): (Option<Version>, Option<Vec<T>>) =
@@ -266,6 +277,22 @@ impl Connection {
             (Some(version), Some(rows)) => {
                 Ok((version, crate::storage::checked(rows, convert).await?))
             }
+            _ => Err(StorageError::ImportNotFound(import)),
+        }
+    }
+
+    /// One `gifts_read_version` call: the import's version and the id of
+    /// `space` for direct reads.
+    async fn read_version(
+        &self,
+        space: &str,
+        import: ImportId,
+    ) -> Result<(Version, u32), StorageError> {
+        let (version, space_id): (Option<Version>, Option<u32>) = self
+            .call("gifts_read_version", &(space, import), Kind::Read)
+            .await?;
+        match (version, space_id) {
+            (Some(version), Some(space_id)) => Ok((version, space_id)),
             _ => Err(StorageError::ImportNotFound(import)),
         }
     }

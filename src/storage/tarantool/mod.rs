@@ -40,7 +40,7 @@ pub use address::{Secret, TarantoolAddress};
 use connection::{Connection, Kind, NO_ARGS, count_connections, watch};
 use import::{Begun, ONE_CALL_WORK, ROW, SummaryRows, import_answer};
 use patches::{PATCH_QUEUE, PatchJob, send_patches};
-use tuples::{FieldValue, IdOrReason, NewCitizen, Row};
+use tuples::{BirthsTuple, FieldValue, IdOrReason, NewCitizen, PresentsTuple, Row};
 
 /// The Tarantool store.
 pub struct TarantoolStorage {
@@ -62,6 +62,7 @@ impl TarantoolStorage {
         address: &TarantoolAddress,
         timeout: Duration,
         import_chunk: usize,
+        read_page: u32,
         largest_body: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -77,6 +78,7 @@ impl TarantoolStorage {
             closed: AtomicBool::new(false),
             writable: AtomicBool::new(true),
             largest_body,
+            read_page: read_page.max(1),
             backfilling: AtomicBool::new(false),
         });
         tokio::spawn(watch(Arc::clone(&connection), format!("{address:?}")));
@@ -247,10 +249,9 @@ impl Storage for TarantoolStorage {
     }
 
     async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
-        type Tuple = (u64, u8, u64, u32);
         let (version, rows) = self
             .connection
-            .read_rows::<Tuple, _>("presents", import, "gifts_presents", Ok)
+            .read_rows::<PresentsTuple, _>("presents", import, "gifts_presents", Ok)
             .await?;
         let rows = rows
             .into_iter()
@@ -267,10 +268,9 @@ impl Storage for TarantoolStorage {
         &self,
         import: ImportId,
     ) -> Result<(Version, Vec<TownDates>), StorageError> {
-        type Tuple = (u64, String, u32, u32);
         let (version, rows) = self
             .connection
-            .read_rows::<Tuple, _>("town_births", import, "gifts_town_dates", Ok)
+            .read_rows::<BirthsTuple, _>("town_births", import, "gifts_town_dates", Ok)
             .await?;
         // Rows come ordered by town, then date: each town's run is its dates.
         let corrupt = || StorageError::internal("tarantool: a corrupt town births row");

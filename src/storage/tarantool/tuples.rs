@@ -1,7 +1,6 @@
 //! The tuples on the wire: a citizen as `app.lua` stores it, both ways,
 //! and the shapes of the procedures' answers.
 
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Citizen, CitizenId};
@@ -47,7 +46,7 @@ impl<'a> NewCitizen<'a> {
 /// `F` table numbers them (a test holds the two together).
 #[derive(Deserialize)]
 pub(super) struct Row(
-    pub(super) IgnoredAny,
+    pub(super) u64,
     pub(super) u64,
     pub(super) String,
     pub(super) String,
@@ -58,6 +57,50 @@ pub(super) struct Row(
     pub(super) String,
     pub(super) Vec<u64>,
 );
+
+/// A row of a space the app reads directly (`gifts_read_version`): its
+/// import and its primary key, where the next page starts after it.
+pub(super) trait Keyed {
+    type Key: Serialize + Send + Sync + 'static;
+    fn import(&self) -> u64;
+    fn key(&self) -> Self::Key;
+}
+
+impl Keyed for Row {
+    type Key = (u64, u64);
+    fn import(&self) -> u64 {
+        self.0
+    }
+    fn key(&self) -> Self::Key {
+        (self.0, self.1)
+    }
+}
+
+/// A presents row `{import_id, month, citizen_id, presents}`.
+pub(super) type PresentsTuple = (u64, u8, u64, u32);
+
+impl Keyed for PresentsTuple {
+    type Key = (u64, u8, u64);
+    fn import(&self) -> u64 {
+        self.0
+    }
+    fn key(&self) -> Self::Key {
+        (self.0, self.1, self.2)
+    }
+}
+
+/// A town births row `{import_id, town, yyyymmdd, citizens}`.
+pub(super) type BirthsTuple = (u64, String, u32, u32);
+
+impl Keyed for BirthsTuple {
+    type Key = (u64, String, u32);
+    fn import(&self) -> u64 {
+        self.0
+    }
+    fn key(&self) -> Self::Key {
+        (self.0, self.1.clone(), self.2)
+    }
+}
 
 impl Row {
     pub(super) fn into_citizen(self) -> Result<Citizen, StorageError> {

@@ -341,3 +341,57 @@ async fn app_lua_warns_of_the_default_password_beyond_loopback_and_names_its_dat
         );
     }
 }
+
+/// A GET citizens read in many `SELECT`s (pages of 3 rows) while PATCHes
+/// keep changing the import answers one state: a relation that PATCHes
+/// make and break between the first citizen and the last (ten pages apart)
+/// is seen from both sides or from neither, never half; and no row of the
+/// next import creeps in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_many_pages_sees_one_state_while_patches_run() {
+    if !tarantool_available("paged_read_state") {
+        return;
+    }
+    let app = TestApp::spawn_with(Backend::Tarantool, |c| {
+        c.tarantool_read_page = 3;
+        c.cache_bytes = gifts::config::ByteSize(0);
+    })
+    .await;
+    let import = app.import(crate::helpers::generate_import(30, 0, 3)).await;
+    let ids: Vec<u64> = app
+        .citizens(import)
+        .await
+        .iter()
+        .map(|c| c["citizen_id"].as_u64().unwrap())
+        .collect();
+    let (first, last) = (ids[0], ids[ids.len() - 1]);
+    // A page after the import's last key runs on into this one's rows.
+    app.import(crate::helpers::generate_import(5, 0, 4)).await;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let patching = async {
+        for round in 0..150 {
+            let relatives = if round % 2 == 0 {
+                json!([last])
+            } else {
+                json!([])
+            };
+            let (status, body) = app
+                .patch(import, first, &json!({ "relatives": relatives }))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+    };
+    let reading = async {
+        let mut reads = 0;
+        while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+            let listing = app.citizens(import).await;
+            assert_eq!(listing.len(), ids.len());
+            crate::helpers::assert_relatives_symmetric(&listing, "a read of ten pages");
+            reads += 1;
+        }
+        reads
+    };
+    let ((), reads) = tokio::join!(patching, reading);
+    assert!(reads > 0);
+}

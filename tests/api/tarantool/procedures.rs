@@ -206,61 +206,89 @@ async fn a_batch_of_patches_answers_each_and_a_refused_one_leaves_the_others() {
     );
 }
 
-/// `gifts_page` reads an import a page at a time: the pages chain by their
-/// cursors to the whole import in key order, each carries the version (a
-/// PATCH between two pages shows, so the app reads again), and it reads
-/// only its three spaces and only the cursor's import.
+/// The app reads an import's rows itself (IPROTO `SELECT`, no Lua):
+/// `gifts_read_version` gives the import's version and the space's id, for
+/// the three spaces of rows only; the app's user may read those three spaces
+/// and no other; a page after a key runs on into the next import (the app
+/// stops at its own); a PATCH shows in the version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_import_is_read_a_page_at_a_time_with_its_version() {
-    if !tarantool_available("paged_reads") {
+async fn the_app_reads_rows_of_three_spaces_directly_with_the_version() {
+    if !tarantool_available("direct_reads") {
         return;
     }
     let app = TestApp::spawn(Backend::Tarantool).await;
     let import = app.import(spec_example()).await;
     let other = app.import(spec_example()).await;
+    let key = import.unsigned_abs();
     let gifts = client_as(&app.store, "gifts", "test-password");
-    type Page = (Option<u64>, Option<Vec<serde_json::Value>>, Option<String>);
-    let page = |cursor: Option<String>, limit: u64| {
+    type Version = (Option<u64>, Option<u32>);
+    let read_version = |space: &'static str, import: i64| {
         let gifts = &gifts;
         async move {
             gifts
-                .call::<_, Page>("gifts_page", &("citizens", import, cursor, limit), WAIT)
+                .call::<_, Version>("gifts_read_version", &(space, import), WAIT)
                 .await
-                .unwrap()
         }
     };
-    let (version, rows, cursor) = page(None, 2).await;
+    let (version, citizens) = read_version("citizens", import).await.unwrap();
     assert_eq!(version, Some(1));
-    let ids: Vec<u64> = rows
-        .unwrap()
+    let citizens = citizens.expect("the space's id");
+    type Rows = Vec<serde_json::Value>;
+    let first: Rows = gifts
+        .select(citizens, &(key,), false, 2, WAIT)
+        .await
+        .unwrap();
+    let ids: Vec<(i64, u64)> = first
         .iter()
-        .map(|r| r[1].as_u64().unwrap())
+        .map(|r| (r[0].as_i64().unwrap(), r[1].as_u64().unwrap()))
         .collect();
-    assert_eq!(ids, [1, 2]);
-    let cursor = cursor.expect("a next page");
+    assert_eq!(ids, [(import, 1), (import, 2)]);
+    let next: Rows = gifts
+        .select(citizens, &(key, 2u64), true, 3, WAIT)
+        .await
+        .unwrap();
+    let ids: Vec<(i64, u64)> = next
+        .iter()
+        .map(|r| (r[0].as_i64().unwrap(), r[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(ids, [(import, 3), (other, 1), (other, 2)]);
+
     let (status, _) = app.patch(import, 3, &json!({"name": "Новое"})).await;
     assert_eq!(status, StatusCode::OK);
-    let (version, rows, next) = page(Some(cursor.clone()), 2).await;
-    assert_eq!(version, Some(2), "the PATCH between the pages shows");
-    let rows = rows.unwrap();
-    assert_eq!(rows.len(), 1, "only its import's rows: {rows:?}");
-    assert_eq!(rows[0][1], 3);
-    assert_eq!(next, None, "the last page");
-    // Another import's cursor, and a space of its own choosing, are refused.
-    let refused = gifts
-        .call::<_, Page>("gifts_page", &("citizens", other, Some(cursor), 2u64), WAIT)
-        .await;
-    assert!(
-        matches!(refused, Err(CallError::Server { .. })),
-        "{refused:?}"
-    );
-    let refused = gifts
-        .call::<_, Page>("gifts_page", &("_user", import, None::<String>, 2u64), WAIT)
-        .await;
-    assert!(
-        matches!(refused, Err(CallError::Server { .. })),
-        "{refused:?}"
-    );
+    let (version, _) = read_version("citizens", import).await.unwrap();
+    assert_eq!(version, Some(2), "the PATCH shows");
+    let mut readable = vec![citizens];
+    for space in ["presents", "town_births"] {
+        let (version, id) = read_version(space, import).await.unwrap();
+        assert_eq!(version, Some(2), "{space}");
+        readable.push(id.expect("the space's id"));
+    }
+    assert_eq!(read_version("citizens", 9_999).await.unwrap(), (None, None));
+    for refused in [
+        read_version("_user", import).await,
+        read_version("imports", import).await,
+    ] {
+        assert!(
+            matches!(refused, Err(CallError::Server { .. })),
+            "{refused:?}"
+        );
+    }
+    // Every other space of the app's (ids from 512 on: imports, idempotency
+    // keys, meta, ...), and the system's users and spaces, are closed to
+    // the app's user.
+    for space in [280, 304]
+        .into_iter()
+        .chain(512..540)
+        .filter(|id| !readable.contains(id))
+    {
+        let denied = gifts
+            .select::<_, Rows>(space, &(key,), false, 1, WAIT)
+            .await;
+        assert!(
+            matches!(denied, Err(CallError::Server { code: 36 | 42, .. })),
+            "space {space}: {denied:?}"
+        );
+    }
     // Read through the app, the import is whole.
     assert_eq!(app.citizens(import).await.len(), 3);
 }
