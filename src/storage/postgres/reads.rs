@@ -58,7 +58,10 @@ impl Store {
     ) -> Result<(Version, Birthdays), Fail> {
         // One row: the version and the import's presents rows as three
         // arrays, far cheaper to send and decode than a row each (a cold
-        // GET birthdays at 10,000 citizens reads about 2,000 of them).
+        // GET birthdays at 10,000 citizens reads about 2,000 of them). In
+        // no promised order: sorting them here is cheaper than asking
+        // PostgreSQL to (a plan without the key's order sorted on the
+        // server, a third of the query's time).
         let (version, rows) = self
             .versioned_rows(
                 call,
@@ -68,9 +71,8 @@ impl Store {
                      SELECT array_agg(s.month) AS months,
                             array_agg(s.citizen_id) AS citizens,
                             array_agg(s.presents) AS presents
-                     FROM (SELECT month, citizen_id, presents FROM presents
-                           WHERE import_id = i.import_id
-                           ORDER BY month, citizen_id) s
+                     FROM presents s
+                     WHERE s.import_id = i.import_id
                  ) p ON true
                  WHERE i.import_id = $1",
             )
@@ -95,7 +97,7 @@ impl Store {
             let presents = u32::try_from(presents).map_err(|_| corrupt())?;
             read.push((month, citizen, presents));
         }
-        // An aggregate keeps its input's order in practice, not by promise.
+        // Usually in key order already (the index's, or the insertion's).
         if !read.is_sorted_by_key(|&(month, citizen, _)| (month, citizen)) {
             read.sort_unstable_by_key(|&(month, citizen, _)| (month, citizen));
         }
