@@ -290,10 +290,20 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
+/// Bodies announced this big or smaller that are over the limit are read
+/// and thrown away after the 413 is sent, so that the client, still
+/// sending, reads its answer: a connection closed with unread data in it is
+/// reset, and a reset can destroy the answer before the client reads it.
+const DRAINED_AT_MOST: u64 = 8 << 20;
+
+/// How long such a body may take to arrive before the connection is closed.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Answers 413 to a request whose `Content-Length` is over the limit before
 /// any of its body is read (and, to `Expect: 100-continue`, instead of
-/// `100 Continue`), on every route. The connection is then closed rather
-/// than drained.
+/// `100 Continue`), on every route. The connection is then closed: at once
+/// for a bigger body than [`DRAINED_AT_MOST`] or a client that waits for
+/// `100 Continue`, else once the body has arrived (and been thrown away).
 async fn refuse_oversized(
     axum::extract::State(limit): axum::extract::State<ByteSize>,
     request: Request<axum::body::Body>,
@@ -304,7 +314,18 @@ async fn refuse_oversized(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit.get()) {
+    if let Some(announced) = announced.filter(|&n| n > limit.get()) {
+        let waits = request.headers().contains_key(axum::http::header::EXPECT);
+        if announced <= DRAINED_AT_MOST && !waits {
+            let mut body = request.into_body();
+            tokio::spawn(async move {
+                use http_body_util::BodyExt;
+                let _ = tokio::time::timeout(DRAIN_TIME, async {
+                    while let Some(Ok(_)) = body.frame().await {}
+                })
+                .await;
+            });
+        }
         let mut response = AppError::PayloadTooLarge(limit).into_response();
         response.headers_mut().insert(
             axum::http::header::CONNECTION,

@@ -175,3 +175,38 @@ async fn framework_errors_are_json_errors_too() {
             .starts_with("text/html")
     );
 }
+
+/// A client that sends a body a little over the limit whatever the answer
+/// (as most do: no `Expect: 100-continue`) gets its 413 at once and can send
+/// the rest: the service reads and drops it, then closes cleanly. Closing
+/// with the body unread would reset the connection, and a reset can destroy
+/// the 413 before the client reads it.
+#[tokio::test]
+async fn a_body_a_little_over_the_limit_is_drained_so_its_413_is_read() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.max_body_bytes = gifts::config::ByteSize(1 << 20);
+    })
+    .await;
+    let body = vec![b' '; (1 << 20) + 1];
+    let (answer, mut stream) = exchange(
+        &app,
+        &format!(
+            "POST /imports HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    stream.write_all(&body).await.expect("the body is taken");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("closed once the body is in");
+    assert!(end.is_ok(), "a clean close, not a reset: {end:?}");
+    assert!(
+        rest.is_empty(),
+        "one answer: {}",
+        String::from_utf8_lossy(&rest)
+    );
+}
