@@ -259,11 +259,12 @@ impl Connection {
                 let full = u32::try_from(page.len()) == Ok(self.read_page);
                 // A page after a key runs on into the next import's rows.
                 let ours = page.iter().take_while(|row| row.import() == id).count();
+                // An empty page is never full: it ends the read too.
                 let ended = !full || ours < page.len();
                 page.truncate(ours);
                 after = page.last().map(Keyed::key);
                 rows.extend(crate::storage::checked(page, convert).await?);
-                if ended || after.is_none() {
+                if ended {
                     break;
                 }
             }

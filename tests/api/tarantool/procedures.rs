@@ -238,20 +238,18 @@ async fn the_app_reads_rows_of_three_spaces_directly_with_the_version() {
         .select(citizens, &(key,), false, 2, WAIT)
         .await
         .unwrap();
-    let ids: Vec<(i64, u64)> = first
-        .iter()
-        .map(|r| (r[0].as_i64().unwrap(), r[1].as_u64().unwrap()))
-        .collect();
-    assert_eq!(ids, [(import, 1), (import, 2)]);
+    // (import_id, citizen_id) of each row.
+    let ids = |rows: &Rows| -> Vec<(i64, u64)> {
+        rows.iter()
+            .map(|r| (r[0].as_i64().unwrap(), r[1].as_u64().unwrap()))
+            .collect()
+    };
+    assert_eq!(ids(&first), [(import, 1), (import, 2)]);
     let next: Rows = gifts
         .select(citizens, &(key, 2u64), true, 3, WAIT)
         .await
         .unwrap();
-    let ids: Vec<(i64, u64)> = next
-        .iter()
-        .map(|r| (r[0].as_i64().unwrap(), r[1].as_u64().unwrap()))
-        .collect();
-    assert_eq!(ids, [(import, 3), (other, 1), (other, 2)]);
+    assert_eq!(ids(&next), [(import, 3), (other, 1), (other, 2)]);
 
     let (status, _) = app.patch(import, 3, &json!({"name": "Новое"})).await;
     assert_eq!(status, StatusCode::OK);
