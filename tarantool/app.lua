@@ -16,6 +16,10 @@
 --                              citizen is one tuple, relatives included, and never bigger
 --                              than the request body that carried it: the app refuses to
 --                              start when its body limit is above this.
+--   GIFTS_TARANTOOL_PATCH_STEP the most relatives one transaction of a PATCH mirrors
+--                              (default 1000); a PATCH that may mirror more is written in
+--                              steps (gifts/patch.lua)
+--   GIFTS_TARANTOOL_CRASH_AFTER_STEPS  tests only: exit in the middle of such a PATCH
 --
 -- The app is stateless over this database: field formats are validated in
 -- Rust, and the analytics are computed in Rust. What lives here is what must
@@ -27,8 +31,10 @@
 --   gifts/settings.lua  the environment above
 --   gifts/schema.lua    spaces, field numbers, migrations
 --   gifts/relation.lua  relatives lists and the relation's invariants
+--   gifts/locks.lua     imports held by a PATCH written in steps
 --   gifts/imports.lua   storing, listing and deleting imports
---   gifts/patch.lua     a PATCH, and a batch of them in one transaction
+--   gifts/patch.lua     a PATCH, a batch of them in one transaction, and one
+--                       too big for one transaction, written in steps
 --   gifts/reads.lua     an import's rows whole, and its version for the app's direct reads
 --   gifts/health.lua    health, the summary after an upgrade, the write probe
 --   gifts/access.lua    the app's user and its grants; nothing for guests
@@ -70,7 +76,8 @@ require('gifts.schema').migrate()
 local imports = require('gifts.imports')
 local procedures = {}
 local reads = require('gifts.reads')
-for _, module in ipairs({ imports.procedures, require('gifts.patch'), reads.procedures, require('gifts.health') }) do
+local patch = require('gifts.patch')
+for _, module in ipairs({ imports.procedures, patch.procedures, reads.procedures, require('gifts.health') }) do
     for name, procedure in pairs(module) do
         assert(procedures[name] == nil, name .. ' is defined twice')
         procedures[name] = procedure
@@ -84,6 +91,7 @@ end
 table.sort(names)
 
 imports.delete_leftovers()
+patch.resume_long_patches()
 
 local password = env('GIFTS_TARANTOOL_PASSWORD', 'gifts')
 require('gifts.access').grant(env('GIFTS_TARANTOOL_USER', 'gifts'), password, names, reads.spaces)

@@ -6,6 +6,7 @@ local fiber = require('fiber')
 local log = require('log')
 local schema = require('gifts.schema')
 local relation = require('gifts.relation')
+local locks = require('gifts.locks')
 
 local F, I = schema.F, schema.I
 local id_key, relation_error, pacer = relation.id_key, relation.relation_error, relation.pacer
@@ -325,6 +326,9 @@ end
 -- (a crash in between leaves an invisible import that the next start
 -- deletes). Returns 'ok' or 'not_found'.
 function P.gifts_delete_import(import_id)
+    -- Not in the middle of a long PATCH of it (locks.lua); no yield between
+    -- here and the transaction.
+    locks.wait_idle(import_id)
     local gone = box.atomic(function()
         if visible(import_id) == nil then
             return false

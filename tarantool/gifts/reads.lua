@@ -2,9 +2,11 @@
 
 local schema = require('gifts.schema')
 local stored = require('gifts.imports')
+local locks = require('gifts.locks')
 
 local I = schema.I
 local visible, refuse_pending = stored.visible, stored.refuse_pending
+local wait_idle = locks.wait_idle
 local citizens = box.space.citizens
 local presents = box.space.presents
 local town_births = box.space.town_births
@@ -12,9 +14,13 @@ local town_births = box.space.town_births
 -- The stored procedures: gifts_* by name.
 local P = {}
 
+-- Every read waits while a long PATCH holds the import (locks.lua), then
+-- reads without yielding.
+
 -- The import's version and all its citizens ordered by citizen_id, read
 -- without yielding (one consistent state); nil, nil when there is no such import.
 function P.gifts_citizens(import_id)
+    wait_idle(import_id)
     local import = visible(import_id)
     if import == nil then
         return box.NULL, box.NULL
@@ -25,6 +31,7 @@ end
 -- The import's version and its presents rows (ordered by month, then
 -- citizen_id), read without yielding; nil, nil when there is no such import.
 function P.gifts_presents(import_id)
+    wait_idle(import_id)
     local import = visible(import_id)
     if import == nil then
         return box.NULL, box.NULL
@@ -37,6 +44,7 @@ end
 -- yyyymmdd, citizens} (ordered by town, byte order, then date), read
 -- without yielding; nil, nil when there is no such import.
 function P.gifts_town_dates(import_id)
+    wait_idle(import_id)
     local import = visible(import_id)
     if import == nil then
         return box.NULL, box.NULL
@@ -61,6 +69,7 @@ function P.gifts_read_version(space_name, import_id)
     if space == nil then
         error('gifts_read_version: no such space ' .. tostring(space_name))
     end
+    wait_idle(import_id)
     local import = visible(import_id)
     if import == nil then
         return box.NULL, box.NULL
@@ -73,6 +82,7 @@ end
 
 -- The import's version (bumped by every patch), or nil; validates cached answers.
 function P.gifts_import_version(import_id)
+    wait_idle(import_id)
     local import = visible(import_id)
     if import == nil then
         return box.NULL

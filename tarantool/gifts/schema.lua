@@ -171,6 +171,25 @@ local migrations = {
         end
         box.space.town_dates:drop()
     end,
+    -- 6: PATCHes applied in steps (patch.lua's long PATCH): one row per
+    -- import with one under way, {import_id, citizen_id, changes,
+    -- relatives, steps done, this citizen's presents change per month so
+    -- far}, written with the PATCH's first step and deleted with its last,
+    -- so a crash in between is finished at the next start.
+    function()
+        local long = box.schema.space.create('long_patches', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'citizen_id', type = 'unsigned' },
+                { name = 'changes', type = 'any', is_nullable = true },
+                { name = 'relatives', type = 'any', is_nullable = true },
+                { name = 'done', type = 'unsigned' },
+                { name = 'own', type = 'array' },
+            },
+        })
+        long:create_index('primary', { parts = { { field = 1, type = 'unsigned' } }, if_not_exists = true })
+    end,
 }
 
 -- Applies the migrations this database has not run yet, each in its own

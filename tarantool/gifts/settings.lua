@@ -25,4 +25,14 @@ function M.bytes(name, default)
     return tonumber(number) * factor
 end
 
+-- A whole number of at least 0 (`default` when unset); anything else stops the start.
+function M.count(name, default)
+    local text = M.env(name, tostring(default))
+    local number = tonumber(text)
+    if number == nil or number < 0 or number ~= math.floor(number) then
+        error(string.format('%s=%q: expected a whole number', name, text))
+    end
+    return number
+end
+
 return M

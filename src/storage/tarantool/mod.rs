@@ -196,14 +196,23 @@ impl Storage for TarantoolStorage {
             deadline: Instant::now() + super::deadline::remaining(self.connection.timeout),
             reply,
         };
-        self.patches.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                StorageError::Overloaded(format!("{PATCH_QUEUE} PATCHes are waiting for tarantool"))
-            }
-            mpsc::error::TrySendError::Closed(_) => {
-                StorageError::Unavailable("the store is closed".into())
-            }
-        })?;
+        let long = job
+            .args
+            .3
+            .as_ref()
+            .is_some_and(|relatives| relatives.len() > patches::LONG_RELATIVES);
+        if long {
+            tokio::spawn(patches::send_long(Arc::clone(&self.connection), job));
+        } else {
+            self.patches.try_send(job).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StorageError::Overloaded(format!(
+                    "{PATCH_QUEUE} PATCHes are waiting for tarantool"
+                )),
+                mpsc::error::TrySendError::Closed(_) => {
+                    StorageError::Unavailable("the store is closed".into())
+                }
+            })?;
+        }
         let (status, row, relative, version, reason) = answer
             .await
             .map_err(|_| StorageError::Unavailable("the store is closed".into()))??;

@@ -1,5 +1,6 @@
 //! PATCHes queued and sent in batches: one call, one transaction, one WAL
-//! write for every PATCH that queued while the previous call was out.
+//! write for every PATCH that queued while the previous call was out; and
+//! the few too big for one short transaction, sent by themselves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,14 @@ pub(super) const PATCH_QUEUE: usize = 4096;
 
 /// The most PATCHes sent in one call (one transaction: one WAL write).
 pub(super) const PATCH_BATCH: usize = 64;
+
+/// A PATCH listing more relatives than this goes straight to
+/// `gifts_patch_long` ([`send_long`]) rather than through the queue, where
+/// Tarantool would only read its list to answer `long`. A hint that saves
+/// that round trip: `app.lua` decides which PATCHes are long (its
+/// `GIFTS_TARANTOOL_PATCH_STEP`, 1,000 by default), and takes any PATCH
+/// by either procedure.
+pub(super) const LONG_RELATIVES: usize = 1_000;
 
 /// The arguments of `gifts_patch_citizen`: import, citizen, changed fields,
 /// new relatives.
@@ -101,7 +110,11 @@ pub(super) async fn send_patches(
         match answers {
             Ok(answers) => {
                 for (job, answer) in live.into_iter().zip(answers) {
-                    let _ = job.reply.send(Ok(answer));
+                    if matches!(answer.0.as_str(), "long" | "busy") {
+                        tokio::spawn(send_long(Arc::clone(&connection), job));
+                    } else {
+                        let _ = job.reply.send(Ok(answer));
+                    }
                 }
             }
             Err(error) => {
@@ -111,4 +124,24 @@ pub(super) async fn send_patches(
             }
         }
     }
+}
+
+/// A PATCH that Tarantool answered `long` (it would mirror more relatives
+/// than one short transaction should) or `busy` (a long PATCH holds its
+/// import), sent again by itself as `gifts_patch_long`, which writes it in
+/// steps or waits for the import: beside the queue, so the PATCHes behind
+/// it do not wait. Nothing of it was written, so with no time left it is
+/// not sent (503).
+pub(super) async fn send_long(connection: Arc<Connection>, job: PatchJob) {
+    let budget = job.deadline.saturating_duration_since(Instant::now());
+    let answer = if budget.is_zero() {
+        Err(StorageError::Unavailable(
+            "the request ran out of time before its PATCH was sent".into(),
+        ))
+    } else {
+        connection
+            .call_within("gifts_patch_long", &job.args, Kind::Write, budget)
+            .await
+    };
+    let _ = job.reply.send(answer);
 }

@@ -98,6 +98,8 @@ struct TarantoolServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra environment for `app.lua` (its settings), from the next start.
+    env: Vec<(String, String)>,
 }
 
 impl TarantoolServer {
@@ -115,6 +117,7 @@ impl TarantoolServer {
             "test-password",
             256 << 20,
         )
+        .envs(self.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&self.dir)
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
@@ -165,6 +168,12 @@ const POSTGRES_SETTINGS: &[&str] = &["fsync=off", "full_page_writes=off"];
 impl TestStore {
     /// A fresh, empty store of the given backend.
     pub fn new(backend: Backend) -> Self {
+        Self::with_env(backend, &[])
+    }
+
+    /// A fresh, empty store whose server (Tarantool only) runs with `env`
+    /// added to its environment: `app.lua`'s settings.
+    pub fn with_env(backend: Backend, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         match backend {
             Backend::Sqlite => Self {
@@ -178,6 +187,10 @@ impl TestStore {
                     port,
                     dir: dir.path().to_owned(),
                     child: None,
+                    env: env
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
                 };
                 server.start();
                 let url = format!("tarantool://gifts:test-password@127.0.0.1:{port}")
@@ -240,6 +253,17 @@ impl TestStore {
         match &mut *self.server() {
             Server::Tarantool(t) => t.kill(),
             Server::Postgres(p) => p.kill(),
+        }
+    }
+
+    /// Sets the environment added to Tarantool's (`app.lua`'s settings)
+    /// from its next start.
+    pub fn set_server_env(&self, env: &[(&str, &str)]) {
+        if let Server::Tarantool(t) = &mut *self.server() {
+            t.env = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
         }
     }
 

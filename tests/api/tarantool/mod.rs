@@ -395,3 +395,159 @@ async fn a_read_of_many_pages_sees_one_state_while_patches_run() {
     let ((), reads) = tokio::join!(patching, reading);
     assert!(reads > 0);
 }
+
+/// Presents in a birthdays answer, all months together.
+fn presents_in(birthdays: &serde_json::Value) -> u64 {
+    birthdays
+        .as_object()
+        .expect("months")
+        .values()
+        .flat_map(|month| month.as_array().expect("a month's list").iter())
+        .map(|row| row["presents"].as_u64().expect("presents"))
+        .sum()
+}
+
+/// A PATCH that mirrors more relatives than one step (here 2) is written
+/// in several transactions; whoever reads the import meanwhile — whole or
+/// in pages of 3 rows, nothing cached — sees it before or after, never
+/// half: the relation symmetric and the presents either none or all. Other
+/// PATCHes of the import wait for it and are applied after, each answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_written_in_steps_is_seen_whole_or_not_at_all() {
+    if !tarantool_available("long_patch_readers") {
+        return;
+    }
+    let store = Arc::new(TestStore::with_env(
+        Backend::Tarantool,
+        &[("GIFTS_TARANTOOL_PATCH_STEP", "2")],
+    ));
+    let mut config = Config::with_storage(store.url().clone());
+    config.tarantool_read_page = 3;
+    config.cache_bytes = gifts::config::ByteSize(0);
+    let app = TestApp::start(Arc::clone(&store), config).await;
+    let import = app.import(crate::helpers::generate_import(40, 0, 5)).await;
+    let ids: Vec<u64> = app
+        .citizens(import)
+        .await
+        .iter()
+        .map(|c| c["citizen_id"].as_u64().unwrap())
+        .collect();
+    let hub = ids[0];
+    let others = ids[1..].to_vec();
+    let all = u64::try_from(2 * others.len()).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let patching = async {
+        for round in 0..6 {
+            let relatives = if round % 2 == 0 {
+                others.clone()
+            } else {
+                vec![]
+            };
+            let (status, body) = app
+                .patch(import, hub, &json!({ "relatives": relatives }))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+    };
+    let reading = async {
+        let mut reads = 0;
+        while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+            let listing = app.citizens(import).await;
+            crate::helpers::assert_relatives_symmetric(&listing, "a read during a long PATCH");
+            let presents = presents_in(&app.birthdays(import).await);
+            assert!(
+                presents == 0 || presents == all,
+                "{presents} presents: a PATCH seen half-written (0 or {all} expected)"
+            );
+            reads += 1;
+        }
+        reads
+    };
+    let renaming = async {
+        let mut n = 0;
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            n += 1;
+            let (status, body) = app
+                .patch(
+                    import,
+                    others[n % others.len()],
+                    &json!({ "name": format!("Имя {n}") }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    let ((), reads, ()) = tokio::join!(patching, reading, renaming);
+    assert!(reads > 0);
+    // The last round dropped them all: the same as a store that never had them.
+    let listing = app.citizens(import).await;
+    assert!(
+        listing.iter().all(|c| c["relatives"] == json!([])),
+        "{listing:?}"
+    );
+    assert_eq!(presents_in(&app.birthdays(import).await), 0);
+}
+
+/// A Tarantool that dies in the middle of a PATCH written in steps (after
+/// 3 of its 10) finishes it at its next start, before it lets clients in:
+/// the import then answers exactly as on SQLite after the same PATCH, and
+/// the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_cut_short_by_a_crash_is_finished_at_the_next_start() {
+    if !tarantool_available("long_patch_crash") {
+        return;
+    }
+    let store = Arc::new(TestStore::with_env(
+        Backend::Tarantool,
+        &[
+            ("GIFTS_TARANTOOL_PATCH_STEP", "2"),
+            ("GIFTS_TARANTOOL_CRASH_AFTER_STEPS", "3"),
+        ],
+    ));
+    // Nothing cached: each answer comes from the rows stored.
+    let mut config = Config::with_storage(store.url().clone());
+    config.cache_bytes = gifts::config::ByteSize(0);
+    let app = TestApp::start(Arc::clone(&store), config).await;
+    let sqlite = TestApp::spawn(Backend::Sqlite).await;
+    let citizens = crate::helpers::generate_import(30, 20, 6);
+    let import = app.import(citizens.clone()).await;
+    assert_eq!(sqlite.import(citizens.clone()).await, import);
+    let hub = citizens[0]["citizen_id"].as_u64().unwrap();
+    // 20 relatives touched, and the birth month moves the presents of the
+    // ones it keeps: more than 3 steps of 2.
+    let relatives: Vec<u64> = citizens[10..]
+        .iter()
+        .map(|c| c["citizen_id"].as_u64().unwrap())
+        .collect();
+    let patch = json!({ "relatives": relatives, "birth_date": "15.07.1990" });
+    let (status, body) = sqlite.patch(import, hub, &patch).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app.patch(import, hub, &patch).await;
+    assert!(
+        status == StatusCode::GATEWAY_TIMEOUT || status == StatusCode::SERVICE_UNAVAILABLE,
+        "the database died in the middle of the PATCH: {status} {body}"
+    );
+    store.kill_server(); // reaps the exited process
+    store.set_server_env(&[("GIFTS_TARANTOOL_PATCH_STEP", "2")]);
+    store.start_server();
+    wait_for(&app, "/health", StatusCode::OK).await;
+    for what in [
+        "citizens/birthdays",
+        "towns/stat/percentile/age",
+        "citizens",
+    ] {
+        let path = format!("/imports/{import}/{what}");
+        let (status, body) = app.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, sqlite.get(&path).await.1, "{what}");
+    }
+    let log = store.server_log();
+    assert!(log.contains("exiting in the middle of a PATCH"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "finished the PATCH of citizen {hub} of import {import}, cut short by a crash"
+        )),
+        "{log}"
+    );
+}
