@@ -452,7 +452,8 @@ impl Storage for PostgresStorage {
     }
 
     /// Queued for the committer ([`patches`]), which commits it with the
-    /// PATCHes queued beside it.
+    /// PATCHes queued beside it; or, if it may write many rows, committed
+    /// alone ([`patches::alone`]).
     async fn patch_citizen(
         &self,
         import: ImportId,
@@ -472,6 +473,9 @@ impl Storage for PostgresStorage {
             deadline,
             reply,
         };
+        if patches::alone(&job.patch) {
+            return self.patch_alone(&job).await;
+        }
         if self.patches.try_send(job).is_err() {
             return Err(StorageError::Overloaded(format!(
                 "postgresql: {} PATCHes already wait for a commit",

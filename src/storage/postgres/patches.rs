@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use super::own_rows::own_rows;
 use super::planned::Outcome;
 use super::{Call, Fail, Kind, Store};
-use crate::domain::{CitizenId, CitizenPatch, ImportId};
+use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
 use crate::storage::{Patched, StorageError};
 
 /// PATCHes waiting for the commit in flight at most; more get 503.
@@ -47,6 +47,38 @@ pub(super) const LOCK_IMPORTS: &str =
 
 /// The most PATCHes in one transaction.
 pub(super) const PATCH_BATCH: usize = 64;
+
+/// A PATCH that may touch more relatives than this commits alone ([`big`]).
+pub(super) const ALONE_RELATIVES: usize = 1_000;
+
+/// Whether a PATCH commits in a transaction of its own, beside the queue,
+/// rather than with the PATCHes queued beside it: one that may write many
+/// rows would otherwise hold the whole queue — every import's PATCHes —
+/// while PostgreSQL writes them (120,000 mirrored relatives take it 2–3
+/// s). It still holds its own import's PATCHes, which wait for its row
+/// lock. A long list in the body is known at once ([`alone`]); the stored
+/// list (a PATCH that drops them all, a birth date that moves the presents
+/// of every relative) once the batch has read the citizen: the committer
+/// then takes the batch back, unwritten, and sends the big ones alone.
+pub(super) fn alone(patch: &CitizenPatch) -> bool {
+    patch
+        .relatives
+        .as_ref()
+        .is_some_and(|relatives| relatives.len() > ALONE_RELATIVES)
+}
+
+/// [`alone`], knowing the citizen as stored: the relatives its PATCH
+/// touches, at most.
+pub(super) fn big(stored: &Citizen, patch: &CitizenPatch) -> bool {
+    let touched = if let Some(relatives) = &patch.relatives {
+        stored.relatives.len() + relatives.len()
+    } else if patch.birth_date.is_some() {
+        stored.relatives.len()
+    } else {
+        0
+    };
+    touched > ALONE_RELATIVES
+}
 
 /// One PATCH queued for [`commit_patches`].
 pub(super) struct PatchJob {
@@ -87,22 +119,60 @@ pub(super) async fn commit_patches(
         };
         #[allow(clippy::cast_precision_loss)] // at most PATCH_BATCH
         batch_size.observe(live.len() as f64);
-        let budget = deadline - now;
-        let call = Call::default();
-        match store
-            .run_within(Kind::Write, &call, budget, store.patch_jobs(&live, &call))
-            .await
-        {
-            Ok(answers) => {
-                for (job, answer) in live.into_iter().zip(answers) {
-                    let _ = job.reply.send(answer);
+        let mut live = live;
+        let mut budget = deadline - now;
+        loop {
+            let call = Call::default();
+            match store
+                .run_within(
+                    Kind::Write,
+                    &call,
+                    budget,
+                    store.patch_jobs(&live, &call, true),
+                )
+                .await
+            {
+                Ok(Outcome::Answered(answers)) => {
+                    for (job, answer) in live.into_iter().zip(answers) {
+                        let _ = job.reply.send(answer);
+                    }
+                }
+                Ok(Outcome::Split(heavy)) => {
+                    // The big ones alone, each in a task of its own; the
+                    // rest again, at once.
+                    let mut rest = Vec::with_capacity(live.len());
+                    for (at, job) in live.into_iter().enumerate() {
+                        if heavy.contains(&at) {
+                            let store = Arc::clone(&store);
+                            tokio::spawn(async move {
+                                let answer = store.patch_alone(&job).await;
+                                let _ = job.reply.send(answer);
+                            });
+                        } else {
+                            rest.push(job);
+                        }
+                    }
+                    let Some(deadline) = rest.iter().map(|job| job.deadline).min() else {
+                        break;
+                    };
+                    budget = deadline.saturating_duration_since(Instant::now());
+                    live = rest;
+                    continue;
+                }
+                Ok(Outcome::OneByOne) => {
+                    for job in live {
+                        let _ = job.reply.send(Err(StorageError::internal(
+                            "postgresql: a batch left unanswered",
+                        )));
+                    }
+                }
+                Err(error) => {
+                    for job in live {
+                        let _ = job.reply.send(Err(error.clone()));
+                    }
                 }
             }
-            Err(error) => {
-                for job in live {
-                    let _ = job.reply.send(Err(error.clone()));
-                }
-            }
+            break;
         }
     }
 }
@@ -122,28 +192,52 @@ pub(super) fn fails_the_patch_alone(error: &tokio_postgres::Error) -> bool {
 }
 
 impl Store {
-    /// The jobs' answers: planned at once and written in one pipeline
-    /// (`planned.rs`); if that path cannot answer them one by one, taken
-    /// back and run again here, each PATCH after a savepoint (one alone,
-    /// in a transaction of its own).
+    /// A PATCH that commits alone ([`alone`], [`big`]): in a transaction
+    /// of its own.
+    pub(super) async fn patch_alone(&self, job: &PatchJob) -> Result<Patched, StorageError> {
+        let budget = job.deadline.saturating_duration_since(Instant::now());
+        let call = Call::default();
+        let outcome = self
+            .run_within(
+                Kind::Write,
+                &call,
+                budget,
+                self.patch_jobs(std::slice::from_ref(job), &call, false),
+            )
+            .await?;
+        match outcome {
+            Outcome::Answered(answers) => answers
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(StorageError::internal("postgresql: a PATCH unanswered"))),
+            _ => Err(StorageError::internal("postgresql: a PATCH unanswered")),
+        }
+    }
+
+    /// The jobs' answers ([`Outcome::Answered`]): planned at once and
+    /// written in one pipeline (`planned.rs`); if that path cannot answer
+    /// them one by one, taken back and run again here, each PATCH after a
+    /// savepoint (one alone, in a transaction of its own). With `split`,
+    /// [`Outcome::Split`] when some may write many rows ([`big`]).
     async fn patch_jobs(
         &self,
         jobs: &[PatchJob],
         call: &Call,
-    ) -> Result<Vec<Result<Patched, StorageError>>, Fail> {
+        split: bool,
+    ) -> Result<Outcome, Fail> {
         let outcome = if own_rows(jobs) {
             self.patch_own_rows_tx(jobs, call).await?
         } else {
-            self.patch_planned_tx(jobs, call).await?
+            self.patch_planned_tx(jobs, call, split).await?
         };
         match outcome {
-            Outcome::Answered(answers) => Ok(answers),
-            Outcome::OneByOne => match jobs {
-                [job] => Ok(vec![Ok(self
+            Outcome::OneByOne => Ok(Outcome::Answered(match jobs {
+                [job] => vec![Ok(self
                     .patch_tx(job.import, job.citizen, &job.patch, call)
-                    .await?)]),
-                _ => self.patch_batch_tx(jobs, call).await,
-            },
+                    .await?)],
+                _ => self.patch_batch_tx(jobs, call).await?,
+            })),
+            other => Ok(other),
         }
     }
 

@@ -35,7 +35,7 @@ use std::task::Poll;
 
 use tokio_postgres::types::ToSql;
 
-use super::patches::{LOCK_IMPORTS, PatchJob, fails_the_patch_alone};
+use super::patches::{LOCK_IMPORTS, PatchJob, big, fails_the_patch_alone};
 use super::pg_text;
 use super::reads::{CITIZEN_COLUMNS, read_citizen, version_of};
 use super::writes::{self, CitizenColumns, CitizenRow};
@@ -52,6 +52,9 @@ pub(super) enum Outcome {
     Answered(Vec<Result<Patched, StorageError>>),
     /// Taken back, nothing applied: to be answered PATCH by PATCH.
     OneByOne,
+    /// Taken back, nothing applied: these jobs (indices) may write many
+    /// rows and commit alone (`patches::big`); the others go on as a batch.
+    Split(Vec<usize>),
 }
 
 /// A citizen of an import.
@@ -65,10 +68,13 @@ type Write<'a> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> 
 
 impl Store {
     /// The jobs planned at once and written in one pipeline (see the module).
+    /// With `split`, jobs that may write many rows are handed back
+    /// ([`Outcome::Split`]) once their citizens are read.
     pub(super) async fn patch_planned_tx(
         &self,
         jobs: &[PatchJob],
         call: &Call,
+        split: bool,
     ) -> Result<Outcome, Fail> {
         let open = Open {
             conn: self.conn(call).await?,
@@ -170,6 +176,21 @@ impl Store {
         for row in &rows {
             let citizen = read_citizen(row)?;
             held.insert((row.try_get(9)?, citizen.citizen_id), citizen);
+        }
+        if split {
+            let heavy: Vec<usize> = jobs
+                .iter()
+                .enumerate()
+                .filter(|(_, job)| {
+                    held.get(&(job.import.get(), job.citizen))
+                        .is_some_and(|citizen| big(citizen, &job.patch))
+                })
+                .map(|(at, _)| at)
+                .collect();
+            if !heavy.is_empty() {
+                open.roll_back().await?;
+                return Ok(Outcome::Split(heavy));
+            }
         }
         let mut asked_months: HashSet<Key> = HashSet::new();
         let mut asked_towns: HashSet<(i64, String)> = HashSet::new();
