@@ -131,7 +131,16 @@ async fn run(backend: Backend, shapes: &[Shape]) -> Vec<Seen> {
                     continue;
                 };
                 for (n, (id, patch)) in shape.patches.iter().enumerate() {
+                    let at = begun.elapsed();
+                    let started = Instant::now();
                     let (status, body) = app.patch(import, *id, patch).await;
+                    crate::helpers::report(&format!(
+                        "{}: {}: PATCH {n} at {:.1} s took {:.2} s",
+                        backend.name(),
+                        shape.name,
+                        at.as_secs_f64(),
+                        started.elapsed().as_secs_f64()
+                    ));
                     answers.push(seen(format!("{}: PATCH {n}", shape.name), status, &body));
                 }
                 let started = Instant::now();

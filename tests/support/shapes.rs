@@ -114,6 +114,16 @@ pub fn big_shapes() -> Vec<Shape> {
                     json!({"relatives": ((top - n + 11)..=top).collect::<Vec<_>>()}),
                 ),
                 (top - 2, json!({"birth_date": "29.02.2000"})),
+                // Three PATCHes that each mirror about 120,000 relatives
+                // (Tarantool writes them in steps): the hub's birth month
+                // moves every relative's presents, then it drops them all,
+                // then takes them all back.
+                (top, json!({"birth_date": "15.07.1990"})),
+                (top, json!({"relatives": []})),
+                (
+                    top,
+                    json!({"relatives": ((top - n + 1)..top).collect::<Vec<_>>()}),
+                ),
             ],
         },
         Shape {
