@@ -3,7 +3,7 @@
 //
 //   cd tests/browser && npm ci && node run.mjs
 //
-// Starts the binary (GIFTS_BIN, default ../../target/debug/gifts) on a free
+// Starts the binary (GIFTS_BIN, default ../../target/release/gifts) on a free
 // loopback port with a temporary store — SQLite, or a Tarantool of the
 // test's own (tarantool/app.lua) for the tests marked so — runs every test
 // below against it, saves screenshots in ../../target/browser/, and exits
@@ -23,7 +23,7 @@ import { chromium } from 'playwright-core';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../..');
-const binary = process.env.GIFTS_BIN ?? join(repo, 'target/debug/gifts');
+const binary = process.env.GIFTS_BIN ?? join(repo, 'target/release/gifts');
 const shots = join(repo, 'target/browser');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const FLAGS = [
