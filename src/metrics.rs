@@ -1,8 +1,12 @@
-//! Prometheus metrics, served at `GET /metrics` (OpenMetrics text).
+//! Prometheus metrics, served at `GET /metrics`: OpenMetrics text when the
+//! scraper asks for it (as Prometheus does), else the classic text format
+//! (`text/plain; version=0.0.4`, which `promtool check metrics` reads).
 //!
 //! One [`Metrics`] per running service, handed to the parts that record —
 //! no process-wide registry, so app instances in one process (the tests)
-//! keep their own counts. Every name starts with `gifts_`.
+//! keep their own counts. Every name starts with `gifts_`, but the
+//! standard `process_*` set (CPU, memory, open files, start time), which
+//! every Prometheus client library exports under those names.
 //!
 //! What is common to every store is here; a backend registers its own
 //! metrics when it is opened ([`Metrics::register`]), so an instance
@@ -29,15 +33,6 @@ pub struct RequestLabels {
     pub route: String,
     /// Status code.
     pub status: u16,
-}
-
-/// Labels of a request's latency (no status: fewer series).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    /// HTTP method.
-    pub method: String,
-    /// The matched route.
-    pub route: String,
 }
 
 /// Labels of a storage operation.
@@ -82,7 +77,9 @@ pub struct Metrics {
     /// Requests answered.
     pub requests: Family<RequestLabels, Counter>,
     /// Request latency.
-    pub request_seconds: Family<RouteLabels, Histogram>,
+    pub request_seconds: Family<RequestLabels, Histogram>,
+    /// HTTP requests being served now.
+    pub requests_in_flight: Gauge,
     /// Storage operation latency.
     pub storage_seconds: Family<OperationLabels, Histogram>,
     /// Storage operations started and not yet answered (a stalled store
@@ -108,7 +105,9 @@ fn latency() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("gifts");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("gifts");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -116,11 +115,17 @@ impl Default for Metrics {
             requests.clone(),
         );
         let request_seconds =
-            Family::<RouteLabels, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+            Family::<RequestLabels, Histogram>::new_with_constructor(latency as fn() -> Histogram);
         registry.register(
             "http_request_duration_seconds",
-            "HTTP request latency in seconds, by method and matched route",
+            "HTTP request latency in seconds, by method, matched route and status",
             request_seconds.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being served now",
+            requests_in_flight.clone(),
         );
         let storage_seconds = Family::<OperationLabels, Histogram>::new_with_constructor(
             latency as fn() -> Histogram,
@@ -173,9 +178,10 @@ impl Default for Metrics {
             .set(1);
         registry.register("build_info", "The running build: version and commit", build);
         Self {
-            registry: std::sync::Mutex::new(registry),
+            registry: std::sync::Mutex::new(root),
             requests,
             request_seconds,
+            requests_in_flight,
             storage_seconds,
             storage_in_flight,
             cache_hits,
@@ -207,6 +213,7 @@ impl Metrics {
         self.registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sub_registry_with_prefix("gifts")
             .register(name, help, metric);
     }
 
@@ -219,6 +226,133 @@ impl Metrics {
         };
         family.get_or_create(&KindLabels { kind }).inc();
     }
+}
+
+/// The standard process metrics of the Prometheus client libraries
+/// (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
+/// `process_threads`, `process_start_time_seconds`), read from `/proc` at
+/// each scrape. A value `/proc` cannot give is left out.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let mut gauge = |name: &str, help: &str, value: Option<f64>| {
+            let Some(value) = value else {
+                return Ok(());
+            };
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)
+        };
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        let float = |n: u64| n as f64;
+        let stat = me.stat().ok();
+        let ticks = float(procfs::ticks_per_second());
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            stat.as_ref().map(|s| float(s.rss * procfs::page_size())),
+        )?;
+        gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            stat.as_ref().map(|s| float(s.vsize)),
+        )?;
+        gauge(
+            "process_threads",
+            "Number of OS threads in the process.",
+            stat.as_ref()
+                .and_then(|s| u64::try_from(s.num_threads).ok())
+                .map(float),
+        )?;
+        gauge(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            stat.as_ref().and_then(|s| {
+                let boot = procfs::boot_time_secs().ok()?;
+                Some(float(boot) + float(s.starttime) / ticks)
+            }),
+        )?;
+        gauge(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            me.fd_count()
+                .ok()
+                .and_then(|n| u64::try_from(n).ok())
+                .map(float),
+        )?;
+        gauge(
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            me.limits()
+                .ok()
+                .and_then(|l| match l.max_open_files.soft_limit {
+                    procfs::process::LimitValue::Value(n) => Some(float(n)),
+                    procfs::process::LimitValue::Unlimited => None,
+                }),
+        )?;
+        if let Some(s) = &stat {
+            let cpu = ConstCounter::new(float(s.utime + s.stime) / ticks);
+            let metric = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds.",
+                None,
+                cpu.metric_type(),
+            )?;
+            cpu.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics text: a
+/// counter's family is named with its `_total` (as its samples are), and
+/// the `# UNIT` and `# EOF` lines, which that format lacks, go.
+pub fn classic_text(openmetrics: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut lines = openmetrics.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with("# EOF") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        // Writing to a String cannot fail.
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            let counter = lines
+                .peek()
+                .is_some_and(|next| *next == format!("# TYPE {name} counter"));
+            if counter && !name.ends_with("_total") {
+                let help = &rest[name.len()..];
+                let _ = write!(
+                    out,
+                    "# HELP {name}_total{help}\n# TYPE {name}_total counter\n"
+                );
+                lines.next();
+                continue;
+            }
+        } else if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" unknown"))
+        {
+            let _ = writeln!(out, "# TYPE {name} untyped");
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -246,5 +380,26 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} in:\n{text}");
         }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.starts_with("gifts_") || line.starts_with("process_"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_classic_text_names_counter_families_with_their_total() {
+        let openmetrics = "# HELP gifts_x Things.\n# TYPE gifts_x counter\ngifts_x_total 3\n\
+            # HELP gifts_y Now.\n# TYPE gifts_y gauge\n# UNIT gifts_y bytes\ngifts_y 1\n\
+            # HELP gifts_z_total Done.\n# TYPE gifts_z_total counter\ngifts_z_total 1\n\
+            # TYPE gifts_u unknown\ngifts_u 2\n# EOF\n";
+        assert_eq!(
+            classic_text(openmetrics),
+            "# HELP gifts_x_total Things.\n# TYPE gifts_x_total counter\ngifts_x_total 3\n\
+             # HELP gifts_y Now.\n# TYPE gifts_y gauge\ngifts_y 1\n\
+             # HELP gifts_z_total Done.\n# TYPE gifts_z_total counter\ngifts_z_total 1\n\
+             # TYPE gifts_u untyped\ngifts_u 2\n"
+        );
     }
 }

@@ -108,12 +108,13 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> 
     tag = "operations",
     responses(
         crate::http::openapi::Refusals,
-        (status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "Prometheus metrics: OpenMetrics text when `Accept` names `application/openmetrics-text` (as Prometheus sends), else the classic text format 0.0.4", content((String = "text/plain"), (String = "application/openmetrics-text"))),
     )
 )]
-/// The Prometheus metrics (OpenMetrics text); the import and citizen totals
+/// The Prometheus metrics (OpenMetrics text when asked for it, else the
+/// classic text format); the import and citizen totals
 /// are read from the store now (cheaply: no citizen is read).
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     // A stalled store must not stall the scrape: the totals keep their
     // last values when the store does not answer within half a second.
     match tokio::time::timeout(Duration::from_millis(500), state.reads.totals()).await {
@@ -128,15 +129,35 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .cache_bytes
         .set(gauge(state.reads.cache_bytes()));
-    let mut response = (
-        StatusCode::OK,
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response();
+    // OpenMetrics for a scraper that asks for it (Prometheus does), the
+    // classic text format for anyone else (promtool, curl).
+    let openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let text = state.metrics.render();
+    let mut response = if openmetrics {
+        (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::classic_text(&text),
+        )
+            .into_response()
+    };
     response.extensions_mut().insert(Quiet);
     response
 }

@@ -220,12 +220,22 @@ async fn time_limit(
     }
 }
 
-/// Counts a request and times it, by method, matched route and status.
+/// Counts a request and times it, by method, matched route and status, and
+/// keeps the gauge of requests in flight (a request whose client went away
+/// leaves it too: the guard is dropped with the request's future).
 async fn count_request(
     axum::extract::State(metrics): axum::extract::State<Arc<crate::metrics::Metrics>>,
     request: Request<axum::body::Body>,
     next: middleware::Next,
 ) -> Response {
+    struct InFlight(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    metrics.requests_in_flight.inc();
+    let _in_flight = InFlight(metrics.requests_in_flight.clone());
     let started = std::time::Instant::now();
     let route = request
         .extensions()
@@ -234,21 +244,16 @@ async fn count_request(
         .to_owned();
     let method = method_label(request.method()).to_owned();
     let response = next.run(request).await;
+    let labels = crate::metrics::RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
     metrics
         .request_seconds
-        .get_or_create(&crate::metrics::RouteLabels {
-            method: method.clone(),
-            route: route.clone(),
-        })
+        .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
-    metrics
-        .requests
-        .get_or_create(&crate::metrics::RequestLabels {
-            method,
-            route,
-            status: response.status().as_u16(),
-        })
-        .inc();
+    metrics.requests.get_or_create(&labels).inc();
     response
 }
 

@@ -5,8 +5,15 @@ use reqwest::StatusCode;
 use crate::backend_tests;
 use crate::helpers::{Backend, TestApp, spec_example};
 
+/// A scrape as Prometheus makes it (OpenMetrics asked for).
 async fn scrape(app: &TestApp) -> String {
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .header("accept", PROMETHEUS_ACCEPT)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
         response.headers()["content-type"]
@@ -16,6 +23,9 @@ async fn scrape(app: &TestApp) -> String {
     );
     String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap()
 }
+
+/// The `Accept` header of Prometheus's scrapes.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 /// The value of the sample whose line starts with `series`.
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -51,9 +61,15 @@ async fn the_metrics_count_requests_storage_cache_and_totals(backend: Backend) {
         1.0,
     );
     expect(
-        "gifts_http_request_duration_seconds_count{method=\"GET\",route=\"/imports/{import_id}/citizens\"}",
-        4.0,
+        "gifts_http_request_duration_seconds_count{method=\"GET\",route=\"/imports/{import_id}/citizens\",status=\"200\"}",
+        3.0,
     );
+    expect(
+        "gifts_http_request_duration_seconds_count{method=\"GET\",route=\"/imports/{import_id}/citizens\",status=\"404\"}",
+        1.0,
+    );
+    // This scrape is being served.
+    expect("gifts_http_requests_in_flight ", 1.0);
     expect(
         &format!(
             "gifts_storage_operation_duration_seconds_count{{backend=\"{name}\",operation=\"create_import\",outcome=\"ok\"}}"
@@ -152,4 +168,75 @@ async fn unknown_methods_share_one_label_and_add_no_series() {
     assert_eq!(other, 50, "{after}");
     // A few series more (OTHER's counter and histogram, /metrics itself), not fifty.
     assert!(after.lines().count() < before + 40, "{after}");
+}
+
+/// Without OpenMetrics asked for, `/metrics` answers the classic text
+/// format: each counter's family named with its `_total`, no `# EOF` or
+/// `# UNIT`, the same samples; and the process's own metrics come with
+/// both, with values that fit this process.
+#[tokio::test]
+async fn the_classic_text_format_unless_openmetrics_is_asked_for_and_the_process_metrics() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    app.import(spec_example()).await;
+    let openmetrics = scrape(&app).await;
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let classic = response.text().await.unwrap();
+    assert!(openmetrics.contains("# EOF"), "{openmetrics}");
+    assert!(
+        !classic.contains("# EOF") && !classic.contains("# UNIT"),
+        "{classic}"
+    );
+    for text in [&openmetrics, &classic] {
+        for series in [
+            "gifts_http_requests_total{method=\"POST\",route=\"/imports\",status=\"201\"} 1",
+            "process_open_fds ",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+        ] {
+            assert!(text.contains(series), "{series} in:\n{text}");
+        }
+    }
+    // Every family the classic text types has samples under that very name.
+    let mut families = 0;
+    for line in classic.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("name and type");
+            assert!(
+                ["counter", "gauge", "histogram", "untyped"].contains(&kind),
+                "{line}"
+            );
+            let sample = match kind {
+                "histogram" => format!("{name}_count"),
+                _ => name.to_owned(),
+            };
+            assert!(
+                classic.lines().any(|l| l.starts_with(&format!("{sample} "))
+                    || l.starts_with(&format!("{sample}{{"))),
+                "no sample of {name} ({kind}):\n{classic}"
+            );
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{line}");
+            }
+            families += 1;
+        }
+    }
+    assert!(families > 10, "{classic}");
+    let resident = sample(&classic, "process_resident_memory_bytes ").unwrap();
+    assert!(resident > 1e6, "{resident}");
+    let fds = sample(&classic, "process_open_fds ").unwrap();
+    assert!(fds >= 3.0, "{fds}");
+    let started = sample(&classic, "process_start_time_seconds ").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now + 1.0 && started > now - 86_400.0,
+        "{started} vs {now}"
+    );
 }
