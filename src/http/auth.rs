@@ -15,7 +15,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::json_response;
+use super::error::json_error;
 pub use crate::access::{Scope, Tokens};
 
 /// The scope a route needs, or `None` for the open ones (probes, the
@@ -84,14 +84,14 @@ pub async fn require_token(
             "code": "forbidden",
             "message": format!("token {name} lacks the {scope} scope this request needs"),
         }});
-        return json_response(StatusCode::FORBIDDEN, body.to_string());
+        return json_error(StatusCode::FORBIDDEN, "forbidden", &body);
     }
     next.run(request).await
 }
 
 fn unauthorized(message: &str, presented: bool) -> Response {
     let body = serde_json::json!({"error": {"code": "unauthorized", "message": message}});
-    let mut response = json_response(StatusCode::UNAUTHORIZED, body.to_string());
+    let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", &body);
     let challenge = if presented {
         r#"Bearer realm="gifts", error="invalid_token""#
     } else {

@@ -138,6 +138,32 @@ impl From<crate::reads::ReadError> for AppError {
     }
 }
 
+/// The `code` of an error answer's body, for the request's one log line.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// An error answer `{"error": {...}}` (`body`) whose code is `code`: the
+/// code goes into the request's log line too.
+pub fn json_error(status: StatusCode, code: &'static str, body: &serde_json::Value) -> Response {
+    let mut response = json_response(status, body.to_string());
+    response.extensions_mut().insert(ErrorCode(code));
+    response
+}
+
+/// The code of an error answer the service did not make itself (a
+/// framework's rejection), as [`json_errors`] writes it.
+pub fn fallback_code(status: StatusCode) -> String {
+    match status {
+        StatusCode::NOT_FOUND => "not_found".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed".to_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_lowercase()
+            .replace([' ', '-'], "_"),
+    }
+}
+
 /// A server-side failure behind a response, for the request's one log line.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -204,7 +230,7 @@ impl IntoResponse for AppError {
             }),
             _ => None,
         };
-        let mut response = json_response(status, body.to_string());
+        let mut response = json_error(status, code, &body);
         if let Some(failure) = failure {
             response.extensions_mut().insert(failure);
         }
@@ -249,11 +275,7 @@ pub async fn json_errors(
         .map(|text| text.trim().to_owned())
         .filter(|text| !text.is_empty());
     let reason = status.canonical_reason().unwrap_or("error");
-    let code = match status {
-        StatusCode::NOT_FOUND => "not_found".to_owned(),
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed".to_owned(),
-        _ => reason.to_lowercase().replace([' ', '-'], "_"),
-    };
+    let code = fallback_code(status);
     let message = text.map_or_else(|| reason.to_lowercase(), |t| t.to_lowercase());
     let body = json!({"error": {"code": code, "message": message}}).to_string();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);

@@ -129,7 +129,9 @@ impl FromRequestParts<AppState> for ImportPath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| not_found())?;
-        parse_import(&raw).map(ImportPath)
+        let import = parse_import(&raw)?;
+        tracing::Span::current().record("import_id", import.get());
+        Ok(ImportPath(import))
     }
 }
 
@@ -140,9 +142,10 @@ impl FromRequestParts<AppState> for CitizenPath {
         let Path((import, citizen)) = Path::<(String, String)>::from_request_parts(parts, state)
             .await
             .map_err(|_| not_found())?;
-        Ok(CitizenPath(
-            parse_import(&import)?,
-            parse_citizen(&citizen)?,
-        ))
+        let (import, citizen) = (parse_import(&import)?, parse_citizen(&citizen)?);
+        let span = tracing::Span::current();
+        span.record("import_id", import.get());
+        span.record("citizen_id", citizen.get());
+        Ok(CitizenPath(import, citizen))
     }
 }

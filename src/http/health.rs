@@ -87,9 +87,10 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> 
             "code": "draining",
             "message": "the service is shutting down: send requests to another instance",
         }});
-        return Ok(super::error::json_response(
+        return Ok(super::error::json_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            body.to_string(),
+            "draining",
+            &body,
         ));
     }
     let mut response = check(State(state)).await?;

@@ -152,15 +152,20 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                     let client = client_address(request, &trusted)
                         .map(|a| a.to_string())
                         .unwrap_or_default();
+                    let trace = trace_context(request);
                     tracing::info_span!(
                         "request",
                         method = %request.method(),
                         route,
                         id,
                         client,
+                        trace_id = trace.map(|t| t.0),
+                        parent_id = trace.map(|t| t.1),
                         token = tracing::field::Empty,
                         import_id = tracing::field::Empty,
+                        citizen_id = tracing::field::Empty,
                         citizens = tracing::field::Empty,
+                        code = tracing::field::Empty,
                     )
                 })
                 .on_request(())
@@ -191,8 +196,38 @@ const MAX_REQUEST_ID: usize = 128;
 #[derive(Clone, Copy)]
 pub struct Quiet;
 
-/// The one log line of a request: its status, latency and, for a 5xx, why.
-fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
+/// The W3C trace context of a request (`traceparent`: version 00, a trace
+/// id and a parent id, neither all zeros), as its trace id and parent id;
+/// anything else is ignored, as the recommendation asks.
+fn trace_context<B>(request: &Request<B>) -> Option<(&str, &str)> {
+    let value = request.headers().get("traceparent")?.to_str().ok()?;
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && s.bytes().any(|b| b != b'0')
+    };
+    let valid = version == "00"
+        && parts.next().is_none()
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && flags.len() == 2
+        && flags.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then_some((trace, parent))
+}
+
+/// The one log line of a request: its status, latency and, for a 5xx, why;
+/// an error answer's code goes into the request's span (`code`).
+fn log_response(response: &Response, latency: Duration, span: &tracing::Span) {
+    if response.status().as_u16() >= 400 {
+        match response.extensions().get::<error::ErrorCode>() {
+            Some(code) => span.record("code", code.0),
+            None => span.record("code", error::fallback_code(response.status()).as_str()),
+        };
+    }
     let status = response.status().as_u16();
     let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
     match response.extensions().get::<Failure>() {

@@ -617,3 +617,81 @@ async fn while_draining_answers_close_their_connection_and_none_goes_unanswered(
     let (code, log) = app.wait_exit();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// A request's log line (JSON format) carries its error code when it
+/// failed, the import and the citizen it concerns, and the W3C trace
+/// context it came with; and no personal data (names, streets, dates) of
+/// the bodies reaches the log.
+#[tokio::test]
+async fn log_lines_name_the_error_code_the_import_the_citizen_and_the_trace() {
+    let mut app = Binary::start(&[], &[("GIFTS_LOG_FORMAT", "json")], None);
+    app.wait_healthy().await;
+    let client = reqwest::Client::new();
+    let base = app.base.clone();
+    let citizen = serde_json::json!({
+        "citizen_id": 7, "town": "Керчь", "street": "Тайная улица", "building": "1",
+        "apartment": 2, "name": "Тайный Житель", "birth_date": "13.06.1971",
+        "gender": "female", "relatives": []
+    });
+    let created = client
+        .post(format!("{base}/imports"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "citizens": [citizen] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let patched = client
+        .patch(format!("{base}/imports/1/citizens/7"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "name": "Другое Тайное Имя" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    let refused = client
+        .patch(format!("{base}/imports/1/citizens/7"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "birth_date": "31.02.2000" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let refused: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    let code = refused["error"]["code"].as_str().unwrap().to_owned();
+    let missing = client
+        .get(format!("{base}/imports/999/citizens"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let log = app.wait_for_log("\"import_id\":999").await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["fields"]["status"].is_u64())
+        .collect();
+    let line = |status: u64, what: &dyn Fn(&serde_json::Value) -> bool| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["status"] == status && what(&l["span"]))
+            .unwrap_or_else(|| panic!("no {status} line as expected in:\n{log}"))
+            .clone()
+    };
+    let ok = line(200, &|s| s["citizen_id"] == 7);
+    assert_eq!(ok["span"]["import_id"], 1, "{ok}");
+    assert_eq!(ok["span"]["trace_id"], trace, "{ok}");
+    assert_eq!(ok["span"]["parent_id"], "00f067aa0ba902b7", "{ok}");
+    assert!(ok["span"]["code"].is_null(), "{ok}");
+    let bad = line(400, &|s| s["citizen_id"] == 7);
+    assert_eq!(bad["span"]["code"], code.as_str(), "{bad}");
+    assert_eq!(bad["span"]["import_id"], 1, "{bad}");
+    assert!(bad["span"]["trace_id"].is_null(), "{bad}");
+    let gone = line(404, &|s| s["import_id"] == 999);
+    assert_eq!(gone["span"]["code"], "not_found", "{gone}");
+    for private in ["Тайн", "Тайное", "13.06.1971", "31.02.2000", "Керчь"] {
+        assert!(!log.contains(private), "{private} in the log:\n{log}");
+    }
+}
