@@ -86,7 +86,7 @@ fn rfc3339(unix_seconds: i64) -> String {
     tag = "imports",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Imports per page (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$", description = "next_cursor of the previous page (opaque; one the service did not give is 400)"),
     ),
     responses(
         crate::http::openapi::Refusals,
