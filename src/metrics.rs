@@ -217,6 +217,16 @@ impl Metrics {
             .register(name, help, metric);
     }
 
+    /// Registers a backend's collector, whose metrics are read when scraped
+    /// (named `gifts_<name>` by the collector).
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sub_registry_with_prefix("gifts")
+            .register_collector(collector);
+    }
+
     /// Counts a hit or a miss of the cache part `kind`.
     pub fn cache_lookup(&self, kind: &'static str, hit: bool) {
         let family = if hit {

@@ -38,7 +38,10 @@ pub struct CitizenSchema {
     /// `DD.MM.YYYY`: a real calendar date, not later than today (UTC). The
     /// pattern holds the day to 01–31 and the month to 01–12; a day the
     /// month lacks (31.04) or a date after today is 400 all the same.
-    #[schema(pattern = r"^(0[1-9]|[12][0-9]|3[01])\.(0[1-9]|1[0-2])\.[0-9]{4}$", example = "26.12.1986")]
+    #[schema(
+        pattern = r"^(0[1-9]|[12][0-9]|3[01])\.(0[1-9]|1[0-2])\.[0-9]{4}$",
+        example = "26.12.1986"
+    )]
     birth_date: String,
     gender: Gender,
     /// citizen_ids of the same import, each once; a citizen may list itself.
@@ -86,7 +89,10 @@ pub struct CitizenPatchSchema {
     apartment: i64,
     #[schema(min_length = 1, max_length = 256, required = false)]
     name: String,
-    #[schema(pattern = r"^(0[1-9]|[12][0-9]|3[01])\.(0[1-9]|1[0-2])\.[0-9]{4}$", required = false)]
+    #[schema(
+        pattern = r"^(0[1-9]|[12][0-9]|3[01])\.(0[1-9]|1[0-2])\.[0-9]{4}$",
+        required = false
+    )]
     birth_date: String,
     #[schema(required = false)]
     gender: Gender,

@@ -107,6 +107,36 @@ async fn the_metrics_count_requests_storage_cache_and_totals(backend: Backend) {
             Some(1.0),
             "{text}"
         );
+    } else {
+        let pool_size = f64::from(
+            u32::try_from(
+                gifts::config::Config::with_storage(app.store.url().clone()).postgres_pool_size,
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            sample(&text, "gifts_postgres_pool_max_connections "),
+            Some(pool_size),
+            "{text}"
+        );
+        let connections = |state: &str| {
+            sample(
+                &text,
+                &format!("gifts_postgres_pool_connections{{state=\"{state}\"}}"),
+            )
+            .unwrap_or_else(|| panic!("no {state} connections in:\n{text}"))
+        };
+        // The requests above opened one at least; this scrape holds none.
+        assert!(connections("idle") >= 1.0, "{text}");
+        assert!(
+            connections("idle") + connections("in_use") <= pool_size,
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "gifts_postgres_pool_waiting "),
+            Some(0.0),
+            "{text}"
+        );
     }
 }
 

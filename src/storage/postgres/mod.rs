@@ -281,6 +281,7 @@ impl PostgresStorage {
                 "postgresql is not reachable yet: requests get 503 until it is"
             ),
         }
+        metrics.register_collector(Box::new(PoolMetrics(storage.pool.clone())));
         let store = Arc::new(storage);
         let (patches, queue) = tokio::sync::mpsc::channel(patches::PATCH_QUEUE);
         let batch_size = patches::batch_size_histogram();
@@ -632,5 +633,58 @@ impl Storage for PostgresStorage {
     async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.pool.close();
+    }
+}
+
+/// The connection pool as the scrape finds it: `gifts_postgres_pool_connections`
+/// by `state` (`idle`, `in_use`), `gifts_postgres_pool_max_connections` and
+/// `gifts_postgres_pool_waiting` (requests waiting for a connection: the pool
+/// is too small, or PostgreSQL too slow).
+struct PoolMetrics(Pool);
+
+impl std::fmt::Debug for PoolMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolMetrics")
+    }
+}
+
+impl prometheus_client::collector::Collector for PoolMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let status = self.0.status();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut family = encoder.encode_descriptor(
+            "postgres_pool_connections",
+            "Connections of the PostgreSQL pool, by state (idle, in_use)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, n) in [
+            ("idle", status.available),
+            ("in_use", status.size.saturating_sub(status.available)),
+        ] {
+            let labels = [("state", state)];
+            ConstGauge::new(count(n)).encode(family.encode_family(&labels)?)?;
+        }
+        for (name, help, n) in [
+            (
+                "postgres_pool_max_connections",
+                "The most connections the PostgreSQL pool opens (--postgres-pool-size)",
+                status.max_size,
+            ),
+            (
+                "postgres_pool_waiting",
+                "Requests waiting for a PostgreSQL connection",
+                status.waiting,
+            ),
+        ] {
+            let gauge = ConstGauge::new(count(n));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }
