@@ -252,6 +252,13 @@ local function finish(import_id, citizen_id, p, own)
     return 'ok', updated, NULL, import[I.version], NULL
 end
 
+-- A planned PATCH written whole, inside the caller's transaction.
+local function write_whole(import_id, citizen_id, p)
+    local own = twelve()
+    apply(import_id, citizen_id, p, 1, #p.ids, own)
+    return finish(import_id, citizen_id, p, own)
+end
+
 -- Patches one citizen inside the caller's transaction: the answer of
 -- gifts_patch_citizen (status, citizen tuple, relative, the import's
 -- version after the write, reason; see plan for the refusals). Everything
@@ -266,9 +273,7 @@ local function patch_citizen(import_id, citizen_id, changes, relatives)
     if p == nil then
         return status, NULL, relative or NULL, NULL, reason or NULL
     end
-    local own = twelve()
-    apply(import_id, citizen_id, p, 1, #p.ids, own)
-    return finish(import_id, citizen_id, p, own)
+    return write_whole(import_id, citizen_id, p)
 end
 
 function P.gifts_patch_citizen(import_id, citizen_id, changes, relatives)
@@ -346,17 +351,7 @@ local function patch_long(import_id, citizen_id, changes, relatives)
         return status, NULL, relative or NULL, NULL, reason or NULL
     end
     if #p.ids <= STEP then
-        return box.atomic(function()
-            local own = twelve()
-            apply(import_id, citizen_id, p, 1, #p.ids, own)
-            return finish(import_id, citizen_id, p, own)
-        end)
-    end
-    if changes == NULL then
-        changes = nil
-    end
-    if relatives == NULL then
-        relatives = nil
+        return box.atomic(write_whole, import_id, citizen_id, p)
     end
     box.atomic(function()
         long_patches:insert({ import_id, citizen_id, changes or NULL, relatives or NULL, 0, twelve() })
