@@ -13,7 +13,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::storage::postgres::PostgresAddress;
-use crate::storage::tarantool::TarantoolAddress;
+use crate::storage::tarantool::{Secret as TarantoolSecret, TarantoolAddress};
 pub use crate::units::ByteSize;
 
 /// Shown at the end of `gifts --help`.
@@ -124,6 +124,13 @@ pub struct Config {
         hide_env_values = true
     )]
     pub storage: StorageUrl,
+
+    /// Read the store's password from this file instead of the URL (a Docker or systemd
+    /// secret), so it is in neither the environment nor the process list: the URL then
+    /// names no password (tarantool://USER@HOST:PORT, postgres://USER@HOST/DBNAME). The
+    /// whole file is the password, but for one trailing newline.
+    #[arg(long, env = "GIFTS_STORAGE_PASSWORD_FILE")]
+    pub storage_password_file: Option<PathBuf>,
 
     /// Largest accepted request body (after gzip decompression); larger bodies get 413.
     #[arg(long, env = "GIFTS_MAX_BODY_BYTES", default_value = "64MiB")]
@@ -293,7 +300,56 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        <Self as Parser>::try_parse_from(&args).map_err(|e| name_the_environment(e, &args))
+        let mut cli =
+            <Self as Parser>::try_parse_from(&args).map_err(|e| name_the_environment(e, &args))?;
+        // Only serving opens the store; the subcommands need no password.
+        if cli.command.is_none() {
+            cli.config
+                .read_password_file()
+                .map_err(|why| Cli::command().error(ErrorKind::ValueValidation, why))?;
+        }
+        Ok(cli)
+    }
+}
+
+impl Config {
+    /// Puts the password of `--storage-password-file` into the storage
+    /// address; refuses a password given twice or not at all.
+    fn read_password_file(&mut self) -> Result<(), String> {
+        let setting = "--storage-password-file (GIFTS_STORAGE_PASSWORD_FILE)";
+        let Some(path) = &self.storage_password_file else {
+            return match &self.storage {
+                StorageUrl::Tarantool(address) if address.password.is_none() => Err(format!(
+                    "the Tarantool URL names no password: write tarantool://USER:PASSWORD@HOST:PORT or give {setting}"
+                )),
+                _ => Ok(()),
+            };
+        };
+        let password = std::fs::read_to_string(path)
+            .map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?;
+        let password = password
+            .strip_suffix('\n')
+            .map_or(password.as_str(), |p| p.strip_suffix('\r').unwrap_or(p));
+        if password.is_empty() {
+            return Err(format!("{setting}: {} is empty", path.display()));
+        }
+        match &mut self.storage {
+            StorageUrl::Sqlite(_) => Err(format!("{setting}: SQLite has no password")),
+            StorageUrl::Tarantool(address) if address.password.is_some() => Err(format!(
+                "{setting}: the Tarantool URL has a password too; leave it out of the URL"
+            )),
+            StorageUrl::Postgres(address) if address.has_password() => Err(format!(
+                "{setting}: the PostgreSQL URL has a password too; leave it out of the URL"
+            )),
+            StorageUrl::Tarantool(address) => {
+                address.password = Some(TarantoolSecret::new(password));
+                Ok(())
+            }
+            StorageUrl::Postgres(address) => {
+                address.set_password(password);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -531,7 +587,7 @@ mod tests {
         };
         assert_eq!(address.host_port, "tarantool:3301");
         assert_eq!(address.user, "gifts");
-        assert_eq!(address.password.expose(), "p@ss:w");
+        assert_eq!(address.password.as_ref().unwrap().expose(), "p@ss:w");
         assert_eq!(url.to_string(), "tarantool://gifts:***@tarantool:3301");
         assert!(!format!("{url:?}").contains("p@ss"));
     }
@@ -551,6 +607,72 @@ mod tests {
         assert!(!format!("{url:?}").contains("p%40ss"), "{url:?}");
         let e = "mysql://u:p@h/d".parse::<StorageUrl>().unwrap_err();
         assert!(e.contains("postgres://"), "{e}");
+    }
+
+    #[test]
+    fn the_password_comes_from_a_file_once_and_never_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        let file_arg = file.to_str().unwrap();
+        std::fs::write(&file, "p@ss:w ord\n").unwrap();
+        let cli = parse(&[
+            "--storage",
+            "tarantool://gifts@tarantool:3301",
+            "--storage-password-file",
+            file_arg,
+        ])
+        .unwrap();
+        let StorageUrl::Tarantool(address) = &cli.config.storage else {
+            panic!("{:?}", cli.config.storage)
+        };
+        assert_eq!(address.password.as_ref().unwrap().expose(), "p@ss:w ord");
+        assert!(!format!("{:?}", cli.config).contains("w ord"));
+        let cli = parse(&[
+            "--storage",
+            "postgres://gifts@db/gifts",
+            "--storage-password-file",
+            file_arg,
+        ])
+        .unwrap();
+        let StorageUrl::Postgres(address) = &cli.config.storage else {
+            panic!("{:?}", cli.config.storage)
+        };
+        assert_eq!(address.config().get_password(), Some(&b"p@ss:w ord"[..]));
+        assert_eq!(cli.config.storage.to_string(), "postgres://gifts@db/gifts");
+
+        let refused = |args: &[&str], says: &str| {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(says), "{args:?}: {e}");
+            assert!(!e.contains("w ord"), "{e}");
+        };
+        let twice = ["--storage-password-file", file_arg, "--storage"];
+        refused(
+            &[&twice[..], &["tarantool://u:p@h:1"]].concat(),
+            "password too",
+        );
+        refused(
+            &[&twice[..], &["postgres://u:p@h/d"]].concat(),
+            "password too",
+        );
+        refused(
+            &[&twice[..], &["sqlite:x.db"]].concat(),
+            "SQLite has no password",
+        );
+        refused(&["--storage", "tarantool://u@h:1"], "names no password");
+        let missing = dir.path().join("absent");
+        refused(
+            &[
+                "--storage",
+                "tarantool://u@h:1",
+                "--storage-password-file",
+                missing.to_str().unwrap(),
+            ],
+            "cannot read",
+        );
+        std::fs::write(&file, "\n").unwrap();
+        refused(&[&twice[..], &["tarantool://u@h:1"]].concat(), "is empty");
+        // The subcommands open no store, so need no password.
+        assert!(parse(&["--storage", "tarantool://u@h:1", "healthcheck"]).is_ok());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 --   GIFTS_TARANTOOL_DIR        data directory (default: the current directory, with a warning)
 --   GIFTS_TARANTOOL_USER       user the app logs in as (default gifts)
 --   GIFTS_TARANTOOL_PASSWORD   its password (default gifts)
+--   GIFTS_TARANTOOL_PASSWORD_FILE  or a file holding it (a secret; then the variable
+--                              above must be unset)
 --   GIFTS_TARANTOOL_WAL_MODE   'fsync' (default: an acknowledged write is on disk),
 --                              'write' (survives a crash of tarantool, not of the host)
 --   GIFTS_TARANTOOL_MEMORY     memtx memory quota: bytes, or with a unit such as 512MiB or 2GiB
@@ -48,6 +50,8 @@ package.path = here .. '/?.lua;' .. package.path
 local log = require('log')
 local settings = require('gifts.settings')
 local env, bytes = settings.env, settings.bytes
+-- Read before anything starts, so a missing password file stops the start.
+local password = settings.password()
 
 local data_dir = env('GIFTS_TARANTOOL_DIR', '.')
 if os.getenv('GIFTS_TARANTOOL_DIR') == nil or os.getenv('GIFTS_TARANTOOL_DIR') == '' then
@@ -93,7 +97,6 @@ table.sort(names)
 imports.delete_leftovers()
 patch.resume_long_patches()
 
-local password = env('GIFTS_TARANTOOL_PASSWORD', 'gifts')
 require('gifts.access').grant(env('GIFTS_TARANTOOL_USER', 'gifts'), password, names, reads.spaces)
 
 local listen = env('GIFTS_TARANTOOL_LISTEN', '127.0.0.1:3301')
@@ -106,7 +109,7 @@ if not loopback and password == 'gifts' then
     log.warn(string.rep('!', 72))
     log.warn('gifts: listening on %s, beyond this machine, with the DEFAULT PASSWORD "gifts":', listen)
     log.warn('gifts: anyone who reaches the port can read and change every import.')
-    log.warn('gifts: set GIFTS_TARANTOOL_PASSWORD (and the app\'s --storage URL to match).')
+    log.warn('gifts: set GIFTS_TARANTOOL_PASSWORD or GIFTS_TARANTOOL_PASSWORD_FILE (and the app\'s password to match).')
     log.warn(string.rep('!', 72))
 end
 box.cfg({ listen = listen })

@@ -197,22 +197,16 @@ copy_tree "$stack"
 docker rm -f $(docker ps -aq --filter label=com.docker.compose.project=$project) >/dev/null 2>&1
 docker volume rm ${project}_tarantool-data ${project}_postgres-data >/dev/null 2>&1
 
-# 1. .env.example as shipped: compose refuses, naming the variable.
-refuses_without_password() {
-    sed "s/^COMPOSE_PROJECT_NAME=.*/COMPOSE_PROJECT_NAME=$project/" "$stack/.env.example" >"$stack/.env"
-    printf 'GIFTS_PORT=%s\n' $port >>"$stack/.env"
-    if compose up -d; then
-        echo "compose started without a password"
-        return 1
-    fi
-    local said
-    said=$(compose up -d 2>&1)
-    echo "$said"
-    grep -q 'set GIFTS_TARANTOOL_PASSWORD' <<<"$said" &&
-        [ -z "$(docker ps -aq --filter label=com.docker.compose.project=$project)" ]
+# 1. .env.example as shipped, and the password file as docs/deploy.md makes it.
+sed "s/^COMPOSE_PROJECT_NAME=.*/COMPOSE_PROJECT_NAME=$project/" "$stack/.env.example" >"$stack/.env"
+printf 'GIFTS_PORT=%s\n' $port >>"$stack/.env"
+write_password() {
+    rm -f "$stack/secrets/tarantool-password"
+    printf '%s\n' "$password" >"$stack/secrets/tarantool-password"
+    chmod 444 "$stack/secrets/tarantool-password"
 }
-check "compose refuses to start with .env.example's empty password, and names the variable" refuses_without_password
-sed -i "s/^GIFTS_TARANTOOL_PASSWORD=.*/GIFTS_TARANTOOL_PASSWORD=$password/" "$stack/.env"
+mkdir -m 700 "$stack/secrets"
+write_password
 
 # 2. The images.
 build_images() {
@@ -250,6 +244,34 @@ make_tokens() {
 }
 check "gifts token new, run in the app image, makes a token and its line for ./tokens" make_tokens
 auth="Authorization: Bearer $token"
+
+# The password is a secret file: missing or empty, neither the app nor
+# Tarantool starts, and each names the file's setting.
+refuses_without_password() {
+    local said
+    rm -f "$stack/secrets/tarantool-password"
+    if said=$(compose run --rm --no-deps -T app 2>&1); then
+        echo "the app started without a password file"
+        return 1
+    fi
+    echo "missing: $said"
+    : >"$stack/secrets/tarantool-password"
+    chmod 444 "$stack/secrets/tarantool-password"
+    if said=$(compose run --rm --no-deps -T app 2>&1); then
+        echo "the app started with an empty password file"
+        return 1
+    fi
+    echo "empty: $said"
+    [[ $said == *GIFTS_STORAGE_PASSWORD_FILE*'is empty'* ]] || return 1
+    if said=$(compose run --rm --no-deps -T tarantool 2>&1); then
+        echo "tarantool started with an empty password file"
+        return 1
+    fi
+    echo "tarantool: $said"
+    [[ $said == *GIFTS_TARANTOOL_PASSWORD_FILE*'is empty'* ]]
+}
+check "with the password file missing or empty, the app and Tarantool refuse to start, naming the setting" refuses_without_password
+write_password
 
 app_after_healthy_tarantool() {
     compose up -d || return 1
@@ -305,15 +327,18 @@ hardened() {
             return 1
         fi
     done
+    # The password is in no container's environment (docker inspect).
+    if docker inspect -f '{{json .Config.Env}}' "$(container app)" "$(container tarantool)" | grep -F -- "$password"; then
+        echo "a password in a container's environment"
+        return 1
+    fi
     want=$((512 * 1024 * 1024))
     [ "$(docker inspect -f '{{.HostConfig.Memory}}' "$(container app)")" = $want ] || return 1
     [ "$(docker inspect -f '{{.Config.StopTimeout}}' "$(container app)")" = 70 ] || return 1
     # Published on loopback only.
     [ "$(docker inspect -f '{{range $p, $b := .HostConfig.PortBindings}}{{range $b}}{{.HostIp}}{{end}}{{end}}' "$(container app)")" = 127.0.0.1 ]
 }
-check "every container: read-only root, no capabilities, no-new-privileges, rotated logs, a memory limit; the app's 512 MiB, 70 s stop grace, port on loopback" hardened
-check "ps, logs and down need no exported password (compose reads .env)" \
-    sh -c "cd '$stack' && env -u GIFTS_TARANTOOL_PASSWORD docker compose ps && env -u GIFTS_TARANTOOL_PASSWORD docker compose logs --tail 1"
+check "every container: read-only root, no capabilities, no-new-privileges, rotated logs, a memory limit, no password in its environment; the app's 512 MiB, 70 s stop grace, port on loopback" hardened
 
 same_data() { want=$listing expect curl -s -H "$auth" "$base/imports/1/citizens"; }
 survives_restart() {
@@ -423,8 +448,10 @@ compose down >/dev/null 2>&1
 pg_base="http://127.0.0.1:$pg_port"
 printf 'GIFTS_POSTGRES_PORT=%s\n' $pg_port >>"$stack/.env"
 pg_refuses_without_password() {
-    # .env.example leaves GIFTS_POSTGRES_PASSWORD unset: the database
-    # refuses to initialise, so the app is never started.
+    # An empty password file: the database refuses to initialise, so the
+    # app is never started.
+    : >"$stack/secrets/postgres-password"
+    chmod 444 "$stack/secrets/postgres-password"
     if compose --profile postgres up -d app-postgres; then
         echo "the postgres profile started without a password"
         return 1
@@ -435,10 +462,14 @@ pg_refuses_without_password() {
     [[ $logs == *'superuser password is not specified'* ]] &&
         [ -z "$(compose --profile postgres ps -q app-postgres)" ]
 }
-check "the postgres profile refuses to start without GIFTS_POSTGRES_PASSWORD" pg_refuses_without_password
+check "the postgres profile refuses to start with an empty password file" pg_refuses_without_password
 compose --profile postgres rm -sf postgres >/dev/null 2>&1
 docker volume rm ${project}_postgres-data >/dev/null 2>&1
-printf 'GIFTS_POSTGRES_PASSWORD=pg%s\n' "$password" | tr -d '-' >>"$stack/.env"
+# Any characters: the password is never part of a URL.
+pg_password="pg:$password@/?#%"
+rm -f "$stack/secrets/postgres-password"
+printf '%s\n' "$pg_password" >"$stack/secrets/postgres-password"
+chmod 444 "$stack/secrets/postgres-password"
 pg_stack() {
     compose --profile postgres up -d app-postgres || return 1
     wait_http "$pg_base/health" 200 120 || return 1
@@ -447,9 +478,22 @@ pg_stack() {
         want=$listing expect curl -s -H "$auth" "$pg_base/imports/1/citizens" &&
         [ "$(curl -s -o /dev/null -w '%{http_code}' "$pg_base/imports/1/citizens")" = 401 ] &&
         [ "$(compose --profile postgres exec -T postgres id -un)" = postgres ] &&
-        [ "$(compose --profile postgres exec -T app-postgres id -u)" != 0 ]
+        [ "$(compose --profile postgres exec -T app-postgres id -u)" != 0 ] || return 1
+    # PostgreSQL hardened like the others: read-only root, no capabilities.
+    local db
+    db=$(compose --profile postgres ps -q postgres)
+    docker inspect -f '{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.HostConfig.CapAdd}} {{.HostConfig.SecurityOpt}}' "$db"
+    [ "$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.HostConfig.CapAdd}} {{.HostConfig.SecurityOpt}}' "$db")" = "true [ALL] [] [no-new-privileges:true]" ] || return 1
+    if compose --profile postgres exec -T postgres sh -c 'touch /usr/local/bin/x' 2>/dev/null; then
+        echo "postgres: wrote to its root file system"
+        return 1
+    fi
+    if docker inspect -f '{{json .Config.Env}}' "$db" "$(compose --profile postgres ps -q app-postgres)" | grep -F -- "$password"; then
+        echo "a password in a container's environment"
+        return 1
+    fi
 }
-check "compose --profile postgres up -d app-postgres: PostgreSQL healthy, then the app on it serves the same answers (tokens required, non-root)" pg_stack
+check "compose --profile postgres up -d app-postgres: PostgreSQL healthy (read-only root, no capabilities), then the app on it serves the same answers (tokens required, non-root, passwords only in files)" pg_stack
 pg_survives_down_up() {
     compose --profile postgres down && compose --profile postgres up -d app-postgres &&
         wait_http "$pg_base/health" 200 120 &&
@@ -536,11 +580,20 @@ systemd_apply() {
             return 1
             ;;
     esac
-    [ -x "$repo/target/release/gifts" ] || (cd "$repo" && cargo build --release --locked) || return 1
+    # The static binary the playbook ships, built as the playbook's header says.
+    local musl=x86_64-unknown-linux-musl
+    command -v musl-gcc >/dev/null 2>&1 || apt_install musl-tools || return 1
+    rustup target list --installed | grep -qx $musl || rustup target add $musl || return 1
+    (cd "$repo" && cargo build --release --locked --target $musl) || return 1
+    # It runs where there is no C library at all: an image of this file alone.
+    tar -C "$repo/target/$musl/release" -c gifts | docker import - gifts-e2e/static-binary:latest >/dev/null || return 1
+    docker run --rm gifts-e2e/static-binary:latest /gifts --version | grep -q '^gifts ' || return 1
     local vars=(-e gifts_mode=systemd -e gifts_repo="$repo"
         -e "{\"gifts_tokens\": [\"$(cat "$stack/tokens")\"]}")
     playbook gifts-e2e-systemd community.docker.docker "${vars[@]}" || return 1
     docker exec gifts-e2e-systemd curl -sf http://127.0.0.1:8080/health || return 1
+    # Static: no program interpreter, no shared library (ldd says so).
+    docker exec gifts-e2e-systemd ldd /usr/local/bin/gifts 2>&1 | tee /dev/stderr | grep -Eq 'not a dynamic executable|statically linked' || return 1
     [ "$(docker exec gifts-e2e-systemd curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/imports)" = 401 ] || return 1
     [ "$(docker exec gifts-e2e-systemd curl -s -H "$auth" -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/imports)" = 200 ] || return 1
     playbook gifts-e2e-systemd community.docker.docker "${vars[@]}" >"$out.second" 2>&1 || {
@@ -549,7 +602,7 @@ systemd_apply() {
     }
     no_changes
 }
-check "the playbook's systemd mode applies in a container with systemd as PID 1, serves with its tokens (a credential; 401 without), and a second apply changes nothing" systemd_apply
+check "the playbook's systemd mode applies in a container with systemd as PID 1, installs a static (musl) binary, serves with its tokens (a credential; 401 without), and a second apply changes nothing" systemd_apply
 docker rm -f gifts-e2e-systemd >/dev/null 2>&1
 
 compose --profile postgres down -v >/dev/null 2>&1

@@ -35,4 +35,29 @@ function M.count(name, default)
     return number
 end
 
+-- The app user's password: the file GIFTS_TARANTOOL_PASSWORD_FILE names (a
+-- Docker or systemd secret: the whole file but for one trailing newline), or
+-- GIFTS_TARANTOOL_PASSWORD, or 'gifts'. Both set, an unreadable or an empty
+-- file stop the start.
+function M.password()
+    local path = M.env('GIFTS_TARANTOOL_PASSWORD_FILE', nil)
+    if path == nil then
+        return M.env('GIFTS_TARANTOOL_PASSWORD', 'gifts')
+    end
+    if M.env('GIFTS_TARANTOOL_PASSWORD', nil) ~= nil then
+        error('set GIFTS_TARANTOOL_PASSWORD or GIFTS_TARANTOOL_PASSWORD_FILE, not both')
+    end
+    local file, why = io.open(path, 'rb')
+    if file == nil then
+        error(string.format('GIFTS_TARANTOOL_PASSWORD_FILE: cannot read %s', why))
+    end
+    local text = file:read('*a') or ''
+    file:close()
+    text = text:gsub('\r?\n$', '')
+    if text == '' then
+        error(string.format('GIFTS_TARANTOOL_PASSWORD_FILE: %s is empty', path))
+    end
+    return text
+end
+
 return M

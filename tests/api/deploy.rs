@@ -208,15 +208,30 @@ fn the_compose_file_runs_the_real_binary_against_tarantool_by_service_name() {
         unreachable!()
     };
     let compose = read("docker-compose.yml");
-    let vars = BTreeMap::from([
-        ("GIFTS_TARANTOOL_USER", address.user.as_str()),
-        ("GIFTS_TARANTOOL_PASSWORD", address.password.expose()),
-    ]);
+    let vars = BTreeMap::from([("GIFTS_TARANTOOL_USER", address.user.as_str())]);
+    // The password secret, as the containers see it: a file.
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("tarantool_password");
+    std::fs::write(
+        &password_file,
+        format!("{}\n", address.password.as_ref().unwrap().expose()),
+    )
+    .unwrap();
+    let with_secret = |mut env: BTreeMap<String, String>| {
+        for value in env.values_mut() {
+            if value == "/run/secrets/tarantool_password" {
+                *value = password_file.display().to_string();
+            }
+        }
+        env
+    };
 
-    // The database service's settings are all read by app.lua.
-    let app_lua = read("tarantool/app.lua");
-    let db_env = compose_env(&compose, "tarantool", &vars);
+    // The database service's settings are all read by app.lua (or the
+    // settings module it reads them with); no password in the environment.
+    let app_lua = read("tarantool/app.lua") + &read("tarantool/gifts/settings.lua");
+    let db_env = with_secret(compose_env(&compose, "tarantool", &vars));
     assert!(!db_env.is_empty());
+    assert!(db_env.contains_key("GIFTS_TARANTOOL_PASSWORD_FILE"));
     for (key, _) in db_env
         .iter()
         .chain(&dockerfile_env(&read("tarantool/Dockerfile")))
@@ -226,11 +241,20 @@ fn the_compose_file_runs_the_real_binary_against_tarantool_by_service_name() {
                 || app_lua.contains(&format!("bytes('{key}'")),
             "app.lua does not read {key}"
         );
+        assert!(
+            !key.ends_with("PASSWORD"),
+            "a password in the environment: {key}"
+        );
     }
 
     // The app reaches the database as `tarantool:3301`; here that name is the test's Tarantool.
-    let mut env = compose_env(&compose, "app", &vars);
+    let mut env = with_secret(compose_env(&compose, "app", &vars));
     let storage = env["GIFTS_STORAGE"].clone();
+    assert!(
+        !storage.contains(':') || !storage[12..].contains(":@"),
+        "{storage}"
+    );
+    assert!(env.contains_key("GIFTS_STORAGE_PASSWORD_FILE"), "{env:?}");
     assert!(
         storage.contains("@tarantool:3301"),
         "by service name: {storage}"

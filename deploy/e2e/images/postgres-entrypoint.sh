@@ -2,6 +2,14 @@
 # data directory (refusing without a password), then run the server.
 set -eu
 user=${POSTGRES_USER:-postgres}
+# POSTGRES_PASSWORD_FILE, as the official image reads it (not both).
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+        echo "error: both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set (but are exclusive)" >&2
+        exit 1
+    fi
+    POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     if [ -z "${POSTGRES_PASSWORD:-}" ]; then
         echo "Error: Database is uninitialized and superuser password is not specified." >&2

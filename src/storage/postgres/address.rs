@@ -13,6 +13,16 @@ impl PostgresAddress {
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
     }
+
+    /// Whether the URL gave a password.
+    pub fn has_password(&self) -> bool {
+        self.config.get_password().is_some()
+    }
+
+    /// Sets the password (read from a file: not part of the URL shown).
+    pub fn set_password(&mut self, password: &str) {
+        self.config.password(password);
+    }
 }
 
 impl PartialEq for PostgresAddress {

@@ -69,7 +69,10 @@ impl TarantoolStorage {
         let client = Client::new(iproto::Config {
             address: address.host_port.clone(),
             user: address.user.clone(),
-            password: address.password.expose().to_owned(),
+            password: address
+                .password
+                .as_ref()
+                .map_or_else(String::new, |p| p.expose().to_owned()),
             connect_timeout: timeout.min(Duration::from_secs(5)),
         });
         let connection = Arc::new(Connection {

@@ -228,7 +228,7 @@ impl TestStore {
                 format!(
                     "tarantool://{}:{}@{}",
                     a.user,
-                    a.password.expose(),
+                    a.password.as_ref().map_or("", |p| p.expose()),
                     a.host_port
                 )
             }

@@ -241,7 +241,7 @@ async fn a_damaged_tarantool_connection_gives_503s_then_recovers() {
     config.storage = format!(
         "tarantool://{}:{}@{}",
         address.user,
-        address.password.expose(),
+        address.password.as_ref().unwrap().expose(),
         proxy.addr
     )
     .parse()
@@ -340,6 +340,71 @@ async fn app_lua_warns_of_the_default_password_beyond_loopback_and_names_its_dat
             "{text}"
         );
     }
+}
+
+/// The password from files on both sides (Docker secrets): Tarantool's from
+/// `GIFTS_TARANTOOL_PASSWORD_FILE`, the app's from `--storage-password-file`
+/// with a URL that names none; the service works. An empty file stops
+/// Tarantool's start with a message naming the variable.
+#[tokio::test]
+async fn passwords_come_from_files_on_both_sides() {
+    if !tarantool_available("password_files") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "from a file: @\n").unwrap();
+    let file = file.to_str().unwrap();
+    // An empty GIFTS_TARANTOOL_PASSWORD counts as unset.
+    let store = TestStore::with_env(
+        Backend::Tarantool,
+        &[
+            ("GIFTS_TARANTOOL_PASSWORD", ""),
+            ("GIFTS_TARANTOOL_PASSWORD_FILE", file),
+        ],
+    );
+    let url = store.flag().replace(":test-password@", "@");
+    assert!(!url.contains("test-password"), "{url}");
+    let mut app = Binary::start(
+        &["--storage", &url],
+        &[("GIFTS_STORAGE_PASSWORD_FILE", file)],
+        None,
+    );
+    app.wait_healthy().await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/imports", app.base))
+        .header("content-type", "application/json")
+        .body(json!({ "citizens": spec_example() }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED, "{}", app.log());
+    // The file's password, not the old one: the test's usual password fails.
+    let wrong = client_as(&store, "gifts", "test-password");
+    assert!(
+        wrong
+            .call::<_, (u64,)>("gifts_health", &procedures::NO_ARGS, WAIT)
+            .await
+            .is_err()
+    );
+
+    std::fs::write(dir.path().join("empty"), "").unwrap();
+    let output = tarantool_command(
+        &app_lua(),
+        free_port(),
+        &dir.path().join("data"),
+        "",
+        64 << 20,
+    )
+    .env_remove("GIFTS_TARANTOOL_PASSWORD")
+    .env("GIFTS_TARANTOOL_PASSWORD_FILE", dir.path().join("empty"))
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("GIFTS_TARANTOOL_PASSWORD_FILE"), "{said}");
+    assert!(said.contains("is empty"), "{said}");
 }
 
 /// A GET citizens read in many `SELECT`s (pages of 3 rows) while PATCHes
