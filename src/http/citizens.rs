@@ -25,13 +25,30 @@ use crate::reads::cache::View;
     responses(
         crate::http::openapi::Refusals,
         (status = 200, description = "All citizens, by citizen_id, relatives ascending", body = crate::http::openapi::CitizensAnswer,
-            headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
+            headers(
+                ("ETag" = String, description = "Weak tag of the import, its version and the view"),
+                ("Cache-Control" = String, description = "no-cache"),
+                ("Vary" = String, description = "accept-encoding"),
+                ("Content-Encoding" = String, description = "gzip, when the request's Accept-Encoding allows it and the answer is big enough to gain"),
+            ),
+            example = json!({"data": [
+                {"citizen_id": 1, "town": "Москва", "street": "Льва Толстого", "building": "16к7стр5", "apartment": 7, "name": "Иванов Иван Иванович", "birth_date": "26.12.1986", "gender": "male", "relatives": [2]},
+                {"citizen_id": 2, "town": "Москва", "street": "Льва Толстого", "building": "16к7стр5", "apartment": 7, "name": "Иванов Сергей Иванович", "birth_date": "01.04.1997", "gender": "male", "relatives": [1]},
+                {"citizen_id": 3, "town": "Керчь", "street": "Иосифа Бродского", "building": "2", "apartment": 11, "name": "Романова Мария Леонидовна", "birth_date": "23.11.1986", "gender": "female", "relatives": []}
+            ]})),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
 )]
-/// All citizens of the import, by citizen_id.
+/// All citizens of an import
+///
+/// Every citizen as stored and corrected since, ordered by `citizen_id`, each with its
+/// relatives in ascending order. The answer carries an `ETag` (the import, its version and
+/// the view): send it back in `If-None-Match` and an unchanged import answers 304 with no
+/// body. Big answers are gzip-compressed for clients that accept it.
+///
+/// Failures: 404 when there is no such import; 503 when the store does not answer (retry).
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -54,11 +71,14 @@ const INLINE_PATCH: usize = 64 * 1024;
         ("import_id" = u64, Path, minimum = 1, description = "The import"),
         ("citizen_id" = u64, Path, description = "The citizen"),
     ),
-    request_body(content = crate::http::openapi::CitizenPatchSchema, description = "The fields to change"),
+    request_body(content = crate::http::openapi::CitizenPatchSchema, description = "The fields to change",
+        example = json!({"name": "Иванова Мария Леонидовна", "town": "Москва", "street": "Льва Толстого", "building": "16к7стр5", "apartment": 7, "relatives": [1]})),
     responses(
         crate::http::openapi::Refusals,
-        (status = 200, description = "The whole citizen as it is now", body = crate::http::openapi::CitizenAnswer),
-        (status = 400, description = "The body breaks a rule: the error names the field", body = crate::http::openapi::ErrorAnswer),
+        (status = 200, description = "The whole citizen as it is now", body = crate::http::openapi::CitizenAnswer,
+            example = json!({"data": {"citizen_id": 3, "town": "Москва", "street": "Льва Толстого", "building": "16к7стр5", "apartment": 7, "name": "Иванова Мария Леонидовна", "birth_date": "23.11.1986", "gender": "female", "relatives": [1]}})),
+        (status = 400, description = "The body breaks a rule: the error names the field", body = crate::http::openapi::ErrorAnswer,
+            example = json!({"error": {"code": "unknown_relative", "message": "relatives (citizen 3): relative 9 is not a citizen of this import", "field": "relatives", "citizen_id": 3}})),
         (status = 404, description = "No such import or citizen", body = crate::http::openapi::ErrorAnswer),
         (status = 413, description = "The body is over the size limit", body = crate::http::openapi::ErrorAnswer),
         (status = 415, description = "A Content-Encoding other than gzip", body = crate::http::openapi::ErrorAnswer),
@@ -67,7 +87,20 @@ const INLINE_PATCH: usize = 64 * 1024;
         (status = 507, description = "The store has no room: nothing changed", body = crate::http::openapi::ErrorAnswer),
     )
 )]
-/// Replaces the given fields of one citizen, mirroring relatives; 200 with the citizen.
+/// Correct one citizen
+///
+/// Replaces the fields the body names (at least one; any but `citizen_id`), with the same
+/// rules as an import, and answers 200 with the whole citizen as it is now. A new `relatives`
+/// list replaces the old one and is mirrored: the citizen is added to the lists of the
+/// relatives gained and removed from those of the relatives dropped, in the same atomic
+/// change, so the relation stays symmetric. Each PATCH raises the import's `version`; the
+/// analytics answer for the new state at once.
+///
+/// Failures: 400 a field breaks a rule (`birth_date` not a real date or in the future, a
+/// relative not in the import or listed twice, `null`, an unknown field, `citizen_id`, an
+/// empty body), naming the field; 404 no such import or citizen; 503 not changed (retry);
+/// 504 sent but not confirmed (it may have been applied: read the citizen to see); 507 the
+/// store has no room.
 pub async fn update(
     State(state): State<AppState>,
     CitizenPath(import, citizen): CitizenPath,
@@ -108,13 +141,28 @@ pub async fn update(
     responses(
         crate::http::openapi::Refusals,
         (status = 200, description = "Presents per month", body = crate::http::openapi::BirthdaysAnswer,
-            headers(("ETag" = String, description = "Weak tag of the import, its version and the view"), ("Cache-Control" = String, description = "no-cache"))),
+            headers(
+                ("ETag" = String, description = "Weak tag of the import, its version and the view"),
+                ("Cache-Control" = String, description = "no-cache"),
+                ("Vary" = String, description = "accept-encoding"),
+                ("Content-Encoding" = String, description = "gzip, when the request's Accept-Encoding allows it and the answer is big enough to gain"),
+            ),
+            example = json!({"data": {"1": [], "2": [], "3": [], "4": [{"citizen_id": 1, "presents": 1}], "5": [], "6": [], "7": [], "8": [], "9": [], "10": [], "11": [], "12": [{"citizen_id": 2, "presents": 1}]}})),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
 )]
-/// Presents per month.
+/// How many presents each citizen buys per month
+///
+/// A citizen buys one present per relative, in the month of that relative's birthday.
+/// The answer has exactly the keys `"1"` to `"12"`; under each month, one entry per citizen
+/// who buys at least one present then, ordered by `citizen_id`. A citizen who lists itself
+/// buys itself a present. In the example (the example import), citizen 1 buys one present in
+/// April, for citizen 2, and citizen 2 one in December, for citizen 1.
+///
+/// `ETag`/`If-None-Match` as for the citizens. Failures: 404 no such import; 503 the store
+/// does not answer (retry).
 pub async fn birthdays(
     State(state): State<AppState>,
     headers: HeaderMap,

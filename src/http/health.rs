@@ -20,14 +20,19 @@ use crate::storage::StorageError;
     operation_id = "health",
     tag = "operations",
     responses(
-        (status = 200, description = "The store answers and takes writes", body = crate::http::openapi::StatusAnswer),
-        (status = 503, description = "The store is unavailable, refuses the service, or its disk is full", body = crate::http::openapi::ErrorAnswer),
+        (status = 200, description = "The store answers and takes writes", body = crate::http::openapi::StatusAnswer,
+            example = json!({"data": {"status": "ok"}})),
+        (status = 503, description = "The store is unavailable, refuses the service, or its disk is full", body = crate::http::openapi::ErrorAnswer,
+            example = json!({"error": {"code": "storage_unavailable", "message": "the store is unavailable: tarantool at tarantool:3301 does not answer"}})),
         (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
     )
 )]
-/// 200 when the store answers and takes writes, 503 otherwise (the body
-/// says why: `storage_unavailable`, or `insufficient_storage` when its disk
-/// is full and only reads are served). Logged at DEBUG when healthy:
+/// Whether the service and its store work
+///
+/// 200 when the store answers and takes writes, 503 otherwise; the body says why:
+/// `storage_unavailable` (the store does not answer within a second, or refuses the
+/// service: a wrong password, a schema newer than this version), or `insufficient_storage`
+/// when its disk is full and only reads are served. Needs no token. Logged at DEBUG when healthy:
 /// container health checks call it every few seconds.
 pub async fn check(State(state): State<AppState>) -> Result<Response, AppError> {
     // A probe answers within PROBE whatever the store does: a stalled store
@@ -61,7 +66,10 @@ const PROBE: Duration = Duration::from_secs(1);
     tag = "operations",
     responses((status = 200, description = "The process serves", body = crate::http::openapi::StatusAnswer))
 )]
-/// 200 while the process serves requests at all.
+/// Whether the process serves at all (liveness)
+///
+/// 200 whenever the process can answer a request, whatever the store's state: restart the
+/// service only when this fails. Needs no token; never touches the store.
 pub async fn live() -> Result<Response, AppError> {
     let mut response = data(StatusCode::OK, &json!({"status": "live"}))?;
     response.extensions_mut().insert(Quiet);
@@ -74,13 +82,19 @@ pub async fn live() -> Result<Response, AppError> {
     operation_id = "readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Send traffic here", body = crate::http::openapi::StatusAnswer),
-        (status = 503, description = "Draining after SIGTERM, or the store is unhealthy", body = crate::http::openapi::ErrorAnswer),
+        (status = 200, description = "Send traffic here", body = crate::http::openapi::StatusAnswer,
+            example = json!({"data": {"status": "ready"}})),
+        (status = 503, description = "Draining after SIGTERM, or the store is unhealthy", body = crate::http::openapi::ErrorAnswer,
+            example = json!({"error": {"code": "draining", "message": "the service is shutting down: send requests to another instance"}})),
         (status = 500, description = "A fault of the service", body = crate::http::openapi::ErrorAnswer),
     )
 )]
-/// 200 when the service should get traffic: the store answers and takes
-/// writes, and the service is not draining after SIGTERM; 503 otherwise.
+/// Whether to send traffic here (readiness)
+///
+/// 200 when the store answers and takes writes and the service is not draining; 503
+/// otherwise. After SIGTERM the service answers 503 here for the drain period
+/// (`--shutdown-drain-secs`, 5 s) while still serving requests, so a load balancer stops
+/// sending before it stops accepting. Needs no token.
 pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> {
     if state.draining.load(std::sync::atomic::Ordering::Acquire) {
         let body = json!({"error": {
@@ -112,9 +126,14 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, AppError> 
         (status = 200, description = "Prometheus metrics: OpenMetrics text when `Accept` names `application/openmetrics-text` (as Prometheus sends), else the classic text format 0.0.4", content((String = "text/plain"), (String = "application/openmetrics-text"))),
     )
 )]
-/// The Prometheus metrics (OpenMetrics text when asked for it, else the
-/// classic text format); the import and citizen totals
-/// are read from the store now (cheaply: no citizen is read).
+/// Prometheus metrics
+///
+/// Requests by route and status, latency histograms, store operations by outcome, caches,
+/// queues, the process (memory, CPU, open files) and the totals of imports and citizens,
+/// read from the store at each scrape (cheaply: no citizen is read; a store that does not
+/// answer within 500 ms leaves the last values). OpenMetrics text when `Accept` names
+/// `application/openmetrics-text`, as Prometheus asks; else the classic text format 0.0.4.
+/// With `--tokens-file`, needs a token of the `admin` scope.
 pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     // A stalled store must not stall the scrape: the totals keep their
     // last values when the store does not answer within half a second.

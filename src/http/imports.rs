@@ -90,13 +90,22 @@ fn rfc3339(unix_seconds: i64) -> String {
     ),
     responses(
         crate::http::openapi::Refusals,
-        (status = 200, description = "A page of imports, newest first", body = crate::http::openapi::ImportsAnswer),
-        (status = 400, description = "A bad limit or cursor", body = crate::http::openapi::ErrorAnswer),
+        (status = 200, description = "A page of imports, newest first", body = crate::http::openapi::ImportsAnswer,
+            example = json!({"data": {"imports": [{"import_id": 2, "citizens": 3, "created_at": "2026-12-05T10:00:00Z", "version": 2}, {"import_id": 1, "citizens": 10000, "created_at": "2026-12-04T09:30:00Z", "version": 1}], "next_cursor": null}})),
+        (status = 400, description = "A bad limit or cursor", body = crate::http::openapi::ErrorAnswer,
+            example = json!({"error": {"code": "invalid_query", "message": "query parameter limit: must be a whole number from 1 to 1000, got \"0\"", "field": "limit", "citizen_id": null}})),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
 )]
-/// Imports, newest first, a page at a time (`limit` 1–1000, default 100;
-/// `cursor` from the previous page's `next_cursor`).
+/// List the stored imports, newest first
+///
+/// A page at a time: `limit` imports (1–1000, default 100), then the next page with
+/// `cursor` set to the answer's `next_cursor` (null on the last page). Each import says how
+/// many citizens it has, when it was stored (RFC 3339, UTC) and its `version` (1 when
+/// stored, +1 per PATCH). No citizen is read, so a page costs the same for any import size.
+/// Imports stored or deleted between two pages do not make a page repeat or skip another.
+///
+/// Failures: 400 for a `limit` out of range or a `cursor` the service did not give.
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -165,7 +174,15 @@ pub async fn list(
         (status = 507, description = "The store has no room", body = crate::http::openapi::ErrorAnswer),
     )
 )]
-/// Deletes an import and all its citizens; 204.
+/// Delete an import and all its citizens
+///
+/// 204, and the import is gone at once for every reader: its citizens and analytics
+/// answer 404 from then on. Import ids are never reused, so a later import never takes its
+/// place. The space is given back to the store.
+///
+/// Failures: 404 when there is no such import (also when it was deleted before); 503 when
+/// nothing was deleted (retry); 504 when the store did not confirm (it may have been
+/// deleted: a retry answers 204 or 404).
 pub async fn delete(
     State(state): State<AppState>,
     ImportPath(import): ImportPath,
@@ -200,12 +217,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     operation_id = "createImport",
     security(("bearer" = ["write"]), ()),
     tag = "imports",
-    request_body(content = crate::http::openapi::ImportRequestSchema, description = "The import; may be gzip-compressed (Content-Encoding: gzip)"),
+    request_body(content = crate::http::openapi::ImportRequestSchema, description = "The import; may be gzip-compressed (Content-Encoding: gzip)",
+        example = json!({"citizens": [
+            {"citizen_id": 1, "town": "Москва", "street": "Льва Толстого", "building": "16к7стр5", "apartment": 7, "name": "Иванов Иван Иванович", "birth_date": "26.12.1986", "gender": "male", "relatives": [2]},
+            {"citizen_id": 2, "town": "Москва", "street": "Льва Толстого", "building": "16к7стр5", "apartment": 7, "name": "Иванов Сергей Иванович", "birth_date": "01.04.1997", "gender": "male", "relatives": [1]},
+            {"citizen_id": 3, "town": "Керчь", "street": "Иосифа Бродского", "building": "2", "apartment": 11, "name": "Романова Мария Леонидовна", "birth_date": "23.11.1986", "gender": "female", "relatives": []}
+        ]})),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1–255 printable ASCII characters: a retry with the same key and body gets the same import")),
     responses(
         crate::http::openapi::Refusals,
-        (status = 201, description = "Stored", body = crate::http::openapi::ImportCreated),
-        (status = 400, description = "The body breaks a rule: the error names the field and the citizen", body = crate::http::openapi::ErrorAnswer),
+        (status = 201, description = "Stored", body = crate::http::openapi::ImportCreated,
+            example = json!({"data": {"import_id": 1}})),
+        (status = 400, description = "The body breaks a rule: the error names the field and the citizen", body = crate::http::openapi::ErrorAnswer,
+            example = json!({"error": {"code": "not_a_calendar_date", "message": "citizens[1].birth_date (citizen 2): 31.02.2019 is not a calendar date", "field": "citizens[1].birth_date", "citizen_id": 2}})),
         (status = 413, description = "The body is over the size limit", body = crate::http::openapi::ErrorAnswer),
         (status = 415, description = "A Content-Encoding other than gzip", body = crate::http::openapi::ErrorAnswer),
         (status = 422, description = "The Idempotency-Key was used with another body", body = crate::http::openapi::ErrorAnswer),
@@ -214,9 +238,25 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
         (status = 507, description = "The store has no room: nothing stored", body = crate::http::openapi::ErrorAnswer),
     )
 )]
-/// Validates and stores an import atomically; 201 with its new id. With an
-/// `Idempotency-Key` seen before: the same body gets the same import id
-/// (201, nothing new stored), another body 422.
+/// Store an import of citizens
+///
+/// Checks every citizen and stores them all, or nothing: 201 with the new `import_id`
+/// (positive, increasing, never reused). An empty list is a valid, empty import.
+///
+/// The rules (a broken one is a 400 naming the field and the citizen, and nothing is stored):
+/// every field present, no other field; `citizen_id` unique in the import; `town`, `street`
+/// and `building` 1–256 characters with at least one letter or digit, `name` 1–256
+/// characters; `apartment` and ids 0 to 2^63−1; `birth_date` a real `DD.MM.YYYY` date not after
+/// today (UTC); `gender` `male` or `female`; `relatives` ids of this import, each once, and
+/// symmetric (if 1 lists 2, 2 lists 1; a citizen may list itself).
+///
+/// The body may be gzip-compressed (`Content-Encoding: gzip`); its size after decompression
+/// is limited (413; 64 MiB by default). With an `Idempotency-Key`, a retry of the same body
+/// gets the same `import_id` (201, nothing new stored) and another body with that key 422: so a
+/// client that got no answer (a 504, a lost connection) can send again safely.
+///
+/// Failures: 503 nothing stored (retry); 504 sent but not confirmed (it may have been stored:
+/// retry with the same `Idempotency-Key`); 507 the store has no room.
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,

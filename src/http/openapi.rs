@@ -239,7 +239,8 @@ pub enum Refusals {
     /// 401.
     #[response(
         status = 401,
-        description = "With --tokens-file: no token, or an unknown one (answered with WWW-Authenticate: Bearer)"
+        description = "With --tokens-file: no token, or an unknown one",
+        headers(("WWW-Authenticate" = String, description = "Bearer (RFC 6750)"))
     )]
     Unauthorized(ErrorAnswer),
     /// 403.
@@ -365,7 +366,7 @@ pub enum ErrorCode {
         openapi_json,
     ),
     components(schemas(ErrorAnswer, CitizenIdSchema)),
-    modifiers(&BearerTokens),
+    modifiers(&BearerTokens, &CommonHeaders),
     tags(
         (name = "imports", description = "Store, list and delete imports"),
         (name = "citizens", description = "Read and correct citizens"),
@@ -396,7 +397,89 @@ impl utoipa::Modify for BearerTokens {
     }
 }
 
-/// This document.
+/// Headers of every operation, declared once: `X-Request-Id` and
+/// `traceparent` on every request and `X-Request-Id` on every answer (the
+/// middleware in `http/mod.rs` handles them for every route), and
+/// `Retry-After` on every 503.
+struct CommonHeaders;
+
+impl utoipa::Modify for CommonHeaders {
+    fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, RefOr, Required, Type};
+        // Any value is taken (and replaced or ignored when unusable), so the
+        // schema holds nothing back: a stricter one would promise 400s.
+        let string = || ObjectBuilder::new().schema_type(Type::String).build();
+        let request_id = ParameterBuilder::new()
+            .name("X-Request-Id")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "The caller's id for this request, logged with it and echoed in the answer. Printable ASCII is kept (cut to 128 characters); without it, or with anything else, the service makes one (a UUIDv7).",
+            ))
+            .schema(Some(string()))
+            .build();
+        let traceparent = ParameterBuilder::new()
+            .name("traceparent")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "W3C trace context: its trace id and parent id are logged with the request; a malformed one is ignored.",
+            ))
+            .schema(Some(string()))
+            .build();
+        let echoed = HeaderBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some(
+                "The request's id: the caller's X-Request-Id when it is printable ASCII, else a new UUIDv7. Also in the request's log line.",
+            ))
+            .build();
+        let retry_after = HeaderBuilder::new()
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            ))
+            .description(Some(
+                "Seconds to wait before a retry; sent when the store's queue is full",
+            ))
+            .build();
+        for item in doc.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                parameters.push(request_id.clone().into());
+                parameters.push(traceparent.clone().into());
+                for (status, response) in &mut operation.responses.responses {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    response
+                        .headers
+                        .insert("X-Request-Id".into(), echoed.clone().into());
+                    if status == "503" {
+                        response
+                            .headers
+                            .insert("Retry-After".into(), retry_after.clone().into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// This OpenAPI document
+///
+/// The OpenAPI 3.1 description of every operation of this version, generated from the
+/// code: what Swagger UI at `/docs` shows. Needs no token.
 #[utoipa::path(
     get,
     path = "/openapi.json",

@@ -146,7 +146,64 @@ async fn request_ids_are_uuid_v7_or_the_clients_printable_id(backend: Backend) {
     assert!(uuid::Uuid::parse_str(&spaced).is_ok(), "replaced: {spaced}");
 }
 
+/// The OpenAPI document's examples are real answers: its import example
+/// stored, its reads, its PATCH example and its errors answered, on a
+/// fresh store, equal the document's examples exactly (the percentiles'
+/// example is of one day; it is compared on that day only).
+async fn the_documents_examples_are_what_the_service_answers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let doc = serde_json::to_value(gifts::http::openapi::document()).unwrap();
+    let operation = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let answer = |op: &Value, status: &str| {
+        op["responses"][status]["content"]["application/json"]["example"].clone()
+    };
+    let create = operation("/imports", "post");
+    let body = create["requestBody"]["content"]["application/json"]["example"].clone();
+    assert_eq!(body, json!({"citizens": spec_example()}));
+    let (status, got) = app.post_import(&body).await;
+    assert_eq!((status.as_u16(), got), (201, answer(&create, "201")));
+
+    let citizens = operation("/imports/{import_id}/citizens", "get");
+    assert_eq!(
+        app.get("/imports/1/citizens").await.1,
+        answer(&citizens, "200")
+    );
+    let birthdays = operation("/imports/{import_id}/citizens/birthdays", "get");
+    assert_eq!(
+        app.get("/imports/1/citizens/birthdays").await.1,
+        answer(&birthdays, "200")
+    );
+    if gifts::domain::today_utc() == time::macros::date!(2026 - 12 - 05) {
+        let ages = operation("/imports/{import_id}/towns/stat/percentile/age", "get");
+        assert_eq!(
+            app.get("/imports/1/towns/stat/percentile/age").await.1,
+            answer(&ages, "200")
+        );
+    }
+    let (status, got) = app
+        .send(reqwest::Method::POST, "/imports", Some(br#"{"citizens": [
+            {"citizen_id": 1, "town": "a", "street": "b", "building": "c", "apartment": 1, "name": "d", "birth_date": "26.12.1986", "gender": "male", "relatives": []},
+            {"citizen_id": 2, "town": "a", "street": "b", "building": "c", "apartment": 1, "name": "d", "birth_date": "31.02.2019", "gender": "male", "relatives": []}]}"#.to_vec()))
+        .await;
+    assert_eq!((status.as_u16(), got), (400, answer(&create, "400")));
+    let list = operation("/imports", "get");
+    assert_eq!(
+        app.get("/imports?limit=0").await,
+        (StatusCode::BAD_REQUEST, answer(&list, "400"))
+    );
+
+    let patch = operation("/imports/{import_id}/citizens/{citizen_id}", "patch");
+    let (status, got) = app.patch(1, 3, &json!({"relatives": [9]})).await;
+    assert_eq!((status.as_u16(), got), (400, answer(&patch, "400")));
+    let body = patch["requestBody"]["content"]["application/json"]["example"].clone();
+    let (status, got) = app.patch(1, 3, &body).await;
+    assert_eq!((status.as_u16(), got), (200, answer(&patch, "200")));
+    let health = operation("/health", "get");
+    assert_eq!(app.get("/health").await.1, answer(&health, "200"));
+}
+
 backend_tests!(
+    the_documents_examples_are_what_the_service_answers,
     common_mistakes_get_messages_that_say_what_is_wrong,
     a_body_over_the_limit_names_the_setting,
     gzip_bodies_are_decompressed_within_the_limit,
