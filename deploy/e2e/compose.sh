@@ -588,10 +588,25 @@ systemd_apply() {
     # It runs where there is no C library at all: an image of this file alone.
     tar -C "$repo/target/$musl/release" -c gifts | docker import - gifts-e2e/static-binary:latest >/dev/null || return 1
     docker run --rm gifts-e2e/static-binary:latest /gifts --version | grep -q '^gifts ' || return 1
+    # The store: the compose stack's Tarantool, reached on its network by
+    # address, with the password handed over as a credential (never in
+    # gifts.env, the unit's environment or the process's).
+    docker network connect ${project}_backend gifts-e2e-systemd || return 1
+    local tarantool_ip
+    tarantool_ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"${project}_backend\").IPAddress}}" "$(container tarantool)")
+    [ -n "$tarantool_ip" ] || return 1
     local vars=(-e gifts_mode=systemd -e gifts_repo="$repo"
-        -e "{\"gifts_tokens\": [\"$(cat "$stack/tokens")\"]}")
+        -e "{\"gifts_tokens\": [\"$(cat "$stack/tokens")\"], \"gifts_env\": {\"GIFTS_STORAGE\": \"tarantool://gifts@$tarantool_ip:3301\"}}"
+        -e gifts_storage_password="$password")
     playbook gifts-e2e-systemd community.docker.docker "${vars[@]}" || return 1
+    # 200 only when Tarantool accepted the password and took a write probe.
     docker exec gifts-e2e-systemd curl -sf http://127.0.0.1:8080/health || return 1
+    local pid
+    pid=$(docker exec gifts-e2e-systemd systemctl show -p MainPID --value gifts)
+    if docker exec gifts-e2e-systemd sh -c "cat /etc/gifts/gifts.env; systemctl show -p Environment gifts; tr '\\0' '\\n' </proc/$pid/environ" | grep -F -- "$password"; then
+        echo "the store's password in the settings or an environment"
+        return 1
+    fi
     # Static: no program interpreter, no shared library (ldd says so).
     docker exec gifts-e2e-systemd ldd /usr/local/bin/gifts 2>&1 | tee /dev/stderr | grep -Eq 'not a dynamic executable|statically linked' || return 1
     [ "$(docker exec gifts-e2e-systemd curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/imports)" = 401 ] || return 1
@@ -602,7 +617,7 @@ systemd_apply() {
     }
     no_changes
 }
-check "the playbook's systemd mode applies in a container with systemd as PID 1, installs a static (musl) binary, serves with its tokens (a credential; 401 without), and a second apply changes nothing" systemd_apply
+check "the playbook's systemd mode applies in a container with systemd as PID 1, installs a static (musl) binary, serves the stack's Tarantool with its password and its tokens as credentials (no password in any environment; 401 without a token), and a second apply changes nothing" systemd_apply
 docker rm -f gifts-e2e-systemd >/dev/null 2>&1
 
 compose --profile postgres down -v >/dev/null 2>&1
