@@ -615,62 +615,44 @@ mod tests {
         let file = dir.path().join("password");
         let file_arg = file.to_str().unwrap();
         std::fs::write(&file, "p@ss:w ord\n").unwrap();
-        let cli = parse(&[
-            "--storage",
-            "tarantool://gifts@tarantool:3301",
-            "--storage-password-file",
-            file_arg,
-        ])
-        .unwrap();
+        let with_file = |url: &str| parse(&["--storage", url, "--storage-password-file", file_arg]);
+        let cli = with_file("tarantool://gifts@tarantool:3301").unwrap();
         let StorageUrl::Tarantool(address) = &cli.config.storage else {
             panic!("{:?}", cli.config.storage)
         };
         assert_eq!(address.password.as_ref().unwrap().expose(), "p@ss:w ord");
         assert!(!format!("{:?}", cli.config).contains("w ord"));
-        let cli = parse(&[
-            "--storage",
-            "postgres://gifts@db/gifts",
-            "--storage-password-file",
-            file_arg,
-        ])
-        .unwrap();
+        let cli = with_file("postgres://gifts@db/gifts").unwrap();
         let StorageUrl::Postgres(address) = &cli.config.storage else {
             panic!("{:?}", cli.config.storage)
         };
         assert_eq!(address.config().get_password(), Some(&b"p@ss:w ord"[..]));
         assert_eq!(cli.config.storage.to_string(), "postgres://gifts@db/gifts");
 
-        let refused = |args: &[&str], says: &str| {
-            let e = parse(args).unwrap_err().to_string();
-            assert!(e.contains(says), "{args:?}: {e}");
+        let refused = |got: Result<Cli, clap::Error>, says: &str| {
+            let e = got.unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
             assert!(!e.contains("w ord"), "{e}");
         };
-        let twice = ["--storage-password-file", file_arg, "--storage"];
+        refused(with_file("tarantool://u:p@h:1"), "password too");
+        refused(with_file("postgres://u:p@h/d"), "password too");
+        refused(with_file("sqlite:x.db"), "SQLite has no password");
         refused(
-            &[&twice[..], &["tarantool://u:p@h:1"]].concat(),
-            "password too",
+            parse(&["--storage", "tarantool://u@h:1"]),
+            "names no password",
         );
-        refused(
-            &[&twice[..], &["postgres://u:p@h/d"]].concat(),
-            "password too",
-        );
-        refused(
-            &[&twice[..], &["sqlite:x.db"]].concat(),
-            "SQLite has no password",
-        );
-        refused(&["--storage", "tarantool://u@h:1"], "names no password");
         let missing = dir.path().join("absent");
         refused(
-            &[
+            parse(&[
                 "--storage",
                 "tarantool://u@h:1",
                 "--storage-password-file",
                 missing.to_str().unwrap(),
-            ],
+            ]),
             "cannot read",
         );
         std::fs::write(&file, "\n").unwrap();
-        refused(&[&twice[..], &["tarantool://u@h:1"]].concat(), "is empty");
+        refused(with_file("tarantool://u@h:1"), "is empty");
         // The subcommands open no store, so need no password.
         assert!(parse(&["--storage", "tarantool://u@h:1", "healthcheck"]).is_ok());
     }

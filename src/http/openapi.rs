@@ -410,25 +410,23 @@ impl utoipa::Modify for CommonHeaders {
         use utoipa::openapi::{ObjectBuilder, RefOr, Required, Type};
         // Any value is taken (and replaced or ignored when unusable), so the
         // schema holds nothing back: a stricter one would promise 400s.
-        let string = || ObjectBuilder::new().schema_type(Type::String).build();
-        let request_id = ParameterBuilder::new()
-            .name("X-Request-Id")
-            .parameter_in(ParameterIn::Header)
-            .required(Required::False)
-            .description(Some(
-                "The caller's id for this request, logged with it and echoed in the answer. Printable ASCII is kept (cut to 128 characters); without it, or with anything else, the service makes one (a UUIDv7).",
-            ))
-            .schema(Some(string()))
-            .build();
-        let traceparent = ParameterBuilder::new()
-            .name("traceparent")
-            .parameter_in(ParameterIn::Header)
-            .required(Required::False)
-            .description(Some(
-                "W3C trace context: its trace id and parent id are logged with the request; a malformed one is ignored.",
-            ))
-            .schema(Some(string()))
-            .build();
+        let optional_header = |name: &str, description: &str| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(description))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String).build()))
+                .build()
+        };
+        let request_id = optional_header(
+            "X-Request-Id",
+            "The caller's id for this request, logged with it and echoed in the answer. Printable ASCII is kept (cut to 128 characters); without it, or with anything else, the service makes one (a UUIDv7).",
+        );
+        let traceparent = optional_header(
+            "traceparent",
+            "W3C trace context: its trace id and parent id are logged with the request; a malformed one is ignored.",
+        );
         let echoed = HeaderBuilder::new()
             .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
             .description(Some(
