@@ -21,7 +21,7 @@ use super::patches::{LOCK_IMPORTS, PatchJob, fails_the_patch_alone};
 use super::pg_text;
 use super::planned::{Open, Outcome};
 use super::reads::{prefixed, read_citizen, version_of};
-use super::{Call, Fail, Store};
+use super::{Call, Fail, Store, writes};
 use crate::domain::patch::own_row_only;
 use crate::domain::{Apartment, Citizen, CitizenId, Gender};
 use crate::storage::{Patched, StorageError};
@@ -118,7 +118,7 @@ impl Store {
         call.committing.store(true, Ordering::Release);
         let (begun, locked, rows, committed) = tokio::join!(
             biased;
-            tx.batch_execute("BEGIN"),
+            tx.batch_execute(writes::WRITE_PLANS),
             tx.query(&lock, &lock_params),
             tx.query(&replace, &params),
             tx.batch_execute("COMMIT"),

@@ -148,7 +148,7 @@ impl Store {
         let read_params: [&(dyn ToSql + Sync); 2] = [&citizen_imports, &citizen_ids];
         let ((), locked, rows, month_rows, date_rows) = tokio::try_join!(
             biased;
-            tx.batch_execute("BEGIN"),
+            tx.batch_execute(writes::WRITE_PLANS),
             tx.query(&lock, &lock_params),
             tx.query(&read, &read_params),
             async {
@@ -382,7 +382,9 @@ impl Store {
         }
         for (import, month, citizen, delta) in &presents {
             let params: [&(dyn ToSql + Sync); 4] = [import, month, citizen, delta];
-            writes.push(Box::pin(execute(tx, &statements.presents, params)));
+            writes.push(Box::pin(execute(tx, &statements.presents_add, params)));
+            let params: [&(dyn ToSql + Sync); 3] = [import, month, citizen];
+            writes.push(Box::pin(execute(tx, &statements.presents_emptied, params)));
         }
         for (import, town, blob) in &town_writes {
             writes.push(if blob.is_empty() {
@@ -508,7 +510,8 @@ async fn execute<const N: usize>(
 /// The write statements, prepared once per connection.
 struct Statements {
     mirrors: tokio_postgres::Statement,
-    presents: tokio_postgres::Statement,
+    presents_add: tokio_postgres::Statement,
+    presents_emptied: tokio_postgres::Statement,
     set_town: tokio_postgres::Statement,
     drop_town: tokio_postgres::Statement,
     citizens: tokio_postgres::Statement,
@@ -519,7 +522,8 @@ impl Statements {
     async fn prepare(tx: &deadpool_postgres::ClientWrapper) -> Result<Self, Fail> {
         Ok(Self {
             mirrors: tx.prepare_cached(writes::MIRRORS).await?,
-            presents: tx.prepare_cached(writes::PRESENTS).await?,
+            presents_add: tx.prepare_cached(writes::PRESENTS_ADD).await?,
+            presents_emptied: tx.prepare_cached(writes::PRESENTS_EMPTIED).await?,
             set_town: tx.prepare_cached(writes::SET_TOWN).await?,
             drop_town: tx.prepare_cached(writes::DROP_TOWN).await?,
             citizens: tx.prepare_cached(writes::UPDATE_CITIZENS).await?,
