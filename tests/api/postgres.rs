@@ -528,3 +528,98 @@ async fn a_patch_the_server_fails_in_a_shared_commit_is_taken_back_alone() {
     crate::patch::patches_share_a_commit(app, "gifts_postgres_patch_batch_size", Some("Сбой"))
         .await;
 }
+
+/// Every statement of a PATCH is planned once per connection, not at each
+/// call, and reads a handful of pages whatever the import's size, before
+/// PostgreSQL has any statistics for it (autovacuum is off for the tables,
+/// so no `ANALYZE` runs). `pg_stat_statements` counts plans, calls and
+/// pages. The build before `writes::WRITE_PLANS` planned every call (a
+/// custom plan: the generic one's estimate for an array parameter never
+/// wins), and the plans it chose for its presents change at times scanned
+/// the whole import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_is_planned_once_per_connection_and_reads_a_handful_of_pages() {
+    if !postgres_available("patch_plans") {
+        return;
+    }
+    let app = TestApp::spawn_with(Backend::Postgres, |config| {
+        config.cache_bytes = gifts::config::ByteSize(0);
+    })
+    .await;
+    let store = Arc::clone(&app.store);
+    // ALTER SYSTEM runs alone, outside a transaction: one statement a
+    // call; the module's setting once the module is loaded.
+    store.edit_offline(
+        "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
+        "",
+    );
+    store.kill_server();
+    store.start_server();
+    crate::servers::wait_for(&app, "/health", StatusCode::OK).await;
+    store.edit_offline(
+        "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
+        "",
+    );
+    store.edit_offline("SELECT pg_reload_conf()", "");
+    store.edit_offline(
+        "CREATE EXTENSION pg_stat_statements;
+         ALTER TABLE citizens SET (autovacuum_enabled = false);
+         ALTER TABLE presents SET (autovacuum_enabled = false);
+         ALTER TABLE town_dates SET (autovacuum_enabled = false);",
+        "",
+    );
+    let n = 30_000;
+    let import = app
+        .import(crate::helpers::generate_import(n, 3_000, 5))
+        .await;
+    store.edit_offline("SELECT pg_stat_statements_reset()", "");
+    let patches = 60;
+    let mut rng = gifts::sample::Rng::new(3);
+    for step in 0..patches {
+        let who = rng.below(n);
+        let mut relatives = vec![rng.below(n), rng.below(n)];
+        relatives.retain(|&r| r != who);
+        relatives.sort_unstable();
+        relatives.dedup();
+        let mut body = json!({ "relatives": relatives });
+        if step % 4 == 0 {
+            body["town"] = json!(format!("Город {step}"));
+            body["birth_date"] = json!("29.02.2000");
+        }
+        let (status, answer) = app.patch(import, who, &body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let rows = store.edit_offline_query(&format!(
+        "SELECT calls, plans, (shared_blks_hit + shared_blks_read) / calls,
+                regexp_replace(left(query, 60), '\\s+', ' ', 'g')
+         FROM pg_stat_statements WHERE calls >= {} AND plans > 0",
+        patches / 4
+    ));
+    let statements: Vec<(u64, u64, u64, &str)> = rows
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.splitn(4, '|');
+            Some((
+                cells.next()?.parse().ok()?,
+                cells.next()?.parse().ok()?,
+                cells.next()?.parse().ok()?,
+                cells.next()?,
+            ))
+        })
+        .collect();
+    // The lock, the reads, the writes: each once a PATCH.
+    assert!(
+        statements.iter().filter(|s| s.0 >= patches).count() >= 6,
+        "the PATCHes' statements were not counted:\n{rows}"
+    );
+    for (calls, plans, pages, query) in &statements {
+        assert!(
+            plans * 4 <= *calls,
+            "planned {plans} times in {calls} calls: {query}\n{rows}"
+        );
+        assert!(
+            *pages <= 100,
+            "{pages} pages a call in an import of {n}: {query}\n{rows}"
+        );
+    }
+}

@@ -334,6 +334,15 @@ impl TestStore {
         }
     }
 
+    /// The rows of a query on a PostgreSQL store (`psql`'s unaligned
+    /// output: one line a row, cells split by `|`).
+    pub fn edit_offline_query(&self, sql: &str) -> String {
+        match &mut *self.server() {
+            Server::Postgres(server) => server.psql(sql),
+            Server::Tarantool(_) => panic!("a SQL query on a Tarantool store"),
+        }
+    }
+
     /// What the database server logged, for failure messages.
     pub fn server_log(&self) -> String {
         self.server
