@@ -107,15 +107,14 @@ pub(super) const PRESENTS_EMPTIED: &str = "DELETE FROM presents WHERE ctid = ANY
 /// chose a scan of the whole import for a PATCH of two rows. Planning was
 /// half of a PATCH's time on the server. Every statement of a PATCH reads
 /// or writes rows by key, so an index probe per key is the right plan at
-/// any import size.
+/// any import size. (`plan_cache_mode` needs PostgreSQL 12 or newer.)
 pub(super) const WRITE_PLANS: &str = "BEGIN;
      SET LOCAL plan_cache_mode = force_generic_plan;
      SET LOCAL enable_seqscan = off;
      SET LOCAL enable_bitmapscan = off;
      SET LOCAL enable_hashjoin = off;
      SET LOCAL enable_mergejoin = off;
-     SET LOCAL enable_material = off;
-     SET LOCAL enable_memoize = off;";
+     SET LOCAL enable_material = off;";
 
 /// A town's dates, `(import, town, dates)`, written whole.
 pub(super) const SET_TOWN: &str =
