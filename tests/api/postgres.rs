@@ -589,7 +589,7 @@ async fn a_patch_is_planned_once_per_connection_and_reads_a_handful_of_pages() {
         let (status, answer) = app.patch(import, who, &body).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
     }
-    let rows = store.edit_offline_query(&format!(
+    let rows = store.sql_rows(&format!(
         "SELECT calls, plans, (shared_blks_hit + shared_blks_read) / calls,
                 regexp_replace(left(query, 60), '\\s+', ' ', 'g')
          FROM pg_stat_statements WHERE calls >= {} AND plans > 0",

@@ -334,9 +334,9 @@ impl TestStore {
         }
     }
 
-    /// The rows of a query on a PostgreSQL store (`psql`'s unaligned
+    /// The rows of a query on a PostgreSQL store, app running or not (`psql`'s unaligned
     /// output: one line a row, cells split by `|`).
-    pub fn edit_offline_query(&self, sql: &str) -> String {
+    pub fn sql_rows(&self, sql: &str) -> String {
         match &mut *self.server() {
             Server::Postgres(server) => server.psql(sql),
             Server::Tarantool(_) => panic!("a SQL query on a Tarantool store"),
