@@ -548,31 +548,25 @@ async fn a_patch_is_planned_once_per_connection_and_reads_a_handful_of_pages() {
     .await;
     let store = Arc::clone(&app.store);
     // ALTER SYSTEM runs alone, outside a transaction: one statement a
-    // call; the module's setting once the module is loaded.
-    store.edit_offline(
-        "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'",
-        "",
-    );
+    // call; the module's setting once the module is loaded. The app is up:
+    // `sql_rows`, not `edit_offline`.
+    store.sql_rows("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'");
     store.kill_server();
     store.start_server();
     crate::servers::wait_for(&app, "/health", StatusCode::OK).await;
-    store.edit_offline(
-        "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
-        "",
-    );
-    store.edit_offline("SELECT pg_reload_conf()", "");
-    store.edit_offline(
+    store.sql_rows("ALTER SYSTEM SET pg_stat_statements.track_planning = on");
+    store.sql_rows("SELECT pg_reload_conf()");
+    store.sql_rows(
         "CREATE EXTENSION pg_stat_statements;
          ALTER TABLE citizens SET (autovacuum_enabled = false);
          ALTER TABLE presents SET (autovacuum_enabled = false);
          ALTER TABLE town_dates SET (autovacuum_enabled = false);",
-        "",
     );
     let n = 30_000;
     let import = app
         .import(crate::helpers::generate_import(n, 3_000, 5))
         .await;
-    store.edit_offline("SELECT pg_stat_statements_reset()", "");
+    store.sql_rows("SELECT pg_stat_statements_reset()");
     let patches = 60;
     let mut rng = gifts::sample::Rng::new(3);
     for step in 0..patches {
