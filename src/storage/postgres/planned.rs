@@ -347,6 +347,11 @@ impl Store {
             rows.3
                 .push(i32::try_from(delta).map_err(StorageError::internal)?);
         }
+        // The keys each import's rows may have fallen to zero at.
+        let falling: Vec<(Vec<i16>, Vec<i64>)> = presents
+            .iter()
+            .map(|(_, months, citizens, deltas)| writes::falling(months, citizens, deltas))
+            .collect();
         let town_writes: Vec<(i64, &String, &Vec<u8>)> = changed_towns
             .iter()
             .map(|key| (key.0, &key.1, &blobs[key]))
@@ -380,11 +385,15 @@ impl Store {
             let params: [&(dyn ToSql + Sync); 4] = [&mirrors.0, &mirrors.1, &mirrors.2, &mirrors.3];
             writes.push(Box::pin(execute(tx, &statements.mirrors, params)));
         }
-        for (import, month, citizen, delta) in &presents {
+        for ((import, month, citizen, delta), (falling_months, falling_citizens)) in
+            presents.iter().zip(&falling)
+        {
             let params: [&(dyn ToSql + Sync); 4] = [import, month, citizen, delta];
             writes.push(Box::pin(execute(tx, &statements.presents_add, params)));
-            let params: [&(dyn ToSql + Sync); 3] = [import, month, citizen];
-            writes.push(Box::pin(execute(tx, &statements.presents_emptied, params)));
+            if !falling_months.is_empty() {
+                let params: [&(dyn ToSql + Sync); 3] = [import, falling_months, falling_citizens];
+                writes.push(Box::pin(execute(tx, &statements.presents_emptied, params)));
+            }
         }
         for (import, town, blob) in &town_writes {
             writes.push(if blob.is_empty() {

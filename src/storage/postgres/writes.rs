@@ -86,8 +86,9 @@ pub(super) const PRESENTS_ADD: &str =
      ON CONFLICT (import_id, month, citizen_id)
      DO UPDATE SET presents = p.presents + excluded.presents";
 
-/// The rows of [`PRESENTS_ADD`] (`import, months, citizens`) that no longer
-/// count a present. Each is found by its whole key and deleted by its
+/// The rows of [`PRESENTS_ADD`] (`import, months, citizens`: the keys
+/// whose change was negative, [`falling`]) that no longer count a
+/// present. Each is found by its whole key and deleted by its
 /// address (`ctid`, read in this transaction, which holds the import's
 /// lock). `LIMIT 1` (a key finds one row) keeps the lookup a subquery
 /// run per key: a join of the keys with the table is planned, without
@@ -99,6 +100,20 @@ pub(super) const PRESENTS_EMPTIED: &str = "DELETE FROM presents WHERE ctid = ANY
              WHERE p.import_id = $1 AND p.month = d.month AND p.citizen_id = d.citizen_id
                AND p.presents <= 0
              LIMIT 1) q))";
+
+/// The keys of a presents change (`months, citizens, deltas`) that may
+/// have fallen to zero: those whose change is negative (a stored row
+/// counts at least one present). [`PRESENTS_EMPTIED`] looks at these
+/// alone, and is not sent when there are none.
+pub(super) fn falling(months: &[i16], citizens: &[i64], deltas: &[i32]) -> (Vec<i16>, Vec<i64>) {
+    months
+        .iter()
+        .zip(citizens)
+        .zip(deltas)
+        .filter(|(_, delta)| **delta < 0)
+        .map(|((month, citizen), _)| (*month, *citizen))
+        .unzip()
+}
 
 /// Starts a PATCH transaction, with settings for it alone: its statements
 /// are planned once per connection (a generic plan) and only as index
@@ -448,9 +463,12 @@ pub(super) async fn patch_summary(
         let add = tx.prepare_cached(PRESENTS_ADD).await?;
         tx.execute(&add, &[&import.get(), &month, &citizen, &delta])
             .await?;
-        let emptied = tx.prepare_cached(PRESENTS_EMPTIED).await?;
-        tx.execute(&emptied, &[&import.get(), &month, &citizen])
-            .await?;
+        let (month, citizen) = falling(&month, &citizen, &delta);
+        if !month.is_empty() {
+            let emptied = tx.prepare_cached(PRESENTS_EMPTIED).await?;
+            tx.execute(&emptied, &[&import.get(), &month, &citizen])
+                .await?;
+        }
     }
     if let Some(Move { from, to }) = &plan.births {
         for (town, date, delta) in [(from.0.as_str(), from.1, -1), (to.0.as_str(), to.1, 1)] {
