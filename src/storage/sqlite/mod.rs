@@ -300,8 +300,10 @@ impl SqliteStorage {
             .execute_batch("PRAGMA busy_timeout = 5000;")
             .map_err(internal)?;
         let (checkpoint, requests) = mpsc::sync_channel(1);
+        let backfilled = Arc::new(AtomicI32::new(0));
         let state = WriterState {
             wal_pages,
+            backfilled: Arc::clone(&backfilled),
             checkpoint,
             writable: Arc::clone(&writable),
             path: path.to_owned(),
@@ -315,7 +317,7 @@ impl SqliteStorage {
                 .map_err(StorageError::internal)?,
             std::thread::Builder::new()
                 .name("sqlite-checkpointer".into())
-                .spawn(move || checkpointer_loop(&checkpointer, &requests))
+                .spawn(move || checkpointer_loop(&checkpointer, &requests, &backfilled))
                 .map_err(StorageError::internal)?,
         ];
 

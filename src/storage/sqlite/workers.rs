@@ -13,9 +13,20 @@ use crate::storage::StorageError;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-/// WAL size (pages) from which the writer asks the checkpointer thread to
-/// fold the WAL back into the database.
+/// WAL size (pages) from which the writer first asks the checkpointer
+/// thread to fold the WAL back into the database, so that the WAL can start
+/// over ([`writer_loop`]).
+pub(super) const RESTART_PAGES: i32 = 1_024;
+
+/// New WAL pages after which the writer asks the checkpointer again, while
+/// the WAL has not started over (a big import: fewer, bigger checkpoints
+/// beside it).
 pub(super) const CHECKPOINT_PAGES: i32 = 16_384;
+
+/// Pages of a WAL of [`RESTART_PAGES`] or more that the checkpointer
+/// thread has not yet folded back, at most, for the writer to fold them
+/// itself between two batches ([`writer_loop`]).
+pub(super) const CATCH_UP_PAGES: i32 = 256;
 
 pub(super) type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -139,6 +150,9 @@ pub(super) fn reader_loop(
 /// What the writer thread keeps besides its connection.
 pub(super) struct WriterState {
     pub(super) wal_pages: Arc<AtomicI32>,
+    /// The WAL pages folded back into the database by the checkpointer's
+    /// last checkpoint (0 once the WAL started over).
+    pub(super) backfilled: Arc<AtomicI32>,
     /// Asks the checkpointer thread for a checkpoint (one request waits at
     /// most; more are the same request).
     pub(super) checkpoint: mpsc::SyncSender<()>,
@@ -153,9 +167,12 @@ pub(super) fn writer_loop(
     jobs: &mpsc::Receiver<WriteJob>,
     state: &WriterState,
 ) {
-    // The WAL size at the last checkpoint request: one request per
+    // The WAL size at the last checkpoint request (0: none since the WAL
+    // started over): the first at RESTART_PAGES, then one per
     // CHECKPOINT_PAGES of new WAL, not one per batch while the WAL is big.
     let mut asked_at = 0;
+    // Whether the writer folded the rest of the WAL since the last request.
+    let mut caught_up = false;
     loop {
         let Ok(first) = jobs.recv() else {
             break; // every sender dropped: the store is closing
@@ -200,15 +217,39 @@ pub(super) fn writer_loop(
         }
         // The WAL is folded back into the database by the checkpointer
         // thread, beside the writer: a checkpoint of a big WAL (tens of
-        // milliseconds and more) holds no write up.
+        // milliseconds and more) holds no write up. But the WAL starts over
+        // from its first page only if it is wholly folded back when a write
+        // begins, which a checkpoint beside a steady stream of writes never
+        // leaves it: it would grow without end, every commit appending to
+        // the file (an fsync that also writes the file's new size, about
+        // twice as long on this project's disks as one that overwrites). So
+        // once the checkpointer has left little behind, the writer folds
+        // that rest itself, between two batches, and the next write starts
+        // the WAL over.
         let pages = state.wal_pages.load(Ordering::Relaxed);
         if pages < asked_at {
             asked_at = 0; // checkpointed and started over
+            caught_up = false;
+            state.backfilled.store(0, Ordering::Relaxed);
         }
-        if pages >= asked_at + CHECKPOINT_PAGES {
+        let next = if asked_at == 0 {
+            RESTART_PAGES
+        } else {
+            asked_at + CHECKPOINT_PAGES
+        };
+        if pages >= next {
             // Full: a request is already waiting, which is the same.
             let _ = state.checkpoint.try_send(());
             asked_at = pages;
+            caught_up = false;
+        } else if !caught_up
+            && pages >= RESTART_PAGES
+            && pages - state.backfilled.load(Ordering::Relaxed) <= CATCH_UP_PAGES
+        {
+            caught_up = true;
+            if let Err(e) = checkpoint(&conn, &state.backfilled) {
+                tracing::warn!(error = %e, "sqlite checkpoint failed");
+            }
         }
     }
     // Leave a clean file behind: fold the whole WAL back into the database.
@@ -219,14 +260,26 @@ pub(super) fn writer_loop(
 
 /// The checkpointer thread: a PASSIVE checkpoint on its own connection per
 /// request, concurrent with the writer (WAL lets writers append while a
-/// checkpoint copies committed pages) and the readers. Ends when the writer
-/// does (its sender dropped).
-pub(super) fn checkpointer_loop(conn: &Connection, requests: &mpsc::Receiver<()>) {
+/// checkpoint copies committed pages) and the readers; what it folded back
+/// goes to `backfilled`. Ends when the writer does (its sender dropped).
+pub(super) fn checkpointer_loop(
+    conn: &Connection,
+    requests: &mpsc::Receiver<()>,
+    backfilled: &AtomicI32,
+) {
     while requests.recv().is_ok() {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(e) = checkpoint(conn, backfilled) {
             tracing::warn!(error = %e, "sqlite checkpoint failed");
         }
     }
+}
+
+/// A PASSIVE checkpoint on `conn` (it waits for no reader or writer); the
+/// WAL pages it leaves folded back go to `backfilled`.
+pub(super) fn checkpoint(conn: &Connection, backfilled: &AtomicI32) -> rusqlite::Result<()> {
+    let done: i32 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(2))?;
+    backfilled.store(done, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The first successful write after a full disk: shrink the WAL, which a
@@ -278,6 +331,7 @@ mod tests {
         let (checkpoint, requests) = mpsc::sync_channel(1);
         let state = WriterState {
             wal_pages: Arc::new(AtomicI32::new(pages)),
+            backfilled: Arc::default(),
             checkpoint,
             writable: Arc::new(AtomicBool::new(true)),
             path,
@@ -312,9 +366,66 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_asks_for_a_checkpoint_from_checkpoint_pages_on() {
-        assert!(!asks_for_a_checkpoint(CHECKPOINT_PAGES - 1));
-        assert!(asks_for_a_checkpoint(CHECKPOINT_PAGES));
+    fn the_writer_asks_for_a_checkpoint_from_restart_pages_on() {
+        assert!(!asks_for_a_checkpoint(RESTART_PAGES - 1));
+        assert!(asks_for_a_checkpoint(RESTART_PAGES));
+    }
+
+    #[test]
+    fn a_steady_stream_of_writes_starts_the_wal_over_rather_than_growing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, mut state, requests) = writer_at(&dir, 0);
+        conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;")
+            .unwrap();
+        let pages = Arc::clone(&state.wal_pages);
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: i32| {
+            pages.store(n, Ordering::Relaxed);
+            Ok(())
+        }))
+        .unwrap();
+        let checkpointer = Connection::open(&state.path).unwrap();
+        let backfilled = Arc::clone(&state.backfilled);
+        state.batch_size = Histogram::new([1.0]);
+        let (jobs, queued) = mpsc::sync_channel(1);
+        let wal = state.path.with_extension("db-wal");
+        let mut largest = 0;
+        std::thread::scope(|scope| {
+            let state = &state;
+            let writer = scope.spawn(move || writer_loop(conn, &queued, state));
+            let write = || {
+                let (job, answer) = insert();
+                jobs.send(job).unwrap();
+                assert_eq!(answer.blocking_recv().unwrap().unwrap(), 1);
+            };
+            // Writes one after another, each a page of WAL: three times
+            // RESTART_PAGES of them. The checkpointer runs here when the
+            // writer asked for it, as beside a steady stream of writes: a
+            // write lands while it runs, and a reader still on the snapshot
+            // before that write keeps it from folding that write's page.
+            let reader = Connection::open(&state.path).unwrap();
+            for _ in 0..3 * RESTART_PAGES {
+                write();
+                if requests.try_recv().is_ok() {
+                    reader.execute_batch("BEGIN").unwrap();
+                    let _: i64 = reader
+                        .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+                        .unwrap();
+                    write();
+                    checkpoint(&checkpointer, &backfilled).unwrap();
+                    reader.execute_batch("COMMIT").unwrap();
+                }
+                largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+            }
+            drop(jobs);
+            writer.join().unwrap();
+        });
+        // A WAL frame is a page (4,096 bytes) and a 24-byte header.
+        let frames = largest / (4_096 + 24);
+        assert!(
+            frames < u64::try_from(RESTART_PAGES + CATCH_UP_PAGES).unwrap(),
+            "the WAL grew to {frames} pages over {} writes",
+            3 * RESTART_PAGES
+        );
     }
 
     #[test]
@@ -363,7 +474,9 @@ mod tests {
         let (ask, requests) = mpsc::sync_channel(1);
         ask.send(()).unwrap();
         drop(ask);
-        checkpointer_loop(&Connection::open(&path).unwrap(), &requests);
+        let backfilled = AtomicI32::new(0);
+        checkpointer_loop(&Connection::open(&path).unwrap(), &requests, &backfilled);
+        assert!(backfilled.load(Ordering::Relaxed) > 0, "its result kept");
         assert!(
             size() > 500 << 10,
             "folded into the database: {} bytes",
@@ -439,6 +552,7 @@ mod tests {
         drop(jobs);
         let state = WriterState {
             wal_pages: Arc::default(),
+            backfilled: Arc::default(),
             checkpoint: mpsc::sync_channel(1).0,
             writable: Arc::new(AtomicBool::new(true)),
             path,
