@@ -70,7 +70,9 @@ use queries::{
     presents, publish_import, read_row, town_dates,
 };
 use schema::{MIGRATIONS, migrate};
-use workers::{ReadJob, WriteJob, WriterState, checkpointer_loop, reader_loop, writer_loop};
+use workers::{
+    ReadJob, WriteJob, WriterState, checkpointer_loop, count_wal_pages, reader_loop, writer_loop,
+};
 
 /// Most writes committed together in one transaction.
 const MAX_BATCH: usize = 256;
@@ -270,13 +272,7 @@ impl SqliteStorage {
         // Checkpoints run on the checkpointer thread when the writer asks
         // (see `writer_loop`), not inside a commit as SQLite's auto-checkpoint would.
         let wal_pages = Arc::new(AtomicI32::new(0));
-        let pages = Arc::clone(&wal_pages);
-        writer
-            .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: i32| {
-                pages.store(n, Ordering::Relaxed);
-                Ok(())
-            }))
-            .map_err(internal)?;
+        count_wal_pages(&mut writer, Arc::clone(&wal_pages)).map_err(internal)?;
 
         ensure_reserve(path);
         let writable = Arc::new(AtomicBool::new(true));

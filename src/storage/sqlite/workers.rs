@@ -274,6 +274,17 @@ pub(super) fn checkpointer_loop(
     }
 }
 
+/// Keeps `pages` at the WAL's size (pages) after each commit on `conn`.
+pub(super) fn count_wal_pages(
+    conn: &mut Connection,
+    pages: Arc<AtomicI32>,
+) -> rusqlite::Result<()> {
+    conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: i32| {
+        pages.store(n, Ordering::Relaxed);
+        Ok(())
+    }))
+}
+
 /// A PASSIVE checkpoint on `conn` (it waits for no reader or writer); the
 /// WAL pages it leaves folded back go to `backfilled`.
 pub(super) fn checkpoint(conn: &Connection, backfilled: &AtomicI32) -> rusqlite::Result<()> {
@@ -374,18 +385,12 @@ mod tests {
     #[test]
     fn a_steady_stream_of_writes_starts_the_wal_over_rather_than_growing_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut conn, mut state, requests) = writer_at(&dir, 0);
+        let (mut conn, state, requests) = writer_at(&dir, 0);
         conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;")
             .unwrap();
-        let pages = Arc::clone(&state.wal_pages);
-        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: i32| {
-            pages.store(n, Ordering::Relaxed);
-            Ok(())
-        }))
-        .unwrap();
+        count_wal_pages(&mut conn, Arc::clone(&state.wal_pages)).unwrap();
         let checkpointer = Connection::open(&state.path).unwrap();
         let backfilled = Arc::clone(&state.backfilled);
-        state.batch_size = Histogram::new([1.0]);
         let (jobs, queued) = mpsc::sync_channel(1);
         let wal = state.path.with_extension("db-wal");
         let mut largest = 0;
