@@ -71,7 +71,8 @@ use queries::{
 };
 use schema::{MIGRATIONS, migrate};
 use workers::{
-    ReadJob, WriteJob, WriterState, checkpointer_loop, count_wal_pages, reader_loop, writer_loop,
+    ReadJob, WAL_SIZE_LIMIT, WriteJob, WriterState, checkpointer_loop, count_wal_pages,
+    reader_loop, writer_loop,
 };
 
 /// Most writes committed together in one transaction.
@@ -244,6 +245,7 @@ impl SqliteStorage {
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
                  PRAGMA busy_timeout = 5000;
+                 PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};
                  {}",
                 PageCaches::pragma(caches.writer)
             ))
@@ -996,6 +998,59 @@ mod tests {
         );
         assert!(!reserve.exists(), "an ordinary write rewrote the reserve");
         assert!(storage.writable.load(Ordering::Acquire));
+        storage.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_wal_grown_past_its_limit_is_cut_back_once_it_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limit.db");
+        let storage = SqliteStorage::open(&path, 1).unwrap();
+        let wal = dir.path().join("limit.db-wal");
+        let limit = u64::try_from(WAL_SIZE_LIMIT).unwrap();
+
+        // A reader on an old snapshot keeps the WAL from starting over, so
+        // imports grow it past the limit, as a burst beside PATCHes does.
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM imports", [], |r| r.get(0))
+            .unwrap();
+        let mut import = None;
+        while file_len(&wal) <= 2 * limit {
+            import = Some(storage.create_import(citizens(20_000), None).await.unwrap());
+        }
+        reader.execute_batch("COMMIT").unwrap();
+        drop(reader);
+        let import = import.unwrap();
+
+        // Once the WAL is wholly folded back (as the checkpointer does
+        // beside the writes that follow), the next write starts it over: that
+        // commit cuts the file back. A checkpoint of the store's own may be
+        // under way (then this one does nothing and answers -1): again.
+        let folder = Connection::open(&path).unwrap();
+        let folded_back = || {
+            let (log, folded): (i64, i64) = folder
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            log >= 0 && folded == log
+        };
+        assert!(
+            (0..100_000).any(|_| folded_back()),
+            "the WAL was never wholly folded back"
+        );
+        let id = CitizenId::parse(1).unwrap();
+        storage
+            .patch_citizen(import, id, rename_patch())
+            .await
+            .unwrap();
+        assert!(
+            file_len(&wal) <= limit,
+            "the WAL file is still {} bytes (limit {limit})",
+            file_len(&wal)
+        );
         storage.close().await;
     }
 

@@ -28,6 +28,13 @@ pub(super) const CHECKPOINT_PAGES: i32 = 16_384;
 /// itself between two batches ([`writer_loop`]).
 pub(super) const CATCH_UP_PAGES: i32 = 256;
 
+/// The size (bytes) the WAL file is cut back to when it starts over after
+/// growing past it (`PRAGMA journal_size_limit`): twice [`RESTART_PAGES`] of
+/// 4 KiB pages, so a WAL that starts over in the steady state is never cut (its
+/// commits overwrite), while the tens or hundreds of megabytes a burst of
+/// imports beside PATCHes grows it to go back to the file system.
+pub(super) const WAL_SIZE_LIMIT: i64 = 8 << 20;
+
 pub(super) type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// One write, type-erased: every kind of write is a closure over the open
