@@ -959,6 +959,15 @@ mod tests {
         std::fs::metadata(path).map_or(0, |m| m.len())
     }
 
+    /// Renames citizen 1 of `import` (a write of one row).
+    async fn rename_first(storage: &SqliteStorage, import: ImportId) {
+        let id = CitizenId::parse(1).unwrap();
+        storage
+            .patch_citizen(import, id, rename_patch())
+            .await
+            .unwrap();
+    }
+
     fn rename_patch() -> CitizenPatch {
         CitizenPatch {
             name: Some(crate::domain::Name::parse("Новое".into()).unwrap()),
@@ -982,11 +991,7 @@ mod tests {
         let after_import = file_len(&wal);
         assert!(after_import > 0, "the import is in the WAL");
         storage.health().await.expect("healthy");
-        let id = CitizenId::parse(1).unwrap();
-        storage
-            .patch_citizen(import, id, rename_patch())
-            .await
-            .unwrap();
+        rename_first(&storage, import).await;
 
         // Recovery (truncate the WAL, rewrite the reserve) is for the first
         // write after a full disk only; after every batch it would cost a
@@ -1041,11 +1046,7 @@ mod tests {
             (0..100_000).any(|_| folded_back()),
             "the WAL was never wholly folded back"
         );
-        let id = CitizenId::parse(1).unwrap();
-        storage
-            .patch_citizen(import, id, rename_patch())
-            .await
-            .unwrap();
+        rename_first(&storage, import).await;
         assert!(
             file_len(&wal) <= limit,
             "the WAL file is still {} bytes (limit {limit})",
@@ -1066,11 +1067,7 @@ mod tests {
         std::fs::remove_file(&reserve).unwrap();
 
         let import = storage.create_import(citizens(5_000), None).await.unwrap();
-        let id = CitizenId::parse(1).unwrap();
-        storage
-            .patch_citizen(import, id, rename_patch())
-            .await
-            .unwrap();
+        rename_first(&storage, import).await;
 
         assert_eq!(
             file_len(&reserve),
