@@ -250,6 +250,7 @@ impl Store {
     ) -> Result<Vec<Result<Patched, StorageError>>, Fail> {
         let mut client = self.conn(call).await?;
         let tx = client.transaction().await?;
+        tx.batch_execute(super::writes::PLAN_SETTINGS).await?;
         let mut imports: Vec<i64> = jobs.iter().map(|job| job.import.get()).collect();
         imports.sort_unstable();
         imports.dedup();

@@ -9,13 +9,14 @@
 //! copy of those rows in memory, each seeing the ones before it (a mirror
 //! edit or a move of an earlier PATCH), exactly as `domain::patch::plan`
 //! would see them one transaction at a time. A refusal writes nothing, so
-//! it needs no savepoint. The writes go in one pipeline, a statement per
-//! kind rather than per PATCH: the batch's mirror edits, net (a pair's last
-//! edit wins; edits of different pairs commute), its presents changes summed
-//! per row, the final dates of each town, the final row of every PATCHed
-//! citizen, each import's version counted up by its PATCHes, and `COMMIT`.
+//! it needs no savepoint. The writes are one statement
+//! (`writes::APPLY_PLANS`), whatever the batch, sent with `COMMIT`: the
+//! batch's mirror edits, net (a pair's last edit wins; edits of different
+//! pairs commute), its presents changes summed per row, the final dates of
+//! each town, the final row of every PATCHed citizen, and each import's
+//! version counted up by its PATCHes.
 //! A statement that fails aborts the transaction, so the `COMMIT` behind it
-//! rolls back; once that pipeline is sent, a lost answer leaves the outcome
+//! rolls back; once the two are sent, a lost answer leaves the outcome
 //! unknown (504), as a lost answer to `COMMIT` always did.
 //!
 //! Anything this path cannot answer PATCH by PATCH (a statement of the
@@ -27,11 +28,7 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
 
 use tokio_postgres::types::ToSql;
 
@@ -58,13 +55,10 @@ pub(super) enum Outcome {
 }
 
 /// A citizen of an import.
-type Key = (i64, CitizenId);
+pub(super) type Key = (i64, CitizenId);
 
-/// An import's net presents changes: `(import, months, citizens, deltas)`.
-type PresentsRows = (i64, Vec<i16>, Vec<i64>, Vec<i32>);
-
-/// A write statement's future, whatever it returns.
-type Write<'a> = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>>;
+/// Net presents changes: `(imports, months, citizens, deltas)`.
+type PresentsRows = (Vec<i64>, Vec<i16>, Vec<i64>, Vec<i32>);
 
 impl Store {
     /// The jobs planned at once and written in one pipeline (see the module).
@@ -303,141 +297,44 @@ impl Store {
             return Ok(Outcome::Answered(answers));
         }
 
-        let statements = Statements::prepare(tx).await?;
-        // The parameters of every write, built before the pipeline borrows
-        // them. Mirror edits net: a pair's last edit wins (edits of
-        // different pairs commute), so one statement applies them all.
-        let mut net: BTreeMap<(i64, CitizenId, CitizenId), bool> = BTreeMap::new();
-        for (_, import, plan) in &plans {
-            for &(other, edit) in &plan.mirror {
-                let (id, adds) = match edit {
-                    Edit::Add(id) => (id, true),
-                    Edit::Remove(id) => (id, false),
-                };
-                net.insert((import.get(), other, id), adds);
-            }
-        }
-        let mut mirrors = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((import, other, id), adds) in net {
-            mirrors.0.push(import);
-            mirrors.1.push(other.as_i64());
-            mirrors.2.push(id.as_i64());
-            mirrors.3.push(adds);
-        }
-        // Presents rows net, per import: counts add up.
-        let mut sums: BTreeMap<(i64, u8, CitizenId), i64> = BTreeMap::new();
-        for (_, import, plan) in &plans {
-            for &(month, citizen, delta) in &plan.presents {
-                *sums.entry((import.get(), month, citizen)).or_default() += delta;
-            }
-        }
-        let mut presents: Vec<PresentsRows> = Vec::new();
-        for ((import, month, citizen), delta) in sums {
-            if delta == 0 {
-                continue;
-            }
-            if presents.last().is_none_or(|p| p.0 != import) {
-                presents.push((import, Vec::new(), Vec::new(), Vec::new()));
-            }
-            let Some(rows) = presents.last_mut() else {
-                continue;
-            };
-            rows.1.push(i16::from(month));
-            rows.2.push(citizen.as_i64());
-            rows.3
-                .push(i32::try_from(delta).map_err(StorageError::internal)?);
-        }
-        // The keys each import's rows may have fallen to zero at.
-        let falling: Vec<(Vec<i16>, Vec<i64>)> = presents
-            .iter()
-            .map(|(_, months, citizens, deltas)| writes::falling(months, citizens, deltas))
-            .collect();
-        let town_writes: Vec<(i64, &String, &Vec<u8>)> = changed_towns
-            .iter()
-            .map(|key| (key.0, &key.1, &blobs[key]))
-            .collect();
-        // Each PATCHed citizen once, as the last of its PATCHes left it
-        // (mirror edits of the batch included).
-        let mut finals: Vec<(ImportId, CitizenId)> = Vec::new();
-        for (_, import, plan) in &plans {
-            let key = (*import, plan.citizen.citizen_id);
-            if !finals.contains(&key) {
-                finals.push(key);
-            }
-        }
-        let mut rows = CitizenColumns::default();
-        for &(import, id) in &finals {
-            rows.push(CitizenRow::new(import, &held[&(import.get(), id)]));
-        }
-        // Each import's count of PATCHes, and its version once they are written.
-        let mut counts: Vec<(i64, i64, OnceLock<i64>)> = Vec::new();
-        for (_, import, _) in &plans {
-            match counts.iter_mut().find(|(i, _, _)| *i == import.get()) {
-                Some((_, n, _)) => *n += 1,
-                None => counts.push((import.get(), 1, OnceLock::new())),
-            }
-        }
+        let apply = tx.prepare_cached(writes::APPLY_PLANS).await?;
+        let batch = Applied::of(&plans, &held, &changed_towns, &blobs)?;
+        let params = batch.params();
 
-        // One pipeline, with the commit: the mirrors before the final rows
-        // (which overwrite any list they edited).
-        let mut writes: Vec<Write<'_>> = Vec::new();
-        if !mirrors.0.is_empty() {
-            let params: [&(dyn ToSql + Sync); 4] = [&mirrors.0, &mirrors.1, &mirrors.2, &mirrors.3];
-            writes.push(Box::pin(execute(tx, &statements.mirrors, params)));
-        }
-        for ((import, month, citizen, delta), (falling_months, falling_citizens)) in
-            presents.iter().zip(&falling)
-        {
-            let params: [&(dyn ToSql + Sync); 4] = [import, month, citizen, delta];
-            writes.push(Box::pin(execute(tx, &statements.presents_add, params)));
-            if !falling_months.is_empty() {
-                let params: [&(dyn ToSql + Sync); 3] = [import, falling_months, falling_citizens];
-                writes.push(Box::pin(execute(tx, &statements.presents_emptied, params)));
-            }
-        }
-        for (import, town, blob) in &town_writes {
-            writes.push(if blob.is_empty() {
-                let params: [&(dyn ToSql + Sync); 2] = [import, town];
-                Box::pin(execute(tx, &statements.drop_town, params))
-            } else {
-                let params: [&(dyn ToSql + Sync); 3] = [import, town, blob];
-                Box::pin(execute(tx, &statements.set_town, params))
-            });
-        }
-        if !rows.is_empty() {
-            writes.push(Box::pin(execute(tx, &statements.citizens, rows.params())));
-        }
-        for (import, n, version) in &counts {
-            let statement = &statements.version;
-            writes.push(Box::pin(async move {
-                let row = tx.query_one(statement, &[import, n]).await?;
-                let _ = version.set(row.try_get(0)?);
-                Ok(())
-            }));
-        }
-        // A statement that fails aborts the transaction, and the COMMIT
-        // behind it then rolls it back; from here a lost answer leaves the
-        // outcome unknown.
-        writes.push(Box::pin(tx.batch_execute("COMMIT")));
+        // One statement and the commit, in one pipeline. A statement that
+        // fails aborts the transaction, and the COMMIT behind it then rolls
+        // it back; from here a lost answer leaves the outcome unknown.
         call.committing.store(true, Ordering::Release);
-        let written = in_order(writes).await;
-        // Every statement answered, the COMMIT too: the transaction is over.
+        let (written, committed) = tokio::join!(
+            biased;
+            tx.query(&apply, &params),
+            tx.batch_execute("COMMIT"),
+        );
+        // Both answered: the transaction is over.
         open.open.store(false, Ordering::Release);
-        match written {
-            Ok(()) => {}
-            Err(e) if fails_the_patch_alone(&e) => {
+        let versions = match (written, committed) {
+            (Ok(versions), Ok(())) => versions,
+            (Err(e), _) | (_, Err(e)) if fails_the_patch_alone(&e) => {
                 call.committing.store(false, Ordering::Release);
                 return Ok(Outcome::OneByOne);
             }
-            Err(e) => return Err(Fail::Pg(e)),
-        }
+            (Err(e), _) | (_, Err(e)) => return Err(Fail::Pg(e)),
+        };
         // Each PATCH's version: its import's before the batch, counted up to it.
-        let mut next: HashMap<i64, i64> = HashMap::with_capacity(counts.len());
-        for (import, n, version) in &counts {
-            let last = version.get().copied().ok_or_else(|| {
-                StorageError::internal("postgresql: no version for a written import")
-            })?;
-            next.insert(*import, last - n);
+        let counts = &batch.counts;
+        let mut next: HashMap<i64, i64> = HashMap::with_capacity(counts.0.len());
+        for row in &versions {
+            let import: i64 = row.try_get(0)?;
+            let last: i64 = row.try_get(1)?;
+            let Some(at) = counts.0.iter().position(|i| *i == import) else {
+                continue;
+            };
+            next.insert(import, last - counts.1[at]);
+        }
+        if next.len() != counts.0.len() {
+            return Err(Fail::Store(StorageError::internal(
+                "postgresql: no version for a written import",
+            )));
         }
         for (at, import, _) in &plans {
             let Some(version) = next.get_mut(&import.get()) else {
@@ -452,32 +349,163 @@ impl Store {
     }
 }
 
-/// Runs the writes as one pipeline: each is first polled (and so sent) in
-/// the list's order, which is the order the server runs them in. Waits for
-/// every answer (the last one ends the transaction); the first error in the
-/// list's order, if any.
-async fn in_order(mut writes: Vec<Write<'_>>) -> Result<(), tokio_postgres::Error> {
-    let mut done: Vec<Option<Result<(), tokio_postgres::Error>>> =
-        writes.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (write, done) in writes.iter_mut().zip(done.iter_mut()) {
-            if done.is_some() {
-                continue;
-            }
-            match write.as_mut().poll(cx) {
-                Poll::Ready(result) => *done = Some(result),
-                Poll::Pending => pending = true,
+/// A batch's writes, as the parameters of `writes::APPLY_PLANS`: every
+/// plan's rows, net.
+pub(super) struct Applied<'a> {
+    /// Mirror edits `(imports, citizens, others, adds)`, a pair's last edit
+    /// only, of no citizen in `rows`.
+    pub(super) mirrors: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<bool>),
+    /// Presents rows whose count rises, and those whose count falls.
+    raised: PresentsRows,
+    lowered: PresentsRows,
+    /// Towns' dates written whole `(imports, towns, dates)`, and towns gone.
+    dated: (Vec<i64>, Vec<&'a str>, Vec<&'a [u8]>),
+    undated: (Vec<i64>, Vec<&'a str>),
+    /// Each PATCHed citizen's final row, once.
+    rows: CitizenColumns<'a>,
+    /// Each import's count of PATCHes `(imports, counts)`.
+    counts: (Vec<i64>, Vec<i64>),
+}
+
+impl<'a> Applied<'a> {
+    /// The writes of `plans` (in the batch's order), whose citizens stand in
+    /// `held` as the last of them left them (mirror edits of the batch
+    /// included); `changed_towns`' dates stand in `blobs`.
+    pub(super) fn of(
+        plans: &[(usize, ImportId, Plan)],
+        held: &'a HashMap<Key, Citizen>,
+        changed_towns: &'a [(i64, String)],
+        blobs: &'a HashMap<(i64, String), Vec<u8>>,
+    ) -> Result<Self, StorageError> {
+        // Each PATCHed citizen once.
+        let mut finals: Vec<(ImportId, CitizenId)> = Vec::new();
+        for (_, import, plan) in plans {
+            let key = (*import, plan.citizen.citizen_id);
+            if !finals.contains(&key) {
+                finals.push(key);
             }
         }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
+        let mut rows = CitizenColumns::default();
+        for &(import, id) in &finals {
+            let citizen = held
+                .get(&(import.get(), id))
+                .ok_or_else(|| StorageError::internal("postgresql: a PATCHed citizen not held"))?;
+            rows.push(CitizenRow::new(import, citizen));
         }
-    })
-    .await;
-    done.into_iter().flatten().collect()
+        // Mirror edits net: a pair's last edit wins (edits of different
+        // pairs commute). A citizen whose final row is written has them in
+        // it already, and the statement may change a row once.
+        let mut net: BTreeMap<(i64, CitizenId, CitizenId), bool> = BTreeMap::new();
+        for (_, import, plan) in plans {
+            for &(other, edit) in &plan.mirror {
+                if finals.contains(&(*import, other)) {
+                    continue;
+                }
+                let (id, adds) = match edit {
+                    Edit::Add(id) => (id, true),
+                    Edit::Remove(id) => (id, false),
+                };
+                net.insert((import.get(), other, id), adds);
+            }
+        }
+        let mut mirrors = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((import, other, id), adds) in net {
+            mirrors.0.push(import);
+            mirrors.1.push(other.as_i64());
+            mirrors.2.push(id.as_i64());
+            mirrors.3.push(adds);
+        }
+        // Presents rows net: counts add up.
+        let mut sums: BTreeMap<(i64, u8, CitizenId), i64> = BTreeMap::new();
+        for (_, import, plan) in plans {
+            for &(month, citizen, delta) in &plan.presents {
+                *sums.entry((import.get(), month, citizen)).or_default() += delta;
+            }
+        }
+        let (mut raised, mut lowered) = (PresentsRows::default(), PresentsRows::default());
+        for ((import, month, citizen), delta) in sums {
+            let rows = match delta.cmp(&0) {
+                std::cmp::Ordering::Greater => &mut raised,
+                std::cmp::Ordering::Less => &mut lowered,
+                std::cmp::Ordering::Equal => continue,
+            };
+            rows.0.push(import);
+            rows.1.push(i16::from(month));
+            rows.2.push(citizen.as_i64());
+            rows.3
+                .push(i32::try_from(delta).map_err(StorageError::internal)?);
+        }
+        let mut dated = (Vec::new(), Vec::new(), Vec::new());
+        let mut undated = (Vec::new(), Vec::new());
+        for key in changed_towns {
+            let blob = blobs
+                .get(key)
+                .ok_or_else(|| StorageError::internal("postgresql: a changed town not held"))?;
+            if blob.is_empty() {
+                undated.0.push(key.0);
+                undated.1.push(key.1.as_str());
+            } else {
+                dated.0.push(key.0);
+                dated.1.push(key.1.as_str());
+                dated.2.push(blob.as_slice());
+            }
+        }
+        let mut counts: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+        for (_, import, _) in plans {
+            if let Some(at) = counts.0.iter().position(|i| *i == import.get()) {
+                counts.1[at] += 1;
+            } else {
+                counts.0.push(import.get());
+                counts.1.push(1);
+            }
+        }
+        Ok(Self {
+            mirrors,
+            raised,
+            lowered,
+            dated,
+            undated,
+            rows,
+            counts,
+        })
+    }
+
+    /// `writes::APPLY_PLANS`' parameters, `$1..$29`.
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 29] {
+        let [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10] = self.rows.params();
+        let (m, r, l) = (&self.mirrors, &self.raised, &self.lowered);
+        [
+            &m.0,
+            &m.1,
+            &m.2,
+            &m.3,
+            &r.0,
+            &r.1,
+            &r.2,
+            &r.3,
+            &l.0,
+            &l.1,
+            &l.2,
+            &l.3,
+            &self.dated.0,
+            &self.dated.1,
+            &self.dated.2,
+            &self.undated.0,
+            &self.undated.1,
+            c1,
+            c2,
+            c3,
+            c4,
+            c5,
+            c6,
+            c7,
+            c8,
+            c9,
+            c10,
+            &self.counts.0,
+            &self.counts.1,
+        ]
+    }
 }
 
 /// A connection with a transaction begun by hand (so that `BEGIN` shares
@@ -507,41 +535,96 @@ impl Drop for Open<'_> {
     }
 }
 
-async fn execute<const N: usize>(
-    tx: &deadpool_postgres::ClientWrapper,
-    statement: &tokio_postgres::Statement,
-    params: [&(dyn ToSql + Sync); N],
-) -> Result<(), tokio_postgres::Error> {
-    tx.execute(statement, &params).await?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::relatives::tests::{id, ids};
+    use crate::domain::{Apartment, BirthDate, CitizenPatch, Gender, Name, Place};
 
-/// The write statements, prepared once per connection.
-struct Statements {
-    mirrors: tokio_postgres::Statement,
-    presents_add: tokio_postgres::Statement,
-    presents_emptied: tokio_postgres::Statement,
-    set_town: tokio_postgres::Statement,
-    drop_town: tokio_postgres::Statement,
-    citizens: tokio_postgres::Statement,
-    version: tokio_postgres::Statement,
-}
+    fn person(n: u64, month: u8, relatives: &[u64]) -> Citizen {
+        let place = |s: &str| Place::parse(s.into()).unwrap();
+        Citizen {
+            citizen_id: id(n),
+            town: place("Керчь"),
+            street: place("S"),
+            building: place("B"),
+            apartment: Apartment::parse(1).unwrap(),
+            name: Name::parse("N".into()).unwrap(),
+            birth_date: BirthDate::from_ymd(2000, month, 1).unwrap(),
+            gender: Gender::Male,
+            relatives: ids(relatives),
+        }
+    }
 
-impl Statements {
-    async fn prepare(tx: &deadpool_postgres::ClientWrapper) -> Result<Self, Fail> {
-        Ok(Self {
-            mirrors: tx.prepare_cached(writes::MIRRORS).await?,
-            presents_add: tx.prepare_cached(writes::PRESENTS_ADD).await?,
-            presents_emptied: tx.prepare_cached(writes::PRESENTS_EMPTIED).await?,
-            set_town: tx.prepare_cached(writes::SET_TOWN).await?,
-            drop_town: tx.prepare_cached(writes::DROP_TOWN).await?,
-            citizens: tx.prepare_cached(writes::UPDATE_CITIZENS).await?,
-            version: tx
-                .prepare_cached(
-                    "UPDATE imports SET version = version + $2 WHERE import_id = $1
-                     RETURNING version",
-                )
-                .await?,
-        })
+    /// A batch whose PATCHed citizen is also another PATCH's mirror target:
+    /// its final row carries the edits and the mirror statement leaves it
+    /// alone (one statement may change a row only once: PostgreSQL would
+    /// drop one of two changes); a citizen not PATCHed gets its edit.
+    #[test]
+    fn a_batch_writes_each_row_once_with_every_edit_in_it() {
+        let import = ImportId::new(1).unwrap();
+        let mut held: HashMap<Key, Citizen> = [
+            person(1, 1, &[]),
+            person(2, 2, &[]),
+            person(3, 3, &[2]),
+            person(4, 4, &[]),
+        ]
+        .into_iter()
+        .map(|c| ((1, c.citizen_id), c))
+        .collect();
+        let patches = [
+            (
+                1,
+                CitizenPatch {
+                    relatives: Some(ids(&[2, 4])),
+                    ..Default::default()
+                },
+            ),
+            (
+                2,
+                CitizenPatch {
+                    name: Some(Name::parse("Новое".into()).unwrap()),
+                    ..Default::default()
+                },
+            ),
+            (
+                3,
+                CitizenPatch {
+                    relatives: Some(Vec::new()),
+                    ..Default::default()
+                },
+            ),
+        ];
+        let mut plans = Vec::new();
+        for (at, (who, patch)) in patches.into_iter().enumerate() {
+            let plan = patch::plan(&held[&(1, id(who))], &patch, |other| {
+                held.get(&(1, other)).map(|c| c.birth_date.month())
+            })
+            .unwrap();
+            for &(other, edit) in &plan.mirror {
+                edit.apply(&mut held.get_mut(&(1, other)).unwrap().relatives);
+            }
+            held.insert((1, id(who)), plan.citizen.clone());
+            plans.push((at, import, plan));
+        }
+        let blobs = HashMap::new();
+        let batch = Applied::of(&plans, &held, &[], &blobs).unwrap();
+
+        // 2's edits (1 added, 3 removed) are in its final row, not mirrored.
+        assert_eq!(batch.mirrors, (vec![1], vec![4], vec![1], vec![true]));
+        assert_eq!(batch.rows.id, vec![1, 2, 3]);
+        assert_eq!(batch.rows.relatives, vec!["{2,4}", "{1}", "{}"]);
+        assert_eq!(batch.counts, (vec![1], vec![3]));
+        // Rises: 1 in months 2 and 4, 2 and 4 in month 1; falls: 3 in month
+        // 2, 2 in month 3. Each row once, by its net change.
+        assert_eq!(
+            batch.raised,
+            (vec![1; 4], vec![1, 1, 2, 4], vec![2, 4, 1, 1], vec![1; 4])
+        );
+        assert_eq!(
+            batch.lowered,
+            (vec![1; 2], vec![2, 3], vec![3, 2], vec![-1; 2])
+        );
+        assert!(batch.dated.0.is_empty() && batch.undated.0.is_empty());
     }
 }

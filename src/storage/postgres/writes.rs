@@ -9,9 +9,10 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::pg_text;
+use super::planned::Applied;
 use super::reads::{CITIZEN_COLUMNS, import_id, read_citizen, version_of};
 use super::{Call, Fail, Store};
-use crate::domain::patch::{self, Move, Plan};
+use crate::domain::patch::{self, Move};
 use crate::domain::relatives::Edit;
 use crate::domain::summary::{self, Summary};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
@@ -46,73 +47,93 @@ pub(super) const MIRROR: &str = "UPDATE citizens SET relatives = CASE
      WHERE import_id = $1 AND citizen_id = ANY($2::bigint[] || $3::bigint[])
      RETURNING citizen_id, extract(month FROM birth_date)::smallint";
 
-/// A batch's mirror edits, net, as four parallel arrays `(import, citizen,
-/// other, adds)`: `other` goes into (`adds`) or out of the list of
-/// `citizen`, every citizen's edits in one assignment. Each pair appears
-/// once (its last edit: edits of different pairs commute). DISTINCT: an Add
-/// to a list that already holds the id keeps it once, as `Edit::apply` does.
-pub(super) const MIRRORS: &str = "UPDATE citizens c SET relatives = ARRAY(
-         SELECT DISTINCT r FROM unnest(c.relatives || e.added) AS r
-         WHERE r <> ALL (e.removed) ORDER BY r)
-     FROM (SELECT u.import_id, u.citizen_id,
-                  coalesce(array_agg(u.other) FILTER (WHERE u.adds), '{}') AS added,
-                  coalesce(array_agg(u.other) FILTER (WHERE NOT u.adds), '{}') AS removed
-           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[])
-                AS u (import_id, citizen_id, other, adds)
-           GROUP BY u.import_id, u.citizen_id) e
-     WHERE c.import_id = e.import_id AND c.citizen_id = e.citizen_id";
+/// A batch of plans' writes, net, in one statement (`planned.rs`; also a
+/// PATCH of the savepoint path, [`Store::patch_locked`], whose mirror edits
+/// are written before it plans): one parse, bind and execution for the
+/// whole batch rather than one per kind of row. Each part takes parallel arrays and touches rows no other part
+/// touches (a statement must not change one row twice: PostgreSQL would keep
+/// one of the changes, not both):
+///
+/// - `$1..$4` mirror edits `(import, citizen, other, adds)`: `other` goes
+///   into (`adds`) or out of the list of `citizen`, every citizen's edits in
+///   one assignment; no citizen whose final row is written below (that row
+///   already has the edits). DISTINCT: an Add to a list that already holds
+///   the id keeps it once, as `Edit::apply` does;
+/// - `$5..$8` presents rows `(import, month, citizen, delta)` whose net
+///   change is positive: added to the stored count, or stored;
+/// - `$9..$12` those whose net change is negative: subtracted where the
+///   count stays positive, deleted where it falls to zero (a stored row
+///   counts at least one present; a row a consistent store lacks stays
+///   absent);
+/// - `$13..$15` towns' dates `(import, town, dates)` written whole, and
+///   `$16..$17` towns `(import, town)` gone with their last citizen;
+/// - `$18..$27` citizens' final rows, one array per column
+///   ([`CitizenColumns`]);
+/// - `$28..$29` each import's version counted up by its PATCHes `(import,
+///   n)`; the statement returns `(import, version)` after them.
+///
+/// Every join is a probe of a primary key per row (under [`WRITE_PLANS`]);
+/// the imports are found by `= ANY` (see `own_rows::replace_fields`).
+pub(super) const APPLY_PLANS: &str = "WITH mirrored AS (
+         UPDATE citizens c SET relatives = ARRAY(
+             SELECT DISTINCT r FROM unnest(c.relatives || e.added) AS r
+             WHERE r <> ALL (e.removed) ORDER BY r)
+         FROM (SELECT u.import_id, u.citizen_id,
+                      coalesce(array_agg(u.other) FILTER (WHERE u.adds), '{}') AS added,
+                      coalesce(array_agg(u.other) FILTER (WHERE NOT u.adds), '{}') AS removed
+               FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[])
+                    AS u (import_id, citizen_id, other, adds)
+               GROUP BY u.import_id, u.citizen_id) e
+         WHERE c.import_id = e.import_id AND c.citizen_id = e.citizen_id),
+     raised AS (
+         INSERT INTO presents AS p (import_id, month, citizen_id, presents)
+         SELECT * FROM unnest($5::bigint[], $6::smallint[], $7::bigint[], $8::integer[])
+         ON CONFLICT (import_id, month, citizen_id)
+         DO UPDATE SET presents = p.presents + excluded.presents),
+     lowered AS (
+         UPDATE presents p SET presents = p.presents + d.delta
+         FROM unnest($9::bigint[], $10::smallint[], $11::bigint[], $12::integer[])
+              AS d (import_id, month, citizen_id, delta)
+         WHERE p.import_id = d.import_id AND p.month = d.month
+           AND p.citizen_id = d.citizen_id AND p.presents + d.delta > 0),
+     emptied AS (
+         DELETE FROM presents p
+         USING unnest($9::bigint[], $10::smallint[], $11::bigint[], $12::integer[])
+               AS d (import_id, month, citizen_id, delta)
+         WHERE p.import_id = d.import_id AND p.month = d.month
+           AND p.citizen_id = d.citizen_id AND p.presents + d.delta <= 0),
+     dated AS (
+         INSERT INTO town_dates (import_id, town, dates)
+         SELECT * FROM unnest($13::bigint[], $14::text[], $15::bytea[])
+         ON CONFLICT (import_id, town) DO UPDATE SET dates = excluded.dates),
+     undated AS (
+         DELETE FROM town_dates t USING unnest($16::bigint[], $17::text[]) AS d (import_id, town)
+         WHERE t.import_id = d.import_id AND t.town = d.town),
+     rewritten AS (
+         UPDATE citizens c SET
+             town = u.town, street = u.street, building = u.building,
+             apartment = u.apartment, name = u.name, birth_date = u.birth_date,
+             gender = u.gender, relatives = u.relatives::bigint[]
+         FROM unnest($18::bigint[], $19::bigint[], $20::text[], $21::text[], $22::text[],
+                     $23::bigint[], $24::text[], $25::date[], $26::text[], $27::text[])
+              AS u (import_id, citizen_id, town, street, building, apartment, name,
+                    birth_date, gender, relatives)
+         WHERE c.import_id = u.import_id AND c.citizen_id = u.citizen_id)
+     UPDATE imports i SET version = i.version + n.n
+     FROM unnest($28::bigint[], $29::bigint[]) AS n (import_id, n)
+     WHERE i.import_id = ANY ($28) AND i.import_id = n.import_id
+     RETURNING i.import_id, i.version";
 
-/// Citizens' rows written whole, one array per column ([`CitizenColumns`]),
-/// in one statement. A list travels as its `bigint[]` text form.
-pub(super) const UPDATE_CITIZENS: &str = "UPDATE citizens c SET
-         town = u.town, street = u.street, building = u.building,
-         apartment = u.apartment, name = u.name, birth_date = u.birth_date,
-         gender = u.gender, relatives = u.relatives::bigint[]
-     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                 $6::bigint[], $7::text[], $8::date[], $9::text[], $10::text[])
-          AS u (import_id, citizen_id, town, street, building, apartment, name,
-                birth_date, gender, relatives)
-     WHERE c.import_id = u.import_id AND c.citizen_id = u.citizen_id";
-
-/// A plan's presents rows, `(import, months, citizens, deltas)`, added to
-/// the stored counts; [`PRESENTS_EMPTIED`] then deletes those that fell to
-/// zero. Two plain statements rather than one that decides per row: each
-/// has one plan, an index probe per row, whatever the statistics say
-/// ([`WRITE_PLANS`]). A negative delta always meets a stored row in a
-/// consistent store; if it did not, the row it makes is deleted next.
-pub(super) const PRESENTS_ADD: &str =
-    "INSERT INTO presents AS p (import_id, month, citizen_id, presents)
-     SELECT $1, * FROM unnest($2::smallint[], $3::bigint[], $4::integer[])
-     ON CONFLICT (import_id, month, citizen_id)
-     DO UPDATE SET presents = p.presents + excluded.presents";
-
-/// The rows of [`PRESENTS_ADD`] (`import, months, citizens`: the keys
-/// whose change was negative, [`falling`]) that no longer count a
-/// present. Each is found by its whole key and deleted by its
-/// address (`ctid`, read in this transaction, which holds the import's
-/// lock). `LIMIT 1` (a key finds one row) keeps the lookup a subquery
-/// run per key: a join of the keys with the table is planned, without
-/// statistics (a fresh import), as a scan of the whole import.
-pub(super) const PRESENTS_EMPTIED: &str = "DELETE FROM presents WHERE ctid = ANY (ARRAY(
-         SELECT q.ctid FROM unnest($2::smallint[], $3::bigint[]) AS d (month, citizen_id)
-         CROSS JOIN LATERAL (
-             SELECT ctid FROM presents p
-             WHERE p.import_id = $1 AND p.month = d.month AND p.citizen_id = d.citizen_id
-               AND p.presents <= 0
-             LIMIT 1) q))";
-
-/// The keys of a presents change (`months, citizens, deltas`) that may
-/// have fallen to zero: those whose change is negative (a stored row
-/// counts at least one present). [`PRESENTS_EMPTIED`] looks at these
-/// alone, and is not sent when there are none.
-pub(super) fn falling(months: &[i16], citizens: &[i64], deltas: &[i32]) -> (Vec<i16>, Vec<i64>) {
-    months
-        .iter()
-        .zip(citizens)
-        .zip(deltas)
-        .filter(|(_, delta)| **delta < 0)
-        .map(|((month, citizen), _)| (*month, *citizen))
-        .unzip()
+/// [`WRITE_PLANS`]' settings (a literal, for `concat!`).
+macro_rules! plan_settings {
+    () => {
+        "SET LOCAL plan_cache_mode = force_generic_plan;
+         SET LOCAL enable_seqscan = off;
+         SET LOCAL enable_bitmapscan = off;
+         SET LOCAL enable_hashjoin = off;
+         SET LOCAL enable_mergejoin = off;
+         SET LOCAL enable_material = off;"
+    };
 }
 
 /// Starts a PATCH transaction, with settings for it alone: its statements
@@ -123,21 +144,11 @@ pub(super) fn falling(months: &[i16], citizens: &[i64], deltas: &[i32]) -> (Vec<
 /// half of a PATCH's time on the server. Every statement of a PATCH reads
 /// or writes rows by key, so an index probe per key is the right plan at
 /// any import size. (`plan_cache_mode` needs PostgreSQL 12 or newer.)
-pub(super) const WRITE_PLANS: &str = "BEGIN;
-     SET LOCAL plan_cache_mode = force_generic_plan;
-     SET LOCAL enable_seqscan = off;
-     SET LOCAL enable_bitmapscan = off;
-     SET LOCAL enable_hashjoin = off;
-     SET LOCAL enable_mergejoin = off;
-     SET LOCAL enable_material = off;";
+pub(super) const WRITE_PLANS: &str = concat!("BEGIN; ", plan_settings!());
 
-/// A town's dates, `(import, town, dates)`, written whole.
-pub(super) const SET_TOWN: &str =
-    "INSERT INTO town_dates (import_id, town, dates) VALUES ($1, $2, $3)
-     ON CONFLICT (import_id, town) DO UPDATE SET dates = excluded.dates";
-
-/// A town's dates, `(import, town)`, gone with its last citizen.
-pub(super) const DROP_TOWN: &str = "DELETE FROM town_dates WHERE import_id = $1 AND town = $2";
+/// [`WRITE_PLANS`]' settings, for a transaction begun otherwise (the
+/// savepoint path's).
+pub(super) const PLAN_SETTINGS: &str = plan_settings!();
 
 impl Store {
     pub(super) async fn create_import_tx(
@@ -219,6 +230,7 @@ impl Store {
     ) -> Result<Patched, Fail> {
         let mut client = self.conn(call).await?;
         let tx = client.transaction().await?;
+        tx.batch_execute(PLAN_SETTINGS).await?;
         // The import's lock first: PATCHes of one import run one after
         // another. The citizen is read after it is held, by a statement of
         // its own (one statement with the lock would see the citizen as of
@@ -290,22 +302,41 @@ impl Store {
         }
         let plan = patch::plan(&before, patch, |other| months.get(&other).copied())
             .map_err(|refusal| Fail::Store(refused(import, id, refusal)))?;
-        patch_summary(tx, import, &plan).await?;
-        let citizen = plan.citizen;
-        let update = tx
-            .prepare_cached(
-                "WITH citizen AS (
-                     UPDATE citizens SET town = $3, street = $4, building = $5, apartment = $6,
-                                         name = $7, birth_date = $8, gender = $9, relatives = $10
-                     WHERE import_id = $1 AND citizen_id = $2
-                 )
-                 UPDATE imports SET version = version + 1 WHERE import_id = $1 RETURNING version",
-            )
-            .await?;
-        let version = tx
-            .query_one(&update, &CitizenRow::new(import, &citizen).params())
-            .await?;
-        let version = version_of(version.get(0))?;
+        // The dates of the towns a birth leaves and joins, moved.
+        let mut towns: Vec<(i64, String)> = Vec::new();
+        let mut blobs: HashMap<(i64, String), Vec<u8>> = HashMap::new();
+        if let Some(Move { from, to }) = &plan.births {
+            let read = tx
+                .prepare_cached("SELECT dates FROM town_dates WHERE import_id = $1 AND town = $2")
+                .await?;
+            for (town, date, delta) in [(&from.0, from.1, -1), (&to.0, to.1, 1)] {
+                let key = (import.get(), pg_text::encode(town.as_str()).into_owned());
+                if !blobs.contains_key(&key) {
+                    let dates = match tx.query_opt(&read, &[&key.0, &key.1]).await? {
+                        Some(row) => row.try_get(0)?,
+                        None => Vec::new(),
+                    };
+                    blobs.insert(key.clone(), dates);
+                    towns.push(key.clone());
+                }
+                let dates = blobs.entry(key).or_default();
+                if !summary::adjust_dates(dates, date, delta) {
+                    return Err(Fail::Store(StorageError::internal(format!(
+                        "import {import}: the stored dates of town {town:?} are corrupt"
+                    ))));
+                }
+            }
+        }
+        // The rest of the plan in the batch's statement; its mirror edits
+        // are written already.
+        let citizen = plan.citizen.clone();
+        let held = HashMap::from([((import.get(), id), plan.citizen.clone())]);
+        let plans = [(0, import, plan)];
+        let mut writes = Applied::of(&plans, &held, &towns, &blobs)?;
+        writes.mirrors = Default::default();
+        let apply = tx.prepare_cached(APPLY_PLANS).await?;
+        let version = tx.query_one(&apply, &writes.params()).await?;
+        let version = version_of(version.try_get(1)?)?;
         Ok(Patched { citizen, version })
     }
 }
@@ -315,7 +346,7 @@ impl Store {
 #[derive(Default)]
 pub(super) struct Columns<N, S, D, G, R> {
     import: N,
-    id: N,
+    pub(super) id: N,
     town: S,
     street: S,
     building: S,
@@ -323,13 +354,13 @@ pub(super) struct Columns<N, S, D, G, R> {
     name: S,
     birth_date: D,
     gender: G,
-    relatives: R,
+    pub(super) relatives: R,
 }
 
 /// A citizen's row as stored (strings escaped by `pg_text`).
 pub(super) type CitizenRow<'a> = Columns<i64, Cow<'a, str>, time::Date, &'a str, Vec<i64>>;
 
-/// Citizens' rows as the parameters of [`UPDATE_CITIZENS`]: an array per
+/// Citizens' rows as parameters of [`APPLY_PLANS`]: an array per
 /// column, a list as its `bigint[]` text form.
 pub(super) type CitizenColumns<'a> =
     Columns<Vec<i64>, Vec<Cow<'a, str>>, Vec<time::Date>, Vec<&'a str>, Vec<String>>;
@@ -400,10 +431,6 @@ impl<'a> CitizenColumns<'a> {
         self.birth_date.push(row.birth_date);
         self.gender.push(row.gender);
     }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.id.is_empty()
-    }
 }
 
 /// Stores the summary of a new import (`domain::summary`) in its transaction.
@@ -441,58 +468,5 @@ pub(super) async fn insert_summary(
         &[&import.get(), &towns, &dates],
     )
     .await?;
-    Ok(())
-}
-
-/// Applies a plan's presents rows and town dates, in its transaction.
-pub(super) async fn patch_summary(
-    tx: &deadpool_postgres::Transaction<'_>,
-    import: ImportId,
-    plan: &Plan,
-) -> Result<(), Fail> {
-    let change = &plan.presents;
-    if !change.is_empty() {
-        let mut month = Vec::with_capacity(change.len());
-        let mut citizen = Vec::with_capacity(change.len());
-        let mut delta = Vec::with_capacity(change.len());
-        for &(m, c, d) in change {
-            month.push(i16::from(m));
-            citizen.push(c.as_i64());
-            delta.push(i32::try_from(d).map_err(StorageError::internal)?);
-        }
-        let add = tx.prepare_cached(PRESENTS_ADD).await?;
-        tx.execute(&add, &[&import.get(), &month, &citizen, &delta])
-            .await?;
-        let (month, citizen) = falling(&month, &citizen, &delta);
-        if !month.is_empty() {
-            let emptied = tx.prepare_cached(PRESENTS_EMPTIED).await?;
-            tx.execute(&emptied, &[&import.get(), &month, &citizen])
-                .await?;
-        }
-    }
-    if let Some(Move { from, to }) = &plan.births {
-        for (town, date, delta) in [(from.0.as_str(), from.1, -1), (to.0.as_str(), to.1, 1)] {
-            let read = tx
-                .prepare_cached("SELECT dates FROM town_dates WHERE import_id = $1 AND town = $2")
-                .await?;
-            let town = pg_text::encode(town);
-            let mut dates: Vec<u8> = match tx.query_opt(&read, &[&import.get(), &town]).await? {
-                Some(row) => row.try_get(0)?,
-                None => Vec::new(),
-            };
-            if !summary::adjust_dates(&mut dates, date, delta) {
-                return Err(Fail::Store(StorageError::internal(format!(
-                    "import {import}: the stored dates of town {town:?} are corrupt"
-                ))));
-            }
-            if dates.is_empty() {
-                let delete = tx.prepare_cached(DROP_TOWN).await?;
-                tx.execute(&delete, &[&import.get(), &town]).await?;
-            } else {
-                let write = tx.prepare_cached(SET_TOWN).await?;
-                tx.execute(&write, &[&import.get(), &town, &dates]).await?;
-            }
-        }
-    }
     Ok(())
 }
