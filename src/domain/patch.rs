@@ -252,7 +252,7 @@ fn presents_change(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use proptest::prelude::*;
@@ -271,7 +271,8 @@ mod tests {
         BirthDate::from_ymd(2000, month, 1).unwrap()
     }
 
-    fn person(n: u64, month: u8, relatives: &[u64]) -> Citizen {
+    /// A citizen of Керчь born on the 1st of `month`, 2000.
+    pub(crate) fn person(n: u64, month: u8, relatives: &[u64]) -> Citizen {
         Citizen {
             citizen_id: id(n),
             town: place("Керчь"),

@@ -538,23 +538,9 @@ impl Drop for Open<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::patch::tests::person;
     use crate::domain::relatives::tests::{id, ids};
-    use crate::domain::{Apartment, BirthDate, CitizenPatch, Gender, Name, Place};
-
-    fn person(n: u64, month: u8, relatives: &[u64]) -> Citizen {
-        let place = |s: &str| Place::parse(s.into()).unwrap();
-        Citizen {
-            citizen_id: id(n),
-            town: place("Керчь"),
-            street: place("S"),
-            building: place("B"),
-            apartment: Apartment::parse(1).unwrap(),
-            name: Name::parse("N".into()).unwrap(),
-            birth_date: BirthDate::from_ymd(2000, month, 1).unwrap(),
-            gender: Gender::Male,
-            relatives: ids(relatives),
-        }
-    }
+    use crate::domain::{CitizenPatch, Name};
 
     /// A batch whose PATCHed citizen is also another PATCH's mirror target:
     /// its final row carries the edits and the mirror statement leaves it
