@@ -332,7 +332,8 @@ impl Store {
                 let dates = blobs.entry(key).or_default();
                 if !summary::adjust_dates(dates, date, delta) {
                     return Err(Fail::Store(StorageError::internal(format!(
-                        "import {import}: the stored dates of town {town:?} are corrupt"
+                        "import {import}: the stored dates of town {:?} are corrupt",
+                        town.as_str()
                     ))));
                 }
             }
