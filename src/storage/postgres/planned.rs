@@ -354,7 +354,7 @@ impl Store {
 pub(super) struct Applied<'a> {
     /// Mirror edits `(imports, citizens, others, adds)`, a pair's last edit
     /// only, of no citizen in `rows`.
-    pub(super) mirrors: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<bool>),
+    mirrors: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<bool>),
     /// Presents rows whose count rises, and those whose count falls.
     raised: PresentsRows,
     lowered: PresentsRows,
@@ -377,11 +377,12 @@ impl<'a> Applied<'a> {
         changed_towns: &'a [(i64, String)],
         blobs: &'a HashMap<(i64, String), Vec<u8>>,
     ) -> Result<Self, StorageError> {
-        // Each PATCHed citizen once.
+        // Each PATCHed citizen once, in the batch's order.
         let mut finals: Vec<(ImportId, CitizenId)> = Vec::new();
+        let mut rewritten: HashSet<(ImportId, CitizenId)> = HashSet::new();
         for (_, import, plan) in plans {
             let key = (*import, plan.citizen.citizen_id);
-            if !finals.contains(&key) {
+            if rewritten.insert(key) {
                 finals.push(key);
             }
         }
@@ -398,7 +399,7 @@ impl<'a> Applied<'a> {
         let mut net: BTreeMap<(i64, CitizenId, CitizenId), bool> = BTreeMap::new();
         for (_, import, plan) in plans {
             for &(other, edit) in &plan.mirror {
-                if finals.contains(&(*import, other)) {
+                if rewritten.contains(&(*import, other)) {
                     continue;
                 }
                 let (id, adds) = match edit {

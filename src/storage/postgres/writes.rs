@@ -340,15 +340,23 @@ impl Store {
         }
         // The rest of the plan in the batch's statement; its mirror edits
         // are written already.
-        let citizen = plan.citizen.clone();
+        let mut plan = plan;
+        plan.mirror.clear();
         let held = HashMap::from([((import.get(), id), plan.citizen.clone())]);
         let plans = [(0, import, plan)];
-        let mut writes = Applied::of(&plans, &held, &towns, &blobs)?;
-        writes.mirrors = Default::default();
         let apply = tx.prepare_cached(APPLY_PLANS).await?;
-        let version = tx.query_one(&apply, &writes.params()).await?;
+        let version = tx
+            .query_one(
+                &apply,
+                &Applied::of(&plans, &held, &towns, &blobs)?.params(),
+            )
+            .await?;
         let version = version_of(version.try_get(1)?)?;
-        Ok(Patched { citizen, version })
+        let [(_, _, plan)] = plans;
+        Ok(Patched {
+            citizen: plan.citizen,
+            version,
+        })
     }
 }
 
