@@ -350,6 +350,62 @@ window.addEventListener('resize', () => {
   resizing = setTimeout(() => { if (view.birthdays && !$('import-view').hidden) drawCharts(); }, 150);
 });
 $('towns-filter').addEventListener('input', drawCharts);
+// And at the printed page's width when printing, then back.
+window.matchMedia('print').addEventListener('change', () => {
+  if (view.birthdays && !$('import-view').hidden) drawCharts();
+});
+
+// ---- taking the numbers away: CSV and print --------------------------------
+
+/**
+ * One CSV cell (RFC 4180). A text that a spreadsheet would run as a formula
+ * (it starts with = + - @, a tab or a carriage return) gets a leading
+ * apostrophe, so a name cannot run code in the analyst's spreadsheet.
+ */
+function csvCell(value) {
+  let text = String(value);
+  if (typeof value === 'string' && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
+  return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
+/**
+ * Downloads rows as a CSV file: UTF-8 with a byte order mark, so spreadsheet
+ * programs read Cyrillic right, and CRLF line ends.
+ */
+function downloadCsv(name, header, rows) {
+  const text = `\ufeff${[header, ...rows].map((row) => row.map(csvCell).join(',')).join('\r\n')}\r\n`;
+  const url = URL.createObjectURL(new Blob([text], { type: 'text/csv;charset=utf-8' }));
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+// The API's own field names head the columns; relatives are ids separated by spaces.
+$('export-citizens').addEventListener('click', () => {
+  const keys = COLUMNS.map(([key]) => key);
+  downloadCsv(`import-${view.id}-citizens.csv`, keys, sortedFiltered().map((c) =>
+    keys.map((key) => (key === 'relatives' ? c.relatives.join(' ') : c[key]))));
+});
+
+// A row per citizen and month, as GET …/citizens/birthdays answers.
+$('export-birthdays').addEventListener('click', () => {
+  const rows = [];
+  for (let month = 1; month <= 12; month += 1) {
+    for (const { citizen_id: id, presents } of view.birthdays[month] ?? []) rows.push([month, id, presents]);
+  }
+  downloadCsv(`import-${view.id}-presents-per-month.csv`, ['month', 'citizen_id', 'presents'], rows);
+});
+
+$('export-percentiles').addEventListener('click', () => {
+  downloadCsv(`import-${view.id}-ages-per-town.csv`, ['town', 'p50', 'p75', 'p99'],
+    view.towns.map((t) => [t.town, t.p50, t.p75, t.p99]));
+});
+
+$('print-report').addEventListener('click', () => window.print());
 
 async function loadImport(id) {
   const [citizens, birthdays, towns] = await Promise.all([

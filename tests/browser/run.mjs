@@ -13,7 +13,7 @@
 //   node run.mjs --readme-screenshot   # also rewrites docs/analysts-page.png
 
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -273,6 +273,25 @@ async function chartTowns(page) {
   return rows.sort((a, b) => (a.town < b.town ? -1 : a.town > b.town ? 1 : 0));
 }
 
+/** The rows of a CSV text (RFC 4180: quoted cells may hold commas, quotes and line ends). */
+function parseCsv(text) {
+  const rows = [];
+  let row = [];
+  let cell = '';
+  let quoted = false;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') { cell += '"'; i += 1; } else if (c === '"') quoted = false; else cell += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ',') { row.push(cell); cell = ''; }
+    else if (c === '\r' && text[i + 1] === '\n') { row.push(cell); rows.push(row); row = []; cell = ''; i += 1; }
+    else cell += c;
+  }
+  check(!quoted && cell === '' && row.length === 0, 'the CSV does not end with a line end');
+  return rows;
+}
+
 async function openImport(page, service, id) {
   await page.goto(`${service.base}/#/imports/${id}`);
   await page.waitForSelector('#citizens tbody tr');
@@ -353,6 +372,62 @@ for (const backend of ['sqlite', 'tarantool']) {
     check(after[month] === before[month] - moved && after[other] === before[other] + moved,
       `month ${month}: ${before[month]} → ${after[month]}, month ${other}: ${before[other]} → ${after[other]} (${moved} relatives)`);
     same(await chartTowns(page), await apiGet(service, `/imports/${id}/towns/stat/percentile/age`), 'percentiles after the PATCH');
+  }, { backend });
+
+  test(`${backend}: the three CSV files hold what the API answers, and a print is the report without controls`, async ({ page, service }) => {
+    const body = sampleImport(120, 80, 17);
+    // A formula and the CSV's own specials in one name: quoted, and the formula defused.
+    body.citizens[0].name = '=Ёлкина, "Анна"\nИвановна';
+    const id = await apiImport(service, body);
+    await openImport(page, service, id);
+    const csv = async (button, expectedName) => {
+      const [file] = await Promise.all([page.waitForEvent('download'), page.click(button)]);
+      check(file.suggestedFilename() === expectedName, `file name ${file.suggestedFilename()}`);
+      const bytes = readFileSync(await file.path());
+      check(bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf, 'no UTF-8 byte order mark');
+      return parseCsv(bytes.subarray(3).toString('utf8'));
+    };
+    const citizens = await apiGet(service, `/imports/${id}/citizens`);
+    const row = (c) => [c.citizen_id, c.name.startsWith('=') ? `'${c.name}` : c.name, c.town, c.street,
+      c.building, c.apartment, c.birth_date, c.gender, c.relatives.join(' ')].map(String);
+    const keys = ['citizen_id', 'name', 'town', 'street', 'building', 'apartment', 'birth_date', 'gender', 'relatives'];
+    same(await csv('#export-citizens', `import-${id}-citizens.csv`),
+      [keys, ...[...citizens].sort((a, b) => a.citizen_id - b.citizen_id).map(row)], 'the citizens CSV');
+    // The filtered view, as shown: one town's citizens.
+    await page.fill('#citizens-filter', 'Керчь');
+    const kerch = citizens.filter((c) => c.town === 'Керчь').sort((a, b) => a.citizen_id - b.citizen_id);
+    check(kerch.length > 0, 'no citizen in Керчь');
+    same(await csv('#export-citizens', `import-${id}-citizens.csv`), [keys, ...kerch.map(row)], 'the filtered citizens CSV');
+    await page.fill('#citizens-filter', '');
+    const birthdays = await apiGet(service, `/imports/${id}/citizens/birthdays`);
+    const presents = [];
+    for (let month = 1; month <= 12; month += 1) {
+      for (const e of birthdays[month]) presents.push([month, e.citizen_id, e.presents].map(String));
+    }
+    check(presents.length > 0, 'no presents');
+    same(await csv('#export-birthdays', `import-${id}-presents-per-month.csv`),
+      [['month', 'citizen_id', 'presents'], ...presents], 'the presents CSV');
+    const towns = await apiGet(service, `/imports/${id}/towns/stat/percentile/age`);
+    same(await csv('#export-percentiles', `import-${id}-ages-per-town.csv`),
+      [['town', 'p50', 'p75', 'p99'], ...towns.map((t) => [t.town, t.p50, t.p75, t.p99].map(String))], 'the ages CSV');
+
+    await page.emulateMedia({ media: 'print' });
+    // Both charts drawn again at the printed width.
+    await page.waitForFunction(() => ['birthdays-chart', 'percentiles-chart'].every((id) => {
+      const box = document.getElementById(id);
+      return box.querySelector('svg')?.viewBox.baseVal.width === Math.max(300, box.clientWidth);
+    }));
+    for (const chart of ['#birthdays-chart svg', '#percentiles-chart svg']) {
+      const box = await page.locator(chart).boundingBox();
+      check(box && box.width > 200 && box.height > 100, `${chart} printed at ${JSON.stringify(box)}`);
+    }
+    check(await page.locator('#import-summary').isVisible(), 'the summary line is not printed');
+    const shown = await page.$$eval('button, input, select, #citizens', (nodes) =>
+      nodes.filter((n) => n.getClientRects().length > 0).map((n) => n.id || n.textContent.trim()));
+    check(shown.length === 0, `printed controls: ${shown.join(', ')}`);
+    const cut = await page.$eval('#percentiles-chart', (box) => box.scrollHeight - box.clientHeight);
+    check(cut <= 1, `the towns chart is cut by ${cut} px`);
+    await page.screenshot({ path: join(shots, `page-print-${backend}.png`), fullPage: true });
   }, { backend });
 
   test(`${backend}: a bad file shows the service's error by field and citizen, and nothing is stored`, async ({ page, service }) => {
