@@ -128,9 +128,11 @@ export function drawPercentiles(container, towns, { locale, sort, filter }) {
     const name = t.town.length > fits ? `${t.town.slice(0, fits - 1)}…` : t.town;
     g.append(el('text', { x: labelWidth - 8, y: y + 4, class: 'label', 'text-anchor': 'end' }, name));
     g.append(el('line', { x1: x(t.p50), x2: x(t.p99), y1: y, y2: y, class: 'span' }));
-    g.append(el('circle', { cx: x(t.p50), cy: y, r: 5, class: 'p50' }));
+    // Largest first, so marks that coincide (p50 = p75 = p99 in a small
+    // town) nest, each still showing: a diamond, a square in it, a dot in that.
+    g.append(el('path', { d: `M ${x(t.p99)} ${y - 7} l 7 7 l -7 7 l -7 -7 z`, class: 'p99' }));
     g.append(el('rect', { x: x(t.p75) - 4, y: y - 4, width: 8, height: 8, class: 'p75' }));
-    g.append(el('path', { d: `M ${x(t.p99)} ${y - 6} l 6 6 l -6 6 l -6 -6 z`, class: 'p99' }));
+    g.append(el('circle', { cx: x(t.p50), cy: y, r: 2.5, class: 'p50' }));
     svg.append(g);
   });
   container.replaceChildren(svg);

@@ -430,6 +430,28 @@ for (const backend of ['sqlite', 'tarantool']) {
     await page.screenshot({ path: join(shots, `page-print-${backend}.png`), fullPage: true });
   }, { backend });
 
+  test(`${backend}: a town whose p50, p75 and p99 coincide shows all three marks`, async ({ page, service }) => {
+    const body = sampleImport(30, 10, 19);
+    body.citizens.push({
+      citizen_id: 1000, town: 'Одинцово', street: 'Новая', building: '1', apartment: 1,
+      name: 'Единственный Житель', birth_date: '01.01.1980', gender: 'male', relatives: [],
+    });
+    const id = await apiImport(service, body);
+    await openImport(page, service, id);
+    const town = page.locator('#percentiles-chart .town[data-town="Одинцово"]');
+    await town.scrollIntoViewIfNeeded();
+    check(await town.getAttribute('data-p50') === await town.getAttribute('data-p99'), 'the marks do not coincide');
+    // Each mark is what the page shows at a point of it: the dot at the centre,
+    // the square beside the dot, the diamond beside the square.
+    const hits = await town.evaluate((g) => {
+      const box = g.querySelector('.p50').getBoundingClientRect();
+      const [cx, cy] = [box.x + box.width / 2, box.y + box.height / 2];
+      const at = (dx) => document.elementFromPoint(cx + dx, cy)?.getAttribute('class');
+      return [at(0), at(3.5), at(5.5)];
+    });
+    same(hits, ['p50', 'p75', 'p99'], 'the marks seen across a town whose percentiles coincide');
+  }, { backend });
+
   test(`${backend}: a bad file shows the service's error by field and citizen, and nothing is stored`, async ({ page, service }) => {
     const body = sampleImport(5, 2, 3);
     body.citizens[2].birth_date = '31.02.2019';
