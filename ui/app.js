@@ -344,16 +344,15 @@ function drawCharts() {
 
 $('towns-sort').addEventListener('change', drawCharts);
 // Charts are drawn at their container's width: again when it changes.
+const redrawShown = () => { if (view.birthdays && !$('import-view').hidden) drawCharts(); };
 let resizing = 0;
 window.addEventListener('resize', () => {
   clearTimeout(resizing);
-  resizing = setTimeout(() => { if (view.birthdays && !$('import-view').hidden) drawCharts(); }, 150);
+  resizing = setTimeout(redrawShown, 150);
 });
 $('towns-filter').addEventListener('input', drawCharts);
 // And at the printed page's width when printing, then back.
-window.matchMedia('print').addEventListener('change', () => {
-  if (view.birthdays && !$('import-view').hidden) drawCharts();
-});
+window.matchMedia('print').addEventListener('change', redrawShown);
 
 // ---- taking the numbers away: CSV and print --------------------------------
 

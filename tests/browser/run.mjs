@@ -292,6 +292,14 @@ function parseCsv(text) {
   return rows;
 }
 
+/** Resolves once both charts are drawn at their containers' present width. */
+async function chartsRedrawn(page) {
+  await page.waitForFunction(() => ['birthdays-chart', 'percentiles-chart'].every((id) => {
+    const box = document.getElementById(id);
+    return box.querySelector('svg')?.viewBox.baseVal.width === Math.max(300, box.clientWidth);
+  }));
+}
+
 async function openImport(page, service, id) {
   await page.goto(`${service.base}/#/imports/${id}`);
   await page.waitForSelector('#citizens tbody tr');
@@ -318,10 +326,7 @@ for (const backend of ['sqlite', 'tarantool']) {
     if (backend === 'sqlite' && process.argv.includes('--readme-screenshot')) {
       await page.setViewportSize({ width: 1100, height: 820 });
       // The charts are drawn again at their new width (after a pause in resizing).
-      await page.waitForFunction(() => ['birthdays-chart', 'percentiles-chart'].every((id) => {
-        const box = document.getElementById(id);
-        return box.querySelector('svg')?.viewBox.baseVal.width === Math.max(300, box.clientWidth);
-      }));
+      await chartsRedrawn(page);
       await page.locator('#birthdays-chart .bar').nth(1).hover();
       await page.screenshot({ path: join(repo, 'docs/analysts-page.png') });
       await page.setViewportSize({ width: 1280, height: 900 });
@@ -413,10 +418,7 @@ for (const backend of ['sqlite', 'tarantool']) {
 
     await page.emulateMedia({ media: 'print' });
     // Both charts drawn again at the printed width.
-    await page.waitForFunction(() => ['birthdays-chart', 'percentiles-chart'].every((id) => {
-      const box = document.getElementById(id);
-      return box.querySelector('svg')?.viewBox.baseVal.width === Math.max(300, box.clientWidth);
-    }));
+    await chartsRedrawn(page);
     for (const chart of ['#birthdays-chart svg', '#percentiles-chart svg']) {
       const box = await page.locator(chart).boundingBox();
       check(box && box.width > 200 && box.height > 100, `${chart} printed at ${JSON.stringify(box)}`);
