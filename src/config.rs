@@ -162,7 +162,7 @@ pub struct Config {
     pub tarantool_import_chunk: u64,
 
     /// Most rows per Tarantool `SELECT` when reading an import's citizens, presents or town
-    /// births (about a millisecond of Tarantool at the default); a bigger import is read in
+    /// years (about a millisecond of Tarantool at the default); a bigger import is read in
     /// several, all of one version.
     #[arg(long, env = "GIFTS_TARANTOOL_READ_PAGE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub tarantool_read_page: u32,

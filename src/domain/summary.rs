@@ -47,7 +47,7 @@ pub struct Summary {
 
 /// Bytes per entry of an encoded town: the date as `yyyymmdd` and its
 /// count, both little-endian `u32`.
-const ENTRY: usize = 8;
+pub const ENTRY: usize = 8;
 
 /// `yyyymmdd`: ordered as the dates are.
 #[allow(clippy::cast_sign_loss)] // validated dates are years 1–9999

@@ -5,7 +5,7 @@ local stored = require('gifts.imports')
 
 local visible, summary_pending, summary_error = stored.visible, stored.summary_pending, stored.summary_error
 local presents = box.space.presents
-local town_births = box.space.town_births
+local town_years = box.space.town_years
 
 -- The stored procedures: gifts_* by name.
 local P = {}
@@ -46,7 +46,7 @@ function P.gifts_backfill_rows(import_id, presents_rows, births, last)
                 presents:replace({ import_id, p[1], p[2], p[3] })
             end
             for _, b in ipairs(births) do
-                town_births:replace({ import_id, b[1], b[2], b[3] })
+                town_years:replace({ import_id, b[1], b[2], b[3] })
             end
         end
         if last or visible(import_id) == nil then

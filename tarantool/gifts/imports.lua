@@ -14,7 +14,8 @@ local imports = box.space.imports
 local citizens = box.space.citizens
 local keys = box.space.idempotency_keys
 local presents = box.space.presents
-local town_births = box.space.town_births
+local town_years = box.space.town_years
+local year_births = schema.year_births
 local import_seq = box.sequence.import_id
 
 local M = {}
@@ -74,7 +75,7 @@ end
 
 -- The summary rows the app computed for citizens (schema.lua's summary),
 -- stored for an import: presents {month, citizen_id, presents} and births
--- {town, yyyymmdd, citizens}. Cheap checks only: a presents row names one of
+-- {town, yyyy, {mmdd, citizens, ...}}. Cheap checks only: a presents row names one of
 -- `by_id`'s citizens (when given); the rows' types are the spaces' formats.
 function M.summary_error(presents_rows, by_id)
     for _, p in ipairs(presents_rows) do
@@ -93,7 +94,7 @@ local function store_summary(import_id, presents_rows, births)
         presents:insert({ import_id, p[1], p[2], p[3] })
     end
     for _, b in ipairs(births) do
-        town_births:insert({ import_id, b[1], b[2], b[3] })
+        town_years:insert({ import_id, b[1], b[2], b[3] })
     end
 end
 local summary_error = M.summary_error
@@ -127,7 +128,7 @@ function P.gifts_create_import(rows, presents_rows, births, key, hash)
     end
     local born = 0
     for _, b in ipairs(births) do
-        born = born + b[3]
+        born = born + year_births(b[3])
     end
     if born ~= #rows then
         return 'invalid', string.format('town births count %d citizens, the import has %d', born, #rows)
@@ -171,10 +172,10 @@ function P.gifts_import_begin(key, hash)
 end
 
 -- Adds rows (as for gifts_create_import), the presents rows of those
--- citizens, and town births rows (of any citizens of the import), to a
+-- citizens, and town years rows (of any citizens of the import), to a
 -- loading import, in one transaction. Returns 'ok', or 'invalid', reason
 -- (an import that is not loading, a presents row of another citizen). A
--- citizen or a town's date sent twice fails on the primary key and rolls
+-- citizen or a town's year sent twice fails on the primary key and rolls
 -- the chunk back.
 function P.gifts_import_chunk(import_id, rows, presents_rows, births)
     local import = imports:get(import_id)
@@ -202,7 +203,7 @@ end
 -- Deletes an import's rows from each space in chunks, yielding between
 -- them, then the import.
 local function delete_import(import_id)
-    for _, space in ipairs({ citizens, presents, town_births }) do
+    for _, space in ipairs({ citizens, presents, town_years }) do
         local parts = space.index.primary.parts
         while true do
             local batch = space:select({ import_id }, { limit = CHUNK })
@@ -262,13 +263,13 @@ function P.gifts_import_commit(import_id, key, hash)
         local born = 0
         local from, iterator = { import_id }, 'GE'
         while true do
-            local batch = town_births:select(from, { iterator = iterator, limit = CHUNK })
+            local batch = town_years:select(from, { iterator = iterator, limit = CHUNK })
             local n = 0
             for _, b in ipairs(batch) do
                 if b[1] ~= import_id then
                     break
                 end
-                born = born + b[4]
+                born = born + year_births(b[4])
                 n = n + 1
                 from = { import_id, b[2], b[3] }
             end

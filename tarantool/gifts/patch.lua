@@ -10,6 +10,7 @@ local locks = require('gifts.locks')
 local settings = require('gifts.settings')
 
 local F, I, month_of, date_key = schema.F, schema.I, schema.month_of, schema.date_key
+local born_on, entry = schema.born_on, schema.entry
 local strictly_ascending, pacer = relation.strictly_ascending, relation.pacer
 local list_with, list_without = relation.list_with, relation.list_without
 local visible, summary_pending = stored.visible, stored.summary_pending
@@ -17,7 +18,7 @@ local held, take, release = locks.held, locks.take, locks.release
 local imports = box.space.imports
 local citizens = box.space.citizens
 local presents = box.space.presents
-local town_births = box.space.town_births
+local town_years = box.space.town_years
 local long_patches = box.space.long_patches
 
 -- The most relatives one transaction mirrors (a list rewritten, presents
@@ -49,6 +50,37 @@ local function twelve()
 end
 
 local function no_pace() end
+
+-- How many citizens of `town` the import's town years count as born on
+-- yyyymmdd `key` (0 for none).
+local function births_at(import_id, town, key)
+    local row = town_years:get({ import_id, town, math.floor(key / 10000) })
+    if row == nil then
+        return 0
+    end
+    return (born_on(row[4], key))
+end
+
+-- The citizens of `town` born on yyyymmdd `key` changed by d, in its town
+-- year's row (deleted when it counts no one any more).
+local function add_birth(import_id, town, key, d)
+    local k = { import_id, town, math.floor(key / 10000) }
+    local row = town_years:get(k)
+    local dates = row and row[4] or ''
+    local n, at = born_on(dates, key)
+    if n + d > 0 then
+        local rest = n == 0 and at or at + 8
+        dates = dates:sub(1, at - 1) .. entry(key, n + d) .. dates:sub(rest)
+        town_years:replace({ k[1], k[2], k[3], dates })
+    elseif n > 0 then
+        dates = dates:sub(1, at - 1) .. dates:sub(at + 8)
+        if #dates == 0 then
+            town_years:delete(k)
+        else
+            town_years:replace({ k[1], k[2], k[3], dates })
+        end
+    end
+end
 
 -- Checks a PATCH and works out what it changes, writing nothing. changes:
 -- map of field name -> new value (not relatives); relatives: new ascending
@@ -161,7 +193,7 @@ local function plan(import_id, citizen_id, changes, relatives, limit, pace)
         end
     end
     local births_moved = was_town ~= is_town or was_born ~= is_born
-    if births_moved and town_births:get({ import_id, was_town, date_key(was_born) }) == nil then
+    if births_moved and births_at(import_id, was_town, date_key(was_born)) == 0 then
         return nil, 'invalid', nil, 'the stored dates of town ' .. was_town .. ' are corrupt'
     end
     return {
@@ -237,16 +269,8 @@ local function finish(import_id, citizen_id, p, own)
         end
     end
     if p.births_moved then
-        for _, step in ipairs({ { p.was_town, date_key(p.was_born), -1 }, { p.is_town, date_key(p.is_born), 1 } }) do
-            local key = { import_id, step[1], step[2] }
-            local row = town_births:get(key)
-            local n = (row and row[4] or 0) + step[3]
-            if n > 0 then
-                town_births:replace({ import_id, step[1], step[2], n })
-            else
-                town_births:delete(key)
-            end
-        end
+        add_birth(import_id, p.was_town, date_key(p.was_born), -1)
+        add_birth(import_id, p.is_town, date_key(p.is_born), 1)
     end
     local import = imports:update(import_id, { { '+', I.version, 1 } })
     return 'ok', updated, NULL, import[I.version], NULL

@@ -9,7 +9,7 @@ local visible, refuse_pending = stored.visible, stored.refuse_pending
 local wait_idle = locks.wait_idle
 local citizens = box.space.citizens
 local presents = box.space.presents
-local town_births = box.space.town_births
+local town_years = box.space.town_years
 
 -- The stored procedures: gifts_* by name.
 local P = {}
@@ -40,8 +40,8 @@ function P.gifts_presents(import_id)
     return import[I.version], presents:select({ import_id })
 end
 
--- The import's version and its town births rows {import_id, town,
--- yyyymmdd, citizens} (ordered by town, byte order, then date), read
+-- The import's version and its town years rows {import_id, town, yyyy,
+-- {mmdd, citizens, ...}} (ordered by town, byte order, then year), read
 -- without yielding; nil, nil when there is no such import.
 function P.gifts_town_dates(import_id)
     wait_idle(import_id)
@@ -50,13 +50,13 @@ function P.gifts_town_dates(import_id)
         return box.NULL, box.NULL
     end
     refuse_pending(import_id)
-    return import[I.version], town_births:select({ import_id })
+    return import[I.version], town_years:select({ import_id })
 end
 
 -- The spaces the app reads rows of directly (IPROTO SELECT by primary key,
 -- C code, no Lua: a tenth of the cost of returning the rows from here),
 -- keyed by import first; access.lua grants the app's user `read` on them.
-local READ = { citizens = citizens, presents = presents, town_births = town_births }
+local READ = { citizens = citizens, presents = presents, town_years = town_years }
 
 -- The import's version and the id of `space_name` (one of READ_SPACES) for
 -- a direct read of its rows; nil, nil when there is no such import. Every
@@ -93,5 +93,5 @@ end
 return {
     procedures = P,
     -- The spaces the app's user reads directly (see gifts_read_version).
-    spaces = { 'citizens', 'presents', 'town_births' },
+    spaces = { 'citizens', 'presents', 'town_years' },
 }

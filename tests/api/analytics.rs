@@ -12,7 +12,7 @@ use crate::backend_tests;
 use gifts::domain::stats::{percentile, round2};
 use gifts::sample::Rng;
 
-use crate::helpers::{Backend, TestApp, generate_import, today, wire_date};
+use crate::helpers::{Backend, TestApp, generate_import, spec_example, today, wire_date};
 
 /// `DD.MM.YYYY` as (year, month, day).
 fn ymd(date: &Value) -> (i64, i64, i64) {
@@ -169,7 +169,7 @@ async fn an_import_stored_before_the_summary_gets_one_at_the_upgrade(backend: Ba
     };
     store.edit_offline(
         sql,
-        "box.space.presents:drop() box.space.town_births:drop() box.space.meta:replace({ 'schema_version', 3 })",
+        "box.space.presents:drop() box.space.town_years:drop() box.space.meta:replace({ 'schema_version', 3 })",
     );
     let mut config = gifts::config::Config::with_storage(store.url().clone());
     config.cache_bytes = gifts::config::ByteSize(0);
@@ -187,12 +187,12 @@ fn check_summary_rows(store: &crate::helpers::TestStore, some: bool) {
     let (check, lua) = if some {
         (
             "n > 0",
-            "assert(box.space.presents:len() > 0 and box.space.town_births:len() > 0, 'no summary')",
+            "assert(box.space.presents:len() > 0 and box.space.town_years:len() > 0, 'no summary')",
         )
     } else {
         (
             "n = 0",
-            "assert(box.space.presents:len() + box.space.town_births:len() == 0, 'summary left')",
+            "assert(box.space.presents:len() + box.space.town_years:len() == 0, 'summary left')",
         )
     };
     store.edit_offline(
@@ -244,6 +244,111 @@ async fn a_tarantool_import_stored_in_chunks_has_its_summary() {
         .await;
     assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
     check_summary_rows(&*app.stop().await, false);
+}
+
+/// Citizens who share a birth date and a town are each counted as they
+/// come and go, with nothing cached: a date that gains a second citizen,
+/// dates before, between and after the others of a year, a date that loses
+/// citizens one by one, and a year that loses its last date.
+async fn citizens_sharing_a_birth_date_are_each_counted_as_they_come_and_go(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.cache_bytes = gifts::config::ByteSize(0)).await;
+    let import = app.import(generate_import(12, 6, 9)).await;
+    let ids: Vec<u64> = app
+        .citizens(import)
+        .await
+        .iter()
+        .map(|c| c["citizen_id"].as_u64().unwrap())
+        .collect();
+    let moves = [
+        (0, "15.06.1990", "Керчь"),
+        (1, "15.06.1990", "Керчь"),
+        (2, "15.06.1990", "Керчь"),
+        (3, "01.01.1990", "Керчь"),
+        (4, "31.12.1990", "Керчь"),
+        (5, "16.06.1990", "Керчь"),
+        (6, "14.06.1990", "Керчь"),
+        (1, "15.06.1990", "Уфа"),
+        (0, "16.06.1990", "Керчь"),
+        (2, "01.01.1991", "Керчь"),
+        (3, "31.12.1990", "Керчь"),
+        (4, "15.06.1990", "Уфа"),
+        (6, "15.06.1990", "Уфа"),
+        (5, "15.06.1990", "Уфа"),
+        (0, "15.06.1990", "Уфа"),
+        (3, "15.06.1990", "Уфа"),
+    ];
+    assert_answers_exact(&app, import).await;
+    for (step, (who, born, town)) in moves.into_iter().enumerate() {
+        let patch = json!({"birth_date": born, "town": town});
+        let (status, body) = app.patch(import, ids[who], &patch).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "step {step}: {body}");
+        assert_answers_exact(&app, import).await;
+    }
+    let percentiles = app.percentiles(import).await;
+    assert!(
+        percentiles.to_string().contains("Уфа"),
+        "six citizens born on one day in Уфа: {percentiles}"
+    );
+}
+
+/// A Tarantool store of schema 6 (town dates a row per date, in
+/// `town_births`) moves them into a row per town and year at the upgrade;
+/// answers with nothing cached come from the moved rows, before and after a
+/// PATCH that moves a birth date, and the old space is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarantool_store_of_schema_6_moves_its_town_dates_into_years() {
+    if !crate::helpers::tarantool_available("schema_6_town_years") {
+        return;
+    }
+    let app = TestApp::spawn_with(Backend::Tarantool, |c| {
+        c.cache_bytes = gifts::config::ByteSize(0);
+    })
+    .await;
+    let first = app.import(generate_import(120, 90, 8)).await;
+    let second = app.import(spec_example()).await;
+    let store = app.stop().await;
+    store.edit_offline(
+        "",
+        "local births = box.schema.space.create('town_births', { format = {
+             { name = 'import_id', type = 'unsigned' }, { name = 'town', type = 'string' },
+             { name = 'date', type = 'unsigned' }, { name = 'citizens', type = 'unsigned' } } })
+         births:create_index('primary', { parts = { { field = 1, type = 'unsigned' },
+             { field = 2, type = 'string' }, { field = 3, type = 'unsigned' } } })
+         local function u32(s, at)
+             local a, b, c, d = string.byte(s, at, at + 3)
+             return a + b * 256 + c * 65536 + d * 16777216
+         end
+         local n = 0
+         for _, t in box.space.town_years:pairs() do
+             for at = 1, #t[4], 8 do
+                 births:insert({ t[1], t[2], u32(t[4], at), u32(t[4], at + 4) })
+                 n = n + u32(t[4], at + 4)
+             end
+         end
+         assert(n == 123, 'the store counts ' .. n .. ' citizens')
+         box.space.town_years:drop()
+         box.space.meta:replace({ 'schema_version', 6 })",
+    );
+    let mut config = gifts::config::Config::with_storage(store.url().clone());
+    config.cache_bytes = gifts::config::ByteSize(0);
+    let app = TestApp::start(store, config).await;
+    for import in [first, second] {
+        assert_answers_exact(&app, import).await;
+    }
+    let (status, body) = app
+        .patch(
+            second,
+            1,
+            &json!({"birth_date": "29.02.2000", "town": "Керчь"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_answers_exact(&app, second).await;
+    app.stop().await.edit_offline(
+        "",
+        "assert(box.space.town_births == nil, 'town_births is still there')
+         assert(box.space.meta:get('schema_version')[2] == 7, 'not at schema 7')",
+    );
 }
 
 /// 40 random PATCHes; before each, every answer equals a recomputation
@@ -309,5 +414,6 @@ backend_tests!(
     analytics_after_each_patch_equal_a_recomputation,
     analytics_with_nothing_cached_come_from_the_stored_summary,
     an_import_stored_before_the_summary_gets_one_at_the_upgrade,
-    deleting_an_import_leaves_none_of_its_summary
+    deleting_an_import_leaves_none_of_its_summary,
+    citizens_sharing_a_birth_date_are_each_counted_as_they_come_and_go
 );

@@ -239,10 +239,10 @@ async fn refusals_come_before_a_broken_town_summary(backend: Backend) {
         &format!("DELETE FROM town_dates WHERE import_id = {import};"),
         &format!(
             "local keys = {{}}
-             for _, t in box.space.town_births:pairs({{ {import} }}) do
+             for _, t in box.space.town_years:pairs({{ {import} }}) do
                  keys[#keys + 1] = {{ t[1], t[2], t[3] }}
              end
-             for _, k in ipairs(keys) do box.space.town_births:delete(k) end"
+             for _, k in ipairs(keys) do box.space.town_years:delete(k) end"
         ),
     );
     let mut config = gifts::config::Config::with_storage(store.url().clone());

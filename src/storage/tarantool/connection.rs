@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::import::{BirthsRow, CALL_WORK, ROW, SummaryRows};
+use super::import::{BirthsRow, CALL_WORK, ROW, SummaryRows, births_calls};
 use super::tuples::{Keyed, Row};
 use crate::domain::ImportId;
 use crate::domain::summary::PresentsRow;
@@ -24,7 +24,7 @@ use crate::storage::{StorageError, Version};
 pub(super) const PAGED_ATTEMPTS: usize = 3;
 
 /// The schema version of `tarantool/app.lua` this build speaks to.
-pub(super) const SCHEMA_VERSION: u64 = 6;
+pub(super) const SCHEMA_VERSION: u64 = 7;
 
 /// The client and its settings, shared with spawned version checks.
 pub(super) struct Connection {
@@ -189,7 +189,7 @@ impl Connection {
                 let (_, rows) = SummaryRows::of_import(citizens).await?;
                 let per_call = CALL_WORK / ROW;
                 let presents: Vec<&[PresentsRow]> = rows.presents.chunks(per_call).collect();
-                let births: Vec<&[BirthsRow]> = rows.births.chunks(per_call).collect();
+                let births: Vec<&[BirthsRow]> = births_calls(&rows.births, CALL_WORK);
                 let calls = presents.len().max(births.len()).max(1);
                 for at in 0..calls {
                     let last = at + 1 == calls;

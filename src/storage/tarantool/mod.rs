@@ -38,9 +38,9 @@ use crate::metrics::Metrics;
 
 pub use address::{Secret, TarantoolAddress};
 use connection::{Connection, Kind, NO_ARGS, count_connections, watch};
-use import::{Begun, ONE_CALL_WORK, ROW, SummaryRows, import_answer};
+use import::{Begun, ONE_CALL_WORK, SummaryRows, import_answer};
 use patches::{PATCH_QUEUE, PatchJob, send_patches};
-use tuples::{BirthsTuple, FieldValue, IdOrReason, NewCitizen, PresentsTuple, Row};
+use tuples::{BirthsTuple, Dates, FieldValue, IdOrReason, NewCitizen, PresentsTuple, Row};
 
 /// The Tarantool store.
 pub struct TarantoolStorage {
@@ -116,8 +116,12 @@ impl Storage for TarantoolStorage {
         let key = idempotency.as_ref().map(|i| i.key.as_str());
         let hash = idempotency.as_ref().map(|i| &i.body_hash[..]);
         let (citizens, summary) = SummaryRows::of_import(citizens).await?;
-        let work =
-            citizens.iter().map(|c| summary.work(c)).sum::<usize>() + ROW * summary.births.len();
+        let work = citizens.iter().map(|c| summary.work(c)).sum::<usize>()
+            + summary
+                .births
+                .iter()
+                .map(import::births_work)
+                .sum::<usize>();
         if citizens.len() > self.import_chunk || work > ONE_CALL_WORK {
             return self.create_in_chunks(&citizens, &summary, key, hash).await;
         }
@@ -282,25 +286,20 @@ impl Storage for TarantoolStorage {
     ) -> Result<(Version, Vec<TownDates>), StorageError> {
         let (version, rows) = self
             .connection
-            .read_rows::<BirthsTuple, _>("town_births", import, "gifts_town_dates", Ok)
+            .read_rows::<BirthsTuple, _>("town_years", import, "gifts_town_dates", Ok)
             .await?;
-        // Rows come ordered by town, then date: each town's run is its dates.
-        let corrupt = || StorageError::internal("tarantool: a corrupt town births row");
+        // Rows come ordered by town, then year: each town's run, joined, is
+        // its dates (the answer's render checks them: summary::decode_dates).
         let mut towns: Vec<TownDates> = Vec::new();
-        let mut dates = Vec::new();
-        let mut rows = rows.into_iter().peekable();
-        while let Some((_, town, key, count)) = rows.next() {
-            let date = summary::date_of_key(key).ok_or_else(corrupt)?;
-            if count == 0 || dates.last().is_some_and(|&(last, _)| last >= date) {
-                return Err(corrupt());
+        for (_, town, _, Dates(dates)) in rows {
+            if dates.is_empty() || !dates.len().is_multiple_of(summary::ENTRY) {
+                return Err(StorageError::internal(
+                    "tarantool: a corrupt town years row",
+                ));
             }
-            dates.push((date, count));
-            if rows.peek().is_none_or(|next| next.1 != town) {
-                towns.push(TownDates {
-                    town,
-                    dates: summary::encode_dates(&dates),
-                });
-                dates.clear();
+            match towns.last_mut() {
+                Some(last) if last.town == town => last.dates.extend_from_slice(&dates),
+                _ => towns.push(TownDates { town, dates }),
             }
         }
         Ok((version, towns))

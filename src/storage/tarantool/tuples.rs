@@ -89,8 +89,45 @@ impl Keyed for PresentsTuple {
     }
 }
 
-/// A town births row `{import_id, town, yyyymmdd, citizens}`.
-pub(super) type BirthsTuple = (u64, String, u32, u32);
+/// A town years row `{import_id, town, yyyy, dates}`.
+pub(super) type BirthsTuple = (u64, String, u32, Dates);
+
+/// A town year's dates: [`crate::domain::summary::encode_dates`]' bytes,
+/// one msgpack string (binary on the way out; Tarantool stores a Lua string,
+/// which comes back as a msgpack `str` of the same bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Dates(pub(super) Vec<u8>);
+
+impl Serialize for Dates {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dates {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = Dates;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a town year's dates as a string of bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Dates, E> {
+                Ok(Dates(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Dates, E> {
+                Ok(Dates(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dates, E> {
+                Ok(Dates(v.as_bytes().to_vec()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Dates, E> {
+                Ok(Dates(v.into_bytes()))
+            }
+        }
+        deserializer.deserialize_bytes(Bytes)
+    }
+}
 
 impl Keyed for BirthsTuple {
     type Key = (u64, String, u32);
@@ -185,6 +222,25 @@ mod tests {
         for (i, field) in TUPLE_FIELDS.iter().enumerate() {
             assert_eq!(numbered.get(field), Some(&(i + 1)), "{field}");
         }
+    }
+
+    /// A town year's dates go out as msgpack binary and come back as
+    /// Tarantool returns the Lua string it stored: a `str` of the same
+    /// bytes, which are not UTF-8.
+    #[test]
+    pub(super) fn a_town_year_s_dates_read_back_as_the_bytes_sent() {
+        let dates = Dates(vec![0xff, 0xfe, 0, 0x80, 1, 0, 0, 0]);
+        let sent = rmp_serde::to_vec(&dates).unwrap();
+        assert_eq!(sent[0], 0xc4, "bin 8");
+        let mut stored = Vec::new();
+        rmp::encode::write_array_len(&mut stored, 4).unwrap();
+        rmp::encode::write_uint(&mut stored, 7).unwrap();
+        rmp::encode::write_str(&mut stored, "Керчь").unwrap();
+        rmp::encode::write_uint(&mut stored, 1986).unwrap();
+        rmp::encode::write_str_len(&mut stored, 8).unwrap();
+        stored.extend_from_slice(&dates.0);
+        let row: BirthsTuple = rmp_serde::from_slice(&stored).unwrap();
+        assert_eq!(row, (7, "Керчь".to_owned(), 1986, dates));
     }
 
     #[test]

@@ -256,7 +256,7 @@ async fn the_app_reads_rows_of_three_spaces_directly_with_the_version() {
     let (version, _) = read_version("citizens", import).await.unwrap();
     assert_eq!(version, Some(2), "the PATCH shows");
     let mut readable = vec![citizens];
-    for space in ["presents", "town_births"] {
+    for space in ["presents", "town_years"] {
         let (version, id) = read_version(space, import).await.unwrap();
         assert_eq!(version, Some(2), "{space}");
         readable.push(id.expect("the space's id"));
