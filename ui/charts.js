@@ -22,6 +22,19 @@ function niceMax(value) {
 }
 
 /**
+ * Round ticks from at or below `lo` to at or above `hi`: about five steps of
+ * 1, 2 or 5 times a power of ten.
+ */
+function niceTicks(lo, hi) {
+  const step = niceMax((hi - lo) / 5 || 1);
+  const from = Math.floor(lo / step) * step;
+  const to = Math.max(Math.ceil(hi / step) * step, from + step);
+  const ticks = [];
+  for (let i = 0; from + i * step <= to + step / 2; i += 1) ticks.push(Number((from + i * step).toFixed(6)));
+  return ticks;
+}
+
+/**
  * Presents per month: one bar per month with the month's total. `months`
  * is the API's answer ({"1": [{citizen_id, presents}], …}); `nameOf(id)`
  * names a citizen; `onFocus(text)` gets the detail of the bar in focus.
@@ -44,7 +57,7 @@ export function drawBirthdays(container, months, { locale, nameOf, onFocus }) {
   const height = 260;
   const left = 44;
   const bottom = 28;
-  const top = 18;
+  const top = 30;
   const max = niceMax(Math.max(...totals.map((t) => t.total)));
   const band = (width - left - 8) / 12;
   const scale = (v) => (height - bottom - top) * (v / max);
@@ -57,6 +70,7 @@ export function drawBirthdays(container, months, { locale, nameOf, onFocus }) {
     svg.append(el('line', { x1: left, x2: width - 8, y1: y, y2: y, class: 'gridline' }));
     svg.append(el('text', { x: left - 6, y: y + 4, class: 'axis', 'text-anchor': 'end' }, numbers.format(max * tick)));
   }
+  svg.append(el('text', { x: 4, y: 12, class: 'axis-title' }, 'Presents'));
   for (const { month, total, top: best } of totals) {
     const date = new Date(Date.UTC(2000, month - 1, 1));
     const x = left + (month - 1) * band + band * 0.15;
@@ -105,17 +119,21 @@ export function drawPercentiles(container, towns, { locale, sort, filter }) {
   const right = 16;
   const top = 26;
   const height = top + rows.length * row + 8;
-  const max = niceMax(Math.max(...towns.map((t) => t.p99)));
-  const x = (age) => labelWidth + (width - labelWidth - right) * (age / max);
+  // The axis spans the ages there are (every town's, so a filter keeps the
+  // scale), not 0–100: medians of 48 and 53 stay apart.
+  const ticks = niceTicks(Math.min(...towns.map((t) => t.p50)), Math.max(...towns.map((t) => t.p99)));
+  const [from, to] = [ticks[0], ticks[ticks.length - 1]];
+  const x = (age) => labelWidth + (width - labelWidth - right) * ((age - from) / (to - from));
   const svg = el('svg', {
     viewBox: `0 0 ${width} ${height}`, class: 'svg-chart', role: 'group',
-    'aria-label': 'Age percentiles per town',
+    'aria-label': `Age percentiles per town, on an axis from ${numbers.format(from)} to ${numbers.format(to)} years`,
+    'data-axis-from': from, 'data-axis-to': to,
   });
-  for (let i = 0; i <= 4; i += 1) {
-    const age = (max * i) / 4;
+  for (const age of ticks) {
     svg.append(el('line', { x1: x(age), x2: x(age), y1: top - 6, y2: height - 4, class: 'gridline' }));
     svg.append(el('text', { x: x(age), y: 14, class: 'axis', 'text-anchor': 'middle' }, numbers.format(age)));
   }
+  svg.append(el('text', { x: labelWidth - 14, y: 14, class: 'axis-title', 'text-anchor': 'end' }, 'Age, years'));
   rows.forEach((t, i) => {
     const y = top + i * row + row / 2;
     const label = `${t.town}: p50 ${numbers.format(t.p50)}, p75 ${numbers.format(t.p75)}, p99 ${numbers.format(t.p99)} years`;

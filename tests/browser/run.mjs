@@ -454,6 +454,32 @@ for (const backend of ['sqlite', 'tarantool']) {
     same(hits, ['p50', 'p75', 'p99'], 'the marks seen across a town whose percentiles coincide');
   }, { backend });
 
+  test(`${backend}: the age axis spans the towns' ages, and both charts name their axes`, async ({ page, service }) => {
+    // Everyone is 45–70 years old: on a 0–100 axis the marks would bunch in a quarter of it.
+    const body = sampleImport(80, 10, 23);
+    const year = new Date().getUTCFullYear();
+    body.citizens.forEach((c, i) => { c.birth_date = `15.06.${year - 46 - (i % 24)}`; });
+    const id = await apiImport(service, body);
+    await openImport(page, service, id);
+    const towns = await apiGet(service, `/imports/${id}/towns/stat/percentile/age`);
+    const chart = page.locator('#percentiles-chart svg');
+    await chart.waitFor();
+    const [from, to] = [Number(await chart.getAttribute('data-axis-from')), Number(await chart.getAttribute('data-axis-to'))];
+    const ages = towns.flatMap((t) => [t.p50, t.p99]);
+    check(from <= Math.min(...ages) && to >= Math.max(...ages), `the axis ${from}–${to} leaves out an age of ${ages}`);
+    check(to - from <= 2 * (Math.max(...ages) - Math.min(...ages)), `the axis ${from}–${to} is not fitted to ${Math.min(...ages)}–${Math.max(...ages)}`);
+    // Drawn: the marks take up most of the plot's width.
+    const spread = await page.$eval('#percentiles-chart svg', (svg) => {
+      const xs = (sel) => [...svg.querySelectorAll(sel)].map((n) => n.getBoundingClientRect().x + n.getBoundingClientRect().width / 2);
+      const grid = xs('.gridline');
+      const marks = [...xs('.p50'), ...xs('.p99')];
+      return (Math.max(...marks) - Math.min(...marks)) / (Math.max(...grid) - Math.min(...grid));
+    });
+    check(spread >= 0.5, `the marks span ${(spread * 100).toFixed(0)} % of the axis`);
+    same(await page.locator('#percentiles-chart .axis-title').allTextContents(), ['Age, years'], 'the age axis title');
+    same(await page.locator('#birthdays-chart .axis-title').allTextContents(), ['Presents'], 'the presents axis title');
+  }, { backend });
+
   test(`${backend}: a bad file shows the service's error by field and citizen, and nothing is stored`, async ({ page, service }) => {
     const body = sampleImport(5, 2, 3);
     body.citizens[2].birth_date = '31.02.2019';
