@@ -56,10 +56,14 @@ export function drawBirthdays(container, months, { locale, nameOf, onFocus }) {
   const width = Math.max(300, container.clientWidth || 640);
   const height = 260;
   const left = 44;
-  const bottom = 28;
+  const band = (width - left - 8) / 12;
+  // Month names wider than their bar (a phone, in Russian: "февр.", "нояб.")
+  // take two rows, every other month on the lower one.
+  const longest = Math.max(...totals.map(({ month }) => monthName.format(new Date(Date.UTC(2000, month - 1, 1))).length));
+  const rows = longest * 6.8 > band - 2 ? 2 : 1;
+  const bottom = rows === 2 ? 40 : 28;
   const top = 30;
   const max = niceMax(Math.max(...totals.map((t) => t.total)));
-  const band = (width - left - 8) / 12;
   const scale = (v) => (height - bottom - top) * (v / max);
   const svg = el('svg', {
     viewBox: `0 0 ${width} ${height}`, class: 'svg-chart', role: 'group',
@@ -85,7 +89,8 @@ export function drawBirthdays(container, months, { locale, nameOf, onFocus }) {
     bar.append(el('title', {}, detail));
     bar.append(el('rect', { x, y: height - bottom - h, width: band * 0.7, height: Math.max(h, 0), rx: 2 }));
     bar.append(el('text', { x: x + band * 0.35, y: height - bottom - h - 4, class: 'value', 'text-anchor': 'middle' }, numbers.format(total)));
-    bar.append(el('text', { x: x + band * 0.35, y: height - 8, class: 'axis', 'text-anchor': 'middle' }, monthName.format(date)));
+    const labelY = rows === 2 && month % 2 === 0 ? height - 6 : height - bottom + 16;
+    bar.append(el('text', { x: x + band * 0.35, y: labelY, class: 'axis', 'text-anchor': 'middle' }, monthName.format(date)));
     const show = () => onFocus(detail);
     bar.addEventListener('mouseenter', show);
     bar.addEventListener('focus', show);
@@ -142,9 +147,7 @@ export function drawPercentiles(container, towns, { locale, sort, filter }) {
       'data-town': t.town, 'data-p50': t.p50, 'data-p75': t.p75, 'data-p99': t.p99,
     });
     g.append(el('title', {}, label));
-    const fits = Math.floor(labelWidth / 7.2);
-    const name = t.town.length > fits ? `${t.town.slice(0, fits - 1)}…` : t.town;
-    g.append(el('text', { x: labelWidth - 8, y: y + 4, class: 'label', 'text-anchor': 'end' }, name));
+    g.append(el('text', { x: labelWidth - 8, y: y + 4, class: 'label', 'text-anchor': 'end' }, t.town));
     g.append(el('line', { x1: x(t.p50), x2: x(t.p99), y1: y, y2: y, class: 'span' }));
     // Largest first, so marks that coincide (p50 = p75 = p99 in a small
     // town) nest, each still showing: a diamond, a square in it, a dot in that.
@@ -154,4 +157,17 @@ export function drawPercentiles(container, towns, { locale, sort, filter }) {
     svg.append(g);
   });
   container.replaceChildren(svg);
+  // A name wider than its column is cut at the end, as drawn in this font
+  // (a character count cuts wide letters at the start instead).
+  const room = labelWidth - 12;
+  for (const label of svg.querySelectorAll('text.label')) {
+    const name = label.textContent;
+    let length = label.getComputedTextLength();
+    let keep = name.length;
+    while (length > room && keep > 1) {
+      keep = Math.min(keep - 1, Math.floor((keep * room) / length));
+      label.textContent = `${name.slice(0, keep)}…`;
+      length = label.getComputedTextLength();
+    }
+  }
 }

@@ -562,6 +562,44 @@ test('sqlite: on a phone in dark mode, by keyboard alone', async ({ page, servic
   await page.screenshot({ path: join(shots, 'page-phone-dark.png'), fullPage: true });
 }, { context: { viewport: { width: 390, height: 844 }, colorScheme: 'dark', isMobile: true, hasTouch: true } });
 
+test('sqlite: on a 390 px phone in Russian nothing overlaps or is cut off', async ({ page, service }) => {
+  const body = sampleImport(120, 90, 9);
+  body.citizens[0].town = 'Нижний Новгород';
+  body.citizens[1].town = 'Петропавловск-Камчатский';
+  const id = await apiImport(service, body);
+  await apiImport(service, sampleImport(5, 2, 3));
+  // The imports list: every cell, the Delete button included, inside the screen.
+  await page.goto(`${service.base}/`);
+  await page.waitForSelector('#imports tbody tr');
+  const outside = await page.$$eval('#imports th, #imports td, #imports button', (cells) => cells
+    .map((c) => ({ text: c.textContent.trim(), box: c.getBoundingClientRect() }))
+    .filter(({ box }) => box.left < 0 || box.right > document.documentElement.clientWidth)
+    .map(({ text, box }) => `${text} (${Math.round(box.left)}–${Math.round(box.right)} px)`));
+  same(outside, [], 'imports list cells outside a 390 px screen');
+  await openImport(page, service, id);
+  // The month labels: each clear of every other.
+  const months = await page.$$eval('#birthdays-chart .bar text.axis', (labels) => labels.map((l) => {
+    const box = l.getBoundingClientRect();
+    return { text: l.textContent, left: box.left, right: box.right, top: box.top, bottom: box.bottom };
+  }));
+  check(months.length === 12, `${months.length} month labels`);
+  const overlaps = months.flatMap((a, i) => months.slice(i + 1)
+    .filter((b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom)
+    .map((b) => `${a.text}|${b.text}`));
+  same(overlaps, [], 'month labels that overlap');
+  // The town labels: whole, inside the chart, and the first letter kept.
+  const cut = await page.$$eval('#percentiles-chart .town', (towns) => towns.map((g) => {
+    const label = g.querySelector('text.label');
+    const svg = g.ownerSVGElement.getBoundingClientRect();
+    const box = label.getBoundingClientRect();
+    return { town: g.dataset.town, shown: label.textContent, inside: box.left >= svg.left - 0.5 };
+  }).filter((t) => !t.inside || !t.shown.startsWith(t.town.slice(0, Math.max(1, t.shown.length - 1)))));
+  same(cut, [], 'town labels cut off');
+  const sideways = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  check(sideways <= 0, `the page scrolls sideways by ${sideways}px`);
+  await page.screenshot({ path: join(shots, 'page-phone-ru.png'), fullPage: true });
+}, { context: { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, locale: 'ru-RU' } });
+
 test('sqlite: with --tokens-file the page asks for a token and then works', async ({ page }) => {
   const { token, path } = tokensFile();
   const service = await startService(['--tokens-file', path]);
