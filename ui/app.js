@@ -332,13 +332,14 @@ $('page-prev').addEventListener('click', () => { view.page -= 1; drawTable(); })
 $('page-next').addEventListener('click', () => { view.page += 1; drawTable(); });
 
 function drawCharts() {
+  // The towns first: the presents chart takes the height their card leaves.
+  drawPercentiles($('percentiles-chart'), view.towns, {
+    locale, sort: $('towns-sort').value, filter: $('towns-filter').value,
+  });
   drawBirthdays($('birthdays-chart'), view.birthdays, {
     locale,
     nameOf: (id) => view.byId.get(id)?.name ?? `#${id}`,
     onFocus: (text) => { $('birthdays-detail').textContent = text; },
-  });
-  drawPercentiles($('percentiles-chart'), view.towns, {
-    locale, sort: $('towns-sort').value, filter: $('towns-filter').value,
   });
 }
 

@@ -52,9 +52,11 @@ export function drawBirthdays(container, months, { locale, nameOf, onFocus }) {
       top: [...entries].sort((a, b) => b.presents - a.presents || a.citizen_id - b.citizen_id).slice(0, 5),
     });
   }
-  // Drawn at the container's own width, so text keeps its size.
+  // Drawn at the container's own width, so text keeps its size, and as tall
+  // as the room its card leaves it (beside a taller card of towns), 260–480 px.
+  container.replaceChildren();
   const width = Math.max(300, container.clientWidth || 640);
-  const height = 260;
+  const height = Math.round(Math.min(480, Math.max(260, container.clientHeight)));
   const left = 44;
   const band = (width - left - 8) / 12;
   // Month names wider than their bar (a phone, in Russian: "февр.", "нояб.")

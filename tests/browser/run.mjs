@@ -600,6 +600,24 @@ test('sqlite: on a 390 px phone in Russian nothing overlaps or is cut off', asyn
   await page.screenshot({ path: join(shots, 'page-phone-ru.png'), fullPage: true });
 }, { context: { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, locale: 'ru-RU' } });
 
+test('sqlite: on a 1,440 px screen the page uses the width and the presents card is not half empty', async ({ page, service }) => {
+  const body = sampleImport(300, 50, 29);
+  body.citizens.forEach((c, i) => { c.town = `Город ${i % 24}`; });
+  const id = await apiImport(service, body);
+  await openImport(page, service, id);
+  const table = await page.$eval('#citizens', (t) => t.getBoundingClientRect().width);
+  check(table >= 1300, `the citizens table is ${Math.round(table)} px wide on a 1,440 px screen`);
+  const cards = await page.$$eval('.charts .chart', (figures) => figures.map((f) => {
+    const box = f.getBoundingClientRect();
+    const last = Math.max(...[...f.children].map((c) => c.getBoundingClientRect().bottom));
+    return { height: box.height, empty: box.bottom - parseFloat(getComputedStyle(f).paddingBottom) - last };
+  }));
+  check(cards.length === 2 && Math.abs(cards[0].height - cards[1].height) < 1, `cards: ${JSON.stringify(cards)}`);
+  check(cards[0].empty <= 24, `the presents card has ${Math.round(cards[0].empty)} px empty under its chart`);
+  const chart = await page.$eval('#birthdays-chart svg', (svg) => svg.getBoundingClientRect().height);
+  check(chart > 300, `the presents chart is ${Math.round(chart)} px tall beside a card of 24 towns`);
+}, { context: { viewport: { width: 1440, height: 900 } } });
+
 test('sqlite: with --tokens-file the page asks for a token and then works', async ({ page }) => {
   const { token, path } = tokensFile();
   const service = await startService(['--tokens-file', path]);
