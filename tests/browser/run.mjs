@@ -20,6 +20,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
+import { createRequire } from 'node:module';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../..');
@@ -617,6 +618,29 @@ test('sqlite: on a 1,440 px screen the page uses the width and the presents card
   const chart = await page.$eval('#birthdays-chart svg', (svg) => svg.getBoundingClientRect().height);
   check(chart > 300, `the presents chart is ${Math.round(chart)} px tall beside a card of 24 towns`);
 }, { context: { viewport: { width: 1440, height: 900 } } });
+
+/** axe-core's violations on the page as it is now, one line each (none: []). */
+async function axeViolations(page) {
+  await page.addScriptTag({ path: createRequire(import.meta.url).resolve('axe-core/axe.min.js') });
+  return page.evaluate(async () => (await window.axe.run(document, { resultTypes: ['violations'] }))
+    .violations.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join(', ')}`));
+}
+
+for (const [locale, scheme] of [['ru-RU', 'light'], ['en-GB', 'dark']]) {
+  test(`sqlite: axe-core finds nothing on the imports list, an import and the edit form (${locale}, ${scheme})`, async ({ page, service }) => {
+    const body = sampleImport(60, 30, 31);
+    const id = await apiImport(service, body);
+    await page.goto(`${service.base}/`);
+    await page.waitForSelector('#imports tbody tr');
+    same(await axeViolations(page), [], 'violations on the imports list');
+    await openImport(page, service, id);
+    same(await axeViolations(page), [], 'violations on an import');
+    const who = body.citizens[0];
+    await page.getByRole('button', { name: `Edit citizen ${who.citizen_id}, ${who.name}` }).click();
+    await page.waitForSelector('dialog[open]');
+    same(await axeViolations(page), [], 'violations on the edit form');
+  }, { context: { locale, colorScheme: scheme, bypassCSP: true } });
+}
 
 test('sqlite: with --tokens-file the page asks for a token and then works', async ({ page }) => {
   const { token, path } = tokensFile();
