@@ -229,6 +229,8 @@ const view = {
   towns: [],
   sort: { key: 'citizen_id', ascending: true },
   page: 0,
+  // A month picked on the presents chart: only the citizens buying presents then.
+  month: null,
 };
 
 const COLUMNS = [
@@ -249,8 +251,15 @@ const dateKey = (d) => Number(d.slice(6) + d.slice(3, 5) + d.slice(0, 2));
 function sortedFiltered() {
   const wanted = $('citizens-filter').value.trim().toLocaleLowerCase(locale);
   let rows = view.citizens;
-  if (wanted) {
+  if (/^\d+$/.test(wanted)) {
+    // A number is a citizen's id.
+    rows = rows.filter((c) => String(c.citizen_id) === wanted);
+  } else if (wanted) {
     rows = rows.filter((_, i) => view.haystack[i].includes(wanted));
+  }
+  if (view.month != null) {
+    const buyers = new Set((view.birthdays[String(view.month)] ?? []).map((e) => e.citizen_id));
+    rows = rows.filter((c) => buyers.has(c.citizen_id));
   }
   const { key, ascending } = view.sort;
   const collator = new Intl.Collator(locale);
@@ -284,6 +293,7 @@ function drawHead() {
       view.page = 0;
       drawHead();
       drawTable();
+      saveState();
     });
     th.append(button);
     tr.append(th);
@@ -306,8 +316,21 @@ function drawTable() {
       const td = document.createElement('td');
       if (cls) td.className = cls;
       const v = c[key];
-      td.textContent = key === 'relatives' ? v.join(', ')
-        : typeof v === 'number' ? numbers.format(v) : v;
+      if (key === 'relatives') {
+        // Each relative opens that citizen.
+        v.forEach((id, i) => {
+          if (i > 0) td.append(', ');
+          const open = document.createElement('button');
+          open.type = 'button';
+          open.className = 'link';
+          open.textContent = id;
+          open.setAttribute('aria-label', `Show citizen ${id}, ${view.byId.get(id)?.name ?? ''}`);
+          open.addEventListener('click', () => showCitizen(id));
+          td.append(open);
+        });
+      } else {
+        td.textContent = typeof v === 'number' ? numbers.format(v) : v;
+      }
       tr.append(td);
     }
     const td = document.createElement('td');
@@ -325,11 +348,79 @@ function drawTable() {
   $('page-info').textContent = `Page ${numbers.format(view.page + 1)} of ${numbers.format(pages)}`;
   $('page-prev').disabled = view.page === 0;
   $('page-next').disabled = view.page >= pages - 1;
+  const chip = $('month-filter');
+  chip.hidden = view.month == null;
+  if (view.month != null) {
+    const name = new Intl.DateTimeFormat(locale, { month: 'long', timeZone: 'UTC' })
+      .format(new Date(Date.UTC(2000, view.month - 1, 1)));
+    chip.textContent = `Buying presents in ${name} ×`;
+    chip.setAttribute('aria-label', `Show every month again (now: buying presents in ${name})`);
+  }
 }
 
-$('citizens-filter').addEventListener('input', () => { view.page = 0; drawTable(); });
-$('page-prev').addEventListener('click', () => { view.page -= 1; drawTable(); });
-$('page-next').addEventListener('click', () => { view.page += 1; drawTable(); });
+/** The table's filter, month, sort and page, kept in the address: a view can be shared. */
+function saveState() {
+  if (view.id == null) return;
+  const params = new URLSearchParams();
+  const q = $('citizens-filter').value.trim();
+  if (q) params.set('q', q);
+  if (view.month != null) params.set('month', view.month);
+  if (view.sort.key !== 'citizen_id' || !view.sort.ascending) {
+    params.set('sort', `${view.sort.ascending ? '' : '-'}${view.sort.key}`);
+  }
+  if (view.page > 0) params.set('page', view.page + 1);
+  const query = params.toString();
+  history.replaceState(null, '', `#/imports/${view.id}${query ? `?${query}` : ''}`);
+}
+
+/** The state of `saveState` read back from the address (what is not valid is left out). */
+function readState(query) {
+  const params = new URLSearchParams(query);
+  $('citizens-filter').value = params.get('q') ?? '';
+  const month = Number(params.get('month'));
+  view.month = Number.isInteger(month) && month >= 1 && month <= 12 ? month : null;
+  const sort = params.get('sort') ?? '';
+  const key = sort.replace(/^-/, '');
+  view.sort = COLUMNS.some(([k]) => k === key)
+    ? { key, ascending: !sort.startsWith('-') } : { key: 'citizen_id', ascending: true };
+  const page = Number(params.get('page'));
+  view.page = Number.isInteger(page) && page > 1 ? page - 1 : 0;
+}
+
+/** Shows one citizen: the table filtered to its id, its row in view. */
+function showCitizen(id) {
+  $('citizens-filter').value = String(id);
+  view.month = null;
+  view.page = 0;
+  drawTable();
+  saveState();
+  const row = $('citizens').querySelector(`tbody tr[data-citizen-id="${id}"]`);
+  row?.scrollIntoView({ block: 'nearest' });
+  row?.querySelector('button')?.focus();
+}
+
+/** The bar in focus: its month's total, and its top buyers, each opening that citizen. */
+function showMonth(label, top) {
+  const box = $('birthdays-detail');
+  box.replaceChildren(`${label}.`);
+  if (top.length === 0) return;
+  box.append(' Buying most: ');
+  top.forEach((e, i) => {
+    if (i > 0) box.append('; ');
+    const open = document.createElement('button');
+    open.type = 'button';
+    open.className = 'link';
+    const name = view.byId.get(e.citizen_id)?.name ?? `#${e.citizen_id}`;
+    open.textContent = `${name} (${e.citizen_id})`;
+    open.addEventListener('click', () => showCitizen(e.citizen_id));
+    box.append(open, `: ${numbers.format(e.presents)}`);
+  });
+}
+
+$('citizens-filter').addEventListener('input', () => { view.page = 0; drawTable(); saveState(); });
+$('page-prev').addEventListener('click', () => { view.page -= 1; drawTable(); saveState(); });
+$('page-next').addEventListener('click', () => { view.page += 1; drawTable(); saveState(); });
+$('month-filter').addEventListener('click', () => { view.month = null; view.page = 0; drawTable(); saveState(); });
 
 function drawCharts() {
   // The towns first: the presents chart takes the height their card leaves.
@@ -339,7 +430,13 @@ function drawCharts() {
   drawBirthdays($('birthdays-chart'), view.birthdays, {
     locale,
     nameOf: (id) => view.byId.get(id)?.name ?? `#${id}`,
-    onFocus: (text) => { $('birthdays-detail').textContent = text; },
+    onFocus: showMonth,
+    onPick: (month) => {
+      view.month = month;
+      view.page = 0;
+      drawTable();
+      saveState();
+    },
   });
 }
 
@@ -417,7 +514,7 @@ async function loadImport(id) {
   view.citizens = citizens;
   view.byId = new Map(citizens.map((c) => [c.citizen_id, c]));
   // What the filter searches, lowered once per load rather than per keystroke.
-  view.haystack = citizens.map((c) => `${c.name}\n${c.town}`.toLocaleLowerCase(locale));
+  view.haystack = citizens.map((c) => `${c.name}\n${c.town}\n${c.street}`.toLocaleLowerCase(locale));
   view.birthdays = birthdays;
   view.towns = towns;
   $('import-title').textContent = `Import ${id}`;
@@ -492,12 +589,13 @@ $('delete-import').addEventListener('click', () => deleteImport(view.id, view.ci
 // ---- routing ---------------------------------------------------------------
 
 async function route() {
-  const match = /^#\/imports\/(\d+)$/.exec(location.hash);
+  const match = /^#\/imports\/(\d+)(?:\?(.*))?$/.exec(location.hash);
   $('imports-view').hidden = Boolean(match);
   $('import-view').hidden = !match;
   try {
     if (match) {
       say('Loading…');
+      readState(match[2] ?? '');
       await loadImport(Number(match[1]));
       say('');
     } else {

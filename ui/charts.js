@@ -37,9 +37,11 @@ function niceTicks(lo, hi) {
 /**
  * Presents per month: one bar per month with the month's total. `months`
  * is the API's answer ({"1": [{citizen_id, presents}], …}); `nameOf(id)`
- * names a citizen; `onFocus(text)` gets the detail of the bar in focus.
+ * names a citizen; `onFocus(label, top)` gets the bar in focus (its month's
+ * total as text, and the citizens who buy most: {citizen_id, presents});
+ * `onPick(month)` a bar clicked, or Enter on it.
  */
-export function drawBirthdays(container, months, { locale, nameOf, onFocus }) {
+export function drawBirthdays(container, months, { locale, nameOf, onFocus, onPick }) {
   const numbers = new Intl.NumberFormat(locale);
   const monthName = new Intl.DateTimeFormat(locale, { month: 'short', timeZone: 'UTC' });
   const longMonth = new Intl.DateTimeFormat(locale, { month: 'long', timeZone: 'UTC' });
@@ -93,9 +95,11 @@ export function drawBirthdays(container, months, { locale, nameOf, onFocus }) {
     bar.append(el('text', { x: x + band * 0.35, y: height - bottom - h - 4, class: 'value', 'text-anchor': 'middle' }, numbers.format(total)));
     const labelY = rows === 2 && month % 2 === 0 ? height - 6 : height - bottom + 16;
     bar.append(el('text', { x: x + band * 0.35, y: labelY, class: 'axis', 'text-anchor': 'middle' }, monthName.format(date)));
-    const show = () => onFocus(detail);
+    const show = () => onFocus(label, best);
     bar.addEventListener('mouseenter', show);
     bar.addEventListener('focus', show);
+    bar.addEventListener('click', () => onPick(month));
+    bar.addEventListener('keydown', (event) => { if (event.key === 'Enter') onPick(month); });
     svg.append(bar);
   }
   container.replaceChildren(svg);

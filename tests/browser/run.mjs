@@ -481,6 +481,58 @@ for (const backend of ['sqlite', 'tarantool']) {
     same(await page.locator('#birthdays-chart .axis-title').allTextContents(), ['Presents'], 'the presents axis title');
   }, { backend });
 
+  test(`${backend}: ids lead to their citizens, a month filters the table, and the address keeps the view`, async ({ page, service }) => {
+    const body = sampleImport(120, 90, 37);
+    body.citizens[5].street = 'Проспект Тестовый';
+    body.citizens[9].street = 'проспект Тестовый';
+    const id = await apiImport(service, body);
+    await openImport(page, service, id);
+    const shown = (on = page) => on.$$eval('#citizens tbody tr', (rows) => rows.map((r) => Number(r.dataset.citizenId)));
+    // A number finds the citizen of that id (not 17's neighbours 117 or 170); a street its citizens.
+    await page.fill('#citizens-filter', '17');
+    same(await shown(), [17], 'citizens shown for "17"');
+    await page.fill('#citizens-filter', 'тестов');
+    same(await shown(), [6, 10], 'citizens shown for a street');
+    // A relative in the table opens that citizen.
+    const who = body.citizens.find((c) => c.relatives.some((r) => r !== c.citizen_id));
+    const relative = who.relatives.find((r) => r !== who.citizen_id);
+    await page.fill('#citizens-filter', String(who.citizen_id));
+    await page.getByRole('button', { name: `Show citizen ${relative}, ${body.citizens[relative - 1].name}` }).click();
+    same(await shown(), [relative], 'citizens shown after a click on a relative');
+    // A month on the chart filters the table to the citizens buying presents then.
+    await page.fill('#citizens-filter', '');
+    const birthdays = await apiGet(service, `/imports/${id}/citizens/birthdays`);
+    const month = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12].find((m) => birthdays[String(m)].length > 0);
+    const buyers = birthdays[String(month)].map((e) => e.citizen_id).sort((a, b) => a - b);
+    await page.click(`#birthdays-chart .bar[data-month="${month}"]`);
+    same(await shown(), buyers.slice(0, 50), `citizens shown for month ${month}`);
+    check((await page.textContent('#citizens-count')).startsWith(`${buyers.length} `), await page.textContent('#citizens-count'));
+    // The address reproduces a view in a new tab: the month, sorted by name descending;
+    // then every month, on page 2.
+    await page.getByRole('button', { name: 'Name' }).click();
+    await page.getByRole('button', { name: 'Name ▲' }).click();
+    const reopened = async (what) => {
+      const tab = await page.context().newPage();
+      await tab.goto(page.url());
+      await tab.waitForSelector('#citizens tbody tr');
+      same(await shown(tab), await shown(), `the rows a shared address shows (${what})`);
+      same(await tab.textContent('#page-info'), await page.textContent('#page-info'), `the page a shared address shows (${what})`);
+      same(await tab.locator('#month-filter').isHidden(), await page.locator('#month-filter').isHidden(), `the month filter shown (${what})`);
+      await tab.close();
+    };
+    check(/month=/.test(page.url()) && /sort=-name/.test(page.url()), `the address: ${page.url()}`);
+    await reopened('one month');
+    await page.click('#month-filter');
+    await page.click('#page-next');
+    check(/page=2/.test(page.url()) && !/month=/.test(page.url()), `the address: ${page.url()}`);
+    await reopened('page 2');
+    // A top buyer of the month opens that citizen.
+    const top = [...birthdays[String(month)]].sort((a, b) => b.presents - a.presents || a.citizen_id - b.citizen_id)[0];
+    await page.focus(`#birthdays-chart .bar[data-month="${month}"]`);
+    await page.locator('#birthdays-detail button').first().click();
+    same(await shown(), [top.citizen_id], 'citizens shown after a click on the top buyer');
+  }, { backend });
+
   test(`${backend}: a bad file shows the service's error by field and citizen, and nothing is stored`, async ({ page, service }) => {
     const body = sampleImport(5, 2, 3);
     body.citizens[2].birth_date = '31.02.2019';
