@@ -523,6 +523,7 @@ async function loadImport(id) {
   drawCharts();
   drawHead();
   drawTable();
+  await fillCompareWith(id);
 }
 
 // ---- editing one citizen ---------------------------------------------------
@@ -586,14 +587,105 @@ form.addEventListener('submit', async (event) => {
 
 $('delete-import').addEventListener('click', () => deleteImport(view.id, view.citizens.length));
 
+// ---- comparing two imports -------------------------------------------------
+
+/** The other imports (up to 100, newest first) in the "Compare with" list. */
+async function fillCompareWith(id) {
+  const select = $('compare-with');
+  select.replaceChildren(select.options[0]);
+  select.value = '';
+  const { imports } = await api('GET', '/imports?limit=100');
+  for (const info of imports) {
+    if (info.import_id === id) continue;
+    const option = document.createElement('option');
+    option.value = info.import_id;
+    option.textContent = `Import ${info.import_id} (${numbers.format(info.citizens)} citizens)`;
+    select.append(option);
+  }
+}
+
+$('compare-with').addEventListener('change', () => {
+  const other = $('compare-with').value;
+  if (other) location.hash = `#/compare/${view.id}/${other}`;
+});
+
+const signed = new Intl.NumberFormat(locale, { maximumFractionDigits: 2, signDisplay: 'exceptZero' });
+const ages = new Intl.NumberFormat(locale, { maximumFractionDigits: 2 });
+
+/** "a → b (±change)", or with "—" for a side that has no value. */
+function change(a, b, format) {
+  const side = (v) => (v == null ? '—' : format.format(v));
+  const delta = a != null && b != null ? ` (${signed.format(Math.round((b - a) * 100) / 100)})` : '';
+  return `${side(a)} → ${side(b)}${delta}`;
+}
+
+async function loadCompare(a, b) {
+  const [monthsA, monthsB, townsA, townsB] = await Promise.all([
+    api('GET', `/imports/${a}/citizens/birthdays`),
+    api('GET', `/imports/${b}/citizens/birthdays`),
+    api('GET', `/imports/${a}/towns/stat/percentile/age`),
+    api('GET', `/imports/${b}/towns/stat/percentile/age`),
+  ]);
+  $('compare-title').textContent = `Import ${a} and import ${b}`;
+  for (const th of document.querySelectorAll('.compare-a')) th.textContent = `Import ${a}`;
+  for (const th of document.querySelectorAll('.compare-b')) th.textContent = `Import ${b}`;
+  const total = (months, m) => (months[String(m)] ?? []).reduce((sum, e) => sum + e.presents, 0);
+  const monthName = new Intl.DateTimeFormat(locale, { month: 'long', timeZone: 'UTC' });
+  $('compare-months').tBodies[0].replaceChildren(...[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12].map((m) => {
+    const [x, y] = [total(monthsA, m), total(monthsB, m)];
+    const tr = document.createElement('tr');
+    Object.assign(tr.dataset, { month: m, a: x, b: y });
+    for (const [text, cls] of [[monthName.format(new Date(Date.UTC(2000, m - 1, 1)))],
+      [numbers.format(x), 'num'], [numbers.format(y), 'num'], [signed.format(y - x), 'num']]) {
+      const td = document.createElement('td');
+      if (cls) td.className = cls;
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  }));
+  const byTown = new Map();
+  for (const t of townsA) byTown.set(t.town, { town: t.town, a: t });
+  for (const t of townsB) byTown.set(t.town, { ...(byTown.get(t.town) ?? { town: t.town }), b: t });
+  const collator = new Intl.Collator(locale);
+  const rows = [...byTown.values()].sort((x, y) => collator.compare(x.town, y.town));
+  $('compare-towns').tBodies[0].replaceChildren(...rows.map(({ town, a: x, b: y }) => {
+    const tr = document.createElement('tr');
+    tr.dataset.town = town;
+    for (const side of ['a', 'b']) {
+      const t = side === 'a' ? x : y;
+      if (t) for (const p of ['p50', 'p75', 'p99']) tr.dataset[`${side}${p}`] = t[p];
+    }
+    const name = document.createElement('th');
+    name.scope = 'row';
+    name.textContent = town;
+    tr.append(name);
+    for (const p of ['p50', 'p75', 'p99']) {
+      const td = document.createElement('td');
+      td.className = 'num';
+      td.textContent = change(x?.[p], y?.[p], ages);
+      tr.append(td);
+    }
+    return tr;
+  }));
+  const sum = (months) => Object.values(months).flat().reduce((s2, e) => s2 + e.presents, 0);
+  $('compare-summary').textContent = `Presents a year: ${change(sum(monthsA), sum(monthsB), numbers)}; towns: ${numbers.format(townsA.length)} and ${numbers.format(townsB.length)}.`;
+}
+
 // ---- routing ---------------------------------------------------------------
 
 async function route() {
+  const compare = /^#\/compare\/(\d+)\/(\d+)$/.exec(location.hash);
   const match = /^#\/imports\/(\d+)(?:\?(.*))?$/.exec(location.hash);
-  $('imports-view').hidden = Boolean(match);
+  $('imports-view').hidden = Boolean(match || compare);
   $('import-view').hidden = !match;
+  $('compare-view').hidden = !compare;
   try {
-    if (match) {
+    if (compare) {
+      say('Loading…');
+      await loadCompare(Number(compare[1]), Number(compare[2]));
+      say('');
+    } else if (match) {
       say('Loading…');
       readState(match[2] ?? '');
       await loadImport(Number(match[1]));

@@ -533,6 +533,43 @@ for (const backend of ['sqlite', 'tarantool']) {
     same(await shown(), [top.citizen_id], 'citizens shown after a click on the top buyer');
   }, { backend });
 
+  test(`${backend}: two imports compared show each month's presents and each town's percentiles as the API answers`, async ({ page, service }) => {
+    const first = sampleImport(150, 100, 41);
+    const second = sampleImport(150, 100, 41);
+    // The second snapshot: some citizens moved, one town emptied, one new.
+    second.citizens.forEach((c, i) => {
+      if (i % 7 === 0) c.birth_date = `0${1 + (i % 9)}.0${1 + (i % 9)}.1999`;
+      if (c.town === 'Abakan') c.town = 'Новый Уренгой';
+    });
+    const a = await apiImport(service, first);
+    const b = await apiImport(service, second);
+    await openImport(page, service, a);
+    await page.waitForSelector(`#compare-with option[value="${b}"]`, { state: 'attached' });
+    await page.selectOption('#compare-with', String(b));
+    await page.waitForSelector('#compare-view:not([hidden]) #compare-towns tbody tr');
+    check(page.url().endsWith(`#/compare/${a}/${b}`), page.url());
+    const [monthsA, monthsB] = [apiTotals(await apiGet(service, `/imports/${a}/citizens/birthdays`)),
+      apiTotals(await apiGet(service, `/imports/${b}/citizens/birthdays`))];
+    const months = await page.$$eval('#compare-months tbody tr', (rows) => rows.map((r) => [Number(r.dataset.month), Number(r.dataset.a), Number(r.dataset.b), r.cells[3].textContent]));
+    same(months.map(([m, x]) => [m, x]), Object.entries(monthsA).map(([m, x]) => [Number(m), x]), 'first import per month');
+    same(months.map(([m, , y]) => [m, y]), Object.entries(monthsB).map(([m, y]) => [Number(m), y]), 'second import per month');
+    check(months.some(([, x, y]) => x !== y), 'no month changed between the imports');
+    const towns = await page.$$eval('#compare-towns tbody tr', (rows) => Object.fromEntries(rows.map((r) => [r.dataset.town, {
+      a: r.dataset.ap50 === undefined ? null : [r.dataset.ap50, r.dataset.ap75, r.dataset.ap99].map(Number),
+      b: r.dataset.bp50 === undefined ? null : [r.dataset.bp50, r.dataset.bp75, r.dataset.bp99].map(Number),
+      shown: r.cells[1].textContent,
+    }])));
+    const api = async (id) => Object.fromEntries((await apiGet(service, `/imports/${id}/towns/stat/percentile/age`)).map((t) => [t.town, [t.p50, t.p75, t.p99]]));
+    const [townsA, townsB] = [await api(a), await api(b)];
+    same(Object.keys(towns).sort(), [...new Set([...Object.keys(townsA), ...Object.keys(townsB)])].sort(), 'towns compared');
+    for (const [town, row] of Object.entries(towns)) {
+      same(row.a, townsA[town] ?? null, `${town} in import ${a}`);
+      same(row.b, townsB[town] ?? null, `${town} in import ${b}`);
+    }
+    check(towns['Новый Уренгой'].shown.startsWith('—'), `a new town: ${towns['Новый Уренгой'].shown}`);
+    check(towns.Abakan.shown.endsWith('—'), `an emptied town: ${towns.Abakan.shown}`);
+  }, { backend });
+
   test(`${backend}: a bad file shows the service's error by field and citizen, and nothing is stored`, async ({ page, service }) => {
     const body = sampleImport(5, 2, 3);
     body.citizens[2].birth_date = '31.02.2019';
@@ -660,7 +697,7 @@ test('sqlite: on a 1,440 px screen the page uses the width and the presents card
   await openImport(page, service, id);
   const table = await page.$eval('#citizens', (t) => t.getBoundingClientRect().width);
   check(table >= 1300, `the citizens table is ${Math.round(table)} px wide on a 1,440 px screen`);
-  const cards = await page.$$eval('.charts .chart', (figures) => figures.map((f) => {
+  const cards = await page.$$eval('#import-view .charts .chart', (figures) => figures.map((f) => {
     const box = f.getBoundingClientRect();
     const last = Math.max(...[...f.children].map((c) => c.getBoundingClientRect().bottom));
     return { height: box.height, empty: box.bottom - parseFloat(getComputedStyle(f).paddingBottom) - last };
@@ -679,7 +716,7 @@ async function axeViolations(page) {
 }
 
 for (const [locale, scheme] of [['ru-RU', 'light'], ['en-GB', 'dark']]) {
-  test(`sqlite: axe-core finds nothing on the imports list, an import and the edit form (${locale}, ${scheme})`, async ({ page, service }) => {
+  test(`sqlite: axe-core finds nothing on the imports list, an import, the edit form and a comparison (${locale}, ${scheme})`, async ({ page, service }) => {
     const body = sampleImport(60, 30, 31);
     const id = await apiImport(service, body);
     await page.goto(`${service.base}/`);
@@ -691,6 +728,11 @@ for (const [locale, scheme] of [['ru-RU', 'light'], ['en-GB', 'dark']]) {
     await page.getByRole('button', { name: `Edit citizen ${who.citizen_id}, ${who.name}` }).click();
     await page.waitForSelector('dialog[open]');
     same(await axeViolations(page), [], 'violations on the edit form');
+    await page.keyboard.press('Escape');
+    const other = await apiImport(service, sampleImport(40, 10, 32));
+    await page.goto(`${service.base}/#/compare/${id}/${other}`);
+    await page.waitForSelector('#compare-towns tbody tr');
+    same(await axeViolations(page), [], 'violations on the comparison');
   }, { context: { locale, colorScheme: scheme, bypassCSP: true } });
 }
 
