@@ -231,6 +231,15 @@ impl TestApp {
         body["data"].as_array().expect("data list").clone()
     }
 
+    /// The ids of an import's citizens, ascending (GET citizens, which must succeed).
+    pub async fn citizen_ids(&self, import: i64) -> Vec<u64> {
+        self.citizens(import)
+            .await
+            .iter()
+            .map(|c| c["citizen_id"].as_u64().expect("a citizen_id"))
+            .collect()
+    }
+
     /// GET birthdays that must succeed; returns `data`.
     pub async fn birthdays(&self, import: i64) -> Value {
         let (status, body) = self

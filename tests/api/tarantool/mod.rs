@@ -423,12 +423,7 @@ async fn a_read_of_many_pages_sees_one_state_while_patches_run() {
     })
     .await;
     let import = app.import(crate::helpers::generate_import(30, 0, 3)).await;
-    let ids: Vec<u64> = app
-        .citizens(import)
-        .await
-        .iter()
-        .map(|c| c["citizen_id"].as_u64().unwrap())
-        .collect();
+    let ids = app.citizen_ids(import).await;
     let (first, last) = (ids[0], ids[ids.len() - 1]);
     // A page after the import's last key runs on into this one's rows.
     app.import(crate::helpers::generate_import(5, 0, 4)).await;
@@ -491,12 +486,7 @@ async fn a_patch_written_in_steps_is_seen_whole_or_not_at_all() {
     config.cache_bytes = gifts::config::ByteSize(0);
     let app = TestApp::start(Arc::clone(&store), config).await;
     let import = app.import(crate::helpers::generate_import(40, 0, 5)).await;
-    let ids: Vec<u64> = app
-        .citizens(import)
-        .await
-        .iter()
-        .map(|c| c["citizen_id"].as_u64().unwrap())
-        .collect();
+    let ids = app.citizen_ids(import).await;
     let hub = ids[0];
     let others = ids[1..].to_vec();
     let all = u64::try_from(2 * others.len()).unwrap();
