@@ -320,12 +320,8 @@ function drawTable() {
         // Each relative opens that citizen.
         v.forEach((id, i) => {
           if (i > 0) td.append(', ');
-          const open = document.createElement('button');
-          open.type = 'button';
-          open.className = 'link';
-          open.textContent = id;
+          const open = citizenButton(id, String(id));
           open.setAttribute('aria-label', `Show citizen ${id}, ${view.byId.get(id)?.name ?? ''}`);
-          open.addEventListener('click', () => showCitizen(id));
           td.append(open);
         });
       } else {
@@ -351,8 +347,7 @@ function drawTable() {
   const chip = $('month-filter');
   chip.hidden = view.month == null;
   if (view.month != null) {
-    const name = new Intl.DateTimeFormat(locale, { month: 'long', timeZone: 'UTC' })
-      .format(new Date(Date.UTC(2000, view.month - 1, 1)));
+    const name = monthLong(view.month);
     chip.textContent = `Buying presents in ${name} ×`;
     chip.setAttribute('aria-label', `Show every month again (now: buying presents in ${name})`);
   }
@@ -387,6 +382,20 @@ function readState(query) {
   view.page = Number.isInteger(page) && page > 1 ? page - 1 : 0;
 }
 
+/** A month's name (1–12), in full, in the browser's language. */
+const monthFormat = new Intl.DateTimeFormat(locale, { month: 'long', timeZone: 'UTC' });
+const monthLong = (month) => monthFormat.format(new Date(Date.UTC(2000, month - 1, 1)));
+
+/** A button, shown as a link, that opens citizen `id` (`showCitizen`). */
+function citizenButton(id, text) {
+  const open = document.createElement('button');
+  open.type = 'button';
+  open.className = 'link';
+  open.textContent = text;
+  open.addEventListener('click', () => showCitizen(id));
+  return open;
+}
+
 /** Shows one citizen: the table filtered to its id, its row in view. */
 function showCitizen(id) {
   $('citizens-filter').value = String(id);
@@ -407,13 +416,8 @@ function showMonth(label, top) {
   box.append(' Buying most: ');
   top.forEach((e, i) => {
     if (i > 0) box.append('; ');
-    const open = document.createElement('button');
-    open.type = 'button';
-    open.className = 'link';
     const name = view.byId.get(e.citizen_id)?.name ?? `#${e.citizen_id}`;
-    open.textContent = `${name} (${e.citizen_id})`;
-    open.addEventListener('click', () => showCitizen(e.citizen_id));
-    box.append(open, `: ${numbers.format(e.presents)}`);
+    box.append(citizenButton(e.citizen_id, `${name} (${e.citizen_id})`), `: ${numbers.format(e.presents)}`);
   });
 }
 
@@ -630,12 +634,11 @@ async function loadCompare(a, b) {
   for (const th of document.querySelectorAll('.compare-a')) th.textContent = `Import ${a}`;
   for (const th of document.querySelectorAll('.compare-b')) th.textContent = `Import ${b}`;
   const total = (months, m) => (months[String(m)] ?? []).reduce((sum, e) => sum + e.presents, 0);
-  const monthName = new Intl.DateTimeFormat(locale, { month: 'long', timeZone: 'UTC' });
   $('compare-months').tBodies[0].replaceChildren(...[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12].map((m) => {
     const [x, y] = [total(monthsA, m), total(monthsB, m)];
     const tr = document.createElement('tr');
     Object.assign(tr.dataset, { month: m, a: x, b: y });
-    for (const [text, cls] of [[monthName.format(new Date(Date.UTC(2000, m - 1, 1)))],
+    for (const [text, cls] of [[monthLong(m)],
       [numbers.format(x), 'num'], [numbers.format(y), 'num'], [signed.format(y - x), 'num']]) {
       const td = document.createElement('td');
       if (cls) td.className = cls;
