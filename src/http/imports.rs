@@ -14,7 +14,7 @@ use super::extract::{ImportPath, RequestBody};
 use super::wire::{self, ImportBody, Object};
 use super::{AppState, data};
 use crate::domain::{ImportId, today_utc};
-use crate::storage::{Idempotency, Version};
+use crate::storage::{Upload, Version};
 
 #[derive(Serialize)]
 struct Created {
@@ -31,6 +31,53 @@ pub const MAX_LIMIT: usize = 1000;
 pub struct ListQuery {
     limit: Option<String>,
     cursor: Option<String>,
+    digest: Option<String>,
+}
+
+/// The query of `POST /imports`, as sent (checked by `create`).
+#[derive(Deserialize)]
+pub struct CreateQuery {
+    name: Option<String>,
+}
+
+/// Longest import name, in characters (as the contract's text fields).
+const MAX_NAME: usize = 256;
+
+/// An import's name as sent: 1–256 characters, none a control character
+/// (a name is a label in lists, never a place for a newline or a NUL).
+fn import_name(name: Option<String>) -> Result<Option<String>, AppError> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME {
+        return Err(AppError::BadQuery(
+            "name",
+            format!("must be 1 to {MAX_NAME} characters, got {chars}"),
+        ));
+    }
+    if let Some(at) = name.chars().position(char::is_control) {
+        return Err(AppError::BadQuery(
+            "name",
+            format!(
+                "must have no control characters, got one at character {}",
+                at + 1
+            ),
+        ));
+    }
+    Ok(Some(name))
+}
+
+/// A `digest` query: 64 hex digits (either case).
+fn parse_digest(text: &str) -> Result<[u8; 32], AppError> {
+    let mut digest = [0; 32];
+    hex::decode_to_slice(text, &mut digest).map_err(|_| {
+        AppError::BadQuery(
+            "digest",
+            format!("must be a SHA-256 in 64 hex digits, got {text:?}"),
+        )
+    })?;
+    Ok(digest)
 }
 
 /// One import in the list.
@@ -41,6 +88,9 @@ struct Listed {
     /// RFC 3339, UTC.
     created_at: String,
     version: Version,
+    name: Option<String>,
+    /// Lowercase hex.
+    digest: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -87,12 +137,13 @@ fn rfc3339(unix_seconds: i64) -> String {
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Imports per page (default 100)"),
         ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$", description = "next_cursor of the previous page (opaque; one the service did not give is 400)"),
+        ("digest" = Option<String>, Query, pattern = "^[0-9A-Fa-f]{64}$", description = "Only the imports uploaded with this body: its SHA-256 in hex (as `digest` in the answer)"),
     ),
     responses(
         crate::http::openapi::Refusals,
         (status = 200, description = "A page of imports, newest first", body = crate::http::openapi::ImportsAnswer,
-            example = json!({"data": {"imports": [{"import_id": 2, "citizens": 3, "created_at": "2026-12-05T10:00:00Z", "version": 2}, {"import_id": 1, "citizens": 10000, "created_at": "2026-12-04T09:30:00Z", "version": 1}], "next_cursor": null}})),
-        (status = 400, description = "A bad limit or cursor", body = crate::http::openapi::ErrorAnswer,
+            example = json!({"data": {"imports": [{"import_id": 2, "citizens": 3, "created_at": "2026-12-05T10:00:00Z", "version": 2, "name": "december.json", "digest": "5b41e3a0c9d3b1a2d3f0e7c1a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0"}, {"import_id": 1, "citizens": 10000, "created_at": "2026-12-04T09:30:00Z", "version": 1, "name": null, "digest": "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"}], "next_cursor": null}})),
+        (status = 400, description = "A bad limit, cursor or digest", body = crate::http::openapi::ErrorAnswer,
             example = json!({"error": {"code": "invalid_query", "message": "query parameter limit: must be a whole number from 1 to 1000, got \"0\"", "field": "limit", "citizen_id": null}})),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
@@ -101,11 +152,16 @@ fn rfc3339(unix_seconds: i64) -> String {
 ///
 /// A page at a time: `limit` imports (1–1000, default 100), then the next page with
 /// `cursor` set to the answer's `next_cursor` (null on the last page). Each import says how
-/// many citizens it has, when it was stored (RFC 3339, UTC) and its `version` (1 when
-/// stored, +1 per PATCH). No citizen is read, so a page costs the same for any import size.
+/// many citizens it has, when it was stored (RFC 3339, UTC), its `version` (1 when
+/// stored, +1 per PATCH), the `name` it was uploaded with (or null) and the `digest` of its
+/// body (SHA-256 in hex). No citizen is read, so a page costs the same for any import size.
 /// Imports stored or deleted between two pages do not make a page repeat or skip another.
 ///
-/// Failures: 400 for a `limit` out of range or a `cursor` the service did not give.
+/// With `digest`, only the imports uploaded with that body are listed (found by an index):
+/// a client can tell, before sending a file, whether it is stored already.
+///
+/// Failures: 400 for a `limit` out of range, a `cursor` the service did not give or a
+/// `digest` that is not 64 hex digits.
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -133,8 +189,9 @@ pub async fn list(
             )
         })?),
     };
+    let digest = query.digest.as_deref().map(parse_digest).transpose()?;
     // One more than asked tells whether there is a next page.
-    let mut found = state.reads.list_imports(limit + 1, before).await?;
+    let mut found = state.reads.list_imports(limit + 1, before, digest).await?;
     let more = found.len() > limit;
     found.truncate(limit);
     let next_cursor = more
@@ -147,6 +204,8 @@ pub async fn list(
             citizens: i.citizens,
             created_at: rfc3339(i.created_at),
             version: i.version,
+            name: i.name,
+            digest: i.digest.map(hex::encode),
         })
         .collect();
     data(
@@ -223,12 +282,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
             {"citizen_id": 2, "town": "Москва", "street": "Льва Толстого", "building": "16к7стр5", "apartment": 7, "name": "Иванов Сергей Иванович", "birth_date": "01.04.1997", "gender": "male", "relatives": [1]},
             {"citizen_id": 3, "town": "Керчь", "street": "Иосифа Бродского", "building": "2", "apartment": 11, "name": "Романова Мария Леонидовна", "birth_date": "23.11.1986", "gender": "female", "relatives": []}
         ]})),
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1–255 printable ASCII characters: a retry with the same key and body gets the same import")),
+    params(
+        ("name" = Option<String>, Query, min_length = 1, max_length = 256, description = "A name for the import (1–256 characters, no control characters), listed by GET /imports; the analysts' page sends the file's name"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1–255 printable ASCII characters: a retry with the same key and body gets the same import"),
+    ),
     responses(
         crate::http::openapi::Refusals,
         (status = 201, description = "Stored", body = crate::http::openapi::ImportCreated,
             example = json!({"data": {"import_id": 1}})),
-        (status = 400, description = "The body breaks a rule: the error names the field and the citizen", body = crate::http::openapi::ErrorAnswer,
+        (status = 400, description = "The body breaks a rule (the error names the field and the citizen), or the name does", body = crate::http::openapi::ErrorAnswer,
             example = json!({"error": {"code": "not_a_calendar_date", "message": "citizens[1].birth_date (citizen 2): 31.02.2019 is not a calendar date", "field": "citizens[1].birth_date", "citizen_id": 2}})),
         (status = 413, description = "The body is over the size limit", body = crate::http::openapi::ErrorAnswer),
         (status = 415, description = "A Content-Encoding other than gzip", body = crate::http::openapi::ErrorAnswer),
@@ -255,31 +317,45 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
 /// gets the same `import_id` (201, nothing new stored) and another body with that key 422: so a
 /// client that got no answer (a 504, a lost connection) can send again safely.
 ///
+/// The import is stored with the SHA-256 of its body (after decompression), listed as
+/// `digest` by `GET /imports`, and with `name` if one is given (1–256 characters, no control
+/// characters): the body is the contract's, unchanged. The same file sent twice is stored
+/// twice (two imports with one digest); `GET /imports?digest=` finds the earlier one first.
+///
 /// Failures: 503 nothing stored (retry); 504 sent but not confirmed (it may have been stored:
 /// retry with the same `Idempotency-Key`); 507 the store has no room.
 pub async fn create(
     State(state): State<AppState>,
+    query: Result<Query<CreateQuery>, QueryRejection>,
     headers: HeaderMap,
     RequestBody(body): RequestBody,
 ) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|e| AppError::BadQuery("query", e.body_text()))?;
+    let name = import_name(query.name)?;
     let key = idempotency_key(&headers)?;
     let today = today_utc();
     // Parsing and validating up to the body limit (64 MiB by default) is CPU
-    // work of tens of milliseconds: keep it off the async worker threads.
-    let (citizens, idempotency) = tokio::task::spawn_blocking(move || {
-        let citizens = wire::parse::<Object<ImportBody>>(&body)?
-            .0
-            .into_citizens(today)?;
-        let idempotency = key.map(|key| Idempotency {
-            key,
-            body_hash: Sha256::digest(&body).into(),
-        });
-        Ok::<_, AppError>((citizens, idempotency))
+    // work of tens of milliseconds: keep it off the async worker threads,
+    // and hash the body beside it (the digest must not add its time).
+    let hashed = body.clone();
+    let digest =
+        tokio::task::spawn_blocking(move || -> [u8; 32] { Sha256::digest(&hashed).into() });
+    let citizens = tokio::task::spawn_blocking(move || {
+        Ok::<_, AppError>(
+            wire::parse::<Object<ImportBody>>(&body)?
+                .0
+                .into_citizens(today)?,
+        )
     })
     .await??;
+    let upload = Upload {
+        name,
+        digest: digest.await?,
+        key,
+    };
     let span = tracing::Span::current();
     span.record("citizens", citizens.len());
-    let import_id = state.reads.create_import(citizens, idempotency).await?;
+    let import_id = state.reads.create_import(citizens, upload).await?;
     span.record("import_id", import_id.get());
     data(StatusCode::CREATED, &Created { import_id })
 }

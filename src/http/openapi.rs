@@ -217,6 +217,14 @@ pub struct ImportSummary {
     /// 1 when stored, +1 per PATCH.
     #[schema(minimum = 1)]
     version: i64,
+    /// The name it was uploaded with (`POST /imports?name=`); null when none was given.
+    #[schema(min_length = 1, max_length = 256)]
+    name: Option<String>,
+    /// SHA-256 of the body it was uploaded with (after gzip decompression), 64 lowercase hex
+    /// digits; the same file sent again has the same digest. Null for an import stored before
+    /// the service kept digests.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    digest: Option<String>,
 }
 
 /// A probe's answer.

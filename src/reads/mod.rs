@@ -27,7 +27,7 @@ use axum::body::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, summary};
-use crate::storage::{Idempotency, ImportInfo, Patched, Storage, StorageError, Version};
+use crate::storage::{ImportInfo, Patched, Storage, StorageError, Upload, Version};
 use body::{compact, to_data};
 use cache::{CitizenList, Encoding, Held, ResponseCache, View};
 
@@ -104,9 +104,9 @@ impl Reads {
     pub async fn create_import(
         &self,
         citizens: Vec<Citizen>,
-        idempotency: Option<Idempotency>,
+        upload: Upload,
     ) -> Result<ImportId, StorageError> {
-        self.storage.create_import(citizens, idempotency).await
+        self.storage.create_import(citizens, upload).await
     }
 
     /// Applies a PATCH, then moves the import's copy held in memory to the
@@ -134,8 +134,9 @@ impl Reads {
         &self,
         limit: usize,
         before: Option<ImportId>,
+        digest: Option<[u8; 32]>,
     ) -> Result<Vec<ImportInfo>, StorageError> {
-        self.storage.list_imports(limit, before).await
+        self.storage.list_imports(limit, before, digest).await
     }
 
     /// The store's health.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
+use super::{ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version};
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::TownDates;
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
@@ -88,13 +88,10 @@ impl<S: Storage> Storage for Metered<S> {
     async fn create_import(
         &self,
         citizens: Vec<Citizen>,
-        idempotency: Option<Idempotency>,
+        upload: Upload,
     ) -> Result<ImportId, StorageError> {
-        self.time(
-            "create_import",
-            self.inner.create_import(citizens, idempotency),
-        )
-        .await
+        self.time("create_import", self.inner.create_import(citizens, upload))
+            .await
     }
 
     async fn patch_citizen(
@@ -134,9 +131,13 @@ impl<S: Storage> Storage for Metered<S> {
         &self,
         limit: usize,
         before: Option<ImportId>,
+        digest: Option<[u8; 32]>,
     ) -> Result<Vec<ImportInfo>, StorageError> {
-        self.time("list_imports", self.inner.list_imports(limit, before))
-            .await
+        self.time(
+            "list_imports",
+            self.inner.list_imports(limit, before, digest),
+        )
+        .await
     }
 
     async fn delete_import(&self, import: ImportId) -> Result<(), StorageError> {

@@ -96,11 +96,39 @@ pub struct Idempotency {
     pub body_hash: [u8; 32],
 }
 
+/// What an import is stored with besides its citizens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upload {
+    /// The name the client gave it (`POST /imports?name=`), checked: 1–256
+    /// characters, none a control character.
+    pub name: Option<String>,
+    /// SHA-256 of the request body (after gzip decompression): the same file
+    /// sent twice has the same digest.
+    pub digest: [u8; 32],
+    /// The `Idempotency-Key`, if one was sent.
+    pub key: Option<String>,
+}
+
+impl Upload {
+    /// The idempotency key with the body it came with, if a key was sent.
+    pub fn idempotency(&self) -> Option<Idempotency> {
+        self.key.clone().map(|key| Idempotency {
+            key,
+            body_hash: self.digest,
+        })
+    }
+}
+
 /// What the import list tells about one import.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportInfo {
     /// The import's id.
     pub import_id: ImportId,
+    /// The name it was uploaded with, if any.
+    pub name: Option<String>,
+    /// SHA-256 of the body it was uploaded with; `None` for an import stored
+    /// before the service kept digests.
+    pub digest: Option<[u8; 32]>,
     /// How many citizens it holds.
     pub citizens: u64,
     /// When it was stored, in seconds since the Unix epoch (UTC).
@@ -179,13 +207,14 @@ impl StorageError {
 /// durable once it returns `Ok`.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
-    /// Stores a validated, symmetric import in one transaction and returns its
-    /// new id. With an idempotency key already stored: the same body gets the
-    /// import stored then (nothing new is stored), another body `KeyReused`.
+    /// Stores a validated, symmetric import in one transaction, with the
+    /// upload's name and digest, and returns its new id. With an idempotency
+    /// key already stored: the same body gets the import stored then (nothing
+    /// new is stored, whatever the name), another body `KeyReused`.
     async fn create_import(
         &self,
         citizens: Vec<Citizen>,
-        idempotency: Option<Idempotency>,
+        upload: Upload,
     ) -> Result<ImportId, StorageError>;
 
     /// Applies a patch in one transaction, mirroring a new relatives list onto
@@ -227,11 +256,13 @@ pub trait Storage: Send + Sync + 'static {
     /// so a cached answer computed at the same version is still exact.
     async fn import_version(&self, import: ImportId) -> Result<Version, StorageError>;
 
-    /// Up to `limit` imports, newest first, all older than `before` if given.
+    /// Up to `limit` imports, newest first, all older than `before` if given,
+    /// only those uploaded with `digest` if given (found by an index).
     async fn list_imports(
         &self,
         limit: usize,
         before: Option<ImportId>,
+        digest: Option<[u8; 32]>,
     ) -> Result<Vec<ImportInfo>, StorageError>;
 
     /// Deletes an import and all its citizens (and its idempotency key):

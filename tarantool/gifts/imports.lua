@@ -105,12 +105,13 @@ local summary_error = M.summary_error
 -- {0, citizen_id, town, street, building, apartment, name, birth_date, gender, relatives};
 -- filling it in place saves building a second table per citizen.
 -- presents_rows, births: as store_summary takes them. key, hash: an
--- idempotency key and the body's hash, or nil. The relation check yields
+-- idempotency key and the body's hash, or nil. name, digest: the import's
+-- name (or nil) and the body's SHA-256 in hex, kept for the import list. The relation check yields
 -- on a big import (no transaction is open yet); the app sends an import
 -- here only when its writes are small, and bigger ones in chunks.
 -- Returns status, import id: 'ok' (stored now), 'same' (the key's import),
 -- 'key_reused' (the key's import, another body), or 'invalid', reason.
-function P.gifts_create_import(rows, presents_rows, births, key, hash)
+function P.gifts_create_import(rows, presents_rows, births, key, hash, name, digest)
     local by_id = {}
     local ids = {}
     for i, r in ipairs(rows) do
@@ -139,7 +140,7 @@ function P.gifts_create_import(rows, presents_rows, births, key, hash)
             return state, existing
         end
         local import_id = import_seq:next()
-        imports:insert({ import_id, 1, os.time(), box.NULL, #rows })
+        imports:insert({ import_id, 1, os.time(), box.NULL, #rows, name, digest })
         for _, r in ipairs(rows) do
             r[F.import_id] = import_id
             citizens:insert(r)
@@ -159,14 +160,15 @@ end
 -- it; what a crash leaves behind is deleted at the next start.
 
 -- Returns 'ok', new import id; or 'same'/'key_reused', the key's import.
-function P.gifts_import_begin(key, hash)
+-- name, digest: as for gifts_create_import.
+function P.gifts_import_begin(key, hash, name, digest)
     return box.atomic(function()
         local state, existing = key_state(key, hash)
         if state ~= 'new' then
             return state, existing
         end
         local import_id = import_seq:next()
-        imports:insert({ import_id, 0, os.time(), 'loading', 0 })
+        imports:insert({ import_id, 0, os.time(), 'loading', 0, name, digest })
         return 'ok', import_id
     end)
 end
@@ -304,19 +306,34 @@ function P.gifts_import_commit(import_id, key, hash)
 end
 
 -- Up to `limit` visible imports older than `before` (or the newest), newest
--- first: {import_id, citizens, created_at, version} each.
-function P.gifts_list_imports(limit, before)
+-- first, only those with `digest` if given (by its index):
+-- {import_id, citizens, created_at, version, name, digest} each.
+function P.gifts_list_imports(limit, before, digest)
     local out = {}
-    local from, iterator = before, 'LT'
-    if before == nil or before == box.NULL then
+    local given = before ~= nil and before ~= box.NULL
+    local index, from, iterator = imports.index.primary, before, 'LT'
+    if digest ~= nil and digest ~= box.NULL then
+        -- The digest index holds {digest, import_id}: newest first from
+        -- the end of the digest's run (or from `before` in it).
+        index, from, iterator = imports.index.digest, { digest, before }, 'LT'
+        if not given then
+            from, iterator = { digest }, 'REQ'
+        end
+    elseif not given then
         from, iterator = nil, 'REQ'
     end
-    for _, import in imports:pairs(from, { iterator = iterator }) do
-        if #out >= limit then
+    for _, import in index:pairs(from, { iterator = iterator }) do
+        if #out >= limit or (digest ~= nil and digest ~= box.NULL and import[I.digest] ~= digest) then
             break
         end
         if import[I.state] == nil then
-            out[#out + 1] = { import[I.import_id], import[I.citizens] or 0, import[I.created_at] or 0, import[I.version] }
+            -- box.NULL, not nil, for a missing name or digest: a nil would
+            -- end the array early (imports stored before schema 8 have neither).
+            local name, digest_of = import[I.name], import[I.digest]
+            out[#out + 1] = {
+                import[I.import_id], import[I.citizens] or 0, import[I.created_at] or 0, import[I.version],
+                name == nil and box.NULL or name, digest_of == nil and box.NULL or digest_of,
+            }
         end
     end
     return out

@@ -11,7 +11,7 @@ M.F = {
 }
 
 -- Field numbers of an import tuple.
-M.I = { import_id = 1, version = 2, created_at = 3, state = 4, citizens = 5 }
+M.I = { import_id = 1, version = 2, created_at = 3, state = 4, citizens = 5, name = 6, digest = 7 }
 
 -- The analytics summary (the app's domain::summary, which documents it):
 -- presents rows {import_id, month, citizen_id, presents} and town years
@@ -69,6 +69,12 @@ function M.year_births(dates)
         n = n + u32_at(dates, at)
     end
     return n
+end
+
+-- A migration that cannot run in a transaction (one that builds an index
+-- of a space with tuples): it must be safe to run again.
+function M.outside_transaction(migration)
+    return { run = migration }
 end
 
 -- Schema migrations, applied in order; meta['schema_version'] records how many ran.
@@ -263,6 +269,28 @@ local migrations = {
         flush()
         box.space.town_births:drop()
     end,
+    -- 8: imports gain the name they were uploaded with and the SHA-256 of
+    -- their body, in hex (both nil for the imports stored before); the
+    -- digest is indexed with the import's id, for GET /imports?digest=
+    -- newest first from any import. Not in a transaction: Tarantool
+    -- builds an index of a space that has tuples only outside one; each
+    -- step can run again after a crash.
+    M.outside_transaction(function()
+        box.space.imports:format({
+            { name = 'import_id', type = 'unsigned' },
+            { name = 'version', type = 'unsigned' },
+            { name = 'created_at', type = 'number', is_nullable = true },
+            { name = 'state', type = 'string', is_nullable = true },
+            { name = 'citizens', type = 'unsigned', is_nullable = true },
+            { name = 'name', type = 'string', is_nullable = true },
+            { name = 'digest', type = 'string', is_nullable = true },
+        })
+        box.space.imports:create_index('digest', {
+            parts = { { field = 7, type = 'string', is_nullable = true }, { field = 1, type = 'unsigned' } },
+            unique = false,
+            if_not_exists = true,
+        })
+    end),
 }
 
 -- Applies the migrations this database has not run yet, each in its own
@@ -281,10 +309,16 @@ function M.migrate()
         error(string.format('schema version %d is newer than this app.lua knows (%d)', version, #migrations))
     end
     for i = version + 1, #migrations do
-        box.atomic(function()
-            migrations[i]()
+        local migration = migrations[i]
+        if type(migration) == 'table' then
+            migration.run()
             box.space.meta:replace({ 'schema_version', i })
-        end)
+        else
+            box.atomic(function()
+                migration()
+                box.space.meta:replace({ 'schema_version', i })
+            end)
+        end
         log.info('gifts: applied schema migration %d', i)
     end
 end

@@ -153,9 +153,10 @@ async fn store_calls(app: &TestApp, backend: Backend, operation: &str) -> Option
 }
 
 /// Imports stored by a build before the summary: the next build's schema
-/// migration computes theirs (here the summary is dropped and the schema
-/// version set back behind the service's back), and answers with nothing
-/// cached come from it.
+/// migration computes theirs (here the summary, the names and digests are
+/// dropped and the schema version set back behind the service's back), and
+/// answers with nothing cached come from it; they are listed with no name
+/// and no digest.
 async fn an_import_stored_before_the_summary_gets_one_at_the_upgrade(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let first = app.import(generate_import(60, 90, 3)).await;
@@ -163,13 +164,24 @@ async fn an_import_stored_before_the_summary_gets_one_at_the_upgrade(backend: Ba
     let store = app.stop().await;
     let sql = match backend {
         Backend::Postgres => {
-            "DROP TABLE presents, town_dates; UPDATE gifts_meta SET schema_version = 1;"
+            "DROP TABLE presents, town_dates;
+             ALTER TABLE imports DROP COLUMN name, DROP COLUMN digest;
+             UPDATE gifts_meta SET schema_version = 1;"
         }
-        _ => "DROP TABLE presents; DROP TABLE town_dates; PRAGMA user_version = 5;",
+        _ => {
+            "DROP TABLE presents; DROP TABLE town_dates; DROP INDEX imports_by_digest;
+             ALTER TABLE imports DROP COLUMN name; ALTER TABLE imports DROP COLUMN digest;
+             PRAGMA user_version = 5;"
+        }
     };
     store.edit_offline(
         sql,
-        "box.space.presents:drop() box.space.town_years:drop() box.space.meta:replace({ 'schema_version', 3 })",
+        "box.space.presents:drop() box.space.town_years:drop()
+         box.space.imports.index.digest:drop()
+         for _, t in ipairs(box.space.imports:select()) do
+             box.space.imports:replace({ t[1], t[2], t[3], t[4], t[5] })
+         end
+         box.space.meta:replace({ 'schema_version', 3 })",
     );
     let mut config = gifts::config::Config::with_storage(store.url().clone());
     config.cache_bytes = gifts::config::ByteSize(0);
@@ -179,6 +191,12 @@ async fn an_import_stored_before_the_summary_gets_one_at_the_upgrade(backend: Ba
     }
     assert_eq!(store_calls(&app, backend, "town_dates").await, Some(2.0));
     assert_eq!(store_calls(&app, backend, "citizens").await, Some(2.0));
+    let (status, listed) = app.get("/imports").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{listed}");
+    for import in listed["data"]["imports"].as_array().unwrap() {
+        assert_eq!(import["name"], Value::Null, "{import}");
+        assert_eq!(import["digest"], Value::Null, "{import}");
+    }
 }
 
 /// Checks behind the service's back that the store holds summary rows
@@ -342,7 +360,7 @@ async fn a_tarantool_store_of_schema_6_moves_its_town_dates_into_years() {
     app.stop().await.edit_offline(
         "",
         "assert(box.space.town_births == nil, 'town_births is still there')
-         assert(box.space.meta:get('schema_version')[2] == 7, 'not at schema 7')",
+         assert(box.space.meta:get('schema_version')[2] == 8, 'not at schema 8')",
     );
 }
 

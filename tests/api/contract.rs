@@ -24,7 +24,7 @@ use gifts::domain::{
     Place, Reason, ValidationError,
 };
 use gifts::metrics::Metrics;
-use gifts::storage::{Storage, StorageError};
+use gifts::storage::{Storage, StorageError, Upload};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as Cases, TestCaseError, TestRunner};
 
@@ -215,7 +215,7 @@ async fn run(storage: &dyn Storage, steps: &[Step]) -> Result<(), TestCaseError>
             Step::Import { people, links } => {
                 let citizens = citizens_of(people, links);
                 let import = storage
-                    .create_import(citizens.clone(), None)
+                    .create_import(citizens.clone(), Upload::default())
                     .await
                     .map_err(differ)?;
                 let held = citizens.into_iter().map(|c| (c.citizen_id, c)).collect();

@@ -76,6 +76,160 @@ async fn bad_list_parameters_are_400s_naming_the_parameter(backend: Backend) {
     }
 }
 
+/// POST /imports with `query` pairs (URL-encoded here), gzip-compressed when
+/// `gzip`, with an `Idempotency-Key` when given.
+async fn upload(
+    app: &TestApp,
+    query: &[(&str, &str)],
+    body: &[u8],
+    gzip: bool,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let url = reqwest::Url::parse_with_params(&app.url("/imports"), query).unwrap();
+    let mut request = app.client.post(url);
+    if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, body).unwrap();
+        request = request
+            .header("content-encoding", "gzip")
+            .body(encoder.finish().unwrap());
+    } else {
+        request = request.body(body.to_vec());
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    (status, body)
+}
+
+/// `(import_id, name, digest)` of each import listed at `query`, in order.
+async fn names_and_digests(app: &TestApp, query: &str) -> Vec<(i64, Value, Value)> {
+    page(app, query).await["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["import_id"].as_i64().unwrap(),
+                i["name"].clone(),
+                i["digest"].clone(),
+            )
+        })
+        .collect()
+}
+
+async fn imports_are_listed_with_their_name_and_the_digest_of_their_body(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let a = serde_json::to_vec(&json!({ "citizens": spec_example() })).unwrap();
+    let b = serde_json::to_vec(&json!({ "citizens": [citizen(9, &[])] })).unwrap();
+    let digest = |body: &[u8]| json!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)));
+    let (da, db) = (digest(&a), digest(&b));
+    let named = "Выгрузка за декабрь & 100% «итог» ✓.json";
+    let longest: String = "я".repeat(256);
+    let id = |(status, body): (StatusCode, Value)| {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["data"]["import_id"].as_i64().unwrap()
+    };
+    let first = id(upload(&app, &[("name", named)], &a, false, None).await);
+    // The same file again, compressed and unnamed: the digest is of what it says.
+    let again = id(upload(&app, &[], &a, true, None).await);
+    let other = id(upload(&app, &[("name", &longest)], &b, false, None).await);
+    assert!(first < again && again < other, "{first} {again} {other}");
+    assert_eq!(
+        names_and_digests(&app, "").await,
+        [
+            (other, json!(longest), db.clone()),
+            (again, Value::Null, da.clone()),
+            (first, json!(named), da.clone()),
+        ]
+    );
+
+    // Found by digest (either case), newest first, a page at a time.
+    let hex = da.as_str().unwrap();
+    for query in [
+        format!("?digest={hex}"),
+        format!("?digest={}", hex.to_uppercase()),
+    ] {
+        assert_eq!(
+            names_and_digests(&app, &query).await,
+            [
+                (again, Value::Null, da.clone()),
+                (first, json!(named), da.clone())
+            ],
+            "{query}"
+        );
+    }
+    let one = page(&app, &format!("?digest={hex}&limit=1")).await;
+    assert_eq!(one["imports"][0]["import_id"], again);
+    let cursor = one["next_cursor"].as_str().expect("a next page");
+    let rest = page(&app, &format!("?digest={hex}&limit=1&cursor={cursor}")).await;
+    assert_eq!(rest["imports"][0]["import_id"], first);
+    assert_eq!(rest["imports"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next_cursor"], Value::Null);
+    let unknown = "0".repeat(64);
+    assert_eq!(
+        page(&app, &format!("?digest={unknown}")).await,
+        json!({"imports": [], "next_cursor": null})
+    );
+
+    // A deleted import is not found by its digest.
+    let (status, _) = app
+        .send(Method::DELETE, &format!("/imports/{again}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        names_and_digests(&app, &format!("?digest={hex}")).await,
+        [(first, json!(named), da.clone())]
+    );
+
+    // A retry with the key gets the import stored with it, name and all.
+    let keyed = id(upload(&app, &[("name", "first try")], &b, false, Some("k-1")).await);
+    let retried = id(upload(&app, &[("name", "second try")], &b, false, Some("k-1")).await);
+    assert_eq!(keyed, retried);
+    assert_eq!(
+        names_and_digests(&app, &format!("?digest={}", db.as_str().unwrap())).await,
+        [
+            (keyed, json!("first try"), db.clone()),
+            (other, json!(longest), db.clone())
+        ]
+    );
+}
+
+async fn a_bad_import_name_or_digest_is_a_400_naming_it_and_stores_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = serde_json::to_vec(&json!({ "citizens": spec_example() })).unwrap();
+    let too_long = "я".repeat(257);
+    for name in [
+        "",
+        too_long.as_str(),
+        "two\nlines",
+        "nul\u{0}",
+        "tab\tname",
+        "del\u{7f}",
+    ] {
+        let (status, answer) = upload(&app, &[("name", name)], &body, false, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name:?}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_query", "{name:?}");
+        assert_eq!(answer["error"]["field"], "name", "{name:?}");
+    }
+    assert_eq!(
+        page(&app, "").await,
+        json!({"imports": [], "next_cursor": null}),
+        "nothing stored"
+    );
+    let bad_hex = format!("{}g", "0".repeat(63));
+    let short = "0".repeat(63);
+    let long = "0".repeat(65);
+    for digest in ["", "xyz", short.as_str(), long.as_str(), bad_hex.as_str()] {
+        let (status, answer) = app.get(&format!("/imports?digest={digest}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{digest:?}: {answer}");
+        assert_eq!(answer["error"]["field"], "digest", "{digest:?}");
+    }
+}
+
 async fn a_deleted_import_is_gone_everywhere_and_its_id_is_not_reused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let kept = app.import(spec_example()).await;
@@ -162,6 +316,8 @@ async fn patches_racing_a_delete_complete_before_it_or_get_404(backend: Backend)
 backend_tests!(
     imports_are_listed_newest_first_a_page_at_a_time,
     bad_list_parameters_are_400s_naming_the_parameter,
+    imports_are_listed_with_their_name_and_the_digest_of_their_body,
+    a_bad_import_name_or_digest_is_a_400_naming_it_and_stores_nothing,
     a_deleted_import_is_gone_everywhere_and_its_id_is_not_reused,
     patches_racing_a_delete_complete_before_it_or_get_404,
 );

@@ -55,9 +55,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::deadline;
-use super::{
-    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, summary_of,
-};
+use super::{ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version, summary_of};
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::TownDates;
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
@@ -440,14 +438,14 @@ impl Storage for PostgresStorage {
     async fn create_import(
         &self,
         citizens: Vec<Citizen>,
-        idempotency: Option<Idempotency>,
+        upload: Upload,
     ) -> Result<ImportId, StorageError> {
         let (citizens, summary) = summary_of(citizens).await?;
         let call = Call::default();
         self.call(
             Kind::Write,
             &call,
-            self.create_import_tx(&citizens, &summary, idempotency.as_ref(), &call),
+            self.create_import_tx(&citizens, &summary, &upload, &call),
         )
         .await
     }
@@ -533,19 +531,40 @@ impl Storage for PostgresStorage {
         &self,
         limit: usize,
         before: Option<ImportId>,
+        digest: Option<[u8; 32]>,
     ) -> Result<Vec<ImportInfo>, StorageError> {
+        const COLUMNS: &str = "import_id, citizens, extract(epoch FROM created_at)::bigint, \
+                               version, name, digest";
         let call = Call::read();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let before = before.map_or(i64::MAX, ImportId::get);
         self.call(Kind::Read, &call, async {
             let client = self.conn(&call).await?;
-            let rows = client
-                .query(
-                    "SELECT import_id, citizens, extract(epoch FROM created_at)::bigint, version
-                     FROM imports WHERE import_id < $1 ORDER BY import_id DESC LIMIT $2",
-                    &[&before, &limit],
-                )
-                .await?;
+            let rows = match &digest {
+                None => {
+                    client
+                        .query(
+                            &format!(
+                                "SELECT {COLUMNS} FROM imports
+                                 WHERE import_id < $1 ORDER BY import_id DESC LIMIT $2"
+                            ),
+                            &[&before, &limit],
+                        )
+                        .await?
+                }
+                Some(digest) => {
+                    client
+                        .query(
+                            &format!(
+                                "SELECT {COLUMNS} FROM imports
+                                 WHERE digest = $3 AND import_id < $1
+                                 ORDER BY import_id DESC LIMIT $2"
+                            ),
+                            &[&before, &limit, &&digest[..]],
+                        )
+                        .await?
+                }
+            };
             let imports = rows
                 .iter()
                 .map(|row| {
@@ -554,6 +573,12 @@ impl Storage for PostgresStorage {
                         citizens: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
                         created_at: row.get(2),
                         version: version_of(row.get(3))?,
+                        name: row.get(4),
+                        digest: row
+                            .get::<_, Option<&[u8]>>(5)
+                            .map(<[u8; 32]>::try_from)
+                            .transpose()
+                            .map_err(StorageError::internal)?,
                     })
                 })
                 .collect::<Result<_, StorageError>>()?;

@@ -66,6 +66,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
      WHERE strpos(town || street || building || name, U&'\+10FFFF') > 0;
      UPDATE town_dates SET town = replace(town, U&'\+10FFFF', U&'\+10FFFFe')
      WHERE strpos(town, U&'\+10FFFF') > 0;",
+    // 4: the name an import was uploaded with and the SHA-256 of its body
+    // (both NULL for the imports stored before), the digest indexed for
+    // GET /imports?digest=. A name has no control character (checked by
+    // the service), so it is stored as it came, without pg_text's escape.
+    "ALTER TABLE imports ADD COLUMN name text, ADD COLUMN digest bytea;
+     CREATE INDEX imports_by_digest ON imports (digest, import_id) WHERE digest IS NOT NULL;",
 ];
 
 /// The migration that adds the summary tables: imports stored before it get

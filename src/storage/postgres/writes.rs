@@ -16,7 +16,7 @@ use crate::domain::patch::{self, Move};
 use crate::domain::relatives::Edit;
 use crate::domain::summary::{self, Summary};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
-use crate::storage::{Idempotency, Patched, StorageError, refused};
+use crate::storage::{Patched, StorageError, Upload, refused};
 
 /// Types of the presents rows' `COPY` columns.
 pub(super) const PRESENTS_TYPES: [Type; 4] = [Type::INT8, Type::INT2, Type::INT8, Type::INT4];
@@ -165,12 +165,12 @@ impl Store {
         &self,
         citizens: &[Citizen],
         summary: &Summary,
-        idempotency: Option<&Idempotency>,
+        upload: &Upload,
         call: &Call,
     ) -> Result<ImportId, Fail> {
         let mut client = self.conn(call).await?;
         let tx = client.transaction().await?;
-        if let Some(Idempotency { key, body_hash }) = idempotency {
+        if let Some(key) = &upload.key {
             // Requests with one key, one after another.
             tx.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -188,7 +188,7 @@ impl Store {
                 call.fenced.store(true, Ordering::Release);
                 let import = import_id(held.get(1))?;
                 let hash: Vec<u8> = held.get(0);
-                return if hash == body_hash[..] {
+                return if hash == upload.digest[..] {
                     Ok(import)
                 } else {
                     Err(Fail::Store(StorageError::KeyReused {
@@ -200,9 +200,14 @@ impl Store {
         }
         let count = i64::try_from(citizens.len()).map_err(StorageError::internal)?;
         let insert = tx
-            .prepare_cached("INSERT INTO imports (citizens) VALUES ($1) RETURNING import_id")
+            .prepare_cached(
+                "INSERT INTO imports (citizens, name, digest) VALUES ($1, $2, $3)
+                 RETURNING import_id",
+            )
             .await?;
-        let row = tx.query_one(&insert, &[&count]).await?;
+        let row = tx
+            .query_one(&insert, &[&count, &upload.name, &&upload.digest[..]])
+            .await?;
         let import = import_id(row.get(0))?;
         let sink = tx
             .copy_in(&format!(
@@ -219,10 +224,10 @@ impl Store {
         }
         writer.finish().await?;
         insert_summary(&tx, import, summary).await?;
-        if let Some(Idempotency { key, body_hash }) = idempotency {
+        if let Some(key) = &upload.key {
             tx.execute(
                 "INSERT INTO idempotency_keys (key, body_hash, import_id) VALUES ($1, $2, $3)",
-                &[key, &&body_hash[..], &import.get()],
+                &[key, &&upload.digest[..], &import.get()],
             )
             .await?;
         }

@@ -53,7 +53,7 @@ use async_trait::async_trait;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use rusqlite::{Connection, ErrorCode, OpenFlags, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::domain::stats::Birthdays;
@@ -61,13 +61,13 @@ use crate::domain::summary::{Summary, TownDates};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
 use crate::metrics::{KindLabels, Metrics};
 use crate::storage::{
-    Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version, summary_of,
+    ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version, summary_of,
 };
 use disk::{ensure_reserve, free_bytes, reserve_path};
 use queries::{
     Begun, CITIZEN_COLUMNS, begin_import, delete_import, discard_all_pending, discard_pending,
-    import_version, insert_citizens, insert_import, insert_presents, insert_towns, patch_citizen,
-    presents, publish_import, read_row, town_dates,
+    import_version, insert_citizens, insert_import, insert_presents, insert_towns, list_imports,
+    patch_citizen, presents, publish_import, read_row, town_dates,
 };
 use schema::{MIGRATIONS, migrate};
 use workers::{
@@ -386,11 +386,12 @@ impl SqliteStorage {
     async fn create_import_in_chunks(
         &self,
         citizens: Vec<Citizen>,
-        idempotency: Option<Idempotency>,
+        upload: Upload,
     ) -> Result<ImportId, StorageError> {
         let writer = self.writer();
         let n = citizens.len();
-        let key = idempotency.clone();
+        let upload = Arc::new(upload);
+        let key = Arc::clone(&upload);
         // The guard exists before the pending row does: the writer notes the
         // new id in it, so a caller gone at any point after leaves nothing.
         let pending = PendingImport {
@@ -400,7 +401,7 @@ impl SqliteStorage {
         let noted = Arc::clone(&pending.import);
         let import = match writer
             .write(key, move |conn, key| {
-                let begun = begin_import(conn, n, key.as_ref())?;
+                let begun = begin_import(conn, n, key)?;
                 if let Begun::Pending(import) = begun {
                     *noted.lock().expect("pending import") = Some(import);
                 }
@@ -436,8 +437,8 @@ impl SqliteStorage {
             .write(towns, move |conn, towns| insert_towns(conn, import, towns))
             .await?;
         let published = writer
-            .write(idempotency, move |conn, key| {
-                publish_import(conn, import, key.as_ref())
+            .write(upload, move |conn, upload| {
+                publish_import(conn, import, upload)
             })
             .await?;
         if published == import {
@@ -560,15 +561,15 @@ impl Storage for SqliteStorage {
     async fn create_import(
         &self,
         citizens: Vec<Citizen>,
-        idempotency: Option<Idempotency>,
+        upload: Upload,
     ) -> Result<ImportId, StorageError> {
         if citizens.len() > CHUNKED_FROM {
-            return self.create_import_in_chunks(citizens, idempotency).await;
+            return self.create_import_in_chunks(citizens, upload).await;
         }
         let (citizens, summary) = summary_of(citizens).await?;
         self.write(
-            (citizens, summary, idempotency),
-            |conn, (citizens, summary, key)| insert_import(conn, citizens, summary, key.as_ref()),
+            (citizens, summary, upload),
+            |conn, (citizens, summary, upload)| insert_import(conn, citizens, summary, upload),
         )
         .await
     }
@@ -620,39 +621,10 @@ impl Storage for SqliteStorage {
         &self,
         limit: usize,
         before: Option<ImportId>,
+        digest: Option<[u8; 32]>,
     ) -> Result<Vec<ImportInfo>, StorageError> {
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT import_id, citizens, created_at, version FROM imports
-                     WHERE import_id < ?1 AND NOT pending ORDER BY import_id DESC LIMIT ?2",
-                )
-                .map_err(internal)?;
-            let rows = stmt
-                .query_map(
-                    params![before.map_or(i64::MAX, ImportId::get), count(limit)],
-                    |row| {
-                        Ok((
-                            row.get::<_, ImportId>(0)?,
-                            row.get::<_, i64>(1)?,
-                            row.get::<_, i64>(2)?,
-                            row.get::<_, i64>(3)?,
-                        ))
-                    },
-                )
-                .map_err(internal)?;
-            rows.map(|row| {
-                let (import_id, citizens, created_at, version) = row.map_err(internal)?;
-                Ok(ImportInfo {
-                    import_id,
-                    citizens: u64::try_from(citizens).map_err(StorageError::internal)?,
-                    created_at,
-                    version: Version::try_from(version).map_err(StorageError::internal)?,
-                })
-            })
-            .collect()
-        })
-        .await
+        self.read(move |conn| list_imports(conn, limit, before, digest))
+            .await
     }
 
     async fn delete_import(&self, import: ImportId) -> Result<(), StorageError> {
@@ -878,7 +850,10 @@ mod tests {
             )
             .unwrap(),
         );
-        let import = storage.create_import(spec_citizens(), None).await.unwrap();
+        let import = storage
+            .create_import(spec_citizens(), Upload::default())
+            .await
+            .unwrap();
         let release = block_writer(&storage).await;
 
         // The writer is busy: two writes wait in the queue, a third is refused at once.
@@ -893,7 +868,9 @@ mod tests {
         }
         let waiting = queued(storage.patch_citizen(import, id, rename_patch())).await;
         let gone = queued(storage.patch_citizen(import, id, rename_patch())).await;
-        let refused = storage.create_import(spec_citizens(), None).await;
+        let refused = storage
+            .create_import(spec_citizens(), Upload::default())
+            .await;
         assert!(
             matches!(refused, Err(StorageError::Overloaded(_))),
             "{refused:?}"
@@ -917,7 +894,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("closed.db");
         let storage = SqliteStorage::open(&path, 2).unwrap();
-        let import = storage.create_import(spec_citizens(), None).await.unwrap();
+        let import = storage
+            .create_import(spec_citizens(), Upload::default())
+            .await
+            .unwrap();
         storage.health().await.expect("healthy while open");
         let wal = dir.path().join("closed.db-wal");
         assert!(
@@ -936,7 +916,10 @@ mod tests {
         unavailable("citizens", storage.citizens(import).await.map(drop));
         unavailable(
             "create_import",
-            storage.create_import(spec_citizens(), None).await.map(drop),
+            storage
+                .create_import(spec_citizens(), Upload::default())
+                .await
+                .map(drop),
         );
         let id = CitizenId::parse(1).unwrap();
         unavailable(
@@ -987,7 +970,10 @@ mod tests {
         let (wal, reserve) = (dir.path().join("ordinary.db-wal"), reserve_path(&path));
         std::fs::remove_file(&reserve).unwrap();
 
-        let import = storage.create_import(citizens(2_000), None).await.unwrap();
+        let import = storage
+            .create_import(citizens(2_000), Upload::default())
+            .await
+            .unwrap();
         let after_import = file_len(&wal);
         assert!(after_import > 0, "the import is in the WAL");
         storage.health().await.expect("healthy");
@@ -1023,7 +1009,12 @@ mod tests {
             .unwrap();
         let mut import = None;
         while file_len(&wal) <= 2 * limit {
-            import = Some(storage.create_import(citizens(20_000), None).await.unwrap());
+            import = Some(
+                storage
+                    .create_import(citizens(20_000), Upload::default())
+                    .await
+                    .unwrap(),
+            );
         }
         reader.execute_batch("COMMIT").unwrap();
         drop(reader);
@@ -1066,7 +1057,10 @@ mod tests {
         storage.writable.store(false, Ordering::Release);
         std::fs::remove_file(&reserve).unwrap();
 
-        let import = storage.create_import(citizens(5_000), None).await.unwrap();
+        let import = storage
+            .create_import(citizens(5_000), Upload::default())
+            .await
+            .unwrap();
         rename_first(&storage, import).await;
 
         assert_eq!(
@@ -1137,10 +1131,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chunks.db");
         let storage = Arc::new(SqliteStorage::open(&path, 2).unwrap());
-        let small = storage.create_import(spec_citizens(), None).await.unwrap();
+        let small = storage
+            .create_import(spec_citizens(), Upload::default())
+            .await
+            .unwrap();
         let writing = {
             let storage = Arc::clone(&storage);
-            tokio::spawn(async move { storage.create_import(citizens(BIG), None).await })
+            tokio::spawn(async move {
+                storage
+                    .create_import(citizens(BIG), Upload::default())
+                    .await
+            })
         };
         let pending = ImportId::new(until_pending(&path).await).unwrap();
 
@@ -1155,7 +1156,7 @@ mod tests {
                 .await,
             Err(StorageError::ImportNotFound(_))
         ));
-        assert_eq!(storage.list_imports(10, None).await.unwrap().len(), 1);
+        assert_eq!(storage.list_imports(10, None, None).await.unwrap().len(), 1);
         assert_eq!(storage.totals().await.unwrap(), (1, 2));
         let id = CitizenId::parse(1).unwrap();
         storage
@@ -1201,7 +1202,11 @@ mod tests {
         let storage = Arc::new(SqliteStorage::open(&path, 1).unwrap());
         let writing = {
             let storage = Arc::clone(&storage);
-            tokio::spawn(async move { storage.create_import(citizens(BIG), None).await })
+            tokio::spawn(async move {
+                storage
+                    .create_import(citizens(BIG), Upload::default())
+                    .await
+            })
         };
         until_pending(&path).await;
         writing.abort(); // the caller goes away mid-way
@@ -1237,14 +1242,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.db");
         let storage = Arc::new(SqliteStorage::open(&path, 1).unwrap());
-        let key = Idempotency {
-            key: "k-1".into(),
-            body_hash: [7; 32],
+        let key = Upload {
+            name: None,
+            digest: [7; 32],
+            key: Some("k-1".into()),
         };
         let both: Vec<_> = (0..2)
             .map(|_| {
                 let (storage, key) = (Arc::clone(&storage), key.clone());
-                tokio::spawn(async move { storage.create_import(citizens(BIG), Some(key)).await })
+                tokio::spawn(async move { storage.create_import(citizens(BIG), key).await })
             })
             .collect();
         let mut ids = Vec::new();

@@ -11,7 +11,7 @@ use crate::domain::stats::Birthdays;
 use crate::domain::summary::{self, PresentsRow, Summary, TownDates};
 use crate::domain::{BirthDate, Citizen, CitizenId, CitizenPatch, ImportId};
 use crate::storage::row::{StoredCitizen, StoredDate, iso_date};
-use crate::storage::{Idempotency, Patched, StorageError, Version, refused};
+use crate::storage::{ImportInfo, Patched, StorageError, Upload, Version, refused};
 
 /// The columns a citizen is read from, in [`Column`]'s order.
 pub(super) const CITIZEN_COLUMNS: &str =
@@ -19,11 +19,8 @@ pub(super) const CITIZEN_COLUMNS: &str =
 
 /// The import an idempotency key already stored, if any: `KeyReused` when it
 /// came with another body.
-fn stored_key(
-    conn: &Connection,
-    idempotency: Option<&Idempotency>,
-) -> Result<Option<ImportId>, StorageError> {
-    let Some(Idempotency { key, body_hash }) = idempotency else {
+fn stored_key(conn: &Connection, upload: &Upload) -> Result<Option<ImportId>, StorageError> {
+    let Some(key) = &upload.key else {
         return Ok(None);
     };
     let stored: Option<(Vec<u8>, ImportId)> = conn
@@ -34,7 +31,7 @@ fn stored_key(
         })
         .map_err(internal)?;
     match stored {
-        Some((hash, import)) if hash == *body_hash => Ok(Some(import)),
+        Some((hash, import)) if hash == upload.digest => Ok(Some(import)),
         Some((_, import)) => Err(StorageError::KeyReused {
             key: key.clone(),
             import,
@@ -43,27 +40,36 @@ fn stored_key(
     }
 }
 
-fn store_key(
-    conn: &Connection,
-    import: ImportId,
-    idempotency: Option<&Idempotency>,
-) -> Result<(), StorageError> {
-    if let Some(Idempotency { key, body_hash }) = idempotency {
+fn store_key(conn: &Connection, import: ImportId, upload: &Upload) -> Result<(), StorageError> {
+    if let Some(key) = &upload.key {
         conn.prepare_cached(
             "INSERT INTO idempotency_keys (key, body_hash, import_id) VALUES (?1, ?2, ?3)",
         )
-        .and_then(|mut stmt| stmt.execute(params![key, &body_hash[..], import]))
+        .and_then(|mut stmt| stmt.execute(params![key, &upload.digest[..], import]))
         .map_err(internal)?;
     }
     Ok(())
 }
 
 /// A new import row of `citizens` citizens; `pending` ones are invisible.
-fn new_import(conn: &Connection, citizens: usize, pending: bool) -> Result<ImportId, StorageError> {
+fn new_import(
+    conn: &Connection,
+    citizens: usize,
+    pending: bool,
+    upload: &Upload,
+) -> Result<ImportId, StorageError> {
     conn.prepare_cached(
-        "INSERT INTO imports (created_at, citizens, pending) VALUES (unixepoch(), ?1, ?2)",
+        "INSERT INTO imports (created_at, citizens, pending, name, digest)
+         VALUES (unixepoch(), ?1, ?2, ?3, ?4)",
     )
-    .and_then(|mut stmt| stmt.execute(params![count(citizens), pending]))
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            count(citizens),
+            pending,
+            upload.name,
+            &upload.digest[..]
+        ])
+    })
     .map_err(internal)?;
     ImportId::new(conn.last_insert_rowid())
         .ok_or_else(|| StorageError::internal("sqlite handed out a non-positive import id"))
@@ -73,16 +79,16 @@ pub(super) fn insert_import(
     conn: &Connection,
     citizens: &[Citizen],
     summary: &Summary,
-    idempotency: Option<&Idempotency>,
+    upload: &Upload,
 ) -> Result<ImportId, StorageError> {
-    if let Some(import) = stored_key(conn, idempotency)? {
+    if let Some(import) = stored_key(conn, upload)? {
         return Ok(import);
     }
-    let import = new_import(conn, citizens.len(), false)?;
+    let import = new_import(conn, citizens.len(), false, upload)?;
     insert_citizens(conn, import, citizens)?;
     insert_presents(conn, import, &summary.presents)?;
     insert_towns(conn, import, &summary.towns)?;
-    store_key(conn, import, idempotency)?;
+    store_key(conn, import, upload)?;
     Ok(import)
 }
 
@@ -276,6 +282,53 @@ pub(super) fn backfill_summaries(conn: &Connection) -> Result<usize, StorageErro
     Ok(imports.len())
 }
 
+/// Up to `limit` visible imports older than `before`, newest first; only
+/// those uploaded with `digest` if given (by its index).
+pub(super) fn list_imports(
+    conn: &Connection,
+    limit: usize,
+    before: Option<ImportId>,
+    digest: Option<[u8; 32]>,
+) -> Result<Vec<ImportInfo>, StorageError> {
+    const COLUMNS: &str = "import_id, citizens, created_at, version, name, digest";
+    let before = before.map_or(i64::MAX, ImportId::get);
+    let mut stmt = match digest {
+        None => conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM imports
+             WHERE import_id < ?1 AND NOT pending ORDER BY import_id DESC LIMIT ?2"
+        )),
+        Some(_) => conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM imports
+             WHERE digest = ?3 AND import_id < ?1 AND NOT pending
+             ORDER BY import_id DESC LIMIT ?2"
+        )),
+    }
+    .map_err(internal)?;
+    let mut rows = match &digest {
+        None => stmt.query(params![before, count(limit)]),
+        Some(digest) => stmt.query(params![before, count(limit), &digest[..]]),
+    }
+    .map_err(internal)?;
+    let mut imports = Vec::new();
+    while let Some(row) = rows.next().map_err(internal)? {
+        let digest: Option<Vec<u8>> = row.get(5).map_err(internal)?;
+        imports.push(ImportInfo {
+            import_id: row.get(0).map_err(internal)?,
+            citizens: u64::try_from(row.get::<_, i64>(1).map_err(internal)?)
+                .map_err(StorageError::internal)?,
+            created_at: row.get(2).map_err(internal)?,
+            version: Version::try_from(row.get::<_, i64>(3).map_err(internal)?)
+                .map_err(StorageError::internal)?,
+            name: row.get(4).map_err(internal)?,
+            digest: digest
+                .map(|d| <[u8; 32]>::try_from(d.as_slice()))
+                .transpose()
+                .map_err(StorageError::internal)?,
+        });
+    }
+    Ok(imports)
+}
+
 /// The first write of an import written in chunks.
 pub(super) enum Begun {
     /// The idempotency key is already stored: its import is the answer.
@@ -287,11 +340,11 @@ pub(super) enum Begun {
 pub(super) fn begin_import(
     conn: &Connection,
     citizens: usize,
-    idempotency: Option<&Idempotency>,
+    upload: &Upload,
 ) -> Result<Begun, StorageError> {
-    Ok(match stored_key(conn, idempotency)? {
+    Ok(match stored_key(conn, upload)? {
         Some(import) => Begun::Stored(import),
-        None => Begun::Pending(new_import(conn, citizens, true)?),
+        None => Begun::Pending(new_import(conn, citizens, true, upload)?),
     })
 }
 
@@ -301,9 +354,9 @@ pub(super) fn begin_import(
 pub(super) fn publish_import(
     conn: &Connection,
     import: ImportId,
-    idempotency: Option<&Idempotency>,
+    upload: &Upload,
 ) -> Result<ImportId, StorageError> {
-    if let Some(stored) = stored_key(conn, idempotency)? {
+    if let Some(stored) = stored_key(conn, upload)? {
         return Ok(stored);
     }
     conn.prepare_cached(
@@ -311,7 +364,7 @@ pub(super) fn publish_import(
     )
     .and_then(|mut stmt| stmt.execute([import]))
     .map_err(internal)?;
-    store_key(conn, import, idempotency)?;
+    store_key(conn, import, upload)?;
     Ok(import)
 }
 

@@ -59,6 +59,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
         dates      BLOB    NOT NULL,
         PRIMARY KEY (import_id, town)
     ) WITHOUT ROWID;",
+    // 7: the name an import was uploaded with and the SHA-256 of its body
+    // (both NULL for the imports stored before), the digest indexed for
+    // GET /imports?digest=.
+    "ALTER TABLE imports ADD COLUMN name TEXT;
+     ALTER TABLE imports ADD COLUMN digest BLOB;
+     CREATE INDEX imports_by_digest ON imports (digest) WHERE digest IS NOT NULL;",
 ];
 
 /// The migration that adds the summary tables: imports stored before it get

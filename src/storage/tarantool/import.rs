@@ -7,7 +7,7 @@ use super::connection::Kind;
 use super::tuples::{Dates, IdOrReason, NewCitizen};
 use crate::domain::summary::{self, PresentsRow, Summary};
 use crate::domain::{Citizen, ImportId};
-use crate::storage::StorageError;
+use crate::storage::{StorageError, Upload};
 
 /// Work per Tarantool call that stores a chunk of a big import: a stored
 /// row (a citizen, a presents row, a town years row) counts [`ROW`], each
@@ -152,14 +152,16 @@ impl TarantoolStorage {
         &self,
         citizens: &'a [Citizen],
         summary: &'a SummaryRows,
-        key: Option<&str>,
-        hash: Option<&[u8]>,
+        upload: &Upload,
     ) -> Result<ImportId, StorageError> {
         let c = &self.connection;
+        let key = upload.key.as_deref();
+        let digest = hex::encode(upload.digest);
+        let hash = key.map(|_| &digest);
         let (status, value): (String, IdOrReason) = c
             .call(
                 "gifts_import_begin",
-                &(key, hash.map(hex::encode)),
+                &(key, hash, &upload.name, &digest),
                 Kind::Write,
             )
             .await?;
@@ -216,11 +218,7 @@ impl TarantoolStorage {
             }
         }
         let (status, value): (String, IdOrReason) = c
-            .call(
-                "gifts_import_commit",
-                &(import, key, hash.map(hex::encode)),
-                Kind::Write,
-            )
+            .call("gifts_import_commit", &(import, key, hash), Kind::Write)
             .await?;
         match import_answer("gifts_import_commit", &status, value, key)? {
             Begun::New(import) | Begun::Existing(import) => Ok(import),

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::coalesce::Coalescer;
 use super::iproto::{self, Client};
 use super::row::iso_date;
-use super::{Idempotency, ImportInfo, Patched, Snapshot, Storage, StorageError, Version};
+use super::{ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version};
 use crate::domain::patch::Refusal;
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::{self, TownDates};
@@ -111,10 +111,9 @@ impl Storage for TarantoolStorage {
     async fn create_import(
         &self,
         citizens: Vec<Citizen>,
-        idempotency: Option<Idempotency>,
+        upload: Upload,
     ) -> Result<ImportId, StorageError> {
-        let key = idempotency.as_ref().map(|i| i.key.as_str());
-        let hash = idempotency.as_ref().map(|i| &i.body_hash[..]);
+        let key = upload.key.as_deref();
         let (citizens, summary) = SummaryRows::of_import(citizens).await?;
         let work = citizens.iter().map(|c| summary.work(c)).sum::<usize>()
             + summary
@@ -123,9 +122,10 @@ impl Storage for TarantoolStorage {
                 .map(import::births_work)
                 .sum::<usize>();
         if citizens.len() > self.import_chunk || work > ONE_CALL_WORK {
-            return self.create_in_chunks(&citizens, &summary, key, hash).await;
+            return self.create_in_chunks(&citizens, &summary, &upload).await;
         }
         let rows: Vec<NewCitizen<'_>> = citizens.iter().map(NewCitizen::of).collect();
+        let digest = hex::encode(upload.digest);
         let (status, value): (String, IdOrReason) = self
             .connection
             .call(
@@ -135,7 +135,9 @@ impl Storage for TarantoolStorage {
                     &summary.presents,
                     &summary.births,
                     key,
-                    hash.map(hex::encode),
+                    key.map(|_| &digest),
+                    &upload.name,
+                    &digest,
                 ),
                 Kind::Write,
             )
@@ -326,15 +328,20 @@ impl Storage for TarantoolStorage {
         &self,
         limit: usize,
         before: Option<ImportId>,
+        digest: Option<[u8; 32]>,
     ) -> Result<Vec<ImportInfo>, StorageError> {
-        type Item = (u64, u64, f64, Version);
+        type Item = (u64, u64, f64, Version, Option<String>, Option<String>);
         let (items,): (Vec<Item>,) = self
             .connection
-            .call("gifts_list_imports", &(limit, before), Kind::Read)
+            .call(
+                "gifts_list_imports",
+                &(limit, before, digest.map(hex::encode)),
+                Kind::Read,
+            )
             .await?;
         items
             .into_iter()
-            .map(|(import_id, citizens, created_at, version)| {
+            .map(|(import_id, citizens, created_at, version, name, digest)| {
                 Ok(ImportInfo {
                     import_id: ImportId::try_from(import_id).map_err(StorageError::internal)?,
                     citizens,
@@ -342,6 +349,14 @@ impl Storage for TarantoolStorage {
                     #[allow(clippy::cast_possible_truncation)]
                     created_at: created_at as i64,
                     version,
+                    name,
+                    digest: digest
+                        .map(|hex| {
+                            let mut bytes = [0; 32];
+                            hex::decode_to_slice(&hex, &mut bytes).map(|()| bytes)
+                        })
+                        .transpose()
+                        .map_err(StorageError::internal)?,
                 })
             })
             .collect()
