@@ -82,8 +82,16 @@ function importRow(info) {
   const link = document.createElement('a');
   link.href = `#/imports/${info.import_id}`;
   link.textContent = `Import ${info.import_id}`;
+  const first = document.createDocumentFragment();
+  first.append(link);
+  if (info.name) {
+    const name = document.createElement('span');
+    name.className = 'import-name';
+    name.textContent = info.name;
+    first.append(name);
+  }
   const cells = [
-    link,
+    first,
     numbers.format(info.citizens),
     when.format(new Date(info.created_at)),
     numbers.format(info.version),
@@ -165,14 +173,76 @@ function showUploadErrors(error) {
   box.hidden = false;
 }
 
-function upload(file) {
+/** The import name a file is stored under: its name, cut to the API's 256 characters, no control characters. */
+function importName(file) {
+  return [...file.name.replace(/[\u0000-\u001f\u007f-\u009f]/g, ' ')].slice(0, 256).join('');
+}
+
+/** SHA-256 of the file in hex, as the service's `digest`; null where the browser has no
+ *  Web Crypto (a page served over plain HTTP from another machine). */
+async function digestOf(file) {
+  if (!globalThis.crypto?.subtle) return null;
+  const hash = await crypto.subtle.digest('SHA-256', await file.arrayBuffer());
+  return [...new Uint8Array(hash)].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+let pendingFile = null;
+
+function hideDuplicate() {
+  $('upload-duplicate').hidden = true;
+  pendingFile = null;
+}
+
+/** Checks whether the file is stored already (by its digest) and asks before storing it again. */
+async function upload(file) {
+  showUploadErrors(null);
+  hideDuplicate();
+  $('upload-result').textContent = `Checking ${file.name}…`;
+  let digest = null;
+  let stored = null;
+  try {
+    digest = await digestOf(file);
+    if (digest) stored = (await api('GET', `/imports?digest=${digest}&limit=1`)).imports[0] ?? null;
+  } catch (e) {
+    $('upload-result').textContent = `${file.name} was not sent: ${describe(e)}`;
+    return;
+  }
+  if (stored) {
+    pendingFile = file;
+    const named = stored.name ? ` (${stored.name})` : '';
+    $('duplicate-text').textContent = `This file is already stored as import ${stored.import_id}${named}, `
+      + `${when.format(new Date(stored.created_at))}. Store it again as a new import?`;
+    $('duplicate-open').href = `#/imports/${stored.import_id}`;
+    $('duplicate-open').textContent = `Open import ${stored.import_id}`;
+    $('upload-result').textContent = '';
+    $('upload-duplicate').hidden = false;
+    $('duplicate-store').focus();
+    return;
+  }
+  send(file, digest === null);
+}
+
+$('duplicate-store').addEventListener('click', () => {
+  const file = pendingFile;
+  hideDuplicate();
+  if (file) send(file, false);
+});
+$('duplicate-cancel').addEventListener('click', () => {
+  const file = pendingFile;
+  hideDuplicate();
+  if (file) $('upload-result').textContent = `${file.name} was not stored again.`;
+});
+$('duplicate-open').addEventListener('click', hideDuplicate);
+
+/** Stores the file as a new import named after it; `unchecked`: no digest could be computed. */
+function send(file, unchecked) {
   const progress = $('upload-progress');
   $('upload-result').textContent = `Sending ${file.name}…`;
-  showUploadErrors(null);
   progress.hidden = false;
   progress.value = 0;
   const xhr = new XMLHttpRequest();
-  xhr.open('POST', '/imports');
+  const name = importName(file);
+  xhr.open('POST', name ? `/imports?name=${encodeURIComponent(name)}` : '/imports');
   xhr.setRequestHeader('Content-Type', 'application/json');
   if (token) xhr.setRequestHeader('Authorization', `Bearer ${token}`);
   xhr.upload.addEventListener('progress', (event) => {
@@ -184,7 +254,8 @@ function upload(file) {
     try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
     if (xhr.status === 201) {
       const id = body.data.import_id;
-      $('upload-result').textContent = `${file.name}: stored as import ${id}.`;
+      $('upload-result').textContent = `${file.name}: stored as import ${id}.`
+        + (unchecked ? ' (Not checked for an earlier copy: this browser computes digests only on HTTPS or localhost.)' : '');
       await loadImports();
     } else {
       if (xhr.status === 401 || xhr.status === 403) askForToken();
@@ -600,10 +671,15 @@ async function fillCompareWith(id) {
   select.value = '';
   const { imports } = await api('GET', '/imports?limit=100');
   for (const info of imports) {
-    if (info.import_id === id) continue;
+    if (info.import_id === id) {
+      // The list is where an import's name is: the title shows it.
+      if (info.name) $('import-title').textContent = `Import ${id} · ${info.name}`;
+      continue;
+    }
     const option = document.createElement('option');
     option.value = info.import_id;
-    option.textContent = `Import ${info.import_id} (${numbers.format(info.citizens)} citizens)`;
+    const citizens = `${numbers.format(info.citizens)} citizens`;
+    option.textContent = `Import ${info.import_id} (${info.name ? `${info.name}, ${citizens}` : citizens})`;
     select.append(option);
   }
 }

@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 import { createRequire } from 'node:module';
+import { createHash } from 'node:crypto';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../..');
@@ -568,6 +569,52 @@ for (const backend of ['sqlite', 'tarantool']) {
     }
     check(towns['Новый Уренгой'].shown.startsWith('—'), `a new town: ${towns['Новый Уренгой'].shown}`);
     check(towns.Abakan.shown.endsWith('—'), `an emptied town: ${towns.Abakan.shown}`);
+  }, { backend });
+
+  test(`${backend}: an upload is named after its file, and a file stored before is stored again only when asked`, async ({ page, service }) => {
+    const buffer = Buffer.from(JSON.stringify(sampleImport(30, 10, 4)));
+    const digest = createHash('sha256').update(buffer).digest('hex');
+    const file = (name, bytes = buffer) => ({ name, mimeType: 'application/json', buffer: bytes });
+    const stored = async () => (await apiGet(service, '/imports')).imports;
+    await page.goto(`${service.base}/`);
+    await page.waitForSelector('#imports-empty:not([hidden])');
+    await page.setInputFiles('#file', file('Декабрь 2026 & итог.json'));
+    await page.waitForFunction(() => /stored as import \d+/.test(document.getElementById('upload-result').textContent));
+    const [first] = await stored();
+    same({ name: first.name, digest: first.digest }, { name: 'Декабрь 2026 & итог.json', digest }, 'the import as listed');
+    const row = page.locator(`#imports tbody tr[data-import-id="${first.import_id}"]`);
+    await row.locator('.import-name').waitFor();
+    check(await row.locator('.import-name').textContent() === 'Декабрь 2026 & итог.json', `the list shows ${await row.textContent()}`);
+
+    // The same bytes under another file name: a warning, and nothing sent until asked.
+    await page.setInputFiles('#file', file('copy.json'));
+    const warning = page.locator('#upload-duplicate');
+    await warning.waitFor();
+    const text = await page.textContent('#duplicate-text');
+    check(text.includes(`import ${first.import_id}`) && text.includes('Декабрь 2026 & итог.json'), `the warning says ${text}`);
+    check((await stored()).length === 1, 'a copy was stored before the analyst said so');
+    check(await page.getAttribute('#duplicate-open', 'href') === `#/imports/${first.import_id}`, 'Open leads elsewhere');
+    await page.click('#duplicate-cancel');
+    await warning.waitFor({ state: 'hidden' });
+    check((await stored()).length === 1, 'Cancel stored the copy');
+
+    await page.setInputFiles('#file', file('copy.json'));
+    await warning.waitFor();
+    await page.click('#duplicate-store');
+    await page.waitForFunction((id) => new RegExp(`stored as import (?!${id}\\b)\\d+`).test(document.getElementById('upload-result').textContent), first.import_id);
+    const [second] = await stored();
+    same({ name: second.name, digest: second.digest }, { name: 'copy.json', digest }, 'the copy as listed');
+    check(second.import_id > first.import_id, 'the copy is a new import');
+
+    // Another file is stored without a question.
+    await page.setInputFiles('#file', file('other.json', Buffer.from(JSON.stringify(sampleImport(5, 2, 9)))));
+    await page.waitForFunction((id) => new RegExp(`other.json: stored as import (?!${id}\\b)\\d+`).test(document.getElementById('upload-result').textContent), second.import_id);
+    check(await warning.isHidden(), 'a new file was taken for a copy');
+    check((await stored()).length === 3, 'the other file was not stored');
+
+    // An import's page names it.
+    await openImport(page, service, first.import_id);
+    await page.waitForFunction(() => document.getElementById('import-title').textContent.includes('итог.json'));
   }, { backend });
 
   test(`${backend}: a bad file shows the service's error by field and citizen, and nothing is stored`, async ({ page, service }) => {
