@@ -2,8 +2,15 @@
 // Plain ES module, no build step; served from the binary at /ui/app.js.
 
 import { drawBirthdays, drawPercentiles } from './charts.js';
+import { choose, count, language, locale, t, translatePage } from './i18n.js';
 
-const locale = navigator.language || 'en';
+translatePage();
+document.getElementById('language').value = language;
+document.getElementById('language').addEventListener('change', (event) => {
+  choose(event.target.value);
+  // Every string is drawn again in the new language; the address keeps the view.
+  location.reload();
+});
 const numbers = new Intl.NumberFormat(locale);
 const when = new Intl.DateTimeFormat(locale, { dateStyle: 'medium', timeStyle: 'short' });
 const PAGE = 50;
@@ -66,9 +73,11 @@ function reason({ field, citizen_id: citizen, message }) {
 
 /** One line for a refused request: the citizen and the field it names, then why. */
 function describe(error) {
+  if (error instanceof ApiError && error.status === 401) return t('This service asks for an access token: enter it above.');
+  if (error instanceof ApiError && error.status === 403) return t('This token may not do that: ask for one with more rights.');
   if (!(error instanceof ApiError) || !error.error) return error.message;
   const { field, citizen_id: citizen } = error.error;
-  const where = [citizen != null ? `citizen ${citizen}` : null, field || null].filter(Boolean);
+  const where = [citizen != null ? t('citizen {id}', { id: citizen }) : null, field || null].filter(Boolean);
   return (where.length ? `${where.join(', ')}: ` : '') + reason(error.error);
 }
 
@@ -81,7 +90,7 @@ function importRow(info) {
   tr.dataset.importId = info.import_id;
   const link = document.createElement('a');
   link.href = `#/imports/${info.import_id}`;
-  link.textContent = `Import ${info.import_id}`;
+  link.textContent = t('Import {id}', { id: info.import_id });
   const first = document.createDocumentFragment();
   first.append(link);
   if (info.name) {
@@ -105,8 +114,8 @@ function importRow(info) {
   const remove = document.createElement('button');
   remove.type = 'button';
   remove.className = 'danger small';
-  remove.textContent = 'Delete…';
-  remove.setAttribute('aria-label', `Delete import ${info.import_id}`);
+  remove.textContent = t('Delete…');
+  remove.setAttribute('aria-label', t('Delete import {id}', { id: info.import_id }));
   remove.addEventListener('click', () => deleteImport(info.import_id, info.citizens));
   const td = document.createElement('td');
   td.append(remove);
@@ -128,14 +137,14 @@ async function loadImports(more = false) {
 $('imports-more').addEventListener('click', () => loadImports(true).catch((e) => say(describe(e))));
 
 async function deleteImport(id, citizens) {
-  if (!confirm(`Delete import ${id} and its ${numbers.format(citizens)} citizens? This cannot be undone.`)) return;
+  if (!confirm(t('Delete import {id} and its {citizens}? This cannot be undone.', { id, citizens: count('citizens', citizens) }))) return;
   try {
     await api('DELETE', `/imports/${id}`);
-    say(`Import ${id} deleted.`);
+    say(t('Import {id} deleted.', { id }));
     if (location.hash !== '#/') location.hash = '#/';
     else await loadImports();
   } catch (e) {
-    say(`Import ${id} was not deleted: ${describe(e)}`);
+    say(t('Import {id} was not deleted: {why}', { id, why: describe(e) }));
   }
 }
 
@@ -157,7 +166,7 @@ function showUploadErrors(error) {
     item.dataset.code = code ?? '';
     if (citizen != null) {
       const who = document.createElement('strong');
-      who.textContent = `Citizen ${citizen}`;
+      who.textContent = t('Citizen {id}', { id: citizen });
       item.append(who, ' · ');
     }
     if (field) {
@@ -165,7 +174,11 @@ function showUploadErrors(error) {
       what.textContent = field;
       item.append(what, ': ');
     }
-    item.append(reason(error.error));
+    // The service's own words, in English whatever the page's language.
+    const why = document.createElement('span');
+    why.lang = 'en';
+    why.textContent = reason(error.error);
+    item.append(why);
   } else {
     item.textContent = error.message;
   }
@@ -197,23 +210,23 @@ function hideDuplicate() {
 async function upload(file) {
   showUploadErrors(null);
   hideDuplicate();
-  $('upload-result').textContent = `Checking ${file.name}…`;
+  $('upload-result').textContent = t('Checking {file}…', { file: file.name });
   let digest = null;
   let stored = null;
   try {
     digest = await digestOf(file);
     if (digest) stored = (await api('GET', `/imports?digest=${digest}&limit=1`)).imports[0] ?? null;
   } catch (e) {
-    $('upload-result').textContent = `${file.name} was not sent: ${describe(e)}`;
+    $('upload-result').textContent = t('{file} was not sent: {why}', { file: file.name, why: describe(e) });
     return;
   }
   if (stored) {
     pendingFile = file;
     const named = stored.name ? ` (${stored.name})` : '';
-    $('duplicate-text').textContent = `This file is already stored as import ${stored.import_id}${named}, `
-      + `${when.format(new Date(stored.created_at))}. Store it again as a new import?`;
+    $('duplicate-text').textContent = t('This file is already stored as import {id}{named}, {when}. Store it again as a new import?',
+      { id: stored.import_id, named, when: when.format(new Date(stored.created_at)) });
     $('duplicate-open').href = `#/imports/${stored.import_id}`;
-    $('duplicate-open').textContent = `Open import ${stored.import_id}`;
+    $('duplicate-open').textContent = t('Open import {id}', { id: stored.import_id });
     $('upload-result').textContent = '';
     $('upload-duplicate').hidden = false;
     $('duplicate-store').focus();
@@ -230,14 +243,14 @@ $('duplicate-store').addEventListener('click', () => {
 $('duplicate-cancel').addEventListener('click', () => {
   const file = pendingFile;
   hideDuplicate();
-  if (file) $('upload-result').textContent = `${file.name} was not stored again.`;
+  if (file) $('upload-result').textContent = t('{file} was not stored again.', { file: file.name });
 });
 $('duplicate-open').addEventListener('click', hideDuplicate);
 
 /** Stores the file as a new import named after it; `unchecked`: no digest could be computed. */
 function send(file, unchecked) {
   const progress = $('upload-progress');
-  $('upload-result').textContent = `Sending ${file.name}…`;
+  $('upload-result').textContent = t('Sending {file}…', { file: file.name });
   progress.hidden = false;
   progress.value = 0;
   const xhr = new XMLHttpRequest();
@@ -254,18 +267,18 @@ function send(file, unchecked) {
     try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
     if (xhr.status === 201) {
       const id = body.data.import_id;
-      $('upload-result').textContent = `${file.name}: stored as import ${id}.`
-        + (unchecked ? ' (Not checked for an earlier copy: this browser computes digests only on HTTPS or localhost.)' : '');
+      $('upload-result').textContent = t('{file}: stored as import {id}.', { file: file.name, id })
+        + (unchecked ? t(' (Not checked for an earlier copy: this browser computes digests only on HTTPS or localhost.)') : '');
       await loadImports();
     } else {
       if (xhr.status === 401 || xhr.status === 403) askForToken();
-      $('upload-result').textContent = `${file.name} was not stored (HTTP ${xhr.status}).`;
+      $('upload-result').textContent = t('{file} was not stored (HTTP {status}).', { file: file.name, status: xhr.status });
       showUploadErrors(new ApiError(xhr.status, body));
     }
     progress.hidden = true;
   });
   xhr.addEventListener('error', () => {
-    $('upload-result').textContent = `${file.name} was not sent: the service did not answer.`;
+    $('upload-result').textContent = t('{file} was not sent: the service did not answer.', { file: file.name });
     progress.hidden = true;
   });
   xhr.send(file);
@@ -355,7 +368,7 @@ function drawHead() {
     const button = document.createElement('button');
     button.type = 'button';
     button.className = 'sort';
-    button.textContent = title;
+    button.textContent = t(title);
     const active = view.sort.key === key;
     th.setAttribute('aria-sort', active ? (view.sort.ascending ? 'ascending' : 'descending') : 'none');
     if (active) button.textContent += view.sort.ascending ? ' ▲' : ' ▼';
@@ -370,7 +383,10 @@ function drawHead() {
     tr.append(th);
   }
   const th = document.createElement('th');
-  th.innerHTML = '<span class="visually-hidden">Edit</span>';
+  const hidden = document.createElement('span');
+  hidden.className = 'visually-hidden';
+  hidden.textContent = t('Edit');
+  th.append(hidden);
   tr.append(th);
 }
 
@@ -392,11 +408,11 @@ function drawTable() {
         v.forEach((id, i) => {
           if (i > 0) td.append(', ');
           const open = citizenButton(id, String(id));
-          open.setAttribute('aria-label', `Show citizen ${id}, ${view.byId.get(id)?.name ?? ''}`);
+          open.setAttribute('aria-label', t('Show citizen {id}, {name}', { id, name: view.byId.get(id)?.name ?? '' }));
           td.append(open);
         });
       } else {
-        td.textContent = typeof v === 'number' ? numbers.format(v) : v;
+        td.textContent = typeof v === 'number' ? numbers.format(v) : key === 'gender' ? t(v) : v;
       }
       tr.append(td);
     }
@@ -404,23 +420,23 @@ function drawTable() {
     const edit = document.createElement('button');
     edit.type = 'button';
     edit.className = 'small';
-    edit.textContent = 'Edit';
-    edit.setAttribute('aria-label', `Edit citizen ${c.citizen_id}, ${c.name}`);
+    edit.textContent = t('Edit');
+    edit.setAttribute('aria-label', t('Edit citizen {id}, {name}', { id: c.citizen_id, name: c.name }));
     edit.addEventListener('click', () => openEditor(c));
     td.append(edit);
     tr.append(td);
     return tr;
   }));
-  $('citizens-count').textContent = `${numbers.format(rows.length)} of ${numbers.format(view.citizens.length)} citizens`;
-  $('page-info').textContent = `Page ${numbers.format(view.page + 1)} of ${numbers.format(pages)}`;
+  $('citizens-count').textContent = count('citizens shown', view.citizens.length, { shown: numbers.format(rows.length) });
+  $('page-info').textContent = t('Page {page} of {pages}', { page: numbers.format(view.page + 1), pages: numbers.format(pages) });
   $('page-prev').disabled = view.page === 0;
   $('page-next').disabled = view.page >= pages - 1;
   const chip = $('month-filter');
   chip.hidden = view.month == null;
   if (view.month != null) {
     const name = monthLong(view.month);
-    chip.textContent = `Buying presents in ${name} ×`;
-    chip.setAttribute('aria-label', `Show every month again (now: buying presents in ${name})`);
+    chip.textContent = t('Buying presents in {month} ×', { month: name });
+    chip.setAttribute('aria-label', t('Show every month again (now: buying presents in {month})', { month: name }));
   }
 }
 
@@ -484,7 +500,7 @@ function showMonth(label, top) {
   const box = $('birthdays-detail');
   box.replaceChildren(`${label}.`);
   if (top.length === 0) return;
-  box.append(' Buying most: ');
+  box.append(` ${t('Buying most:')} `);
   top.forEach((e, i) => {
     if (i > 0) box.append('; ');
     const name = view.byId.get(e.citizen_id)?.name ?? `#${e.citizen_id}`;
@@ -574,7 +590,7 @@ $('export-birthdays').addEventListener('click', () => {
 
 $('export-percentiles').addEventListener('click', () => {
   downloadCsv(`import-${view.id}-ages-per-town.csv`, ['town', 'p50', 'p75', 'p99'],
-    view.towns.map((t) => [t.town, t.p50, t.p75, t.p99]));
+    view.towns.map((town) => [town.town, town.p50, town.p75, town.p99]));
 });
 
 $('print-report').addEventListener('click', () => window.print());
@@ -592,9 +608,11 @@ async function loadImport(id) {
   view.haystack = citizens.map((c) => `${c.name}\n${c.town}\n${c.street}`.toLocaleLowerCase(locale));
   view.birthdays = birthdays;
   view.towns = towns;
-  $('import-title').textContent = `Import ${id}`;
+  $('import-title').textContent = t('Import {id}', { id });
   const presents = Object.values(birthdays).flat().reduce((s, e) => s + e.presents, 0);
-  $('import-summary').textContent = `${numbers.format(citizens.length)} citizens in ${numbers.format(towns.length)} towns; ${numbers.format(presents)} presents a year.`;
+  $('import-summary').textContent = t('{citizens} in {towns}; {presents} a year.', {
+    citizens: count('citizens', citizens.length), towns: count('in towns', towns.length), presents: count('presents', presents),
+  });
   drawCharts();
   drawHead();
   drawTable();
@@ -608,7 +626,7 @@ const form = $('edit-form');
 
 function openEditor(citizen) {
   editing = citizen;
-  $('editor-title').textContent = `Citizen ${citizen.citizen_id}`;
+  $('editor-title').textContent = t('Citizen {id}', { id: citizen.citizen_id });
   for (const field of ['name', 'town', 'street', 'building', 'apartment', 'birth_date', 'gender']) {
     form.elements[field].value = citizen[field];
   }
@@ -650,12 +668,16 @@ form.addEventListener('submit', async (event) => {
     await api('PATCH', `/imports/${view.id}/citizens/${editing.citizen_id}`, body);
     $('editor').close();
     await loadImport(view.id);
-    say(`Citizen ${editing.citizen_id} saved; the charts show the change.`);
+    say(t('Citizen {id} saved; the charts show the change.', { id: editing.citizen_id }));
   } catch (e) {
     const field = e instanceof ApiError ? e.error?.field ?? '' : '';
     const target = form.querySelector(`.field-error[data-for="${field}"]`)
       ?? form.querySelector('.field-error[data-for=""]');
-    target.textContent = e instanceof ApiError && e.error?.field ? reason(e.error) : describe(e);
+    const fromService = e instanceof ApiError && e.error?.field;
+    target.textContent = fromService ? reason(e.error) : describe(e);
+    // The service's own words are English whatever the page's language.
+    if (fromService) target.lang = 'en';
+    else target.removeAttribute('lang');
     form.elements[field]?.focus();
   }
 });
@@ -673,13 +695,13 @@ async function fillCompareWith(id) {
   for (const info of imports) {
     if (info.import_id === id) {
       // The list is where an import's name is: the title shows it.
-      if (info.name) $('import-title').textContent = `Import ${id} · ${info.name}`;
+      if (info.name) $('import-title').textContent = t('Import {id} · {name}', { id, name: info.name });
       continue;
     }
     const option = document.createElement('option');
     option.value = info.import_id;
-    const citizens = `${numbers.format(info.citizens)} citizens`;
-    option.textContent = `Import ${info.import_id} (${info.name ? `${info.name}, ${citizens}` : citizens})`;
+    const citizens = count('citizens', info.citizens);
+    option.textContent = t('Import {id} ({details})', { id: info.import_id, details: info.name ? `${info.name}, ${citizens}` : citizens });
     select.append(option);
   }
 }
@@ -706,9 +728,9 @@ async function loadCompare(a, b) {
     api('GET', `/imports/${a}/towns/stat/percentile/age`),
     api('GET', `/imports/${b}/towns/stat/percentile/age`),
   ]);
-  $('compare-title').textContent = `Import ${a} and import ${b}`;
-  for (const th of document.querySelectorAll('.compare-a')) th.textContent = `Import ${a}`;
-  for (const th of document.querySelectorAll('.compare-b')) th.textContent = `Import ${b}`;
+  $('compare-title').textContent = t('Import {a} and import {b}', { a, b });
+  for (const th of document.querySelectorAll('.compare-a')) th.textContent = t('Import {id}', { id: a });
+  for (const th of document.querySelectorAll('.compare-b')) th.textContent = t('Import {id}', { id: b });
   const total = (months, m) => (months[String(m)] ?? []).reduce((sum, e) => sum + e.presents, 0);
   $('compare-months').tBodies[0].replaceChildren(...[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12].map((m) => {
     const [x, y] = [total(monthsA, m), total(monthsB, m)];
@@ -724,16 +746,16 @@ async function loadCompare(a, b) {
     return tr;
   }));
   const byTown = new Map();
-  for (const t of townsA) byTown.set(t.town, { town: t.town, a: t });
-  for (const t of townsB) byTown.set(t.town, { ...(byTown.get(t.town) ?? { town: t.town }), b: t });
+  for (const town of townsA) byTown.set(town.town, { town: town.town, a: town });
+  for (const town of townsB) byTown.set(town.town, { ...(byTown.get(town.town) ?? { town: town.town }), b: town });
   const collator = new Intl.Collator(locale);
   const rows = [...byTown.values()].sort((x, y) => collator.compare(x.town, y.town));
   $('compare-towns').tBodies[0].replaceChildren(...rows.map(({ town, a: x, b: y }) => {
     const tr = document.createElement('tr');
     tr.dataset.town = town;
     for (const side of ['a', 'b']) {
-      const t = side === 'a' ? x : y;
-      if (t) for (const p of ['p50', 'p75', 'p99']) tr.dataset[`${side}${p}`] = t[p];
+      const stats = side === 'a' ? x : y;
+      if (stats) for (const p of ['p50', 'p75', 'p99']) tr.dataset[`${side}${p}`] = stats[p];
     }
     const name = document.createElement('th');
     name.scope = 'row';
@@ -748,7 +770,9 @@ async function loadCompare(a, b) {
     return tr;
   }));
   const sum = (months) => Object.values(months).flat().reduce((s2, e) => s2 + e.presents, 0);
-  $('compare-summary').textContent = `Presents a year: ${change(sum(monthsA), sum(monthsB), numbers)}; towns: ${numbers.format(townsA.length)} and ${numbers.format(townsB.length)}.`;
+  $('compare-summary').textContent = t('Presents a year: {change}; towns: {a} and {b}.', {
+    change: change(sum(monthsA), sum(monthsB), numbers), a: numbers.format(townsA.length), b: numbers.format(townsB.length),
+  });
 }
 
 // ---- routing ---------------------------------------------------------------
@@ -761,11 +785,11 @@ async function route() {
   $('compare-view').hidden = !compare;
   try {
     if (compare) {
-      say('Loading…');
+      say(t('Loading…'));
       await loadCompare(Number(compare[1]), Number(compare[2]));
       say('');
     } else if (match) {
-      say('Loading…');
+      say(t('Loading…'));
       readState(match[2] ?? '');
       await loadImport(Number(match[1]));
       say('');
@@ -773,7 +797,7 @@ async function route() {
       await loadImports();
     }
   } catch (e) {
-    say(e.status === 404 ? 'No such import (it may have been deleted).' : describe(e));
+    say(e.status === 404 ? t('No such import (it may have been deleted).') : describe(e));
   }
 }
 

@@ -2,6 +2,8 @@
 // Each mark carries its numbers in data-* attributes, so a test (or a
 // curious analyst with the inspector) can read what is drawn.
 
+import { count, t } from './i18n.js';
+
 const SVG = 'http://www.w3.org/2000/svg';
 
 function el(name, attrs = {}, text) {
@@ -67,25 +69,25 @@ export function drawBirthdays(container, months, { locale, nameOf, onFocus, onPi
   const rows = longest * 6.8 > band - 2 ? 2 : 1;
   const bottom = rows === 2 ? 40 : 28;
   const top = 30;
-  const max = niceMax(Math.max(...totals.map((t) => t.total)));
+  const max = niceMax(Math.max(...totals.map((m) => m.total)));
   const scale = (v) => (height - bottom - top) * (v / max);
   const svg = el('svg', {
     viewBox: `0 0 ${width} ${height}`, class: 'svg-chart', role: 'group',
-    'aria-label': 'Presents per month',
+    'aria-label': t('Presents per month'),
   });
   for (const tick of [0, 0.5, 1]) {
     const y = height - bottom - scale(max * tick);
     svg.append(el('line', { x1: left, x2: width - 8, y1: y, y2: y, class: 'gridline' }));
     svg.append(el('text', { x: left - 6, y: y + 4, class: 'axis', 'text-anchor': 'end' }, numbers.format(max * tick)));
   }
-  svg.append(el('text', { x: 4, y: 12, class: 'axis-title' }, 'Presents'));
+  svg.append(el('text', { x: 4, y: 12, class: 'axis-title' }, t('Presents')));
   for (const { month, total, top: best } of totals) {
     const date = new Date(Date.UTC(2000, month - 1, 1));
     const x = left + (month - 1) * band + band * 0.15;
     const h = scale(total);
     const who = best.map((e) => `${nameOf(e.citizen_id)} (${e.citizen_id}): ${numbers.format(e.presents)}`);
-    const label = `${longMonth.format(date)}: ${numbers.format(total)} presents`;
-    const detail = who.length ? `${label}. Buying most: ${who.join('; ')}` : `${label}.`;
+    const label = t('{month}: {presents}', { month: longMonth.format(date), presents: count('presents', total) });
+    const detail = who.length ? t('{label}. Buying most: {who}', { label, who: who.join('; ') }) : `${label}.`;
     const bar = el('g', {
       class: 'bar', tabindex: 0, role: 'img', 'aria-label': detail,
       'data-month': month, 'data-total': total,
@@ -114,13 +116,13 @@ export function drawPercentiles(container, towns, { locale, sort, filter }) {
   const numbers = new Intl.NumberFormat(locale, { maximumFractionDigits: 2 });
   const collator = new Intl.Collator(locale);
   const wanted = filter.trim().toLocaleLowerCase(locale);
-  const rows = towns.filter((t) => !wanted || t.town.toLocaleLowerCase(locale).includes(wanted));
+  const rows = towns.filter((town) => !wanted || town.town.toLocaleLowerCase(locale).includes(wanted));
   if (sort === 'town') rows.sort((a, b) => collator.compare(a.town, b.town));
   else rows.sort((a, b) => b[sort] - a[sort] || collator.compare(a.town, b.town));
   if (rows.length === 0) {
     const p = document.createElement('p');
     p.className = 'muted';
-    p.textContent = towns.length ? 'No town matches.' : 'No citizens.';
+    p.textContent = towns.length ? t('No town matches.') : t('No citizens.');
     container.replaceChildren(p);
     return;
   }
@@ -132,34 +134,36 @@ export function drawPercentiles(container, towns, { locale, sort, filter }) {
   const height = top + rows.length * row + 8;
   // The axis spans the ages there are (every town's, so a filter keeps the
   // scale), not 0–100: medians of 48 and 53 stay apart.
-  const ticks = niceTicks(Math.min(...towns.map((t) => t.p50)), Math.max(...towns.map((t) => t.p99)));
+  const ticks = niceTicks(Math.min(...towns.map((town) => town.p50)), Math.max(...towns.map((town) => town.p99)));
   const [from, to] = [ticks[0], ticks[ticks.length - 1]];
   const x = (age) => labelWidth + (width - labelWidth - right) * ((age - from) / (to - from));
   const svg = el('svg', {
     viewBox: `0 0 ${width} ${height}`, class: 'svg-chart', role: 'group',
-    'aria-label': `Age percentiles per town, on an axis from ${numbers.format(from)} to ${numbers.format(to)} years`,
+    'aria-label': t('Age percentiles per town, on an axis from {from} to {to} years', { from: numbers.format(from), to: numbers.format(to) }),
     'data-axis-from': from, 'data-axis-to': to,
   });
   for (const age of ticks) {
     svg.append(el('line', { x1: x(age), x2: x(age), y1: top - 6, y2: height - 4, class: 'gridline' }));
     svg.append(el('text', { x: x(age), y: 14, class: 'axis', 'text-anchor': 'middle' }, numbers.format(age)));
   }
-  svg.append(el('text', { x: labelWidth - 14, y: 14, class: 'axis-title', 'text-anchor': 'end' }, 'Age, years'));
-  rows.forEach((t, i) => {
+  svg.append(el('text', { x: labelWidth - 14, y: 14, class: 'axis-title', 'text-anchor': 'end' }, t('Age, years')));
+  rows.forEach((town, i) => {
     const y = top + i * row + row / 2;
-    const label = `${t.town}: p50 ${numbers.format(t.p50)}, p75 ${numbers.format(t.p75)}, p99 ${numbers.format(t.p99)} years`;
+    const label = t('{town}: p50 {p50}, p75 {p75}, p99 {p99} years', {
+      town: town.town, p50: numbers.format(town.p50), p75: numbers.format(town.p75), p99: numbers.format(town.p99),
+    });
     const g = el('g', {
       class: 'town', tabindex: 0, role: 'img', 'aria-label': label,
-      'data-town': t.town, 'data-p50': t.p50, 'data-p75': t.p75, 'data-p99': t.p99,
+      'data-town': town.town, 'data-p50': town.p50, 'data-p75': town.p75, 'data-p99': town.p99,
     });
     g.append(el('title', {}, label));
-    g.append(el('text', { x: labelWidth - 8, y: y + 4, class: 'label', 'text-anchor': 'end' }, t.town));
-    g.append(el('line', { x1: x(t.p50), x2: x(t.p99), y1: y, y2: y, class: 'span' }));
+    g.append(el('text', { x: labelWidth - 8, y: y + 4, class: 'label', 'text-anchor': 'end' }, town.town));
+    g.append(el('line', { x1: x(town.p50), x2: x(town.p99), y1: y, y2: y, class: 'span' }));
     // Largest first, so marks that coincide (p50 = p75 = p99 in a small
     // town) nest, each still showing: a diamond, a square in it, a dot in that.
-    g.append(el('path', { d: `M ${x(t.p99)} ${y - 7} l 7 7 l -7 7 l -7 -7 z`, class: 'p99' }));
-    g.append(el('rect', { x: x(t.p75) - 4, y: y - 4, width: 8, height: 8, class: 'p75' }));
-    g.append(el('circle', { cx: x(t.p50), cy: y, r: 2.5, class: 'p50' }));
+    g.append(el('path', { d: `M ${x(town.p99)} ${y - 7} l 7 7 l -7 7 l -7 -7 z`, class: 'p99' }));
+    g.append(el('rect', { x: x(town.p75) - 4, y: y - 4, width: 8, height: 8, class: 'p75' }));
+    g.append(el('circle', { cx: x(town.p50), cy: y, r: 2.5, class: 'p50' }));
     svg.append(g);
   });
   container.replaceChildren(svg);

@@ -21,6 +21,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../ui/charts.js"),
     ),
     (
+        "i18n.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/i18n.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../../ui/style.css"),

@@ -29,6 +29,11 @@ async fn the_page_and_its_files_are_served_from_the_binary() {
             "ui/charts.js",
             "text/javascript; charset=utf-8",
         ),
+        (
+            "/ui/i18n.js",
+            "ui/i18n.js",
+            "text/javascript; charset=utf-8",
+        ),
         ("/ui/style.css", "ui/style.css", "text/css; charset=utf-8"),
     ] {
         let (status, headers, body) = fetch(&app, path).await;
@@ -54,7 +59,13 @@ async fn with_a_tokens_file_the_page_is_open_and_the_data_is_not() {
     let path = dir.path().join("tokens");
     std::fs::write(&path, "").unwrap();
     let app = TestApp::spawn_with(Backend::Sqlite, |c| c.tokens_file = Some(path.clone())).await;
-    for path in ["/", "/ui/app.js", "/ui/charts.js", "/ui/style.css"] {
+    for path in [
+        "/",
+        "/ui/app.js",
+        "/ui/charts.js",
+        "/ui/i18n.js",
+        "/ui/style.css",
+    ] {
         assert_eq!(fetch(&app, path).await.0, StatusCode::OK, "{path}");
     }
     assert_eq!(fetch(&app, "/imports").await.0, StatusCode::UNAUTHORIZED);

@@ -772,7 +772,7 @@ for (const [locale, scheme] of [['ru-RU', 'light'], ['en-GB', 'dark']]) {
     await openImport(page, service, id);
     same(await axeViolations(page), [], 'violations on an import');
     const who = body.citizens[0];
-    await page.getByRole('button', { name: `Edit citizen ${who.citizen_id}, ${who.name}` }).click();
+    await page.click(`#citizens tbody tr[data-citizen-id="${who.citizen_id}"] td:last-child button`);
     await page.waitForSelector('dialog[open]');
     same(await axeViolations(page), [], 'violations on the edit form');
     await page.keyboard.press('Escape');
@@ -783,23 +783,122 @@ for (const [locale, scheme] of [['ru-RU', 'light'], ['en-GB', 'dark']]) {
   }, { context: { locale, colorScheme: scheme, bypassCSP: true } });
 }
 
-test('sqlite: with --tokens-file the page asks for a token and then works', async ({ page }) => {
+/** The page's own words in Latin letters (two or more in a row) in its text and its
+ *  aria-label, placeholder and title attributes, hidden parts included; data (citizens,
+ *  towns, import names), code, the service's English messages and the language names
+ *  are not the page's words. */
+async function latinWords(page) {
+  return page.evaluate(() => {
+    const data = '#citizens tbody, .import-name, #percentiles-chart text.label, #compare-towns tbody th, '
+      + '#birthdays-detail button, #language, code, [lang="en"], #compare-with option[value]:not([value=""])';
+    const words = new Set();
+    const add = (text) => { for (const w of text.match(/[A-Za-z]{2,}/g) ?? []) words.add(w); };
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      if (!n.parentElement?.closest(data)) add(n.nodeValue);
+    }
+    for (const el of document.body.querySelectorAll('[aria-label], [placeholder], [title]')) {
+      if (el.closest(data)) continue;
+      for (const a of ['aria-label', 'placeholder', 'title']) add(el.getAttribute(a) ?? '');
+    }
+    add(document.title);
+    return [...words];
+  });
+}
+
+test('sqlite: the page speaks the browser\'s language, Russian or English, every string in both, and the choice is kept', async ({ page, service, browser }) => {
+  const body = sampleImport(40, 20, 5);
+  for (const c of body.citizens) if (c.town === 'Abakan') c.town = 'Абакан';
+  const named = async (name, data) => {
+    const response = await fetch(`${service.base}/imports?name=${encodeURIComponent(name)}`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(data),
+    });
+    check(response.status === 201, `POST /imports: ${response.status}`);
+    return (await response.json()).data.import_id;
+  };
+  const a = await named('декабрь', body);
+  const second = sampleImport(20, 5, 6);
+  for (const c of second.citizens) c.town = 'Керчь';
+  const b = await named('январь', second);
+  const seen = new Set();
+  const sweep = async (where) => { for (const w of await latinWords(page)) seen.add(`${w} (${where})`); };
+  await page.goto(`${service.base}/`);
+  await page.waitForSelector('#imports tbody tr');
+  check(await page.getAttribute('html', 'lang') === 'ru', 'the page is not in Russian for a Russian browser');
+  check(await page.inputValue('#language') === 'ru', 'the language list does not say Russian');
+  await sweep('imports');
+  // A file stored before: the warning.
+  await page.setInputFiles('#file', { name: 'выгрузка.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(body)) });
+  await page.waitForSelector('#upload-duplicate:not([hidden])');
+  await sweep('a file stored before');
+  await page.click('#duplicate-cancel');
+  // A bad file: the frame of the service's error.
+  const bad = sampleImport(3, 1, 7);
+  bad.citizens[1].birth_date = '31.02.2019';
+  await page.setInputFiles('#file', { name: 'плохой.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(bad)) });
+  await page.waitForSelector('#upload-errors:not([hidden])');
+  check((await page.textContent('#upload-errors')).includes('Житель 2'), `the error says ${await page.textContent('#upload-errors')}`);
+  await sweep('a bad file');
+  await openImport(page, service, a);
+  await page.waitForFunction(() => document.getElementById('import-title').textContent.includes('декабрь'));
+  await page.focus('#birthdays-chart .bar');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#month-filter:not([hidden])');
+  check(/янв/i.test(await page.textContent('#birthdays-chart .bar text.axis')), 'months are not Russian');
+  await sweep('an import');
+  await page.click('#month-filter');
+  await page.click('#citizens tbody tr td:last-child button');
+  await page.waitForSelector('dialog[open]');
+  await sweep('the edit form');
+  await page.keyboard.press('Escape');
+  await page.goto(`${service.base}/#/compare/${a}/${b}`);
+  await page.waitForSelector('#compare-towns tbody tr');
+  await sweep('a comparison');
+  const allowed = /^(CSV|JSON|json|gifts|HTTP|HTTPS|localhost) /;
+  same([...seen].filter((w) => !allowed.test(w)), [], 'words left in English on the Russian page');
+
+  // Switched to English: the same view, every word English, months too.
+  await page.selectOption('#language', 'en');
+  await page.waitForFunction(() => document.documentElement.lang === 'en');
+  await page.waitForSelector('#compare-towns tbody tr');
+  check(await page.textContent('#compare-title') === `Import ${a} and import ${b}`, `title: ${await page.textContent('#compare-title')}`);
+  check(await page.textContent('#compare-months tbody tr td') === 'January', 'months are not English');
+  // Kept: a new tab of this browser is English too, though the browser says Russian.
+  const tab = await page.context().newPage();
+  await tab.goto(`${service.base}/`);
+  await tab.waitForSelector('#imports tbody tr');
+  check(await tab.getAttribute('html', 'lang') === 'en' && await tab.textContent('#imports-title') === 'Imports', 'the choice was not kept');
+  // A browser in neither language gets English.
+  const german = await browser.newContext({ locale: 'de-DE' });
+  try {
+    const other = await german.newPage();
+    await other.goto(`${service.base}/`);
+    await other.waitForSelector('#imports tbody tr');
+    check(await other.getAttribute('html', 'lang') === 'en', 'a German browser did not get English');
+  } finally {
+    await german.close();
+  }
+}, { context: { locale: 'ru-RU' } });
+
+for (const [locale, prompt] of [['en-GB', 'This service asks for an access token'], ['ru-RU', 'Сервис просит токен доступа']]) test(`sqlite: with --tokens-file the page asks for a token in its language and then works (${locale})`, async ({ page }) => {
   const { token, path } = tokensFile();
   const service = await startService(['--tokens-file', path]);
   try {
     await page.goto(`${service.base}/`);
     await page.waitForSelector('#token-form:not([hidden])');
+    await page.waitForFunction((text) => document.getElementById('status').textContent.includes(text), prompt);
+    check(!(await page.textContent('#status')).includes('Bearer'), `the prompt is the API's message: ${await page.textContent('#status')}`);
     await page.fill('#token', token);
     await page.click('#token-form button');
     await page.waitForSelector('#imports-empty:not([hidden])');
     await page.setInputFiles('#file', {
       name: 'citizens.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(sampleImport(8, 4))),
     });
-    await page.waitForFunction(() => /stored as import \d+/.test(document.getElementById('upload-result').textContent));
+    await page.waitForFunction(() => /stored as import \d+|сохранён как выгрузка \d+/.test(document.getElementById('upload-result').textContent));
   } finally {
     service.stop();
   }
-});
+}, { context: { locale } });
 
 async function main() {
   mkdirSync(shots, { recursive: true });
@@ -814,7 +913,7 @@ async function main() {
       ran += 1;
       const service = await startService([], {}, options.backend ?? 'sqlite');
       const context = await browser.newContext({
-        viewport: { width: 1280, height: 900 }, locale: 'ru-RU', ...options.context,
+        viewport: { width: 1280, height: 900 }, locale: 'en-GB', ...options.context,
       });
       const page = await context.newPage();
       const t = Date.now();
