@@ -1,14 +1,18 @@
 //! `/imports/{import_id}/citizens`: list, patch one, birthdays.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
 
-use super::error::AppError;
+use super::error::{AppError, json_response};
 use super::extract::{CitizenPath, ImportPath, RequestBody};
 use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data};
-use crate::domain::today_utc;
+use crate::domain::{Citizen, CitizenId, today_utc};
 use crate::reads::cache::View;
 
 #[utoipa::path(
@@ -19,6 +23,8 @@ use crate::reads::cache::View;
     tag = "citizens",
     params(
         ("import_id" = u64, Path, minimum = 1, description = "The import"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "A page of this many citizens (default 1000 with a cursor); without limit and cursor, all of them"),
+        ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$", description = "next_cursor of the previous page (opaque; one the service did not give is 400)"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
@@ -37,24 +43,101 @@ use crate::reads::cache::View;
                 {"citizen_id": 3, "town": "Керчь", "street": "Иосифа Бродского", "building": "2", "apartment": 11, "name": "Романова Мария Леонидовна", "birth_date": "23.11.1986", "gender": "female", "relatives": []}
             ]})),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
+        (status = 400, description = "A bad limit or cursor", body = crate::http::openapi::ErrorAnswer),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
 )]
-/// All citizens of an import
+/// All citizens of an import, or a page of them
 ///
 /// Every citizen as stored and corrected since, ordered by `citizen_id`, each with its
 /// relatives in ascending order. The answer carries an `ETag` (the import, its version and
 /// the view): send it back in `If-None-Match` and an unchanged import answers 304 with no
 /// body. Big answers are gzip-compressed for clients that accept it.
 ///
-/// Failures: 404 when there is no such import; 503 when the store does not answer (retry).
+/// With `limit` (1–10,000) or `cursor`, a page: `limit` citizens (1000 if only a cursor is
+/// sent) after the previous page's last, and `next_cursor` beside `data` (null on the last
+/// page). Pages are read by `citizen_id` from the store, so a page costs the same in an
+/// import of any size; a page is one state of the import, and a PATCH between two pages
+/// shows in the later one only (a citizen is never repeated or skipped: ids do not change).
+/// Pages have no `ETag`.
+///
+/// Failures: 400 for a `limit` out of range or a `cursor` the service did not give; 404
+/// when there is no such import; 503 when the store does not answer (retry).
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     ImportPath(import): ImportPath,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    cached_view(&state, &headers, import, View::Citizens).await
+    let Query(query) = query.map_err(|e| AppError::BadQuery("query", e.body_text()))?;
+    if query.limit.is_none() && query.cursor.is_none() {
+        return cached_view(&state, &headers, import, View::Citizens).await;
+    }
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                AppError::BadQuery(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_PAGE}, got {text:?}"),
+                )
+            })?,
+    };
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
+            AppError::BadQuery(
+                "cursor",
+                "is not a cursor this service gave out (use next_cursor as it came)".into(),
+            )
+        })?),
+    };
+    // One more than asked tells whether there is a next page.
+    let mut citizens = state.reads.citizens_page(import, after, limit + 1).await?;
+    let more = citizens.len() > limit;
+    citizens.truncate(limit);
+    let next_cursor = more
+        .then(|| citizens.last().map(|c| encode_cursor(c.citizen_id)))
+        .flatten();
+    let page = CitizensPage {
+        data: citizens.iter().map(AsRef::as_ref).collect(),
+        next_cursor,
+    };
+    let body = serde_json::to_vec(&page).map_err(AppError::internal)?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// Citizens per page when a cursor comes without a limit.
+const DEFAULT_PAGE: usize = 1000;
+/// Most citizens per page.
+const MAX_PAGE: usize = 10_000;
+
+/// The query of `GET /imports/{id}/citizens`, as sent (checked by `list`).
+#[derive(Deserialize)]
+pub struct PageQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// A page of citizens: the contract's `data`, and where the next page starts.
+#[derive(Serialize)]
+struct CitizensPage<'a> {
+    data: Vec<&'a Citizen>,
+    next_cursor: Option<String>,
+}
+
+/// A cursor names the last citizen of a page; it is opaque to clients.
+fn encode_cursor(citizen: CitizenId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("after:{citizen}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<CitizenId> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    CitizenId::parse(text.strip_prefix("after:")?.parse().ok()?).ok()
 }
 
 /// PATCH bodies of this many bytes or more are parsed off the async
@@ -135,6 +218,8 @@ pub async fn update(
     tag = "analytics",
     params(
         ("import_id" = u64, Path, minimum = 1, description = "The import"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "A page of this many citizens (default 1000 with a cursor); without limit and cursor, all of them"),
+        ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$", description = "next_cursor of the previous page (opaque; one the service did not give is 400)"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),

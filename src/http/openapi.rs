@@ -125,6 +125,9 @@ pub struct CitizenAnswer {
 #[derive(ToSchema)]
 pub struct CitizensAnswer {
     data: Vec<CitizenSchema>,
+    /// Only in a page (`limit` or `cursor` sent): pass as `cursor` for the next page; null on
+    /// the last page.
+    next_cursor: Option<String>,
 }
 
 /// Presents per month.

@@ -129,6 +129,17 @@ impl Reads {
         Ok(())
     }
 
+    /// A page of an import's citizens, from the store (by its primary key:
+    /// the page's cost, whatever the import's size; never cached).
+    pub async fn citizens_page(
+        &self,
+        import: ImportId,
+        after: Option<CitizenId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Citizen>>, StorageError> {
+        self.storage.citizens_page(import, after, limit).await
+    }
+
     /// The import list (never cached).
     pub async fn list_imports(
         &self,

@@ -111,6 +111,19 @@ impl<S: Storage> Storage for Metered<S> {
         self.time("citizens", self.inner.citizens(import)).await
     }
 
+    async fn citizens_page(
+        &self,
+        import: ImportId,
+        after: Option<CitizenId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Citizen>>, StorageError> {
+        self.time(
+            "citizens_page",
+            self.inner.citizens_page(import, after, limit),
+        )
+        .await
+    }
+
     async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
         self.time("presents", self.inner.presents(import)).await
     }

@@ -241,6 +241,17 @@ pub trait Storage: Send + Sync + 'static {
     /// with the import's version at that moment.
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError>;
 
+    /// Up to `limit` citizens of an import with ids above `after` (from the
+    /// first if `None`), ordered by citizen_id, relatives ascending: one page
+    /// of `citizens`, read by the primary key, so its cost is the page's, not
+    /// the import's. `ImportNotFound` for an unknown import.
+    async fn citizens_page(
+        &self,
+        import: ImportId,
+        after: Option<CitizenId>,
+        limit: usize,
+    ) -> Result<Vec<std::sync::Arc<Citizen>>, StorageError>;
+
     /// GET birthdays of an import from the presents rows the store keeps
     /// (`domain::summary`), with the import's version in the same read:
     /// its cost is the answer's, not the import's.

@@ -324,7 +324,105 @@ async fn health_answers_when_the_store_does(backend: Backend) {
     assert_eq!(body, json!({"data": {"status": "ok"}}));
 }
 
+/// `GET /imports/{import}/citizens{query}`'s `data` and `next_cursor`.
+async fn citizens_page(app: &TestApp, import: i64, query: &str) -> (Vec<Value>, Value) {
+    let (status, body) = app.get(&format!("/imports/{import}/citizens{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["data", "next_cursor"], "{query}");
+    (
+        body["data"].as_array().unwrap().clone(),
+        body["next_cursor"].clone(),
+    )
+}
+
+async fn citizens_come_a_page_at_a_time_as_the_whole_answer_has_them(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut sent = crate::helpers::generate_import(2_500, 300, 21);
+    // The ids at both ends of the range, each its own relative.
+    sent.push(citizen(
+        9_223_372_036_854_775_807,
+        &[9_223_372_036_854_775_807],
+    ));
+    let import = app.import(sent).await;
+    let whole = app.citizens(import).await;
+    assert_eq!(whole.len(), 2_501);
+    let (status, plain) = app.get(&format!("/imports/{import}/citizens")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        plain.get("next_cursor").is_none(),
+        "the whole answer is the contract's"
+    );
+
+    let mut walked = Vec::new();
+    let (mut page, mut cursor) = citizens_page(&app, import, "?limit=700").await;
+    loop {
+        assert!(!page.is_empty() && page.len() <= 700, "{}", page.len());
+        walked.extend(page);
+        let Some(next) = cursor.as_str() else { break };
+        (page, cursor) = citizens_page(&app, import, &format!("?limit=700&cursor={next}")).await;
+    }
+    assert_eq!(walked, whole, "the pages, joined, are the whole answer");
+
+    // A cursor alone: pages of 1,000; one page of all when the limit allows.
+    let (first, cursor) = citizens_page(&app, import, "?limit=1").await;
+    assert_eq!(first, whole[..1]);
+    let (rest, cursor) = citizens_page(
+        &app,
+        import,
+        &format!("?cursor={}", cursor.as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(rest, whole[1..1_001]);
+    assert!(cursor.is_string());
+    let (all, cursor) = citizens_page(&app, import, "?limit=10000").await;
+    assert_eq!((all.len(), cursor), (2_501, Value::Null));
+
+    // A PATCH between two pages shows in the later one, and nobody repeats.
+    let (first, cursor) = citizens_page(&app, import, "?limit=10").await;
+    let later = whole[15]["citizen_id"].as_u64().unwrap();
+    let earlier = whole[5]["citizen_id"].as_u64().unwrap();
+    app.patch(import, later, &json!({"name": "Позже"})).await;
+    app.patch(import, earlier, &json!({"name": "Раньше"})).await;
+    let (second, _) = citizens_page(
+        &app,
+        import,
+        &format!("?limit=10&cursor={}", cursor.as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(first[5]["name"], whole[5]["name"]);
+    assert_eq!(second[5]["name"], "Позже");
+    assert_eq!(second[0]["citizen_id"], whole[10]["citizen_id"]);
+}
+
+async fn pages_of_an_empty_or_unknown_import_and_bad_page_parameters(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let empty = app.import(vec![]).await;
+    assert_eq!(
+        citizens_page(&app, empty, "?limit=5").await,
+        (vec![], Value::Null)
+    );
+    let (status, body) = app.get("/imports/99/citizens?limit=5").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let import = app.import(spec_example()).await;
+    for (query, field) in [
+        ("?limit=0", "limit"),
+        ("?limit=10001", "limit"),
+        ("?limit=x", "limit"),
+        ("?cursor=nonsense", "cursor"),
+        // An import list's cursor is not a citizens cursor.
+        ("?cursor=YmVmb3JlOjE", "cursor"),
+        ("?limit=5&cursor=", "cursor"),
+    ] {
+        let (status, body) = app.get(&format!("/imports/{import}/citizens{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}");
+    }
+}
+
 backend_tests!(
+    citizens_come_a_page_at_a_time_as_the_whole_answer_has_them,
+    pages_of_an_empty_or_unknown_import_and_bad_page_parameters,
     citizens_come_ordered_by_id_with_relatives_ascending,
     birthdays_count_one_present_per_relative_per_month,
     birthdays_of_the_spec_example_follow_patches,

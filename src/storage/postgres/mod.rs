@@ -494,6 +494,23 @@ impl Storage for PostgresStorage {
             .await
     }
 
+    async fn citizens_page(
+        &self,
+        import: ImportId,
+        after: Option<CitizenId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Citizen>>, StorageError> {
+        let call = Call::read();
+        let after = after.map_or(-1, CitizenId::as_i64);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(
+            Kind::Read,
+            &call,
+            self.citizens_page_tx(&call, import, after, limit),
+        )
+        .await
+    }
+
     async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
         let call = Call::read();
         self.call(Kind::Read, &call, self.presents_tx(&call, import))

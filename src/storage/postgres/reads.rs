@@ -183,6 +183,41 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Up to `limit` citizens of `import` with ids above `after`, in one
+    /// statement (the import's row tells an empty page from no import).
+    pub(super) async fn citizens_page_tx(
+        &self,
+        call: &Call,
+        import: ImportId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<std::sync::Arc<Citizen>>, Fail> {
+        let client = self.conn(call).await?;
+        let read = client
+            .prepare_cached(&format!(
+                "SELECT {} FROM imports i LEFT JOIN LATERAL (
+                     SELECT * FROM citizens c WHERE c.import_id = i.import_id AND c.citizen_id > $2
+                     ORDER BY c.citizen_id LIMIT $3
+                 ) c ON true
+                 WHERE i.import_id = $1 ORDER BY c.citizen_id",
+                prefixed("c.")
+            ))
+            .await?;
+        let mut rows = client
+            .query(&read, &[&import.get(), &after, &limit])
+            .await?;
+        drop(client);
+        let Some(first) = rows.first() else {
+            return Err(Fail::Store(StorageError::ImportNotFound(import)));
+        };
+        if first.try_get::<_, Option<i64>>(0)?.is_none() {
+            rows.clear();
+        }
+        Ok(crate::storage::checked_citizens(rows, |row| read_citizen(&row)).await?)
+    }
+}
+
 /// An import id from the database.
 pub(super) fn import_id(id: i64) -> Result<ImportId, StorageError> {
     ImportId::new(id)

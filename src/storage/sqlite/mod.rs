@@ -606,6 +606,33 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn citizens_page(
+        &self,
+        import: ImportId,
+        after: Option<CitizenId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Citizen>>, StorageError> {
+        self.read(move |conn| {
+            let tx = conn.transaction().map_err(internal)?;
+            import_version(&tx, import)?.ok_or(StorageError::ImportNotFound(import))?;
+            let sql = format!(
+                "SELECT {CITIZEN_COLUMNS} FROM citizens
+                 WHERE import_id = ?1 AND citizen_id > ?2 ORDER BY citizen_id LIMIT ?3"
+            );
+            let mut stmt = tx.prepare_cached(&sql).map_err(internal)?;
+            let after = after.map_or(-1, CitizenId::as_i64);
+            let mut rows = stmt
+                .query(rusqlite::params![import, after, count(limit)])
+                .map_err(internal)?;
+            let mut citizens = Vec::new();
+            while let Some(row) = rows.next().map_err(internal)? {
+                citizens.push(Arc::new(read_row(row)?));
+            }
+            Ok(citizens)
+        })
+        .await
+    }
+
     async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
         self.read(move |conn| presents(conn, import)).await
     }

@@ -282,6 +282,44 @@ impl Connection {
         }
     }
 
+    /// Up to `limit` rows of `space` of an import after `after` (its rows'
+    /// key within the import), from the first if `None`: one `SELECT` after
+    /// a `gifts_read_version` that tells a missing import (one request, so
+    /// the page is one state of the import).
+    pub(super) async fn read_page<T, U>(
+        &self,
+        space: &str,
+        import: ImportId,
+        after: Option<u64>,
+        limit: u32,
+        convert: fn(T) -> Result<U, StorageError>,
+    ) -> Result<Vec<U>, StorageError>
+    where
+        T: Keyed + DeserializeOwned + Send + 'static,
+        U: Send + 'static,
+    {
+        let id = import.get().unsigned_abs();
+        let (_, space_id) = self.read_version(space, import).await?;
+        let budget = crate::storage::deadline::remaining(self.timeout);
+        let selected: Result<Vec<T>, _> = match after {
+            None => {
+                self.client
+                    .select(space_id, &(id,), false, limit, budget)
+                    .await
+            }
+            Some(after) => {
+                self.client
+                    .select(space_id, &(id, after), true, limit, budget)
+                    .await
+            }
+        };
+        let mut page = selected.map_err(|e| classify(space, e, Kind::Read))?;
+        // A page after a key runs on into the next import's rows.
+        let ours = page.iter().take_while(|row| row.import() == id).count();
+        page.truncate(ours);
+        crate::storage::checked(page, convert).await
+    }
+
     /// One `gifts_read_version` call: the import's version and the id of
     /// `space` for direct reads.
     async fn read_version(

@@ -266,6 +266,23 @@ impl Storage for TarantoolStorage {
         Ok(Snapshot { version, citizens })
     }
 
+    async fn citizens_page(
+        &self,
+        import: ImportId,
+        after: Option<CitizenId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Citizen>>, StorageError> {
+        self.connection
+            .read_page::<Row, _>(
+                "citizens",
+                import,
+                after.map(|id| id.as_i64().unsigned_abs()),
+                u32::try_from(limit).unwrap_or(u32::MAX),
+                |row| row.into_citizen().map(Arc::new),
+            )
+            .await
+    }
+
     async fn presents(&self, import: ImportId) -> Result<(Version, Birthdays), StorageError> {
         let (version, rows) = self
             .connection
