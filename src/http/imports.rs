@@ -14,7 +14,7 @@ use super::extract::{ImportPath, RequestBody};
 use super::wire::{self, ImportBody, Object};
 use super::{AppState, data};
 use crate::domain::{ImportId, today_utc};
-use crate::storage::{Upload, Version};
+use crate::storage::{ImportInfo, Upload, Version};
 
 #[derive(Serialize)]
 struct Created {
@@ -197,17 +197,7 @@ pub async fn list(
     let next_cursor = more
         .then(|| found.last().map(|i| encode_cursor(i.import_id)))
         .flatten();
-    let imports = found
-        .into_iter()
-        .map(|i| Listed {
-            import_id: i.import_id,
-            citizens: i.citizens,
-            created_at: rfc3339(i.created_at),
-            version: i.version,
-            name: i.name,
-            digest: i.digest.map(hex::encode),
-        })
-        .collect();
+    let imports = found.into_iter().map(listed).collect();
     data(
         StatusCode::OK,
         &Page {
@@ -215,6 +205,52 @@ pub async fn list(
             next_cursor,
         },
     )
+}
+
+/// An import as the list shows it.
+fn listed(i: ImportInfo) -> Listed {
+    Listed {
+        import_id: i.import_id,
+        citizens: i.citizens,
+        created_at: rfc3339(i.created_at),
+        version: i.version,
+        name: i.name,
+        digest: i.digest.map(hex::encode),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/imports/{import_id}",
+    operation_id = "getImport",
+    security(("bearer" = ["read"]), ()),
+    tag = "imports",
+    params(("import_id" = u64, Path, minimum = 1, description = "The import")),
+    responses(
+        crate::http::openapi::Refusals,
+        (status = 200, description = "The import, as the list shows it", body = crate::http::openapi::ImportAnswer,
+            example = json!({"data": {"import_id": 2, "citizens": 3, "created_at": "2026-12-05T10:00:00Z", "version": 2, "name": "december.json", "digest": "5b41e3a0c9d3b1a2d3f0e7c1a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0"}})),
+        (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
+        (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
+    )
+)]
+/// One import: its size, name, digest, version and when it was stored
+///
+/// What `GET /imports` says about this import (no citizen is read): so a client knows an
+/// import's size before asking for its citizens, all at once or a page at a time.
+///
+/// Failures: 404 when there is no such import; 503 when the store does not answer (retry).
+pub async fn show(
+    State(state): State<AppState>,
+    ImportPath(import): ImportPath,
+) -> Result<Response, AppError> {
+    // The newest import older than the next id: this one, if it exists.
+    let before = import.get().checked_add(1).and_then(ImportId::new);
+    let found = state.reads.list_imports(1, before, None).await?;
+    match found.into_iter().next() {
+        Some(info) if info.import_id == import => data(StatusCode::OK, &listed(info)),
+        _ => Err(crate::storage::StorageError::ImportNotFound(import).into()),
+    }
 }
 
 #[utoipa::path(

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{get, patch, post};
 use serde::Serialize;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -92,7 +92,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let tokens = state.tokens.clone();
     let router = Router::new()
         .route("/imports", post(imports::create).get(imports::list))
-        .route("/imports/{import_id}", delete(imports::delete))
+        .route(
+            "/imports/{import_id}",
+            get(imports::show).delete(imports::delete),
+        )
         .route("/imports/{import_id}/citizens", get(citizens::list))
         .route(
             "/imports/{import_id}/citizens/{citizen_id}",

@@ -193,6 +193,12 @@ pub struct TownPercentiles {
     p99: f64,
 }
 
+/// One import.
+#[derive(ToSchema)]
+pub struct ImportAnswer {
+    data: ImportSummary,
+}
+
 /// A page of imports.
 #[derive(ToSchema)]
 pub struct ImportsAnswer {
@@ -365,6 +371,7 @@ pub enum ErrorCode {
     paths(
         super::imports::create,
         super::imports::list,
+        super::imports::show,
         super::imports::delete,
         super::citizens::update,
         super::citizens::list,

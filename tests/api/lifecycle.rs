@@ -198,6 +198,40 @@ async fn imports_are_listed_with_their_name_and_the_digest_of_their_body(backend
     );
 }
 
+async fn one_import_is_shown_as_the_list_shows_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = serde_json::to_vec(&json!({ "citizens": spec_example() })).unwrap();
+    let mut ids = Vec::new();
+    for name in ["первая", "вторая", "третья"] {
+        let (status, answer) = upload(&app, &[("name", name)], &body, false, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        ids.push(answer["data"]["import_id"].as_i64().unwrap());
+    }
+    app.patch(ids[1], 3, &json!({"name": "Другая"})).await;
+    let listed = page(&app, "").await;
+    for (at, &id) in ids.iter().rev().enumerate() {
+        let (status, shown) = app.get(&format!("/imports/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{shown}");
+        assert_eq!(shown["data"], listed["imports"][at], "import {id}");
+    }
+    let (_, second) = app.get(&format!("/imports/{}", ids[1])).await;
+    assert_eq!(
+        (&second["data"]["version"], &second["data"]["citizens"]),
+        (&json!(2), &json!(3))
+    );
+    app.send(Method::DELETE, &format!("/imports/{}", ids[1]), None)
+        .await;
+    for path in [
+        format!("/imports/{}", ids[1]),
+        "/imports/99".to_owned(),
+        "/imports/9223372036854775807".to_owned(),
+    ] {
+        let (status, body) = app.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+}
+
 async fn a_bad_import_name_or_digest_is_a_400_naming_it_and_stores_nothing(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let body = serde_json::to_vec(&json!({ "citizens": spec_example() })).unwrap();
@@ -317,6 +351,7 @@ backend_tests!(
     imports_are_listed_newest_first_a_page_at_a_time,
     bad_list_parameters_are_400s_naming_the_parameter,
     imports_are_listed_with_their_name_and_the_digest_of_their_body,
+    one_import_is_shown_as_the_list_shows_it,
     a_bad_import_name_or_digest_is_a_400_naming_it_and_stores_nothing,
     a_deleted_import_is_gone_everywhere_and_its_id_is_not_reused,
     patches_racing_a_delete_complete_before_it_or_get_404,
