@@ -14,6 +14,9 @@ document.getElementById('language').addEventListener('change', (event) => {
 const numbers = new Intl.NumberFormat(locale);
 const when = new Intl.DateTimeFormat(locale, { dateStyle: 'medium', timeStyle: 'short' });
 const PAGE = 50;
+// Imports of up to this many citizens are loaded whole (sort, filter, links and
+// the table's CSV in the page); bigger ones are read from the service a page at a time.
+const WHOLE = 50_000;
 const $ = (id) => document.getElementById(id);
 
 // ---- the API ---------------------------------------------------------------
@@ -32,7 +35,8 @@ function headers(extra = {}) {
   return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
 }
 
-async function api(method, path, body) {
+/** `data` of the API's answer; the whole answer (`data` and its siblings) when `whole`. */
+async function api(method, path, body, whole = false) {
   const response = await fetch(path, {
     method,
     headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }),
@@ -44,7 +48,7 @@ async function api(method, path, body) {
     if (response.status === 401 || response.status === 403) askForToken();
     throw new ApiError(response.status, parsed);
   }
-  return parsed?.data;
+  return whole ? parsed : parsed?.data;
 }
 
 function askForToken() {
@@ -315,6 +319,12 @@ const view = {
   page: 0,
   // A month picked on the presents chart: only the citizens buying presents then.
   month: null,
+  // GET /imports/{id}: the import's size decides whether it is loaded whole.
+  info: null,
+  // A big import: the page of citizens shown, and the cursor of each page reached so far.
+  big: false,
+  rows: [],
+  cursors: [null],
 };
 
 const COLUMNS = [
@@ -365,6 +375,12 @@ function drawHead() {
     const th = document.createElement('th');
     th.scope = 'col';
     if (cls) th.className = cls;
+    if (view.big) {
+      // A big import is shown by id, as the service pages it.
+      th.textContent = t(title);
+      tr.append(th);
+      continue;
+    }
     const button = document.createElement('button');
     button.type = 'button';
     button.className = 'sort';
@@ -391,10 +407,11 @@ function drawHead() {
 }
 
 function drawTable() {
-  const rows = sortedFiltered();
-  const pages = Math.max(1, Math.ceil(rows.length / PAGE));
+  const rows = view.big ? view.rows : sortedFiltered();
+  const total = view.big ? view.info.citizens : rows.length;
+  const pages = Math.max(1, Math.ceil(total / PAGE));
   view.page = Math.min(view.page, pages - 1);
-  const shown = rows.slice(view.page * PAGE, (view.page + 1) * PAGE);
+  const shown = view.big ? rows : rows.slice(view.page * PAGE, (view.page + 1) * PAGE);
   const body = $('citizens').tBodies[0];
   body.replaceChildren(...shown.map((c) => {
     const tr = document.createElement('tr');
@@ -407,9 +424,7 @@ function drawTable() {
         // Each relative opens that citizen.
         v.forEach((id, i) => {
           if (i > 0) td.append(', ');
-          const open = citizenButton(id, String(id));
-          open.setAttribute('aria-label', t('Show citizen {id}, {name}', { id, name: view.byId.get(id)?.name ?? '' }));
-          td.append(open);
+          td.append(citizenButton(id, String(id), t('Show citizen {id}, {name}', { id, name: view.byId.get(id)?.name ?? '' })));
         });
       } else {
         td.textContent = typeof v === 'number' ? numbers.format(v) : key === 'gender' ? t(v) : v;
@@ -427,10 +442,12 @@ function drawTable() {
     tr.append(td);
     return tr;
   }));
-  $('citizens-count').textContent = count('citizens shown', view.citizens.length, { shown: numbers.format(rows.length) });
+  $('citizens-count').textContent = view.big
+    ? count('citizens shown', total, { shown: `${numbers.format(view.page * PAGE + 1)}–${numbers.format(view.page * PAGE + rows.length)}` })
+    : count('citizens shown', view.citizens.length, { shown: numbers.format(rows.length) });
   $('page-info').textContent = t('Page {page} of {pages}', { page: numbers.format(view.page + 1), pages: numbers.format(pages) });
   $('page-prev').disabled = view.page === 0;
-  $('page-next').disabled = view.page >= pages - 1;
+  $('page-next').disabled = view.big ? view.cursors[view.page + 1] == null : view.page >= pages - 1;
   const chip = $('month-filter');
   chip.hidden = view.month == null;
   if (view.month != null) {
@@ -442,7 +459,7 @@ function drawTable() {
 
 /** The table's filter, month, sort and page, kept in the address: a view can be shared. */
 function saveState() {
-  if (view.id == null) return;
+  if (view.id == null || view.big) return;
   const params = new URLSearchParams();
   const q = $('citizens-filter').value.trim();
   if (q) params.set('q', q);
@@ -473,12 +490,15 @@ function readState(query) {
 const monthFormat = new Intl.DateTimeFormat(locale, { month: 'long', timeZone: 'UTC' });
 const monthLong = (month) => monthFormat.format(new Date(Date.UTC(2000, month - 1, 1)));
 
-/** A button, shown as a link, that opens citizen `id` (`showCitizen`). */
-function citizenButton(id, text) {
+/** A button, shown as a link, that opens citizen `id` (`showCitizen`), with `label` for screen readers if given. */
+function citizenButton(id, text, label) {
+  // A big import is not held in the page: a citizen cannot be looked up.
+  if (view.big) return document.createTextNode(text);
   const open = document.createElement('button');
   open.type = 'button';
   open.className = 'link';
   open.textContent = text;
+  if (label) open.setAttribute('aria-label', label);
   open.addEventListener('click', () => showCitizen(id));
   return open;
 }
@@ -509,8 +529,27 @@ function showMonth(label, top) {
 }
 
 $('citizens-filter').addEventListener('input', () => { view.page = 0; drawTable(); saveState(); });
-$('page-prev').addEventListener('click', () => { view.page -= 1; drawTable(); saveState(); });
-$('page-next').addEventListener('click', () => { view.page += 1; drawTable(); saveState(); });
+/** A big import's page `page` (0-based), from the service; the next page's cursor noted. */
+async function loadBigPage(page) {
+  const cursor = view.cursors[page];
+  const query = cursor ? `?limit=${PAGE}&cursor=${encodeURIComponent(cursor)}` : `?limit=${PAGE}`;
+  const answer = await api('GET', `/imports/${view.id}/citizens${query}`, undefined, true);
+  view.rows = answer.data;
+  view.byId = new Map(answer.data.map((c) => [c.citizen_id, c]));
+  view.cursors[page + 1] = answer.next_cursor;
+  view.page = page;
+}
+const turn = (step) => {
+  if (!view.big) {
+    view.page += step;
+    drawTable();
+    saveState();
+    return;
+  }
+  loadBigPage(view.page + step).then(drawTable).catch((e) => say(describe(e)));
+};
+$('page-prev').addEventListener('click', () => turn(-1));
+$('page-next').addEventListener('click', () => turn(1));
 $('month-filter').addEventListener('click', () => { view.month = null; view.page = 0; drawTable(); saveState(); });
 
 function drawCharts() {
@@ -523,6 +562,7 @@ function drawCharts() {
     nameOf: (id) => view.byId.get(id)?.name ?? `#${id}`,
     onFocus: showMonth,
     onPick: (month) => {
+      if (view.big) return;
       view.month = month;
       view.page = 0;
       drawTable();
@@ -596,22 +636,36 @@ $('export-percentiles').addEventListener('click', () => {
 $('print-report').addEventListener('click', () => window.print());
 
 async function loadImport(id) {
-  const [citizens, birthdays, towns] = await Promise.all([
-    api('GET', `/imports/${id}/citizens`),
+  const [info, birthdays, towns] = await Promise.all([
+    api('GET', `/imports/${id}`),
     api('GET', `/imports/${id}/citizens/birthdays`),
     api('GET', `/imports/${id}/towns/stat/percentile/age`),
   ]);
   view.id = id;
-  view.citizens = citizens;
-  view.byId = new Map(citizens.map((c) => [c.citizen_id, c]));
+  view.info = info;
+  view.big = info.citizens > WHOLE;
+  view.citizens = view.big ? [] : await api('GET', `/imports/${id}/citizens`);
+  view.byId = new Map(view.citizens.map((c) => [c.citizen_id, c]));
   // What the filter searches, lowered once per load rather than per keystroke.
-  view.haystack = citizens.map((c) => `${c.name}\n${c.town}\n${c.street}`.toLocaleLowerCase(locale));
+  view.haystack = view.citizens.map((c) => `${c.name}\n${c.town}\n${c.street}`.toLocaleLowerCase(locale));
+  if (view.big) {
+    view.cursors = [null];
+    view.month = null;
+    $('citizens-filter').value = '';
+    await loadBigPage(0);
+  }
+  for (const control of [$('citizens-filter'), $('export-citizens')]) control.disabled = view.big;
+  $('big-note').hidden = !view.big;
+  $('big-note').textContent = view.big
+    ? t('This import has {citizens}: the table shows them by id, {page} at a time, as the service sends them. Sorting, filtering, a month\'s buyers, links between citizens and the table\'s CSV work on imports of up to {whole} citizens.',
+      { citizens: count('citizens', info.citizens), page: PAGE, whole: numbers.format(WHOLE) })
+    : '';
   view.birthdays = birthdays;
   view.towns = towns;
-  $('import-title').textContent = t('Import {id}', { id });
+  $('import-title').textContent = info.name ? t('Import {id} · {name}', { id, name: info.name }) : t('Import {id}', { id });
   const presents = Object.values(birthdays).flat().reduce((s, e) => s + e.presents, 0);
   $('import-summary').textContent = t('{citizens} in {towns}; {presents} a year.', {
-    citizens: count('citizens', citizens.length), towns: count('in towns', towns.length), presents: count('presents', presents),
+    citizens: count('citizens', info.citizens), towns: count('in towns', towns.length), presents: count('presents', presents),
   });
   drawCharts();
   drawHead();
@@ -682,7 +736,7 @@ form.addEventListener('submit', async (event) => {
   }
 });
 
-$('delete-import').addEventListener('click', () => deleteImport(view.id, view.citizens.length));
+$('delete-import').addEventListener('click', () => deleteImport(view.id, view.info.citizens));
 
 // ---- comparing two imports -------------------------------------------------
 
@@ -693,11 +747,7 @@ async function fillCompareWith(id) {
   select.value = '';
   const { imports } = await api('GET', '/imports?limit=100');
   for (const info of imports) {
-    if (info.import_id === id) {
-      // The list is where an import's name is: the title shows it.
-      if (info.name) $('import-title').textContent = t('Import {id} · {name}', { id, name: info.name });
-      continue;
-    }
+    if (info.import_id === id) continue;
     const option = document.createElement('option');
     option.value = info.import_id;
     const citizens = count('citizens', info.citizens);

@@ -129,6 +129,7 @@ const RU = {
   'Import {a} and import {b}': 'Выгрузка {a} и выгрузка {b}',
   'Presents a year: {change}; towns: {a} and {b}.': 'Подарков в год: {change}; городов: {a} и {b}.',
   'Loading…': 'Загрузка…',
+  "This import has {citizens}: the table shows them by id, {page} at a time, as the service sends them. Sorting, filtering, a month's buyers, links between citizens and the table's CSV work on imports of up to {whole} citizens.": 'В этой выгрузке {citizens}: таблица показывает их по номерам, по {page} за раз, как их отдаёт сервис. Порядок, поиск, покупатели месяца, ссылки между жителями и CSV таблицы работают в выгрузках до {whole} жителей.',
   'No such import (it may have been deleted).': 'Такой выгрузки нет (возможно, её удалили).',
   // charts.js
   'Presents': 'Подарки',

@@ -22,6 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { createRequire } from 'node:module';
 import { createHash } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../..');
@@ -114,7 +115,8 @@ export async function startService(args = [], env = {}, backend = 'sqlite') {
 }
 
 const tests = [];
-/** A test; `options.backend` picks the store, `options.context` the browser context's settings. */
+/** A test; `options.backend` picks the store, `options.args` adds to the service's arguments,
+ *  `options.context` the browser context's settings. */
 export function test(name, body, options = {}) {
   tests.push({ name, body, options });
 }
@@ -637,6 +639,44 @@ for (const backend of ['sqlite', 'tarantool']) {
   }, { backend });
 }
 
+// A big import: the view reads a page of citizens at a time, never the whole import.
+for (const [backend, n] of [['sqlite', 1_000_000], ['tarantool', 60_000]]) {
+  test(`${backend}: an import of ${n.toLocaleString('en')} citizens is shown a page at a time, and its view loads under 5 MB`, async ({ page, service }) => {
+    const body = gzipSync(Buffer.from(JSON.stringify(sampleImport(n, 1000, 41))), { level: 1 });
+    const response = await fetch(`${service.base}/imports?name=big.json`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json', 'Content-Encoding': 'gzip' }, body,
+    });
+    const answer = await response.text();
+    check(response.status === 201, `POST /imports: ${response.status} ${answer}`);
+    const id = JSON.parse(answer).data.import_id;
+    const pageOf = async (query) => (await fetch(`${service.base}/imports/${id}/citizens${query}`)).json();
+    const shownIds = () => page.$$eval('#citizens tbody tr', (rows) => rows.map((r) => Number(r.dataset.citizenId)));
+    await page.goto(`${service.base}/#/imports/${id}`);
+    await page.waitForSelector('#citizens tbody tr');
+    await page.waitForSelector('#birthdays-chart .bar');
+    const loaded = await page.evaluate(() => [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')]
+      .reduce((sum, e) => ({ transfer: sum.transfer + e.transferSize, decoded: sum.decoded + e.decodedBodySize }), { transfer: 0, decoded: 0 }));
+    console.log(`     the view of ${n.toLocaleString('en')} citizens loaded ${loaded.transfer} bytes (${loaded.decoded} decoded)`);
+    check(loaded.transfer < 5e6 && loaded.decoded < 5e6, `the view loaded ${JSON.stringify(loaded)} bytes`);
+    const first = await pageOf('?limit=50');
+    same(await shownIds(), first.data.map((c) => c.citizen_id), 'the first page');
+    const relativesShown = await page.$$eval('#citizens tbody tr', (rows) => rows.map((r) => r.children[8].textContent));
+    same(relativesShown, first.data.map((c) => c.relatives.join(', ')), 'the relatives on the first page');
+    check(await page.isVisible('#big-note') && await page.isDisabled('#citizens-filter') && await page.isDisabled('#export-citizens'),
+      'a big import does not say how it is shown');
+    check((await page.textContent('#citizens-count')).replace(/\s/g, '').startsWith('1–50of1,000,000') || n !== 1_000_000,
+      `count: ${await page.textContent('#citizens-count')}`);
+    same(await chartTotals(page), apiTotals(await apiGet(service, `/imports/${id}/citizens/birthdays`)), 'presents per month');
+    await page.click('#page-next');
+    const second = await pageOf(`?limit=50&cursor=${first.next_cursor}`);
+    await page.waitForFunction((want) => document.querySelector('#citizens tbody tr')?.dataset.citizenId === String(want), second.data[0].citizen_id);
+    same(await shownIds(), second.data.map((c) => c.citizen_id), 'the second page');
+    await page.click('#page-prev');
+    await page.waitForFunction((want) => document.querySelector('#citizens tbody tr')?.dataset.citizenId === String(want), first.data[0].citizen_id);
+    check(await page.isDisabled('#page-prev'), 'Previous on the first page');
+  }, { backend, args: n > 200_000 ? ['--max-body-bytes', '1GiB'] : [] });
+}
+
 test('sqlite: deleting an import asks first, and the answer is kept', async ({ page, service }) => {
   const id = await apiImport(service, sampleImport(10, 5, 5));
   await page.goto(`${service.base}/`);
@@ -911,7 +951,7 @@ async function main() {
     for (const { name, body, options } of tests) {
       if (only.length && !only.some((o) => name.includes(o))) continue;
       ran += 1;
-      const service = await startService([], {}, options.backend ?? 'sqlite');
+      const service = await startService(options.args ?? [], {}, options.backend ?? 'sqlite');
       const context = await browser.newContext({
         viewport: { width: 1280, height: 900 }, locale: 'en-GB', ...options.context,
       });
