@@ -4,14 +4,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::error::{AppError, json_response};
 use super::extract::{CitizenPath, ImportPath, RequestBody};
 use super::wire::{self, Object, PatchBody};
-use super::{AppState, cached_view, data};
+use super::{AppState, cached_view, data, paging};
 use crate::domain::{Citizen, CitizenId, today_utc};
 use crate::reads::cache::View;
 
@@ -74,34 +72,21 @@ pub async fn list(
     if query.limit.is_none() && query.cursor.is_none() {
         return cached_view(&state, &headers, import, View::Citizens).await;
     }
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                AppError::BadQuery(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_PAGE}, got {text:?}"),
-                )
-            })?,
-    };
-    let after = match query.cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
-            AppError::BadQuery(
-                "cursor",
-                "is not a cursor this service gave out (use next_cursor as it came)".into(),
-            )
-        })?),
-    };
+    let limit = paging::limit(query.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
+    // A cursor names the last citizen of a page.
+    let after = paging::cursor(query.cursor.as_deref(), "after", |id| {
+        CitizenId::parse(id.parse().ok()?).ok()
+    })?;
     // One more than asked tells whether there is a next page.
     let mut citizens = state.reads.citizens_page(import, after, limit + 1).await?;
     let more = citizens.len() > limit;
     citizens.truncate(limit);
     let next_cursor = more
-        .then(|| citizens.last().map(|c| encode_cursor(c.citizen_id)))
+        .then(|| {
+            citizens
+                .last()
+                .map(|c| paging::encode("after", c.citizen_id))
+        })
         .flatten();
     let page = CitizensPage {
         data: citizens.iter().map(AsRef::as_ref).collect(),
@@ -128,16 +113,6 @@ pub struct PageQuery {
 struct CitizensPage<'a> {
     data: Vec<&'a Citizen>,
     next_cursor: Option<String>,
-}
-
-/// A cursor names the last citizen of a page; it is opaque to clients.
-fn encode_cursor(citizen: CitizenId) -> String {
-    URL_SAFE_NO_PAD.encode(format!("after:{citizen}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<CitizenId> {
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
-    CitizenId::parse(text.strip_prefix("after:")?.parse().ok()?).ok()
 }
 
 /// PATCH bodies of this many bytes or more are parsed off the async

@@ -4,15 +4,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::AppError;
 use super::extract::{ImportPath, RequestBody};
 use super::wire::{self, ImportBody, Object};
-use super::{AppState, data};
+use super::{AppState, data, paging};
 use crate::domain::{ImportId, today_utc};
 use crate::storage::{ImportInfo, Upload, Version};
 
@@ -100,19 +98,6 @@ struct Page {
     next_cursor: Option<String>,
 }
 
-/// A cursor names the last import of a page; it is opaque to clients.
-fn encode_cursor(import: ImportId) -> String {
-    URL_SAFE_NO_PAD.encode(format!("before:{import}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<ImportId> {
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
-    text.strip_prefix("before:")?
-        .parse()
-        .ok()
-        .and_then(ImportId::new)
-}
-
 /// `2026-11-28T10:00:00Z`.
 fn rfc3339(unix_seconds: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(unix_seconds)
@@ -167,35 +152,18 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let Query(query) = query.map_err(|e| AppError::BadQuery("query", e.body_text()))?;
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                AppError::BadQuery(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIMIT}, got {text:?}"),
-                )
-            })?,
-    };
-    let before = match query.cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
-            AppError::BadQuery(
-                "cursor",
-                "is not a cursor this service gave out (use next_cursor as it came)".into(),
-            )
-        })?),
-    };
+    let limit = paging::limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    // A cursor names the last import of a page.
+    let before = paging::cursor(query.cursor.as_deref(), "before", |id| {
+        id.parse().ok().and_then(ImportId::new)
+    })?;
     let digest = query.digest.as_deref().map(parse_digest).transpose()?;
     // One more than asked tells whether there is a next page.
     let mut found = state.reads.list_imports(limit + 1, before, digest).await?;
     let more = found.len() > limit;
     found.truncate(limit);
     let next_cursor = more
-        .then(|| found.last().map(|i| encode_cursor(i.import_id)))
+        .then(|| found.last().map(|i| paging::encode("before", i.import_id)))
         .flatten();
     let imports = found.into_iter().map(listed).collect();
     data(

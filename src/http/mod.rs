@@ -26,6 +26,7 @@ mod health;
 mod imports;
 #[doc(hidden)] // public for the hot-path benchmark only
 pub mod openapi;
+mod paging;
 mod towns;
 mod ui;
 #[doc(hidden)] // public for the hot-path benchmark only
