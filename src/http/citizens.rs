@@ -193,8 +193,6 @@ pub async fn update(
     tag = "analytics",
     params(
         ("import_id" = u64, Path, minimum = 1, description = "The import"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "A page of this many citizens (default 1000 with a cursor); without limit and cursor, all of them"),
-        ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$", description = "next_cursor of the previous page (opaque; one the service did not give is 400)"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
