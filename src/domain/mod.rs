@@ -6,6 +6,7 @@ pub mod citizen;
 pub mod error;
 pub mod patch;
 pub mod relatives;
+pub mod search;
 pub mod stats;
 pub mod summary;
 

@@ -10,7 +10,10 @@ use super::error::{AppError, json_response};
 use super::extract::{CitizenPath, ImportPath, RequestBody};
 use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data, paging};
-use crate::domain::{Citizen, CitizenId, today_utc};
+use std::sync::Arc;
+
+use crate::domain::search::Search;
+use crate::domain::{Citizen, CitizenId, ImportId, today_utc};
 use crate::reads::cache::View;
 
 #[utoipa::path(
@@ -23,6 +26,8 @@ use crate::reads::cache::View;
         ("import_id" = u64, Path, minimum = 1, description = "The import"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "A page of this many citizens (default 1000 with a cursor); without limit and cursor, all of them"),
         ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$", description = "next_cursor of the previous page (opaque; one the service did not give is 400)"),
+        ("q" = Option<String>, Query, max_length = 256, description = "A search: a whole number finds the citizen with that id; other text, the citizens whose name, town or street contains it, letter case aside. Paged as limit and cursor say; a page may hold fewer than limit, even none, with a next_cursor (each request reads at most 50,000 citizens)"),
+        ("ids" = Option<String>, Query, pattern = "^[0-9]+(,[0-9]+)*$", description = "1 to 100 citizen ids, comma-separated: those citizens, by id (not with limit, cursor or q)"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
@@ -41,7 +46,7 @@ use crate::reads::cache::View;
                 {"citizen_id": 3, "town": "Керчь", "street": "Иосифа Бродского", "building": "2", "apartment": 11, "name": "Романова Мария Леонидовна", "birth_date": "23.11.1986", "gender": "female", "relatives": []}
             ]})),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
-        (status = 400, description = "A bad limit or cursor", body = crate::http::openapi::ErrorAnswer),
+        (status = 400, description = "A bad limit, cursor, q or ids", body = crate::http::openapi::ErrorAnswer),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
@@ -60,8 +65,15 @@ use crate::reads::cache::View;
 /// shows in the later one only (a citizen is never repeated or skipped: ids do not change).
 /// Pages have no `ETag`.
 ///
-/// Failures: 400 for a `limit` out of range or a `cursor` the service did not give; 404
-/// when there is no such import; 503 when the store does not answer (retry).
+/// With `q`, a search (pages as above): a whole number finds the citizen with that id,
+/// other text the citizens whose name, town or street contains it, letter case aside. Each
+/// request reads at most 50,000 citizens, so a page may hold fewer than `limit`, even none,
+/// with a `next_cursor` to go on from. With `ids` (1–100, comma-separated, alone), those
+/// citizens, by id.
+///
+/// Failures: 400 for a `limit` out of range, a `cursor` the service did not give, a `q` over
+/// 256 characters or a bad `ids`; 404 when there is no such import; 503 when the store does
+/// not answer (retry).
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -69,43 +81,177 @@ pub async fn list(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let Query(query) = query.map_err(|e| AppError::BadQuery("query", e.body_text()))?;
-    if query.limit.is_none() && query.cursor.is_none() {
+    if query.limit.is_none() && query.cursor.is_none() && query.q.is_none() && query.ids.is_none() {
         return cached_view(&state, &headers, import, View::Citizens).await;
     }
+    if let Some(ids) = query.ids.as_deref() {
+        if query.limit.is_some() || query.cursor.is_some() || query.q.is_some() {
+            return Err(AppError::BadQuery(
+                "ids",
+                "comes alone: not with limit, cursor or q".into(),
+            ));
+        }
+        let mut found = Vec::new();
+        for id in parse_ids(ids)? {
+            found.extend(citizen_by_id(&state, import, id, None).await?);
+        }
+        return page_answer(&found, None);
+    }
     let limit = paging::limit(query.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
-    // A cursor names the last citizen of a page.
+    // A cursor names the last citizen of a page, or the last one a search read.
     let after = paging::cursor(query.cursor.as_deref(), "after", |id| {
         CitizenId::parse(id.parse().ok()?).ok()
     })?;
-    // One more than asked tells whether there is a next page.
-    let mut citizens = state.reads.citizens_page(import, after, limit + 1).await?;
-    let more = citizens.len() > limit;
-    citizens.truncate(limit);
-    let next_cursor = more
-        .then(|| {
-            citizens
-                .last()
-                .map(|c| paging::encode("after", c.citizen_id))
-        })
-        .flatten();
+    let search = match query.q.as_deref() {
+        Some(q) if q.chars().count() > MAX_SEARCH => {
+            return Err(AppError::BadQuery(
+                "q",
+                format!("must be at most {MAX_SEARCH} characters"),
+            ));
+        }
+        Some(q) => Search::new(q),
+        None => None,
+    };
+    match search {
+        None => {
+            // One more than asked tells whether there is a next page.
+            let mut citizens = state.reads.citizens_page(import, after, limit + 1).await?;
+            let more = citizens.len() > limit;
+            citizens.truncate(limit);
+            let next = more
+                .then(|| citizens.last().map(|c| c.citizen_id))
+                .flatten();
+            page_answer(&citizens, next)
+        }
+        Some(Search::Id(id)) => {
+            let found = if let Some(id) = id {
+                citizen_by_id(&state, import, id, after).await?
+            } else {
+                // Still 404 for an import that is not there.
+                state.reads.citizens_page(import, after, 1).await?;
+                None
+            };
+            page_answer(found.as_slice(), None)
+        }
+        Some(search) => {
+            let read = |after, n| state.reads.citizens_page(import, after, n);
+            let (found, next) = scan(read, after, limit, &search, (SCAN, SCAN_READ)).await?;
+            page_answer(&found, next)
+        }
+    }
+}
+
+/// The answer of a page: `data`, and a cursor after `next` if there is more.
+fn page_answer(citizens: &[Arc<Citizen>], next: Option<CitizenId>) -> Result<Response, AppError> {
     let page = CitizensPage {
         data: citizens.iter().map(AsRef::as_ref).collect(),
-        next_cursor,
+        next_cursor: next.map(|id| paging::encode("after", id)),
     };
     let body = serde_json::to_vec(&page).map_err(AppError::internal)?;
     Ok(json_response(StatusCode::OK, body))
+}
+
+/// Citizen `id` of the import, if there is one after `after` (one read by id).
+async fn citizen_by_id(
+    state: &AppState,
+    import: ImportId,
+    id: CitizenId,
+    after: Option<CitizenId>,
+) -> Result<Option<Arc<Citizen>>, AppError> {
+    if after.is_some_and(|after| after >= id) {
+        // Still 404 for an import that is not there.
+        state.reads.citizens_page(import, after, 1).await?;
+        return Ok(None);
+    }
+    let before = id.get().checked_sub(1).map(CitizenId::parse).transpose();
+    let before = before.map_err(|_| AppError::internal("an id below a valid id is valid"))?;
+    let page = state.reads.citizens_page(import, before, 1).await?;
+    Ok(page.into_iter().find(|c| c.citizen_id == id))
+}
+
+/// Reads citizens by id from after `after` with `read(after, n)` (a page of
+/// the store) until `limit` of them match `search` or `budget` are read,
+/// `per_read` per read (a few milliseconds each): the matches, and the last
+/// citizen read when there may be more (the next search starts after it).
+async fn scan<E, F, R>(
+    mut read: R,
+    mut after: Option<CitizenId>,
+    limit: usize,
+    search: &Search,
+    (budget, per_read): (usize, usize),
+) -> Result<(Vec<Arc<Citizen>>, Option<CitizenId>), E>
+where
+    R: FnMut(Option<CitizenId>, usize) -> F,
+    F: Future<Output = Result<Vec<Arc<Citizen>>, E>>,
+{
+    let mut found = Vec::new();
+    let mut done = 0;
+    while done < budget {
+        let want = per_read.min(budget - done);
+        let rows = read(after, want).await?;
+        let end = rows.len() < want;
+        for citizen in rows {
+            done += 1;
+            after = Some(citizen.citizen_id);
+            if search.matches(&citizen) {
+                found.push(citizen);
+                if found.len() == limit {
+                    return Ok((found, after));
+                }
+            }
+        }
+        if end {
+            return Ok((found, None));
+        }
+    }
+    Ok((found, after))
+}
+
+/// The ids of `ids=`: 1 to `MAX_IDS` citizen ids, comma-separated, answered in
+/// ascending order, each once.
+fn parse_ids(ids: &str) -> Result<Vec<CitizenId>, AppError> {
+    let bad = || {
+        AppError::BadQuery(
+            "ids",
+            format!("must be 1 to {MAX_IDS} citizen ids separated by commas, got {ids:?}"),
+        )
+    };
+    let mut parsed = ids
+        .split(',')
+        .map(|id| {
+            id.parse::<u64>()
+                .ok()
+                .and_then(|n| CitizenId::parse(n).ok())
+                .ok_or_else(bad)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    parsed.sort_unstable();
+    parsed.dedup();
+    if parsed.len() > MAX_IDS {
+        return Err(bad());
+    }
+    Ok(parsed)
 }
 
 /// Citizens per page when a cursor comes without a limit.
 const DEFAULT_PAGE: usize = 1000;
 /// Most citizens per page.
 const MAX_PAGE: usize = 10_000;
+/// Most citizens a search reads per request, and per read of the store.
+const SCAN: usize = 50_000;
+const SCAN_READ: usize = 5_000;
+/// Longest search, in characters.
+const MAX_SEARCH: usize = 256;
+/// Most ids in `ids=`.
+const MAX_IDS: usize = 100;
 
 /// The query of `GET /imports/{id}/citizens`, as sent (checked by `list`).
 #[derive(Deserialize)]
 pub struct PageQuery {
     limit: Option<String>,
     cursor: Option<String>,
+    q: Option<String>,
+    ids: Option<String>,
 }
 
 /// A page of citizens: the contract's `data`, and where the next page starts.
@@ -227,4 +373,104 @@ pub async fn birthdays(
     ImportPath(import): ImportPath,
 ) -> Result<Response, AppError> {
     cached_view(&state, &headers, import, View::Birthdays).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample;
+
+    /// `scan` over citizens held here, counting the reads.
+    async fn scan_held(
+        citizens: &[Arc<Citizen>],
+        after: Option<u64>,
+        limit: usize,
+        q: &str,
+        budget: (usize, usize),
+    ) -> (Vec<u64>, Option<u64>, usize) {
+        let mut reads = 0;
+        let read = |after: Option<CitizenId>, n: usize| {
+            reads += 1;
+            let page: Vec<_> = citizens
+                .iter()
+                .filter(|c| after.is_none_or(|a| c.citizen_id > a))
+                .take(n)
+                .cloned()
+                .collect();
+            async move { Ok::<_, ()>(page) }
+        };
+        let after = after.map(|a| CitizenId::parse(a).unwrap());
+        let (found, next) = scan(read, after, limit, &Search::new(q).unwrap(), budget)
+            .await
+            .unwrap();
+        let ids = found.iter().map(|c| c.citizen_id.get()).collect();
+        (ids, next.map(CitizenId::get), reads)
+    }
+
+    #[tokio::test]
+    async fn a_search_stops_at_its_budget_or_its_limit_and_says_where() {
+        let body = sample::import_body(100, 0, 3);
+        let body: wire::ImportBody = wire::parse(&body).unwrap();
+        let today = time::macros::date!(2026 - 01 - 01);
+        let citizens: Vec<Arc<Citizen>> = body
+            .into_citizens(today)
+            .unwrap()
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let matching = |q: &str| -> Vec<u64> {
+            let search = Search::new(q).unwrap();
+            citizens
+                .iter()
+                .filter(|c| search.matches(c))
+                .map(|c| c.citizen_id.get())
+                .collect()
+        };
+        let all = matching("АН");
+        assert!(all.len() > 20 && all.len() < 100, "{}", all.len());
+        // (The sample's ids are 0 to 99.) The budget ends the search with
+        // fewer than the limit: go on from there.
+        let (found, next, reads) = scan_held(&citizens, None, 1_000, "АН", (30, 7)).await;
+        assert_eq!((next, reads), (Some(29), 5));
+        assert_eq!(
+            found,
+            all.iter()
+                .copied()
+                .filter(|&id| id <= 29)
+                .collect::<Vec<_>>()
+        );
+        // The limit ends it at the last match.
+        let (found, next, _) = scan_held(&citizens, Some(29), 3, "АН", (30, 7)).await;
+        assert_eq!(
+            found,
+            all.iter()
+                .copied()
+                .filter(|&id| id > 29)
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(next, found.last().copied());
+        // The end of the import: no cursor, even on a read that came back full.
+        let (found, next, _) = scan_held(&citizens, Some(89), 1_000, "АН", (30, 5)).await;
+        assert_eq!(
+            found,
+            all.iter()
+                .copied()
+                .filter(|&id| id > 89)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(next, None);
+        // Walked to the end in steps, the matches are all of them, in order.
+        let mut walked = Vec::new();
+        let mut after = None;
+        loop {
+            let (found, next, _) = scan_held(&citizens, after, 4, "АН", (13, 6)).await;
+            walked.extend(found);
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(walked, all);
+    }
 }

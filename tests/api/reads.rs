@@ -419,8 +419,144 @@ async fn pages_of_an_empty_or_unknown_import_and_bad_page_parameters(backend: Ba
     }
 }
 
+/// Every match of `q` (URL-encoded by the caller), walked `limit` at a time:
+/// the matches, and how many requests it took.
+async fn search_all(app: &TestApp, import: i64, q: &str, limit: usize) -> (Vec<Value>, usize) {
+    let mut found = Vec::new();
+    let mut requests = 0;
+    let mut cursor = Value::Null;
+    loop {
+        let query = match cursor.as_str() {
+            Some(next) => format!("?q={q}&limit={limit}&cursor={next}"),
+            None => format!("?q={q}&limit={limit}"),
+        };
+        let (page, next) = citizens_page(app, import, &query).await;
+        assert!(page.len() <= limit, "{query}: {}", page.len());
+        requests += 1;
+        found.extend(page);
+        if next.is_null() {
+            return (found, requests);
+        }
+        cursor = next;
+    }
+}
+
+async fn a_search_finds_citizens_by_id_or_by_name_town_or_street_in_any_case(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut sent = crate::helpers::generate_import(2_000, 200, 5);
+    sent.push(citizen_with(
+        9_223_372_036_854_775_807,
+        &[],
+        json!({"name": "Ёлкина Σοφία", "town": "Ёлкино", "street": "Улица 100%"}),
+    ));
+    let import = app.import(sent).await;
+    let whole = app.citizens(import).await;
+    // The rule, written out again: a whole number is an id; other text is
+    // looked for in the name, town and street, each lowercased.
+    let found_by = |text: &str| -> Vec<Value> {
+        let wanted = text.trim().to_lowercase();
+        whole
+            .iter()
+            .filter(|c| {
+                ["name", "town", "street"]
+                    .iter()
+                    .any(|field| c[field].as_str().unwrap().to_lowercase().contains(&wanted))
+            })
+            .cloned()
+            .collect()
+    };
+    for (q, text) in [
+        ("%D0%92%D0%9E%D0%A0%D0%9E%D0%9D%D0%95%D0%96", "ВОРОНЕЖ"),
+        ("%20%D0%BC%D0%B0%D1%80%D0%B8%D1%8F%20", " мария "),
+        ("%D1%81%D0%B0%D0%B4%D0%BE%D0%B2", "садов"),
+        ("%D1%91%D0%BB%D0%BA%D0%B8%D0%BD", "ёлкин"),
+        ("%CF%83%CE%BF%CF%86", "σοφ"),
+        ("100%25", "100%"),
+    ] {
+        let want = found_by(text);
+        assert!(!want.is_empty(), "{text}: the import has matches");
+        let (found, requests) = search_all(&app, import, q, 7).await;
+        assert_eq!(found, want, "{text}");
+        assert!(requests >= want.len() / 7, "{text}: {requests}");
+    }
+    let (none, _) = search_all(&app, import, "zzz", 50).await;
+    assert_eq!(none, Vec::<Value>::new());
+    // An id: that citizen only (none for an id not in the import).
+    let last = whole.last().unwrap().clone();
+    assert_eq!(
+        citizens_page(&app, import, "?q=9223372036854775807").await,
+        (vec![last], Value::Null)
+    );
+    let some = whole[700].clone();
+    let id = some["citizen_id"].as_u64().unwrap();
+    assert_eq!(
+        citizens_page(&app, import, &format!("?q=%20{id}%20")).await,
+        (vec![some], Value::Null)
+    );
+    for q in ["999999", "99999999999999999999999"] {
+        assert_eq!(
+            citizens_page(&app, import, &format!("?q={q}")).await,
+            (vec![], Value::Null),
+            "{q}"
+        );
+    }
+    // Nothing but spaces: every citizen, a page at a time.
+    let (all, _) = citizens_page(&app, import, "?q=%20%20&limit=10000").await;
+    assert_eq!(all, whole);
+    // ids=: those citizens, by id, each once; an id not there is left out.
+    let ids = [whole[3].clone(), whole[1_500].clone(), whole[9].clone()];
+    let query = format!(
+        "?ids={},{},{},{},999999",
+        ids[1]["citizen_id"], ids[0]["citizen_id"], ids[2]["citizen_id"], ids[0]["citizen_id"]
+    );
+    assert_eq!(
+        citizens_page(&app, import, &query).await,
+        (
+            vec![ids[0].clone(), ids[2].clone(), ids[1].clone()],
+            Value::Null
+        )
+    );
+    // A search follows a PATCH.
+    app.patch(import, id, &json!({"street": "Неповторимая"}))
+        .await;
+    let (found, _) = search_all(
+        &app,
+        import,
+        "%D0%BD%D0%B5%D0%BF%D0%BE%D0%B2%D1%82%D0%BE%D1%80",
+        50,
+    )
+    .await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["citizen_id"], id);
+
+    // Bad searches are 400s naming the parameter; an unknown import is 404.
+    let many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
+    let long = "я".repeat(257);
+    for (query, field) in [
+        (format!("?q={long}"), "q"),
+        (format!("?ids={}", many.join(",")), "ids"),
+        ("?ids=".into(), "ids"),
+        ("?ids=1,,2".into(), "ids"),
+        ("?ids=-1".into(), "ids"),
+        ("?ids=9223372036854775808".into(), "ids"),
+        ("?ids=1&q=x".into(), "ids"),
+        ("?ids=1&limit=5".into(), "ids"),
+    ] {
+        let (status, body) = app.get(&format!("/imports/{import}/citizens{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}");
+    }
+    let (ok, _) = citizens_page(&app, import, &format!("?q={}", "я".repeat(256))).await;
+    assert_eq!(ok, Vec::<Value>::new());
+    for query in ["?q=x", "?q=1", "?ids=1"] {
+        let (status, body) = app.get(&format!("/imports/99/citizens{query}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{query}: {body}");
+    }
+}
+
 backend_tests!(
     citizens_come_a_page_at_a_time_as_the_whole_answer_has_them,
+    a_search_finds_citizens_by_id_or_by_name_town_or_street_in_any_case,
     pages_of_an_empty_or_unknown_import_and_bad_page_parameters,
     citizens_come_ordered_by_id_with_relatives_ascending,
     birthdays_count_one_present_per_relative_per_month,
