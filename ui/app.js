@@ -325,6 +325,10 @@ const view = {
   big: false,
   rows: [],
   cursors: [null],
+  // Bumped by every read of a big import's page: an answer to an older one is dropped.
+  reading: 0,
+  // Where the page the address names starts (a big import's cursor, or a position among a month's buyers).
+  at: null,
 };
 
 const COLUMNS = [
@@ -342,15 +346,24 @@ const COLUMNS = [
 /** DD.MM.YYYY as YYYYMMDD, to sort by. */
 const dateKey = (d) => Number(d.slice(6) + d.slice(3, 5) + d.slice(0, 2));
 
+/** What a citizen is searched in: name, town and street, lowercased. */
+const haystackOf = (c) => `${c.name}\n${c.town}\n${c.street}`.toLocaleLowerCase(locale);
+
+/** The filter as typed, trimmed and lowercased. */
+const wantedText = () => $('citizens-filter').value.trim().toLocaleLowerCase(locale);
+
+/**
+ * Whether the search `wanted` finds a citizen: the service's rule (GET
+ * …/citizens?q=, src/domain/search.rs): a whole number is a citizen's id;
+ * other text is looked for in the name, town and street.
+ */
+const found = (wanted, c, haystack = haystackOf(c)) => (/^\d+$/.test(wanted)
+  ? Number(wanted) === c.citizen_id : haystack.includes(wanted));
+
 function sortedFiltered() {
-  const wanted = $('citizens-filter').value.trim().toLocaleLowerCase(locale);
+  const wanted = wantedText();
   let rows = view.citizens;
-  if (/^\d+$/.test(wanted)) {
-    // A number is a citizen's id.
-    rows = rows.filter((c) => String(c.citizen_id) === wanted);
-  } else if (wanted) {
-    rows = rows.filter((_, i) => view.haystack[i].includes(wanted));
-  }
+  if (wanted) rows = rows.filter((c, i) => found(wanted, c, view.haystack[i]));
   if (view.month != null) {
     const buyers = new Set((view.birthdays[String(view.month)] ?? []).map((e) => e.citizen_id));
     rows = rows.filter((c) => buyers.has(c.citizen_id));
@@ -408,9 +421,11 @@ function drawHead() {
 
 function drawTable() {
   const rows = view.big ? view.rows : sortedFiltered();
-  const total = view.big ? view.info.citizens : rows.length;
-  const pages = Math.max(1, Math.ceil(total / PAGE));
-  view.page = Math.min(view.page, pages - 1);
+  // A big import searched: how many match is not known until the last page.
+  const total = view.big ? bigTotal() : rows.length;
+  const pages = Math.max(1, Math.ceil((total ?? 0) / PAGE));
+  // A big import's page is where its read started (the count may be unknown).
+  if (!view.big) view.page = Math.min(view.page, pages - 1);
   const shown = view.big ? rows : rows.slice(view.page * PAGE, (view.page + 1) * PAGE);
   const body = $('citizens').tBodies[0];
   body.replaceChildren(...shown.map((c) => {
@@ -442,10 +457,18 @@ function drawTable() {
     tr.append(td);
     return tr;
   }));
-  $('citizens-count').textContent = view.big
-    ? count('citizens shown', total, { shown: `${numbers.format(view.page * PAGE + 1)}–${numbers.format(view.page * PAGE + rows.length)}` })
-    : count('citizens shown', view.citizens.length, { shown: numbers.format(rows.length) });
-  $('page-info').textContent = t('Page {page} of {pages}', { page: numbers.format(view.page + 1), pages: numbers.format(pages) });
+  const range = `${numbers.format(view.page * PAGE + (rows.length ? 1 : 0))}–${numbers.format(view.page * PAGE + rows.length)}`;
+  if (!view.big) {
+    $('citizens-count').textContent = count('citizens shown', view.citizens.length, { shown: numbers.format(rows.length) });
+  } else if (total != null) {
+    $('citizens-count').textContent = count('citizens shown', total, { shown: range });
+  } else {
+    $('citizens-count').textContent = view.cursors[view.page + 1] == null
+      ? t('{shown}: the last found', { shown: range }) : t('{shown} found so far', { shown: range });
+  }
+  $('page-info').textContent = total == null
+    ? t('Page {page}', { page: numbers.format(view.page + 1) })
+    : t('Page {page} of {pages}', { page: numbers.format(view.page + 1), pages: numbers.format(pages) });
   $('page-prev').disabled = view.page === 0;
   $('page-next').disabled = view.big ? view.cursors[view.page + 1] == null : view.page >= pages - 1;
   const chip = $('month-filter');
@@ -459,7 +482,7 @@ function drawTable() {
 
 /** The table's filter, month, sort and page, kept in the address: a view can be shared. */
 function saveState() {
-  if (view.id == null || view.big) return;
+  if (view.id == null) return;
   const params = new URLSearchParams();
   const q = $('citizens-filter').value.trim();
   if (q) params.set('q', q);
@@ -468,6 +491,9 @@ function saveState() {
     params.set('sort', `${view.sort.ascending ? '' : '-'}${view.sort.key}`);
   }
   if (view.page > 0) params.set('page', view.page + 1);
+  // A big import's page is found again by where it starts.
+  if (view.big) view.at = view.page > 0 ? view.cursors[view.page] : null;
+  if (view.big && view.at != null) params.set('at', view.at);
   const query = params.toString();
   history.replaceState(null, '', `#/imports/${view.id}${query ? `?${query}` : ''}`);
 }
@@ -484,6 +510,7 @@ function readState(query) {
     ? { key, ascending: !sort.startsWith('-') } : { key: 'citizen_id', ascending: true };
   const page = Number(params.get('page'));
   view.page = Number.isInteger(page) && page > 1 ? page - 1 : 0;
+  view.at = params.get('at');
 }
 
 /** A month's name (1–12), in full, in the browser's language. */
@@ -492,8 +519,6 @@ const monthLong = (month) => monthFormat.format(new Date(Date.UTC(2000, month - 
 
 /** A button, shown as a link, that opens citizen `id` (`showCitizen`), with `label` for screen readers if given. */
 function citizenButton(id, text, label) {
-  // A big import is not held in the page: a citizen cannot be looked up.
-  if (view.big) return document.createTextNode(text);
   const open = document.createElement('button');
   open.type = 'button';
   open.className = 'link';
@@ -504,10 +529,14 @@ function citizenButton(id, text, label) {
 }
 
 /** Shows one citizen: the table filtered to its id, its row in view. */
-function showCitizen(id) {
+async function showCitizen(id) {
   $('citizens-filter').value = String(id);
   view.month = null;
   view.page = 0;
+  if (view.big) {
+    view.cursors = [null];
+    if (!await loadBigPage(0)) return;
+  }
   drawTable();
   saveState();
   const row = $('citizens').querySelector(`tbody tr[data-citizen-id="${id}"]`);
@@ -528,17 +557,96 @@ function showMonth(label, top) {
   });
 }
 
-$('citizens-filter').addEventListener('input', () => { view.page = 0; drawTable(); saveState(); });
-/** A big import's page `page` (0-based), from the service; the next page's cursor noted. */
-async function loadBigPage(page) {
-  const cursor = view.cursors[page];
-  const query = cursor ? `?limit=${PAGE}&cursor=${encodeURIComponent(cursor)}` : `?limit=${PAGE}`;
-  const answer = await api('GET', `/imports/${view.id}/citizens${query}`, undefined, true);
-  view.rows = answer.data;
-  view.byId = new Map(answer.data.map((c) => [c.citizen_id, c]));
-  view.cursors[page + 1] = answer.next_cursor;
-  view.page = page;
+/** A big import's table from its first page again, as the filter and month now say. */
+function reloadBig() {
+  view.cursors = [null];
+  loadBigPage(0).then((current) => {
+    if (!current) return;
+    drawTable();
+    saveState();
+  }).catch((e) => say(describe(e)));
 }
+
+let typing = 0;
+$('citizens-filter').addEventListener('input', () => {
+  view.page = 0;
+  if (view.big) {
+    // Each search reads the service: once the typing pauses.
+    clearTimeout(typing);
+    typing = setTimeout(reloadBig, 300);
+    return;
+  }
+  drawTable();
+  saveState();
+});
+
+/** The ids of a month's buyers, ascending (as the birthdays answer lists them). */
+const buyersOf = (month) => (view.birthdays[String(month)] ?? []).map((e) => e.citizen_id);
+
+/** How many citizens a big import's table has with the month and filter as they are; null when not known. */
+function bigTotal() {
+  if (wantedText()) return null;
+  return view.month == null ? view.info.citizens : buyersOf(view.month).length;
+}
+
+/**
+ * Up to PAGE citizens of a big import from `start` on, as the filter and month
+ * say: `{rows, next}`, `next` where the page after starts (null: none). Without
+ * a month, `start` is the service's cursor and the search is the service's
+ * (GET …/citizens?q=, which reads a stretch of the import per request); with
+ * one, the buyers come from the birthdays answer, by their position in it,
+ * read by id (?ids=) and searched here by the same rule.
+ */
+async function bigRows(start) {
+  const typed = $('citizens-filter').value.trim();
+  const rows = [];
+  if (view.month != null) {
+    const buyers = buyersOf(view.month);
+    const wanted = wantedText();
+    let at = start ?? 0;
+    while (rows.length < PAGE && at < buyers.length) {
+      const ids = buyers.slice(at, at + (wanted ? 100 : PAGE - rows.length));
+      const answer = await api('GET', `/imports/${view.id}/citizens?ids=${ids.join(',')}`);
+      const byId = new Map(answer.map((c) => [c.citizen_id, c]));
+      for (const id of ids) {
+        at += 1;
+        const c = byId.get(id);
+        if (c && (!wanted || found(wanted, c))) rows.push(c);
+        if (rows.length === PAGE) break;
+      }
+    }
+    return { rows, next: at < buyers.length ? at : null };
+  }
+  let cursor = start;
+  do {
+    const query = new URLSearchParams({ limit: PAGE - rows.length });
+    if (typed) query.set('q', typed);
+    if (cursor) query.set('cursor', cursor);
+    const answer = await api('GET', `/imports/${view.id}/citizens?${query}`, undefined, true);
+    rows.push(...answer.data);
+    cursor = answer.next_cursor;
+    if (typed && cursor) $('citizens-count').textContent = t('Searching… {found} found so far', { found: numbers.format(rows.length) });
+  } while (cursor && rows.length < PAGE);
+  return { rows, next: cursor };
+}
+
+/**
+ * Reads a big import's page `page` (0-based; the first when where it starts is
+ * not known): true when it is the page shown now, false when a later read
+ * has taken its place.
+ */
+async function loadBigPage(page) {
+  const reading = ++view.reading;
+  const start = view.cursors[page] === undefined ? 0 : page;
+  const { rows, next } = await bigRows(view.cursors[start]);
+  if (reading !== view.reading) return false;
+  view.rows = rows;
+  view.byId = new Map(rows.map((c) => [c.citizen_id, c]));
+  view.cursors[start + 1] = next;
+  view.page = start;
+  return true;
+}
+
 const turn = (step) => {
   if (!view.big) {
     view.page += step;
@@ -546,11 +654,24 @@ const turn = (step) => {
     saveState();
     return;
   }
-  loadBigPage(view.page + step).then(drawTable).catch((e) => say(describe(e)));
+  loadBigPage(view.page + step).then((current) => {
+    if (!current) return;
+    drawTable();
+    saveState();
+  }).catch((e) => say(describe(e)));
 };
 $('page-prev').addEventListener('click', () => turn(-1));
 $('page-next').addEventListener('click', () => turn(1));
-$('month-filter').addEventListener('click', () => { view.month = null; view.page = 0; drawTable(); saveState(); });
+$('month-filter').addEventListener('click', () => {
+  view.month = null;
+  view.page = 0;
+  if (view.big) {
+    reloadBig();
+    return;
+  }
+  drawTable();
+  saveState();
+});
 
 function drawCharts() {
   // The towns first: the presents chart takes the height their card leaves.
@@ -562,9 +683,12 @@ function drawCharts() {
     nameOf: (id) => view.byId.get(id)?.name ?? `#${id}`,
     onFocus: showMonth,
     onPick: (month) => {
-      if (view.big) return;
       view.month = month;
       view.page = 0;
+      if (view.big) {
+        reloadBig();
+        return;
+      }
       drawTable();
       saveState();
     },
@@ -647,20 +771,21 @@ async function loadImport(id) {
   view.citizens = view.big ? [] : await api('GET', `/imports/${id}/citizens`);
   view.byId = new Map(view.citizens.map((c) => [c.citizen_id, c]));
   // What the filter searches, lowered once per load rather than per keystroke.
-  view.haystack = view.citizens.map((c) => `${c.name}\n${c.town}\n${c.street}`.toLocaleLowerCase(locale));
+  view.haystack = view.citizens.map(haystackOf);
+  view.birthdays = birthdays;
   if (view.big) {
+    // The page the address names, found by where it starts (else the first).
     view.cursors = [null];
-    view.month = null;
-    $('citizens-filter').value = '';
-    await loadBigPage(0);
+    view.sort = { key: 'citizen_id', ascending: true };
+    if (view.page > 0 && view.at) view.cursors[view.page] = view.month == null ? view.at : Number(view.at);
+    await loadBigPage(view.page);
   }
-  for (const control of [$('citizens-filter'), $('export-citizens')]) control.disabled = view.big;
+  $('export-citizens').disabled = view.big;
   $('big-note').hidden = !view.big;
   $('big-note').textContent = view.big
-    ? t('This import has {citizens}: the table shows them by id, {page} at a time, as the service sends them. Sorting, filtering, a month\'s buyers, links between citizens and the table\'s CSV work on imports of up to {whole} citizens.',
+    ? t('This import has {citizens}: the table shows them by id, {page} at a time, read from the service, which also does the search. Sorting and the table\'s CSV work on imports of up to {whole} citizens.',
       { citizens: count('citizens', info.citizens), page: PAGE, whole: numbers.format(WHOLE) })
     : '';
-  view.birthdays = birthdays;
   view.towns = towns;
   $('import-title').textContent = info.name ? t('Import {id} · {name}', { id, name: info.name }) : t('Import {id}', { id });
   const presents = Object.values(birthdays).flat().reduce((s, e) => s + e.presents, 0);

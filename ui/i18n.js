@@ -129,7 +129,11 @@ const RU = {
   'Import {a} and import {b}': 'Выгрузка {a} и выгрузка {b}',
   'Presents a year: {change}; towns: {a} and {b}.': 'Подарков в год: {change}; городов: {a} и {b}.',
   'Loading…': 'Загрузка…',
-  "This import has {citizens}: the table shows them by id, {page} at a time, as the service sends them. Sorting, filtering, a month's buyers, links between citizens and the table's CSV work on imports of up to {whole} citizens.": 'В этой выгрузке {citizens}: таблица показывает их по номерам, по {page} за раз, как их отдаёт сервис. Порядок, поиск, покупатели месяца, ссылки между жителями и CSV таблицы работают в выгрузках до {whole} жителей.',
+  "This import has {citizens}: the table shows them by id, {page} at a time, read from the service, which also does the search. Sorting and the table's CSV work on imports of up to {whole} citizens.": 'В этой выгрузке {citizens}: таблица показывает их по номерам, по {page} за раз, читая их у сервиса, который и ищет. Порядок и CSV таблицы работают в выгрузках до {whole} жителей.',
+  '{shown}: the last found': '{shown}: найдены последние',
+  '{shown} found so far': '{shown}: найдено пока',
+  'Page {page}': 'Страница {page}',
+  'Searching… {found} found so far': 'Поиск… найдено пока {found}',
   'No such import (it may have been deleted).': 'Такой выгрузки нет (возможно, её удалили).',
   // charts.js
   'Presents': 'Подарки',

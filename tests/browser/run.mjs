@@ -258,10 +258,26 @@ function postOnNewConnection(url, headers, body) {
   });
 }
 
-async function apiGet(service, path) {
+/** The first `most` citizens of import `id` that GET …/citizens?q= finds, asked for a page at a time. */
+async function apiSearch(service, id, q, most) {
+  const found = [];
+  let cursor = null;
+  do {
+    const query = new URLSearchParams({ q, limit: Math.min(10_000, most - found.length) });
+    if (cursor) query.set('cursor', cursor);
+    const answer = await apiGet(service, `/imports/${id}/citizens?${query}`, true);
+    found.push(...answer.data);
+    cursor = answer.next_cursor;
+  } while (cursor && found.length < most);
+  return found;
+}
+
+/** `data` of GET `path`'s answer; the whole answer when `whole`. */
+async function apiGet(service, path, whole = false) {
   const response = await fetch(`${service.base}${path}`);
   check(response.ok, `GET ${path}: ${response.status}`);
-  return (await response.json()).data;
+  const answer = await response.json();
+  return whole ? answer : answer.data;
 }
 
 async function apiImport(service, body) {
@@ -681,7 +697,7 @@ for (const [backend, n] of [['sqlite', 1_000_000], ['tarantool', 60_000]]) {
     same(await shownIds(), first.data.map((c) => c.citizen_id), 'the first page');
     const relativesShown = await page.$$eval('#citizens tbody tr', (rows) => rows.map((r) => r.children[8].textContent));
     same(relativesShown, first.data.map((c) => c.relatives.join(', ')), 'the relatives on the first page');
-    check(await page.isVisible('#big-note') && await page.isDisabled('#citizens-filter') && await page.isDisabled('#export-citizens'),
+    check(await page.isVisible('#big-note') && await page.isEnabled('#citizens-filter') && await page.isDisabled('#export-citizens'),
       'a big import does not say how it is shown');
     check((await page.textContent('#citizens-count')).replace(/\s/g, '').startsWith('1–50of1,000,000') || n !== 1_000_000,
       `count: ${await page.textContent('#citizens-count')}`);
@@ -693,6 +709,47 @@ for (const [backend, n] of [['sqlite', 1_000_000], ['tarantool', 60_000]]) {
     await page.click('#page-prev');
     await page.waitForFunction((want) => document.querySelector('#citizens tbody tr')?.dataset.citizenId === String(want), first.data[0].citizen_id);
     check(await page.isDisabled('#page-prev'), 'Previous on the first page');
+
+    // A search is the service's: the page shows what GET …/citizens?q= finds, 50 at a time.
+    const firstShown = async (want) => page.waitForFunction((id) => document.querySelector('#citizens tbody tr')?.dataset.citizenId === String(id), want);
+    const [matchesA, matchesB] = [(await apiSearch(service, id, 'abakan', 100)).slice(0, 50), (await apiSearch(service, id, 'abakan', 100)).slice(50)];
+    check(matchesB.length === 50, `a second page of matches: ${matchesB.length}`);
+    await page.fill('#citizens-filter', 'abakan');
+    await firstShown(matchesA[0].citizen_id);
+    same(await shownIds(), matchesA.map((c) => c.citizen_id), 'the first page found');
+    await page.click('#page-next');
+    await firstShown(matchesB[0].citizen_id);
+    same(await shownIds(), matchesB.map((c) => c.citizen_id), 'the second page found');
+    // The address keeps the search and the page: a reload shows the same.
+    check(/[?&]page=2&at=/.test(page.url()), `the address: ${page.url()}`);
+    await page.reload();
+    await firstShown(matchesB[0].citizen_id);
+    same(await shownIds(), matchesB.map((c) => c.citizen_id), 'the second page found, reloaded');
+    check(await page.inputValue('#citizens-filter') === 'abakan', 'the search after the reload');
+
+    // An id finds its citizen; a relative opens the relative.
+    const related = (await pageOf('?limit=10000')).data.find((c) => c.relatives.length > 0);
+    await page.fill('#citizens-filter', String(related.citizen_id));
+    await firstShown(related.citizen_id);
+    same(await shownIds(), [related.citizen_id], 'the citizen found by id');
+    const relative = related.relatives[0];
+    await page.click(`#citizens tbody tr[data-citizen-id="${related.citizen_id}"] td:nth-child(9) button`);
+    await firstShown(relative);
+    same(await shownIds(), [relative], 'the relative opened');
+
+    // A month's buyers, as the birthdays answer lists them.
+    await page.fill('#citizens-filter', '');
+    const birthdays = await apiGet(service, `/imports/${id}/citizens/birthdays`);
+    const month = Object.keys(birthdays).find((m) => birthdays[m].length > 50);
+    const buyers = birthdays[month].map((e) => e.citizen_id);
+    await page.click(`#birthdays-chart .bar[data-month="${month}"]`);
+    await firstShown(buyers[0]);
+    same(await shownIds(), buyers.slice(0, 50), `the buyers of month ${month}`);
+    check((await page.textContent('#citizens-count')).replace(/\s/g, '').endsWith(`of${buyers.length.toLocaleString('en')}citizens`),
+      `count: ${await page.textContent('#citizens-count')}`);
+    await page.click('#page-next');
+    await firstShown(buyers[50]);
+    same(await shownIds(), buyers.slice(50, 100), `the buyers of month ${month}, page 2`);
   }, { backend, args: n > 200_000 ? ['--max-body-bytes', '1GiB'] : [] });
 }
 
@@ -729,6 +786,16 @@ test('sqlite: 10,000 citizens: the table sorts and filters without freezing the 
     }
     return performance.now() - started;
   }, action);
+  // The page's filter finds what the service's search finds (one rule, two copies).
+  for (const q of ['Керчь', 'мАрИя', 'садов', '042', ' 4321 ']) {
+    await page.fill('#citizens-filter', q);
+    const want = await apiSearch(service, id, q.trim(), 10_000);
+    const shown = await page.textContent('#citizens-count');
+    check(shown.replace(/\s/g, '').startsWith(`${want.length.toLocaleString('en')}of`), `${q}: the page shows ${shown}, the service finds ${want.length}`);
+    same(await page.$$eval('#citizens tbody tr', (rows) => rows.map((r) => Number(r.dataset.citizenId))),
+      want.slice(0, 50).map((c) => c.citizen_id), `found by ${q}`);
+  }
+  await page.fill('#citizens-filter', '');
   const sort = await busy('sort');
   const filter = await busy('filter');
   const towns = await page.$$eval('#citizens tbody tr td:nth-child(3)', (cells) => cells.map((c) => c.textContent));
