@@ -557,8 +557,13 @@ function showMonth(label, top) {
   });
 }
 
+// A search typed into a big import's filter, waiting for the typing to pause.
+let typing = 0;
+
 /** A big import's table from its first page again, as the filter and month now say. */
 function reloadBig() {
+  // A search still waiting for the typing to pause is this one now.
+  clearTimeout(typing);
   view.cursors = [null];
   loadBigPage(0).then((current) => {
     if (!current) return;
@@ -567,7 +572,6 @@ function reloadBig() {
   }).catch((e) => say(describe(e)));
 }
 
-let typing = 0;
 $('citizens-filter').addEventListener('input', () => {
   view.page = 0;
   if (view.big) {
@@ -590,43 +594,43 @@ function bigTotal() {
 }
 
 /**
- * Up to PAGE citizens of a big import from `start` on, as the filter and month
- * say: `{rows, next}`, `next` where the page after starts (null: none). Without
+ * Up to `size` citizens of a big import from `start` on, as the filter and month
+ * say: `{rows, next}`, `next` where the rows after them start (null: none). Without
  * a month, `start` is the service's cursor and the search is the service's
  * (GET …/citizens?q=, which reads a stretch of the import per request); with
  * one, the buyers come from the birthdays answer, by their position in it,
  * read by id (?ids=) and searched here by the same rule.
  */
-async function bigRows(start) {
+async function bigRows(start, size = PAGE) {
   const typed = $('citizens-filter').value.trim();
   const rows = [];
   if (view.month != null) {
     const buyers = buyersOf(view.month);
     const wanted = wantedText();
     let at = start ?? 0;
-    while (rows.length < PAGE && at < buyers.length) {
-      const ids = buyers.slice(at, at + (wanted ? 100 : PAGE - rows.length));
+    while (rows.length < size && at < buyers.length) {
+      const ids = buyers.slice(at, at + (wanted ? 100 : Math.min(100, size - rows.length)));
       const answer = await api('GET', `/imports/${view.id}/citizens?ids=${ids.join(',')}`);
       const byId = new Map(answer.map((c) => [c.citizen_id, c]));
       for (const id of ids) {
         at += 1;
         const c = byId.get(id);
         if (c && (!wanted || found(wanted, c))) rows.push(c);
-        if (rows.length === PAGE) break;
+        if (rows.length === size) break;
       }
     }
     return { rows, next: at < buyers.length ? at : null };
   }
   let cursor = start;
   do {
-    const query = new URLSearchParams({ limit: PAGE - rows.length });
+    const query = new URLSearchParams({ limit: Math.min(10_000, size - rows.length) });
     if (typed) query.set('q', typed);
     if (cursor) query.set('cursor', cursor);
     const answer = await api('GET', `/imports/${view.id}/citizens?${query}`, undefined, true);
     rows.push(...answer.data);
     cursor = answer.next_cursor;
     if (typed && cursor) $('citizens-count').textContent = t('Searching… {found} found so far', { found: numbers.format(rows.length) });
-  } while (cursor && rows.length < PAGE);
+  } while (cursor && rows.length < size);
   return { rows, next: cursor };
 }
 
@@ -737,10 +741,30 @@ function downloadCsv(name, header, rows) {
 }
 
 // The API's own field names head the columns; relatives are ids separated by spaces.
-$('export-citizens').addEventListener('click', () => {
+// A big import's: what the filter and month find, by id, read from the service, up to WHOLE rows.
+$('export-citizens').addEventListener('click', async () => {
   const keys = COLUMNS.map(([key]) => key);
-  downloadCsv(`import-${view.id}-citizens.csv`, keys, sortedFiltered().map((c) =>
+  let rows = view.citizens;
+  let more = false;
+  if (view.big) {
+    $('export-citizens').disabled = true;
+    say(t('Reading the citizens for the CSV…'));
+    try {
+      const answer = await bigRows(null, WHOLE);
+      rows = answer.rows;
+      more = answer.next != null;
+    } catch (e) {
+      say(describe(e));
+      return;
+    } finally {
+      $('export-citizens').disabled = false;
+    }
+  } else {
+    rows = sortedFiltered();
+  }
+  downloadCsv(`import-${view.id}-citizens.csv`, keys, rows.map((c) =>
     keys.map((key) => (key === 'relatives' ? c.relatives.join(' ') : c[key]))));
+  say(more ? t('The CSV holds the first {n} citizens found, by id: narrow the search for the rest.', { n: numbers.format(WHOLE) }) : '');
 });
 
 // A row per citizen and month, as GET …/citizens/birthdays answers.
@@ -780,10 +804,9 @@ async function loadImport(id) {
     if (view.page > 0 && view.at) view.cursors[view.page] = view.month == null ? view.at : Number(view.at);
     await loadBigPage(view.page);
   }
-  $('export-citizens').disabled = view.big;
   $('big-note').hidden = !view.big;
   $('big-note').textContent = view.big
-    ? t('This import has {citizens}: the table shows them by id, {page} at a time, read from the service, which also does the search. Sorting and the table\'s CSV work on imports of up to {whole} citizens.',
+    ? t('This import has {citizens}: the table shows them by id, {page} at a time, read from the service, which also does the search; its CSV holds up to {whole} of them. Sorting works on imports of up to {whole} citizens.',
       { citizens: count('citizens', info.citizens), page: PAGE, whole: numbers.format(WHOLE) })
     : '';
   view.towns = towns;
