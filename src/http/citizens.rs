@@ -1,5 +1,7 @@
 //! `/imports/{import_id}/citizens`: list, patch one, birthdays.
 
+use std::sync::Arc;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -10,8 +12,6 @@ use super::error::{AppError, json_response};
 use super::extract::{CitizenPath, ImportPath, RequestBody};
 use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data, paging};
-use std::sync::Arc;
-
 use crate::domain::search::Search;
 use crate::domain::{Citizen, CitizenId, ImportId, today_utc};
 use crate::reads::cache::View;
@@ -93,7 +93,7 @@ pub async fn list(
         }
         let mut found = Vec::new();
         for id in parse_ids(ids)? {
-            found.extend(citizen_by_id(&state, import, id, None).await?);
+            found.extend(citizen_by_id(&state, import, Some(id), None).await?);
         }
         return page_answer(&found, None);
     }
@@ -124,13 +124,7 @@ pub async fn list(
             page_answer(&citizens, next)
         }
         Some(Search::Id(id)) => {
-            let found = if let Some(id) = id {
-                citizen_by_id(&state, import, id, after).await?
-            } else {
-                // Still 404 for an import that is not there.
-                state.reads.citizens_page(import, after, 1).await?;
-                None
-            };
+            let found = citizen_by_id(&state, import, id, after).await?;
             page_answer(found.as_slice(), None)
         }
         Some(search) => {
@@ -151,18 +145,19 @@ fn page_answer(citizens: &[Arc<Citizen>], next: Option<CitizenId>) -> Result<Res
     Ok(json_response(StatusCode::OK, body))
 }
 
-/// Citizen `id` of the import, if there is one after `after` (one read by id).
+/// Citizen `id` of the import, if there is one after `after` (one read by id;
+/// `None`: a number no citizen has).
 async fn citizen_by_id(
     state: &AppState,
     import: ImportId,
-    id: CitizenId,
+    id: Option<CitizenId>,
     after: Option<CitizenId>,
 ) -> Result<Option<Arc<Citizen>>, AppError> {
-    if after.is_some_and(|after| after >= id) {
+    let Some(id) = id.filter(|&id| after.is_none_or(|after| after < id)) else {
         // Still 404 for an import that is not there.
         state.reads.citizens_page(import, after, 1).await?;
         return Ok(None);
-    }
+    };
     let before = id.get().checked_sub(1).map(CitizenId::parse).transpose();
     let before = before.map_err(|_| AppError::internal("an id below a valid id is valid"))?;
     let page = state.reads.citizens_page(import, before, 1).await?;
