@@ -534,8 +534,14 @@ async function showCitizen(id) {
   view.month = null;
   view.page = 0;
   if (view.big) {
+    clearTimeout(typing);
     view.cursors = [null];
-    if (!await loadBigPage(0)) return;
+    try {
+      if (!await loadBigPage(0)) return;
+    } catch (e) {
+      say(describe(e));
+      return;
+    }
   }
   drawTable();
   saveState();
@@ -560,16 +566,21 @@ function showMonth(label, top) {
 // A search typed into a big import's filter, waiting for the typing to pause.
 let typing = 0;
 
+/** Shows a big import's page `page` once read (unless a later read has taken its place). */
+function showBigPage(page) {
+  loadBigPage(page).then((current) => {
+    if (!current) return;
+    drawTable();
+    saveState();
+  }).catch((e) => say(describe(e)));
+}
+
 /** A big import's table from its first page again, as the filter and month now say. */
 function reloadBig() {
   // A search still waiting for the typing to pause is this one now.
   clearTimeout(typing);
   view.cursors = [null];
-  loadBigPage(0).then((current) => {
-    if (!current) return;
-    drawTable();
-    saveState();
-  }).catch((e) => say(describe(e)));
+  showBigPage(0);
 }
 
 $('citizens-filter').addEventListener('input', () => {
@@ -599,9 +610,10 @@ function bigTotal() {
  * a month, `start` is the service's cursor and the search is the service's
  * (GET …/citizens?q=, which reads a stretch of the import per request); with
  * one, the buyers come from the birthdays answer, by their position in it,
- * read by id (?ids=) and searched here by the same rule.
+ * read by id (?ids=) and searched here by the same rule. `progress(n)` is told
+ * the count found so far while a search goes on.
  */
-async function bigRows(start, size = PAGE) {
+async function bigRows(start, size = PAGE, progress = () => {}) {
   const typed = $('citizens-filter').value.trim();
   const rows = [];
   if (view.month != null) {
@@ -629,7 +641,7 @@ async function bigRows(start, size = PAGE) {
     const answer = await api('GET', `/imports/${view.id}/citizens?${query}`, undefined, true);
     rows.push(...answer.data);
     cursor = answer.next_cursor;
-    if (typed && cursor) $('citizens-count').textContent = t('Searching… {found} found so far', { found: numbers.format(rows.length) });
+    if (typed && cursor) progress(rows.length);
   } while (cursor && rows.length < size);
   return { rows, next: cursor };
 }
@@ -642,7 +654,9 @@ async function bigRows(start, size = PAGE) {
 async function loadBigPage(page) {
   const reading = ++view.reading;
   const start = view.cursors[page] === undefined ? 0 : page;
-  const { rows, next } = await bigRows(view.cursors[start]);
+  const { rows, next } = await bigRows(view.cursors[start], PAGE, (n) => {
+    if (reading === view.reading) $('citizens-count').textContent = t('Searching… {found} found so far', { found: numbers.format(n) });
+  });
   if (reading !== view.reading) return false;
   view.rows = rows;
   view.byId = new Map(rows.map((c) => [c.citizen_id, c]));
@@ -652,22 +666,19 @@ async function loadBigPage(page) {
 }
 
 const turn = (step) => {
-  if (!view.big) {
-    view.page += step;
-    drawTable();
-    saveState();
+  if (view.big) {
+    showBigPage(view.page + step);
     return;
   }
-  loadBigPage(view.page + step).then((current) => {
-    if (!current) return;
-    drawTable();
-    saveState();
-  }).catch((e) => say(describe(e)));
+  view.page += step;
+  drawTable();
+  saveState();
 };
 $('page-prev').addEventListener('click', () => turn(-1));
 $('page-next').addEventListener('click', () => turn(1));
-$('month-filter').addEventListener('click', () => {
-  view.month = null;
+/** The table from its first page, with `month`'s buyers only (null: everyone). */
+function pickMonth(month) {
+  view.month = month;
   view.page = 0;
   if (view.big) {
     reloadBig();
@@ -675,7 +686,8 @@ $('month-filter').addEventListener('click', () => {
   }
   drawTable();
   saveState();
-});
+}
+$('month-filter').addEventListener('click', () => pickMonth(null));
 
 function drawCharts() {
   // The towns first: the presents chart takes the height their card leaves.
@@ -686,16 +698,7 @@ function drawCharts() {
     locale,
     nameOf: (id) => view.byId.get(id)?.name ?? `#${id}`,
     onFocus: showMonth,
-    onPick: (month) => {
-      view.month = month;
-      view.page = 0;
-      if (view.big) {
-        reloadBig();
-        return;
-      }
-      drawTable();
-      saveState();
-    },
+    onPick: pickMonth,
   });
 }
 
