@@ -4,6 +4,7 @@
 pub mod analytics;
 pub mod citizen;
 pub mod error;
+pub mod order;
 pub mod patch;
 pub mod relatives;
 pub mod search;

@@ -12,6 +12,7 @@ use super::error::{AppError, json_response};
 use super::extract::{CitizenPath, ImportPath, RequestBody};
 use super::wire::{self, Object, PatchBody};
 use super::{AppState, cached_view, data, paging};
+use crate::domain::order::{Order, SortKey};
 use crate::domain::search::Search;
 use crate::domain::{Citizen, CitizenId, ImportId, today_utc};
 use crate::reads::cache::View;
@@ -27,7 +28,8 @@ use crate::reads::cache::View;
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "A page of this many citizens (default 1000 with a cursor); without limit and cursor, all of them"),
         ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$", description = "next_cursor of the previous page (opaque; one the service did not give is 400)"),
         ("q" = Option<String>, Query, max_length = 256, description = "A search: a whole number finds the citizen with that id; other text, the citizens whose name, town or street contains it, letter case aside. Paged as limit and cursor say; a page may hold fewer than limit, even none, with a next_cursor (each request reads at most 50,000 citizens)"),
-        ("ids" = Option<String>, Query, pattern = "^[0-9]+(,[0-9]+)*$", description = "1 to 100 citizen ids, comma-separated: those citizens, by id (not with limit, cursor or q)"),
+        ("ids" = Option<String>, Query, pattern = "^[0-9]+(,[0-9]+)*$", description = "1 to 100 citizen ids, comma-separated: those citizens, by id (not with limit, cursor, q or sort)"),
+        ("sort" = Option<String>, Query, pattern = "^-?(citizen_id|name|town|street|building|apartment|birth_date|gender|relatives)$", description = "Pages (and a text search's) sorted by this field, - before it for descending: text as the Unicode collation for Russian orders it, birth_date by date, relatives by how many; equal ones by citizen_id. Paged as limit and cursor say"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
     ),
@@ -46,7 +48,7 @@ use crate::reads::cache::View;
                 {"citizen_id": 3, "town": "Керчь", "street": "Иосифа Бродского", "building": "2", "apartment": 11, "name": "Романова Мария Леонидовна", "birth_date": "23.11.1986", "gender": "female", "relatives": []}
             ]})),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
-        (status = 400, description = "A bad limit, cursor, q or ids", body = crate::http::openapi::ErrorAnswer),
+        (status = 400, description = "A bad limit, cursor, q, ids or sort", body = crate::http::openapi::ErrorAnswer),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
@@ -71,8 +73,17 @@ use crate::reads::cache::View;
 /// with a `next_cursor` to go on from. With `ids` (1–100, comma-separated, alone), those
 /// citizens, by id.
 ///
-/// Failures: 400 for a `limit` out of range, a `cursor` the service did not give, a `q` over
-/// 256 characters or a bad `ids`; 404 when there is no such import; 503 when the store does
+/// With `sort` (a field; `-name` for descending), pages and text searches come in that order:
+/// text fields as the Unicode collation for Russian orders them (Cyrillic before Latin,
+/// letter case and `ё` after the letter), `birth_date` by date, `apartment` as a number,
+/// `relatives` by how many, and citizens equal in the field by `citizen_id` (descending is
+/// the same order backwards). The order is built once per version of the import (a read of
+/// every citizen: seconds for a million) and kept in the read cache. A page after a PATCH
+/// goes on after where the previous page's last citizen now is; each citizen shows as it is
+/// when read. A sorted text search looks at up to 200,000 citizens per request.
+///
+/// Failures: 400 for a `limit` out of range, a `cursor` the service did not give (or gave for
+/// another order), a `q` over 256 characters, a bad `ids` or an unknown `sort`; 404 when there is no such import; 503 when the store does
 /// not answer (retry).
 pub async fn list(
     State(state): State<AppState>,
@@ -81,14 +92,15 @@ pub async fn list(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let Query(query) = query.map_err(|e| AppError::BadQuery("query", e.body_text()))?;
-    if query.limit.is_none() && query.cursor.is_none() && query.q.is_none() && query.ids.is_none() {
+    let paged = [&query.limit, &query.cursor, &query.q, &query.sort];
+    if query.ids.is_none() && paged.iter().all(|p| p.is_none()) {
         return cached_view(&state, &headers, import, View::Citizens).await;
     }
     if let Some(ids) = query.ids.as_deref() {
-        if query.limit.is_some() || query.cursor.is_some() || query.q.is_some() {
+        if paged.iter().any(|p| p.is_some()) {
             return Err(AppError::BadQuery(
                 "ids",
-                "comes alone: not with limit, cursor or q".into(),
+                "comes alone: not with limit, cursor, q or sort".into(),
             ));
         }
         let mut found = Vec::new();
@@ -98,10 +110,7 @@ pub async fn list(
         return page_answer(&found, None);
     }
     let limit = paging::limit(query.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
-    // A cursor names the last citizen of a page, or the last one a search read.
-    let after = paging::cursor(query.cursor.as_deref(), "after", |id| {
-        CitizenId::parse(id.parse().ok()?).ok()
-    })?;
+    let sort = parse_sort(query.sort.as_deref())?;
     let search = match query.q.as_deref() {
         Some(q) if q.chars().count() > MAX_SEARCH => {
             return Err(AppError::BadQuery(
@@ -112,6 +121,19 @@ pub async fn list(
         Some(q) => Search::new(q),
         None => None,
     };
+    if let (Some((key, descending)), None | Some(Search::Text(_))) = (sort, &search) {
+        let walk = Walk {
+            key,
+            descending,
+            limit,
+            search: search.as_ref(),
+        };
+        return sorted_page(&state, import, walk, query.cursor.as_deref()).await;
+    }
+    // A cursor names the last citizen of a page, or the last one a search read.
+    let after = paging::cursor(query.cursor.as_deref(), "after", |id| {
+        CitizenId::parse(id.parse().ok()?).ok()
+    })?;
     match search {
         None => {
             // One more than asked tells whether there is a next page.
@@ -137,9 +159,16 @@ pub async fn list(
 
 /// The answer of a page: `data`, and a cursor after `next` if there is more.
 fn page_answer(citizens: &[Arc<Citizen>], next: Option<CitizenId>) -> Result<Response, AppError> {
+    page_with_cursor(citizens, next.map(|id| paging::encode("after", id)))
+}
+
+fn page_with_cursor(
+    citizens: &[Arc<Citizen>],
+    next_cursor: Option<String>,
+) -> Result<Response, AppError> {
     let page = CitizensPage {
         data: citizens.iter().map(AsRef::as_ref).collect(),
-        next_cursor: next.map(|id| paging::encode("after", id)),
+        next_cursor,
     };
     let body = serde_json::to_vec(&page).map_err(AppError::internal)?;
     Ok(json_response(StatusCode::OK, body))
@@ -202,6 +231,96 @@ where
     Ok((found, after))
 }
 
+/// A sorted listing's page as asked: by which field, which way, how many,
+/// and the text search if any.
+struct Walk<'a> {
+    key: SortKey,
+    descending: bool,
+    limit: usize,
+    search: Option<&'a Search>,
+}
+
+/// A page of the import sorted as `walk` says, after `cursor`: the walk goes
+/// along the import's order (`domain::order`, built once per version and
+/// kept) from where the cursor says, picking the citizens the search finds
+/// (in the order's search texts, so without reading the store), at most
+/// `SORTED_SCAN` per request; the page's citizens are then read by id.
+async fn sorted_page(
+    state: &AppState,
+    import: ImportId,
+    walk: Walk<'_>,
+    cursor: Option<&str>,
+) -> Result<Response, AppError> {
+    let kind = format!(
+        "by-{}{}",
+        walk.key.as_str(),
+        if walk.descending { "-desc" } else { "" }
+    );
+    // Where the previous page's walk stopped, and the citizen just before.
+    let at = paging::cursor(cursor, &kind, |at| {
+        let (position, id) = at.split_once('.')?;
+        Some((position.parse::<usize>().ok()?, id.parse::<u64>().ok()?))
+    })?;
+    let version = state.reads.import_version(import).await?;
+    let bytes = state.reads.order(import, walk.key, version).await?;
+    let order =
+        Order::parse(&bytes).ok_or_else(|| AppError::internal("a kept order is corrupt"))?;
+    let start = match at {
+        None => 0,
+        Some((position, id)) => order.resume(position, id, walk.descending).ok_or_else(|| {
+            AppError::BadQuery(
+                "cursor",
+                "is not a cursor of this import's sorted listing".into(),
+            )
+        })?,
+    };
+    let wanted = match walk.search {
+        Some(Search::Text(wanted)) => Some(wanted.as_str()),
+        _ => None,
+    };
+    let (mut i, mut picked) = (start, Vec::new());
+    while i < order.len() && picked.len() < walk.limit && i - start < SORTED_SCAN {
+        if wanted.is_none_or(|w| order.finds(i, walk.descending, w)) {
+            picked.push(order.id(i, walk.descending));
+        }
+        i += 1;
+    }
+    let next = (i < order.len()).then(|| {
+        let last = order.id(i - 1, walk.descending);
+        paging::encode(&kind, format!("{i}.{last}"))
+    });
+    drop(bytes);
+    let mut found = Vec::with_capacity(picked.len());
+    for id in picked {
+        let id = CitizenId::parse(id).map_err(|_| AppError::internal("an order holds a bad id"))?;
+        found.extend(citizen_by_id(state, import, Some(id), None).await?);
+    }
+    page_with_cursor(&found, next)
+}
+
+/// The `sort` as sent: a field, `-` before it for descending; `None` for the
+/// store's own order (ascending `citizen_id`).
+fn parse_sort(sort: Option<&str>) -> Result<Option<(SortKey, bool)>, AppError> {
+    let Some(sort) = sort else {
+        return Ok(None);
+    };
+    let (name, descending) = match sort.strip_prefix('-') {
+        Some(name) => (name, true),
+        None => (sort, false),
+    };
+    match SortKey::parse(name) {
+        Some(SortKey::CitizenId) if !descending => Ok(None),
+        Some(key) => Ok(Some((key, descending))),
+        None => Err(AppError::BadQuery(
+            "sort",
+            format!(
+                "must be a citizen's field, - before it for descending ({}), got {sort:?}",
+                SortKey::ALL.map(|(_, name)| name).join(", ")
+            ),
+        )),
+    }
+}
+
 /// The ids of `ids=`: 1 to `MAX_IDS` citizen ids, comma-separated, answered in
 /// ascending order, each once.
 fn parse_ids(ids: &str) -> Result<Vec<CitizenId>, AppError> {
@@ -235,6 +354,9 @@ const MAX_PAGE: usize = 10_000;
 /// Most citizens a search reads per request, and per read of the store.
 const SCAN: usize = 50_000;
 const SCAN_READ: usize = 5_000;
+/// Most citizens a sorted listing's walk looks at per request (held in
+/// memory: a few milliseconds).
+const SORTED_SCAN: usize = 200_000;
 /// Longest search, in characters.
 const MAX_SEARCH: usize = 256;
 /// Most ids in `ids=`.
@@ -247,6 +369,7 @@ pub struct PageQuery {
     cursor: Option<String>,
     q: Option<String>,
     ids: Option<String>,
+    sort: Option<String>,
 }
 
 /// A page of citizens: the contract's `data`, and where the next page starts.

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::domain::order::{OrderBuilder, SortKey};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId, summary};
 use crate::storage::{ImportInfo, Patched, Storage, StorageError, Upload, Version};
 use body::{compact, to_data};
@@ -34,6 +35,9 @@ use cache::{CitizenList, Encoding, Held, ResponseCache, View};
 pub mod body;
 pub mod cache;
 pub mod listing;
+
+/// Citizens per read of the store when an order is built.
+const ORDER_READ: usize = 5_000;
 
 /// Bodies at least this long are sent gzip-compressed to clients that accept it.
 const COMPRESS_FROM: usize = 1024;
@@ -248,6 +252,51 @@ impl Reads {
             })
             .await?;
         Ok(Answer::Body(body, true))
+    }
+
+    /// The import's citizens at `version` sorted by `sort`, with their search
+    /// texts (`domain::order`, encoded): cached, else built from the copy
+    /// held in memory or from the store read page by page (each read short,
+    /// so no read holds the store long), then sorted off the async worker
+    /// threads. A PATCH landing during the reads shows in the rows read
+    /// after it: each citizen is placed as of `version` or newer.
+    pub async fn order(
+        &self,
+        import: ImportId,
+        sort: SortKey,
+        version: Version,
+    ) -> Result<Bytes, ReadError> {
+        self.cache
+            .get_or_build_order(import, sort, version, async {
+                let _permit = self.render_permits.acquire().await?;
+                let mut builder = OrderBuilder::new(sort);
+                if let Some(held) = self.cache.snapshot(import, version) {
+                    let built = tokio::task::spawn_blocking(move || {
+                        for c in held.citizens() {
+                            builder.push(c);
+                        }
+                        builder.finish()
+                    });
+                    return built.await?.map(Bytes::from).map_err(ReadError::internal);
+                }
+                let mut after = None;
+                loop {
+                    let page = self
+                        .storage
+                        .citizens_page(import, after, ORDER_READ)
+                        .await?;
+                    for c in &page {
+                        builder.push(c);
+                    }
+                    if page.len() < ORDER_READ {
+                        break;
+                    }
+                    after = page.last().map(|c| c.citizen_id);
+                }
+                let built = tokio::task::spawn_blocking(move || builder.finish());
+                built.await?.map(Bytes::from).map_err(ReadError::internal)
+            })
+            .await
     }
 
     /// An analytics answer from the summary the store keeps (`domain::summary`):

@@ -32,7 +32,9 @@
 //! - **Listing**: the last GET citizens body is kept with where each citizen
 //!   starts in it (`reads::listing`); PATCHes record which citizens they
 //!   changed, and the next read splices only those in.
-//! - **One budget**: bodies and snapshots share `--cache-bytes`, each
+//! - **Sorted orders** (`domain::order`, for `?sort=`): keyed and dropped
+//!   like bodies, by import, sort key and version.
+//! - **One budget**: bodies, orders and snapshots share `--cache-bytes`, each
 //!   weighed by the heap it really holds (allocation sizes, not JSON sizes),
 //!   with LRU-like eviction (`quick_cache`). Concurrent misses on one body
 //!   render once (single flight).
@@ -48,6 +50,7 @@ use axum::body::Bytes;
 use quick_cache::OptionsBuilder;
 use quick_cache::sync::Cache;
 
+use crate::domain::order::SortKey;
 use crate::domain::patch::after_patch;
 use crate::domain::{Citizen, ImportId};
 use crate::metrics::Metrics;
@@ -95,6 +98,7 @@ pub enum Encoding {
 enum Key {
     Body(ImportId, View, Version, Encoding),
     Snapshot(ImportId),
+    Order(ImportId, SortKey, Version),
 }
 
 /// A cached value and the bytes of heap it holds.
@@ -345,7 +349,7 @@ impl ResponseCache {
     pub fn forget(&self, import: ImportId) {
         if let Some(entries) = &self.entries {
             entries.retain(|key, _| match key {
-                Key::Body(i, ..) | Key::Snapshot(i) => *i != import,
+                Key::Body(i, ..) | Key::Snapshot(i) | Key::Order(i, ..) => *i != import,
             });
         }
     }
@@ -360,29 +364,54 @@ impl ResponseCache {
         encoding: Encoding,
         render: impl Future<Output = Result<Bytes, E>>,
     ) -> Result<Bytes, E> {
+        let key = |version| Key::Body(import, view, version, encoding);
+        self.get_or_build("body", version, key, render).await
+    }
+
+    /// The sorted order of `import` at `version` by `sort` (`domain::order`,
+    /// encoded): cached, or built by `build` — once, as bodies are.
+    pub async fn get_or_build_order<E>(
+        &self,
+        import: ImportId,
+        sort: SortKey,
+        version: Version,
+        build: impl Future<Output = Result<Bytes, E>>,
+    ) -> Result<Bytes, E> {
+        let key = |version| Key::Order(import, sort, version);
+        self.get_or_build("order", version, key, build).await
+    }
+
+    /// The bytes under `key(version)`, or built by `build` (single flight).
+    async fn get_or_build<E>(
+        &self,
+        kind: &'static str,
+        version: Version,
+        key: impl Fn(Version) -> Key,
+        build: impl Future<Output = Result<Bytes, E>>,
+    ) -> Result<Bytes, E> {
         let Some(entries) = &self.entries else {
-            return render.await;
+            return build.await;
         };
-        let mut rendered = false;
+        let mut built = false;
         let entry = entries
-            .get_or_insert_async(&Key::Body(import, view, version, encoding), async {
-                rendered = true;
-                let body = render.await?;
+            .get_or_insert_async(&key(version), async {
+                built = true;
+                let body = build.await?;
                 let weight = body_weight(body.len());
                 Ok(Entry::Body(body, weight))
             })
             .await?;
-        self.metrics.cache_lookup("body", !rendered);
-        // Versions grow by one per write, so the answer just rendered usually
-        // replaces the previous version's: drop that now rather than let it
+        self.metrics.cache_lookup(kind, !built);
+        // Versions grow by one per write, so the bytes just built usually
+        // replace the previous version's: drop those now rather than let them
         // wait for eviction (older ones age out). Hits skip this, so they take
         // no write lock.
-        if rendered && let Some(previous) = version.checked_sub(1) {
-            entries.remove(&Key::Body(import, view, previous, encoding));
+        if built && let Some(previous) = version.checked_sub(1) {
+            entries.remove(&key(previous));
         }
         match entry {
             Entry::Body(body, _) => Ok(body),
-            Entry::Snapshot(_) => unreachable!("body keys hold bodies"),
+            Entry::Snapshot(_) => unreachable!("body and order keys hold bytes"),
         }
     }
 }
