@@ -369,7 +369,9 @@ function sortedFiltered() {
     rows = rows.filter((c) => buyers.has(c.citizen_id));
   }
   const { key, ascending } = view.sort;
-  const collator = new Intl.Collator(locale);
+  // The service's order (src/domain/order.rs: the collation for Russian, in
+  // either language), so a small import sorts as a big one does.
+  const collator = new Intl.Collator('ru');
   const value = key === 'birth_date' ? (c) => dateKey(c.birth_date)
     : key === 'relatives' ? (c) => c.relatives.length : (c) => c[key];
   const order = ascending ? 1 : -1;
@@ -388,8 +390,8 @@ function drawHead() {
     const th = document.createElement('th');
     th.scope = 'col';
     if (cls) th.className = cls;
-    if (view.big) {
-      // A big import is shown by id, as the service pages it.
+    if (view.big && view.month != null) {
+      // A big import's month: its buyers, by id.
       th.textContent = t(title);
       tr.append(th);
       continue;
@@ -405,6 +407,12 @@ function drawHead() {
       view.sort = { key, ascending: active ? !view.sort.ascending : true };
       view.page = 0;
       drawHead();
+      if (view.big) {
+        // The service sorts (GET …/citizens?sort=): the first time, in seconds.
+        $('citizens-count').textContent = t('Sorting…');
+        reloadBig();
+        return;
+      }
       drawTable();
       saveState();
     });
@@ -634,9 +642,11 @@ async function bigRows(start, size = PAGE, progress = () => {}) {
     return { rows, next: at < buyers.length ? at : null };
   }
   let cursor = start;
+  const { key, ascending } = view.sort;
   do {
     const query = new URLSearchParams({ limit: Math.min(10_000, size - rows.length) });
     if (typed) query.set('q', typed);
+    if (key !== 'citizen_id' || !ascending) query.set('sort', `${ascending ? '' : '-'}${key}`);
     if (cursor) query.set('cursor', cursor);
     const answer = await api('GET', `/imports/${view.id}/citizens?${query}`, undefined, true);
     rows.push(...answer.data);
@@ -681,6 +691,8 @@ function pickMonth(month) {
   view.month = month;
   view.page = 0;
   if (view.big) {
+    // A month's buyers are listed by id.
+    drawHead();
     reloadBig();
     return;
   }
@@ -767,7 +779,7 @@ $('export-citizens').addEventListener('click', async () => {
   }
   downloadCsv(`import-${view.id}-citizens.csv`, keys, rows.map((c) =>
     keys.map((key) => (key === 'relatives' ? c.relatives.join(' ') : c[key]))));
-  say(more ? t('The CSV holds the first {n} citizens found, by id: narrow the search for the rest.', { n: numbers.format(WHOLE) }) : '');
+  say(more ? t('The CSV holds the first {n} citizens found: narrow the search for the rest.', { n: numbers.format(WHOLE) }) : '');
 });
 
 // A row per citizen and month, as GET …/citizens/birthdays answers.
@@ -803,13 +815,12 @@ async function loadImport(id) {
   if (view.big) {
     // The page the address names, found by where it starts (else the first).
     view.cursors = [null];
-    view.sort = { key: 'citizen_id', ascending: true };
     if (view.page > 0 && view.at) view.cursors[view.page] = view.month == null ? view.at : Number(view.at);
     await loadBigPage(view.page);
   }
   $('big-note').hidden = !view.big;
   $('big-note').textContent = view.big
-    ? t('This import has {citizens}: the table shows them by id, {page} at a time, read from the service, which also does the search; its CSV holds up to {whole} of them. Sorting works on imports of up to {whole} citizens.',
+    ? t('This import has {citizens}: the table shows them {page} at a time, read from the service, which also searches and sorts (the first sort by a column takes a few seconds); its CSV holds up to {whole} of them. A month’s buyers are listed by id.',
       { citizens: count('citizens', info.citizens), page: PAGE, whole: numbers.format(WHOLE) })
     : '';
   view.towns = towns;
