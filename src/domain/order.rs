@@ -1,6 +1,7 @@
 //! The orders a sorted listing walks (`GET /imports/{id}/citizens?sort=`):
 //! an import's citizen ids sorted by one field, with each citizen's search
-//! text beside its id, so a sorted search needs no read of the store.
+//! text and the months it buys presents in beside its id, so a sorted search
+//! or a month's buyers need no read of the store.
 //!
 //! The rule, the one the analysts' page applies to an import it holds whole
 //! (`ui/app.js`, `sortedFiltered`; a browser test compares the two): text
@@ -87,6 +88,10 @@ pub struct OrderBuilder {
     /// Per citizen, where its search text ends in `haystacks`.
     ends: Vec<usize>,
     haystacks: Vec<u8>,
+    /// Per citizen, its birth month, and where its relatives end in `relatives`.
+    born: Vec<u8>,
+    relatives_end: Vec<usize>,
+    relatives: Vec<u64>,
 }
 
 impl OrderBuilder {
@@ -98,6 +103,9 @@ impl OrderBuilder {
             texts: HashMap::new(),
             ends: Vec::new(),
             haystacks: Vec::new(),
+            born: Vec::new(),
+            relatives_end: Vec::new(),
+            relatives: Vec::new(),
         }
     }
 
@@ -132,6 +140,37 @@ impl OrderBuilder {
         self.rows.push((value, c.citizen_id.get()));
         self.haystacks.extend_from_slice(haystack(c).as_bytes());
         self.ends.push(self.haystacks.len());
+        self.born.push(c.birth_date.month());
+        self.relatives.extend(c.relatives.iter().map(|r| r.get()));
+        self.relatives_end.push(self.relatives.len());
+    }
+
+    /// Per citizen, the months it buys presents in: bit `m - 1` for month
+    /// `m` when a relative of its is born then (one present per relative, in
+    /// the month of the relative's birthday: the birthdays answer's rule, and
+    /// a test compares the two).
+    fn months_bought(&self) -> Vec<u16> {
+        let mut born: Vec<(u64, u8)> = self
+            .rows
+            .iter()
+            .map(|r| r.1)
+            .zip(self.born.iter().copied())
+            .collect();
+        born.sort_unstable();
+        let month_of = |id: u64| {
+            born.binary_search_by_key(&id, |b| b.0)
+                .ok()
+                .map(|at| born[at].1)
+        };
+        (0..self.rows.len())
+            .map(|i| {
+                let start = if i == 0 { 0 } else { self.relatives_end[i - 1] };
+                self.relatives[start..self.relatives_end[i]]
+                    .iter()
+                    .filter_map(|&r| month_of(r))
+                    .fold(0u16, |mask, month| mask | 1 << (month - 1))
+            })
+            .collect()
     }
 
     /// The order, encoded for [`Order::parse`].
@@ -144,11 +183,15 @@ impl OrderBuilder {
         }
         let mut sorted: Vec<usize> = (0..self.rows.len()).collect();
         sorted.sort_unstable_by_key(|&i| self.rows[i]);
+        let months = self.months_bought();
         let n = sorted.len();
-        let mut out = Vec::with_capacity(8 + 16 * n + self.haystacks.len());
+        let mut out = Vec::with_capacity(8 + 18 * n + self.haystacks.len());
         out.extend_from_slice(&(n as u64).to_le_bytes());
         for &i in &sorted {
             out.extend_from_slice(&self.rows[i].1.to_le_bytes());
+        }
+        for &i in &sorted {
+            out.extend_from_slice(&months[i].to_le_bytes());
         }
         let mut end = 0;
         for &i in &sorted {
@@ -193,11 +236,12 @@ fn collation_ranks(texts: HashMap<Box<str>, u64>) -> Result<Vec<u64>, String> {
     Ok(ranks)
 }
 
-/// An encoded order: the ids in order, then where each search text ends,
-/// then the texts (little-endian u64s).
+/// An encoded order: the ids in order, the months each buys in (u16s), where
+/// each search text ends, then the texts (little-endian u64s but the months).
 pub struct Order<'a> {
     len: usize,
     ids: &'a [u8],
+    months: &'a [u8],
     ends: &'a [u8],
     texts: &'a [u8],
 }
@@ -208,10 +252,12 @@ impl<'a> Order<'a> {
         let (len, rest) = bytes.split_first_chunk::<8>()?;
         let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
         let (ids, rest) = rest.split_at_checked(len.checked_mul(8)?)?;
+        let (months, rest) = rest.split_at_checked(len.checked_mul(2)?)?;
         let (ends, texts) = rest.split_at_checked(len.checked_mul(8)?)?;
         let order = Self {
             len,
             ids,
+            months,
             ends,
             texts,
         };
@@ -242,6 +288,16 @@ impl<'a> Order<'a> {
             .get(start..self.end(at))
             .and_then(|text| std::str::from_utf8(text).ok())
             .is_some_and(|text| text.contains(wanted))
+    }
+
+    /// Whether the `i`-th citizen of the walk buys presents in `month` (1–12).
+    pub fn buys_in(&self, i: usize, descending: bool, month: u8) -> bool {
+        let at = self.at(i, descending);
+        let mask = self
+            .months
+            .get(at * 2..at * 2 + 2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+        (1..=12).contains(&month) && mask & 1 << (month - 1) != 0
     }
 
     /// Where a walk goes on after its `position`-th citizen, `id`: there if
@@ -339,6 +395,34 @@ mod tests {
     }
 
     #[test]
+    fn a_citizen_buys_in_the_months_its_relatives_are_born_in() {
+        let mut citizens = [
+            citizen(0, "А", "Тверь", "05.03.2000", 0),
+            citizen(1, "Б", "Тверь", "01.01.2000", 0),
+            citizen(2, "В", "Тверь", "01.12.1990", 0),
+        ];
+        // 0 is related to 1 and 2, and to itself.
+        citizens[0].relatives = [0, 1, 2].map(|r| CitizenId::parse(r).unwrap()).to_vec();
+        citizens[1].relatives = vec![CitizenId::parse(0).unwrap()];
+        citizens[2].relatives = vec![CitizenId::parse(0).unwrap()];
+        let mut builder = OrderBuilder::new(SortKey::Name);
+        for c in &citizens {
+            builder.push(c);
+        }
+        let bytes = builder.finish().unwrap();
+        let order = Order::parse(&bytes).unwrap();
+        let months = |i| {
+            (1..=12)
+                .filter(|&m| order.buys_in(i, false, m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(months(0), [1, 3, 12]);
+        assert_eq!(months(1), [3]);
+        assert_eq!(months(2), [3]);
+        assert!(!order.buys_in(0, false, 0) && !order.buys_in(0, false, 13));
+    }
+
+    #[test]
     fn a_walk_finds_search_text_and_resumes_where_its_last_citizen_is() {
         let citizens = [
             citizen(7, "Вера", "Тверь", "01.01.2000", 0),
@@ -354,6 +438,8 @@ mod tests {
         assert!(order.finds(0, false, "анна\nтула"));
         assert!(order.finds(0, true, "тверь"));
         assert!(!order.finds(1, false, "тула"));
+        // No relatives, no presents.
+        assert!((1..=12).all(|m| !order.buys_in(0, false, m)));
         assert_eq!(order.resume(2, 9, false), Some(2));
         // The citizen moved (or the walk turned): after where it is now.
         assert_eq!(order.resume(1, 9, false), Some(2));

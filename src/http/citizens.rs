@@ -29,6 +29,7 @@ use crate::reads::cache::View;
         ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$", description = "next_cursor of the previous page (opaque; one the service did not give is 400)"),
         ("q" = Option<String>, Query, max_length = 256, description = "A search: a whole number finds the citizen with that id; other text, the citizens whose name, town or street contains it, letter case aside. Paged as limit and cursor say; a page may hold fewer than limit, even none, with a next_cursor (each request reads at most 50,000 citizens)"),
         ("ids" = Option<String>, Query, pattern = "^[0-9]+(,[0-9]+)*$", description = "1 to 100 citizen ids, comma-separated: those citizens, by id (not with limit, cursor, q or sort)"),
+        ("month" = Option<u8>, Query, minimum = 1, maximum = 12, description = "Only the citizens buying presents in this month (those with a relative born then, as the birthdays answer counts them), by citizen_id or as sort says. Paged as limit and cursor say; a page may hold fewer than limit, even none, with a next_cursor (each request looks at up to 200,000 citizens)"),
         ("sort" = Option<String>, Query, pattern = "^-?(citizen_id|name|town|street|building|apartment|birth_date|gender|relatives)$", description = "Pages (and a text search's) sorted by this field, - before it for descending: text as the Unicode collation for Russian orders it, birth_date by date, relatives by how many; equal ones by citizen_id. Paged as limit and cursor say"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
         ("Accept-Encoding" = Option<String>, Header, description = "gzip for a compressed answer"),
@@ -48,7 +49,7 @@ use crate::reads::cache::View;
                 {"citizen_id": 3, "town": "Керчь", "street": "Иосифа Бродского", "building": "2", "apartment": 11, "name": "Романова Мария Леонидовна", "birth_date": "23.11.1986", "gender": "female", "relatives": []}
             ]})),
         (status = 304, description = "Not modified: If-None-Match named the current answer"),
-        (status = 400, description = "A bad limit, cursor, q, ids or sort", body = crate::http::openapi::ErrorAnswer),
+        (status = 400, description = "A bad limit, cursor, q, ids, sort or month", body = crate::http::openapi::ErrorAnswer),
         (status = 404, description = "No such import", body = crate::http::openapi::ErrorAnswer),
         (status = 503, description = "The store is unavailable: retry", body = crate::http::openapi::ErrorAnswer),
     )
@@ -82,8 +83,13 @@ use crate::reads::cache::View;
 /// goes on after where the previous page's last citizen now is; each citizen shows as it is
 /// when read. A sorted text search looks at up to 200,000 citizens per request.
 ///
+/// With `month` (1–12), only the citizens who buy presents that month (a relative of theirs
+/// is born then, as the birthdays answer counts them): walked along the same kept order (by
+/// `citizen_id` without `sort`), up to 200,000 citizens per request, with `q` too if sent.
+///
 /// Failures: 400 for a `limit` out of range, a `cursor` the service did not give (or gave for
-/// another order), a `q` over 256 characters, a bad `ids` or an unknown `sort`; 404 when there is no such import; 503 when the store does
+/// another order), a `q` over 256 characters, a bad `ids`, an unknown `sort` or a `month`
+/// not 1–12; 404 when there is no such import; 503 when the store does
 /// not answer (retry).
 pub async fn list(
     State(state): State<AppState>,
@@ -92,7 +98,13 @@ pub async fn list(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let Query(query) = query.map_err(|e| AppError::BadQuery("query", e.body_text()))?;
-    let paged = [&query.limit, &query.cursor, &query.q, &query.sort];
+    let paged = [
+        &query.limit,
+        &query.cursor,
+        &query.q,
+        &query.sort,
+        &query.month,
+    ];
     if query.ids.is_none() && paged.iter().all(|p| p.is_none()) {
         return cached_view(&state, &headers, import, View::Citizens).await;
     }
@@ -100,7 +112,7 @@ pub async fn list(
         if paged.iter().any(|p| p.is_some()) {
             return Err(AppError::BadQuery(
                 "ids",
-                "comes alone: not with limit, cursor, q or sort".into(),
+                "comes alone: not with limit, cursor, q, sort or month".into(),
             ));
         }
         let mut found = Vec::new();
@@ -111,6 +123,20 @@ pub async fn list(
     }
     let limit = paging::limit(query.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
     let sort = parse_sort(query.sort.as_deref())?;
+    let month = query
+        .month
+        .as_deref()
+        .map(|m| {
+            m.parse::<u8>()
+                .ok()
+                .filter(|m| (1..=12).contains(m))
+                .ok_or_else(|| {
+                    AppError::BadQuery("month", format!("must be a month, 1 to 12, got {m:?}"))
+                })
+        })
+        .transpose()?;
+    // A month's buyers walk an order too: by id when no other is asked.
+    let sort = sort.or(month.map(|_| (SortKey::CitizenId, false)));
     let search = match query.q.as_deref() {
         Some(q) if q.chars().count() > MAX_SEARCH => {
             return Err(AppError::BadQuery(
@@ -121,12 +147,15 @@ pub async fn list(
         Some(q) => Search::new(q),
         None => None,
     };
-    if let (Some((key, descending)), None | Some(Search::Text(_))) = (sort, &search) {
+    // An id search is one read by id, unless a month must be checked too.
+    let by_id = matches!(search, Some(Search::Id(_))) && month.is_none();
+    if let (Some((key, descending)), false) = (sort, by_id) {
         let walk = Walk {
             key,
             descending,
             limit,
             search: search.as_ref(),
+            month,
         };
         return sorted_page(&state, import, walk, query.cursor.as_deref()).await;
     }
@@ -232,18 +261,20 @@ where
 }
 
 /// A sorted listing's page as asked: by which field, which way, how many,
-/// and the text search if any.
+/// the text search and the month of presents if any.
 struct Walk<'a> {
     key: SortKey,
     descending: bool,
     limit: usize,
     search: Option<&'a Search>,
+    month: Option<u8>,
 }
 
 /// A page of the import sorted as `walk` says, after `cursor`: the walk goes
 /// along the import's order (`domain::order`, built once per version and
 /// kept) from where the cursor says, picking the citizens the search finds
-/// (in the order's search texts, so without reading the store), at most
+/// and buying presents in the month (both in what the order keeps, so
+/// without reading the store), at most
 /// `SORTED_SCAN` per request; the page's citizens are then read by id.
 async fn sorted_page(
     state: &AppState,
@@ -274,13 +305,18 @@ async fn sorted_page(
             )
         })?,
     };
-    let wanted = match walk.search {
-        Some(Search::Text(wanted)) => Some(wanted.as_str()),
-        _ => None,
+    let found = |i| match walk.search {
+        Some(Search::Text(wanted)) => order.finds(i, walk.descending, wanted),
+        Some(Search::Id(id)) => id.is_some_and(|id| order.id(i, walk.descending) == id.get()),
+        None => true,
     };
     let (mut i, mut picked) = (start, Vec::new());
     while i < order.len() && picked.len() < walk.limit && i - start < SORTED_SCAN {
-        if wanted.is_none_or(|w| order.finds(i, walk.descending, w)) {
+        if found(i)
+            && walk
+                .month
+                .is_none_or(|m| order.buys_in(i, walk.descending, m))
+        {
             picked.push(order.id(i, walk.descending));
         }
         i += 1;
@@ -370,6 +406,7 @@ pub struct PageQuery {
     q: Option<String>,
     ids: Option<String>,
     sort: Option<String>,
+    month: Option<String>,
 }
 
 /// A page of citizens: the contract's `data`, and where the next page starts.

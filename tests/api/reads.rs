@@ -686,6 +686,55 @@ async fn a_sorted_listing_pages_by_any_field_either_way_and_searches_in_that_ord
     let (one, next) = citizens_page(&app, import, "?sort=name&q=6000000000000000000").await;
     assert_eq!((one.len(), next), (1, Value::Null));
 
+    // A month's buyers: those the birthdays answer lists under it, by id or
+    // in a sorted order, with a search too.
+    let birthdays = app.birthdays(import).await;
+    let buyers = |month: usize| -> Vec<Value> {
+        let ids: Vec<&Value> = birthdays[month.to_string()]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["citizen_id"])
+            .collect();
+        whole
+            .iter()
+            .filter(|c| ids.contains(&&c["citizen_id"]))
+            .cloned()
+            .collect()
+    };
+    for month in 1..=12 {
+        let want = buyers(month);
+        assert!(!want.is_empty(), "month {month}");
+        let extra = format!("&month={month}");
+        assert_eq!(
+            sorted_all(&app, import, "citizen_id", &extra, 10).await,
+            want,
+            "month {month}"
+        );
+        let by_name: Vec<Value> = sorted_by(&whole, "name", true)
+            .into_iter()
+            .filter(|c| want.contains(c))
+            .collect();
+        assert_eq!(
+            sorted_all(&app, import, "-name", &extra, 7).await,
+            by_name,
+            "month {month}"
+        );
+    }
+    // An id search within a month: the citizen if it buys then, else no one.
+    let buyer = buyers(5)[0]["citizen_id"].clone();
+    let other = (1..=12)
+        .find(|&m| !buyers(m).iter().any(|c| c["citizen_id"] == buyer))
+        .unwrap();
+    for (month, found) in [(5, 1), (other, 0)] {
+        let query = format!("?month={month}&q={buyer}");
+        assert_eq!(
+            citizens_page(&app, import, &query).await.0.len(),
+            found,
+            "{query}"
+        );
+    }
+
     // A PATCH between two pages: the next page goes on after where the
     // previous page's last citizen now is.
     let (first, next) = citizens_page(&app, import, "?sort=name&limit=10").await;
@@ -702,6 +751,23 @@ async fn a_sorted_listing_pages_by_any_field_either_way_and_searches_in_that_ord
     assert_eq!(walked, sorted_by(&now, "name", true));
     assert_eq!(walked[1]["citizen_id"], last);
 
+    // A birthday moved by a PATCH moves its relatives' presents: the month's
+    // buyers follow.
+    let related = now.iter().find(|c| c["relatives"] != json!([])).unwrap();
+    let id = related["citizen_id"].as_u64().unwrap();
+    app.patch(import, id, &json!({"birth_date": "15.07.1977"}))
+        .await;
+    let july: Vec<Value> = app.birthdays(import).await["7"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["citizen_id"].clone())
+        .collect();
+    assert!(july.contains(&related["relatives"][0]));
+    let walked = sorted_all(&app, import, "citizen_id", "&month=7", 50).await;
+    let walked: Vec<Value> = walked.iter().map(|c| c["citizen_id"].clone()).collect();
+    assert_eq!(walked, july);
+
     // Bad sorts are 400s naming the parameter; a cursor of another order too.
     let (_, by_town) = citizens_page(&app, import, "?sort=town&limit=5").await;
     let by_town = by_town.as_str().unwrap();
@@ -710,6 +776,10 @@ async fn a_sorted_listing_pages_by_any_field_either_way_and_searches_in_that_ord
         ("?sort=".to_owned(), "sort"),
         ("?sort=--name".to_owned(), "sort"),
         ("?sort=name&ids=1".to_owned(), "ids"),
+        ("?month=1&ids=1".to_owned(), "ids"),
+        ("?month=0".to_owned(), "month"),
+        ("?month=13".to_owned(), "month"),
+        ("?month=x&sort=name".to_owned(), "month"),
         (format!("?sort=name&cursor={by_town}"), "cursor"),
         (format!("?sort=-town&cursor={by_town}"), "cursor"),
         (format!("?cursor={by_town}"), "cursor"),
