@@ -390,12 +390,6 @@ function drawHead() {
     const th = document.createElement('th');
     th.scope = 'col';
     if (cls) th.className = cls;
-    if (view.big && view.month != null) {
-      // A big import's month: its buyers, by id.
-      th.textContent = t(title);
-      tr.append(th);
-      continue;
-    }
     const button = document.createElement('button');
     button.type = 'button';
     button.className = 'sort';
@@ -603,6 +597,9 @@ $('citizens-filter').addEventListener('input', () => {
   saveState();
 });
 
+/** Whether a big import's table lists a month's buyers by id, as the birthdays answer has them (else the service walks its sorted order). */
+const byBuyers = () => view.month != null && view.sort.key === 'citizen_id' && view.sort.ascending;
+
 /** The ids of a month's buyers, ascending (as the birthdays answer lists them). */
 const buyersOf = (month) => (view.birthdays[String(month)] ?? []).map((e) => e.citizen_id);
 
@@ -614,17 +611,18 @@ function bigTotal() {
 
 /**
  * Up to `size` citizens of a big import from `start` on, as the filter and month
- * say: `{rows, next}`, `next` where the rows after them start (null: none). Without
- * a month, `start` is the service's cursor and the search is the service's
- * (GET …/citizens?q=, which reads a stretch of the import per request); with
- * one, the buyers come from the birthdays answer, by their position in it,
- * read by id (?ids=) and searched here by the same rule. `progress(n)` is told
- * the count found so far while a search goes on.
+ * say: `{rows, next}`, `next` where the rows after them start (null: none).
+ * A month's buyers by id come from the birthdays answer, by their position in
+ * it, read by id (?ids=) and searched here by the same rule. Otherwise `start`
+ * is the service's cursor, and the search, the sort and the month are the
+ * service's (GET …/citizens?q=&sort=&month=, which looks at a stretch of the
+ * import per request). `progress(n)` is told the count found so far while a
+ * search goes on.
  */
 async function bigRows(start, size = PAGE, progress = () => {}) {
   const typed = $('citizens-filter').value.trim();
   const rows = [];
-  if (view.month != null) {
+  if (byBuyers()) {
     const buyers = buyersOf(view.month);
     const wanted = wantedText();
     let at = start ?? 0;
@@ -647,11 +645,12 @@ async function bigRows(start, size = PAGE, progress = () => {}) {
     const query = new URLSearchParams({ limit: Math.min(10_000, size - rows.length) });
     if (typed) query.set('q', typed);
     if (key !== 'citizen_id' || !ascending) query.set('sort', `${ascending ? '' : '-'}${key}`);
+    if (view.month != null) query.set('month', view.month);
     if (cursor) query.set('cursor', cursor);
     const answer = await api('GET', `/imports/${view.id}/citizens?${query}`, undefined, true);
     rows.push(...answer.data);
     cursor = answer.next_cursor;
-    if (typed && cursor) progress(rows.length);
+    if ((typed || view.month != null) && cursor) progress(rows.length);
   } while (cursor && rows.length < size);
   return { rows, next: cursor };
 }
@@ -691,8 +690,6 @@ function pickMonth(month) {
   view.month = month;
   view.page = 0;
   if (view.big) {
-    // A month's buyers are listed by id.
-    drawHead();
     reloadBig();
     return;
   }
@@ -815,12 +812,12 @@ async function loadImport(id) {
   if (view.big) {
     // The page the address names, found by where it starts (else the first).
     view.cursors = [null];
-    if (view.page > 0 && view.at) view.cursors[view.page] = view.month == null ? view.at : Number(view.at);
+    if (view.page > 0 && view.at) view.cursors[view.page] = byBuyers() ? Number(view.at) : view.at;
     await loadBigPage(view.page);
   }
   $('big-note').hidden = !view.big;
   $('big-note').textContent = view.big
-    ? t('This import has {citizens}: the table shows them {page} at a time, read from the service, which also searches and sorts (the first sort by a column takes a few seconds); its CSV holds up to {whole} of them. A month’s buyers are listed by id.',
+    ? t('This import has {citizens}: the table shows them {page} at a time, read from the service, which also searches and sorts (the first sort by a column takes a few seconds); its CSV holds up to {whole} of them.',
       { citizens: count('citizens', info.citizens), page: PAGE, whole: numbers.format(WHOLE) })
     : '';
   view.towns = towns;

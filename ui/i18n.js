@@ -129,7 +129,7 @@ const RU = {
   'Import {a} and import {b}': 'Выгрузка {a} и выгрузка {b}',
   'Presents a year: {change}; towns: {a} and {b}.': 'Подарков в год: {change}; городов: {a} и {b}.',
   'Loading…': 'Загрузка…',
-  'This import has {citizens}: the table shows them {page} at a time, read from the service, which also searches and sorts (the first sort by a column takes a few seconds); its CSV holds up to {whole} of them. A month’s buyers are listed by id.': 'В этой выгрузке {citizens}: таблица показывает их по {page} за раз, читая их у сервиса, который и ищет, и сортирует (первая сортировка по столбцу занимает несколько секунд); в её CSV — до {whole} из них. Покупатели месяца идут по номерам.',
+  'This import has {citizens}: the table shows them {page} at a time, read from the service, which also searches and sorts (the first sort by a column takes a few seconds); its CSV holds up to {whole} of them.': 'В этой выгрузке {citizens}: таблица показывает их по {page} за раз, читая их у сервиса, который и ищет, и сортирует (первая сортировка по столбцу занимает несколько секунд); в её CSV — до {whole} из них.',
   'Reading the citizens for the CSV…': 'Читаю жителей для CSV…',
   'Sorting…': 'Сортирую…',
   'The CSV holds the first {n} citizens found: narrow the search for the rest.': 'В CSV первые {n} найденных жителей: сузьте поиск, чтобы получить остальных.',

@@ -259,11 +259,11 @@ function postOnNewConnection(url, headers, body) {
 }
 
 /** The first `most` citizens of import `id` that GET …/citizens?q= finds, asked for a page at a time. */
-async function apiSearch(service, id, q, most) {
+async function apiSearch(service, id, q, most, more = {}) {
   const found = [];
   let cursor = null;
   do {
-    const query = new URLSearchParams({ q, limit: Math.min(10_000, most - found.length) });
+    const query = new URLSearchParams({ q, ...more, limit: Math.min(10_000, most - found.length) });
     if (cursor) query.set('cursor', cursor);
     const answer = await apiGet(service, `/imports/${id}/citizens?${query}`, true);
     found.push(...answer.data);
@@ -740,13 +740,13 @@ for (const [backend, n] of [['sqlite', 1_000_000], ['tarantool', 60_000]]) {
     await shows(byTown.data.map((c) => c.citizen_id), 'sorted by town, descending');
     check(/[?&]sort=-town/.test(page.url()), `the address: ${page.url()}`);
     await page.fill('#citizens-filter', 'abakan');
-    const abakanByTown = await sorted(`sort=-town&q=abakan`);
-    await shows(abakanByTown.data.map((c) => c.citizen_id), 'found, sorted by town descending');
+    // (The service may answer a sorted search in several short pages: walked here as the page walks them.)
+    const abakanByTown = (await apiSearch(service, id, 'abakan', 100, { sort: '-town' })).map((c) => c.citizen_id);
+    await shows(abakanByTown.slice(0, 50), 'found, sorted by town descending');
     await page.click('#page-next');
-    const abakanNext = await sorted(`sort=-town&q=abakan&cursor=${abakanByTown.next_cursor}`);
-    await shows(abakanNext.data.map((c) => c.citizen_id), 'found, sorted, page 2');
+    await shows(abakanByTown.slice(50), 'found, sorted, page 2');
     await page.reload();
-    await shows(abakanNext.data.map((c) => c.citizen_id), 'found, sorted, page 2, reloaded');
+    await shows(abakanByTown.slice(50), 'found, sorted, page 2, reloaded');
     await page.click('#citizens thead button.sort >> nth=0');
 
     // An id finds its citizen; a relative opens the relative.
@@ -791,6 +791,15 @@ for (const [backend, n] of [['sqlite', 1_000_000], ['tarantool', 60_000]]) {
     await page.fill('#citizens-filter', 'abakan');
     await shows(inAbakan.slice(0, 50), `month ${month}'s buyers in Abakan`);
     same((await csvIds()).ids, inAbakan, `the CSV of month ${month}'s buyers in Abakan`);
+    // A month's buyers sorted, by the service (?month=&sort=), with the search and without.
+    const monthSorted = async (q) => (await apiSearch(service, id, q, 50, { sort: 'town', month })).map((c) => c.citizen_id);
+    const monthByTown = await monthSorted('abakan');
+    await page.click('#citizens thead button.sort >> nth=2');
+    await shows(monthByTown, `month ${month}'s buyers in Abakan, sorted by town`);
+    await page.fill('#citizens-filter', '');
+    await shows(await monthSorted(''), `month ${month}'s buyers sorted by town`);
+    check((await page.textContent('#citizens-count')).replace(/\s/g, '').endsWith(`of${buyers.length.toLocaleString('en')}citizens`),
+      `count: ${await page.textContent('#citizens-count')}`);
   }, { backend, args: n > 200_000 ? ['--max-body-bytes', '1GiB'] : [] });
 }
 
