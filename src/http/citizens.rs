@@ -127,8 +127,7 @@ pub async fn list(
         .month
         .as_deref()
         .map(|m| {
-            m.parse::<u8>()
-                .ok()
+            paging::number::<u8>(m)
                 .filter(|m| (1..=12).contains(m))
                 .ok_or_else(|| {
                     AppError::BadQuery("month", format!("must be a month, 1 to 12, got {m:?}"))
@@ -369,8 +368,7 @@ fn parse_ids(ids: &str) -> Result<Vec<CitizenId>, AppError> {
     let mut parsed = ids
         .split(',')
         .map(|id| {
-            id.parse::<u64>()
-                .ok()
+            paging::number::<u64>(id)
                 .and_then(|n| CitizenId::parse(n).ok())
                 .ok_or_else(bad)
         })

@@ -12,8 +12,7 @@ pub fn limit(sent: Option<&str>, default: usize, max: usize) -> Result<usize, Ap
     let Some(text) = sent else {
         return Ok(default);
     };
-    text.parse::<usize>()
-        .ok()
+    number::<usize>(text)
         .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| {
             AppError::BadQuery(
@@ -21,6 +20,15 @@ pub fn limit(sent: Option<&str>, default: usize, max: usize) -> Result<usize, Ap
                 format!("must be a whole number from 1 to {max}, got {text:?}"),
             )
         })
+}
+
+/// A whole number written in ASCII digits only (Rust's own parse takes a
+/// leading `+` too, which the API's query parameters do not allow).
+pub fn number<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// A cursor for the page after the one that ended at `value`: `kind:value`
