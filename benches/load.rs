@@ -341,11 +341,20 @@ async fn run_backend(args: &Args, target: &Target, body: Bytes) -> anyhow::Resul
         )
     };
 
-    for (label, path) in [
+    let mut reads = vec![
         ("GET citizens", "citizens"),
         ("GET birthdays", "citizens/birthdays"),
         ("GET percentiles", "towns/stat/percentile/age"),
-    ] {
+    ];
+    // Beyond the contract: this service's own (another implementation
+    // would ignore the query and answer every citizen).
+    if running.is_some() {
+        reads.push((
+            "GET 50 citizens sorted by name",
+            "citizens?sort=name&limit=50",
+        ));
+    }
+    for (label, path) in reads {
         let url = format!("{base}/imports/{import}/{path}");
         // Right after a write: the answer is rebuilt from storage.
         let samples = timed_with_setup(

@@ -115,10 +115,13 @@ pub async fn list(
                 "comes alone: not with limit, cursor, q, sort or month".into(),
             ));
         }
-        let mut found = Vec::new();
-        for id in parse_ids(ids)? {
-            found.extend(citizen_by_id(&state, import, Some(id), None).await?);
-        }
+        let ids = parse_ids(ids)?;
+        // Still 404 for an import that is not there.
+        let version = state.reads.import_version(import).await?;
+        let found = state
+            .reads
+            .citizens_by_id(import, Some(version), &ids)
+            .await?;
         return page_answer(&found, None);
     }
     let limit = paging::limit(query.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
@@ -325,11 +328,15 @@ async fn sorted_page(
         paging::encode(&kind, format!("{i}.{last}"))
     });
     drop(bytes);
-    let mut found = Vec::with_capacity(picked.len());
-    for id in picked {
-        let id = CitizenId::parse(id).map_err(|_| AppError::internal("an order holds a bad id"))?;
-        found.extend(citizen_by_id(state, import, Some(id), None).await?);
-    }
+    let picked = picked
+        .into_iter()
+        .map(CitizenId::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| AppError::internal("an order holds a bad id"))?;
+    let found = state
+        .reads
+        .citizens_by_id(import, Some(version), &picked)
+        .await?;
     page_with_cursor(&found, next)
 }
 
