@@ -351,12 +351,17 @@ mod tests {
         }
     }
 
-    fn sorted(citizens: &[Citizen], key: SortKey, descending: bool) -> Vec<u64> {
+    /// The order of `citizens` by `key`, encoded.
+    fn encoded(citizens: &[Citizen], key: SortKey) -> Vec<u8> {
         let mut builder = OrderBuilder::new(key);
         for c in citizens {
             builder.push(c);
         }
-        let bytes = builder.finish().unwrap();
+        builder.finish().unwrap()
+    }
+
+    fn sorted(citizens: &[Citizen], key: SortKey, descending: bool) -> Vec<u64> {
+        let bytes = encoded(citizens, key);
         let order = Order::parse(&bytes).unwrap();
         (0..order.len()).map(|i| order.id(i, descending)).collect()
     }
@@ -371,27 +376,23 @@ mod tests {
             citizen(4, "Абрамов", "Москва", "31.12.1999", 3),
             citizen(6, "Ёлкин", "Керчь", "01.01.2000", 1),
         ];
-        // Cyrillic before Latin; е before ё, lower case before upper.
-        assert_eq!(sorted(&citizens, SortKey::Name, false), [4, 3, 2, 5, 6, 1]);
-        assert_eq!(sorted(&citizens, SortKey::Name, true), [1, 6, 5, 2, 3, 4]);
-        // Equal texts by id.
-        assert_eq!(sorted(&citizens, SortKey::Town, false), [1, 6, 2, 3, 4, 5]);
-        assert_eq!(
-            sorted(&citizens, SortKey::BirthDate, false),
-            [2, 4, 3, 5, 6, 1]
-        );
-        assert_eq!(
-            sorted(&citizens, SortKey::Relatives, false),
-            [3, 5, 2, 6, 1, 4]
-        );
-        assert_eq!(
-            sorted(&citizens, SortKey::Apartment, false),
-            [6, 5, 4, 3, 2, 1]
-        );
-        assert_eq!(
-            sorted(&citizens, SortKey::CitizenId, true),
-            [6, 5, 4, 3, 2, 1]
-        );
+        for (key, descending, want) in [
+            // Cyrillic before Latin; е before ё, lower case before upper.
+            (SortKey::Name, false, [4, 3, 2, 5, 6, 1]),
+            (SortKey::Name, true, [1, 6, 5, 2, 3, 4]),
+            // Equal texts by id.
+            (SortKey::Town, false, [1, 6, 2, 3, 4, 5]),
+            (SortKey::BirthDate, false, [2, 4, 3, 5, 6, 1]),
+            (SortKey::Relatives, false, [3, 5, 2, 6, 1, 4]),
+            (SortKey::Apartment, false, [6, 5, 4, 3, 2, 1]),
+            (SortKey::CitizenId, true, [6, 5, 4, 3, 2, 1]),
+        ] {
+            assert_eq!(
+                sorted(&citizens, key, descending),
+                want,
+                "{key:?} {descending}"
+            );
+        }
     }
 
     #[test]
@@ -405,11 +406,7 @@ mod tests {
         citizens[0].relatives = [0, 1, 2].map(|r| CitizenId::parse(r).unwrap()).to_vec();
         citizens[1].relatives = vec![CitizenId::parse(0).unwrap()];
         citizens[2].relatives = vec![CitizenId::parse(0).unwrap()];
-        let mut builder = OrderBuilder::new(SortKey::Name);
-        for c in &citizens {
-            builder.push(c);
-        }
-        let bytes = builder.finish().unwrap();
+        let bytes = encoded(&citizens, SortKey::Name);
         let order = Order::parse(&bytes).unwrap();
         let months = |i| {
             (1..=12)
@@ -429,11 +426,7 @@ mod tests {
             citizen(8, "Анна", "Тула", "01.01.2000", 0),
             citizen(9, "Борис", "Омск", "01.01.2000", 0),
         ];
-        let mut builder = OrderBuilder::new(SortKey::Name);
-        for c in &citizens {
-            builder.push(c);
-        }
-        let bytes = builder.finish().unwrap();
+        let bytes = encoded(&citizens, SortKey::Name);
         let order = Order::parse(&bytes).unwrap();
         assert!(order.finds(0, false, "анна\nтула"));
         assert!(order.finds(0, true, "тверь"));
