@@ -205,8 +205,8 @@ fn page_with_cursor(
     Ok(json_response(StatusCode::OK, body))
 }
 
-/// Citizen `id` of the import, if there is one after `after` (one read by id;
-/// `None`: a number no citizen has).
+/// Citizen `id` of the import, if there is one after `after` (one read by id,
+/// as `Reads::citizens_by_id`; `None`: a number no citizen has).
 async fn citizen_by_id(
     state: &AppState,
     import: ImportId,
@@ -218,10 +218,7 @@ async fn citizen_by_id(
         state.reads.citizens_page(import, after, 1).await?;
         return Ok(None);
     };
-    let before = id.get().checked_sub(1).map(CitizenId::parse).transpose();
-    let before = before.map_err(|_| AppError::internal("an id below a valid id is valid"))?;
-    let page = state.reads.citizens_page(import, before, 1).await?;
-    Ok(page.into_iter().find(|c| c.citizen_id == id))
+    Ok(state.reads.citizens_by_id(import, None, &[id]).await?.pop())
 }
 
 /// Reads citizens by id from after `after` with `read(after, n)` (a page of

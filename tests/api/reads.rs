@@ -420,16 +420,17 @@ async fn pages_of_an_empty_or_unknown_import_and_bad_page_parameters(backend: Ba
     }
 }
 
-/// Every match of `q` (URL-encoded by the caller), walked `limit` at a time:
-/// the matches, and how many requests it took.
-async fn search_all(app: &TestApp, import: i64, q: &str, limit: usize) -> (Vec<Value>, usize) {
+/// Every citizen a listing query (`q=…`, `sort=…&month=…`; URL-encoded by
+/// the caller) answers, walked `limit` at a time: the citizens, and how many
+/// requests it took.
+async fn walk_all(app: &TestApp, import: i64, query: &str, limit: usize) -> (Vec<Value>, usize) {
     let mut found = Vec::new();
     let mut requests = 0;
     let mut cursor = Value::Null;
     loop {
         let query = match cursor.as_str() {
-            Some(next) => format!("?q={q}&limit={limit}&cursor={next}"),
-            None => format!("?q={q}&limit={limit}"),
+            Some(next) => format!("?{query}&limit={limit}&cursor={next}"),
+            None => format!("?{query}&limit={limit}"),
         };
         let (page, next) = citizens_page(app, import, &query).await;
         assert!(page.len() <= limit, "{query}: {}", page.len());
@@ -440,6 +441,11 @@ async fn search_all(app: &TestApp, import: i64, q: &str, limit: usize) -> (Vec<V
         }
         cursor = next;
     }
+}
+
+/// Every match of `q` (URL-encoded by the caller), as [`walk_all`].
+async fn search_all(app: &TestApp, import: i64, q: &str, limit: usize) -> (Vec<Value>, usize) {
+    walk_all(app, import, &format!("q={q}"), limit).await
 }
 
 async fn a_search_finds_citizens_by_id_or_by_name_town_or_street_in_any_case(backend: Backend) {
@@ -566,21 +572,9 @@ async fn sorted_all(
     extra: &str,
     limit: usize,
 ) -> Vec<Value> {
-    let mut found = Vec::new();
-    let mut cursor = Value::Null;
-    loop {
-        let query = match cursor.as_str() {
-            Some(next) => format!("?sort={sort}{extra}&limit={limit}&cursor={next}"),
-            None => format!("?sort={sort}{extra}&limit={limit}"),
-        };
-        let (page, next) = citizens_page(app, import, &query).await;
-        assert!(page.len() <= limit, "{query}: {}", page.len());
-        found.extend(page);
-        if next.is_null() {
-            return found;
-        }
-        cursor = next;
-    }
+    walk_all(app, import, &format!("sort={sort}{extra}"), limit)
+        .await
+        .0
 }
 
 /// The order the service sorts in, written out again: text by the Unicode
