@@ -220,7 +220,8 @@ impl Connection {
     /// all of one version: `SELECT`s of `read_page` rows each (Tarantool's C
     /// code, no Lua, so no call holds Tarantool for long), between two
     /// `gifts_read_version` calls that must agree (every write of an import
-    /// bumps its version). When writes change the import on every one of
+    /// bumps its version); the second is sent with the first `SELECT` and
+    /// counts when that page was the last. When writes change the import on every one of
     /// [`PAGED_ATTEMPTS`], one call to `whole` reads it all at once.
     ///
     /// Each page is turned into values by `convert` as it comes, so a big
@@ -237,24 +238,22 @@ impl Connection {
         U: Send + 'static,
     {
         let id = import.get().unsigned_abs();
+        let first_key = (id,);
         for _ in 0..PAGED_ATTEMPTS {
             let (version, space_id) = self.read_version(space, import).await?;
             let mut rows: Vec<U> = Vec::new();
-            let mut after: Option<T::Key> = None;
+            // The version again, sent right behind the first page's SELECT on
+            // the one connection (Tarantool runs a connection's requests in
+            // order): when that page is the last, as it is for most imports,
+            // the read takes two round trips, not three.
+            let budget = crate::storage::deadline::remaining(self.timeout);
+            let (mut selected, again) = tokio::join!(
+                self.client
+                    .select::<_, Vec<T>>(space_id, &first_key, false, self.read_page, budget),
+                self.read_version(space, import)
+            );
+            let mut again = Some(again);
             loop {
-                let budget = crate::storage::deadline::remaining(self.timeout);
-                let selected: Result<Vec<T>, _> = match &after {
-                    None => {
-                        self.client
-                            .select(space_id, &(id,), false, self.read_page, budget)
-                            .await
-                    }
-                    Some(key) => {
-                        self.client
-                            .select(space_id, key, true, self.read_page, budget)
-                            .await
-                    }
-                };
                 let mut page = selected.map_err(|e| classify(space, e, Kind::Read))?;
                 let full = u32::try_from(page.len()) == Ok(self.read_page);
                 // A page after a key runs on into the next import's rows.
@@ -262,13 +261,23 @@ impl Connection {
                 // An empty page is never full: it ends the read too.
                 let ended = !full || ours < page.len();
                 page.truncate(ours);
-                after = page.last().map(Keyed::key);
+                let after = page.last().map(Keyed::key);
                 rows.extend(crate::storage::checked(page, convert).await?);
-                if ended {
+                let Some(after) = after.filter(|_| !ended) else {
                     break;
-                }
+                };
+                again = None; // read before this page: too early
+                let budget = crate::storage::deadline::remaining(self.timeout);
+                selected = self
+                    .client
+                    .select(space_id, &after, true, self.read_page, budget)
+                    .await;
             }
-            if self.read_version(space, import).await?.0 == version {
+            let now = match again {
+                Some(read) => read?,
+                None => self.read_version(space, import).await?,
+            };
+            if now.0 == version {
                 return Ok((version, rows));
             }
         }
