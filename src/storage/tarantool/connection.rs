@@ -243,13 +243,20 @@ impl Connection {
             let (version, space_id) = self.read_version(space, import).await?;
             let mut rows: Vec<U> = Vec::new();
             // The version again, sent right behind the first page's SELECT on
-            // the one connection (Tarantool runs a connection's requests in
-            // order): when that page is the last, as it is for most imports,
-            // the read takes two round trips, not three.
+            // the one connection: Tarantool starts a connection's requests in
+            // the order they came, and a memtx SELECT does not yield, so the
+            // page is read whole before the call starts.
+            // When that page is the last, as it is for most imports, the read
+            // takes two round trips, not three.
             let budget = crate::storage::deadline::remaining(self.timeout);
             let (mut selected, again) = tokio::join!(
-                self.client
-                    .select::<_, Vec<T>>(space_id, &first_key, false, self.read_page, budget),
+                self.client.select::<_, Vec<T>>(
+                    space_id,
+                    &first_key,
+                    false,
+                    self.read_page,
+                    budget
+                ),
                 self.read_version(space, import)
             );
             let mut again = Some(again);
