@@ -568,6 +568,24 @@ async fn a_patch_is_planned_once_per_connection_and_reads_a_handful_of_pages() {
     let import = app
         .import(crate::helpers::generate_import(n, 3_000, 5))
         .await;
+    // A sorted page with nothing cached reads its citizens 16 at a time, on
+    // 16 more connections: the PATCHes after it must still keep to the
+    // connections used last (LIFO), each planning its statements once,
+    // rather than go round all of them (FIFO planned every statement on
+    // each of the 17).
+    let (status, answer) = app
+        .get(&format!("/imports/{import}/citizens?sort=name&limit=50"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let connections: u64 = store
+        .sql_rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'gifts'")
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(
+        connections >= 12,
+        "the sorted page opened {connections} connections, not the 16 this test needs"
+    );
     store.sql_rows("SELECT pg_stat_statements_reset()");
     let patches = 60;
     let mut rng = gifts::sample::Rng::new(3);

@@ -254,6 +254,13 @@ impl PostgresStorage {
             .wait_timeout(Some(timeout))
             .create_timeout(Some(create.min(timeout)))
             .recycle_timeout(Some(Duration::from_secs(5)))
+            // The connection used last goes out next: a steady stream of
+            // PATCHes keeps to the few connections whose statements are
+            // planned, and whose server processes are warm, instead of going
+            // round every connection a burst of reads opened (first in, first
+            // out: a relatives PATCH 1.1 -> 4.1 ms p50 after a sorted page
+            // had opened 16 more).
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(StorageError::internal)?;
