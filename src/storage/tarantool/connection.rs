@@ -221,8 +221,9 @@ impl Connection {
     /// code, no Lua, so no call holds Tarantool for long), between two
     /// `gifts_read_version` calls that must agree (every write of an import
     /// bumps its version); the second is sent with the first `SELECT` and
-    /// counts when that page was the last. When writes change the import on every one of
-    /// [`PAGED_ATTEMPTS`], one call to `whole` reads it all at once.
+    /// counts when that page was the last. When writes change the import on
+    /// every one of [`PAGED_ATTEMPTS`], one call to `whole` reads it all at
+    /// once.
     ///
     /// Each page is turned into values by `convert` as it comes, so a big
     /// import is never held as raw rows and values at once.
@@ -245,9 +246,9 @@ impl Connection {
             // The version again, sent right behind the first page's SELECT on
             // the one connection: Tarantool starts a connection's requests in
             // the order they came, and a memtx SELECT does not yield, so the
-            // page is read whole before the call starts.
-            // When that page is the last, as it is for most imports, the read
-            // takes two round trips, not three.
+            // page is read whole before the call starts. When that page is the
+            // last, as it is for most imports, the read takes two round trips,
+            // not three.
             let budget = crate::storage::deadline::remaining(self.timeout);
             let (mut selected, again) = tokio::join!(
                 self.client.select::<_, Vec<T>>(
