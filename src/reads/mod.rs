@@ -116,15 +116,23 @@ impl Reads {
         self.storage.create_import(citizens, upload).await
     }
 
-    /// Applies a PATCH, then moves the import's copy held in memory to the
-    /// new version (before answering: a read right after finds it moved).
+    /// Applies a PATCH (handing the store the import's copy held in memory,
+    /// to plan from if it is current), then moves that copy to the new
+    /// version (before answering: a read right after finds it moved).
     pub async fn patch_citizen(
         &self,
         import: ImportId,
         citizen: CitizenId,
         patch: CitizenPatch,
     ) -> Result<Patched, StorageError> {
-        let patched = self.storage.patch_citizen(import, citizen, patch).await?;
+        let patched = match self.cache.held_copy(import) {
+            Some(held) => {
+                self.storage
+                    .patch_citizen_held(import, citizen, patch, held)
+                    .await?
+            }
+            None => self.storage.patch_citizen(import, citizen, patch).await?,
+        };
         self.cache.after_patch(import, &patched).await;
         Ok(patched)
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version};
+use super::{HeldCopy, ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version};
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::TownDates;
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
@@ -103,6 +103,20 @@ impl<S: Storage> Storage for Metered<S> {
         self.time(
             "patch_citizen",
             self.inner.patch_citizen(import, citizen, patch),
+        )
+        .await
+    }
+
+    async fn patch_citizen_held(
+        &self,
+        import: ImportId,
+        citizen: CitizenId,
+        patch: CitizenPatch,
+        held: HeldCopy,
+    ) -> Result<Patched, StorageError> {
+        self.time(
+            "patch_citizen",
+            self.inner.patch_citizen_held(import, citizen, patch, held),
         )
         .await
     }

@@ -75,6 +75,17 @@ async fn by_size<T: Send + 'static>(
         .map_err(StorageError::internal)
 }
 
+/// An import's citizens as a reader holds them in memory at `version`,
+/// ordered by citizen_id: what a PATCH may be planned from instead of
+/// reading them ([`Storage::patch_citizen_held`]).
+#[derive(Debug, Clone)]
+pub struct HeldCopy {
+    /// The version the citizens belong to.
+    pub version: Version,
+    /// Ordered by citizen_id, relatives ascending.
+    pub citizens: Arc<Vec<Arc<Citizen>>>,
+}
+
 /// An import's citizens as of one version.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -236,6 +247,22 @@ pub trait Storage: Send + Sync + 'static {
         citizen: CitizenId,
         patch: CitizenPatch,
     ) -> Result<Patched, StorageError>;
+
+    /// [`Storage::patch_citizen`], given the import's citizens as held in
+    /// memory: a store may plan the PATCH from them rather than read them,
+    /// if it finds, under the import's lock, that it is still at
+    /// `held.version` (else it reads, as without them). The same answer
+    /// either way. By default they are not used.
+    async fn patch_citizen_held(
+        &self,
+        import: ImportId,
+        citizen: CitizenId,
+        patch: CitizenPatch,
+        held: HeldCopy,
+    ) -> Result<Patched, StorageError> {
+        let _ = held;
+        self.patch_citizen(import, citizen, patch).await
+    }
 
     /// All citizens of an import ordered by citizen_id, relatives ascending,
     /// with the import's version at that moment.

@@ -12,7 +12,7 @@ use gifts::sample::Rng;
 use crate::helpers::{Backend, TestApp, citizen, citizen_with, spec_example, today, wire_date};
 
 /// `citizen_id → relatives` of an import.
-async fn relatives(app: &TestApp, import: i64) -> BTreeMap<u64, Vec<u64>> {
+pub(crate) async fn relatives(app: &TestApp, import: i64) -> BTreeMap<u64, Vec<u64>> {
     app.citizens(import)
         .await
         .iter()
@@ -496,7 +496,7 @@ async fn invalid_patches_are_rejected_naming_field_and_citizen_and_change_nothin
 }
 
 /// A model of the relation: unordered pairs (a citizen related to itself is (a, a)).
-fn model_lists(n: u64, pairs: &BTreeSet<(u64, u64)>) -> BTreeMap<u64, Vec<u64>> {
+pub(crate) fn model_lists(n: u64, pairs: &BTreeSet<(u64, u64)>) -> BTreeMap<u64, Vec<u64>> {
     let mut lists: BTreeMap<u64, Vec<u64>> = (0..n).map(|id| (id, Vec::new())).collect();
     for &(a, b) in pairs {
         lists.get_mut(&a).unwrap().push(b);

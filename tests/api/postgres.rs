@@ -641,3 +641,66 @@ async fn a_patch_is_planned_once_per_connection_and_reads_a_handful_of_pages() {
         );
     }
 }
+
+/// A counter of `GET /metrics`, 0 when not shown yet.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A PATCH is planned from the import's copy held in memory, with no read,
+/// only while the database is still at the copy's version: one that
+/// another instance's write overtook writes nothing and is read again.
+/// Planned from the stale copy, instance a's PATCH would leave 2 listing 1
+/// (b's write, which a's copy does not know) while 1 no longer lists 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_planned_from_a_stale_copy_writes_nothing_and_is_read_again() {
+    if !postgres_available("stale_copy") {
+        return;
+    }
+    let store = Arc::new(TestStore::new(Backend::Postgres));
+    let config = || Config::with_storage(store.url().clone());
+    let a = TestApp::start(Arc::clone(&store), config()).await;
+    let b = TestApp::start(Arc::clone(&store), config()).await;
+    let people: Vec<Value> = (1..=4).map(|id| crate::helpers::citizen(id, &[])).collect();
+    let import = a.import(people).await;
+    let from_copies = "gifts_postgres_patch_batches_from_copies_total";
+    let stale = "gifts_postgres_patch_batches_stale_copies_total";
+
+    // a holds the import; a PATCH through a is planned from that copy.
+    a.citizens(import).await;
+    let (status, body) = a.patch(import, 3, &json!({ "relatives": [4] })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let metrics = a.metrics().await;
+    assert_eq!(
+        (counter(&metrics, from_copies), counter(&metrics, stale)),
+        (1, 0)
+    );
+
+    // b writes; a's copy (moved by its own PATCH) is now behind.
+    let (status, body) = b.patch(import, 1, &json!({ "relatives": [2] })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = a.patch(import, 1, &json!({ "relatives": [3] })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["relatives"], json!([3]));
+    let metrics = a.metrics().await;
+    assert_eq!(
+        (counter(&metrics, from_copies), counter(&metrics, stale)),
+        (1, 1),
+        "a's second PATCH was planned from its copy, found stale, and read"
+    );
+    let relatives: Vec<Value> = b
+        .citizens(import)
+        .await
+        .iter()
+        .map(|c| c["relatives"].clone())
+        .collect();
+    assert_eq!(
+        relatives,
+        [json!([3]), json!([]), json!([1, 4]), json!([3])],
+        "the relation as the database holds it"
+    );
+    assert_eq!(a.citizens(import).await, b.citizens(import).await);
+}

@@ -224,7 +224,9 @@ async fn database_restarts_under_a_steady_request_stream_never_give_500(backend:
 
 /// Two instances PATCH overlapping citizens of one import at once: every
 /// PATCH succeeds (no deadlock, no serialization failure) and the relation
-/// stays symmetric, as both instances read it.
+/// stays symmetric, as both instances read it. Each instance holds the
+/// import in memory, reloaded now and then, so PATCHes are also planned
+/// from copies the other instance's writes overtake (PostgreSQL).
 async fn overlapping_patches_through_two_instances_keep_relatives_symmetric(backend: Backend) {
     let store = Arc::new(TestStore::new(backend));
     let (a, b) = two_apps(&store).await;
@@ -236,6 +238,8 @@ async fn overlapping_patches_through_two_instances_keep_relatives_symmetric(back
         })
         .collect();
     let import = a.import(citizens).await;
+    a.citizens(import).await;
+    b.citizens(import).await;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let mut tasks = Vec::new();
     for k in 0..120u64 {
@@ -245,6 +249,9 @@ async fn overlapping_patches_through_two_instances_keep_relatives_symmetric(back
         let me = 1 + k % n;
         let new: Vec<u64> = (1..=n).filter(|other| (other + k) % 3 == 0).collect();
         tasks.push(tokio::spawn(async move {
+            if k % 6 < 2 {
+                app.citizens(import).await;
+            }
             let (status, body) = app
                 .patch_applied(import, me, &json!({ "relatives": new }))
                 .await;
@@ -257,6 +264,66 @@ async fn overlapping_patches_through_two_instances_keep_relatives_symmetric(back
     let listing = a.citizens(import).await;
     assert_eq!(listing, b.citizens(import).await, "both instances agree");
     assert_relatives_symmetric(&listing, "the import");
+}
+
+/// PATCHes through either of two instances, one after another, each
+/// followed by a read through either: every answer and every read matches
+/// a model of the relation. Each read leaves its instance holding the
+/// import, so PATCHes are planned from copies, current or overtaken by the
+/// other instance's writes (PostgreSQL: both happen, by its counters).
+async fn random_patches_through_two_instances_match_a_model_of_the_relation(backend: Backend) {
+    let store = Arc::new(TestStore::new(backend));
+    let (a, b) = two_apps(&store).await;
+    let apps = [&a, &b];
+    let n = 8u64;
+    let import = a
+        .import((0..n).map(|id| crate::helpers::citizen(id, &[])).collect())
+        .await;
+    let mut rng = gifts::sample::Rng::new(11);
+    let mut pairs = std::collections::BTreeSet::new();
+    for step in 0..80 {
+        let me = rng.below(n);
+        let new: std::collections::BTreeSet<u64> =
+            (0..rng.below(4)).map(|_| rng.below(n)).collect();
+        let through = apps[usize::from(rng.below(2) == 1)];
+        let (status, body) = through
+            .patch(import, me, &json!({ "relatives": new }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        pairs.retain(|&(x, y)| x != me && y != me);
+        pairs.extend(new.iter().map(|&r| (me.min(r), me.max(r))));
+        let expected = crate::patch::model_lists(n, &pairs);
+        assert_eq!(
+            body["data"]["relatives"],
+            json!(expected[&me]),
+            "step {step}: the answer"
+        );
+        let reader = apps[usize::from(rng.below(2) == 1)];
+        assert_eq!(
+            crate::patch::relatives(reader, import).await,
+            expected,
+            "step {step}: citizen {me} takes {new:?}"
+        );
+    }
+    if backend == Backend::Postgres {
+        let mut counts = [0u64; 2];
+        for app in apps {
+            let metrics = app.metrics().await;
+            for (count, name) in counts.iter_mut().zip([
+                "gifts_postgres_patch_batches_from_copies_total ",
+                "gifts_postgres_patch_batches_stale_copies_total ",
+            ]) {
+                *count += metrics
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name)?.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        assert!(
+            counts[0] > 0 && counts[1] > 0,
+            "PATCHes from copies, stale copies: {counts:?}"
+        );
+    }
 }
 
 /// `kill -9` of the database while writers keep importing: the writes in
@@ -340,6 +407,7 @@ async fn a_database_killed_under_write_load_loses_nothing_acknowledged(backend: 
 server_backend_tests!(
     two_app_instances_over_one_database_see_each_others_writes_at_once,
     overlapping_patches_through_two_instances_keep_relatives_symmetric,
+    random_patches_through_two_instances_match_a_model_of_the_relation,
     a_database_crash_gives_503s_then_everything_acknowledged_is_back,
     a_database_killed_under_write_load_loses_nothing_acknowledged,
     concurrent_reads_through_one_instance_never_miss_a_write_made_through_another,

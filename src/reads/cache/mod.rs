@@ -56,7 +56,7 @@ use crate::domain::{Citizen, ImportId};
 use crate::metrics::Metrics;
 use crate::reads::body::compact;
 use crate::reads::listing;
-use crate::storage::{Patched, Version};
+use crate::storage::{HeldCopy, Patched, Version};
 
 pub use budget::allocation;
 use budget::{Entries, Evictions, HeapBytes, body_weight, snapshot_weight};
@@ -178,6 +178,18 @@ impl ResponseCache {
         };
         self.metrics.cache_lookup("snapshot", found.is_some());
         found
+    }
+
+    /// The import's citizens as held, at whatever version: what a PATCH
+    /// may be planned from (the store checks the version under its lock).
+    pub fn held_copy(&self, import: ImportId) -> Option<HeldCopy> {
+        match self.entries.as_ref()?.get(&Key::Snapshot(import))? {
+            Entry::Snapshot(s) => Some(HeldCopy {
+                version: s.version,
+                citizens: s.citizens,
+            }),
+            Entry::Body(..) => None,
+        }
     }
 
     /// Holds the import's citizens as of `version`, unless a newer snapshot

@@ -50,12 +50,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool::managed::{Object, Pool as DeadPool, PoolError as DeadPoolError};
+use prometheus_client::metrics::counter::Counter;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::deadline;
-use super::{ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version, summary_of};
+use super::{
+    HeldCopy, ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version, summary_of,
+};
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::TownDates;
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
@@ -99,6 +102,20 @@ pub struct Store {
     refused: AtomicBool,
     /// False from a write that failed for lack of disk until one succeeds.
     writable: AtomicBool,
+    /// Each import's last version this instance committed
+    /// (`patches::Store::committed_after`).
+    committed: std::sync::Mutex<std::collections::HashMap<i64, Version>>,
+    /// PATCH batches planned from copies held in memory.
+    copies: Copies,
+}
+
+/// PATCH batches planned from the copies of their imports held in memory
+/// (`planned::patch_from_copies`): written so, or found stale under the
+/// lock and read again.
+#[derive(Default)]
+struct Copies {
+    written: Counter,
+    stale: Counter,
 }
 
 /// Whether an operation changes data: a write whose commit got no answer
@@ -215,6 +232,46 @@ impl From<StorageError> for Fail {
 }
 
 impl PostgresStorage {
+    /// Queued for the committer ([`patches`]), which commits it with the
+    /// PATCHes queued beside it; or, if it may write many rows, committed
+    /// alone ([`patches::alone`]).
+    async fn queue_patch(
+        &self,
+        import: ImportId,
+        citizen: CitizenId,
+        patch: CitizenPatch,
+        held: Option<HeldCopy>,
+    ) -> Result<Patched, StorageError> {
+        self.migrate().await?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Unavailable("the store is closed".into()));
+        }
+        let deadline = tokio::time::Instant::now() + deadline::remaining(self.timeout);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = patches::PatchJob {
+            import,
+            citizen,
+            patch,
+            deadline,
+            held,
+            reply,
+        };
+        if patches::alone(&job.patch) {
+            return self.patch_alone(&job).await;
+        }
+        if self.patches.try_send(job).is_err() {
+            return Err(StorageError::Overloaded(format!(
+                "postgresql: {} PATCHes already wait for a commit",
+                patches::PATCH_QUEUE
+            )));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StorageError::internal(
+                "postgresql: the PATCH committer stopped",
+            ))
+        })
+    }
+
     /// Builds the pool (connections are made when needed) and, if the
     /// server answers, brings the schema up to date. An unreachable server
     /// or one that refuses the user is not an error here — it is logged and
@@ -274,6 +331,8 @@ impl PostgresStorage {
             newer_schema: AtomicBool::new(false),
             refused: AtomicBool::new(false),
             writable: AtomicBool::new(true),
+            committed: std::sync::Mutex::default(),
+            copies: Copies::default(),
         };
         match storage.migrate().await {
             Ok(()) => {}
@@ -287,6 +346,16 @@ impl PostgresStorage {
             ),
         }
         metrics.register_collector(Box::new(PoolMetrics(storage.pool.clone())));
+        metrics.register(
+            "postgres_patch_batches_from_copies",
+            "PATCH batches planned from their imports' copies held in memory, written in one round trip",
+            storage.copies.written.clone(),
+        );
+        metrics.register(
+            "postgres_patch_batches_stale_copies",
+            "PATCH batches planned from copies held in memory that another write had overtaken: nothing written, read again",
+            storage.copies.stale.clone(),
+        );
         let store = Arc::new(storage);
         let (patches, queue) = tokio::sync::mpsc::channel(patches::PATCH_QUEUE);
         let batch_size = patches::batch_size_histogram();
@@ -457,42 +526,25 @@ impl Storage for PostgresStorage {
         .await
     }
 
-    /// Queued for the committer ([`patches`]), which commits it with the
-    /// PATCHes queued beside it; or, if it may write many rows, committed
-    /// alone ([`patches::alone`]).
     async fn patch_citizen(
         &self,
         import: ImportId,
         citizen: CitizenId,
         patch: CitizenPatch,
     ) -> Result<Patched, StorageError> {
-        self.migrate().await?;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StorageError::Unavailable("the store is closed".into()));
-        }
-        let deadline = tokio::time::Instant::now() + deadline::remaining(self.timeout);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = patches::PatchJob {
-            import,
-            citizen,
-            patch,
-            deadline,
-            reply,
-        };
-        if patches::alone(&job.patch) {
-            return self.patch_alone(&job).await;
-        }
-        if self.patches.try_send(job).is_err() {
-            return Err(StorageError::Overloaded(format!(
-                "postgresql: {} PATCHes already wait for a commit",
-                patches::PATCH_QUEUE
-            )));
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(StorageError::internal(
-                "postgresql: the PATCH committer stopped",
-            ))
-        })
+        self.queue_patch(import, citizen, patch, None).await
+    }
+
+    /// Planned from `held` if it is current (`planned::patch_from_copies`):
+    /// `BEGIN`, the lock, the writes and `COMMIT` in one round trip.
+    async fn patch_citizen_held(
+        &self,
+        import: ImportId,
+        citizen: CitizenId,
+        patch: CitizenPatch,
+        held: HeldCopy,
+    ) -> Result<Patched, StorageError> {
+        self.queue_patch(import, citizen, patch, Some(held)).await
     }
 
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {

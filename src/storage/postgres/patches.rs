@@ -35,7 +35,7 @@ use super::own_rows::own_rows;
 use super::planned::Outcome;
 use super::{Call, Fail, Kind, Store};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
-use crate::storage::{Patched, StorageError};
+use crate::storage::{HeldCopy, Patched, StorageError, Version};
 
 /// PATCHes waiting for the commit in flight at most; more get 503.
 pub(super) const PATCH_QUEUE: usize = 4096;
@@ -44,6 +44,10 @@ pub(super) const PATCH_QUEUE: usize = 4096;
 /// instances' batches cannot deadlock; the ids found.
 pub(super) const LOCK_IMPORTS: &str =
     "SELECT import_id FROM imports WHERE import_id = ANY($1) ORDER BY import_id FOR UPDATE";
+
+/// Imports whose last committed version an instance keeps at most (then
+/// it forgets them all: a copy is then checked under the lock only).
+const COMMITTED_KEPT: usize = 10_000;
 
 /// The most PATCHes in one transaction.
 pub(super) const PATCH_BATCH: usize = 64;
@@ -87,6 +91,9 @@ pub(super) struct PatchJob {
     pub(super) patch: CitizenPatch,
     /// When the request's budget for its store runs out.
     pub(super) deadline: Instant,
+    /// The import's citizens as held in memory, to plan from if current
+    /// (`planned::patch_from_copies`).
+    pub(super) held: Option<HeldCopy>,
     pub(super) reply: oneshot::Sender<Result<Patched, StorageError>>,
 }
 
@@ -230,15 +237,47 @@ impl Store {
         } else {
             self.patch_planned_tx(jobs, call, split).await?
         };
-        match outcome {
-            Outcome::OneByOne => Ok(Outcome::Answered(match jobs {
+        let outcome = match outcome {
+            Outcome::OneByOne => Outcome::Answered(match jobs {
                 [job] => vec![Ok(self
                     .patch_tx(job.import, job.citizen, &job.patch, call)
                     .await?)],
                 _ => self.patch_batch_tx(jobs, call).await?,
-            })),
-            other => Ok(other),
+            }),
+            other => other,
+        };
+        if let Outcome::Answered(answers) = &outcome {
+            self.note_committed(jobs, answers);
         }
+        Ok(outcome)
+    }
+
+    /// Notes the versions these answers committed: a copy held from before
+    /// them is stale, and is not planned from ([`Self::committed_after`]).
+    fn note_committed(&self, jobs: &[PatchJob], answers: &[Result<Patched, StorageError>]) {
+        let mut committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if committed.len() > COMMITTED_KEPT {
+            committed.clear();
+        }
+        for (job, answer) in jobs.iter().zip(answers) {
+            if let Ok(patched) = answer {
+                let last = committed.entry(job.import.get()).or_default();
+                *last = (*last).max(patched.version);
+            }
+        }
+    }
+
+    /// Whether this instance committed a version of the import after
+    /// `version`.
+    pub(super) fn committed_after(&self, import: i64, version: Version) -> bool {
+        self.committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&import)
+            .is_some_and(|&last| last > version)
     }
 
     /// Several PATCHes in one transaction, each after a savepoint (see the

@@ -19,6 +19,12 @@
 //! rolls back; once the two are sent, a lost answer leaves the outcome
 //! unknown (504), as a lost answer to `COMMIT` always did.
 //!
+//! When every PATCH of the batch comes with its import's copy held in
+//! memory (the read cache's), the batch is planned from the copies instead,
+//! with no read, and written in one round trip: `BEGIN`, the locks, the
+//! statement and `COMMIT`, the statement writing only if every import is
+//! still at its copy's version ([`Store::patch_from_copies`]).
+//!
 //! Anything this path cannot answer PATCH by PATCH (a statement of the
 //! server's failing, say a trigger; a town's dates found corrupt; a row the
 //! reads did not foresee) takes the whole transaction back and hands the
@@ -30,6 +36,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::patches::{LOCK_IMPORTS, PatchJob, big, fails_the_patch_alone};
@@ -41,7 +48,7 @@ use crate::domain::patch::{self, Plan};
 use crate::domain::relatives::Edit;
 use crate::domain::summary;
 use crate::domain::{Citizen, CitizenId, ImportId};
-use crate::storage::{Patched, StorageError, refused};
+use crate::storage::{HeldCopy, Patched, StorageError, refused};
 
 /// What the batch came to.
 pub(super) enum Outcome {
@@ -70,15 +77,16 @@ impl Store {
         call: &Call,
         split: bool,
     ) -> Result<Outcome, Fail> {
+        if let Some(outcome) = self.patch_from_copies(jobs, call).await? {
+            return Ok(outcome);
+        }
         let open = Open {
             conn: self.conn(call).await?,
             open: AtomicBool::new(true),
         };
         let tx: &deadpool_postgres::ClientWrapper = &open.conn;
 
-        let mut imports: Vec<i64> = jobs.iter().map(|job| job.import.get()).collect();
-        imports.sort_unstable();
-        imports.dedup();
+        let imports = imports_of(jobs);
         let (mut citizen_imports, mut citizen_ids) = (Vec::new(), Vec::new());
         let (mut reach_imports, mut reach_ids) = (Vec::new(), Vec::new());
         let (mut new_imports, mut new_ids) = (Vec::new(), Vec::new());
@@ -164,19 +172,26 @@ impl Store {
             },
         )?;
 
-        let locked: HashSet<i64> = locked.iter().map(|row| row.get(0)).collect();
+        let mut inputs = Inputs {
+            locked: locked.iter().map(|row| row.get(0)).collect(),
+            ..Inputs::default()
+        };
         // The rows as the batch moves them, and what the reads were asked.
-        let mut held: HashMap<Key, Citizen> = HashMap::with_capacity(rows.len());
+        inputs.held.reserve(rows.len());
         for row in &rows {
             let citizen = read_citizen(row)?;
-            held.insert((row.try_get(9)?, citizen.citizen_id), citizen);
+            inputs
+                .held
+                .insert((row.try_get(9)?, citizen.citizen_id), citizen);
         }
         if split {
             let heavy: Vec<usize> = jobs
                 .iter()
                 .enumerate()
                 .filter(|(_, job)| {
-                    held.get(&(job.import.get(), job.citizen))
+                    inputs
+                        .held
+                        .get(&(job.import.get(), job.citizen))
                         .is_some_and(|citizen| big(citizen, &job.patch))
                 })
                 .map(|(at, _)| at)
@@ -187,15 +202,15 @@ impl Store {
             }
         }
         let mut asked_months: HashSet<Key> = HashSet::new();
-        let mut asked_towns: HashSet<(i64, String)> = HashSet::new();
         for job in jobs {
             let import = job.import.get();
-            if let Some(citizen) = held.get(&(import, job.citizen)) {
+            if let Some(citizen) = inputs.held.get(&(import, job.citizen)) {
                 if job.patch.relatives.is_some() {
                     asked_months.extend(citizen.relatives.iter().map(|&r| (import, r)));
                 }
                 if job.patch.town.is_some() || job.patch.birth_date.is_some() {
-                    asked_towns
+                    inputs
+                        .asked_towns
                         .insert((import, pg_text::encode(citizen.town.as_str()).into_owned()));
                 }
             }
@@ -203,7 +218,7 @@ impl Store {
                 asked_months.insert((import, other));
             }
         }
-        asked_towns.extend(
+        inputs.asked_towns.extend(
             town_imports
                 .iter()
                 .copied()
@@ -220,133 +235,359 @@ impl Store {
             };
             found_months.insert((row.try_get(0)?, id), month);
         }
-        let mut blobs: HashMap<(i64, String), Vec<u8>> = HashMap::new();
         for row in &date_rows {
             let town: String = row.try_get(1)?;
-            blobs.insert((row.try_get(0)?, town), row.try_get(2)?);
+            inputs
+                .blobs
+                .insert((row.try_get(0)?, town), row.try_get(2)?);
         }
 
-        // Plan each PATCH over the rows as the ones before it left them.
-        let mut answers: Vec<Result<Patched, StorageError>> = Vec::with_capacity(jobs.len());
-        let mut plans: Vec<(usize, ImportId, Plan)> = Vec::with_capacity(jobs.len());
-        let mut changed_towns: Vec<(i64, String)> = Vec::new();
-        for (at, job) in jobs.iter().enumerate() {
-            let (import, id) = (job.import.get(), job.citizen);
-            if !locked.contains(&import) {
-                answers.push(Err(StorageError::ImportNotFound(job.import)));
-                continue;
-            }
-            let Some(before) = held.get(&(import, id)) else {
-                answers.push(Err(StorageError::CitizenNotFound {
-                    import: job.import,
-                    citizen: id,
-                }));
-                continue;
-            };
-            let unforeseen = Cell::new(false);
-            let planned = patch::plan(before, &job.patch, |other| {
-                if let Some(c) = held.get(&(import, other)) {
-                    return Some(c.birth_date.month());
-                }
-                if !asked_months.contains(&(import, other)) {
-                    unforeseen.set(true);
-                }
-                found_months.get(&(import, other)).copied()
-            });
-            if unforeseen.get() {
-                return open.roll_back().await;
-            }
-            let plan = match planned {
-                Ok(plan) => plan,
-                Err(refusal) => {
-                    answers.push(Err(refused(job.import, id, refusal)));
-                    continue;
-                }
-            };
-            if let Some(births) = &plan.births {
-                for ((town, date), delta) in [(&births.from, -1), (&births.to, 1)] {
-                    let key = (import, pg_text::encode(town.as_str()).into_owned());
-                    if !asked_towns.contains(&key) {
-                        return open.roll_back().await;
-                    }
-                    if !changed_towns.contains(&key) {
-                        changed_towns.push(key.clone());
-                    }
-                    let blob = blobs.entry(key).or_default();
-                    if !summary::adjust_dates(blob, *date, delta) {
-                        // Answered alone (500) by the savepoint path.
-                        return open.roll_back().await;
-                    }
-                }
-            }
-            for &(other, edit) in &plan.mirror {
-                if let Some(c) = held.get_mut(&(import, other)) {
-                    edit.apply(&mut c.relatives);
-                }
-            }
-            held.insert((import, id), plan.citizen.clone());
-            answers.push(Ok(Patched {
-                citizen: plan.citizen.clone(),
-                version: 0, // counted below, once written
-            }));
-            plans.push((at, job.import, plan));
-        }
-        if plans.is_empty() {
+        // A month the reads were not asked for is unforeseen.
+        let Some(mut planned) = plan_batch(jobs, &mut inputs, |key| {
+            asked_months
+                .contains(&key)
+                .then(|| found_months.get(&key).copied())
+        }) else {
+            return open.roll_back().await;
+        };
+        if planned.plans.is_empty() {
             // Refusals only: nothing to write or commit.
             open.roll_back().await?;
-            return Ok(Outcome::Answered(answers));
+            return Ok(Outcome::Answered(planned.answers));
         }
-
-        let apply = tx.prepare_cached(writes::APPLY_PLANS).await?;
-        let batch = Applied::of(&plans, &held, &changed_towns, &blobs)?;
-        let params = batch.params();
-
-        // One statement and the commit, in one pipeline. A statement that
-        // fails aborts the transaction, and the COMMIT behind it then rolls
-        // it back; from here a lost answer leaves the outcome unknown.
-        call.committing.store(true, Ordering::Release);
-        let (written, committed) = tokio::join!(
-            biased;
-            tx.query(&apply, &params),
-            tx.batch_execute("COMMIT"),
-        );
-        // Both answered: the transaction is over.
-        open.open.store(false, Ordering::Release);
-        let versions = match (written, committed) {
-            (Ok(versions), Ok(())) => versions,
-            (Err(e), _) | (_, Err(e)) if fails_the_patch_alone(&e) => {
-                call.committing.store(false, Ordering::Release);
-                return Ok(Outcome::OneByOne);
+        let batch = Applied::of(
+            &planned.plans,
+            &inputs.held,
+            &planned.changed_towns,
+            &inputs.blobs,
+        )?;
+        match write(&open, call, &batch, None).await? {
+            Written::Versions(versions) => {
+                number(
+                    &mut planned.answers,
+                    &planned.plans,
+                    &batch.counts,
+                    &versions,
+                )?;
+                Ok(Outcome::Answered(planned.answers))
             }
-            (Err(e), _) | (_, Err(e)) => return Err(Fail::Pg(e)),
-        };
-        // Each PATCH's version: its import's before the batch, counted up to it.
-        let counts = &batch.counts;
-        let mut next: HashMap<i64, i64> = HashMap::with_capacity(counts.0.len());
-        for row in &versions {
-            let import: i64 = row.try_get(0)?;
-            let last: i64 = row.try_get(1)?;
-            let Some(at) = counts.0.iter().position(|i| *i == import) else {
-                continue;
-            };
-            next.insert(import, last - counts.1[at]);
-        }
-        if next.len() != counts.0.len() {
-            return Err(Fail::Store(StorageError::internal(
+            Written::OneByOne => Ok(Outcome::OneByOne),
+            Written::Stale => Err(Fail::Store(StorageError::internal(
                 "postgresql: no version for a written import",
-            )));
+            ))),
         }
-        for (at, import, _) in &plans {
-            let Some(version) = next.get_mut(&import.get()) else {
-                continue;
+    }
+
+    /// The jobs planned from the copies of their imports held in memory
+    /// (`Storage::patch_citizen_held`), with no read: `BEGIN`, the locks,
+    /// the writes and `COMMIT` in one pipeline, one round trip. The writes
+    /// apply only if every import is still at its copy's version, checked
+    /// under the locks (`writes::APPLY_PLANS`' `$30`); else nothing is
+    /// written and `None` sends the batch the way that reads. `None` too,
+    /// before anything is sent, for a batch this cannot plan alone: a job
+    /// with no copy, copies of one import at two versions or older than a
+    /// version this instance committed, a citizen not in its copy, a move
+    /// of a birth (the towns' dates are not held), a PATCH that may write
+    /// many rows, a refusal.
+    async fn patch_from_copies(
+        &self,
+        jobs: &[PatchJob],
+        call: &Call,
+    ) -> Result<Option<Outcome>, Fail> {
+        let mut copies: HashMap<i64, &HeldCopy> = HashMap::new();
+        for job in jobs {
+            let Some(copy) = &job.held else {
+                return Ok(None);
             };
-            *version += 1;
-            if let Some(Ok(patched)) = answers.get_mut(*at) {
-                patched.version = version_of(*version)?;
+            if job.patch.town.is_some() || job.patch.birth_date.is_some() {
+                return Ok(None);
+            }
+            let import = job.import.get();
+            if copies
+                .insert(import, copy)
+                .is_some_and(|other| other.version != copy.version)
+                || self.committed_after(import, copy.version)
+            {
+                return Ok(None);
             }
         }
-        Ok(Outcome::Answered(answers))
+        let mut inputs = Inputs::default();
+        for job in jobs {
+            let import = job.import.get();
+            let Some(citizen) = find(copies[&import], job.citizen) else {
+                return Ok(None);
+            };
+            if big(citizen, &job.patch) {
+                return Ok(None);
+            }
+            inputs.locked.insert(import);
+            inputs
+                .held
+                .entry((import, job.citizen))
+                .or_insert_with(|| citizen.clone());
+        }
+        // Births are not moved here (no towns asked): every month is known.
+        let Some(mut planned) = plan_batch(jobs, &mut inputs, |(import, id)| {
+            Some(find(copies[&import], id).map(|c| c.birth_date.month()))
+        }) else {
+            return Ok(None);
+        };
+        if planned.answers.iter().any(Result::is_err) {
+            return Ok(None);
+        }
+        let mut batch = Applied::of(
+            &planned.plans,
+            &inputs.held,
+            &planned.changed_towns,
+            &inputs.blobs,
+        )?;
+        for import in &batch.counts.0 {
+            let version = i64::try_from(copies[import].version).map_err(StorageError::internal)?;
+            batch.expected.push(version);
+        }
+        let open = Open {
+            conn: self.conn(call).await?,
+            open: AtomicBool::new(true),
+        };
+        let imports = imports_of(jobs);
+        match write(&open, call, &batch, Some(&imports)).await? {
+            Written::Versions(versions) => {
+                number(
+                    &mut planned.answers,
+                    &planned.plans,
+                    &batch.counts,
+                    &versions,
+                )?;
+                self.copies.written.inc();
+                Ok(Some(Outcome::Answered(planned.answers)))
+            }
+            Written::Stale => {
+                self.copies.stale.inc();
+                call.committing.store(false, Ordering::Release);
+                Ok(None)
+            }
+            Written::OneByOne => Ok(Some(Outcome::OneByOne)),
+        }
     }
+}
+
+/// The imports of a batch, ascending, once each: the order they are locked in.
+fn imports_of(jobs: &[PatchJob]) -> Vec<i64> {
+    let mut imports: Vec<i64> = jobs.iter().map(|job| job.import.get()).collect();
+    imports.sort_unstable();
+    imports.dedup();
+    imports
+}
+
+/// The citizen `id` in a copy.
+fn find(copy: &HeldCopy, id: CitizenId) -> Option<&Citizen> {
+    let at = copy
+        .citizens
+        .binary_search_by_key(&id, |c| c.citizen_id)
+        .ok()?;
+    Some(&copy.citizens[at])
+}
+
+/// What a batch is planned over, and what it moves.
+#[derive(Default)]
+struct Inputs {
+    /// The imports found (and locked).
+    locked: HashSet<i64>,
+    /// The PATCHed citizens, as the batch moves them.
+    held: HashMap<Key, Citizen>,
+    /// The towns whose dates were asked for, and those found.
+    asked_towns: HashSet<(i64, String)>,
+    blobs: HashMap<(i64, String), Vec<u8>>,
+}
+
+/// A batch planned: each job's answer (its version still 0), the plans
+/// to write, the towns whose dates they change.
+struct Planned {
+    answers: Vec<Result<Patched, StorageError>>,
+    plans: Vec<(usize, ImportId, Plan)>,
+    changed_towns: Vec<(i64, String)>,
+}
+
+/// Plans each PATCH over the rows as the ones before it left them (see the
+/// module); `month` is a citizen's birth month, `None` when not asked for.
+/// `None` when the batch is to be answered PATCH by PATCH instead: a month
+/// or a town's dates not foreseen, a town's dates found corrupt.
+fn plan_batch(
+    jobs: &[PatchJob],
+    inputs: &mut Inputs,
+    month: impl Fn(Key) -> Option<Option<u8>>,
+) -> Option<Planned> {
+    let mut planned = Planned {
+        answers: Vec::with_capacity(jobs.len()),
+        plans: Vec::with_capacity(jobs.len()),
+        changed_towns: Vec::new(),
+    };
+    for (at, job) in jobs.iter().enumerate() {
+        let (import, id) = (job.import.get(), job.citizen);
+        if !inputs.locked.contains(&import) {
+            planned
+                .answers
+                .push(Err(StorageError::ImportNotFound(job.import)));
+            continue;
+        }
+        let Some(before) = inputs.held.get(&(import, id)) else {
+            planned.answers.push(Err(StorageError::CitizenNotFound {
+                import: job.import,
+                citizen: id,
+            }));
+            continue;
+        };
+        let unforeseen = Cell::new(false);
+        let held = &inputs.held;
+        let planning = patch::plan(before, &job.patch, |other| {
+            if let Some(c) = held.get(&(import, other)) {
+                return Some(c.birth_date.month());
+            }
+            month((import, other)).unwrap_or_else(|| {
+                unforeseen.set(true);
+                None
+            })
+        });
+        if unforeseen.get() {
+            return None;
+        }
+        let plan = match planning {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                planned.answers.push(Err(refused(job.import, id, refusal)));
+                continue;
+            }
+        };
+        if let Some(births) = &plan.births {
+            for ((town, date), delta) in [(&births.from, -1), (&births.to, 1)] {
+                let key = (import, pg_text::encode(town.as_str()).into_owned());
+                if !inputs.asked_towns.contains(&key) {
+                    return None;
+                }
+                if !planned.changed_towns.contains(&key) {
+                    planned.changed_towns.push(key.clone());
+                }
+                let blob = inputs.blobs.entry(key).or_default();
+                if !summary::adjust_dates(blob, *date, delta) {
+                    // Answered alone (500) by the savepoint path.
+                    return None;
+                }
+            }
+        }
+        for &(other, edit) in &plan.mirror {
+            if let Some(c) = inputs.held.get_mut(&(import, other)) {
+                edit.apply(&mut c.relatives);
+            }
+        }
+        inputs.held.insert((import, id), plan.citizen.clone());
+        planned.answers.push(Ok(Patched {
+            citizen: plan.citizen.clone(),
+            version: 0, // counted by `number`, once written
+        }));
+        planned.plans.push((at, job.import, plan));
+    }
+    Some(planned)
+}
+
+/// Each planned PATCH's version in `answers`: its import's before the
+/// batch (the written `versions` less the batch's `counts`), counted up to
+/// it.
+fn number(
+    answers: &mut [Result<Patched, StorageError>],
+    plans: &[(usize, ImportId, Plan)],
+    counts: &(Vec<i64>, Vec<i64>),
+    versions: &[Row],
+) -> Result<(), Fail> {
+    let mut next: HashMap<i64, i64> = HashMap::with_capacity(counts.0.len());
+    for row in versions {
+        let import: i64 = row.try_get(0)?;
+        let last: i64 = row.try_get(1)?;
+        let Some(at) = counts.0.iter().position(|i| *i == import) else {
+            continue;
+        };
+        next.insert(import, last - counts.1[at]);
+    }
+    if next.len() != counts.0.len() {
+        return Err(Fail::Store(StorageError::internal(
+            "postgresql: no version for a written import",
+        )));
+    }
+    for (at, import, _) in plans {
+        let Some(version) = next.get_mut(&import.get()) else {
+            continue;
+        };
+        *version += 1;
+        if let Some(Ok(patched)) = answers.get_mut(*at) {
+            patched.version = version_of(*version)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a batch's write came to.
+enum Written {
+    /// Committed: each import's version after it (`writes::APPLY_PLANS`).
+    Versions(Vec<Row>),
+    /// Nothing written: an import was not at the version planned from.
+    Stale,
+    /// Taken back by a statement's failure: to be answered PATCH by PATCH.
+    OneByOne,
+}
+
+/// Writes `batch` and commits, in one pipeline: one statement and `COMMIT`,
+/// after `BEGIN` and the locks of `lock` when the transaction is not begun
+/// yet (a batch planned from copies). A statement that fails aborts the
+/// transaction, and the `COMMIT` behind it then rolls it back; from here a
+/// lost answer leaves the outcome unknown.
+async fn write(
+    open: &Open<'_>,
+    call: &Call,
+    batch: &Applied<'_>,
+    lock: Option<&Vec<i64>>,
+) -> Result<Written, Fail> {
+    let tx: &deadpool_postgres::ClientWrapper = &open.conn;
+    let apply = tx.prepare_cached(writes::APPLY_PLANS).await?;
+    let params = batch.params();
+    let locking = match lock {
+        Some(imports) => Some((tx.prepare_cached(LOCK_IMPORTS).await?, imports)),
+        None => None,
+    };
+    call.committing.store(true, Ordering::Release);
+    // Each request is sent when first polled: `biased` keeps their order.
+    let (begun, locked, written, committed) = tokio::join!(
+        biased;
+        async {
+            match &locking {
+                Some(_) => tx.batch_execute(writes::WRITE_PLANS).await,
+                None => Ok(()),
+            }
+        },
+        async {
+            match &locking {
+                Some((statement, imports)) => {
+                    let params: [&(dyn ToSql + Sync); 1] = [*imports];
+                    tx.query(statement, &params).await.map(drop)
+                }
+                None => Ok(()),
+            }
+        },
+        tx.query(&apply, &params),
+        tx.batch_execute("COMMIT"),
+    );
+    // All answered: the transaction is over.
+    open.open.store(false, Ordering::Release);
+    let versions = match (begun.and(locked), written, committed) {
+        (Ok(()), Ok(versions), Ok(())) => versions,
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) if fails_the_patch_alone(&e) => {
+            call.committing.store(false, Ordering::Release);
+            return Ok(Written::OneByOne);
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(Fail::Pg(e)),
+    };
+    if versions.is_empty() {
+        return Ok(Written::Stale);
+    }
+    Ok(Written::Versions(versions))
 }
 
 /// A batch's writes, as the parameters of `writes::APPLY_PLANS`: every
@@ -365,6 +606,9 @@ pub(super) struct Applied<'a> {
     rows: CitizenColumns<'a>,
     /// Each import's count of PATCHes `(imports, counts)`.
     counts: (Vec<i64>, Vec<i64>),
+    /// Each of those imports' version the batch was planned at (a batch
+    /// planned from copies), or none.
+    expected: Vec<i64>,
 }
 
 impl<'a> Applied<'a> {
@@ -468,11 +712,12 @@ impl<'a> Applied<'a> {
             undated,
             rows,
             counts,
+            expected: Vec::new(),
         })
     }
 
-    /// `writes::APPLY_PLANS`' parameters, `$1..$29`.
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 29] {
+    /// `writes::APPLY_PLANS`' parameters, `$1..$30`.
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 30] {
         let [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10] = self.rows.params();
         let (m, r, l) = (&self.mirrors, &self.raised, &self.lowered);
         [
@@ -505,6 +750,7 @@ impl<'a> Applied<'a> {
             c10,
             &self.counts.0,
             &self.counts.1,
+            &self.expected,
         ]
     }
 }

@@ -73,11 +73,20 @@ pub(super) const MIRROR: &str = "UPDATE citizens SET relatives = CASE
 /// - `$18..$27` citizens' final rows, one array per column
 ///   ([`CitizenColumns`]);
 /// - `$28..$29` each import's version counted up by its PATCHes `(import,
-///   n)`; the statement returns `(import, version)` after them.
+///   n)`; the statement returns `(import, version)` after them;
+/// - `$30` each of those imports' version the batch was planned at, or
+///   none: a batch planned from copies held in memory (`planned.rs`) is
+///   written only if every import is still at its version, checked with
+///   the imports locked; else the statement writes nothing and returns no
+///   row. A batch planned from rows read under the locks passes none.
 ///
 /// Every join is a probe of a primary key per row (under [`WRITE_PLANS`]);
 /// the imports are found by `= ANY` (see `own_rows::replace_fields`).
-pub(super) const APPLY_PLANS: &str = "WITH mirrored AS (
+pub(super) const APPLY_PLANS: &str = "WITH expected AS (
+         SELECT cardinality($30::bigint[]) = 0 OR count(*) = cardinality($30::bigint[]) AS ok
+         FROM unnest($28::bigint[], $30::bigint[]) AS e (import_id, version)
+         JOIN imports i ON i.import_id = e.import_id AND i.version = e.version),
+     mirrored AS (
          UPDATE citizens c SET relatives = ARRAY(
              SELECT DISTINCT r FROM unnest(c.relatives || e.added) AS r
              WHERE r <> ALL (e.removed) ORDER BY r)
@@ -87,38 +96,44 @@ pub(super) const APPLY_PLANS: &str = "WITH mirrored AS (
                FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[])
                     AS u (import_id, citizen_id, other, adds)
                GROUP BY u.import_id, u.citizen_id) e
-         WHERE c.import_id = e.import_id AND c.citizen_id = e.citizen_id),
+         WHERE c.import_id = e.import_id AND c.citizen_id = e.citizen_id
+           AND (SELECT ok FROM expected)),
      raised AS (
          UPDATE presents p SET presents = p.presents + d.delta
          FROM unnest($5::bigint[], $6::smallint[], $7::bigint[], $8::integer[])
               AS d (import_id, month, citizen_id, delta)
          WHERE p.import_id = d.import_id AND p.month = d.month AND p.citizen_id = d.citizen_id
+           AND (SELECT ok FROM expected)
          RETURNING p.import_id, p.month, p.citizen_id),
      added AS (
          INSERT INTO presents (import_id, month, citizen_id, presents)
          SELECT * FROM unnest($5::bigint[], $6::smallint[], $7::bigint[], $8::integer[])
               AS d (import_id, month, citizen_id, delta)
          WHERE NOT EXISTS (SELECT FROM raised r WHERE r.import_id = d.import_id
-                               AND r.month = d.month AND r.citizen_id = d.citizen_id)),
+                               AND r.month = d.month AND r.citizen_id = d.citizen_id)
+           AND (SELECT ok FROM expected)),
      lowered AS (
          UPDATE presents p SET presents = p.presents + d.delta
          FROM unnest($9::bigint[], $10::smallint[], $11::bigint[], $12::integer[])
               AS d (import_id, month, citizen_id, delta)
          WHERE p.import_id = d.import_id AND p.month = d.month
-           AND p.citizen_id = d.citizen_id AND p.presents + d.delta > 0),
+           AND p.citizen_id = d.citizen_id AND p.presents + d.delta > 0
+           AND (SELECT ok FROM expected)),
      emptied AS (
          DELETE FROM presents p
          USING unnest($9::bigint[], $10::smallint[], $11::bigint[], $12::integer[])
                AS d (import_id, month, citizen_id, delta)
          WHERE p.import_id = d.import_id AND p.month = d.month
-           AND p.citizen_id = d.citizen_id AND p.presents + d.delta <= 0),
+           AND p.citizen_id = d.citizen_id AND p.presents + d.delta <= 0
+           AND (SELECT ok FROM expected)),
      dated AS (
          INSERT INTO town_dates (import_id, town, dates)
          SELECT * FROM unnest($13::bigint[], $14::text[], $15::bytea[])
+         WHERE (SELECT ok FROM expected)
          ON CONFLICT (import_id, town) DO UPDATE SET dates = excluded.dates),
      undated AS (
          DELETE FROM town_dates t USING unnest($16::bigint[], $17::text[]) AS d (import_id, town)
-         WHERE t.import_id = d.import_id AND t.town = d.town),
+         WHERE t.import_id = d.import_id AND t.town = d.town AND (SELECT ok FROM expected)),
      rewritten AS (
          UPDATE citizens c SET
              town = u.town, street = u.street, building = u.building,
@@ -128,10 +143,11 @@ pub(super) const APPLY_PLANS: &str = "WITH mirrored AS (
                      $23::bigint[], $24::text[], $25::date[], $26::text[], $27::text[])
               AS u (import_id, citizen_id, town, street, building, apartment, name,
                     birth_date, gender, relatives)
-         WHERE c.import_id = u.import_id AND c.citizen_id = u.citizen_id)
+         WHERE c.import_id = u.import_id AND c.citizen_id = u.citizen_id
+           AND (SELECT ok FROM expected))
      UPDATE imports i SET version = i.version + n.n
      FROM unnest($28::bigint[], $29::bigint[]) AS n (import_id, n)
-     WHERE i.import_id = ANY ($28) AND i.import_id = n.import_id
+     WHERE i.import_id = ANY ($28) AND i.import_id = n.import_id AND (SELECT ok FROM expected)
      RETURNING i.import_id, i.version";
 
 /// [`WRITE_PLANS`]' settings (a literal, for `concat!`).
