@@ -177,19 +177,40 @@ pub fn to(now: &Citizen) -> CitizenPatch {
 /// refused, which means the copy does not belong to the state the PATCH
 /// was applied to (it is dropped).
 pub fn after_patch(citizens: &[Arc<Citizen>], updated: &Citizen) -> Option<Vec<Arc<Citizen>>> {
-    let find = |id: CitizenId| citizens.binary_search_by_key(&id, |c| c.citizen_id).ok();
-    let me = find(updated.citizen_id)?;
-    let month_of = |id| find(id).map(|at| citizens[at].birth_date.month());
-    let (edits, _) = mirror(&citizens[me], Some(&updated.relatives), month_of).ok()?;
     let mut next = citizens.to_vec();
-    for (other, edit) in edits {
-        let at = find(other)?;
-        let mut changed = Citizen::clone(&next[at]);
+    patch_in_place(&mut next, updated).then_some(next)
+}
+
+/// [`after_patch`] on the list itself: only the PATCHed citizen and its
+/// mirrored relatives are replaced, nothing else is touched (no pointer
+/// copied per citizen). False, with the list unchanged, where
+/// [`after_patch`] gives `None`.
+pub fn patch_in_place(citizens: &mut [Arc<Citizen>], updated: &Citizen) -> bool {
+    let find = |list: &[Arc<Citizen>], id: CitizenId| {
+        list.binary_search_by_key(&id, |c| c.citizen_id).ok()
+    };
+    let Some(me) = find(citizens, updated.citizen_id) else {
+        return false;
+    };
+    let list: &[Arc<Citizen>] = citizens;
+    let month_of = |id| find(list, id).map(|at| list[at].birth_date.month());
+    let Ok((edits, _)) = mirror(&list[me], Some(&updated.relatives), month_of) else {
+        return false;
+    };
+    let Some(places) = edits
+        .iter()
+        .map(|&(other, _)| find(list, other))
+        .collect::<Option<Vec<usize>>>()
+    else {
+        return false;
+    };
+    for ((_, edit), at) in edits.into_iter().zip(places) {
+        let mut changed = Citizen::clone(&citizens[at]);
         edit.apply(&mut changed.relatives);
-        next[at] = Arc::new(changed);
+        citizens[at] = Arc::new(changed);
     }
-    next[me] = Arc::new(updated.clone());
-    Some(next)
+    citizens[me] = Arc::new(updated.clone());
+    true
 }
 
 /// How a PATCH changes the presents rows: `(month, citizen_id, delta)`,

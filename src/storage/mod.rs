@@ -260,7 +260,7 @@ pub trait Storage: Send + Sync + 'static {
         patch: CitizenPatch,
         held: HeldCopy,
     ) -> Result<Patched, StorageError> {
-        let _ = held;
+        drop(held);
         self.patch_citizen(import, citizen, patch).await
     }
 

@@ -208,9 +208,38 @@ pub(super) fn move_derived(
     version: Version,
     updated: &Citizen,
 ) {
-    let mut slot = lock(&held.derived);
     let position = |id| {
         held.citizens
+            .binary_search_by_key(&id, |c: &Arc<Citizen>| c.citizen_id)
+            .ok()
+    };
+    match position(updated.citizen_id) {
+        Some(me) => move_derived_from(
+            &held.derived,
+            held.version,
+            &held.citizens[me],
+            after,
+            version,
+            updated,
+        ),
+        None => *lock(&held.derived) = Derived::default(),
+    }
+}
+
+/// [`move_derived`], told the version it moves `derived` from and the
+/// citizen `before` the PATCH (`after` may be the held list itself, moved
+/// in place: the citizens keep their positions).
+pub(super) fn move_derived_from(
+    derived: &SharedDerived,
+    from: Version,
+    before: &Citizen,
+    after: &[Arc<Citizen>],
+    version: Version,
+    updated: &Citizen,
+) {
+    let mut slot = lock(derived);
+    let position = |id| {
+        after
             .binary_search_by_key(&id, |c: &Arc<Citizen>| c.citizen_id)
             .ok()
     };
@@ -218,9 +247,8 @@ pub(super) fn move_derived(
         *slot = Derived::default();
         return;
     };
-    let before = &held.citizens[me];
     let moved = match slot.analytics.as_mut() {
-        Some((at, analytics)) if *at == held.version => analytics
+        Some((at, analytics)) if *at == from => analytics
             .apply(after, before, updated)
             .inspect(|_| *at = version),
         _ => None,
@@ -228,7 +256,7 @@ pub(super) fn move_derived(
     let months = slot
         .months
         .as_mut()
-        .filter(|m| m.changed_to == held.version)
+        .filter(|m| m.changed_to == from)
         .zip(moved);
     match months {
         Some((months, changed)) => {
@@ -240,10 +268,7 @@ pub(super) fn move_derived(
     if moved.is_none() {
         slot.analytics = None;
     }
-    let listing = slot
-        .listing
-        .as_mut()
-        .filter(|l| l.changed_to == held.version);
+    let listing = slot.listing.as_mut().filter(|l| l.changed_to == from);
     let moved = listing.and_then(|listing| {
         // The citizen, and every relative it had or has: their lists changed.
         let touched = before.relatives.iter().chain(&updated.relatives);

@@ -48,10 +48,10 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use quick_cache::OptionsBuilder;
-use quick_cache::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 
 use crate::domain::order::SortKey;
-use crate::domain::patch::after_patch;
+use crate::domain::patch::{after_patch, patch_in_place};
 use crate::domain::{Citizen, ImportId};
 use crate::metrics::Metrics;
 use crate::reads::body::compact;
@@ -61,7 +61,7 @@ use crate::storage::{HeldCopy, Patched, Version};
 pub use budget::allocation;
 use budget::{Entries, Evictions, HeapBytes, body_weight, snapshot_weight};
 pub use derived::Held;
-use derived::{ListingIndex, SharedDerived, lock, move_derived};
+use derived::{ListingIndex, SharedDerived, lock, move_derived, move_derived_from};
 
 /// An import's citizens in memory, ordered by citizen_id; untouched citizens
 /// are shared between versions.
@@ -225,8 +225,8 @@ impl ResponseCache {
 
     /// After a PATCH through this instance produced `patched`: moves the
     /// import's snapshot to the new version when it is exactly one behind,
-    /// else drops it. Big snapshots are moved on a blocking thread (one
-    /// pointer copy per citizen).
+    /// else drops it. Big snapshots are moved on a blocking thread (a list
+    /// a reader holds is copied: one pointer per citizen).
     pub async fn after_patch(self: &Arc<Self>, import: ImportId, patched: &Patched) {
         let Some(len) = self.snapshot_len(import) else {
             return;
@@ -254,8 +254,49 @@ impl ResponseCache {
 
     /// The snapshot rule: a write that produced `version` moves a snapshot at
     /// `version - 1`; any other snapshot is dropped (it is either behind by
-    /// more than the write, or this write raced with another).
+    /// more than the write, or this write raced with another). The list is
+    /// moved in place, under the cache shard's lock, when no reader holds
+    /// it: the PATCHed citizen and its mirrored relatives replaced, nothing
+    /// else touched. Copying a pointer per citizen (and later dropping the
+    /// old list, one per citizen again) cost a PATCH of a 10,000-citizen
+    /// import about 0.1 ms of CPU and more in cache misses. A list a reader
+    /// holds is copied, outside the lock, as before.
     fn apply_patch(&self, import: ImportId, version: Version, updated: &Citizen) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        let key = Key::Snapshot(import);
+        let moved = entries.entry(&key, Some(std::time::Duration::ZERO), |_, entry| {
+            let Entry::Snapshot(held) = entry else {
+                return EntryAction::Retain(true);
+            };
+            if held.version >= version {
+                return EntryAction::Retain(true); // a reload got there first
+            }
+            if held.version + 1 != version {
+                return EntryAction::Remove;
+            }
+            let Some(list) = Arc::get_mut(&mut held.citizens) else {
+                return EntryAction::Retain(false); // a reader holds it: copied below
+            };
+            let Ok(me) = list.binary_search_by_key(&updated.citizen_id, |c| c.citizen_id) else {
+                return EntryAction::Remove;
+            };
+            let before = Arc::clone(&list[me]);
+            if !patch_in_place(list, updated) {
+                return EntryAction::Remove;
+            }
+            move_derived_from(&held.derived, held.version, &before, list, version, updated);
+            held.version = version;
+            EntryAction::Retain(true)
+        });
+        if matches!(moved, EntryResult::Retained(false)) {
+            self.copy_patch(import, version, updated);
+        }
+    }
+
+    /// [`Self::apply_patch`] on a copy of the list.
+    fn copy_patch(&self, import: ImportId, version: Version, updated: &Citizen) {
         let Some(entries) = &self.entries else {
             return;
         };
@@ -642,6 +683,37 @@ mod tests {
         assert!(
             cache.snapshot(id(7), 6).is_none(),
             "dropped, not kept stale"
+        );
+    }
+
+    /// With no reader holding the list, a PATCH moves it in place (the same
+    /// allocation, the untouched citizens not copied); a list a reader
+    /// holds is copied, and the reader keeps its version unchanged.
+    #[test]
+    fn a_list_no_reader_holds_moves_in_place_and_a_held_one_is_copied() {
+        let cache = ResponseCache::new(1 << 20, Arc::default());
+        let list = two_citizens();
+        let at = Arc::as_ptr(&list);
+        drop(cache.keep_snapshot(id(7), 5, list));
+        cache.apply_patch(id(7), 6, &citizen(1, "A2", &[2]));
+        let moved = cache.snapshot(id(7), 6).expect("moved");
+        assert_eq!(Arc::as_ptr(&moved.citizens), at, "moved in place");
+        assert_eq!(names(&moved), ["A2", "B"]);
+        assert_eq!(
+            moved.citizens()[1].relatives,
+            [CitizenId::parse(1).unwrap()]
+        );
+
+        // `moved` is a reader holding version 6.
+        cache.apply_patch(id(7), 7, &citizen(2, "B2", &[]));
+        let copied = cache.snapshot(id(7), 7).expect("moved");
+        assert_ne!(Arc::as_ptr(&copied.citizens), at, "copied");
+        assert_eq!(names(&copied), ["A2", "B2"]);
+        assert!(copied.citizens()[0].relatives.is_empty(), "mirrored");
+        assert_eq!(names(&moved), ["A2", "B"], "the reader's version stands");
+        assert_eq!(
+            moved.citizens()[0].relatives,
+            [CitizenId::parse(2).unwrap()]
         );
     }
 

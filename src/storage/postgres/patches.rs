@@ -141,7 +141,11 @@ pub(super) async fn commit_patches(
             {
                 Ok(Outcome::Answered(answers)) => {
                     for (job, answer) in live.into_iter().zip(answers) {
-                        let _ = job.reply.send(answer);
+                        // The copy let go first: the request moves the
+                        // cache's list in place only if no one else holds it.
+                        let PatchJob { held, reply, .. } = job;
+                        drop(held);
+                        let _ = reply.send(answer);
                     }
                 }
                 Ok(Outcome::Split(heavy)) => {
