@@ -101,7 +101,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     duration_secs: u64,
     /// Backends to run: sqlite, tarantool, postgres, postgres-fenced (postgres with reads
-    /// fenced, as over a cluster; not in the default), default: each that is installed
+    /// fenced, as over a cluster; not in the default), each also as NAME-cold (with
+    /// --cache-bytes 0: every answer from the store), default: each that is installed
     /// (none when --server-url is given).
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,

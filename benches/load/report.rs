@@ -8,6 +8,7 @@ use serde_json::json;
 use super::Args;
 use super::floor::Floor;
 use super::measure::{Latency, Throughput};
+use super::server::COLD;
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct BackendReport {
@@ -256,17 +257,24 @@ pub(crate) fn print_tables(args: &Args, reports: &[BackendReport], floor: &Floor
     print_ratios(reports);
 }
 
-/// Each other backend against the embedded store of the same run: median
+/// Each other backend against the embedded store of the same run (a cold
+/// one, `-cold`, against the embedded store run cold, when it ran): median
 /// latency and throughput as multiples (above 1: the other is slower).
 pub(crate) fn print_ratios(reports: &[BackendReport]) {
-    let Some(base) = reports
-        .iter()
-        .find(|r| r.backend == "sqlite")
-        .or(reports.first())
-    else {
-        return;
-    };
-    for other in reports.iter().filter(|r| r.backend != base.backend) {
+    for other in reports {
+        let named = |name: &str| reports.iter().find(|r| r.backend == name);
+        let cold = other.backend.ends_with(COLD);
+        let Some(base) = cold
+            .then(|| named(&format!("sqlite{COLD}")))
+            .flatten()
+            .or_else(|| named("sqlite"))
+            .or(reports.first())
+        else {
+            return;
+        };
+        if base.backend == other.backend {
+            continue;
+        }
         println!(
             "\n## {} against {} (× slower: median latency ratio; {}/{} throughput)",
             other.backend, base.backend, base.backend, other.backend

@@ -35,14 +35,22 @@ pub(crate) struct Running {
     pub(crate) _dir: tempfile::TempDir,
 }
 
+/// A backend's name with this suffix (`postgres-cold`) runs it with
+/// `--cache-bytes 0`: every answer from the store.
+pub(crate) const COLD: &str = "-cold";
+
 /// Starts Tarantool (for that backend) and the real `gifts` binary, and
 /// waits until it is healthy. `body_len` sizes the limits for the import.
 pub(crate) async fn start_server(
     args: &Args,
-    backend: &str,
+    target: &str,
     body_len: usize,
     client: &HttpClient,
 ) -> anyhow::Result<Running> {
+    let (backend, cold) = match target.strip_suffix(COLD) {
+        Some(backend) => (backend, true),
+        None => (target, false),
+    };
     let dir = tempfile::tempdir()?;
     let mut tarantool = None;
     let mut postgres = None;
@@ -81,7 +89,9 @@ pub(crate) async fn start_server(
             postgres = Some(server);
             url
         }
-        other => bail!("unknown backend {other:?} (sqlite, tarantool, postgres, postgres-fenced)"),
+        other => bail!(
+            "unknown backend {other:?} (sqlite, tarantool, postgres, postgres-fenced, each also with {COLD})"
+        ),
     };
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -98,6 +108,11 @@ pub(crate) async fn start_server(
         .args(["--request-timeout-secs", "600"])
         .args(["--tarantool-timeout-secs", "600"])
         .args(["--postgres-timeout-secs", "600"])
+        .args(if cold {
+            &["--cache-bytes", "0"][..]
+        } else {
+            &[]
+        })
         .args(&args.server_arg)
         .envs(args.server_env.iter().filter_map(|kv| kv.split_once('=')))
         .env("RUST_LOG", "info")
@@ -107,7 +122,7 @@ pub(crate) async fn start_server(
         .context("starting the server")?,
     );
     wait_healthy(client, &base).await?;
-    eprintln!("[{backend}] server up at {base}");
+    eprintln!("[{target}] server up at {base}");
     Ok(Running {
         base,
         server,
