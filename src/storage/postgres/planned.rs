@@ -258,17 +258,12 @@ impl Store {
         let batch = Applied::of(
             &planned.plans,
             &inputs.held,
-            &planned.changed_towns,
+            &inputs.changed_towns,
             &inputs.blobs,
         )?;
         match write(&open, call, &batch, None).await? {
             Written::Versions(versions) => {
-                number(
-                    &mut planned.answers,
-                    &planned.plans,
-                    &batch.counts,
-                    &versions,
-                )?;
+                planned.number(&batch.counts, &versions)?;
                 Ok(Outcome::Answered(planned.answers))
             }
             Written::OneByOne => Ok(Outcome::OneByOne),
@@ -338,7 +333,7 @@ impl Store {
         let mut batch = Applied::of(
             &planned.plans,
             &inputs.held,
-            &planned.changed_towns,
+            &inputs.changed_towns,
             &inputs.blobs,
         )?;
         for import in &batch.counts.0 {
@@ -352,12 +347,7 @@ impl Store {
         let imports = imports_of(jobs);
         match write(&open, call, &batch, Some(&imports)).await? {
             Written::Versions(versions) => {
-                number(
-                    &mut planned.answers,
-                    &planned.plans,
-                    &batch.counts,
-                    &versions,
-                )?;
+                planned.number(&batch.counts, &versions)?;
                 self.copies.written.inc();
                 Ok(Some(Outcome::Answered(planned.answers)))
             }
@@ -398,14 +388,15 @@ struct Inputs {
     /// The towns whose dates were asked for, and those found.
     asked_towns: HashSet<(i64, String)>,
     blobs: HashMap<(i64, String), Vec<u8>>,
+    /// The towns whose dates the plans change.
+    changed_towns: Vec<(i64, String)>,
 }
 
 /// A batch planned: each job's answer (its version still 0), the plans
-/// to write, the towns whose dates they change.
+/// to write.
 struct Planned {
     answers: Vec<Result<Patched, StorageError>>,
     plans: Vec<(usize, ImportId, Plan)>,
-    changed_towns: Vec<(i64, String)>,
 }
 
 /// Plans each PATCH over the rows as the ones before it left them (see the
@@ -420,7 +411,6 @@ fn plan_batch(
     let mut planned = Planned {
         answers: Vec::with_capacity(jobs.len()),
         plans: Vec::with_capacity(jobs.len()),
-        changed_towns: Vec::new(),
     };
     for (at, job) in jobs.iter().enumerate() {
         let (import, id) = (job.import.get(), job.citizen);
@@ -464,8 +454,8 @@ fn plan_batch(
                 if !inputs.asked_towns.contains(&key) {
                     return None;
                 }
-                if !planned.changed_towns.contains(&key) {
-                    planned.changed_towns.push(key.clone());
+                if !inputs.changed_towns.contains(&key) {
+                    inputs.changed_towns.push(key.clone());
                 }
                 let blob = inputs.blobs.entry(key).or_default();
                 if !summary::adjust_dates(blob, *date, delta) {
@@ -489,39 +479,35 @@ fn plan_batch(
     Some(planned)
 }
 
-/// Each planned PATCH's version in `answers`: its import's before the
-/// batch (the written `versions` less the batch's `counts`), counted up to
-/// it.
-fn number(
-    answers: &mut [Result<Patched, StorageError>],
-    plans: &[(usize, ImportId, Plan)],
-    counts: &(Vec<i64>, Vec<i64>),
-    versions: &[Row],
-) -> Result<(), Fail> {
-    let mut next: HashMap<i64, i64> = HashMap::with_capacity(counts.0.len());
-    for row in versions {
-        let import: i64 = row.try_get(0)?;
-        let last: i64 = row.try_get(1)?;
-        let Some(at) = counts.0.iter().position(|i| *i == import) else {
-            continue;
-        };
-        next.insert(import, last - counts.1[at]);
-    }
-    if next.len() != counts.0.len() {
-        return Err(Fail::Store(StorageError::internal(
-            "postgresql: no version for a written import",
-        )));
-    }
-    for (at, import, _) in plans {
-        let Some(version) = next.get_mut(&import.get()) else {
-            continue;
-        };
-        *version += 1;
-        if let Some(Ok(patched)) = answers.get_mut(*at) {
-            patched.version = version_of(*version)?;
+impl Planned {
+    /// Each planned PATCH's version: its import's before the batch (the
+    /// written `versions` less the batch's `counts`), counted up to it.
+    fn number(&mut self, counts: &(Vec<i64>, Vec<i64>), versions: &[Row]) -> Result<(), Fail> {
+        let mut next: HashMap<i64, i64> = HashMap::with_capacity(counts.0.len());
+        for row in versions {
+            let import: i64 = row.try_get(0)?;
+            let last: i64 = row.try_get(1)?;
+            let Some(at) = counts.0.iter().position(|i| *i == import) else {
+                continue;
+            };
+            next.insert(import, last - counts.1[at]);
         }
+        if next.len() != counts.0.len() {
+            return Err(Fail::Store(StorageError::internal(
+                "postgresql: no version for a written import",
+            )));
+        }
+        for (at, import, _) in &self.plans {
+            let Some(version) = next.get_mut(&import.get()) else {
+                continue;
+            };
+            *version += 1;
+            if let Some(Ok(patched)) = self.answers.get_mut(*at) {
+                patched.version = version_of(*version)?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// What a batch's write came to.
