@@ -84,6 +84,9 @@ pub struct TownAges {
     pub p99: f64,
 }
 
+/// The percentiles GET percentile/age answers: p50, p75 and p99.
+pub const QUANTILES: [f64; 3] = [50.0, 75.0, 99.0];
+
 /// p50, p75 and p99 of ages per town on `today`, towns ordered by name
 /// (Unicode code point order), values rounded to 2 decimals.
 pub fn town_percentiles<C: Borrow<Citizen>>(citizens: &[C], today: Date) -> Vec<TownAges> {
@@ -99,9 +102,9 @@ pub fn town_percentiles<C: Borrow<Citizen>>(citizens: &[C], today: Date) -> Vec<
             ages.sort_unstable();
             TownAges {
                 town: town.to_owned(),
-                p50: round2(percentile(&ages, 50.0)),
-                p75: round2(percentile(&ages, 75.0)),
-                p99: round2(percentile(&ages, 99.0)),
+                p50: round2(percentile(&ages, QUANTILES[0])),
+                p75: round2(percentile(&ages, QUANTILES[1])),
+                p99: round2(percentile(&ages, QUANTILES[2])),
             }
         })
         .collect()

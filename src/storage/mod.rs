@@ -287,6 +287,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Each town's birth dates as the store keeps them (`domain::summary`),
     /// ordered by town (code point order), with the import's version in the
     /// same read: a cost bounded by towns × calendar days, not by the import.
+    /// Only the percentiles are asked of them, so a store may answer each
+    /// town's `summary::picked` instead (PostgreSQL does: a few bytes a town).
     async fn town_dates(&self, import: ImportId)
     -> Result<(Version, Vec<TownDates>), StorageError>;
 

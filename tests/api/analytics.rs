@@ -130,7 +130,7 @@ fn today_ymd() -> (i64, i64, i64) {
 }
 
 /// GET birthdays and percentiles equal a recomputation from GET citizens.
-async fn assert_answers_exact(app: &TestApp, import: i64) {
+pub(crate) async fn assert_answers_exact(app: &TestApp, import: i64) {
     let listing = app.citizens(import).await;
     assert_eq!(app.birthdays(import).await, birthdays_of(&listing));
     assert_eq!(
@@ -165,6 +165,7 @@ async fn an_import_stored_before_the_summary_gets_one_at_the_upgrade(backend: Ba
     let sql = match backend {
         Backend::Postgres => {
             "DROP TABLE presents, town_dates;
+             DROP FUNCTION gifts_picks_follow_dates();
              ALTER TABLE imports DROP COLUMN name, DROP COLUMN digest;
              UPDATE gifts_meta SET schema_version = 1;"
         }

@@ -66,7 +66,7 @@ async fn instances_starting_together_migrate_the_schema_once() {
              WHERE tablename IN ('imports', 'citizens', 'idempotency_keys', 'presents', 'town_dates'))
          FROM gifts_meta",
     );
-    assert_eq!(found.trim(), "4|5");
+    assert_eq!(found.trim(), "5|5");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +86,7 @@ async fn a_schema_newer_than_the_build_is_refused_at_start_naming_both_versions(
     let (code, log) = Binary::start(&["--storage", &store.flag()], &[], None).wait_exit();
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("schema is version 99"), "{log}");
-    assert!(log.contains("this build of gifts knows (4)"), "{log}");
+    assert!(log.contains("this build of gifts knows (5)"), "{log}");
     assert!(
         !log.contains(POSTGRES_PASSWORD),
         "no password in the log: {log}"
@@ -453,6 +453,82 @@ async fn probes_answer_quickly_while_the_database_stalls() {
     }
 }
 
+/// Migration 5: towns stored before their picks (`summary::picked`) get
+/// them at the upgrade, from their dates; percentiles read with nothing
+/// cached answer exactly, before and after PATCHes that move births, and
+/// the dates are stored uncompressed from then on. Dates written without
+/// picks, as an older build still running would write them, clear the
+/// picks, and reads take the dates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn towns_stored_before_their_picks_get_them_at_the_upgrade() {
+    if !postgres_available("picks_before_upgrade") {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let import = app
+        .import(crate::helpers::generate_import(300, 200, 5))
+        .await;
+    let store = app.stop().await;
+    store.edit_offline(
+        "DROP TRIGGER picks_follow_dates ON town_dates;
+         DROP FUNCTION gifts_picks_follow_dates();
+         ALTER TABLE town_dates DROP COLUMN picks, DROP COLUMN picks_stamp,
+             ALTER COLUMN dates SET STORAGE EXTENDED;
+         UPDATE gifts_meta SET schema_version = 4;",
+        "",
+    );
+    let mut config = Config::with_storage(store.url().clone());
+    config.cache_bytes = gifts::config::ByteSize(0);
+    let app = TestApp::start(store, config).await;
+    crate::analytics::assert_answers_exact(&app, import).await;
+    for (citizen, body) in [
+        (1, json!({"birth_date": "29.02.2000"})),
+        (
+            2,
+            json!({"town": "Новый город", "birth_date": "01.01.1950"}),
+        ),
+        (3, json!({"town": "Новый город"})),
+    ] {
+        let (status, answer) = app.patch(import, citizen, &body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        crate::analytics::assert_answers_exact(&app, import).await;
+    }
+    let bin = postgres_bin().unwrap();
+    let storage = psql_query(
+        &bin,
+        &app.store.flag(),
+        "SELECT attstorage::text || ' ' || attnotnull::text FROM pg_attribute
+         WHERE attrelid = 'town_dates'::regclass AND attname IN ('dates', 'picks')
+         ORDER BY attname",
+    );
+    assert_eq!(storage.trim(), "e true\nx false", "dates, picks");
+    // Town 0 given town 1's picks as its dates, by an "older build".
+    let before = app.percentiles(import).await;
+    let towns = before.as_array().unwrap();
+    let ages = |town: &Value| {
+        (
+            town["p50"].clone(),
+            town["p75"].clone(),
+            town["p99"].clone(),
+        )
+    };
+    assert_ne!(ages(&towns[0]), ages(&towns[1]), "{before}");
+    psql_query(
+        &bin,
+        &app.store.flag(),
+        &format!(
+            "UPDATE town_dates SET dates = (SELECT picks FROM town_dates
+                 WHERE import_id = {import} AND town = '{}')
+             WHERE import_id = {import} AND town = '{}'",
+            towns[1]["town"].as_str().unwrap(),
+            towns[0]["town"].as_str().unwrap()
+        ),
+    );
+    let after = app.percentiles(import).await;
+    assert_eq!(ages(&after[0]), ages(&towns[1]), "{after}");
+    assert_eq!(after[1], towns[1], "{after}");
+}
+
 /// Migration 3: a U+10FFFF stored raw by an older build (before strings
 /// were escaped) is escaped at the upgrade, so it reads back as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,6 +553,9 @@ async fn an_escape_character_stored_before_the_upgrade_reads_back_as_sent() {
                               town = replace(town, U&'\+10FFFFe', U&'\+10FFFF');
           UPDATE town_dates SET town = replace(town, U&'\+10FFFFe', U&'\+10FFFF');
           ALTER TABLE imports DROP COLUMN name, DROP COLUMN digest;
+          DROP TRIGGER picks_follow_dates ON town_dates;
+          DROP FUNCTION gifts_picks_follow_dates();
+          ALTER TABLE town_dates DROP COLUMN picks, DROP COLUMN picks_stamp;
           UPDATE gifts_meta SET schema_version = 2;",
         "",
     );

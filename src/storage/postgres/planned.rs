@@ -67,6 +67,9 @@ pub(super) type Key = (i64, CitizenId);
 /// Net presents changes: `(imports, months, citizens, deltas)`.
 type PresentsRows = (Vec<i64>, Vec<i16>, Vec<i64>, Vec<i32>);
 
+/// Towns' dates written whole: `(imports, towns, dates, picks)`.
+type DatedRows<'a> = (Vec<i64>, Vec<&'a str>, Vec<&'a [u8]>, Vec<Vec<u8>>);
+
 impl Store {
     /// The jobs planned at once and written in one pipeline (see the module).
     /// With `split`, jobs that may write many rows are handed back
@@ -585,8 +588,9 @@ pub(super) struct Applied<'a> {
     /// Presents rows whose count rises, and those whose count falls.
     raised: PresentsRows,
     lowered: PresentsRows,
-    /// Towns' dates written whole `(imports, towns, dates)`, and towns gone.
-    dated: (Vec<i64>, Vec<&'a str>, Vec<&'a [u8]>),
+    /// Towns' dates written whole `(imports, towns, dates, picks)`, and
+    /// towns gone.
+    dated: DatedRows<'a>,
     undated: (Vec<i64>, Vec<&'a str>),
     /// Each PATCHed citizen's final row, once.
     rows: CitizenColumns<'a>,
@@ -666,7 +670,7 @@ impl<'a> Applied<'a> {
             rows.3
                 .push(i32::try_from(delta).map_err(StorageError::internal)?);
         }
-        let mut dated = (Vec::new(), Vec::new(), Vec::new());
+        let mut dated = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut undated = (Vec::new(), Vec::new());
         for key in changed_towns {
             let blob = blobs
@@ -679,6 +683,12 @@ impl<'a> Applied<'a> {
                 dated.0.push(key.0);
                 dated.1.push(key.1.as_str());
                 dated.2.push(blob.as_slice());
+                dated.3.push(summary::picked(blob).ok_or_else(|| {
+                    StorageError::internal(format!(
+                        "import {}: the dates of town {:?} are corrupt",
+                        key.0, key.1
+                    ))
+                })?);
             }
         }
         let mut counts: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
@@ -702,8 +712,8 @@ impl<'a> Applied<'a> {
         })
     }
 
-    /// `writes::APPLY_PLANS`' parameters, `$1..$30`.
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 30] {
+    /// `writes::APPLY_PLANS`' parameters, `$1..$31`.
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 31] {
         let [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10] = self.rows.params();
         let (m, r, l) = (&self.mirrors, &self.raised, &self.lowered);
         [
@@ -737,6 +747,7 @@ impl<'a> Applied<'a> {
             &self.counts.0,
             &self.counts.1,
             &self.expected,
+            &self.dated.3,
         ]
     }
 }

@@ -104,6 +104,9 @@ impl Store {
         Ok((version, summary::birthdays(read)))
     }
 
+    /// The towns' picks (`summary::picked`, kept beside their dates): at
+    /// most 48 bytes a town, where the dates are 8 bytes a distinct date.
+    /// The dates where an older build wrote them without (schema 5).
     pub(super) async fn town_dates_tx(
         &self,
         call: &Call,
@@ -113,7 +116,7 @@ impl Store {
             .versioned_rows(
                 call,
                 import,
-                "SELECT i.version, t.town, t.dates
+                "SELECT i.version, t.town, coalesce(t.picks, t.dates)
                  FROM imports i LEFT JOIN town_dates t USING (import_id)
                  WHERE i.import_id = $1",
             )

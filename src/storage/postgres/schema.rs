@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use super::reads::{CITIZEN_COLUMNS, import_id, read_citizen};
 use super::writes::insert_summary;
 use super::{Call, Fail, Kind, Store};
-use crate::domain::summary::Summary;
+use crate::domain::summary::{self, Summary};
 use crate::storage::StorageError;
 
 /// Schema migrations, in order; `gifts_meta.schema_version` records how
@@ -72,11 +72,35 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // the service), so it is stored as it came, without pg_text's escape.
     "ALTER TABLE imports ADD COLUMN name text, ADD COLUMN digest bytea;
      CREATE INDEX imports_by_digest ON imports (digest, import_id) WHERE digest IS NOT NULL;",
+    // 5: each town's picks (`summary::picked`), what a cold percentiles read
+    // reads; `migrate_once` computes them for the towns already stored. The
+    // dates themselves stored out of line uncompressed: pglz halved them,
+    // and decompressing them was half of a read's time on the server.
+    // An instance of an older build still running beside a newer one (a
+    // rolling upgrade) writes dates without picks. This build counts up
+    // `picks_stamp` with every write of a town's dates; a write that leaves
+    // it as it was is an older build's, and the trigger clears the picks.
+    // Reads take the dates while they are NULL.
+    "ALTER TABLE town_dates ADD COLUMN picks bytea,
+         ADD COLUMN picks_stamp bigint NOT NULL DEFAULT 0,
+         ALTER COLUMN dates SET STORAGE EXTERNAL;
+     CREATE FUNCTION gifts_picks_follow_dates() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+         NEW.picks := NULL;
+         RETURN NEW;
+     END $$;
+     CREATE TRIGGER picks_follow_dates BEFORE UPDATE OF dates ON town_dates
+         FOR EACH ROW WHEN (NEW.picks_stamp = OLD.picks_stamp)
+         EXECUTE FUNCTION gifts_picks_follow_dates();",
 ];
 
 /// The migration that adds the summary tables: imports stored before it get
-/// theirs computed when it runs.
+/// theirs computed, after the last migration.
 pub(super) const SUMMARY_MIGRATION: usize = 2;
+
+/// The migration that adds the towns' picks: towns stored before it get
+/// theirs computed from their dates, after the last migration.
+pub(super) const PICKS_MIGRATION: usize = 5;
 
 /// The advisory lock held while migrating (any number, the same for all).
 pub(super) const MIGRATION_LOCK: i64 = 0x6769_6674_7331; // "gifts1"
@@ -125,23 +149,45 @@ impl Store {
                 "the database's schema is version {from}, newer than this build of gifts knows ({to}): run a newer gifts"
             ))));
         }
-        for (at, sql) in MIGRATIONS.iter().enumerate().skip(from) {
+        for sql in MIGRATIONS.iter().skip(from) {
             tx.batch_execute(sql).await?;
-            if at + 1 == SUMMARY_MIGRATION {
-                let imports = tx.query("SELECT import_id FROM imports", &[]).await?;
-                let read = format!(
-                    "SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = $1 ORDER BY citizen_id"
-                );
-                for row in imports {
-                    let import = import_id(row.get(0))?;
-                    let citizens = tx
-                        .query(&read, &[&import.get()])
-                        .await?
-                        .iter()
-                        .map(read_citizen)
-                        .collect::<Result<Vec<_>, _>>()?;
-                    insert_summary(&tx, import, &Summary::of(&citizens)).await?;
-                }
+        }
+        // Rows computed by this build's code, so after the last migration:
+        // a summary is written as the newest schema keeps it.
+        if from < SUMMARY_MIGRATION {
+            let imports = tx.query("SELECT import_id FROM imports", &[]).await?;
+            let read = format!(
+                "SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = $1 ORDER BY citizen_id"
+            );
+            for row in imports {
+                let import = import_id(row.get(0))?;
+                let citizens = tx
+                    .query(&read, &[&import.get()])
+                    .await?
+                    .iter()
+                    .map(read_citizen)
+                    .collect::<Result<Vec<_>, _>>()?;
+                insert_summary(&tx, import, &Summary::of(&citizens)).await?;
+            }
+        }
+        if from < PICKS_MIGRATION {
+            let towns = tx
+                .query(
+                    "SELECT import_id, town, dates FROM town_dates WHERE picks IS NULL",
+                    &[],
+                )
+                .await?;
+            let set = tx
+                .prepare("UPDATE town_dates SET picks = $3 WHERE import_id = $1 AND town = $2")
+                .await?;
+            for row in towns {
+                let (import, town): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
+                let picks = summary::picked(row.try_get(2)?).ok_or_else(|| {
+                    Fail::Store(StorageError::internal(format!(
+                        "import {import}: the stored dates of town {town:?} are corrupt"
+                    )))
+                })?;
+                tx.execute(&set, &[&import, &town, &picks]).await?;
             }
         }
         let version = i32::try_from(to).map_err(StorageError::internal)?;

@@ -68,7 +68,9 @@ pub(super) const MIRROR: &str = "UPDATE citizens SET relatives = CASE
 ///   count stays positive, deleted where it falls to zero (a stored row
 ///   counts at least one present; a row a consistent store lacks stays
 ///   absent);
-/// - `$13..$15` towns' dates `(import, town, dates)` written whole, and
+/// - `$13..$15` towns' dates `(import, town, dates)` written whole, with
+///   `$31` their picks (`summary::picked`; `picks_stamp` counted up, see
+///   schema 5), and
 ///   `$16..$17` towns `(import, town)` gone with their last citizen;
 /// - `$18..$27` citizens' final rows, one array per column
 ///   ([`CitizenColumns`]);
@@ -127,10 +129,12 @@ pub(super) const APPLY_PLANS: &str = "WITH expected AS (
            AND p.citizen_id = d.citizen_id AND p.presents + d.delta <= 0
            AND (SELECT ok FROM expected)),
      dated AS (
-         INSERT INTO town_dates (import_id, town, dates)
-         SELECT * FROM unnest($13::bigint[], $14::text[], $15::bytea[])
+         INSERT INTO town_dates (import_id, town, dates, picks)
+         SELECT * FROM unnest($13::bigint[], $14::text[], $15::bytea[], $31::bytea[])
          WHERE (SELECT ok FROM expected)
-         ON CONFLICT (import_id, town) DO UPDATE SET dates = excluded.dates),
+         ON CONFLICT (import_id, town)
+         DO UPDATE SET dates = excluded.dates, picks = excluded.picks,
+                       picks_stamp = town_dates.picks_stamp + 1),
      undated AS (
          DELETE FROM town_dates t USING unnest($16::bigint[], $17::text[]) AS d (import_id, town)
          WHERE t.import_id = d.import_id AND t.town = d.town AND (SELECT ok FROM expected)),
@@ -502,10 +506,15 @@ pub(super) async fn insert_summary(
         .iter()
         .map(|t| (pg_text::encode(&t.town), t.dates.as_slice()))
         .unzip();
+    let picks = dates
+        .iter()
+        .map(|dates| summary::picked(dates))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| StorageError::internal("postgresql: a summary's town not encoded"))?;
     tx.execute(
-        "INSERT INTO town_dates (import_id, town, dates)
-         SELECT $1, * FROM unnest($2::text[], $3::bytea[])",
-        &[&import.get(), &towns, &dates],
+        "INSERT INTO town_dates (import_id, town, dates, picks)
+         SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::bytea[])",
+        &[&import.get(), &towns, &dates, &picks],
     )
     .await?;
     Ok(())
