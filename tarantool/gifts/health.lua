@@ -45,9 +45,7 @@ function P.gifts_backfill_rows(import_id, presents_rows, births, last)
             for _, p in ipairs(presents_rows) do
                 presents:replace({ import_id, p[1], p[2], p[3] })
             end
-            for _, b in ipairs(births) do
-                town_years:replace({ import_id, b[1], b[2], b[3] })
-            end
+            stored.store_births(import_id, births, town_years.replace)
         end
         if last or visible(import_id) == nil then
             local left = {}

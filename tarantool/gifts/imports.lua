@@ -15,6 +15,7 @@ local citizens = box.space.citizens
 local keys = box.space.idempotency_keys
 local presents = box.space.presents
 local town_years = box.space.town_years
+local town_picks = box.space.town_picks
 local year_births = schema.year_births
 local import_seq = box.sequence.import_id
 
@@ -89,13 +90,24 @@ function M.summary_error(presents_rows, by_id)
     return nil
 end
 
+-- Stores town years rows {town, yyyy, dates} with `put` (a space's insert
+-- or replace), and each town's picks as not known yet (schema.lua, 9).
+function M.store_births(import_id, births, put)
+    local town = nil
+    for _, b in ipairs(births) do
+        put(town_years, { import_id, b[1], b[2], b[3] })
+        if b[1] ~= town then
+            town = b[1]
+            town_picks:replace({ import_id, town, '' })
+        end
+    end
+end
+
 local function store_summary(import_id, presents_rows, births)
     for _, p in ipairs(presents_rows) do
         presents:insert({ import_id, p[1], p[2], p[3] })
     end
-    for _, b in ipairs(births) do
-        town_years:insert({ import_id, b[1], b[2], b[3] })
-    end
+    M.store_births(import_id, births, town_years.insert)
 end
 local summary_error = M.summary_error
 
@@ -205,7 +217,7 @@ end
 -- Deletes an import's rows from each space in chunks, yielding between
 -- them, then the import.
 local function delete_import(import_id)
-    for _, space in ipairs({ citizens, presents, town_years }) do
+    for _, space in ipairs({ citizens, presents, town_years, town_picks }) do
         local parts = space.index.primary.parts
         while true do
             local batch = space:select({ import_id }, { limit = CHUNK })

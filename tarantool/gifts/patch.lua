@@ -19,6 +19,7 @@ local imports = box.space.imports
 local citizens = box.space.citizens
 local presents = box.space.presents
 local town_years = box.space.town_years
+local town_picks = box.space.town_picks
 local long_patches = box.space.long_patches
 
 -- The most relatives one transaction mirrors (a list rewritten, presents
@@ -79,6 +80,13 @@ local function add_birth(import_id, town, key, d)
         else
             town_years:replace({ k[1], k[2], k[3], dates })
         end
+    end
+    -- The town's picks are not known any more (schema.lua, 9); a town with
+    -- no dates left has none.
+    if town_years:select({ import_id, town }, { limit = 1 })[1] == nil then
+        town_picks:delete({ import_id, town })
+    else
+        town_picks:replace({ import_id, town, '' })
     end
 end
 

@@ -10,6 +10,7 @@ local wait_idle = locks.wait_idle
 local citizens = box.space.citizens
 local presents = box.space.presents
 local town_years = box.space.town_years
+local town_picks = box.space.town_picks
 
 -- The stored procedures: gifts_* by name.
 local P = {}
@@ -53,10 +54,45 @@ function P.gifts_town_dates(import_id)
     return import[I.version], town_years:select({ import_id })
 end
 
+-- The import's version and its town picks rows {import_id, town, picks}
+-- (ordered by town, byte order; picks '' where not known), read without
+-- yielding; nil, nil when there is no such import.
+function P.gifts_town_picks(import_id)
+    wait_idle(import_id)
+    local import = visible(import_id)
+    if import == nil then
+        return box.NULL, box.NULL
+    end
+    refuse_pending(import_id)
+    return import[I.version], town_picks:select({ import_id })
+end
+
+-- Keeps the picks {{town, picks}, ...} the app computed from the import's
+-- dates at `version`, for the towns whose picks are not known, if the
+-- import is still at that version: no write came between, so they are
+-- still those towns' picks. Returns whether it kept them. Only replaces
+-- rows that say '' : a town is never added here.
+function P.gifts_put_picks(import_id, version, picks)
+    wait_idle(import_id)
+    local import = visible(import_id)
+    if import == nil or import[I.version] ~= version then
+        return false
+    end
+    box.atomic(function()
+        for _, p in ipairs(picks) do
+            local row = town_picks:get({ import_id, p[1] })
+            if row ~= nil and row[3] == '' then
+                town_picks:replace({ import_id, p[1], p[2] })
+            end
+        end
+    end)
+    return true
+end
+
 -- The spaces the app reads rows of directly (IPROTO SELECT by primary key,
 -- C code, no Lua: a tenth of the cost of returning the rows from here),
 -- keyed by import first; access.lua grants the app's user `read` on them.
-local READ = { citizens = citizens, presents = presents, town_years = town_years }
+local READ = { citizens = citizens, presents = presents, town_years = town_years, town_picks = town_picks }
 
 -- The import's version and the id of `space_name` (one of READ_SPACES) for
 -- a direct read of its rows; nil, nil when there is no such import. Every
@@ -93,5 +129,5 @@ end
 return {
     procedures = P,
     -- The spaces the app's user reads directly (see gifts_read_version).
-    spaces = { 'citizens', 'presents', 'town_years' },
+    spaces = { 'citizens', 'presents', 'town_years', 'town_picks' },
 }

@@ -291,6 +291,35 @@ local migrations = {
             if_not_exists = true,
         })
     end),
+    -- 9: each town's picks, {import_id, town, picks}: the app's
+    -- summary::picked, the few dates its percentile rule reads (at most 48
+    -- bytes), so that a cold percentiles read takes a short row a town
+    -- instead of its years. '' while not known: the app computes them (the
+    -- rule is in Rust only) on the first read that finds them so and keeps
+    -- them with gifts_put_picks; a write that moves a birth in or out of a
+    -- town makes them unknown again. Every town with dates has a row, so a
+    -- town is never missed.
+    function()
+        local picks = box.schema.space.create('town_picks', {
+            if_not_exists = true,
+            format = {
+                { name = 'import_id', type = 'unsigned' },
+                { name = 'town', type = 'string' },
+                { name = 'picks', type = 'string' },
+            },
+        })
+        picks:create_index('primary', {
+            parts = { { field = 1, type = 'unsigned' }, { field = 2, type = 'string' } },
+            if_not_exists = true,
+        })
+        local import_id, town = nil, nil
+        for _, y in box.space.town_years:pairs() do
+            if y[1] ~= import_id or y[2] ~= town then
+                import_id, town = y[1], y[2]
+                picks:replace({ import_id, town, '' })
+            end
+        end
+    end,
 }
 
 -- Applies the migrations this database has not run yet, each in its own

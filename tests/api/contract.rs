@@ -379,7 +379,7 @@ fn contract(backend: Backend) {
     };
     let mut runner = TestRunner::new(cases);
     let result = runner.run(&prop::collection::vec(step(), 1..14), |steps| {
-        runtime.block_on(run(storage.as_ref(), backend == Backend::Postgres, &steps))
+        runtime.block_on(run(storage.as_ref(), backend != Backend::Sqlite, &steps))
     });
     runtime.block_on(storage.close());
     if let Err(failure) = result {

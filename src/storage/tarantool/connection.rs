@@ -24,7 +24,7 @@ use crate::storage::{StorageError, Version};
 pub(super) const PAGED_ATTEMPTS: usize = 3;
 
 /// The schema version of `tarantool/app.lua` this build speaks to.
-pub(super) const SCHEMA_VERSION: u64 = 8;
+pub(super) const SCHEMA_VERSION: u64 = 9;
 
 /// The client and its settings, shared with spawned version checks.
 pub(super) struct Connection {

@@ -40,7 +40,9 @@ pub use address::{Secret, TarantoolAddress};
 use connection::{Connection, Kind, NO_ARGS, count_connections, watch};
 use import::{Begun, ONE_CALL_WORK, SummaryRows, import_answer};
 use patches::{PATCH_QUEUE, PatchJob, send_patches};
-use tuples::{BirthsTuple, Dates, FieldValue, IdOrReason, NewCitizen, PresentsTuple, Row};
+use tuples::{
+    BirthsTuple, Dates, FieldValue, IdOrReason, NewCitizen, PicksTuple, PresentsTuple, Row,
+};
 
 /// The Tarantool store.
 pub struct TarantoolStorage {
@@ -56,6 +58,32 @@ pub struct TarantoolStorage {
 }
 
 impl TarantoolStorage {
+    /// Each town's dates, joined from its years' rows.
+    async fn town_years(
+        &self,
+        import: ImportId,
+    ) -> Result<(Version, Vec<TownDates>), StorageError> {
+        let (version, rows) = self
+            .connection
+            .read_rows::<BirthsTuple, _>("town_years", import, "gifts_town_dates", Ok)
+            .await?;
+        // Rows come ordered by town, then year: each town's run, joined, is
+        // its dates (the answer's render checks them: summary::decode_dates).
+        let mut towns: Vec<TownDates> = Vec::new();
+        for (_, town, _, Dates(dates)) in rows {
+            if dates.is_empty() || !dates.len().is_multiple_of(summary::ENTRY) {
+                return Err(StorageError::internal(
+                    "tarantool: a corrupt town years row",
+                ));
+            }
+            match towns.last_mut() {
+                Some(last) if last.town == town => last.dates.extend_from_slice(&dates),
+                _ => towns.push(TownDates { town, dates }),
+            }
+        }
+        Ok((version, towns))
+    }
+
     /// Starts the client; it connects at once and, after a failure, again
     /// and again (50 ms, doubling to 1 s) until Tarantool answers.
     pub fn connect(
@@ -299,27 +327,53 @@ impl Storage for TarantoolStorage {
         Ok((version, summary::birthdays(rows)))
     }
 
+    /// Each town's picks (`summary::picked`): a short row a town. Where
+    /// some are not known (a new import's towns, and those a PATCH moved a
+    /// birth in or out of since), the towns' years instead, every town's
+    /// picks computed from them, and those not known kept for the next read
+    /// (`gifts_put_picks`, if the import is still at the version read).
     async fn town_dates(
         &self,
         import: ImportId,
     ) -> Result<(Version, Vec<TownDates>), StorageError> {
         let (version, rows) = self
             .connection
-            .read_rows::<BirthsTuple, _>("town_years", import, "gifts_town_dates", Ok)
+            .read_rows::<PicksTuple, _>("town_picks", import, "gifts_town_picks", Ok)
             .await?;
-        // Rows come ordered by town, then year: each town's run, joined, is
-        // its dates (the answer's render checks them: summary::decode_dates).
-        let mut towns: Vec<TownDates> = Vec::new();
-        for (_, town, _, Dates(dates)) in rows {
-            if dates.is_empty() || !dates.len().is_multiple_of(summary::ENTRY) {
-                return Err(StorageError::internal(
-                    "tarantool: a corrupt town years row",
-                ));
+        let unknown: Vec<&str> = rows
+            .iter()
+            .filter(|(_, _, Dates(picks))| picks.is_empty())
+            .map(|(_, town, _)| town.as_str())
+            .collect();
+        if unknown.is_empty() {
+            let towns = rows
+                .into_iter()
+                .map(|(_, town, Dates(dates))| TownDates { town, dates })
+                .collect();
+            return Ok((version, towns));
+        }
+        let (version, mut towns) = self.town_years(import).await?;
+        let mut kept: Vec<(&str, Dates)> = Vec::new();
+        for town in &mut towns {
+            let picks = summary::picked(&town.dates).ok_or_else(|| {
+                StorageError::internal(format!(
+                    "tarantool: the stored dates of town {:?} are corrupt",
+                    town.town
+                ))
+            })?;
+            if unknown.contains(&town.town.as_str()) {
+                kept.push((town.town.as_str(), Dates(picks.clone())));
             }
-            match towns.last_mut() {
-                Some(last) if last.town == town => last.dates.extend_from_slice(&dates),
-                _ => towns.push(TownDates { town, dates }),
-            }
+            town.dates = picks;
+        }
+        // Only a faster next read depends on it: a failure is no failure
+        // of this one.
+        if let Err(e) = self
+            .connection
+            .call::<_, (bool,)>("gifts_put_picks", &(import, version, &kept), Kind::Write)
+            .await
+        {
+            tracing::warn!(%import, error = %e, "tarantool: the towns' picks were not kept");
         }
         Ok((version, towns))
     }

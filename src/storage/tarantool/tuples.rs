@@ -129,6 +129,20 @@ impl<'de> Deserialize<'de> for Dates {
     }
 }
 
+/// A town picks row `{import_id, town, picks}`: the town's
+/// `summary::picked`, empty while not known (`tarantool/gifts/schema.lua`, 9).
+pub(super) type PicksTuple = (u64, String, Dates);
+
+impl Keyed for PicksTuple {
+    type Key = (u64, String);
+    fn import(&self) -> u64 {
+        self.0
+    }
+    fn key(&self) -> Self::Key {
+        (self.0, self.1.clone())
+    }
+}
+
 impl Keyed for BirthsTuple {
     type Key = (u64, String, u32);
     fn import(&self) -> u64 {

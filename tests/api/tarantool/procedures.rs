@@ -212,7 +212,7 @@ async fn a_batch_of_patches_answers_each_and_a_refused_one_leaves_the_others() {
 /// and no other; a page after a key runs on into the next import (the app
 /// stops at its own); a PATCH shows in the version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_app_reads_rows_of_three_spaces_directly_with_the_version() {
+async fn the_app_reads_rows_of_four_spaces_directly_with_the_version() {
     if !tarantool_available("direct_reads") {
         return;
     }
@@ -256,7 +256,7 @@ async fn the_app_reads_rows_of_three_spaces_directly_with_the_version() {
     let (version, _) = read_version("citizens", import).await.unwrap();
     assert_eq!(version, Some(2), "the PATCH shows");
     let mut readable = vec![citizens];
-    for space in ["presents", "town_years"] {
+    for space in ["presents", "town_years", "town_picks"] {
         let (version, id) = read_version(space, import).await.unwrap();
         assert_eq!(version, Some(2), "{space}");
         readable.push(id.expect("the space's id"));
@@ -289,6 +289,98 @@ async fn the_app_reads_rows_of_three_spaces_directly_with_the_version() {
     }
     // Read through the app, the import is whole.
     assert_eq!(app.citizens(import).await.len(), 3);
+}
+
+/// A stored string of bytes, by its length (Tarantool gives back a Lua
+/// string as a msgpack `str`, whatever its bytes).
+struct Blob(usize);
+
+impl<'de> serde::Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Length;
+        impl serde::de::Visitor<'_> for Length {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string of bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(v.len()))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Blob, E> {
+                Ok(Blob(v.len()))
+            }
+        }
+        deserializer.deserialize_bytes(Length)
+    }
+}
+
+/// Towns' picks (schema 9): not known ('') after an import; kept by the
+/// first percentiles read with nothing cached; not known again in the towns
+/// a PATCH moves a birth out of and into, the others kept; gone with a
+/// town's last citizen. `gifts_put_picks` keeps nothing for a version that
+/// has moved on. Every answer is exact throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn towns_picks_are_kept_by_a_read_and_forgotten_by_a_birth_that_moves() {
+    if !tarantool_available("town_picks") {
+        return;
+    }
+    let app = TestApp::spawn_with(Backend::Tarantool, |config| {
+        config.cache_bytes = gifts::config::ByteSize(0);
+    })
+    .await;
+    let import = app.import(spec_example()).await;
+    let gifts = client_as(&app.store, "gifts", "test-password");
+    let (_, space): (Option<u64>, Option<u32>) = gifts
+        .call("gifts_read_version", &("town_picks", import), WAIT)
+        .await
+        .unwrap();
+    let space = space.expect("the space's id");
+    // (town, picks known) of each of the import's rows.
+    let picks = || async {
+        let rows: Vec<(u64, String, Blob)> = gifts
+            .select(space, &(import.unsigned_abs(),), false, 10, WAIT)
+            .await
+            .unwrap();
+        rows.into_iter()
+            .filter(|row| row.0 == import.unsigned_abs())
+            .map(|(_, town, Blob(bytes))| (town, bytes > 0))
+            .collect::<Vec<_>>()
+    };
+    let known = |moscow: bool, kerch: bool| {
+        vec![("Керчь".to_owned(), kerch), ("Москва".to_owned(), moscow)]
+    };
+    assert_eq!(picks().await, known(false, false), "after the import");
+    crate::analytics::assert_answers_exact(&app, import).await;
+    assert_eq!(picks().await, known(true, true), "after a read");
+
+    let (status, body) = app
+        .patch(import, 1, &json!({"birth_date": "01.01.1950"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(picks().await, known(false, true), "a birth moved in Москва");
+    // Picks computed at the version before the PATCH are not kept.
+    let kept: (bool,) = gifts
+        .call(
+            "gifts_put_picks",
+            &(import, 1, [("Москва", "8 bytes!")]),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, (false,));
+    assert_eq!(picks().await, known(false, true));
+    crate::analytics::assert_answers_exact(&app, import).await;
+    assert_eq!(picks().await, known(true, true));
+
+    let (status, body) = app.patch(import, 3, &json!({"town": "Москва"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        picks().await,
+        vec![("Москва".to_owned(), false)],
+        "Керчь has no one"
+    );
+    crate::analytics::assert_answers_exact(&app, import).await;
+    assert_eq!(picks().await, vec![("Москва".to_owned(), true)]);
 }
 
 /// A PATCH that fails inside Tarantool (raises: a fault, not a refusal) is
