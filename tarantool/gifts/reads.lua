@@ -29,42 +29,35 @@ function P.gifts_citizens(import_id)
     return import[I.version], citizens:select({ import_id })
 end
 
--- The import's version and its presents rows (ordered by month, then
--- citizen_id), read without yielding; nil, nil when there is no such import.
-function P.gifts_presents(import_id)
+-- The import's version and all its rows of a summary space, read without
+-- yielding; nil, nil when there is no such import.
+local function summary_rows(space, import_id)
     wait_idle(import_id)
     local import = visible(import_id)
     if import == nil then
         return box.NULL, box.NULL
     end
     refuse_pending(import_id)
-    return import[I.version], presents:select({ import_id })
+    return import[I.version], space:select({ import_id })
+end
+
+-- The import's version and its presents rows (ordered by month, then
+-- citizen_id).
+function P.gifts_presents(import_id)
+    return summary_rows(presents, import_id)
 end
 
 -- The import's version and its town years rows {import_id, town, yyyy,
 -- {mmdd, citizens, ...}} (ordered by town, byte order, then year), read
--- without yielding; nil, nil when there is no such import.
+-- as summary_rows reads them.
 function P.gifts_town_dates(import_id)
-    wait_idle(import_id)
-    local import = visible(import_id)
-    if import == nil then
-        return box.NULL, box.NULL
-    end
-    refuse_pending(import_id)
-    return import[I.version], town_years:select({ import_id })
+    return summary_rows(town_years, import_id)
 end
 
 -- The import's version and its town picks rows {import_id, town, picks}
--- (ordered by town, byte order; picks '' where not known), read without
--- yielding; nil, nil when there is no such import.
+-- (ordered by town, byte order; picks '' where not known).
 function P.gifts_town_picks(import_id)
-    wait_idle(import_id)
-    local import = visible(import_id)
-    if import == nil then
-        return box.NULL, box.NULL
-    end
-    refuse_pending(import_id)
-    return import[I.version], town_picks:select({ import_id })
+    return summary_rows(town_picks, import_id)
 end
 
 -- Keeps the picks {{town, picks}, ...} the app computed from the import's
