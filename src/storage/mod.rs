@@ -288,7 +288,8 @@ pub trait Storage: Send + Sync + 'static {
     /// ordered by town (code point order), with the import's version in the
     /// same read: a cost bounded by towns × calendar days, not by the import.
     /// Only the percentiles are asked of them, so a store may answer each
-    /// town's `summary::picked` instead (PostgreSQL does: a few bytes a town).
+    /// town's `summary::picked` instead (PostgreSQL and Tarantool do: a few
+    /// bytes a town).
     async fn town_dates(&self, import: ImportId)
     -> Result<(Version, Vec<TownDates>), StorageError>;
 

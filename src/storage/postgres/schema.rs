@@ -171,23 +171,28 @@ impl Store {
             }
         }
         if from < PICKS_MIGRATION {
-            let towns = tx
-                .query(
-                    "SELECT import_id, town, dates FROM town_dates WHERE picks IS NULL",
-                    &[],
+            // An import at a time: one import's dates are bounded by towns ×
+            // calendar days, all imports' are not.
+            let imports = tx.query("SELECT import_id FROM imports", &[]).await?;
+            let read = tx
+                .prepare(
+                    "SELECT town, dates FROM town_dates WHERE import_id = $1 AND picks IS NULL",
                 )
                 .await?;
             let set = tx
                 .prepare("UPDATE town_dates SET picks = $3 WHERE import_id = $1 AND town = $2")
                 .await?;
-            for row in towns {
-                let (import, town): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
-                let picks = summary::picked(row.try_get(2)?).ok_or_else(|| {
-                    Fail::Store(StorageError::internal(format!(
-                        "import {import}: the stored dates of town {town:?} are corrupt"
-                    )))
-                })?;
-                tx.execute(&set, &[&import, &town, &picks]).await?;
+            for row in imports {
+                let import: i64 = row.try_get(0)?;
+                for town in tx.query(&read, &[&import]).await? {
+                    let (name, dates): (String, &[u8]) = (town.try_get(0)?, town.try_get(1)?);
+                    let picks = summary::picked(dates).ok_or_else(|| {
+                        Fail::Store(StorageError::internal(format!(
+                            "import {import}: the stored dates of town {name:?} are corrupt"
+                        )))
+                    })?;
+                    tx.execute(&set, &[&import, &name, &picks]).await?;
+                }
             }
         }
         let version = i32::try_from(to).map_err(StorageError::internal)?;
