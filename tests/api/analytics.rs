@@ -171,6 +171,7 @@ async fn an_import_stored_before_the_summary_gets_one_at_the_upgrade(backend: Ba
         }
         _ => {
             "DROP TABLE presents; DROP TABLE town_dates; DROP INDEX imports_by_digest;
+             DROP TABLE staged_citizens;
              ALTER TABLE imports DROP COLUMN name; ALTER TABLE imports DROP COLUMN digest;
              PRAGMA user_version = 5;"
         }

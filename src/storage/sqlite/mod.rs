@@ -18,6 +18,11 @@
 //! cannot finish in time. A job whose caller has gone (timeout, disconnect)
 //! before it starts is dropped unapplied; one already applied stays applied.
 //!
+//! An import is one write of a blob (`staged_citizens`, see `codec`), quick
+//! to store; the writer writes its citizens as rows afterwards, when no
+//! other write waits, and readers read the blob until then (see
+//! `workers::expand_when_idle`).
+//!
 //! A big import (over [`CHUNKED_FROM`] citizens) does not hold the writer for
 //! its whole length: it is written a chunk per write while invisible
 //! (`imports.pending`), then published in one small write, so other writes
@@ -35,7 +40,8 @@
 //!
 //! Files: this one holds the store and its [`Storage`] methods; `schema`
 //! the migrations; `workers` the writer and reader threads and their jobs;
-//! `queries` the SQL of each operation; `codec` the relatives blob; `disk`
+//! `queries` the SQL of each operation; `codec` the relatives blob and the
+//! staged import's; `disk`
 //! the reserve and the free-space check.
 
 mod codec;
@@ -61,13 +67,14 @@ use crate::domain::summary::{Summary, TownDates};
 use crate::domain::{Citizen, CitizenId, CitizenPatch, ImportId};
 use crate::metrics::{KindLabels, Metrics};
 use crate::storage::{
-    ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version, summary_of,
+    ImportInfo, Patched, Snapshot, Storage, StorageError, Upload, Version, by_size, summary_of,
 };
+use codec::encode_staged;
 use disk::{ensure_reserve, free_bytes, reserve_path};
 use queries::{
-    Begun, CITIZEN_COLUMNS, begin_import, delete_import, discard_all_pending, discard_pending,
-    import_version, insert_citizens, insert_import, insert_presents, insert_towns, list_imports,
-    patch_citizen, presents, publish_import, read_row, town_dates,
+    Begun, begin_import, delete_import, discard_all_pending, discard_pending, import_version,
+    insert_citizens, insert_import, insert_presents, insert_towns, list_imports, patch_citizen,
+    presents, publish_import, read_page, read_snapshot, town_dates,
 };
 use schema::{MIGRATIONS, migrate};
 use workers::{
@@ -85,8 +92,9 @@ pub const READ_QUEUE: usize = 4096;
 /// 25 ms of the writer's time, which is how long it makes other writes wait.
 pub const IMPORT_CHUNK: usize = 8_192;
 /// Imports of more citizens than this are written in chunks; smaller ones
-/// (up to ~100 ms of the writer) in one write, which is faster for them.
-pub const CHUNKED_FROM: usize = 4 * IMPORT_CHUNK;
+/// in one write of a blob (about 40 ms of the writer at most), which is
+/// faster for them, their rows afterwards.
+pub const CHUNKED_FROM: usize = 16 * IMPORT_CHUNK;
 /// Space kept in `PATH.reserve` for a start on a full disk.
 pub const RESERVE_BYTES: usize = 1 << 20;
 
@@ -566,10 +574,25 @@ impl Storage for SqliteStorage {
         if citizens.len() > CHUNKED_FROM {
             return self.create_import_in_chunks(citizens, upload).await;
         }
-        let (citizens, summary) = summary_of(citizens).await?;
+        // The summary and the blob are computed beside each other, and
+        // beside the writer.
+        let len = citizens.len();
+        let citizens = Arc::new(citizens);
+        let (summary, staged) = {
+            let (a, b) = (Arc::clone(&citizens), Arc::clone(&citizens));
+            tokio::join!(
+                by_size(len, move || Summary::of(&a)),
+                by_size(len, move || encode_staged(&b)),
+            )
+        };
+        let (summary, staged) = (summary?, staged??);
+        // The citizens go with the write: the writer frees them after its
+        // answers, off the request's path.
         self.write(
-            (citizens, summary, upload),
-            |conn, (citizens, summary, upload)| insert_import(conn, citizens, summary, upload),
+            (staged, summary, upload, citizens),
+            move |conn, (staged, summary, upload, _)| {
+                insert_import(conn, len, staged, summary, upload)
+            },
         )
         .await
     }
@@ -580,28 +603,25 @@ impl Storage for SqliteStorage {
         citizen: CitizenId,
         patch: CitizenPatch,
     ) -> Result<Patched, StorageError> {
-        self.write(patch, move |conn, patch| {
-            patch_citizen(conn, import, citizen, patch)
-        })
-        .await
+        // Asked again while its import is still being written as rows, a
+        // chunk per write (see `queries::patch_citizen`).
+        loop {
+            let patched = self
+                .write(patch.clone(), move |conn, patch| {
+                    patch_citizen(conn, import, citizen, patch)
+                })
+                .await?;
+            if let Some(patched) = patched {
+                return Ok(patched);
+            }
+        }
     }
 
     async fn citizens(&self, import: ImportId) -> Result<Snapshot, StorageError> {
         self.read(move |conn| {
             // One read transaction: the version and the rows see one snapshot.
             let tx = conn.transaction().map_err(internal)?;
-            let version =
-                import_version(&tx, import)?.ok_or(StorageError::ImportNotFound(import))?;
-            let sql = format!(
-                "SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = ?1 ORDER BY citizen_id"
-            );
-            let mut stmt = tx.prepare_cached(&sql).map_err(internal)?;
-            let mut rows = stmt.query([import]).map_err(internal)?;
-            let mut citizens = Vec::new();
-            while let Some(row) = rows.next().map_err(internal)? {
-                citizens.push(Arc::new(read_row(row)?));
-            }
-            Ok(Snapshot { version, citizens })
+            read_snapshot(&tx, import)
         })
         .await
     }
@@ -614,21 +634,7 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<Arc<Citizen>>, StorageError> {
         self.read(move |conn| {
             let tx = conn.transaction().map_err(internal)?;
-            import_version(&tx, import)?.ok_or(StorageError::ImportNotFound(import))?;
-            let sql = format!(
-                "SELECT {CITIZEN_COLUMNS} FROM citizens
-                 WHERE import_id = ?1 AND citizen_id > ?2 ORDER BY citizen_id LIMIT ?3"
-            );
-            let mut stmt = tx.prepare_cached(&sql).map_err(internal)?;
-            let after = after.map_or(-1, CitizenId::as_i64);
-            let mut rows = stmt
-                .query(rusqlite::params![import, after, count(limit)])
-                .map_err(internal)?;
-            let mut citizens = Vec::new();
-            while let Some(row) = rows.next().map_err(internal)? {
-                citizens.push(Arc::new(read_row(row)?));
-            }
-            Ok(citizens)
+            read_page(&tx, import, after, limit)
         })
         .await
     }
@@ -734,6 +740,7 @@ impl Storage for SqliteStorage {
 
 #[cfg(test)]
 mod tests {
+    use super::workers::EXPAND_CHUNK;
     use super::*;
 
     #[test]
@@ -762,6 +769,64 @@ mod tests {
             internal(failure(rusqlite::ffi::SQLITE_CORRUPT)),
             StorageError::Internal(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn staged_imports_left_by_a_crash_are_written_as_rows_after_the_start_and_a_broken_one_is_passed_over()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("staged.db");
+        SqliteStorage::open(&path, 1).unwrap().close().await;
+        // What a crash right after three imports leaves: their blobs, no rows;
+        // the second's blob garbled.
+        let (first, second, third) = (sample(5_000), sample(30), sample(100));
+        let conn = Connection::open(&path).unwrap();
+        let stage = |citizens: &[Citizen]| {
+            let blob = encode_staged(citizens).unwrap();
+            let summary = Summary::of(citizens);
+            insert_import(&conn, citizens.len(), &blob, &summary, &Upload::default()).unwrap()
+        };
+        let imports = [stage(&first), stage(&second), stage(&third)];
+        conn.execute(
+            "UPDATE staged_citizens SET body = x'01dc' WHERE import_id = ?1",
+            [imports[1]],
+        )
+        .unwrap();
+        drop(conn);
+
+        let storage = SqliteStorage::open(&path, 1).unwrap();
+        until("the good imports written as rows", || {
+            (staged_imports(&path) == 1).then_some(())
+        })
+        .await;
+        let conn = Connection::open(&path).unwrap();
+        let staged: i64 = conn
+            .query_row("SELECT import_id FROM staged_citizens", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(staged, imports[1].get(), "the broken one stays staged");
+        for (import, citizens) in [(imports[0], &first), (imports[2], &third)] {
+            let rows: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM citizens WHERE import_id = ?1",
+                    [import],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(rows, count(citizens.len()));
+            let snapshot = storage.citizens(import).await.unwrap();
+            assert!(snapshot.citizens.iter().map(|c| &**c).eq(citizens.iter()));
+        }
+        assert!(storage.citizens(imports[1]).await.is_err());
+        let id = second[0].citizen_id;
+        assert!(
+            storage
+                .patch_citizen(imports[1], id, CitizenPatch::default())
+                .await
+                .is_err()
+        );
+        // A close is not held up by the broken one.
+        storage.close().await;
+        assert_eq!(staged_imports(&path), 1);
     }
 
     #[tokio::test]
@@ -800,6 +865,17 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, count(MIGRATIONS.len()));
+    }
+
+    /// `n` citizens of the sample generator, with relatives, as parsed.
+    pub(super) fn sample(n: u64) -> Vec<Citizen> {
+        use crate::http::wire::{self, ImportBody, Object};
+        let body = crate::sample::import_body(n, usize::try_from(n / 4).unwrap(), 7);
+        wire::parse::<Object<ImportBody>>(&body)
+            .unwrap()
+            .0
+            .into_citizens(crate::domain::today_utc())
+            .unwrap()
     }
 
     fn spec_citizens() -> Vec<Citizen> {
@@ -1046,6 +1122,12 @@ mod tests {
         reader.execute_batch("COMMIT").unwrap();
         drop(reader);
         let import = import.unwrap();
+        // The writer writes the staged imports as rows meanwhile: that is
+        // WAL too, so it is waited for.
+        until("every import written as rows", || {
+            (staged_imports(&path) == 0).then_some(())
+        })
+        .await;
 
         // Once the WAL is wholly folded back (as the checkpointer does
         // beside the writes that follow), the next write starts it over: that
@@ -1077,17 +1159,23 @@ mod tests {
     async fn the_first_write_after_a_full_disk_truncates_the_wal_and_restores_the_reserve() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("recovering.db");
-        let storage = SqliteStorage::open(&path, 1).unwrap();
+        let storage = Arc::new(SqliteStorage::open(&path, 1).unwrap());
         let (wal, reserve) = (dir.path().join("recovering.db-wal"), reserve_path(&path));
-        // The state a write that failed for lack of space leaves: not
-        // writable, the reserve spent.
-        storage.writable.store(false, Ordering::Release);
-        std::fs::remove_file(&reserve).unwrap();
-
         let import = storage
             .create_import(citizens(5_000), Upload::default())
             .await
             .unwrap();
+        // Its rows too (a PATCH writes them first).
+        rename_first(&storage, import).await;
+        // The state a write that failed for lack of space leaves: not
+        // writable, the reserve spent; set while the writer is held in a
+        // write (so it is not between its answer and its last look at the
+        // state), which is then the first write after the full disk.
+        let release = block_writer(&storage).await;
+        storage.writable.store(false, Ordering::Release);
+        std::fs::remove_file(&reserve).unwrap();
+        release.send(()).unwrap();
+
         rename_first(&storage, import).await;
 
         assert_eq!(
@@ -1122,6 +1210,14 @@ mod tests {
             .collect()
     }
 
+    /// Imports still staged (not all written as rows), read beside the store.
+    fn staged_imports(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM staged_citizens", [], |r| r.get(0))
+            .unwrap()
+    }
+
     /// Polls `check` (at most 60 s) until it gives a value.
     async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -1144,13 +1240,17 @@ mod tests {
         .await
     }
 
-    const BIG: u64 = 4 * IMPORT_CHUNK as u64 + 5;
+    const BIG: u64 = CHUNKED_FROM as u64 + 5;
 
     #[test]
-    fn imports_are_chunked_from_32_769_citizens_in_chunks_of_8_192() {
-        // As docs/storage.md says: up to 32,768 citizens one write (faster for
-        // them), past that 8,192 per write (about 25 ms each).
-        assert_eq!((CHUNKED_FROM, IMPORT_CHUNK), (32_768, 8_192));
+    fn imports_are_chunked_from_131_073_citizens_in_chunks_of_8_192() {
+        // As docs/storage.md says: up to 131,072 citizens one write of a
+        // blob (faster for them), past that 8,192 rows per write (about 25 ms
+        // each); a staged import's rows 2,048 per write.
+        assert_eq!(
+            (CHUNKED_FROM, IMPORT_CHUNK, EXPAND_CHUNK),
+            (131_072, 8_192, 2_048)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,17 +1,19 @@
 //! The SQL of each operation, run on a connection by the threads.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::codec::{decode_relatives, encode_relatives};
+use super::codec::{decode_relatives, decode_staged, encode_relatives};
+use super::workers::EXPAND_CHUNK;
 use super::{count, internal};
 use crate::domain::patch::{self, Move, Plan};
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::{self, PresentsRow, Summary, TownDates};
 use crate::domain::{BirthDate, Citizen, CitizenId, CitizenPatch, ImportId};
 use crate::storage::row::{StoredCitizen, StoredDate, iso_date};
-use crate::storage::{ImportInfo, Patched, StorageError, Upload, Version, refused};
+use crate::storage::{ImportInfo, Patched, Snapshot, StorageError, Upload, Version, refused};
 
 /// The columns a citizen is read from, in [`Column`]'s order.
 pub(super) const CITIZEN_COLUMNS: &str =
@@ -75,17 +77,22 @@ fn new_import(
         .ok_or_else(|| StorageError::internal("sqlite handed out a non-positive import id"))
 }
 
+/// Stores an import of `citizens` citizens, `staged` as one blob
+/// (`codec::encode_staged`): rows come later ([`expand_staged`]).
 pub(super) fn insert_import(
     conn: &Connection,
-    citizens: &[Citizen],
+    citizens: usize,
+    staged: &[u8],
     summary: &Summary,
     upload: &Upload,
 ) -> Result<ImportId, StorageError> {
     if let Some(import) = stored_key(conn, upload)? {
         return Ok(import);
     }
-    let import = new_import(conn, citizens.len(), false, upload)?;
-    insert_citizens(conn, import, citizens)?;
+    let import = new_import(conn, citizens, false, upload)?;
+    conn.prepare_cached("INSERT INTO staged_citizens (import_id, done, body) VALUES (?1, 0, ?2)")
+        .and_then(|mut stmt| stmt.execute(params![import, staged]))
+        .map_err(internal)?;
     insert_presents(conn, import, &summary.presents)?;
     insert_towns(conn, import, &summary.towns)?;
     store_key(conn, import, upload)?;
@@ -465,15 +472,24 @@ pub(super) fn insert_citizens(
     Ok(())
 }
 
+/// Applies a PATCH; `None` when its import is staged and more than
+/// [`EXPAND_CHUNK`] of its citizens are still to be written as rows: a
+/// chunk of them was, and the PATCH is to be asked again (so a PATCH that
+/// comes right after a big import holds the writer no longer than a chunk
+/// at a time).
 pub(super) fn patch_citizen(
     conn: &Connection,
     import: ImportId,
     id: CitizenId,
     patch: &CitizenPatch,
-) -> Result<Patched, StorageError> {
+) -> Result<Option<Patched>, StorageError> {
     // The import first: a pending one (being written in chunks) is not there yet.
     if import_version(conn, import)?.is_none() {
         return Err(StorageError::ImportNotFound(import));
+    }
+    // A PATCH reads and writes rows: the import's are all written first.
+    if expand_staged(conn, import, EXPAND_CHUNK)?.is_some_and(|left| left > 0) {
+        return Ok(None);
     }
     let Some(before) = load_citizen(conn, import, id)? else {
         return Err(StorageError::CitizenNotFound {
@@ -529,10 +545,10 @@ pub(super) fn patch_citizen(
         ])
     })
     .map_err(internal)?;
-    Ok(Patched {
+    Ok(Some(Patched {
         citizen,
         version: Version::try_from(version).map_err(StorageError::internal)?,
-    })
+    }))
 }
 
 pub(super) fn delete_import(conn: &Connection, import: ImportId) -> Result<(), StorageError> {
@@ -540,6 +556,7 @@ pub(super) fn delete_import(conn: &Connection, import: ImportId) -> Result<(), S
         return Err(StorageError::ImportNotFound(import));
     }
     for sql in [
+        "DELETE FROM staged_citizens WHERE import_id = ?1",
         "DELETE FROM citizens WHERE import_id = ?1",
         "DELETE FROM presents WHERE import_id = ?1",
         "DELETE FROM town_dates WHERE import_id = ?1",
@@ -551,6 +568,147 @@ pub(super) fn delete_import(conn: &Connection, import: ImportId) -> Result<(), S
             .map_err(internal)?;
     }
     Ok(())
+}
+
+/// The citizens of `import` if it is still staged (not all written as
+/// rows yet): the blob is the import then, and the rows are not read.
+pub(super) fn staged_citizens(
+    conn: &Connection,
+    import: ImportId,
+) -> Result<Option<Vec<Citizen>>, StorageError> {
+    let body: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT body FROM staged_citizens WHERE import_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([import], |row| row.get(0)).optional())
+        .map_err(internal)?;
+    body.map(|body| decode_staged(&body)).transpose()
+}
+
+/// All of `import`'s citizens, ordered by citizen_id, and its version, in
+/// one read transaction `conn`: from its blob while it is staged.
+pub(super) fn read_snapshot(conn: &Connection, import: ImportId) -> Result<Snapshot, StorageError> {
+    let version = import_version(conn, import)?.ok_or(StorageError::ImportNotFound(import))?;
+    if let Some(staged) = staged_citizens(conn, import)? {
+        let citizens = staged.into_iter().map(Arc::new).collect();
+        return Ok(Snapshot { version, citizens });
+    }
+    let sql =
+        format!("SELECT {CITIZEN_COLUMNS} FROM citizens WHERE import_id = ?1 ORDER BY citizen_id");
+    let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
+    let mut rows = stmt.query([import]).map_err(internal)?;
+    let mut citizens = Vec::new();
+    while let Some(row) = rows.next().map_err(internal)? {
+        citizens.push(Arc::new(read_row(row)?));
+    }
+    Ok(Snapshot { version, citizens })
+}
+
+/// Up to `limit` of `import`'s citizens with ids above `after`, in one read
+/// transaction `conn`: from its blob while it is staged, else by the key.
+pub(super) fn read_page(
+    conn: &Connection,
+    import: ImportId,
+    after: Option<CitizenId>,
+    limit: usize,
+) -> Result<Vec<Arc<Citizen>>, StorageError> {
+    import_version(conn, import)?.ok_or(StorageError::ImportNotFound(import))?;
+    let sql = format!(
+        "SELECT {CITIZEN_COLUMNS} FROM citizens
+         WHERE import_id = ?1 AND citizen_id > ?2 ORDER BY citizen_id LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
+    let mut rows = stmt
+        .query(params![
+            import,
+            after.map_or(-1, CitizenId::as_i64),
+            count(limit)
+        ])
+        .map_err(internal)?;
+    let mut citizens = Vec::new();
+    while let Some(row) = rows.next().map_err(internal)? {
+        citizens.push(Arc::new(read_row(row)?));
+    }
+    // A staged import's rows so far are its first citizens in citizen_id
+    // order (`expand_staged_from`), and no PATCH has touched them: a whole
+    // page of them is the page. A page that runs past them is read from
+    // the blob.
+    if citizens.len() < limit
+        && let Some(staged) = staged_citizens(conn, import)?
+    {
+        let from = after.map_or(0, |after| staged.partition_point(|c| c.citizen_id <= after));
+        return Ok(staged
+            .into_iter()
+            .skip(from)
+            .take(limit)
+            .map(Arc::new)
+            .collect());
+    }
+    Ok(citizens)
+}
+
+/// The oldest staged import after `after` (from the first if `None`), if any.
+pub(super) fn next_staged(
+    conn: &Connection,
+    after: Option<ImportId>,
+) -> Result<Option<ImportId>, StorageError> {
+    conn.prepare_cached(
+        "SELECT import_id FROM staged_citizens WHERE import_id > ?1 ORDER BY import_id LIMIT 1",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_row([after.map_or(0, ImportId::get)], |row| row.get(0))
+            .optional()
+    })
+    .map_err(internal)
+}
+
+/// Writes up to `limit` more of staged import `import`'s citizens as rows,
+/// from `citizens` (its blob decoded, if the caller holds it; else it is
+/// read here), and forgets the blob once all are; how many are left to
+/// write (`None`: it was not staged).
+pub(super) fn expand_staged_from(
+    conn: &Connection,
+    import: ImportId,
+    limit: usize,
+    citizens: &mut Option<(ImportId, Vec<Citizen>)>,
+) -> Result<Option<usize>, StorageError> {
+    let done: Option<i64> = conn
+        .prepare_cached("SELECT done FROM staged_citizens WHERE import_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([import], |row| row.get(0)).optional())
+        .map_err(internal)?;
+    let Some(done) = done else {
+        return Ok(None);
+    };
+    if citizens.as_ref().is_none_or(|(held, _)| *held != import) {
+        let decoded = staged_citizens(conn, import)?.unwrap_or_default();
+        *citizens = Some((import, decoded));
+    }
+    let (_, all) = citizens.as_ref().expect("set above");
+    let from = usize::try_from(done)
+        .ok()
+        .filter(|&from| from <= all.len())
+        .ok_or_else(|| StorageError::internal("corrupt staged import: done out of range"))?;
+    let to = from.saturating_add(limit).min(all.len());
+    let left = all.len() - to;
+    insert_citizens(conn, import, &all[from..to])?;
+    if left == 0 {
+        conn.prepare_cached("DELETE FROM staged_citizens WHERE import_id = ?1")
+            .and_then(|mut stmt| stmt.execute([import]))
+            .map_err(internal)?;
+        *citizens = None;
+    } else {
+        conn.prepare_cached("UPDATE staged_citizens SET done = ?2 WHERE import_id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![import, count(to)]))
+            .map_err(internal)?;
+    }
+    Ok(Some(left))
+}
+
+/// [`expand_staged_from`] reading the blob.
+pub(super) fn expand_staged(
+    conn: &Connection,
+    import: ImportId,
+    limit: usize,
+) -> Result<Option<usize>, StorageError> {
+    expand_staged_from(conn, import, limit, &mut None)
 }
 
 pub(super) fn import_version(
@@ -664,7 +822,151 @@ pub(super) fn read_row(row: &Row<'_>) -> Result<Citizen, StorageError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::codec::encode_staged;
+    use super::super::schema::migrate;
+    use super::super::tests::sample;
     use super::*;
+
+    /// A database of this build's schema, in memory.
+    fn database() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON;").unwrap();
+        migrate(&mut conn).unwrap();
+        conn
+    }
+
+    /// Stores `citizens` as an import is stored: staged.
+    fn stage(conn: &Connection, citizens: &[Citizen]) -> ImportId {
+        let blob = encode_staged(citizens).unwrap();
+        insert_import(
+            conn,
+            citizens.len(),
+            &blob,
+            &Summary::of(citizens),
+            &Upload::default(),
+        )
+        .unwrap()
+    }
+
+    /// The import read whole, and read 97 at a time: both must agree.
+    fn read_both_ways(conn: &Connection, import: ImportId) -> Vec<Citizen> {
+        let whole: Vec<Citizen> = read_snapshot(conn, import)
+            .unwrap()
+            .citizens
+            .iter()
+            .map(|c| Citizen::clone(c))
+            .collect();
+        let mut paged = Vec::new();
+        loop {
+            let after = paged.last().map(|c: &Citizen| c.citizen_id);
+            let page = read_page(conn, import, after, 97).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            paged.extend(page.iter().map(|c| Citizen::clone(c)));
+        }
+        assert_eq!(whole, paged, "read whole and a page at a time");
+        whole
+    }
+
+    fn rows(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_staged_import_reads_the_same_at_every_step_of_its_rows_being_written() {
+        let conn = database();
+        let citizens = sample(1_000);
+        let import = stage(&conn, &citizens);
+        assert_eq!(rows(&conn, "citizens"), 0, "no row yet");
+        assert_eq!(read_both_ways(&conn, import), citizens);
+        let mut held = None;
+        let mut steps = 0;
+        while expand_staged_from(&conn, import, 300, &mut held)
+            .unwrap()
+            .is_some()
+        {
+            steps += 1;
+            // Rows of part of the import, and the blob: the blob is read.
+            assert_eq!(read_both_ways(&conn, import), citizens, "step {steps}");
+        }
+        assert_eq!(steps, 4, "300 + 300 + 300 + 100");
+        assert_eq!(expand_staged(&conn, import, 300).unwrap(), None);
+        assert_eq!(rows(&conn, "citizens"), 1_000);
+        assert_eq!(rows(&conn, "staged_citizens"), 0);
+        assert!(held.is_none(), "the decoded blob is let go");
+        assert_eq!(read_both_ways(&conn, import), citizens, "from the rows");
+        assert_eq!(import_version(&conn, import).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn a_patch_of_a_staged_import_writes_its_rows_first() {
+        let (mut staged, mut written) = (database(), database());
+        let citizens = sample(3_500);
+        let import = stage(&staged, &citizens);
+        assert_eq!(stage(&written, &citizens), import);
+        // Part of it written, then the PATCH; the other written whole first.
+        assert_eq!(expand_staged(&staged, import, 120).unwrap(), Some(3_380));
+        assert_eq!(
+            expand_staged(&written, import, usize::MAX).unwrap(),
+            Some(0)
+        );
+        let (id, other) = (citizens[7].citizen_id, citizens[3_000].citizen_id);
+        let patch = CitizenPatch {
+            relatives: Some(vec![other]),
+            ..CitizenPatch::default()
+        };
+        // A chunk at a time: asked again until the rows are all written.
+        let mut asked = 1;
+        let patched = loop {
+            match patch_citizen(&staged, import, id, &patch).unwrap() {
+                Some(patched) => break patched,
+                None => asked += 1,
+            }
+        };
+        assert_eq!(asked, 3_380usize.div_ceil(EXPAND_CHUNK));
+        let expected = patch_citizen(&written, import, id, &patch)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (patched.citizen, patched.version),
+            (expected.citizen, expected.version)
+        );
+        assert_eq!(rows(&staged, "staged_citizens"), 0);
+        assert_eq!(rows(&staged, "citizens"), 3_500);
+        assert_eq!(
+            read_both_ways(&staged, import),
+            read_both_ways(&written, import)
+        );
+        assert_eq!(
+            presents(&mut staged, import).unwrap(),
+            presents(&mut written, import).unwrap()
+        );
+    }
+
+    #[test]
+    fn deleting_a_staged_import_deletes_its_blob_and_its_rows_so_far() {
+        let conn = database();
+        let import = stage(&conn, &sample(400));
+        assert_eq!(expand_staged(&conn, import, 150).unwrap(), Some(250));
+        delete_import(&conn, import).unwrap();
+        for table in ["staged_citizens", "citizens", "imports", "presents"] {
+            assert_eq!(rows(&conn, table), 0, "{table}");
+        }
+        assert_eq!(expand_staged(&conn, import, 150).unwrap(), None);
+    }
+
+    #[test]
+    fn a_staged_blob_that_does_not_decode_is_an_error_when_read_never_a_panic() {
+        let conn = database();
+        let import = stage(&conn, &sample(40));
+        conn.execute("UPDATE staged_citizens SET body = x'0102'", [])
+            .unwrap();
+        assert!(read_snapshot(&conn, import).is_err());
+        assert!(read_page(&conn, import, None, 10).is_err());
+        assert!(expand_staged(&conn, import, 10).is_err());
+    }
 
     #[test]
     fn the_column_positions_follow_the_column_list() {

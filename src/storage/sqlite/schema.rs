@@ -65,6 +65,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE imports ADD COLUMN name TEXT;
      ALTER TABLE imports ADD COLUMN digest BLOB;
      CREATE INDEX imports_by_digest ON imports (digest) WHERE digest IS NOT NULL;",
+    // 8: an import's citizens stored as one blob (`codec::encode_staged`) when
+    // it is stored, and written as rows by the writer afterwards, `done` of
+    // them so far (`queries::expand_staged`); until then readers read the blob.
+    "CREATE TABLE staged_citizens (
+        import_id  INTEGER PRIMARY KEY REFERENCES imports (import_id),
+        done       INTEGER NOT NULL,
+        body       BLOB    NOT NULL
+    );",
 ];
 
 /// The migration that adds the summary tables: imports stored before it get

@@ -1,5 +1,6 @@
 //! The writer and reader threads, and the jobs they run.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -8,7 +9,9 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::disk::ensure_reserve;
+use super::queries::{expand_staged_from, next_staged, staged_citizens};
 use super::{MAX_BATCH, count};
+use crate::domain::{Citizen, ImportId};
 use crate::storage::StorageError;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -180,10 +183,28 @@ pub(super) fn writer_loop(
     let mut asked_at = 0;
     // Whether the writer folded the rest of the WAL since the last request.
     let mut caught_up = false;
+    // Whether an import may still be staged (see `expand_when_idle`): looked
+    // at on start and after every batch.
+    let mut staged = true;
+    let mut expansion = Expansion::default();
     loop {
-        let Ok(first) = jobs.recv() else {
-            break; // every sender dropped: the store is closing
+        let first = if staged {
+            match jobs.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::TryRecvError::Empty) => {
+                    staged = expand_when_idle(&mut conn, &mut expansion);
+                    fold_wal(&conn, state, &mut asked_at, &mut caught_up);
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => break,
+            }
+        } else {
+            let Ok(first) = jobs.recv() else {
+                break; // every sender dropped: the store is closing
+            };
+            first
         };
+        staged = true;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -222,46 +243,126 @@ pub(super) fn writer_loop(
                 "the disk is full: writes get 507 until there is room again; reads go on"
             );
         }
-        // The WAL is folded back into the database by the checkpointer
-        // thread, beside the writer: a checkpoint of a big WAL (tens of
-        // milliseconds and more) holds no write up. But the WAL starts over
-        // from its first page only if it is wholly folded back when a write
-        // begins, which a checkpoint beside a steady stream of writes never
-        // leaves it: it would grow without end, every commit appending to
-        // the file (an fsync that also writes the file's new size, about
-        // twice as long on this project's disks as one that overwrites). So
-        // once the checkpointer has left little behind, the writer folds
-        // that rest itself, between two batches, and the next write starts
-        // the WAL over.
-        let pages = state.wal_pages.load(Ordering::Relaxed);
-        if pages < asked_at {
-            asked_at = 0; // checkpointed and started over
-            caught_up = false;
-            state.backfilled.store(0, Ordering::Relaxed);
-        }
-        let next = if asked_at == 0 {
-            RESTART_PAGES
-        } else {
-            asked_at + CHECKPOINT_PAGES
-        };
-        if pages >= next {
-            // Full: a request is already waiting, which is the same.
-            let _ = state.checkpoint.try_send(());
-            asked_at = pages;
-            caught_up = false;
-        } else if !caught_up
-            && pages >= RESTART_PAGES
-            && pages - state.backfilled.load(Ordering::Relaxed) <= CATCH_UP_PAGES
-        {
-            caught_up = true;
-            if let Err(e) = checkpoint(&conn, &state.backfilled) {
-                tracing::warn!(error = %e, "sqlite checkpoint failed");
-            }
-        }
+        fold_wal(&conn, state, &mut asked_at, &mut caught_up);
     }
+    // Leave every import written as rows: the next start need not.
+    while expand_when_idle(&mut conn, &mut expansion) {}
     // Leave a clean file behind: fold the whole WAL back into the database.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "sqlite checkpoint on close failed");
+    }
+}
+
+/// Citizens of a staged import the writer writes as rows per transaction
+/// when it has nothing else to do: a few milliseconds, which is the longest
+/// it makes a write that comes meanwhile wait.
+pub(super) const EXPAND_CHUNK: usize = 2_048;
+
+/// What the writer holds of the staged imports it writes as rows.
+#[derive(Default)]
+pub(super) struct Expansion {
+    /// The import being written, its blob decoded once for all its chunks.
+    citizens: Option<(ImportId, Vec<Citizen>)>,
+    /// Imports whose blob does not decode: left staged (reads of them fail
+    /// as reads of a corrupt row do), and passed over until the next start.
+    broken: HashSet<ImportId>,
+    /// Whether the last try failed (logged once, not per try).
+    failing: bool,
+}
+
+/// An import is stored as one blob (`staged_citizens`), which is quick, and
+/// the writer writes its citizens as rows afterwards, [`EXPAND_CHUNK`] per
+/// transaction, when no write waits; readers read the blob until then, and a
+/// PATCH writes the rest of its import's rows first. Writes the next chunk
+/// of the oldest staged import; whether there may be more to write.
+pub(super) fn expand_when_idle(conn: &mut Connection, expansion: &mut Expansion) -> bool {
+    match expand_next(conn, expansion) {
+        Ok(more) => {
+            expansion.failing = false;
+            more
+        }
+        Err(e) => {
+            expansion.citizens = None;
+            if !expansion.failing {
+                expansion.failing = true;
+                tracing::warn!(error = %e, "writing a staged import as rows failed; it is read from its blob meanwhile, and tried again after the next write");
+            }
+            false
+        }
+    }
+}
+
+fn expand_next(conn: &mut Connection, expansion: &mut Expansion) -> Result<bool, StorageError> {
+    let mut next = None;
+    let import = loop {
+        next = next_staged(conn, next)?;
+        match next {
+            None => return Ok(false),
+            Some(import) if expansion.broken.contains(&import) => {}
+            Some(import) => break import,
+        }
+    };
+    if expansion
+        .citizens
+        .as_ref()
+        .is_none_or(|(held, _)| *held != import)
+    {
+        expansion.citizens = None;
+        match staged_citizens(conn, import) {
+            Ok(citizens) => expansion.citizens = citizens.map(|c| (import, c)),
+            Err(e) => {
+                tracing::error!(error = %e, import_id = import.get(), "a staged import does not decode: it stays staged");
+                expansion.broken.insert(import);
+                return Ok(true);
+            }
+        }
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(StorageError::internal)?;
+    expand_staged_from(&tx, import, EXPAND_CHUNK, &mut expansion.citizens)?;
+    tx.commit().map_err(StorageError::internal)?;
+    Ok(true)
+}
+
+/// Asks for a checkpoint, or folds the rest of the WAL, as the WAL's size
+/// after a commit calls for.
+fn fold_wal(conn: &Connection, state: &WriterState, asked_at: &mut i32, caught_up: &mut bool) {
+    // The WAL is folded back into the database by the checkpointer
+    // thread, beside the writer: a checkpoint of a big WAL (tens of
+    // milliseconds and more) holds no write up. But the WAL starts over
+    // from its first page only if it is wholly folded back when a write
+    // begins, which a checkpoint beside a steady stream of writes never
+    // leaves it: it would grow without end, every commit appending to
+    // the file (an fsync that also writes the file's new size, about
+    // twice as long on this project's disks as one that overwrites). So
+    // once the checkpointer has left little behind, the writer folds
+    // that rest itself, between two batches, and the next write starts
+    // the WAL over.
+    let pages = state.wal_pages.load(Ordering::Relaxed);
+    if pages < *asked_at {
+        *asked_at = 0; // checkpointed and started over
+        *caught_up = false;
+        state.backfilled.store(0, Ordering::Relaxed);
+    }
+    let next = if *asked_at == 0 {
+        RESTART_PAGES
+    } else {
+        *asked_at + CHECKPOINT_PAGES
+    };
+    if pages >= next {
+        // Full: a request is already waiting, which is the same.
+        let _ = state.checkpoint.try_send(());
+        *asked_at = pages;
+        *caught_up = false;
+    } else if !*caught_up
+        && pages >= RESTART_PAGES
+        && pages - state.backfilled.load(Ordering::Relaxed) <= CATCH_UP_PAGES
+    {
+        *caught_up = true;
+        if let Err(e) = checkpoint(conn, &state.backfilled) {
+            tracing::warn!(error = %e, "sqlite checkpoint failed");
+        }
     }
 }
 
