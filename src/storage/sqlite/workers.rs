@@ -187,12 +187,25 @@ pub(super) fn writer_loop(
     // at on start and after every batch.
     let mut staged = true;
     let mut expansion = Expansion::default();
+    // Whether staged rows were written since the last checkpoint request.
+    let mut expanded = false;
     loop {
         let first = if staged {
             match jobs.try_recv() {
                 Ok(job) => job,
                 Err(mpsc::TryRecvError::Empty) => {
                     staged = expand_when_idle(&mut conn, &mut expansion);
+                    expanded |= staged;
+                    if !staged && expanded {
+                        // Every staged row is written: the WAL they grew (a
+                        // burst of imports writes megabytes) is folded back
+                        // now, so that the next write can start it over
+                        // rather than append to it until the next request.
+                        expanded = false;
+                        let _ = state.checkpoint.try_send(());
+                        asked_at = state.wal_pages.load(Ordering::Relaxed);
+                        caught_up = false;
+                    }
                     fold_wal(&conn, state, &mut asked_at, &mut caught_up);
                     continue;
                 }
@@ -458,6 +471,47 @@ mod tests {
             batch_size: Histogram::new([1.0]),
         };
         (conn, state, requests)
+    }
+
+    #[test]
+    fn once_the_staged_rows_are_written_the_writer_asks_for_a_checkpoint() {
+        use crate::domain::summary::Summary;
+        use crate::storage::Upload;
+        let dir = tempfile::tempdir().unwrap();
+        // A WAL far below the size at which the writer would ask anyway.
+        let (mut conn, state, requests) = writer_at(&dir, 0);
+        super::super::schema::migrate(&mut conn).unwrap();
+        let citizens = super::super::tests::sample(3 * EXPAND_CHUNK as u64);
+        let blob = super::super::codec::encode_staged(&citizens).unwrap();
+        let import = super::super::queries::insert_import(
+            &conn,
+            citizens.len(),
+            &blob,
+            &Summary::of(&citizens),
+            &Upload::default(),
+        )
+        .unwrap();
+        let (jobs, queued) = mpsc::sync_channel::<WriteJob>(1);
+        let path = state.path.clone();
+        std::thread::scope(|scope| {
+            let state = &state;
+            scope.spawn(move || writer_loop(conn, &queued, state));
+            requests
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("a checkpoint request");
+            // Asked once every row is written, not before.
+            let beside = Connection::open(&path).unwrap();
+            let (staged, rows): (i64, i64) = beside
+                .query_row(
+                    "SELECT (SELECT count(*) FROM staged_citizens),
+                            (SELECT count(*) FROM citizens WHERE import_id = ?1)",
+                    [import],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!((staged, rows), (0, count(citizens.len())));
+            drop(jobs);
+        });
     }
 
     /// A write of one row.
