@@ -181,7 +181,8 @@ impl ImportBody {
     /// stops at the first error. The citizens come back ordered by
     /// citizen_id, so stores append to their indexes instead of inserting at
     /// random places (which made a 100,000-citizen import 28× slower than a
-    /// 10,000 one instead of 10×).
+    /// 10,000 one instead of 10×). Sorted by a cached key: the ids and
+    /// positions are sorted, and each citizen (about 200 bytes) moved once.
     pub fn into_citizens(self, today: Date) -> Result<Vec<Citizen>, ValidationError> {
         let mut citizens = self
             .citizens
@@ -190,7 +191,7 @@ impl ImportBody {
             .map(|(i, Object(c))| c.into_citizen(i, today))
             .collect::<Result<Vec<_>, _>>()?;
         check_import(&citizens)?;
-        citizens.sort_unstable_by_key(|c| c.citizen_id);
+        citizens.sort_by_cached_key(|c| c.citizen_id);
         Ok(citizens)
     }
 }
