@@ -71,6 +71,10 @@ impl Apartment {
 
 /// Counts code points up to 257, so a huge string costs no more than a short one.
 fn check_length(value: &str) -> Result<(), Reason> {
+    // 1–256 bytes are 1–256 code points: most fields are, and need no count.
+    if (1..=256).contains(&value.len()) {
+        return Ok(());
+    }
     let len = value.chars().take(257).count();
     if (1..=256).contains(&len) {
         Ok(())
@@ -426,6 +430,9 @@ mod tests {
         assert!(Name::parse("🎁".repeat(256)).is_ok());
         assert_eq!(Name::parse(String::new()), Err(Reason::Length(0)));
         assert_eq!(Name::parse("x".repeat(300)), Err(Reason::Length(300)));
+        assert!(Name::parse("x".repeat(256)).is_ok());
+        assert_eq!(Name::parse("x".repeat(257)), Err(Reason::Length(257)));
+        assert_eq!(Name::parse("ж".repeat(129)), Ok(Name("ж".repeat(129))));
     }
 
     #[test]

@@ -299,6 +299,12 @@ impl SqliteStorage {
             "Writes committed together by one SQLite transaction (group commit)",
             batch_size.clone(),
         );
+        let staged = Gauge::default();
+        metrics.register(
+            "sqlite_staged_imports",
+            "Imports stored as one blob whose citizens the SQLite writer has still to write as rows",
+            staged.clone(),
+        );
         let depth = |kind| queue_depth.get_or_create(&KindLabels { kind }).clone();
         let (write_depth, read_depth) = (depth("write"), depth("read"));
         let checkpointer = Connection::open(path).map_err(internal)?;
@@ -315,6 +321,7 @@ impl SqliteStorage {
             path: path.to_owned(),
             depth: write_depth.clone(),
             batch_size,
+            staged,
         };
         let mut threads = vec![
             std::thread::Builder::new()
@@ -794,7 +801,15 @@ mod tests {
         .unwrap();
         drop(conn);
 
-        let storage = SqliteStorage::open(&path, 1).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let storage = SqliteStorage::open_with(
+            &path,
+            1,
+            (WRITE_QUEUE, READ_QUEUE),
+            PageCaches::of(0, 1),
+            &metrics,
+        )
+        .unwrap();
         until("the good imports written as rows", || {
             (staged_imports(&path) == 1).then_some(())
         })
@@ -804,6 +819,13 @@ mod tests {
             .query_row("SELECT import_id FROM staged_citizens", [], |r| r.get(0))
             .unwrap();
         assert_eq!(staged, imports[1].get(), "the broken one stays staged");
+        let gauge = until("the gauge at the one left", || {
+            let text = metrics.render();
+            text.lines()
+                .any(|line| line == "gifts_sqlite_staged_imports 1")
+                .then_some(())
+        });
+        gauge.await;
         for (import, citizens) in [(imports[0], &first), (imports[2], &third)] {
             let rows: i64 = conn
                 .query_row(

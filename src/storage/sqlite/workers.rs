@@ -170,6 +170,8 @@ pub(super) struct WriterState {
     pub(super) path: PathBuf,
     pub(super) depth: Gauge,
     pub(super) batch_size: Histogram,
+    /// Imports stored as a blob whose rows are still to be written.
+    pub(super) staged: Gauge,
 }
 
 pub(super) fn writer_loop(
@@ -195,6 +197,11 @@ pub(super) fn writer_loop(
                 Ok(job) => job,
                 Err(mpsc::TryRecvError::Empty) => {
                     staged = expand_when_idle(&mut conn, &mut expansion);
+                    if (staged || expanded)
+                        && let Ok(left) = count_staged(&conn)
+                    {
+                        state.staged.set(left);
+                    }
                     expanded |= staged;
                     if !staged && expanded {
                         // Every staged row is written: the WAL they grew (a
@@ -338,6 +345,12 @@ fn expand_next(conn: &mut Connection, expansion: &mut Expansion) -> Result<bool,
     Ok(true)
 }
 
+/// Imports still staged (for the gauge).
+fn count_staged(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT count(*) FROM staged_citizens")?
+        .query_row([], |row| row.get(0))
+}
+
 /// Asks for a checkpoint, or folds the rest of the WAL, as the WAL's size
 /// after a commit calls for.
 fn fold_wal(conn: &Connection, state: &WriterState, asked_at: &mut i32, caught_up: &mut bool) {
@@ -469,6 +482,7 @@ mod tests {
             path,
             depth: Gauge::default(),
             batch_size: Histogram::new([1.0]),
+            staged: Gauge::default(),
         };
         (conn, state, requests)
     }
@@ -510,6 +524,7 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!((staged, rows), (0, count(citizens.len())));
+            assert_eq!(state.staged.get(), 0, "the gauge");
             drop(jobs);
         });
     }
@@ -725,6 +740,7 @@ mod tests {
             path,
             depth: Gauge::default(),
             batch_size: Histogram::new([1.0]),
+            staged: Gauge::default(),
         };
         writer_loop(conn, &queued, &state);
 
