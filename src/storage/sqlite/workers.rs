@@ -166,6 +166,11 @@ pub(super) struct WriterState {
     /// Asks the checkpointer thread for a checkpoint (one request waits at
     /// most; more are the same request).
     pub(super) checkpoint: mpsc::SyncSender<()>,
+    /// Held by whichever thread runs a checkpoint of the store. SQLite runs
+    /// one at a time and answers a second "busy" at once, calling no busy
+    /// handler, so a truncation that must happen (after a full disk, at
+    /// close) waits here for the checkpointer's instead.
+    pub(super) checkpoints: Arc<Mutex<()>>,
     pub(super) writable: Arc<AtomicBool>,
     pub(super) path: PathBuf,
     pub(super) depth: Gauge,
@@ -268,9 +273,22 @@ pub(super) fn writer_loop(
     // Leave every import written as rows: the next start need not.
     while expand_when_idle(&mut conn, &mut expansion) {}
     // Leave a clean file behind: fold the whole WAL back into the database.
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-        tracing::warn!(error = %e, "sqlite checkpoint on close failed");
+    match truncate_wal(&conn, &state.checkpoints) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("sqlite checkpoint on close left the WAL: readers held it"),
+        Err(e) => tracing::warn!(error = %e, "sqlite checkpoint on close failed"),
     }
+}
+
+/// Folds the whole WAL back into the database and truncates it to nothing,
+/// after any checkpoint under way (`checkpoints`) and waiting for readers as
+/// long as the busy timeout; whether it did (readers past the timeout keep it).
+pub(super) fn truncate_wal(conn: &Connection, checkpoints: &Mutex<()>) -> rusqlite::Result<bool> {
+    let _alone = checkpoints
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+    Ok(busy == 0)
 }
 
 /// Citizens of a staged import the writer writes as rows per transaction
@@ -384,6 +402,8 @@ fn fold_wal(conn: &Connection, state: &WriterState, asked_at: &mut i32, caught_u
     } else if !*caught_up
         && pages >= RESTART_PAGES
         && pages - state.backfilled.load(Ordering::Relaxed) <= CATCH_UP_PAGES
+        // The checkpointer is not under way (else after the next batch).
+        && let Ok(_alone) = state.checkpoints.try_lock()
     {
         *caught_up = true;
         if let Err(e) = checkpoint(conn, &state.backfilled) {
@@ -400,8 +420,12 @@ pub(super) fn checkpointer_loop(
     conn: &Connection,
     requests: &mpsc::Receiver<()>,
     backfilled: &AtomicI32,
+    checkpoints: &Mutex<()>,
 ) {
     while requests.recv().is_ok() {
+        let _alone = checkpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = checkpoint(conn, backfilled) {
             tracing::warn!(error = %e, "sqlite checkpoint failed");
         }
@@ -431,8 +455,9 @@ pub(super) fn checkpoint(conn: &Connection, backfilled: &AtomicI32) -> rusqlite:
 /// failed write may have grown, and put the reserve back.
 pub(super) fn recovered(conn: &Connection, state: &WriterState) {
     state.writable.store(true, Ordering::Release);
-    match conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-        Ok(()) => state.wal_pages.store(0, Ordering::Relaxed),
+    match truncate_wal(conn, &state.checkpoints) {
+        Ok(true) => state.wal_pages.store(0, Ordering::Relaxed),
+        Ok(false) => tracing::warn!("truncating the WAL after a full disk: readers held it"),
         Err(e) => tracing::warn!(error = %e, "truncating the WAL failed"),
     }
     ensure_reserve(&state.path);
@@ -478,6 +503,7 @@ mod tests {
             wal_pages: Arc::new(AtomicI32::new(pages)),
             backfilled: Arc::default(),
             checkpoint,
+            checkpoints: Arc::default(),
             writable: Arc::new(AtomicBool::new(true)),
             path,
             depth: Gauge::default(),
@@ -657,7 +683,12 @@ mod tests {
         ask.send(()).unwrap();
         drop(ask);
         let backfilled = AtomicI32::new(0);
-        checkpointer_loop(&Connection::open(&path).unwrap(), &requests, &backfilled);
+        checkpointer_loop(
+            &Connection::open(&path).unwrap(),
+            &requests,
+            &backfilled,
+            &Mutex::new(()),
+        );
         assert!(backfilled.load(Ordering::Relaxed) > 0, "its result kept");
         assert!(
             size() > 500 << 10,
@@ -665,6 +696,27 @@ mod tests {
             size()
         );
         drop(writer);
+    }
+
+    #[test]
+    fn a_truncation_of_the_wal_says_whether_it_happened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, state, _requests) = writer_at(&dir, 0);
+        conn.execute_batch("PRAGMA busy_timeout = 0; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let wal = dir.path().join("w.db-wal");
+        // A reader on a snapshot the WAL holds keeps it.
+        let reader = Connection::open(&state.path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch("INSERT INTO t VALUES (2);").unwrap();
+        assert!(!truncate_wal(&conn, &state.checkpoints).unwrap());
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        reader.execute_batch("COMMIT").unwrap();
+        assert!(truncate_wal(&conn, &state.checkpoints).unwrap());
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
     }
 
     #[test]
@@ -736,6 +788,7 @@ mod tests {
             wal_pages: Arc::default(),
             backfilled: Arc::default(),
             checkpoint: mpsc::sync_channel(1).0,
+            checkpoints: Arc::default(),
             writable: Arc::new(AtomicBool::new(true)),
             path,
             depth: Gauge::default(),
