@@ -42,11 +42,6 @@ fn hot_paths(c: &mut Criterion) {
                 .expect("valid")
         });
     });
-    // As `POST /imports` parses it: in as many parts as there are cores.
-    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    group.bench_function("parse_and_validate_import_in_parts", |b| {
-        b.iter(|| wire::import_citizens(black_box(&body), today, cores).expect("valid"));
-    });
     group.throughput(Throughput::Elements(citizens.len() as u64));
     group.bench_function("birthdays", |b| {
         b.iter(|| stats::birthdays(black_box(&citizens)));

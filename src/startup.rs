@@ -120,7 +120,6 @@ pub async fn run(
     let tokens = open_tokens(&config)?;
     let metrics = Arc::new(Metrics::default());
     let storage = crate::storage::open(&config.store(), &metrics).await?;
-    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let state = AppState {
         reads: Arc::new(Reads::new(
             Arc::clone(&storage),
@@ -130,14 +129,13 @@ pub async fn run(
             )),
             // As many cold renders as cores: they are CPU-bound, and each may
             // hold a whole import in memory.
-            cores,
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         )),
         max_body_bytes: config.max_body_bytes,
         metrics,
         draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         tokens,
         trusted_proxies: Arc::new(config.trusted_proxies.0.clone()),
-        parse_threads: cores,
     };
     // SIGHUP reloads the tokens; without tokens it must still not stop the service.
     tokio::spawn(reload_tokens_on_sighup(state.tokens.clone()));

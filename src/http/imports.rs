@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::AppError;
 use super::extract::{ImportPath, RequestBody};
-use super::wire;
+use super::wire::{self, ImportBody, Object};
 use super::{AppState, data, paging};
 use crate::domain::{ImportId, today_utc};
 use crate::storage::{ImportInfo, Upload, Version};
@@ -344,9 +344,14 @@ pub async fn create(
     let hashed = body.clone();
     let digest =
         tokio::task::spawn_blocking(move || -> [u8; 32] { Sha256::digest(&hashed).into() });
-    let threads = state.parse_threads;
-    let citizens =
-        tokio::task::spawn_blocking(move || wire::import_citizens(&body, today, threads)).await??;
+    let citizens = tokio::task::spawn_blocking(move || {
+        Ok::<_, AppError>(
+            wire::parse::<Object<ImportBody>>(&body)?
+                .0
+                .into_citizens(today)?,
+        )
+    })
+    .await??;
     let upload = Upload {
         name,
         digest: digest.await?,

@@ -52,8 +52,6 @@ pub struct AppState {
     pub tokens: Option<Arc<auth::Tokens>>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<Vec<std::net::IpAddr>>,
-    /// Threads a big import body is parsed on (the cores).
-    pub parse_threads: usize,
 }
 
 /// The peer address of a request's connection (set per connection by the server).
