@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, MAIN_DB, OptionalExtension, Row, params};
 
 use super::codec::{decode_relatives, decode_staged, encode_relatives};
 use super::workers::EXPAND_CHUNK;
@@ -90,8 +90,17 @@ pub(super) fn insert_import(
         return Ok(import);
     }
     let import = new_import(conn, citizens, false, upload)?;
-    conn.prepare_cached("INSERT INTO staged_citizens (import_id, done, body) VALUES (?1, 0, ?2)")
-        .and_then(|mut stmt| stmt.execute(params![import, staged]))
+    // The blob is written into its pages in place: bound as a parameter,
+    // SQLite would copy its megabytes twice first (the parameter, then the
+    // record), each copy a fresh allocation.
+    let len = i64::try_from(staged.len()).map_err(StorageError::internal)?;
+    conn.prepare_cached(
+        "INSERT INTO staged_citizens (import_id, done, body) VALUES (?1, 0, zeroblob(?2))",
+    )
+    .and_then(|mut stmt| stmt.execute(params![import, len]))
+    .map_err(internal)?;
+    conn.blob_open(MAIN_DB, "staged_citizens", "body", import.get(), false)
+        .and_then(|mut body| body.write_all_at(staged, 0))
         .map_err(internal)?;
     insert_presents(conn, import, &summary.presents)?;
     insert_towns(conn, import, &summary.towns)?;
