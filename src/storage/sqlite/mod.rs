@@ -1235,10 +1235,7 @@ mod tests {
 
     /// Imports still staged (not all written as rows), read beside the store.
     fn staged_imports(path: &Path) -> i64 {
-        Connection::open(path)
-            .unwrap()
-            .query_row("SELECT count(*) FROM staged_citizens", [], |r| r.get(0))
-            .unwrap()
+        workers::count_staged(&Connection::open(path).unwrap()).unwrap()
     }
 
     /// Polls `check` (at most 60 s) until it gives a value.

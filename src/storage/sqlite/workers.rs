@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -275,7 +275,9 @@ pub(super) fn writer_loop(
     // Leave a clean file behind: fold the whole WAL back into the database.
     match truncate_wal(&conn, &state.checkpoints) {
         Ok(true) => {}
-        Ok(false) => tracing::warn!("sqlite checkpoint on close left the WAL: readers held it"),
+        Ok(false) => tracing::warn!(
+            "sqlite checkpoint on close left the WAL: readers, or another process's checkpoint (a backup), held it"
+        ),
         Err(e) => tracing::warn!(error = %e, "sqlite checkpoint on close failed"),
     }
 }
@@ -284,9 +286,7 @@ pub(super) fn writer_loop(
 /// after any checkpoint under way (`checkpoints`) and waiting for readers as
 /// long as the busy timeout; whether it did (readers past the timeout keep it).
 pub(super) fn truncate_wal(conn: &Connection, checkpoints: &Mutex<()>) -> rusqlite::Result<bool> {
-    let _alone = checkpoints
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _alone = alone(checkpoints);
     let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
     Ok(busy == 0)
 }
@@ -364,7 +364,7 @@ fn expand_next(conn: &mut Connection, expansion: &mut Expansion) -> Result<bool,
 }
 
 /// Imports still staged (for the gauge).
-fn count_staged(conn: &Connection) -> rusqlite::Result<i64> {
+pub(super) fn count_staged(conn: &Connection) -> rusqlite::Result<i64> {
     conn.prepare_cached("SELECT count(*) FROM staged_citizens")?
         .query_row([], |row| row.get(0))
 }
@@ -423,13 +423,17 @@ pub(super) fn checkpointer_loop(
     checkpoints: &Mutex<()>,
 ) {
     while requests.recv().is_ok() {
-        let _alone = checkpoints
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _alone = alone(checkpoints);
         if let Err(e) = checkpoint(conn, backfilled) {
             tracing::warn!(error = %e, "sqlite checkpoint failed");
         }
     }
+}
+
+/// Holds `checkpoints`, after the checkpoint under way if any. A panic of an
+/// earlier holder poisons nothing worth knowing: the lock guards no data.
+fn alone(checkpoints: &Mutex<()>) -> MutexGuard<'_, ()> {
+    checkpoints.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Keeps `pages` at the WAL's size (pages) after each commit on `conn`.
@@ -457,7 +461,9 @@ pub(super) fn recovered(conn: &Connection, state: &WriterState) {
     state.writable.store(true, Ordering::Release);
     match truncate_wal(conn, &state.checkpoints) {
         Ok(true) => state.wal_pages.store(0, Ordering::Relaxed),
-        Ok(false) => tracing::warn!("truncating the WAL after a full disk: readers held it"),
+        Ok(false) => tracing::warn!(
+            "truncating the WAL after a full disk: readers, or another process's checkpoint (a backup), held it"
+        ),
         Err(e) => tracing::warn!(error = %e, "truncating the WAL failed"),
     }
     ensure_reserve(&state.path);
