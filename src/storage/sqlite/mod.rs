@@ -503,14 +503,15 @@ impl Writer {
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        queue(
-            self.sender.clone(),
-            WriteJob::new(payload, reply, work),
-            "write",
-            self.capacity,
-        )?;
-        self.depth.inc();
+        self.send(WriteJob::new(payload, reply, work))?;
         answer.await.map_err(|_| closed())?
+    }
+
+    /// Queues a write job.
+    fn send(&self, job: WriteJob) -> Result<(), StorageError> {
+        queue(self.sender.clone(), job, "write", self.capacity)?;
+        self.depth.inc();
+        Ok(())
     }
 }
 
@@ -597,15 +598,19 @@ impl Storage for SqliteStorage {
             )
         };
         let (summary, staged) = (summary?, staged??);
-        // The citizens go with the write: the writer frees them after its
-        // answers, off the request's path.
-        self.write(
+        // The citizens go with the write: the writer writes the rows from
+        // them, without decoding the blob, and frees them, off the request's
+        // path.
+        let (reply, answer) = oneshot::channel();
+        self.writer().send(WriteJob::staging(
             (staged, summary, upload, citizens),
+            reply,
             move |conn, (staged, summary, upload, _)| {
                 insert_import(conn, len, staged, summary, upload)
             },
-        )
-        .await
+            |(.., citizens), &import| Some((import, Arc::clone(citizens))),
+        ))?;
+        answer.await.map_err(|_| closed())?
     }
 
     async fn patch_citizen(
@@ -780,6 +785,42 @@ mod tests {
             internal(failure(rusqlite::ffi::SQLITE_CORRUPT)),
             StorageError::Internal(_)
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn imports_stored_one_after_another_are_written_as_rows_equal_to_their_citizens() {
+        // The writer writes an import's rows from the citizens its write
+        // handed over, or from its blob when another import's are held:
+        // either way, the rows are the citizens stored.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handed.db");
+        let storage = Arc::new(SqliteStorage::open(&path, 2).unwrap());
+        let sets = [sample(5_000), sample(3_000), sample(7), sample(4_500)];
+        let stored = futures_util::future::try_join_all(sets.iter().map(|citizens| {
+            let storage = Arc::clone(&storage);
+            let citizens = citizens.clone();
+            async move { storage.create_import(citizens, Upload::default()).await }
+        }))
+        .await
+        .unwrap();
+        until("every import written as rows", || {
+            (staged_imports(&path) == 0).then_some(())
+        })
+        .await;
+        let conn = Connection::open(&path).unwrap();
+        for (import, citizens) in stored.iter().zip(&sets) {
+            let rows: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM citizens WHERE import_id = ?1",
+                    [import],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(rows, count(citizens.len()));
+            let read = storage.citizens(*import).await.unwrap();
+            assert!(read.citizens.iter().map(|c| &**c).eq(citizens.iter()));
+        }
+        storage.close().await;
     }
 
     #[tokio::test]

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use rusqlite::{Connection, MAIN_DB, OptionalExtension, Row, params};
 
 use super::codec::{decode_relatives, decode_staged, encode_relatives};
-use super::workers::EXPAND_CHUNK;
+use super::workers::{EXPAND_CHUNK, StagedCitizens};
 use super::{count, internal};
 use crate::domain::patch::{self, Move, Plan};
 use crate::domain::stats::Birthdays;
 use crate::domain::summary::{self, PresentsRow, Summary, TownDates};
 use crate::domain::{BirthDate, Citizen, CitizenId, CitizenPatch, ImportId};
-use crate::storage::row::{StoredCitizen, StoredDate, iso_date};
+use crate::storage::row::{IsoDate, StoredCitizen, StoredDate, iso_date};
 use crate::storage::{ImportInfo, Patched, Snapshot, StorageError, Upload, Version, refused};
 
 /// The columns a citizen is read from, in [`Column`]'s order.
@@ -460,22 +460,24 @@ pub(super) fn insert_citizens(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(internal)?;
+    // Bound one by one, the date on the stack: the rows of an import are
+    // most of the writer's work.
     let mut blob = Vec::new();
+    insert.raw_bind_parameter(1, import).map_err(internal)?;
     for c in citizens {
         encode_relatives(&c.relatives, &mut blob);
+        let date = IsoDate::of(c.birth_date);
         insert
-            .execute(params![
-                import,
-                c.citizen_id.as_i64(),
-                c.town.as_str(),
-                c.street.as_str(),
-                c.building.as_str(),
-                c.apartment.as_i64(),
-                c.name.as_str(),
-                iso_date(c.birth_date),
-                c.gender.as_str(),
-                &blob,
-            ])
+            .raw_bind_parameter(2, c.citizen_id.as_i64())
+            .and_then(|()| insert.raw_bind_parameter(3, c.town.as_str()))
+            .and_then(|()| insert.raw_bind_parameter(4, c.street.as_str()))
+            .and_then(|()| insert.raw_bind_parameter(5, c.building.as_str()))
+            .and_then(|()| insert.raw_bind_parameter(6, c.apartment.as_i64()))
+            .and_then(|()| insert.raw_bind_parameter(7, c.name.as_str()))
+            .and_then(|()| insert.raw_bind_parameter(8, date.as_str()))
+            .and_then(|()| insert.raw_bind_parameter(9, c.gender.as_str()))
+            .and_then(|()| insert.raw_bind_parameter(10, &blob))
+            .and_then(|()| insert.raw_execute())
             .map_err(internal)?;
     }
     Ok(())
@@ -677,7 +679,7 @@ pub(super) fn expand_staged_from(
     conn: &Connection,
     import: ImportId,
     limit: usize,
-    citizens: &mut Option<(ImportId, Vec<Citizen>)>,
+    citizens: &mut Option<StagedCitizens>,
 ) -> Result<Option<usize>, StorageError> {
     let done: Option<i64> = conn
         .prepare_cached("SELECT done FROM staged_citizens WHERE import_id = ?1")
@@ -688,7 +690,7 @@ pub(super) fn expand_staged_from(
     };
     if citizens.as_ref().is_none_or(|(held, _)| *held != import) {
         let decoded = staged_citizens(conn, import)?.unwrap_or_default();
-        *citizens = Some((import, decoded));
+        *citizens = Some((import, Arc::new(decoded)));
     }
     let (_, all) = citizens.as_ref().expect("set above");
     let from = usize::try_from(done)
