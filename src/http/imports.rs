@@ -1,17 +1,22 @@
 //! `/imports`: store one, list them, delete one.
 
+use std::num::NonZeroUsize;
+use std::sync::OnceLock;
+
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use time::Date;
 
 use super::error::AppError;
 use super::extract::{ImportPath, RequestBody};
-use super::wire::{self, ImportBody, Object};
+use super::wire;
 use super::{AppState, data, paging};
-use crate::domain::{ImportId, today_utc};
+use crate::domain::{Citizen, ImportId, today_utc};
 use crate::storage::{ImportInfo, Upload, Version};
 
 #[derive(Serialize)]
@@ -274,6 +279,44 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// The citizens of a `POST /imports` body, parsed and checked off the async
+/// workers; a big body in parts side by side, one per core up to
+/// [`MAX_PARTS`] (`wire::cut_import`: the answer is the one-piece parse's,
+/// always). Each part is parsed from a copy of its bytes: while it is, the
+/// body is held twice.
+async fn parse_import(body: Bytes, today: Date) -> Result<Vec<Citizen>, AppError> {
+    let parts = cores().min(MAX_PARTS);
+    if body.len() >= wire::PARTS_FROM && parts > 1 {
+        let tasks: Vec<_> = wire::cut_import(&body, parts)
+            .into_iter()
+            .map(|range| {
+                let body = body.clone();
+                tokio::task::spawn_blocking(move || wire::parse_part(&body, range, today))
+            })
+            .collect();
+        if !tasks.is_empty() {
+            let mut parsed = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                parsed.push(task.await?);
+            }
+            if let Some(parsed) = parsed.into_iter().collect::<Option<Vec<_>>>() {
+                return Ok(tokio::task::spawn_blocking(move || wire::join_parts(parsed)).await??);
+            }
+        }
+    }
+    Ok(tokio::task::spawn_blocking(move || wire::import_citizens(&body, today)).await??)
+}
+
+/// The most parts a body of `POST /imports` is parsed in.
+const MAX_PARTS: usize = 8;
+
+/// The cores this process may run on (read once: on Linux it reads the
+/// cgroup's files).
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+}
+
 #[utoipa::path(
     post,
     path = "/imports",
@@ -344,14 +387,7 @@ pub async fn create(
     let hashed = body.clone();
     let digest =
         tokio::task::spawn_blocking(move || -> [u8; 32] { Sha256::digest(&hashed).into() });
-    let citizens = tokio::task::spawn_blocking(move || {
-        Ok::<_, AppError>(
-            wire::parse::<Object<ImportBody>>(&body)?
-                .0
-                .into_citizens(today)?,
-        )
-    })
-    .await??;
+    let citizens = parse_import(body, today).await?;
     let upload = Upload {
         name,
         digest: digest.await?,
