@@ -809,16 +809,7 @@ mod tests {
         .await;
         let conn = Connection::open(&path).unwrap();
         for (import, citizens) in stored.iter().zip(&sets) {
-            let rows: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM citizens WHERE import_id = ?1",
-                    [import],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            assert_eq!(rows, count(citizens.len()));
-            let read = storage.citizens(*import).await.unwrap();
-            assert!(read.citizens.iter().map(|c| &**c).eq(citizens.iter()));
+            assert_written_as_rows(&conn, &storage, *import, citizens).await;
         }
         storage.close().await;
     }
@@ -872,16 +863,7 @@ mod tests {
         });
         gauge.await;
         for (import, citizens) in [(imports[0], &first), (imports[2], &third)] {
-            let rows: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM citizens WHERE import_id = ?1",
-                    [import],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            assert_eq!(rows, count(citizens.len()));
-            let snapshot = storage.citizens(import).await.unwrap();
-            assert!(snapshot.citizens.iter().map(|c| &**c).eq(citizens.iter()));
+            assert_written_as_rows(&conn, &storage, import, citizens).await;
         }
         assert!(storage.citizens(imports[1]).await.is_err());
         let id = second[0].citizen_id;
@@ -1272,6 +1254,26 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    /// That `import` is stored as one row per citizen, and reads back as
+    /// `citizens`.
+    async fn assert_written_as_rows(
+        conn: &Connection,
+        storage: &SqliteStorage,
+        import: ImportId,
+        citizens: &[Citizen],
+    ) {
+        let rows: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM citizens WHERE import_id = ?1",
+                [import],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, count(citizens.len()));
+        let read = storage.citizens(import).await.unwrap();
+        assert!(read.citizens.iter().map(|c| &**c).eq(citizens.iter()));
     }
 
     /// Imports still staged (not all written as rows), read beside the store.
