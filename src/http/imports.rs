@@ -282,8 +282,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
 /// The citizens of a `POST /imports` body, parsed and checked off the async
 /// workers; a big body in parts side by side, one per core up to
 /// [`MAX_PARTS`] (`wire::cut_import`: the answer is the one-piece parse's,
-/// always). Each part is parsed from a copy of its bytes: while it is, the
-/// body is held twice.
+/// always).
 async fn parse_import(body: Bytes, today: Date) -> Result<Vec<Citizen>, AppError> {
     let parts = cores().min(MAX_PARTS);
     if body.len() >= wire::PARTS_FROM && parts > 1 {

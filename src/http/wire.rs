@@ -307,20 +307,28 @@ fn boundary(bytes: &[u8], from: usize, close: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// One part of a body cut by [`cut_import`], parsed as an array and each
-/// citizen checked; `None` if anything fails (the whole body then goes to
+/// One part of a body cut by [`cut_import`]: a citizen, then any number of
+/// `,` and a citizen, with whitespace around (the array's grammar). Each
+/// citizen is parsed where it lies in the body (no copy of the part) and
+/// checked; `None` if anything fails (the whole body then goes to
 /// [`import_citizens`], which names the error).
 pub fn parse_part(bytes: &[u8], range: Range<usize>, today: Date) -> Option<Vec<Citizen>> {
-    let mut array = Vec::with_capacity(range.len() + 2);
-    array.push(b'[');
-    array.extend_from_slice(bytes.get(range)?);
-    array.push(b']');
-    let citizens: Vec<Object<CitizenBody<'_>>> = serde_json::from_slice(&array).ok()?;
-    citizens
-        .into_iter()
-        .enumerate()
-        .map(|(i, Object(c))| c.into_citizen(i, today).ok())
-        .collect()
+    let part = bytes.get(range)?;
+    let mut citizens = Vec::new();
+    let mut at = 0;
+    loop {
+        let mut one = serde_json::Deserializer::from_slice(&part[at..])
+            .into_iter::<Object<CitizenBody<'_>>>();
+        let Object(citizen) = one.next()?.ok()?;
+        citizens.push(citizen.into_citizen(citizens.len(), today).ok()?);
+        at += one.byte_offset();
+        at += part[at..].iter().take_while(|b| is_blank(**b)).count();
+        match part.get(at) {
+            None => return Some(citizens),
+            Some(b',') => at += 1,
+            Some(_) => return None,
+        }
+    }
 }
 
 /// The parts' citizens, in body order, checked across citizens and ordered
@@ -458,6 +466,22 @@ mod tests {
             .replace("]}", " ] \n} \n");
         assert_eq!(cut_import(spaced.as_bytes(), 2).len(), 2);
         assert_eq!(in_parts(spaced.as_bytes(), 3), Ok(whole));
+        // A comma too many at the end of the array, or between two citizens,
+        // or a citizen doubled without one: refused as in one piece.
+        let end = text.rfind("]}").unwrap();
+        let middle = text[text.len() / 2..].find("},{").unwrap() + text.len() / 2;
+        for broken in [
+            format!("{},{}", &text[..end], &text[end..]),
+            format!("{} , \n{}", &text[..end], &text[end..]),
+            format!("{},,{}", &text[..=middle], &text[middle + 2..]),
+            format!("{} {}", &text[..=middle], &text[middle + 2..]),
+        ] {
+            let whole = import_citizens(broken.as_bytes(), TODAY);
+            assert!(whole.is_err());
+            for parts in 2..=4 {
+                assert_eq!(in_parts(broken.as_bytes(), parts), whole);
+            }
+        }
     }
 
     #[test]
