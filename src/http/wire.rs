@@ -217,8 +217,8 @@ const CUT_WINDOW: usize = 64 * 1024;
 /// A body of the plain shape, `{"citizens": [...]}` with only JSON
 /// whitespace around those tokens, is cut between two citizens (a `}`, a
 /// `,` and a `{` with only whitespace between) into up to `parts` parts
-/// ([`cut_import`]); each part is parsed and checked as an array of its own
-/// ([`parse_part`]), and the parts joined in body order ([`join_parts`]).
+/// ([`cut_import`]); each part's citizens are parsed and checked where they
+/// lie ([`parse_part`]), and the parts joined in body order ([`join_parts`]).
 ///
 /// The result is the one-piece parse's ([`import_citizens`]), always:
 /// - a cut inside a string leaves the part before it a string that never
