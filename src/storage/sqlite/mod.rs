@@ -78,8 +78,8 @@ use queries::{
 };
 use schema::{MIGRATIONS, migrate};
 use workers::{
-    ReadJob, WAL_SIZE_LIMIT, WriteJob, WriterState, checkpointer_loop, count_wal_pages,
-    reader_loop, writer_loop,
+    ReadJob, StagedCitizens, WAL_SIZE_LIMIT, WriteJob, WriterState, checkpointer_loop,
+    count_wal_pages, reader_loop, writer_loop,
 };
 
 /// Most writes committed together in one transaction.
@@ -507,6 +507,24 @@ impl Writer {
         answer.await.map_err(|_| closed())?
     }
 
+    /// [`Writer::write`] for work that may write a staged import's rows
+    /// ([`WriteJob::holding`]).
+    async fn write_holding<P, T>(
+        &self,
+        payload: P,
+        work: impl FnOnce(&Connection, &P, &mut Option<StagedCitizens>) -> Result<T, StorageError>
+        + Send
+        + 'static,
+    ) -> Result<T, StorageError>
+    where
+        P: Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteJob::holding(payload, reply, work))?;
+        answer.await.map_err(|_| closed())?
+    }
+
     /// Queues a write job.
     fn send(&self, job: WriteJob) -> Result<(), StorageError> {
         queue(self.sender.clone(), job, "write", self.capacity)?;
@@ -623,8 +641,9 @@ impl Storage for SqliteStorage {
         // chunk per write (see `queries::patch_citizen`).
         loop {
             let patched = self
-                .write(patch.clone(), move |conn, patch| {
-                    patch_citizen(conn, import, citizen, patch)
+                .writer()
+                .write_holding(patch.clone(), move |conn, patch, held| {
+                    patch_citizen(conn, import, citizen, patch, held)
                 })
                 .await?;
             if let Some(patched) = patched {
@@ -811,6 +830,36 @@ mod tests {
         for (import, citizens) in stored.iter().zip(&sets) {
             assert_written_as_rows(&conn, &storage, *import, citizens).await;
         }
+        storage.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patch_right_after_an_import_writes_its_rows_from_the_citizens_held_and_applies() {
+        // The import's write hands its citizens to the writer, and the PATCH
+        // that comes at once writes the import's rows from them, a chunk per
+        // write, then applies.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held.db");
+        let storage = SqliteStorage::open(&path, 2).unwrap();
+        let mut citizens = sample(7_000);
+        let import = storage
+            .create_import(citizens.clone(), Upload::default())
+            .await
+            .unwrap();
+        let patched = &mut citizens[6_999];
+        let patch = CitizenPatch {
+            name: Some(crate::domain::Name::parse("Held Copy".to_owned()).unwrap()),
+            ..CitizenPatch::default()
+        };
+        patch.apply_fields(patched);
+        let answer = storage
+            .patch_citizen(import, patched.citizen_id, patch)
+            .await
+            .unwrap();
+        assert_eq!(answer.citizen, *patched);
+        assert_eq!(staged_imports(&path), 0);
+        let conn = Connection::open(&path).unwrap();
+        assert_written_as_rows(&conn, &storage, import, &citizens).await;
         storage.close().await;
     }
 

@@ -78,7 +78,7 @@ fn new_import(
 }
 
 /// Stores an import of `citizens` citizens, `staged` as one blob
-/// (`codec::encode_staged`): rows come later ([`expand_staged`]).
+/// (`codec::encode_staged`): rows come later ([`expand_staged_from`]).
 pub(super) fn insert_import(
     conn: &Connection,
     citizens: usize,
@@ -493,13 +493,14 @@ pub(super) fn patch_citizen(
     import: ImportId,
     id: CitizenId,
     patch: &CitizenPatch,
+    held: &mut Option<StagedCitizens>,
 ) -> Result<Option<Patched>, StorageError> {
     // The import first: a pending one (being written in chunks) is not there yet.
     if import_version(conn, import)?.is_none() {
         return Err(StorageError::ImportNotFound(import));
     }
     // A PATCH reads and writes rows: the import's are all written first.
-    if expand_staged(conn, import, EXPAND_CHUNK)?.is_some_and(|left| left > 0) {
+    if expand_staged_from(conn, import, EXPAND_CHUNK, held)?.is_some_and(|left| left > 0) {
         return Ok(None);
     }
     let Some(before) = load_citizen(conn, import, id)? else {
@@ -714,6 +715,7 @@ pub(super) fn expand_staged_from(
 }
 
 /// [`expand_staged_from`] reading the blob.
+#[cfg(test)]
 pub(super) fn expand_staged(
     conn: &Connection,
     import: ImportId,
@@ -931,13 +933,13 @@ mod tests {
         // A chunk at a time: asked again until the rows are all written.
         let mut asked = 1;
         let patched = loop {
-            match patch_citizen(&staged, import, id, &patch).unwrap() {
+            match patch_citizen(&staged, import, id, &patch, &mut None).unwrap() {
                 Some(patched) => break patched,
                 None => asked += 1,
             }
         };
         assert_eq!(asked, 3_380usize.div_ceil(EXPAND_CHUNK));
-        let expected = patch_citizen(&written, import, id, &patch)
+        let expected = patch_citizen(&written, import, id, &patch, &mut None)
             .unwrap()
             .unwrap();
         assert_eq!(

@@ -67,7 +67,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE INDEX imports_by_digest ON imports (digest) WHERE digest IS NOT NULL;",
     // 8: an import's citizens stored as one blob (`codec::encode_staged`) when
     // it is stored, and written as rows by the writer afterwards, `done` of
-    // them so far (`queries::expand_staged`); until then readers read the blob.
+    // them so far (`queries::expand_staged_from`); until then readers read the blob.
     "CREATE TABLE staged_citizens (
         import_id  INTEGER PRIMARY KEY REFERENCES imports (import_id),
         done       INTEGER NOT NULL,

@@ -45,10 +45,14 @@ pub(super) type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
 pub(super) struct WriteJob {
     /// True when nobody waits for the answer any more.
     abandoned: Box<dyn Fn() -> bool + Send>,
-    /// Runs inside the batch's transaction; returns how to answer once the
-    /// commit's outcome is known.
-    run: Box<dyn FnOnce(&Connection) -> Ran + Send>,
+    /// Runs inside the batch's transaction, beside the staged citizens the
+    /// writer holds; returns how to answer once the commit's outcome is
+    /// known.
+    run: RunJob,
 }
+
+/// A write's work, type-erased.
+type RunJob = Box<dyn FnOnce(&Connection, &mut Option<StagedCitizens>) -> Ran + Send>;
 
 /// Sends a write's answer once the commit's outcome is known.
 pub(super) type Answer = Box<dyn FnOnce(Option<&CommitFailure>) + Send>;
@@ -110,7 +114,24 @@ impl WriteJob {
         P: Send + 'static,
         T: Send + 'static,
     {
-        Self::staging(payload, reply, work, |_, _| None)
+        Self::build(payload, reply, move |conn, p, _| work(conn, p), |_, _| None)
+    }
+
+    /// [`WriteJob::new`] for a write that may write a staged import's rows:
+    /// `work` gets the citizens the writer holds (`expand_staged_from`), so
+    /// that it need not decode the import's blob at every chunk.
+    pub(super) fn holding<P, T>(
+        payload: P,
+        reply: oneshot::Sender<Result<T, StorageError>>,
+        work: impl FnOnce(&Connection, &P, &mut Option<StagedCitizens>) -> Result<T, StorageError>
+        + Send
+        + 'static,
+    ) -> Self
+    where
+        P: Send + 'static,
+        T: Send + 'static,
+    {
+        Self::build(payload, reply, work, |_, _| None)
     }
 
     /// [`WriteJob::new`] for a write that may store an import staged:
@@ -120,6 +141,21 @@ impl WriteJob {
         payload: P,
         reply: oneshot::Sender<Result<T, StorageError>>,
         work: impl FnOnce(&Connection, &P) -> Result<T, StorageError> + Send + 'static,
+        staged: impl FnOnce(&P, &T) -> Option<StagedCitizens> + Send + 'static,
+    ) -> Self
+    where
+        P: Send + 'static,
+        T: Send + 'static,
+    {
+        Self::build(payload, reply, move |conn, p, _| work(conn, p), staged)
+    }
+
+    fn build<P, T>(
+        payload: P,
+        reply: oneshot::Sender<Result<T, StorageError>>,
+        work: impl FnOnce(&Connection, &P, &mut Option<StagedCitizens>) -> Result<T, StorageError>
+        + Send
+        + 'static,
         staged: impl FnOnce(&P, &T) -> Option<StagedCitizens> + Send + 'static,
     ) -> Self
     where
@@ -136,8 +172,8 @@ impl WriteJob {
                     .as_ref()
                     .is_none_or(tokio::sync::oneshot::Sender::is_closed)
             }),
-            run: Box::new(move |conn| {
-                let result = work(conn, &payload);
+            run: Box::new(move |conn, held| {
+                let result = work(conn, &payload, held);
                 let staged = result.as_ref().ok().and_then(|done| staged(&payload, done));
                 Ran {
                     staged,
@@ -270,7 +306,7 @@ pub(super) fn writer_loop(
             continue;
         }
         let mut ran = Vec::with_capacity(batch.len());
-        let commit = run_batch(&mut conn, batch, &mut ran)
+        let commit = run_batch(&mut conn, batch, &mut ran, &mut expansion.citizens)
             .err()
             .map(|e| CommitFailure::of(&e));
         let mut consumed = Vec::with_capacity(ran.len());
@@ -521,11 +557,14 @@ pub(super) fn run_batch(
     conn: &mut Connection,
     batch: Vec<WriteJob>,
     ran: &mut Vec<Ran>,
+    held: &mut Option<StagedCitizens>,
 ) -> rusqlite::Result<()> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in batch {
         let savepoint = tx.savepoint()?;
-        let done = (job.run)(&savepoint);
+        // The held citizens are the blob's content, which no write changes:
+        // a savepoint rolled back, or a commit failed, leaves them true.
+        let done = (job.run)(&savepoint, held);
         if done.ok {
             savepoint.commit()?;
         } // else dropping the savepoint rolls it back
