@@ -502,9 +502,7 @@ impl Writer {
         P: Send + 'static,
         T: Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        self.send(WriteJob::new(payload, reply, work))?;
-        answer.await.map_err(|_| closed())?
+        self.ask(|reply| WriteJob::new(payload, reply, work)).await
     }
 
     /// [`Writer::write`] for work that may write a staged import's rows
@@ -520,16 +518,20 @@ impl Writer {
         P: Send + 'static,
         T: Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        self.send(WriteJob::holding(payload, reply, work))?;
-        answer.await.map_err(|_| closed())?
+        self.ask(|reply| WriteJob::holding(payload, reply, work))
+            .await
     }
 
-    /// Queues a write job.
-    fn send(&self, job: WriteJob) -> Result<(), StorageError> {
-        queue(self.sender.clone(), job, "write", self.capacity)?;
+    /// Queues the write `job` makes of its reply channel, and waits for
+    /// its answer.
+    async fn ask<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> WriteJob,
+    ) -> Result<T, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        queue(self.sender.clone(), job(reply), "write", self.capacity)?;
         self.depth.inc();
-        Ok(())
+        answer.await.map_err(|_| closed())?
     }
 }
 
@@ -619,16 +621,18 @@ impl Storage for SqliteStorage {
         // The citizens go with the write: the writer writes the rows from
         // them, without decoding the blob, and frees them, off the request's
         // path.
-        let (reply, answer) = oneshot::channel();
-        self.writer().send(WriteJob::staging(
-            (staged, summary, upload, citizens),
-            reply,
-            move |conn, (staged, summary, upload, _)| {
-                insert_import(conn, len, staged, summary, upload)
-            },
-            |(.., citizens), &import| Some((import, Arc::clone(citizens))),
-        ))?;
-        answer.await.map_err(|_| closed())?
+        self.writer()
+            .ask(|reply| {
+                WriteJob::staging(
+                    (staged, summary, upload, citizens),
+                    reply,
+                    move |conn, (staged, summary, upload, _)| {
+                        insert_import(conn, len, staged, summary, upload)
+                    },
+                    |(.., citizens), &import| Some((import, Arc::clone(citizens))),
+                )
+            })
+            .await
     }
 
     async fn patch_citizen(
